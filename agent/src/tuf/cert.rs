@@ -1,0 +1,175 @@
+//! Notary root certificates: self-signed X.509 with CN = GUN, built here and signed by the
+//! root key on its token, and the checks verifiers make on them.
+
+use std::time::{Duration, SystemTime};
+
+use der::asn1::{Any, BitString, OctetString, SetOfVec};
+use der::{Decode, Encode, Tag};
+use spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SubjectPublicKeyInfoOwned};
+use x509_cert::attr::AttributeTypeAndValue;
+use x509_cert::certificate::{Certificate, TbsCertificate, Version};
+use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages};
+use x509_cert::ext::Extension;
+use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
+
+const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const OID_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
+const OID_EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+const OID_CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
+/// Signature algorithms with SHA-1, which Notary refuses on root certificates.
+const SHA1_SIG_OIDS: [ObjectIdentifier; 2] = [
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.5"),
+    ObjectIdentifier::new_unwrap("1.2.840.10045.4.1"),
+];
+
+/// Notary's root certificate lifetime: ten years of 365 days.
+pub const ROOT_CERT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate encoding: {0}")]
+    Der(#[from] der::Error),
+    #[error("random serial: {0}")]
+    Rng(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The to-be-signed part of a Notary root certificate for `gun` over the P-256 key
+/// `spki_der`, valid from `not_before` for ten years, with a random 128-bit serial.
+pub fn root_tbs(gun: &str, spki_der: &[u8], not_before: SystemTime) -> Result<TbsCertificate, CertError> {
+    let mut serial = [0u8; 16];
+    getrandom::getrandom(&mut serial).map_err(|e| CertError::Rng(e.to_string()))?;
+    serial[0] &= 0x7f; // positive
+    if serial[0] == 0 {
+        serial[0] = 1; // keep 128 bits, minimally encoded
+    }
+    let name = common_name(gun)?;
+    let key_usage = KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment);
+    let extensions = vec![
+        extension(OID_KEY_USAGE, true, &key_usage)?,
+        extension(OID_EXT_KEY_USAGE, false, &ExtendedKeyUsage(vec![OID_CODE_SIGNING]))?,
+        extension(OID_BASIC_CONSTRAINTS, true, &BasicConstraints { ca: false, path_len_constraint: None })?,
+    ];
+    // Whole seconds, as X.509 times carry no fractions.
+    let start = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(
+            not_before.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        );
+    Ok(TbsCertificate {
+        version: Version::V3,
+        serial_number: SerialNumber::new(&serial)?,
+        signature: ecdsa_sha256(),
+        issuer: name.clone(),
+        validity: Validity {
+            not_before: Time::try_from(start)?,
+            not_after: Time::try_from(start + ROOT_CERT_VALIDITY)?,
+        },
+        subject: name,
+        subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki_der)?,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions),
+    })
+}
+
+/// Assembles the certificate from its TBS part and a raw r||s P-256 signature made over the
+/// SHA-256 of the TBS DER. X.509 wants the DER form of the signature, so it is converted here.
+pub fn assemble(tbs: TbsCertificate, raw_sig: &[u8]) -> Result<Vec<u8>, CertError> {
+    let sig = p256::ecdsa::Signature::from_slice(raw_sig)
+        .map_err(|_| CertError::Invalid("token returned a malformed P-256 signature".into()))?;
+    let cert = Certificate {
+        tbs_certificate: tbs,
+        signature_algorithm: ecdsa_sha256(),
+        signature: BitString::from_bytes(sig.to_der().as_bytes())?,
+    };
+    Ok(cert.to_der()?)
+}
+
+fn ecdsa_sha256() -> AlgorithmIdentifierOwned {
+    // Go omits the parameters of ecdsa-with-SHA256.
+    AlgorithmIdentifierOwned { oid: OID_ECDSA_SHA256, parameters: None }
+}
+
+fn extension(oid: ObjectIdentifier, critical: bool, value: &impl Encode) -> Result<Extension, CertError> {
+    Ok(Extension { extn_id: oid, critical, extn_value: OctetString::new(value.to_der()?)? })
+}
+
+/// A subject of one CN, encoded as Go encodes strings: PrintableString when every
+/// character allows it, else UTF8String.
+fn common_name(cn: &str) -> Result<Name, CertError> {
+    let printable = cn
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c));
+    let tag = if printable { Tag::PrintableString } else { Tag::Utf8String };
+    let atv = AttributeTypeAndValue { oid: OID_CN, value: Any::new(tag, cn.as_bytes())? };
+    let rdn = RelativeDistinguishedName(SetOfVec::try_from(vec![atv])?);
+    Ok(RdnSequence(vec![rdn]))
+}
+
+/// The subject's common name, if it has exactly one.
+pub fn subject_cn(cert: &Certificate) -> Option<String> {
+    let mut found = None;
+    for rdn in cert.tbs_certificate.subject.0.iter() {
+        for atv in rdn.0.iter() {
+            if atv.oid == OID_CN {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(String::from_utf8_lossy(atv.value.value()).into_owned());
+            }
+        }
+    }
+    found
+}
+
+/// The checks Notary makes on a root certificate: CN equals the GUN, valid at `at`, no SHA-1.
+pub fn check_root_cert(cert: &Certificate, gun: &str, at: SystemTime) -> Result<(), String> {
+    match subject_cn(cert) {
+        Some(cn) if cn == gun => {}
+        Some(cn) => return Err(format!("certificate CN {cn:?} is not the GUN {gun:?}")),
+        None => return Err("certificate has no single CN".into()),
+    }
+    let validity = &cert.tbs_certificate.validity;
+    let not_before = validity.not_before.to_system_time();
+    let not_after = validity.not_after.to_system_time();
+    if at < not_before {
+        return Err(format!("certificate not valid before {}", validity.not_before));
+    }
+    if at > not_after {
+        return Err(format!("certificate expired at {}", validity.not_after));
+    }
+    if SHA1_SIG_OIDS.contains(&cert.signature_algorithm.oid) {
+        return Err("certificate is signed with SHA-1".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::{signature::hazmat::PrehashSigner, Signature, SigningKey};
+    use p256::pkcs8::EncodePublicKey;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn builds_a_self_signed_root_cert_that_checks() {
+        let sk = SigningKey::from_slice(&[3u8; 32]).unwrap();
+        let spki = sk.verifying_key().to_public_key_der().unwrap().as_bytes().to_vec();
+        let now = SystemTime::now();
+        let tbs = root_tbs("example.com/app", &spki, now).unwrap();
+        let sig: Signature = sk.sign_prehash(&Sha256::digest(tbs.to_der().unwrap())).unwrap();
+        let der = assemble(tbs, &sig.to_bytes()).unwrap();
+        let cert = Certificate::from_der(&der).unwrap();
+        assert_eq!(subject_cn(&cert).as_deref(), Some("example.com/app"));
+        assert_eq!(check_root_cert(&cert, "example.com/app", now), Ok(()));
+        assert!(check_root_cert(&cert, "example.com/other", now).unwrap_err().contains("not the GUN"));
+        let later = now + ROOT_CERT_VALIDITY + Duration::from_secs(5);
+        assert!(check_root_cert(&cert, "example.com/app", later).unwrap_err().contains("expired"));
+        assert!(cert.tbs_certificate.serial_number.as_bytes().len() <= 17);
+    }
+}

@@ -1,0 +1,238 @@
+//! Signed envelopes and the typed views of the four Notary roles.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::cjson;
+use super::keys::TufKey;
+
+/// One entry of `signatures`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    pub keyid: String,
+    pub method: String,
+    pub sig: Vec<u8>,
+}
+
+/// `{"signed": ..., "signatures": [...]}` with `signed` kept as a generic value: verifiers
+/// re-canonicalise the parsed value, so that is what gets hashed, whatever the input spacing.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub signed: Value,
+    pub signatures: Vec<Signature>,
+}
+
+impl Envelope {
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let mut obj = match v {
+            Value::Object(o) => o,
+            _ => return Err("not a JSON object".into()),
+        };
+        let signed = obj.remove("signed").ok_or("no \"signed\" member")?;
+        if !signed.is_object() {
+            return Err("\"signed\" is not an object".into());
+        }
+        let sigs = match obj.remove("signatures") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err("\"signatures\" is not a list".into()),
+        };
+        let mut signatures = Vec::with_capacity(sigs.len());
+        for s in sigs {
+            let keyid = s.get("keyid").and_then(Value::as_str).ok_or("a signature has no keyid")?;
+            let method = s.get("method").and_then(Value::as_str).ok_or("a signature has no method")?;
+            let sig = s.get("sig").and_then(Value::as_str).ok_or("a signature has no sig")?;
+            let sig = B64.decode(sig).map_err(|e| format!("signature of {keyid} is not base64: {e}"))?;
+            signatures.push(Signature { keyid: keyid.into(), method: method.into(), sig });
+        }
+        Ok(Envelope { signed, signatures })
+    }
+
+    /// The canonical bytes of `signed`: the message every signature covers.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, String> {
+        cjson::to_vec(&self.signed).map_err(|e| e.to_string())
+    }
+
+    /// The file as Notary writes it: `signed` first, then `signatures`, no whitespace.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"{\"signed\":");
+        cjson::write(&self.signed, &mut out).map_err(|e| e.to_string())?;
+        out.extend_from_slice(b",\"signatures\":[");
+        for (i, s) in self.signatures.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let entry = serde_json::json!({"keyid": s.keyid, "method": s.method, "sig": B64.encode(&s.sig)});
+            cjson::write(&entry, &mut out).map_err(|e| e.to_string())?;
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
+    }
+
+    /// `signed._type`.
+    pub fn doc_type(&self) -> Option<&str> {
+        self.signed.get("_type").and_then(Value::as_str)
+    }
+
+    /// Adds a signature, replacing an earlier one by the same key.
+    pub fn set_signature(&mut self, sig: Signature) {
+        self.signatures.retain(|s| s.keyid != sig.keyid);
+        self.signatures.push(sig);
+    }
+}
+
+/// Fields every role has.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Common {
+    #[serde(rename = "_type")]
+    pub doc_type: String,
+    pub version: i64,
+    pub expires: String,
+}
+
+impl Common {
+    pub fn expires_at(&self) -> Result<OffsetDateTime, String> {
+        OffsetDateTime::parse(&self.expires, &Rfc3339)
+            .map_err(|e| format!("expires {:?} is not RFC 3339: {e}", self.expires))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoleKeys {
+    pub keyids: Vec<String>,
+    pub threshold: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RootDoc {
+    #[serde(flatten)]
+    pub common: Common,
+    pub keys: BTreeMap<String, Value>,
+    pub roles: BTreeMap<String, RoleKeys>,
+    #[serde(default)]
+    pub consistent_snapshot: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FileMeta {
+    pub length: i64,
+    pub hashes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub custom: Option<Value>,
+}
+
+impl FileMeta {
+    pub fn sha256_hex(&self) -> Option<String> {
+        let raw = B64.decode(self.hashes.get("sha256")?).ok()?;
+        Some(super::keys::hex(&raw))
+    }
+
+    /// Checks `bytes` against the length and every hash this code knows (sha256, sha512);
+    /// at least one known hash must be present, as Notary requires.
+    pub fn check(&self, bytes: &[u8]) -> Result<(), String> {
+        use sha2::{Digest, Sha256, Sha512};
+        if self.length != bytes.len() as i64 {
+            return Err(format!("length is {} but the file has {} bytes", self.length, bytes.len()));
+        }
+        let mut known = 0;
+        for (alg, expected) in &self.hashes {
+            let actual = match alg.as_str() {
+                "sha256" => Sha256::digest(bytes).to_vec(),
+                "sha512" => Sha512::digest(bytes).to_vec(),
+                _ => continue,
+            };
+            known += 1;
+            let expected = B64.decode(expected).map_err(|_| format!("{alg} hash is not base64"))?;
+            if expected != actual {
+                return Err(format!("{alg} hash does not match the file"));
+            }
+        }
+        if known == 0 {
+            return Err("no sha256 or sha512 hash".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DelegationRole {
+    pub name: String,
+    pub keyids: Vec<String>,
+    pub threshold: i64,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Delegations {
+    #[serde(default)]
+    pub keys: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub roles: Vec<DelegationRole>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TargetsDoc {
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(default)]
+    pub targets: BTreeMap<String, FileMeta>,
+    #[serde(default)]
+    pub delegations: Delegations,
+}
+
+/// Snapshot and timestamp both carry `meta`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetaDoc {
+    #[serde(flatten)]
+    pub common: Common,
+    pub meta: BTreeMap<String, FileMeta>,
+}
+
+/// Parses a key map, checking that each key's listed ID is the ID of the key itself.
+pub fn parse_key_map(keys: &BTreeMap<String, Value>) -> Result<BTreeMap<String, TufKey>, String> {
+    let mut out = BTreeMap::new();
+    for (id, v) in keys {
+        let key = TufKey::from_value(v).map_err(|e| format!("key {id}: {e}"))?;
+        let actual = key.key_id();
+        if &actual != id {
+            return Err(format!("key listed as {id} has ID {actual}"));
+        }
+        out.insert(id.clone(), key);
+    }
+    Ok(out)
+}
+
+/// Notary's rule for role names: the four top-level roles, or a clean path under
+/// `targets/` of `[-a-z0-9_/]`, shorter than 256 bytes.
+pub fn valid_role_name(name: &str) -> bool {
+    match name {
+        "root" | "targets" | "snapshot" | "timestamp" => true,
+        _ => valid_delegation_name(name),
+    }
+}
+
+pub fn valid_delegation_name(name: &str) -> bool {
+    name.len() < 256
+        && name.starts_with("targets/")
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_/".contains(&b))
+        && name.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+/// The `_type` a role's document must have.
+pub fn expected_type(role: &str) -> &'static str {
+    match role {
+        "root" => "Root",
+        "snapshot" => "Snapshot",
+        "timestamp" => "Timestamp",
+        _ => "Targets",
+    }
+}
