@@ -1,4 +1,10 @@
 //! dct-agent: a hardware-backed signing agent for Docker Content Trust (Notary v1 / TUF).
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod server;
+pub mod service;
+pub mod signing;
 pub mod tuf;

@@ -1,1 +1,76 @@
-fn main(){}
+//! `dct-agent`: the daemon. Holds the tokens, serves the dct API on a Unix socket.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use dct_agent::{config, server};
+
+/// Hardware-backed signing agent for Docker Content Trust (Notary v1).
+///
+/// Runs in the foreground, serves `dct` on a Unix socket, stops on SIGINT or SIGTERM.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Config file (TOML). Default: $XDG_CONFIG_HOME/dct/agent.toml, if present.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Unix socket to serve on. Default: the config's `socket`, else
+    /// $XDG_RUNTIME_DIR/dct-agent/agent.sock.
+    #[arg(long, env = "DCT_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DCT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dct-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let (cfg, cfg_path) = config::Config::load(args.config.as_deref())?;
+    match &cfg_path {
+        Some(p) => tracing::info!("config {}", p.display()),
+        None => tracing::info!("no config file: no tokens (verification only)"),
+    }
+    let socket = args.socket.or_else(|| cfg.socket.clone()).unwrap_or_else(config::default_socket_path);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    runtime.block_on(async move {
+        let tokens = server::start_tokens(&cfg.pkcs11)?;
+        for t in &tokens {
+            tracing::info!(token = %t.label, backend = t.backend, "token configured");
+        }
+        let listener = server::bind(&socket)?;
+        tracing::info!("listening on {}", socket.display());
+        listener.serve(&cfg, tokens, shutdown_signal()).await?;
+        tracing::info!("stopped; removed {}", socket.display());
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}

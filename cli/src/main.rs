@@ -1,1 +1,389 @@
-fn main(){}
+//! `dct`: the command line of dct-agent. Parses, prompts, calls the agent, prints.
+//! Every key operation and every metadata decision happens in the agent.
+#![forbid(unsafe_code)]
+
+mod client;
+mod output;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dct_proto::dct::v1 as pb;
+use secrecy::{ExposeSecret, SecretString};
+
+use client::{Client, Failure};
+use output::{print_json, Table};
+
+const EXIT_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failed (the agent refused or an operation failed; verification failed)
+  2  usage error
+  3  agent unreachable (start it with `dct-agent`, or point --socket / DCT_SOCKET at it)";
+
+/// Sign Docker Content Trust (Notary v1) metadata with keys on hardware tokens, through
+/// a running dct-agent.
+#[derive(Parser)]
+#[command(version, after_help = EXIT_HELP)]
+struct Cli {
+    /// The agent's socket. Default: $XDG_RUNTIME_DIR/dct-agent/agent.sock.
+    #[arg(long, global = true, env = "DCT_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Agent version, backends, tokens, lock state and PIN tries left.
+    Status,
+    /// Log in to a token. The PIN comes from --pin-file, DCT_PIN, or a prompt without echo.
+    Unlock {
+        /// Token label (needed when the agent has several tokens).
+        #[arg(long)]
+        token: Option<String>,
+        /// Read the PIN from this file (first line). `-` reads standard input.
+        #[arg(long, value_name = "FILE")]
+        pin_file: Option<PathBuf>,
+        /// Try even when the token reports one PIN try left.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Log out of a token, or of all tokens.
+    Lock {
+        #[arg(long, conflicts_with = "all")]
+        token: Option<String>,
+        /// Lock every token (the default when --token is not given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Keys on the agent's tokens.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Notary metadata files.
+    #[command(subcommand)]
+    Tuf(TufCmd),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Generate a P-256 key on a token (non-extractable). A root key with --gun gets its
+    /// Notary root certificate (CN = GUN), signed on the token.
+    Generate {
+        /// root, targets, snapshot, timestamp or targets/NAME.
+        #[arg(long)]
+        role: String,
+        /// The repository (GUN), e.g. registry.example.com/app. Required except for root.
+        #[arg(long)]
+        gun: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// List keys: role, GUN, key ID (and canonical ID for root keys), backend, token.
+    List {
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TufCmd {
+    /// Sign a metadata file with a key on a token; adds or replaces that key's signature.
+    Sign {
+        /// The metadata file (`-` for standard input).
+        file: PathBuf,
+        /// Key ID, canonical ID, or a unique prefix.
+        #[arg(long = "key", value_name = "KEYID")]
+        key: String,
+        /// The role the document is for (names a delegation, e.g. targets/releases).
+        #[arg(long)]
+        role: Option<String>,
+        /// The GUN the document belongs to; the agent checks the key's GUN against it.
+        #[arg(long)]
+        gun: Option<String>,
+        /// Where to write the signed file (`-` for standard output). Default: FILE, in place.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Verify a directory of metadata as a notary-server serves it (root.json, targets.json,
+    /// targets/<name>.json, snapshot.json, timestamp.json) and print the signed targets.
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        gun: String,
+        /// Check expiry as of this RFC 3339 time instead of now.
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dct: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("dct: {}", f.message);
+            if let Some(hint) = &f.hint {
+                eprintln!("  {hint}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket.clone().unwrap_or_else(client::default_socket_path);
+    let json = cli.json;
+    match cli.command {
+        Command::Status => {
+            let mut c = Client::connect(&socket).await?;
+            let s = c.call(|mut a| async move { a.status(pb::StatusRequest {}).await }).await?;
+            if json {
+                return print_json(&output::status_json(&s));
+            }
+            println!("dct-agent {} at {}", s.version, socket.display());
+            println!("backends: {}", s.backends.join(", "));
+            if s.tokens.is_empty() {
+                println!("no tokens configured");
+                return Ok(());
+            }
+            let mut t = Table::new(&["TOKEN", "BACKEND", "STATE", "PIN", "KEYS", "MODEL", "SERIAL"]);
+            for tok in &s.tokens {
+                let state = if !tok.present {
+                    "absent"
+                } else if tok.unlocked {
+                    "unlocked"
+                } else {
+                    "locked"
+                };
+                t.row(vec![
+                    tok.label.clone(),
+                    tok.backend.clone(),
+                    state.into(),
+                    output::pin_phrase(tok.pin.as_ref()),
+                    tok.key_count.to_string(),
+                    tok.model.clone(),
+                    tok.serial.clone(),
+                ]);
+            }
+            t.print();
+            for tok in s.tokens.iter().filter(|t| !t.error.is_empty()) {
+                println!("{}: {}", tok.label, tok.error);
+            }
+            Ok(())
+        }
+        Command::Unlock { token, pin_file, force } => {
+            let mut c = Client::connect(&socket).await?;
+            let token = token.unwrap_or_default();
+            let pin = read_pin(&mut c, &token, pin_file.as_deref()).await?;
+            let req = pb::UnlockRequest { token, pin: pin.expose_secret().to_string(), force };
+            let r = c.call(|mut a| async move { a.unlock(req).await }).await?;
+            if json {
+                return print_json(&serde_json::json!({"token": r.token, "unlocked": true, "pin": output::pin_json(r.pin.as_ref())}));
+            }
+            println!("unlocked token {} ({})", r.token, output::pin_phrase(r.pin.as_ref()));
+            Ok(())
+        }
+        Command::Lock { token, all: _ } => {
+            let mut c = Client::connect(&socket).await?;
+            let req = pb::LockRequest { token: token.unwrap_or_default() };
+            let r = c.call(|mut a| async move { a.lock(req).await }).await?;
+            if json {
+                return print_json(&serde_json::json!({"locked": r.tokens}));
+            }
+            for t in &r.tokens {
+                println!("locked token {t}");
+            }
+            Ok(())
+        }
+        Command::Key(KeyCmd::Generate { role, gun, token }) => {
+            let mut c = Client::connect(&socket).await?;
+            let req = pb::GenerateKeyRequest { role, gun: gun.unwrap_or_default(), token: token.unwrap_or_default() };
+            let r = c.call(|mut a| async move { a.generate_key(req).await }).await?;
+            let key = r.key.ok_or_else(|| Failure::failed("agent returned no key"))?;
+            if json {
+                return print_json(&output::key_json(&key));
+            }
+            println!("{}", key.key_id);
+            if key.canonical_id != key.key_id {
+                eprintln!("canonical ID {} (root certificate for {})", key.canonical_id, key.gun);
+            }
+            Ok(())
+        }
+        Command::Key(KeyCmd::List { token }) => {
+            let mut c = Client::connect(&socket).await?;
+            let req = pb::ListKeysRequest { token: token.unwrap_or_default() };
+            let r = c.call(|mut a| async move { a.list_keys(req).await }).await?;
+            if json {
+                let keys: Vec<_> = r.keys.iter().map(output::key_json).collect();
+                return print_json(&serde_json::json!({"keys": keys, "errors": r.errors}));
+            }
+            let mut t = Table::new(&["ROLE", "GUN", "KEY ID", "CANONICAL ID", "BACKEND", "TOKEN"]);
+            for k in &r.keys {
+                let canonical = if k.canonical_id == k.key_id { "-".to_string() } else { k.canonical_id.clone() };
+                let gun = if k.gun.is_empty() { "-".to_string() } else { k.gun.clone() };
+                t.row(vec![k.role.clone(), gun, k.key_id.clone(), canonical, k.backend.clone(), k.token.clone()]);
+            }
+            if r.keys.is_empty() {
+                println!("no keys");
+            } else {
+                t.print();
+            }
+            for e in &r.errors {
+                eprintln!("warning: {e}");
+            }
+            Ok(())
+        }
+        Command::Tuf(TufCmd::Sign { file, key, role, gun, out }) => {
+            let document = read_input(&file)?;
+            let mut c = Client::connect(&socket).await?;
+            let req = pb::SignMetadataRequest {
+                document,
+                key_id: key,
+                role: role.unwrap_or_default(),
+                gun: gun.unwrap_or_default(),
+            };
+            let r = c.call(|mut a| async move { a.sign_metadata(req).await }).await?;
+            let out = out.unwrap_or_else(|| file.clone());
+            write_output(&out, &r.document)?;
+            if json {
+                return print_json(&serde_json::json!({"key_id": r.key_id, "role": r.role, "version": r.version, "out": out}));
+            }
+            eprintln!("signed {} v{} with key {} -> {}", r.role, r.version, r.key_id, out.display());
+            Ok(())
+        }
+        Command::Tuf(TufCmd::Verify { dir, gun, at }) => {
+            let files = read_repo_dir(&dir)?;
+            let mut c = Client::connect(&socket).await?;
+            let req = pb::VerifyRepositoryRequest { gun: gun.clone(), files, at: at.unwrap_or_default() };
+            let r = c.call(|mut a| async move { a.verify_repository(req).await }).await?;
+            if json {
+                print_json(&output::verify_json(&gun, &r))?;
+            } else if r.valid {
+                println!("{gun}: verified");
+                for role in &r.roles {
+                    println!("  {} v{} expires {} signed by {}", role.role, role.version, role.expires, role.signed_by.join(", "));
+                }
+                let mut t = Table::new(&["ROLE", "TARGET", "DIGEST", "SIZE"]);
+                let mut any = false;
+                for role in &r.roles {
+                    for tg in &role.targets {
+                        any = true;
+                        t.row(vec![role.role.clone(), tg.name.clone(), format!("sha256:{}", tg.sha256), tg.length.to_string()]);
+                    }
+                }
+                if any {
+                    t.print();
+                }
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            if r.valid {
+                Ok(())
+            } else {
+                Err(Failure::failed(format!("verification failed: {}: {}", r.failed_role, r.reason)))
+            }
+        }
+    }
+}
+
+/// The PIN from --pin-file, DCT_PIN, or a no-echo prompt (after showing tries left).
+async fn read_pin(c: &mut Client, token: &str, pin_file: Option<&Path>) -> Result<SecretString, Failure> {
+    if let Some(path) = pin_file {
+        let mut raw = zeroize::Zeroizing::new(Vec::new());
+        let r = if path == Path::new("-") {
+            std::io::stdin().read_to_end(&mut raw)
+        } else {
+            std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut raw))
+        };
+        r.map_err(|e| Failure::failed(format!("cannot read PIN file {}: {e}", path.display())))?;
+        let text = std::str::from_utf8(&raw).map_err(|_| Failure::failed("PIN file is not UTF-8"))?;
+        let line = text.lines().next().unwrap_or_default();
+        return Ok(SecretString::from(line.to_string()));
+    }
+    if let Ok(pin) = std::env::var("DCT_PIN") {
+        return Ok(SecretString::from(pin));
+    }
+    // Show what the token says about tries before asking.
+    let s = c.call(|mut a| async move { a.status(pb::StatusRequest {}).await }).await?;
+    let tok = s.tokens.iter().find(|t| token.is_empty() || t.label == token);
+    let (label, phrase) = match tok {
+        Some(t) => (t.label.clone(), output::pin_phrase(t.pin.as_ref())),
+        None => (token.to_string(), String::new()),
+    };
+    eprintln!("token {label}: {phrase}");
+    let pin = rpassword::prompt_password(format!("PIN for token {label}: "))
+        .map_err(|e| Failure::usage(format!("cannot prompt for a PIN ({e}); use --pin-file FILE or DCT_PIN")))?;
+    Ok(SecretString::from(pin))
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>, Failure> {
+    let mut buf = Vec::new();
+    let r = if path == Path::new("-") {
+        std::io::stdin().read_to_end(&mut buf).map(|_| ())
+    } else {
+        std::fs::read(path).map(|b| buf = b)
+    };
+    r.map_err(|e| Failure::failed(format!("cannot read {}: {e}", path.display())))?;
+    Ok(buf)
+}
+
+/// Writes atomically (temporary file + rename) so a failure never leaves half a file.
+fn write_output(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    if path == Path::new("-") {
+        return std::io::stdout()
+            .write_all(bytes)
+            .map_err(|e| Failure::failed(format!("cannot write standard output: {e}")));
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.dct-{}", std::process::id()));
+    let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Failure::failed(format!("cannot write {}: {e}", path.display())));
+    }
+    Ok(())
+}
+
+/// root/targets/snapshot/timestamp.json and targets/**/*.json of a repository directory.
+fn read_repo_dir(dir: &Path) -> Result<Vec<pb::MetadataFile>, Failure> {
+    if !dir.is_dir() {
+        return Err(Failure::failed(format!("{} is not a directory", dir.display())));
+    }
+    let mut files = Vec::new();
+    for role in ["root", "targets", "snapshot", "timestamp"] {
+        let p = dir.join(format!("{role}.json"));
+        if p.exists() {
+            files.push(pb::MetadataFile { role: role.into(), content: read_input(&p)? });
+        }
+    }
+    let mut stack = vec![dir.join("targets")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let (Some("json"), Ok(rel)) = (p.extension().and_then(|x| x.to_str()), p.strip_prefix(dir)) {
+                let role = rel.with_extension("").to_string_lossy().into_owned();
+                files.push(pb::MetadataFile { role, content: read_input(&p)? });
+            }
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,111 @@
+//! `agent.toml`: which tokens the agent serves, where it listens, its limits.
+//!
+//! ```toml
+//! socket = "/run/user/1000/dct-agent/agent.sock"   # optional
+//! max_request_bytes = 33554432                      # optional
+//!
+//! [[pkcs11]]
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
+//! token = "dct"
+//! ```
+//! PKCS#11 module paths come only from here, never from a request.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Requests larger than this are refused unless the config says otherwise. A 100,000-tag
+/// targets file is about 10 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub socket: Option<PathBuf>,
+    pub max_request_bytes: Option<usize>,
+    #[serde(default)]
+    pub pkcs11: Vec<Pkcs11Config>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module (shared library).
+    pub module: PathBuf,
+    /// Token label.
+    pub token: String,
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut labels = std::collections::BTreeSet::new();
+        for t in &c.pkcs11 {
+            if t.token.is_empty() {
+                return Err("a [[pkcs11]] table has an empty token label".into());
+            }
+            if !labels.insert(t.token.as_str()) {
+                return Err(format!("token {:?} is configured twice", t.token));
+            }
+            if !t.module.is_absolute() {
+                return Err(format!("PKCS#11 module path {:?} must be absolute", t.module));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reads `path`; a missing file at the default path means an empty config.
+    pub fn load(path: Option<&Path>) -> Result<(Self, Option<PathBuf>), String> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => match default_config_path() {
+                Some(p) => (p, false),
+                None => return Ok((Config::default(), None)),
+            },
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text)
+                .map(|c| (c, Some(path.clone())))
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok((Config::default(), None)),
+            Err(e) => Err(format!("cannot read config {}: {e}", path.display())),
+        }
+    }
+
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES)
+    }
+}
+
+/// `$XDG_CONFIG_HOME/dct/agent.toml`, else `~/.config/dct/agent.toml`.
+pub fn default_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("dct").join("agent.toml"))
+}
+
+/// `$XDG_RUNTIME_DIR/dct-agent/agent.sock`, else `/tmp/dct-agent-<uid>/agent.sock`.
+/// The CLI computes the same path.
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("dct-agent").join("agent.sock"),
+        None => PathBuf::from(format!("/tmp/dct-agent-{}", nix::unistd::getuid())).join("agent.sock"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tokens_and_refuses_unknown_keys() {
+        let c = Config::parse("[[pkcs11]]\nmodule = \"/m.so\"\ntoken = \"a\"\n").unwrap();
+        assert_eq!(c.pkcs11[0].token, "a");
+        assert!(Config::parse("bogus = 1").unwrap_err().contains("bogus"));
+        assert!(Config::parse("[[pkcs11]]\nmodule = \"m.so\"\ntoken = \"a\"\n").unwrap_err().contains("absolute"));
+        let twice = "[[pkcs11]]\nmodule = \"/m\"\ntoken = \"a\"\n[[pkcs11]]\nmodule = \"/m\"\ntoken = \"a\"\n";
+        assert!(Config::parse(twice).unwrap_err().contains("twice"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The agent's errors, each carrying what a user needs to act, and their one mapping to
+//! gRPC status codes.
+
+use tonic::{Code, Status};
+
+/// PIN state as a token reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PinState {
+    /// Exact tries left, when the token says (PIV does; PKCS#11 has only flags).
+    pub tries_left: Option<u32>,
+    pub count_low: bool,
+    pub final_try: bool,
+    pub locked: bool,
+}
+
+impl PinState {
+    /// A short phrase for messages: "2 tries left", "one try left", ...
+    pub fn describe(&self) -> String {
+        if self.locked {
+            "the PIN is locked".into()
+        } else if let Some(n) = self.tries_left {
+            format!("{n} {} left", if n == 1 { "try" } else { "tries" })
+        } else if self.final_try {
+            "one try left".into()
+        } else if self.count_low {
+            "tries left: low (the token gives no count)".into()
+        } else {
+            "tries left: not reported by the token".into()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The key's role, GUN or document does not fit the request.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("token {token:?} is locked: run dct unlock --token {token}")]
+    Locked { token: String },
+    #[error("wrong PIN for token {token:?} ({}); not retried", state.describe())]
+    WrongPin { token: String, state: PinState },
+    #[error("the PIN of token {token:?} is locked; unblock it with the SO PIN (e.g. softhsm2-util or the token's own tool)")]
+    PinLocked { token: String },
+    #[error("token {token:?} reports one PIN try left; a wrong PIN would lock it. Check the PIN and repeat with --force")]
+    FinalTry { token: String },
+    /// Token absent or not usable right now.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::Refused(_) => Code::PermissionDenied,
+            Error::WrongPin { .. } => Code::Unauthenticated,
+            Error::Locked { .. } | Error::PinLocked { .. } | Error::FinalTry { .. } => {
+                Code::FailedPrecondition
+            }
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,492 @@
+//! PKCS#11 backend (cryptoki): SoftHSM2, YubiKey through ykcs11, OpenSC, network HSMs.
+//!
+//! Keys are P-256, generated on the token as sensitive and non-extractable. Each key's
+//! public and private objects carry `CKA_LABEL = "dct:<role>:<gun>"` (`"dct:root:"` for a
+//! root key) and `CKA_ID` = the 32 bytes of its canonical key ID; a root certificate is a
+//! public `CKO_CERTIFICATE` with the same `CKA_ID`. Public objects are readable without a
+//! PIN, so keys list while the token is locked. One session per token, opened on first use
+//! and reopened after a device error.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::Slot;
+use der::{Decode, Encode};
+use secrecy::SecretString;
+use x509_cert::Certificate;
+
+use super::{KeyBackend, KeyEntry, TokenInfo};
+use crate::error::{Error, PinState, Result};
+use crate::tuf::keys::{self as tufkeys, hex, TufKey};
+
+pub const BACKEND: &str = "pkcs11";
+const LABEL_PREFIX: &str = "dct:";
+/// DER OID of prime256v1, the CKA_EC_PARAMS of a P-256 key.
+const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Loads and initialises each module once per process; tokens of one module share it.
+#[derive(Default)]
+pub struct Modules(HashMap<PathBuf, Pkcs11>);
+
+impl Modules {
+    pub fn get(&mut self, path: &Path) -> Result<Pkcs11> {
+        if let Some(ctx) = self.0.get(path) {
+            return Ok(ctx.clone());
+        }
+        let ctx = Pkcs11::new(path)
+            .map_err(|e| Error::Unavailable(format!("cannot load PKCS#11 module {}: {e}", path.display())))?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                return Err(Error::Unavailable(format!("cannot initialise PKCS#11 module {}: {e}", path.display())))
+            }
+        }
+        self.0.insert(path.to_path_buf(), ctx.clone());
+        Ok(ctx)
+    }
+}
+
+pub struct Pkcs11Backend {
+    ctx: Pkcs11,
+    module: PathBuf,
+    label: String,
+    session: Option<Session>,
+    /// Private key handles by CKA_ID, valid while logged in on this session.
+    handles: HashMap<Vec<u8>, ObjectHandle>,
+}
+
+impl Pkcs11Backend {
+    pub fn new(ctx: Pkcs11, module: PathBuf, label: String) -> Self {
+        Pkcs11Backend { ctx, module, label, session: None, handles: HashMap::new() }
+    }
+
+    fn find_slot(&self) -> Result<Slot> {
+        let slots = self.ctx.get_slots_with_token().map_err(|e| self.unavailable(e))?;
+        for slot in slots {
+            if let Ok(info) = self.ctx.get_token_info(slot) {
+                if info.label().trim_end() == self.label {
+                    return Ok(slot);
+                }
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "token {:?} not found in PKCS#11 module {} (is it plugged in and initialised?)",
+            self.label,
+            self.module.display()
+        )))
+    }
+
+    fn session(&mut self) -> Result<&Session> {
+        if self.session.is_none() {
+            let slot = self.find_slot()?;
+            let s = self.ctx.open_rw_session(slot).map_err(|e| self.unavailable(e))?;
+            self.handles.clear();
+            self.session = Some(s);
+        }
+        // Set just above.
+        self.session.as_ref().ok_or_else(|| Error::Internal("no session".into()))
+    }
+
+    fn slot(&self) -> Option<Slot> {
+        self.session.as_ref().and_then(|s| s.get_session_info().ok()).map(|i| i.slot_id())
+    }
+
+    fn logged_in(&self) -> bool {
+        self.session
+            .as_ref()
+            .and_then(|s| s.get_session_info().ok())
+            .map(|i| matches!(i.session_state(), SessionState::RoUser | SessionState::RwUser))
+            .unwrap_or(false)
+    }
+
+    fn pin_state(&self) -> PinState {
+        let slot = match self.slot().map(Ok).unwrap_or_else(|| self.find_slot()) {
+            Ok(s) => s,
+            Err(_) => return PinState::default(),
+        };
+        match self.ctx.get_token_info(slot) {
+            Ok(t) => PinState {
+                tries_left: None,
+                count_low: t.user_pin_count_low(),
+                final_try: t.user_pin_final_try(),
+                locked: t.user_pin_locked(),
+            },
+            Err(_) => PinState::default(),
+        }
+    }
+
+    fn unavailable(&self, e: CkError) -> Error {
+        Error::Unavailable(format!("token {:?}: {e}", self.label))
+    }
+
+    /// Maps a PKCS#11 error; drops the session when the device went away, so the next
+    /// call reconnects.
+    fn map_err(&mut self, e: CkError) -> Error {
+        match e {
+            CkError::Pkcs11(RvError::UserNotLoggedIn, _) => {
+                self.handles.clear();
+                Error::Locked { token: self.label.clone() }
+            }
+            CkError::Pkcs11(
+                RvError::DeviceRemoved
+                | RvError::DeviceError
+                | RvError::TokenNotPresent
+                | RvError::SessionHandleInvalid
+                | RvError::SessionClosed,
+                _,
+            ) => {
+                self.session = None;
+                self.handles.clear();
+                Error::Unavailable(format!("token {:?}: {e}; will reconnect on the next request", self.label))
+            }
+            other => Error::Internal(format!("token {:?}: {other}", self.label)),
+        }
+    }
+
+    fn require_login(&mut self) -> Result<()> {
+        self.session()?;
+        if self.logged_in() {
+            Ok(())
+        } else {
+            self.handles.clear();
+            Err(Error::Locked { token: self.label.clone() })
+        }
+    }
+
+    fn uri(&self, id: &[u8]) -> String {
+        let mut s = format!("pkcs11:token={};id=", pct(self.label.as_bytes()));
+        for b in id {
+            s.push_str(&format!("%{b:02x}"));
+        }
+        s.push_str(";type=private");
+        s
+    }
+
+    fn entry(&self, role: &str, gun: Option<&str>, spki: Vec<u8>, id: Vec<u8>) -> KeyEntry {
+        let key = TufKey::ecdsa(spki.clone());
+        let id_hex = key.key_id();
+        KeyEntry {
+            key_id: id_hex.clone(),
+            canonical_id: id_hex,
+            role: role.into(),
+            gun: gun.map(str::to_string),
+            keytype: key.keytype,
+            public: key.public,
+            spki,
+            uri: self.uri(&id),
+            backend: BACKEND,
+            token: self.label.clone(),
+            handle: id,
+        }
+    }
+
+    fn with_cert(&self, mut e: KeyEntry, cert_der: &[u8]) -> Result<KeyEntry> {
+        let cert = Certificate::from_der(cert_der)
+            .map_err(|err| Error::Internal(format!("certificate on token for key {}: {err}", e.canonical_id)))?;
+        let spki = cert.tbs_certificate.subject_public_key_info.to_der().map_err(|err| Error::Internal(err.to_string()))?;
+        if spki != e.spki {
+            return Err(Error::Internal(format!("certificate with CKA_ID of key {} is for another key", e.canonical_id)));
+        }
+        let key = TufKey::ecdsa_x509(cert_der);
+        e.key_id = key.key_id();
+        e.keytype = key.keytype;
+        e.public = key.public;
+        e.gun = crate::tuf::cert::subject_cn(&cert);
+        Ok(e)
+    }
+
+    fn private_handle(&mut self, id: &[u8]) -> Result<ObjectHandle> {
+        if let Some(h) = self.handles.get(id) {
+            return Ok(*h);
+        }
+        self.require_login()?;
+        let template = [Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(id.to_vec())];
+        let found = self.session()?.find_objects(&template);
+        let found = found.map_err(|e| self.map_err(e))?;
+        let h = *found
+            .first()
+            .ok_or_else(|| Error::NotFound(format!("private key {} not found on token {:?}", hex(id), self.label)))?;
+        self.handles.insert(id.to_vec(), h);
+        Ok(h)
+    }
+}
+
+impl KeyBackend for Pkcs11Backend {
+    fn info(&mut self) -> TokenInfo {
+        let mut info = TokenInfo {
+            backend: BACKEND,
+            label: self.label.clone(),
+            module: self.module.display().to_string(),
+            ..Default::default()
+        };
+        if let Err(e) = self.session() {
+            info.error = Some(e.to_string());
+            return info;
+        }
+        info.present = true;
+        info.unlocked = self.logged_in();
+        info.pin = self.pin_state();
+        if let Some(t) = self.slot().and_then(|s| self.ctx.get_token_info(s).ok()) {
+            info.manufacturer = t.manufacturer_id().trim_end().into();
+            info.model = t.model().trim_end().into();
+            info.serial = t.serial_number().trim_end().into();
+        }
+        match self.list_keys() {
+            Ok(k) => info.key_count = k.len() as u32,
+            Err(e) => info.error = Some(e.to_string()),
+        }
+        info
+    }
+
+    fn login(&mut self, pin: &SecretString, force: bool) -> Result<PinState> {
+        self.session()?;
+        if self.logged_in() {
+            return Ok(self.pin_state());
+        }
+        let before = self.pin_state();
+        if before.locked {
+            return Err(Error::PinLocked { token: self.label.clone() });
+        }
+        if before.final_try && !force {
+            return Err(Error::FinalTry { token: self.label.clone() });
+        }
+        let result = self.session()?.login(UserType::User, Some(pin));
+        self.handles.clear();
+        match result {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(self.pin_state()),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                Err(Error::WrongPin { token: self.label.clone(), state: self.pin_state() })
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::PinLocked { token: self.label.clone() }),
+            Err(CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _)) => Err(Error::InvalidArgument(
+                format!("the PIN has a length or characters token {:?} does not accept", self.label),
+            )),
+            Err(e) => Err(self.map_err(e)),
+        }
+    }
+
+    fn logout(&mut self) -> Result<()> {
+        self.handles.clear();
+        if self.session.is_none() || !self.logged_in() {
+            return Ok(());
+        }
+        let r = self.session()?.logout();
+        match r {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
+            Err(e) => Err(self.map_err(e)),
+        }
+    }
+
+    fn list_keys(&mut self) -> Result<Vec<KeyEntry>> {
+        let session = self.session()?;
+        let pubs = session.find_objects(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+        ]);
+        let certs = session.find_objects(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(CertificateType::X_509),
+        ]);
+        let (pubs, certs) = match (pubs, certs) {
+            (Ok(p), Ok(c)) => (p, c),
+            (Err(e), _) | (_, Err(e)) => return Err(self.map_err(e)),
+        };
+        let mut by_id: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
+        for h in certs {
+            let attrs = self
+                .session()?
+                .get_attributes(h, &[AttributeType::Id, AttributeType::Value]);
+            let attrs = attrs.map_err(|e| self.map_err(e))?;
+            let (mut id, mut value) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Id(v) => id = Some(v),
+                    Attribute::Value(v) => value = Some(v),
+                    _ => {}
+                }
+            }
+            if let (Some(id), Some(value)) = (id, value) {
+                by_id.entry(id).or_default().push(value);
+            }
+        }
+        let mut out = Vec::new();
+        for h in pubs {
+            let attrs = self
+                .session()?
+                .get_attributes(h, &[AttributeType::Label, AttributeType::Id, AttributeType::EcPoint]);
+            let attrs = attrs.map_err(|e| self.map_err(e))?;
+            let (mut label, mut id, mut point) = (None, None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Label(v) => label = Some(v),
+                    Attribute::Id(v) => id = Some(v),
+                    Attribute::EcPoint(v) => point = Some(v),
+                    _ => {}
+                }
+            }
+            let (Some(label), Some(id), Some(point)) = (label, id, point) else { continue };
+            let Some((role, gun)) = parse_label(&String::from_utf8_lossy(&label)) else { continue };
+            let Ok(spki) = tufkeys::p256_spki_from_point(ec_point(&point)) else { continue };
+            let entry = self.entry(&role, gun.as_deref(), spki, id.clone());
+            let certs = by_id.get(&id).map(Vec::as_slice).unwrap_or_default();
+            if role == "root" && !certs.is_empty() {
+                for c in certs {
+                    out.push(self.with_cert(entry.clone(), c)?);
+                }
+            } else {
+                out.push(entry);
+            }
+        }
+        out.sort_by(|a, b| (&a.role, &a.gun, &a.key_id).cmp(&(&b.role, &b.gun, &b.key_id)));
+        Ok(out)
+    }
+
+    fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry> {
+        self.require_login()?;
+        let label = format!("{LABEL_PREFIX}{role}:{}", gun.unwrap_or_default()).into_bytes();
+        let mut tmp_id = [0u8; 32];
+        getrandom::getrandom(&mut tmp_id).map_err(|e| Error::Internal(e.to_string()))?;
+        let public = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(tmp_id.to_vec()),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Label(label),
+            Attribute::Id(tmp_id.to_vec()),
+        ];
+        let r = self.session()?.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private);
+        let (pub_h, priv_h) = r.map_err(|e| self.map_err(e))?;
+        let point = self.session()?.get_attributes(pub_h, &[AttributeType::EcPoint]);
+        let point = match point.map_err(|e| self.map_err(e))?.into_iter().next() {
+            Some(Attribute::EcPoint(p)) => p,
+            _ => return Err(Error::Internal("token returned no EC point for the new key".into())),
+        };
+        let spki = tufkeys::p256_spki_from_point(ec_point(&point)).map_err(|e| Error::Internal(e.to_string()))?;
+        // CKA_ID becomes the canonical key ID, so other PKCS#11 tools show the same ID.
+        let canonical = tufkeys::unhex(&TufKey::ecdsa(spki.clone()).key_id()).unwrap_or_default();
+        let session = self.session()?;
+        let id = match session
+            .update_attributes(pub_h, &[Attribute::Id(canonical.clone())])
+            .and_then(|_| session.update_attributes(priv_h, &[Attribute::Id(canonical.clone())]))
+        {
+            Ok(()) => canonical,
+            Err(e) => {
+                tracing::warn!(token = %self.label, "token keeps the random CKA_ID: {e}");
+                tmp_id.to_vec()
+            }
+        };
+        self.handles.insert(id.clone(), priv_h);
+        Ok(self.entry(role, gun, spki, id))
+    }
+
+    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
+        let h = self.private_handle(&key.handle)?;
+        let r = self.session()?.sign(&Mechanism::Ecdsa, h, digest);
+        let sig = match r {
+            Ok(s) => s,
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)) => {
+                // The handle went stale (another application changed the token): look it up again.
+                self.handles.remove(&key.handle);
+                let h = self.private_handle(&key.handle)?;
+                let r = self.session()?.sign(&Mechanism::Ecdsa, h, digest);
+                r.map_err(|e| self.map_err(e))?
+            }
+            Err(e) => return Err(self.map_err(e)),
+        };
+        if sig.len() != 64 {
+            return Err(Error::Internal(format!("token returned a {}-byte ECDSA signature, not 64", sig.len())));
+        }
+        Ok(sig)
+    }
+
+    fn store_certificate(&mut self, key: &KeyEntry, gun: &str, cert_der: &[u8]) -> Result<KeyEntry> {
+        self.require_login()?;
+        let cert = Certificate::from_der(cert_der).map_err(|e| Error::Internal(e.to_string()))?;
+        let subject = cert.tbs_certificate.subject.to_der().map_err(|e| Error::Internal(e.to_string()))?;
+        let template = [
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(CertificateType::X_509),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(format!("{LABEL_PREFIX}cert:{gun}").into_bytes()),
+            Attribute::Id(key.handle.clone()),
+            Attribute::Subject(subject),
+            Attribute::Value(cert_der.to_vec()),
+        ];
+        let r = self.session()?.create_object(&template);
+        r.map_err(|e| self.map_err(e))?;
+        let mut base = key.clone();
+        base.gun = None;
+        self.with_cert(base, cert_der)
+    }
+}
+
+/// `dct:<role>:<gun>` -> (role, gun). Roles hold no `:`; GUNs may (`host:5000/app`).
+fn parse_label(label: &str) -> Option<(String, Option<String>)> {
+    let rest = label.strip_prefix(LABEL_PREFIX)?;
+    let (role, gun) = rest.split_once(':')?;
+    if role == "cert" || !crate::tuf::metadata::valid_role_name(role) {
+        return None;
+    }
+    Some((role.to_string(), (!gun.is_empty()).then(|| gun.to_string())))
+}
+
+/// CKA_EC_POINT is a DER OCTET STRING around the point; some tokens return the bare point.
+fn ec_point(v: &[u8]) -> &[u8] {
+    match v {
+        [0x04, len, rest @ ..] if *len as usize == rest.len() && rest.first() == Some(&0x04) => rest,
+        _ => v,
+    }
+}
+
+/// RFC 7512 percent-encoding of a URI attribute value.
+fn pct(v: &[u8]) -> String {
+    v.iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip() {
+        assert_eq!(parse_label("dct:root:"), Some(("root".into(), None)));
+        assert_eq!(
+            parse_label("dct:targets:host:5000/app"),
+            Some(("targets".into(), Some("host:5000/app".into())))
+        );
+        assert_eq!(parse_label("dct:targets/ci:g"), Some(("targets/ci".into(), Some("g".into()))));
+        assert_eq!(parse_label("dct:cert:g"), None);
+        assert_eq!(parse_label("other"), None);
+    }
+
+    #[test]
+    fn ec_point_unwraps_octet_string() {
+        let mut wrapped = vec![0x04, 65, 0x04];
+        wrapped.extend([1u8; 64]);
+        assert_eq!(ec_point(&wrapped).len(), 65);
+        assert_eq!(ec_point(&wrapped[2..]).len(), 65);
+    }
+}

@@ -1,0 +1,113 @@
+//! The Unix-socket listener: a private directory (0700), a socket (0600), a peer-uid check
+//! on every connection before any RPC runs, and a clean shutdown that removes the socket.
+
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use dct_proto::dct::v1::agent_server::AgentServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::config::{Config, Pkcs11Config};
+use crate::keys::pkcs11::{Modules, Pkcs11Backend, BACKEND};
+use crate::keys::Token;
+use crate::service::AgentService;
+
+/// Starts one worker thread per configured token. A token that is absent now is not an
+/// error: requests say so, and it is picked up when it appears.
+pub fn start_tokens(config: &[Pkcs11Config]) -> Result<Vec<Token>, String> {
+    let mut modules = Modules::default();
+    let mut tokens = Vec::new();
+    for t in config {
+        let ctx = modules.get(&t.module).map_err(|e| e.to_string())?;
+        let backend = Pkcs11Backend::new(ctx, t.module.clone(), t.token.clone());
+        tokens.push(Token::spawn(t.token.clone(), BACKEND, Box::new(backend)).map_err(|e| e.to_string())?);
+    }
+    Ok(tokens)
+}
+
+/// Makes the socket's directory (0700) or checks an existing one is ours and private.
+fn prepare_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::DirBuilder::new().recursive(false).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let uid = nix::unistd::getuid().as_raw();
+    if meta.uid() != uid {
+        return Err(format!("socket directory {} belongs to uid {}, not to us ({uid})", dir.display(), meta.uid()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "socket directory {} has mode {mode:o}; it must be private: chmod 700 {}",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+pub struct Listener {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+/// Binds the socket, refusing to take over one where another agent answers.
+pub fn bind(path: &Path) -> Result<Listener, String> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    prepare_dir(dir)?;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!("another dct-agent is already serving at {}", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+    Ok(Listener { path: path.to_path_buf(), listener })
+}
+
+impl Listener {
+    /// Serves until `shutdown` completes, then removes the socket.
+    pub async fn serve(self, config: &Config, tokens: Vec<Token>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+        let own_uid = nix::unistd::getuid().as_raw();
+        let incoming = UnixListenerStream::new(self.listener).filter(move |conn| match conn {
+            Ok(stream) => match stream.peer_cred() {
+                Ok(cred) if cred.uid() == own_uid => true,
+                Ok(cred) => {
+                    tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused connection from another user");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!("refused connection: cannot read peer credentials: {e}");
+                    false
+                }
+            },
+            Err(_) => true,
+        });
+        let limit = config.max_request_bytes();
+        let service = AgentServer::new(AgentService::new(tokens))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit.saturating_mul(2));
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        let _ = std::fs::remove_file(&self.path);
+        result.map_err(|e| format!("server: {e}"))
+    }
+}

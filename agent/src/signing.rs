@@ -1,0 +1,140 @@
+//! Signing a Notary metadata file: parse it, check the key fits the document, sign the
+//! canonical bytes of `signed` on the token, add the signature. Nothing in `signed` changes.
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::keys::KeyEntry;
+use crate::tuf::cert::subject_cn;
+use crate::tuf::keys::{TufKey, ECDSA_X509};
+use crate::tuf::metadata::{
+    expected_type, parse_key_map, valid_delegation_name, Envelope, MetaDoc, RootDoc, Signature, TargetsDoc,
+};
+
+/// A document checked and ready for a given key to sign.
+pub struct Prepared {
+    pub envelope: Envelope,
+    pub role: String,
+    pub version: u64,
+    /// SHA-256 of the canonical `signed` bytes.
+    pub digest: [u8; 32],
+    /// The keyid to write in the signature.
+    pub keyid: String,
+}
+
+/// Parses `document` and checks that `keys` (every listing of the key: a root key lists
+/// once per certificate) may sign it for `role`/`gun`.
+pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Result<Prepared> {
+    let key = keys.first().ok_or_else(|| Error::NotFound("no such key".into()))?;
+    let envelope = Envelope::parse(document).map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+    let doc_type = envelope
+        .doc_type()
+        .ok_or_else(|| Error::InvalidArgument("document: signed has no _type".into()))?
+        .to_string();
+
+    // The role the document is for: the request's, else the key's.
+    let role = if role.is_empty() { key.role.clone() } else { role.to_string() };
+    let fits = match key.role.as_str() {
+        // A delegation key may sign any delegation (docker puts one key in targets/NAME and
+        // targets/releases), never the top-level roles.
+        r if r.starts_with("targets/") => valid_delegation_name(&role),
+        r => r == role,
+    };
+    if !fits {
+        return Err(Error::Refused(format!("key {} is a {} key; it does not sign {role}", key.key_id, key.role)));
+    }
+    let expected = expected_type(&role);
+    if doc_type != expected {
+        return Err(Error::Refused(format!(
+            "document _type is {doc_type:?} but a {role} document must be {expected:?}"
+        )));
+    }
+
+    // Parse the whole document as its type: the agent signs only what it understands.
+    let bad = |e: serde_json::Error| Error::InvalidArgument(format!("document is not a valid {doc_type}: {e}"));
+    let signed = envelope.signed.clone();
+    let (common, doc_gun) = match doc_type.as_str() {
+        "Root" => {
+            let root: RootDoc = serde_json::from_value(signed).map_err(bad)?;
+            let keys = parse_key_map(&root.keys).map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+            let root_gun = root
+                .roles
+                .get("root")
+                .and_then(|r| r.keyids.iter().find_map(|id| keys.get(id)?.certificate().ok()))
+                .and_then(|c| subject_cn(&c));
+            (root.common, root_gun)
+        }
+        "Targets" => {
+            let t: TargetsDoc = serde_json::from_value(signed).map_err(bad)?;
+            for d in &t.delegations.roles {
+                if !valid_delegation_name(&d.name) {
+                    return Err(Error::InvalidArgument(format!("document: invalid delegation name {:?}", d.name)));
+                }
+            }
+            parse_key_map(&t.delegations.keys).map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+            (t.common, None)
+        }
+        _ => (serde_json::from_value::<MetaDoc>(signed).map_err(bad)?.common, None),
+    };
+    if common.version < 1 {
+        return Err(Error::InvalidArgument(format!("document version {} is below 1", common.version)));
+    }
+    common.expires_at().map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+
+    // GUN: the request's, the document's (a root names it in its certificates), the key's.
+    let mut gun = gun.to_string();
+    if let Some(d) = doc_gun {
+        if !gun.is_empty() && gun != d {
+            return Err(Error::Refused(format!("document is the root of {d:?}, not {gun:?}")));
+        }
+        gun = d;
+    }
+    let keyid = if key.role == "root" {
+        root_keyid(&envelope, keys, &gun)?
+    } else {
+        if let Some(kg) = &key.gun {
+            if !gun.is_empty() && &gun != kg {
+                return Err(Error::Refused(format!("key {} belongs to {kg:?}, not {gun:?}", key.key_id)));
+            }
+        }
+        key.canonical_id.clone()
+    };
+    let message = envelope.signed_bytes().map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+    Ok(Prepared {
+        envelope,
+        role,
+        version: common.version as u64,
+        digest: Sha256::digest(&message).into(),
+        keyid,
+    })
+}
+
+/// The keyid a root key signs a root document with: the certificate the document lists for
+/// this key, else (for a new root signed by an old key) this key's certificate for the GUN.
+fn root_keyid(envelope: &Envelope, keys: &[KeyEntry], gun: &str) -> Result<String> {
+    let spki = &keys[0].spki;
+    if let Some(listed) = envelope.signed.get("keys").and_then(|k| k.as_object()) {
+        for (id, v) in listed {
+            if let Ok(k) = TufKey::from_value(v) {
+                if k.keytype == ECDSA_X509 && k.spki_der().ok().as_ref() == Some(spki) {
+                    return Ok(id.clone());
+                }
+            }
+        }
+    }
+    keys.iter()
+        .find(|k| k.keytype == ECDSA_X509 && k.gun.as_deref() == Some(gun))
+        .map(|k| k.key_id.clone())
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "root key {} has no certificate for {gun:?} and the document does not list it",
+                keys[0].canonical_id
+            ))
+        })
+}
+
+/// Adds the signature and returns the new file bytes.
+pub fn finish(mut p: Prepared, raw_sig: Vec<u8>) -> Result<Vec<u8>> {
+    p.envelope.set_signature(Signature { keyid: p.keyid, method: "ecdsa".into(), sig: raw_sig });
+    p.envelope.to_bytes().map_err(Error::Internal)
+}

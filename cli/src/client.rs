@@ -1,0 +1,111 @@
+//! Connecting to the agent over its Unix socket, and turning gRPC errors into messages
+//! with a next step.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use dct_proto::dct::v1::agent_client::AgentClient;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Response, Status};
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn failed(m: impl Into<String>) -> Self {
+        Failure { code: EXIT_FAILED, message: m.into(), hint: None }
+    }
+    pub fn usage(m: impl Into<String>) -> Self {
+        Failure { code: EXIT_USAGE, message: m.into(), hint: None }
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/dct-agent/agent.sock`, else `/tmp/dct-agent-<uid>/agent.sock`: the
+/// agent's default.
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("dct-agent").join("agent.sock"),
+        None => {
+            // The uid of our own runtime files, without unsafe getuid(): /proc/self is ours.
+            use std::os::unix::fs::MetadataExt;
+            let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+            PathBuf::from(format!("/tmp/dct-agent-{uid}")).join("agent.sock")
+        }
+    }
+}
+
+pub struct Client {
+    inner: AgentClient<Channel>,
+}
+
+impl Client {
+    pub async fn connect(socket: &Path) -> Result<Client, Failure> {
+        let path = socket.to_path_buf();
+        let unreachable = |e: String| Failure {
+            code: EXIT_UNREACHABLE,
+            message: format!("agent not running at {} ({e})", path.display()),
+            hint: Some("start it with `dct-agent` (or point --socket / DCT_SOCKET at its socket)".into()),
+        };
+        // The URI is required by the API but unused: the connector dials the socket.
+        let endpoint = Endpoint::try_from("http://dct-agent.invalid").map_err(|e| unreachable(e.to_string()))?;
+        let p = path.clone();
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let p = p.clone();
+                async move { tokio::net::UnixStream::connect(p).await.map(TokioIo::new) }
+            }))
+            .await
+            .map_err(|e| {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg = s.to_string();
+                    src = s.source();
+                }
+                unreachable(msg)
+            })?;
+        Ok(Client { inner: AgentClient::new(channel).max_decoding_message_size(usize::MAX) })
+    }
+
+    pub async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, Failure>
+    where
+        F: FnOnce(AgentClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        f(self.inner.clone()).await.map(Response::into_inner).map_err(failure)
+    }
+}
+
+/// One mapping from agent status to a message and a next step.
+fn failure(s: Status) -> Failure {
+    let msg = s.message().to_string();
+    let hint = match s.code() {
+        Code::OutOfRange if msg.contains("too large") => {
+            return Failure {
+                code: EXIT_FAILED,
+                message: format!("request too large for the agent: {msg}"),
+                hint: Some("the agent's limit is max_request_bytes in agent.toml".into()),
+            };
+        }
+        Code::Unavailable if msg.contains("connect") || msg.contains("transport") => {
+            return Failure {
+                code: EXIT_UNREACHABLE,
+                message: format!("agent connection lost: {msg}"),
+                hint: Some("is dct-agent still running?".into()),
+            };
+        }
+        Code::FailedPrecondition if msg.contains("locked: run") => None,
+        Code::NotFound => Some("see `dct key list` and `dct status`".to_string()),
+        _ => None,
+    };
+    Failure { code: EXIT_FAILED, message: msg, hint }
+}
