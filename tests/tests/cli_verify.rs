@@ -1,0 +1,149 @@
+//! `dct tuf verify` through a real agent that holds no key, on the real notary 0.7
+//! repository and tampered copies of it; CLI exit codes.
+
+use std::path::Path;
+
+use dct_tests::{fixture_dir, Agent};
+
+const GUN: &str = "example.com/app";
+const AT: &str = "2026-11-23T00:00:00Z";
+
+fn copy_repo(dst: &Path) {
+    for f in ["root.json", "targets.json", "snapshot.json", "timestamp.json"] {
+        std::fs::copy(fixture_dir("notary-0.7/metadata").join(f), dst.join(f)).unwrap();
+    }
+}
+
+fn verify(agent: &Agent, dir: &Path, at: &str) -> dct_tests::Run {
+    agent.dct(&["tuf", "verify", dir.to_str().unwrap(), "--gun", GUN, "--at", at])
+}
+
+#[test]
+fn verifies_the_real_notary_repository() {
+    let agent = Agent::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    copy_repo(dir.path());
+    let out = verify(&agent, dir.path(), AT).ok();
+    assert!(out.stdout.contains("example.com/app: verified"), "{}", out.stdout);
+    assert!(out.stdout.contains("sha256:a4bba2aec97f95071fa9b9f612e966a89fc070ccaed26f30743c329abfd98fdc"));
+    let json = agent.dct(&["--json", "tuf", "verify", dir.path().to_str().unwrap(), "--gun", GUN, "--at", AT]).json();
+    assert_eq!(json["valid"], true);
+    let targets = json["roles"].as_array().unwrap().iter().find(|r| r["role"] == "targets").unwrap();
+    assert_eq!(targets["version"], 2);
+    assert_eq!(targets["signed_by"][0], "4887b4aa2cb6bff5e64a33424e07bd6333faefd023a05ae86f0cae2dcecce4f9");
+    assert_eq!(targets["targets"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn rejects_tampered_repositories_naming_the_role_and_check() {
+    let agent = Agent::start(None);
+    let case = |name: &str, edit: &dyn Fn(&Path), at: &str, role: &str, check: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        copy_repo(dir.path());
+        edit(dir.path());
+        let err = verify(&agent, dir.path(), at).fails(1, "verification failed");
+        assert!(err.contains(&format!("{role}: ")) && err.contains(check), "{name}: {err}");
+    };
+    // A flipped byte in each role's signed part: its pinning role or its own signature fails.
+    for (role, pinned_by) in [("root", "root"), ("targets", "snapshot"), ("snapshot", "timestamp"), ("timestamp", "timestamp")] {
+        case(
+            role,
+            &|d: &Path| {
+                let p = d.join(format!("{role}.json"));
+                let mut b = std::fs::read(&p).unwrap();
+                let pos = b.windows(9).position(|w| w == b"\"version\"").unwrap() + 10;
+                b[pos] = if b[pos] == b'7' { b'8' } else { b'7' };
+                std::fs::write(&p, b).unwrap();
+            },
+            AT,
+            pinned_by,
+            "",
+        );
+    }
+    // Timestamp alone has nothing pinning it: its signature must fail.
+    case(
+        "timestamp signature",
+        &|d: &Path| {
+            let p = d.join("timestamp.json");
+            let s = std::fs::read_to_string(&p).unwrap().replace("\"version\":1", "\"version\":7");
+            std::fs::write(&p, s).unwrap();
+        },
+        AT,
+        "timestamp",
+        "0 valid signature(s) of the 1 required",
+    );
+    // A removed signature (on root, whose hash snapshot pins: re-pinning is not possible
+    // without the snapshot key, so show the signature check on timestamp instead).
+    case(
+        "removed signature",
+        &|d: &Path| {
+            let p = d.join("timestamp.json");
+            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            v["signatures"] = serde_json::json!([]);
+            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        },
+        AT,
+        "timestamp",
+        "no signatures",
+    );
+    // Swapped role files.
+    case(
+        "swapped",
+        &|d: &Path| {
+            std::fs::rename(d.join("targets.json"), d.join("tmp")).unwrap();
+            std::fs::rename(d.join("snapshot.json"), d.join("targets.json")).unwrap();
+            std::fs::rename(d.join("tmp"), d.join("snapshot.json")).unwrap();
+        },
+        AT,
+        "timestamp",
+        "snapshot.json does not match",
+    );
+    // Expired timestamp as of a later time.
+    case("expired", &|_: &Path| {}, "2026-12-07T00:00:00Z", "timestamp", "expired at 2026-12-06");
+    // targets.json still validly signed (whitespace does not change the canonical form) but
+    // its bytes no longer match what snapshot pinned.
+    case(
+        "snapshot mismatch",
+        &|d: &Path| {
+            let p = d.join("targets.json");
+            let mut b = std::fs::read(&p).unwrap();
+            b.push(b'\n');
+            std::fs::write(&p, b).unwrap();
+        },
+        AT,
+        "snapshot",
+        "targets.json does not match",
+    );
+    // A missing role file.
+    case("missing", &|d: &Path| std::fs::remove_file(d.join("snapshot.json")).unwrap(), AT, "snapshot", "missing");
+    // Not JSON.
+    case("not json", &|d: &Path| std::fs::write(d.join("root.json"), "nope").unwrap(), AT, "root", "not JSON");
+}
+
+#[test]
+fn exit_codes_and_unreachable_agent() {
+    let agent = Agent::start(None);
+    // Usage error.
+    assert_eq!(agent.dct(&["tuf", "verify"]).code(), 2);
+    // --help documents the exit codes.
+    let help = agent.dct(&["--help"]).ok().stdout;
+    assert!(help.contains("3  agent unreachable"), "{help}");
+    // Unreachable agent: distinct code, says how to start it.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dct_tests::Run(
+        std::process::Command::new(dct_tests::bin("dct"))
+            .args(["status"])
+            .env("DCT_SOCKET", dir.path().join("none.sock"))
+            .output()
+            .unwrap(),
+    );
+    let err = run.fails(3, "agent not running at");
+    assert!(err.contains("start it with `dct-agent`"), "{err}");
+    // A bad --at.
+    agent.dct(&["tuf", "verify", fixture_dir("notary-0.7/metadata").to_str().unwrap(), "--gun", GUN, "--at", "yesterday"])
+        .fails(1, "not RFC 3339");
+    // An agent with no tokens says so.
+    let status = agent.dct(&["--json", "status"]).json();
+    assert_eq!(status["tokens"].as_array().unwrap().len(), 0);
+    agent.dct(&["unlock", "--pin-file", "/dev/null"]).fails(1, "no tokens configured");
+}
