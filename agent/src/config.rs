@@ -48,7 +48,10 @@ impl Config {
                 return Err(format!("token {:?} is configured twice", t.token));
             }
             if !t.module.is_absolute() {
-                return Err(format!("PKCS#11 module path {:?} must be absolute", t.module));
+                return Err(format!(
+                    "PKCS#11 module path {:?} must be absolute",
+                    t.module
+                ));
             }
         }
         Ok(c)
@@ -67,7 +70,9 @@ impl Config {
             Ok(text) => Config::parse(&text)
                 .map(|c| (c, Some(path.clone())))
                 .map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok((Config::default(), None)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok((Config::default(), None))
+            }
             Err(e) => Err(format!("cannot read config {}: {e}", path.display())),
         }
     }
@@ -91,7 +96,9 @@ pub fn default_config_path() -> Option<PathBuf> {
 pub fn default_socket_path() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(d) => PathBuf::from(d).join("dct-agent").join("agent.sock"),
-        None => PathBuf::from(format!("/tmp/dct-agent-{}", nix::unistd::getuid())).join("agent.sock"),
+        None => {
+            PathBuf::from(format!("/tmp/dct-agent-{}", nix::unistd::getuid())).join("agent.sock")
+        }
     }
 }
 
@@ -104,7 +111,11 @@ mod tests {
         let c = Config::parse("[[pkcs11]]\nmodule = \"/m.so\"\ntoken = \"a\"\n").unwrap();
         assert_eq!(c.pkcs11[0].token, "a");
         assert!(Config::parse("bogus = 1").unwrap_err().contains("bogus"));
-        assert!(Config::parse("[[pkcs11]]\nmodule = \"m.so\"\ntoken = \"a\"\n").unwrap_err().contains("absolute"));
+        assert!(
+            Config::parse("[[pkcs11]]\nmodule = \"m.so\"\ntoken = \"a\"\n")
+                .unwrap_err()
+                .contains("absolute")
+        );
         let twice = "[[pkcs11]]\nmodule = \"/m\"\ntoken = \"a\"\n[[pkcs11]]\nmodule = \"/m\"\ntoken = \"a\"\n";
         assert!(Config::parse(twice).unwrap_err().contains("twice"));
     }

@@ -27,7 +27,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DCT_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("DCT_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
     match run(args) {
@@ -45,7 +46,10 @@ fn run(args: Args) -> Result<(), String> {
         Some(p) => tracing::info!("config {}", p.display()),
         None => tracing::info!("no config file: no tokens (verification only)"),
     }
-    let socket = args.socket.or_else(|| cfg.socket.clone()).unwrap_or_else(config::default_socket_path);
+    let socket = args
+        .socket
+        .or_else(|| cfg.socket.clone())
+        .unwrap_or_else(config::default_socket_path);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,7 +69,10 @@ fn run(args: Args) -> Result<(), String> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

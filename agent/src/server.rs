@@ -23,19 +23,26 @@ pub fn start_tokens(config: &[Pkcs11Config]) -> Result<Vec<Token>, String> {
     for t in config {
         let ctx = modules.get(&t.module).map_err(|e| e.to_string())?;
         let backend = Pkcs11Backend::new(ctx, t.module.clone(), t.token.clone());
-        tokens.push(Token::spawn(t.token.clone(), BACKEND, Box::new(backend)).map_err(|e| e.to_string())?);
+        tokens.push(
+            Token::spawn(t.token.clone(), BACKEND, Box::new(backend)).map_err(|e| e.to_string())?,
+        );
     }
     Ok(tokens)
 }
 
 /// Makes the socket's directory (0700) or checks an existing one is ours and private.
 fn prepare_dir(dir: &Path) -> Result<(), String> {
-    match std::fs::DirBuilder::new().recursive(false).mode(0o700).create(dir) {
+    match std::fs::DirBuilder::new()
+        .recursive(false)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
             }
             std::fs::DirBuilder::new()
                 .mode(0o700)
@@ -47,7 +54,11 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let uid = nix::unistd::getuid().as_raw();
     if meta.uid() != uid {
-        return Err(format!("socket directory {} belongs to uid {}, not to us ({uid})", dir.display(), meta.uid()));
+        return Err(format!(
+            "socket directory {} belongs to uid {}, not to us ({uid})",
+            dir.display(),
+            meta.uid()
+        ));
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -67,23 +78,39 @@ pub struct Listener {
 
 /// Binds the socket, refusing to take over one where another agent answers.
 pub fn bind(path: &Path) -> Result<Listener, String> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     prepare_dir(dir)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("another dct-agent is already serving at {}", path.display()));
+            return Err(format!(
+                "another dct-agent is already serving at {}",
+                path.display()
+            ));
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
-    Ok(Listener { path: path.to_path_buf(), listener })
+    Ok(Listener {
+        path: path.to_path_buf(),
+        listener,
+    })
 }
 
 impl Listener {
     /// Serves until `shutdown` completes, then removes the socket.
-    pub async fn serve(self, config: &Config, tokens: Vec<Token>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    pub async fn serve(
+        self,
+        config: &Config,
+        tokens: Vec<Token>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), String> {
         let own_uid = nix::unistd::getuid().as_raw();
         let incoming = UnixListenerStream::new(self.listener).filter(move |conn| match conn {
             Ok(stream) => match stream.peer_cred() {

@@ -20,7 +20,9 @@ pub struct AgentService {
 
 impl AgentService {
     pub fn new(tokens: Vec<Token>) -> Self {
-        AgentService { tokens: Arc::new(tokens) }
+        AgentService {
+            tokens: Arc::new(tokens),
+        }
     }
 
     /// The token a request names, or the only one when it names none.
@@ -28,7 +30,9 @@ impl AgentService {
         if label.is_empty() {
             return match self.tokens.as_slice() {
                 [t] => Ok(t),
-                [] => Err(Error::Unavailable("the agent has no tokens configured ([[pkcs11]] in agent.toml)".into())),
+                [] => Err(Error::Unavailable(
+                    "the agent has no tokens configured ([[pkcs11]] in agent.toml)".into(),
+                )),
                 _ => Err(Error::InvalidArgument(format!(
                     "several tokens are configured; name one with --token ({})",
                     self.labels()
@@ -38,11 +42,20 @@ impl AgentService {
         self.tokens
             .iter()
             .find(|t| t.label == label)
-            .ok_or_else(|| Error::NotFound(format!("no token {label:?} configured (have: {})", self.labels())))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no token {label:?} configured (have: {})",
+                    self.labels()
+                ))
+            })
     }
 
     fn labels(&self) -> String {
-        self.tokens.iter().map(|t| t.label.as_str()).collect::<Vec<_>>().join(", ")
+        self.tokens
+            .iter()
+            .map(|t| t.label.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Every key on every token, with the tokens that could not be read.
@@ -61,12 +74,17 @@ impl AgentService {
     /// The listings of one key, found by key ID, canonical ID or a unique prefix of either.
     async fn find_key(&self, wanted: &str) -> Result<Vec<KeyEntry>> {
         if wanted.len() < 4 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidArgument(format!("{wanted:?} is not a key ID (hex, at least 4 digits)")));
+            return Err(Error::InvalidArgument(format!(
+                "{wanted:?} is not a key ID (hex, at least 4 digits)"
+            )));
         }
         let wanted = wanted.to_ascii_lowercase();
         let (keys, errors) = self.all_keys().await;
-        let exact: Vec<KeyEntry> =
-            keys.iter().filter(|k| k.key_id == wanted || k.canonical_id == wanted).cloned().collect();
+        let exact: Vec<KeyEntry> = keys
+            .iter()
+            .filter(|k| k.key_id == wanted || k.canonical_id == wanted)
+            .cloned()
+            .collect();
         let matches = if exact.is_empty() {
             keys.into_iter()
                 .filter(|k| k.key_id.starts_with(&wanted) || k.canonical_id.starts_with(&wanted))
@@ -90,7 +108,9 @@ impl AgentService {
                 m.sort_by_key(|k| k.key_id != wanted);
                 Ok(m)
             }
-            _ => Err(Error::InvalidArgument(format!("key ID prefix {wanted} is ambiguous"))),
+            _ => Err(Error::InvalidArgument(format!(
+                "key ID prefix {wanted} is ambiguous"
+            ))),
         }
     }
 }
@@ -136,12 +156,20 @@ fn key_pb(k: KeyEntry) -> pb::Key {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let mut tokens = Vec::new();
         for t in self.tokens.iter() {
             let info = match t.run(|b| Ok(b.info())).await {
                 Ok(i) => i,
-                Err(e) => TokenInfo { backend: t.backend, label: t.label.clone(), error: Some(e.to_string()), ..Default::default() },
+                Err(e) => TokenInfo {
+                    backend: t.backend,
+                    label: t.label.clone(),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
             };
             tokens.push(token_pb(info));
         }
@@ -152,7 +180,10 @@ impl Agent for AgentService {
         }))
     }
 
-    async fn unlock(&self, req: Request<pb::UnlockRequest>) -> Result<Response<pb::UnlockResponse>, Status> {
+    async fn unlock(
+        &self,
+        req: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
         let mut req = req.into_inner();
         // Move the PIN out of the request into a zeroizing secret at once.
         let pin = SecretString::from(std::mem::take(&mut req.pin));
@@ -167,10 +198,16 @@ impl Agent for AgentService {
             Ok(_) => tracing::info!(token = %label, "unlocked"),
             Err(e) => tracing::warn!(token = %label, "unlock failed: {e}"),
         }
-        Ok(Response::new(pb::UnlockResponse { token: label, pin: Some(pin_pb(&state?)) }))
+        Ok(Response::new(pb::UnlockResponse {
+            token: label,
+            pin: Some(pin_pb(&state?)),
+        }))
     }
 
-    async fn lock(&self, req: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
+    async fn lock(
+        &self,
+        req: Request<pb::LockRequest>,
+    ) -> Result<Response<pb::LockResponse>, Status> {
         let req = req.into_inner();
         let targets: Vec<&Token> = if req.token.is_empty() {
             self.tokens.iter().collect()
@@ -186,12 +223,17 @@ impl Agent for AgentService {
         Ok(Response::new(pb::LockResponse { tokens: locked }))
     }
 
-    async fn generate_key(&self, req: Request<pb::GenerateKeyRequest>) -> Result<Response<pb::GenerateKeyResponse>, Status> {
+    async fn generate_key(
+        &self,
+        req: Request<pb::GenerateKeyRequest>,
+    ) -> Result<Response<pb::GenerateKeyResponse>, Status> {
         let req = req.into_inner();
         check_role(&req.role)?;
         let gun = if req.gun.is_empty() {
             if req.role != "root" {
-                return Err(Error::InvalidArgument(format!("a {} key needs --gun", req.role)).into());
+                return Err(
+                    Error::InvalidArgument(format!("a {} key needs --gun", req.role)).into(),
+                );
             }
             None
         } else {
@@ -201,20 +243,34 @@ impl Agent for AgentService {
         let token = self.token(&req.token)?;
         let key = token.generate(req.role, gun).await?;
         tracing::info!(token = %token.label, key_id = %key.key_id, role = %key.role, "generated key");
-        Ok(Response::new(pb::GenerateKeyResponse { key: Some(key_pb(key)) }))
+        Ok(Response::new(pb::GenerateKeyResponse {
+            key: Some(key_pb(key)),
+        }))
     }
 
-    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+    async fn list_keys(
+        &self,
+        req: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let req = req.into_inner();
         let (keys, errors) = if req.token.is_empty() {
             self.all_keys().await
         } else {
-            (self.token(&req.token)?.run(|b| b.list_keys()).await?, Vec::new())
+            (
+                self.token(&req.token)?.run(|b| b.list_keys()).await?,
+                Vec::new(),
+            )
         };
-        Ok(Response::new(pb::ListKeysResponse { keys: keys.into_iter().map(key_pb).collect(), errors }))
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.into_iter().map(key_pb).collect(),
+            errors,
+        }))
     }
 
-    async fn sign_metadata(&self, req: Request<pb::SignMetadataRequest>) -> Result<Response<pb::SignMetadataResponse>, Status> {
+    async fn sign_metadata(
+        &self,
+        req: Request<pb::SignMetadataRequest>,
+    ) -> Result<Response<pb::SignMetadataResponse>, Status> {
         let req = req.into_inner();
         if !req.gun.is_empty() {
             check_gun(&req.gun)?;
@@ -236,12 +292,21 @@ impl Agent for AgentService {
         };
         let digest = prepared.digest;
         let sig = token.run(move |b| b.sign_digest(&key, &digest)).await?;
-        let (keyid, role, version) = (prepared.keyid.clone(), prepared.role.clone(), prepared.version);
+        let (keyid, role, version) = (
+            prepared.keyid.clone(),
+            prepared.role.clone(),
+            prepared.version,
+        );
         tracing::info!(key_id = %keyid, role = %role, version, "signed metadata");
         let document = tokio::task::spawn_blocking(move || signing::finish(prepared, sig))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
-        Ok(Response::new(pb::SignMetadataResponse { document, key_id: keyid, role, version }))
+        Ok(Response::new(pb::SignMetadataResponse {
+            document,
+            key_id: keyid,
+            role,
+            version,
+        }))
     }
 
     async fn verify_repository(
@@ -253,8 +318,9 @@ impl Agent for AgentService {
         let at = if req.at.is_empty() {
             OffsetDateTime::now_utc()
         } else {
-            OffsetDateTime::parse(&req.at, &Rfc3339)
-                .map_err(|e| Error::InvalidArgument(format!("--at {:?} is not RFC 3339: {e}", req.at)))?
+            OffsetDateTime::parse(&req.at, &Rfc3339).map_err(|e| {
+                Error::InvalidArgument(format!("--at {:?} is not RFC 3339: {e}", req.at))
+            })?
         };
         let mut files = verify::RepoFiles::new();
         for f in req.files {
@@ -263,9 +329,10 @@ impl Agent for AgentService {
             }
         }
         let gun = req.gun;
-        let result = tokio::task::spawn_blocking(move || verify::verify_repository(&gun, &files, at))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let result =
+            tokio::task::spawn_blocking(move || verify::verify_repository(&gun, &files, at))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
         let resp = match result {
             Ok(repo) => pb::VerifyRepositoryResponse {
                 valid: true,
@@ -280,7 +347,11 @@ impl Agent for AgentService {
                         targets: r
                             .targets
                             .into_iter()
-                            .map(|t| pb::Target { name: t.name, sha256: t.sha256_hex, length: t.length })
+                            .map(|t| pb::Target {
+                                name: t.name,
+                                sha256: t.sha256_hex,
+                                length: t.length,
+                            })
                             .collect(),
                     })
                     .collect(),

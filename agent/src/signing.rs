@@ -8,7 +8,8 @@ use crate::keys::KeyEntry;
 use crate::tuf::cert::subject_cn;
 use crate::tuf::keys::{TufKey, ECDSA_X509};
 use crate::tuf::metadata::{
-    expected_type, parse_key_map, valid_delegation_name, Envelope, MetaDoc, RootDoc, Signature, TargetsDoc,
+    expected_type, parse_key_map, valid_delegation_name, Envelope, MetaDoc, RootDoc, Signature,
+    TargetsDoc,
 };
 
 /// A document checked and ready for a given key to sign.
@@ -25,15 +26,22 @@ pub struct Prepared {
 /// Parses `document` and checks that `keys` (every listing of the key: a root key lists
 /// once per certificate) may sign it for `role`/`gun`.
 pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Result<Prepared> {
-    let key = keys.first().ok_or_else(|| Error::NotFound("no such key".into()))?;
-    let envelope = Envelope::parse(document).map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+    let key = keys
+        .first()
+        .ok_or_else(|| Error::NotFound("no such key".into()))?;
+    let envelope =
+        Envelope::parse(document).map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
     let doc_type = envelope
         .doc_type()
         .ok_or_else(|| Error::InvalidArgument("document: signed has no _type".into()))?
         .to_string();
 
     // The role the document is for: the request's, else the key's.
-    let role = if role.is_empty() { key.role.clone() } else { role.to_string() };
+    let role = if role.is_empty() {
+        key.role.clone()
+    } else {
+        role.to_string()
+    };
     let fits = match key.role.as_str() {
         // A delegation key may sign any delegation (docker puts one key in targets/NAME and
         // targets/releases), never the top-level roles.
@@ -41,7 +49,10 @@ pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Res
         r => r == role,
     };
     if !fits {
-        return Err(Error::Refused(format!("key {} is a {} key; it does not sign {role}", key.key_id, key.role)));
+        return Err(Error::Refused(format!(
+            "key {} is a {} key; it does not sign {role}",
+            key.key_id, key.role
+        )));
     }
     let expected = expected_type(&role);
     if doc_type != expected {
@@ -51,16 +62,23 @@ pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Res
     }
 
     // Parse the whole document as its type: the agent signs only what it understands.
-    let bad = |e: serde_json::Error| Error::InvalidArgument(format!("document is not a valid {doc_type}: {e}"));
+    let bad = |e: serde_json::Error| {
+        Error::InvalidArgument(format!("document is not a valid {doc_type}: {e}"))
+    };
     let signed = envelope.signed.clone();
     let (common, doc_gun) = match doc_type.as_str() {
         "Root" => {
             let root: RootDoc = serde_json::from_value(signed).map_err(bad)?;
-            let keys = parse_key_map(&root.keys).map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+            let keys = parse_key_map(&root.keys)
+                .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
             let root_gun = root
                 .roles
                 .get("root")
-                .and_then(|r| r.keyids.iter().find_map(|id| keys.get(id)?.certificate().ok()))
+                .and_then(|r| {
+                    r.keyids
+                        .iter()
+                        .find_map(|id| keys.get(id)?.certificate().ok())
+                })
                 .and_then(|c| subject_cn(&c));
             (root.common, root_gun)
         }
@@ -68,24 +86,40 @@ pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Res
             let t: TargetsDoc = serde_json::from_value(signed).map_err(bad)?;
             for d in &t.delegations.roles {
                 if !valid_delegation_name(&d.name) {
-                    return Err(Error::InvalidArgument(format!("document: invalid delegation name {:?}", d.name)));
+                    return Err(Error::InvalidArgument(format!(
+                        "document: invalid delegation name {:?}",
+                        d.name
+                    )));
                 }
             }
-            parse_key_map(&t.delegations.keys).map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+            parse_key_map(&t.delegations.keys)
+                .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
             (t.common, None)
         }
-        _ => (serde_json::from_value::<MetaDoc>(signed).map_err(bad)?.common, None),
+        _ => (
+            serde_json::from_value::<MetaDoc>(signed)
+                .map_err(bad)?
+                .common,
+            None,
+        ),
     };
     if common.version < 1 {
-        return Err(Error::InvalidArgument(format!("document version {} is below 1", common.version)));
+        return Err(Error::InvalidArgument(format!(
+            "document version {} is below 1",
+            common.version
+        )));
     }
-    common.expires_at().map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+    common
+        .expires_at()
+        .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
 
     // GUN: the request's, the document's (a root names it in its certificates), the key's.
     let mut gun = gun.to_string();
     if let Some(d) = doc_gun {
         if !gun.is_empty() && gun != d {
-            return Err(Error::Refused(format!("document is the root of {d:?}, not {gun:?}")));
+            return Err(Error::Refused(format!(
+                "document is the root of {d:?}, not {gun:?}"
+            )));
         }
         gun = d;
     }
@@ -94,12 +128,17 @@ pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Res
     } else {
         if let Some(kg) = &key.gun {
             if !gun.is_empty() && &gun != kg {
-                return Err(Error::Refused(format!("key {} belongs to {kg:?}, not {gun:?}", key.key_id)));
+                return Err(Error::Refused(format!(
+                    "key {} belongs to {kg:?}, not {gun:?}",
+                    key.key_id
+                )));
             }
         }
         key.canonical_id.clone()
     };
-    let message = envelope.signed_bytes().map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+    let message = envelope
+        .signed_bytes()
+        .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
     Ok(Prepared {
         envelope,
         role,
@@ -135,6 +174,10 @@ fn root_keyid(envelope: &Envelope, keys: &[KeyEntry], gun: &str) -> Result<Strin
 
 /// Adds the signature and returns the new file bytes.
 pub fn finish(mut p: Prepared, raw_sig: Vec<u8>) -> Result<Vec<u8>> {
-    p.envelope.set_signature(Signature { keyid: p.keyid, method: "ecdsa".into(), sig: raw_sig });
+    p.envelope.set_signature(Signature {
+        keyid: p.keyid,
+        method: "ecdsa".into(),
+        sig: raw_sig,
+    });
     p.envelope.to_bytes().map_err(Error::Internal)
 }

@@ -22,10 +22,18 @@ pub struct Failure {
 
 impl Failure {
     pub fn failed(m: impl Into<String>) -> Self {
-        Failure { code: EXIT_FAILED, message: m.into(), hint: None }
+        Failure {
+            code: EXIT_FAILED,
+            message: m.into(),
+            hint: None,
+        }
     }
     pub fn usage(m: impl Into<String>) -> Self {
-        Failure { code: EXIT_USAGE, message: m.into(), hint: None }
+        Failure {
+            code: EXIT_USAGE,
+            message: m.into(),
+            hint: None,
+        }
     }
 }
 
@@ -37,7 +45,9 @@ pub fn default_socket_path() -> PathBuf {
         None => {
             // The uid of our own runtime files, without unsafe getuid(): /proc/self is ours.
             use std::os::unix::fs::MetadataExt;
-            let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+            let uid = std::fs::metadata("/proc/self")
+                .map(|m| m.uid())
+                .unwrap_or(0);
             PathBuf::from(format!("/tmp/dct-agent-{uid}")).join("agent.sock")
         }
     }
@@ -53,10 +63,13 @@ impl Client {
         let unreachable = |e: String| Failure {
             code: EXIT_UNREACHABLE,
             message: format!("agent not running at {} ({e})", path.display()),
-            hint: Some("start it with `dct-agent` (or point --socket / DCT_SOCKET at its socket)".into()),
+            hint: Some(
+                "start it with `dct-agent` (or point --socket / DCT_SOCKET at its socket)".into(),
+            ),
         };
         // The URI is required by the API but unused: the connector dials the socket.
-        let endpoint = Endpoint::try_from("http://dct-agent.invalid").map_err(|e| unreachable(e.to_string()))?;
+        let endpoint = Endpoint::try_from("http://dct-agent.invalid")
+            .map_err(|e| unreachable(e.to_string()))?;
         let p = path.clone();
         let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -73,7 +86,9 @@ impl Client {
                 }
                 unreachable(msg)
             })?;
-        Ok(Client { inner: AgentClient::new(channel).max_decoding_message_size(usize::MAX) })
+        Ok(Client {
+            inner: AgentClient::new(channel).max_decoding_message_size(usize::MAX),
+        })
     }
 
     pub async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, Failure>
@@ -81,7 +96,10 @@ impl Client {
         F: FnOnce(AgentClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        f(self.inner.clone()).await.map(Response::into_inner).map_err(failure)
+        f(self.inner.clone())
+            .await
+            .map(Response::into_inner)
+            .map_err(failure)
     }
 }
 
@@ -107,5 +125,9 @@ fn failure(s: Status) -> Failure {
         Code::NotFound => Some("see `dct key list` and `dct status`".to_string()),
         _ => None,
     };
-    Failure { code: EXIT_FAILED, message: msg, hint }
+    Failure {
+        code: EXIT_FAILED,
+        message: msg,
+        hint,
+    }
 }

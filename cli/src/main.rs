@@ -124,7 +124,10 @@ enum TufCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("dct: cannot start: {e}");
@@ -144,12 +147,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let socket = cli.socket.clone().unwrap_or_else(client::default_socket_path);
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(client::default_socket_path);
     let json = cli.json;
     match cli.command {
         Command::Status => {
             let mut c = Client::connect(&socket).await?;
-            let s = c.call(|mut a| async move { a.status(pb::StatusRequest {}).await }).await?;
+            let s = c
+                .call(|mut a| async move { a.status(pb::StatusRequest {}).await })
+                .await?;
             if json {
                 return print_json(&output::status_json(&s));
             }
@@ -159,7 +167,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("no tokens configured");
                 return Ok(());
             }
-            let mut t = Table::new(&["TOKEN", "BACKEND", "STATE", "PIN", "KEYS", "MODEL", "SERIAL"]);
+            let mut t = Table::new(&[
+                "TOKEN", "BACKEND", "STATE", "PIN", "KEYS", "MODEL", "SERIAL",
+            ]);
             for tok in &s.tokens {
                 let state = if !tok.present {
                     "absent"
@@ -184,21 +194,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Unlock { token, pin_file, force } => {
+        Command::Unlock {
+            token,
+            pin_file,
+            force,
+        } => {
             let mut c = Client::connect(&socket).await?;
             let token = token.unwrap_or_default();
             let pin = read_pin(&mut c, &token, pin_file.as_deref()).await?;
-            let req = pb::UnlockRequest { token, pin: pin.expose_secret().to_string(), force };
+            let req = pb::UnlockRequest {
+                token,
+                pin: pin.expose_secret().to_string(),
+                force,
+            };
             let r = c.call(|mut a| async move { a.unlock(req).await }).await?;
             if json {
-                return print_json(&serde_json::json!({"token": r.token, "unlocked": true, "pin": output::pin_json(r.pin.as_ref())}));
+                return print_json(
+                    &serde_json::json!({"token": r.token, "unlocked": true, "pin": output::pin_json(r.pin.as_ref())}),
+                );
             }
-            println!("unlocked token {} ({})", r.token, output::pin_phrase(r.pin.as_ref()));
+            println!(
+                "unlocked token {} ({})",
+                r.token,
+                output::pin_phrase(r.pin.as_ref())
+            );
             Ok(())
         }
         Command::Lock { token, all: _ } => {
             let mut c = Client::connect(&socket).await?;
-            let req = pb::LockRequest { token: token.unwrap_or_default() };
+            let req = pb::LockRequest {
+                token: token.unwrap_or_default(),
+            };
             let r = c.call(|mut a| async move { a.lock(req).await }).await?;
             if json {
                 return print_json(&serde_json::json!({"locked": r.tokens}));
@@ -210,31 +236,61 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Key(KeyCmd::Generate { role, gun, token }) => {
             let mut c = Client::connect(&socket).await?;
-            let req = pb::GenerateKeyRequest { role, gun: gun.unwrap_or_default(), token: token.unwrap_or_default() };
-            let r = c.call(|mut a| async move { a.generate_key(req).await }).await?;
-            let key = r.key.ok_or_else(|| Failure::failed("agent returned no key"))?;
+            let req = pb::GenerateKeyRequest {
+                role,
+                gun: gun.unwrap_or_default(),
+                token: token.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.generate_key(req).await })
+                .await?;
+            let key = r
+                .key
+                .ok_or_else(|| Failure::failed("agent returned no key"))?;
             if json {
                 return print_json(&output::key_json(&key));
             }
             println!("{}", key.key_id);
             if key.canonical_id != key.key_id {
-                eprintln!("canonical ID {} (root certificate for {})", key.canonical_id, key.gun);
+                eprintln!(
+                    "canonical ID {} (root certificate for {})",
+                    key.canonical_id, key.gun
+                );
             }
             Ok(())
         }
         Command::Key(KeyCmd::List { token }) => {
             let mut c = Client::connect(&socket).await?;
-            let req = pb::ListKeysRequest { token: token.unwrap_or_default() };
-            let r = c.call(|mut a| async move { a.list_keys(req).await }).await?;
+            let req = pb::ListKeysRequest {
+                token: token.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.list_keys(req).await })
+                .await?;
             if json {
                 let keys: Vec<_> = r.keys.iter().map(output::key_json).collect();
                 return print_json(&serde_json::json!({"keys": keys, "errors": r.errors}));
             }
             let mut t = Table::new(&["ROLE", "GUN", "KEY ID", "CANONICAL ID", "BACKEND", "TOKEN"]);
             for k in &r.keys {
-                let canonical = if k.canonical_id == k.key_id { "-".to_string() } else { k.canonical_id.clone() };
-                let gun = if k.gun.is_empty() { "-".to_string() } else { k.gun.clone() };
-                t.row(vec![k.role.clone(), gun, k.key_id.clone(), canonical, k.backend.clone(), k.token.clone()]);
+                let canonical = if k.canonical_id == k.key_id {
+                    "-".to_string()
+                } else {
+                    k.canonical_id.clone()
+                };
+                let gun = if k.gun.is_empty() {
+                    "-".to_string()
+                } else {
+                    k.gun.clone()
+                };
+                t.row(vec![
+                    k.role.clone(),
+                    gun,
+                    k.key_id.clone(),
+                    canonical,
+                    k.backend.clone(),
+                    k.token.clone(),
+                ]);
             }
             if r.keys.is_empty() {
                 println!("no keys");
@@ -246,7 +302,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Tuf(TufCmd::Sign { file, key, role, gun, out }) => {
+        Command::Tuf(TufCmd::Sign {
+            file,
+            key,
+            role,
+            gun,
+            out,
+        }) => {
             let document = read_input(&file)?;
             let mut c = Client::connect(&socket).await?;
             let req = pb::SignMetadataRequest {
@@ -255,33 +317,60 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 role: role.unwrap_or_default(),
                 gun: gun.unwrap_or_default(),
             };
-            let r = c.call(|mut a| async move { a.sign_metadata(req).await }).await?;
+            let r = c
+                .call(|mut a| async move { a.sign_metadata(req).await })
+                .await?;
             let out = out.unwrap_or_else(|| file.clone());
             write_output(&out, &r.document)?;
             if json {
-                return print_json(&serde_json::json!({"key_id": r.key_id, "role": r.role, "version": r.version, "out": out}));
+                return print_json(
+                    &serde_json::json!({"key_id": r.key_id, "role": r.role, "version": r.version, "out": out}),
+                );
             }
-            eprintln!("signed {} v{} with key {} -> {}", r.role, r.version, r.key_id, out.display());
+            eprintln!(
+                "signed {} v{} with key {} -> {}",
+                r.role,
+                r.version,
+                r.key_id,
+                out.display()
+            );
             Ok(())
         }
         Command::Tuf(TufCmd::Verify { dir, gun, at }) => {
             let files = read_repo_dir(&dir)?;
             let mut c = Client::connect(&socket).await?;
-            let req = pb::VerifyRepositoryRequest { gun: gun.clone(), files, at: at.unwrap_or_default() };
-            let r = c.call(|mut a| async move { a.verify_repository(req).await }).await?;
+            let req = pb::VerifyRepositoryRequest {
+                gun: gun.clone(),
+                files,
+                at: at.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.verify_repository(req).await })
+                .await?;
             if json {
                 print_json(&output::verify_json(&gun, &r))?;
             } else if r.valid {
                 println!("{gun}: verified");
                 for role in &r.roles {
-                    println!("  {} v{} expires {} signed by {}", role.role, role.version, role.expires, role.signed_by.join(", "));
+                    println!(
+                        "  {} v{} expires {} signed by {}",
+                        role.role,
+                        role.version,
+                        role.expires,
+                        role.signed_by.join(", ")
+                    );
                 }
                 let mut t = Table::new(&["ROLE", "TARGET", "DIGEST", "SIZE"]);
                 let mut any = false;
                 for role in &r.roles {
                     for tg in &role.targets {
                         any = true;
-                        t.row(vec![role.role.clone(), tg.name.clone(), format!("sha256:{}", tg.sha256), tg.length.to_string()]);
+                        t.row(vec![
+                            role.role.clone(),
+                            tg.name.clone(),
+                            format!("sha256:{}", tg.sha256),
+                            tg.length.to_string(),
+                        ]);
                     }
                 }
                 if any {
@@ -294,14 +383,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if r.valid {
                 Ok(())
             } else {
-                Err(Failure::failed(format!("verification failed: {}: {}", r.failed_role, r.reason)))
+                Err(Failure::failed(format!(
+                    "verification failed: {}: {}",
+                    r.failed_role, r.reason
+                )))
             }
         }
     }
 }
 
 /// The PIN from --pin-file, DCT_PIN, or a no-echo prompt (after showing tries left).
-async fn read_pin(c: &mut Client, token: &str, pin_file: Option<&Path>) -> Result<SecretString, Failure> {
+async fn read_pin(
+    c: &mut Client,
+    token: &str,
+    pin_file: Option<&Path>,
+) -> Result<SecretString, Failure> {
     if let Some(path) = pin_file {
         let mut raw = zeroize::Zeroizing::new(Vec::new());
         let r = if path == Path::new("-") {
@@ -310,7 +406,8 @@ async fn read_pin(c: &mut Client, token: &str, pin_file: Option<&Path>) -> Resul
             std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut raw))
         };
         r.map_err(|e| Failure::failed(format!("cannot read PIN file {}: {e}", path.display())))?;
-        let text = std::str::from_utf8(&raw).map_err(|_| Failure::failed("PIN file is not UTF-8"))?;
+        let text =
+            std::str::from_utf8(&raw).map_err(|_| Failure::failed("PIN file is not UTF-8"))?;
         let line = text.lines().next().unwrap_or_default();
         return Ok(SecretString::from(line.to_string()));
     }
@@ -318,15 +415,23 @@ async fn read_pin(c: &mut Client, token: &str, pin_file: Option<&Path>) -> Resul
         return Ok(SecretString::from(pin));
     }
     // Show what the token says about tries before asking.
-    let s = c.call(|mut a| async move { a.status(pb::StatusRequest {}).await }).await?;
-    let tok = s.tokens.iter().find(|t| token.is_empty() || t.label == token);
+    let s = c
+        .call(|mut a| async move { a.status(pb::StatusRequest {}).await })
+        .await?;
+    let tok = s
+        .tokens
+        .iter()
+        .find(|t| token.is_empty() || t.label == token);
     let (label, phrase) = match tok {
         Some(t) => (t.label.clone(), output::pin_phrase(t.pin.as_ref())),
         None => (token.to_string(), String::new()),
     };
     eprintln!("token {label}: {phrase}");
-    let pin = rpassword::prompt_password(format!("PIN for token {label}: "))
-        .map_err(|e| Failure::usage(format!("cannot prompt for a PIN ({e}); use --pin-file FILE or DCT_PIN")))?;
+    let pin = rpassword::prompt_password(format!("PIN for token {label}: ")).map_err(|e| {
+        Failure::usage(format!(
+            "cannot prompt for a PIN ({e}); use --pin-file FILE or DCT_PIN"
+        ))
+    })?;
     Ok(SecretString::from(pin))
 }
 
@@ -349,13 +454,22 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
             .write_all(bytes)
             .map_err(|e| Failure::failed(format!("cannot write standard output: {e}")));
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.dct-{}", std::process::id()));
     let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Failure::failed(format!("cannot write {}: {e}", path.display())));
+        return Err(Failure::failed(format!(
+            "cannot write {}: {e}",
+            path.display()
+        )));
     }
     Ok(())
 }
@@ -363,25 +477,38 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 /// root/targets/snapshot/timestamp.json and targets/**/*.json of a repository directory.
 fn read_repo_dir(dir: &Path) -> Result<Vec<pb::MetadataFile>, Failure> {
     if !dir.is_dir() {
-        return Err(Failure::failed(format!("{} is not a directory", dir.display())));
+        return Err(Failure::failed(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     let mut files = Vec::new();
     for role in ["root", "targets", "snapshot", "timestamp"] {
         let p = dir.join(format!("{role}.json"));
         if p.exists() {
-            files.push(pb::MetadataFile { role: role.into(), content: read_input(&p)? });
+            files.push(pb::MetadataFile {
+                role: role.into(),
+                content: read_input(&p)?,
+            });
         }
     }
     let mut stack = vec![dir.join("targets")];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if let (Some("json"), Ok(rel)) = (p.extension().and_then(|x| x.to_str()), p.strip_prefix(dir)) {
+            } else if let (Some("json"), Ok(rel)) =
+                (p.extension().and_then(|x| x.to_str()), p.strip_prefix(dir))
+            {
                 let role = rel.with_extension("").to_string_lossy().into_owned();
-                files.push(pb::MetadataFile { role, content: read_input(&p)? });
+                files.push(pb::MetadataFile {
+                    role,
+                    content: read_input(&p)?,
+                });
             }
         }
     }

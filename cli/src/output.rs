@@ -11,15 +11,24 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Table { rows: vec![header.iter().map(|s| s.to_string()).collect()] }
+        Table {
+            rows: vec![header.iter().map(|s| s.to_string()).collect()],
+        }
     }
     pub fn row(&mut self, r: Vec<String>) {
         self.rows.push(r);
     }
     pub fn print(&self) {
         let cols = self.rows[0].len();
-        let widths: Vec<usize> =
-            (0..cols).map(|c| self.rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
         for r in &self.rows {
             let mut line = String::new();
             for (c, cell) in r.iter().enumerate() {

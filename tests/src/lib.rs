@@ -11,17 +11,27 @@ pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// A path under `tests/fixtures/`.
 pub fn fixture_dir(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
 }
 
 /// A workspace binary (`dct`, `dct-agent`), built by `cargo build --workspace` beside the
 /// test executable (target/<profile>/deps/..).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` before the tests", p.display());
-    p
+    // Tests run from target/<profile>/deps, the demo from target/<profile>.
+    let here = exe.parent().expect("exe dir");
+    for dir in [here, here.parent().unwrap_or(here)] {
+        let p = dir.join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "{name} is missing beside {}: run `cargo build --workspace --bins` first",
+        here.display()
+    )
 }
 
 /// A SoftHSM2 token in its own directory.
@@ -34,27 +44,54 @@ pub struct SoftHsm {
 
 impl SoftHsm {
     pub fn new(label: &str, pin: &str) -> SoftHsm {
-        assert!(Path::new(SOFTHSM_MODULE).exists(), "SoftHSM2 is not installed ({SOFTHSM_MODULE}); see README");
+        assert!(
+            Path::new(SOFTHSM_MODULE).exists(),
+            "SoftHSM2 is not installed ({SOFTHSM_MODULE}); see README"
+        );
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens");
         std::fs::create_dir(&tokens).unwrap();
         let conf = dir.path().join("softhsm2.conf");
         std::fs::write(
             &conf,
-            format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
         )
         .unwrap();
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", &conf)
-            .args(["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", "so-secret-9876"])
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                pin,
+                "--so-pin",
+                "so-secret-9876",
+            ])
             .output()
             .expect("softhsm2-util");
-        assert!(out.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
-        SoftHsm { dir, conf, label: label.into(), pin: pin.into() }
+        assert!(
+            out.status.success(),
+            "softhsm2-util: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SoftHsm {
+            dir,
+            conf,
+            label: label.into(),
+            pin: pin.into(),
+        }
     }
 
     pub fn agent_config(&self) -> String {
-        format!("[[pkcs11]]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"{}\"\n", self.label)
+        format!(
+            "[[pkcs11]]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"{}\"\n",
+            self.label
+        )
     }
 }
 
@@ -64,6 +101,8 @@ pub struct Agent {
     pub dir: TempDir,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// Print each `dct` command and its output (for the demo).
+    pub echo: bool,
     softhsm_conf: Option<PathBuf>,
 }
 
@@ -83,6 +122,7 @@ impl Agent {
             log: dir.path().join("agent.log"),
             dir,
             socket,
+            echo: false,
             softhsm_conf: hsm.map(|h| h.conf.clone()),
         };
         agent.spawn(&cfg);
@@ -90,21 +130,43 @@ impl Agent {
     }
 
     fn spawn(&mut self, cfg: &Path) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut cmd = Command::new(bin("dct-agent"));
-        cmd.arg("--config").arg(cfg).arg("--socket").arg(&self.socket);
-        cmd.env_remove("DCT_SOCKET").env("NO_COLOR", "1").env("DCT_LOG", "info");
+        cmd.arg("--config")
+            .arg(cfg)
+            .arg("--socket")
+            .arg(&self.socket);
+        cmd.env_remove("DCT_SOCKET")
+            .env("NO_COLOR", "1")
+            .env("DCT_LOG", "info");
         if let Some(c) = &self.softhsm_conf {
             cmd.env("SOFTHSM2_CONF", c);
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("spawn dct-agent");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dct-agent");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.socket.exists() {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("dct-agent exited with {st}: {}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "dct-agent did not start: {}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "dct-agent did not start: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -126,7 +188,9 @@ impl Agent {
 
     /// SIGTERM by PID and wait; returns whether it exited on its own with success.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -150,18 +214,28 @@ impl Agent {
 
     pub fn dct_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(bin("dct"));
-        cmd.args(args).env("DCT_SOCKET", &self.socket).env_remove("DCT_PIN").stdin(Stdio::null());
+        cmd.args(args)
+            .env("DCT_SOCKET", &self.socket)
+            .env_remove("DCT_PIN")
+            .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Run(cmd.output().expect("run dct"))
+        let run = Run(cmd.output().expect("run dct"));
+        if self.echo && args.first() != Some(&"--json") {
+            println!("$ dct {}", args.join(" "));
+            print!("{}", run.stdout());
+            eprint!("{}", run.stderr());
+        }
+        run
     }
 
     /// `dct unlock` with the token's PIN from a file.
     pub fn unlock(&self, hsm: &SoftHsm) {
         let pin = self.dir.path().join("pin");
         std::fs::write(&pin, format!("{}\n", hsm.pin)).unwrap();
-        self.dct(&["unlock", "--pin-file", pin.to_str().unwrap()]).ok();
+        self.dct(&["unlock", "--pin-file", pin.to_str().unwrap()])
+            .ok();
     }
 
     /// `dct key generate`; returns the key ID it prints.
@@ -201,18 +275,158 @@ impl Run {
     /// Asserts success and returns the output.
     #[track_caller]
     pub fn ok(&self) -> Ok_ {
-        assert_eq!(self.code(), 0, "dct failed:\nstdout: {}\nstderr: {}", self.stdout(), self.stderr());
-        Ok_ { stdout: self.stdout(), stderr: self.stderr() }
+        assert_eq!(
+            self.code(),
+            0,
+            "dct failed:\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        Ok_ {
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
     }
     /// Asserts exit code `code` and that stderr contains `needle`.
     #[track_caller]
     pub fn fails(&self, code: i32, needle: &str) -> String {
         let err = self.stderr();
-        assert_eq!(self.code(), code, "expected exit {code}:\nstdout: {}\nstderr: {err}", self.stdout());
+        assert_eq!(
+            self.code(),
+            code,
+            "expected exit {code}:\nstdout: {}\nstderr: {err}",
+            self.stdout()
+        );
         assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
         err
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.0.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
+        serde_json::from_slice(&self.0.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
+    }
+}
+
+pub mod repo {
+    //! A whole Notary repository made with keys on a token through `dct`: the shape
+    //! `notary init` + `notary publish` produce, with a `targets/releases` delegation.
+
+    use std::path::Path;
+
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    use super::Agent;
+
+    /// Key IDs of the repository's keys.
+    pub struct RepoKeys {
+        pub root: String,
+        pub targets: String,
+        pub snapshot: String,
+        pub timestamp: String,
+        pub releases: String,
+    }
+
+    /// `{"hashes": {"sha256": ...}, "length": N}` of `bytes`.
+    pub fn meta(bytes: &[u8]) -> Value {
+        json!({"hashes": {"sha256": B64.encode(Sha256::digest(bytes))}, "length": bytes.len()})
+    }
+
+    /// Key list as JSON objects.
+    pub fn keys(agent: &Agent) -> Vec<Value> {
+        agent.dct(&["--json", "key", "list"]).json()["keys"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The key listed under `id`.
+    pub fn key<'a>(keys: &'a [Value], id: &str) -> &'a Value {
+        keys.iter()
+            .find(|k| k["key_id"] == id)
+            .unwrap_or_else(|| panic!("no key {id} in {keys:?}"))
+    }
+
+    /// `dct tuf sign FILE --key KEY EXTRA...`, in place.
+    pub fn sign(agent: &Agent, path: &Path, key: &str, extra: &[&str]) {
+        let mut args = vec!["tuf", "sign", path.to_str().unwrap(), "--key", key];
+        args.extend_from_slice(extra);
+        agent.dct(&args).ok();
+    }
+
+    /// Generates the five keys on the agent's (unlocked) token and writes a signed
+    /// repository for `gun` into `dir`: `v1` in targets, `v2` in targets/releases.
+    pub fn build(agent: &Agent, dir: &Path, gun: &str, files: (&[u8], &[u8])) -> RepoKeys {
+        let k = RepoKeys {
+            root: agent.generate("root", Some(gun)),
+            targets: agent.generate("targets", Some(gun)),
+            snapshot: agent.generate("snapshot", Some(gun)),
+            timestamp: agent.generate("timestamp", Some(gun)),
+            releases: agent.generate("targets/releases", Some(gun)),
+        };
+        let all = keys(agent);
+        let obj = |id: &str| key(&all, id)["tuf_key"].clone();
+        std::fs::create_dir_all(dir.join("targets")).unwrap();
+        let far = "2030-01-01T00:00:00Z";
+        let write = |name: &str, signed: Value| {
+            let p = dir.join(name);
+            std::fs::write(
+                &p,
+                serde_json::to_vec(&json!({"signed": signed, "signatures": []})).unwrap(),
+            )
+            .unwrap();
+            p
+        };
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        let p = write(
+            "root.json",
+            json!({
+                "_type": "Root", "consistent_snapshot": false, "expires": far, "version": 1,
+                "keys": {&k.root: obj(&k.root), &k.targets: obj(&k.targets),
+                         &k.snapshot: obj(&k.snapshot), &k.timestamp: obj(&k.timestamp)},
+                "roles": {
+                    "root": {"keyids": [&k.root], "threshold": 1},
+                    "targets": {"keyids": [&k.targets], "threshold": 1},
+                    "snapshot": {"keyids": [&k.snapshot], "threshold": 1},
+                    "timestamp": {"keyids": [&k.timestamp], "threshold": 1},
+                },
+            }),
+        );
+        sign(agent, &p, &k.root, &["--gun", gun]);
+        let p = write(
+            "targets.json",
+            json!({
+                "_type": "Targets", "expires": far, "version": 1, "targets": {"v1": meta(files.0)},
+                "delegations": {"keys": {&k.releases: obj(&k.releases)}, "roles": [
+                    {"name": "targets/releases", "keyids": [&k.releases], "threshold": 1, "paths": [""]}]},
+            }),
+        );
+        sign(agent, &p, &k.targets, &["--gun", gun]);
+        let p = write(
+            "targets/releases.json",
+            json!({"_type": "Targets", "expires": far, "version": 1, "targets": {"v2": meta(files.1)},
+                   "delegations": {"keys": {}, "roles": []}}),
+        );
+        sign(
+            agent,
+            &p,
+            &k.releases,
+            &["--role", "targets/releases", "--gun", gun],
+        );
+        let p = write(
+            "snapshot.json",
+            json!({"_type": "Snapshot", "expires": far, "version": 1, "meta": {
+                "root": meta(&read("root.json")), "targets": meta(&read("targets.json")),
+                "targets/releases": meta(&read("targets/releases.json"))}}),
+        );
+        sign(agent, &p, &k.snapshot, &["--gun", gun]);
+        let p = write(
+            "timestamp.json",
+            json!({"_type": "Timestamp", "expires": far, "version": 1,
+                   "meta": {"snapshot": meta(&read("snapshot.json"))}}),
+        );
+        sign(agent, &p, &k.timestamp, &["--gun", gun]);
+        k
     }
 }

@@ -9,13 +9,26 @@ const GUN: &str = "example.com/app";
 const AT: &str = "2026-11-23T00:00:00Z";
 
 fn copy_repo(dst: &Path) {
-    for f in ["root.json", "targets.json", "snapshot.json", "timestamp.json"] {
+    for f in [
+        "root.json",
+        "targets.json",
+        "snapshot.json",
+        "timestamp.json",
+    ] {
         std::fs::copy(fixture_dir("notary-0.7/metadata").join(f), dst.join(f)).unwrap();
     }
 }
 
 fn verify(agent: &Agent, dir: &Path, at: &str) -> dct_tests::Run {
-    agent.dct(&["tuf", "verify", dir.to_str().unwrap(), "--gun", GUN, "--at", at])
+    agent.dct(&[
+        "tuf",
+        "verify",
+        dir.to_str().unwrap(),
+        "--gun",
+        GUN,
+        "--at",
+        at,
+    ])
 }
 
 #[test]
@@ -24,13 +37,38 @@ fn verifies_the_real_notary_repository() {
     let dir = tempfile::tempdir().unwrap();
     copy_repo(dir.path());
     let out = verify(&agent, dir.path(), AT).ok();
-    assert!(out.stdout.contains("example.com/app: verified"), "{}", out.stdout);
-    assert!(out.stdout.contains("sha256:a4bba2aec97f95071fa9b9f612e966a89fc070ccaed26f30743c329abfd98fdc"));
-    let json = agent.dct(&["--json", "tuf", "verify", dir.path().to_str().unwrap(), "--gun", GUN, "--at", AT]).json();
+    assert!(
+        out.stdout.contains("example.com/app: verified"),
+        "{}",
+        out.stdout
+    );
+    assert!(out
+        .stdout
+        .contains("sha256:a4bba2aec97f95071fa9b9f612e966a89fc070ccaed26f30743c329abfd98fdc"));
+    let json = agent
+        .dct(&[
+            "--json",
+            "tuf",
+            "verify",
+            dir.path().to_str().unwrap(),
+            "--gun",
+            GUN,
+            "--at",
+            AT,
+        ])
+        .json();
     assert_eq!(json["valid"], true);
-    let targets = json["roles"].as_array().unwrap().iter().find(|r| r["role"] == "targets").unwrap();
+    let targets = json["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == "targets")
+        .unwrap();
     assert_eq!(targets["version"], 2);
-    assert_eq!(targets["signed_by"][0], "4887b4aa2cb6bff5e64a33424e07bd6333faefd023a05ae86f0cae2dcecce4f9");
+    assert_eq!(
+        targets["signed_by"][0],
+        "4887b4aa2cb6bff5e64a33424e07bd6333faefd023a05ae86f0cae2dcecce4f9"
+    );
     assert_eq!(targets["targets"].as_array().unwrap().len(), 2);
 }
 
@@ -42,10 +80,18 @@ fn rejects_tampered_repositories_naming_the_role_and_check() {
         copy_repo(dir.path());
         edit(dir.path());
         let err = verify(&agent, dir.path(), at).fails(1, "verification failed");
-        assert!(err.contains(&format!("{role}: ")) && err.contains(check), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{role}: ")) && err.contains(check),
+            "{name}: {err}"
+        );
     };
     // A flipped byte in each role's signed part: its pinning role or its own signature fails.
-    for (role, pinned_by) in [("root", "root"), ("targets", "snapshot"), ("snapshot", "timestamp"), ("timestamp", "timestamp")] {
+    for (role, pinned_by) in [
+        ("root", "root"),
+        ("targets", "snapshot"),
+        ("snapshot", "timestamp"),
+        ("timestamp", "timestamp"),
+    ] {
         case(
             role,
             &|d: &Path| {
@@ -65,7 +111,9 @@ fn rejects_tampered_repositories_naming_the_role_and_check() {
         "timestamp signature",
         &|d: &Path| {
             let p = d.join("timestamp.json");
-            let s = std::fs::read_to_string(&p).unwrap().replace("\"version\":1", "\"version\":7");
+            let s = std::fs::read_to_string(&p)
+                .unwrap()
+                .replace("\"version\":1", "\"version\":7");
             std::fs::write(&p, s).unwrap();
         },
         AT,
@@ -78,7 +126,8 @@ fn rejects_tampered_repositories_naming_the_role_and_check() {
         "removed signature",
         &|d: &Path| {
             let p = d.join("timestamp.json");
-            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
             v["signatures"] = serde_json::json!([]);
             std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
         },
@@ -99,7 +148,13 @@ fn rejects_tampered_repositories_naming_the_role_and_check() {
         "snapshot.json does not match",
     );
     // Expired timestamp as of a later time.
-    case("expired", &|_: &Path| {}, "2026-12-07T00:00:00Z", "timestamp", "expired at 2026-12-06");
+    case(
+        "expired",
+        &|_: &Path| {},
+        "2026-12-07T00:00:00Z",
+        "timestamp",
+        "expired at 2026-12-06",
+    );
     // targets.json still validly signed (whitespace does not change the canonical form) but
     // its bytes no longer match what snapshot pinned.
     case(
@@ -115,9 +170,21 @@ fn rejects_tampered_repositories_naming_the_role_and_check() {
         "targets.json does not match",
     );
     // A missing role file.
-    case("missing", &|d: &Path| std::fs::remove_file(d.join("snapshot.json")).unwrap(), AT, "snapshot", "missing");
+    case(
+        "missing",
+        &|d: &Path| std::fs::remove_file(d.join("snapshot.json")).unwrap(),
+        AT,
+        "snapshot",
+        "missing",
+    );
     // Not JSON.
-    case("not json", &|d: &Path| std::fs::write(d.join("root.json"), "nope").unwrap(), AT, "root", "not JSON");
+    case(
+        "not json",
+        &|d: &Path| std::fs::write(d.join("root.json"), "nope").unwrap(),
+        AT,
+        "root",
+        "not JSON",
+    );
 }
 
 #[test]
@@ -140,10 +207,21 @@ fn exit_codes_and_unreachable_agent() {
     let err = run.fails(3, "agent not running at");
     assert!(err.contains("start it with `dct-agent`"), "{err}");
     // A bad --at.
-    agent.dct(&["tuf", "verify", fixture_dir("notary-0.7/metadata").to_str().unwrap(), "--gun", GUN, "--at", "yesterday"])
+    agent
+        .dct(&[
+            "tuf",
+            "verify",
+            fixture_dir("notary-0.7/metadata").to_str().unwrap(),
+            "--gun",
+            GUN,
+            "--at",
+            "yesterday",
+        ])
         .fails(1, "not RFC 3339");
     // An agent with no tokens says so.
     let status = agent.dct(&["--json", "status"]).json();
     assert_eq!(status["tokens"].as_array().unwrap().len(), 0);
-    agent.dct(&["unlock", "--pin-file", "/dev/null"]).fails(1, "no tokens configured");
+    agent
+        .dct(&["unlock", "--pin-file", "/dev/null"])
+        .fails(1, "no tokens configured");
 }

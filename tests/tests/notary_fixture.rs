@@ -14,14 +14,22 @@ fn files() -> verify::RepoFiles {
     let dir = fixture_dir("notary-0.7/metadata");
     ROLES
         .iter()
-        .map(|r| (r.to_string(), std::fs::read(dir.join(format!("{r}.json"))).unwrap()))
+        .map(|r| {
+            (
+                r.to_string(),
+                std::fs::read(dir.join(format!("{r}.json"))).unwrap(),
+            )
+        })
         .collect()
 }
 
 /// The `signed` member exactly as it stands in the file.
 fn raw_signed(bytes: &[u8]) -> &[u8] {
     let start = b"{\"signed\":".len();
-    let end = bytes.windows(14).rposition(|w| w == b",\"signatures\":").unwrap();
+    let end = bytes
+        .windows(14)
+        .rposition(|w| w == b",\"signatures\":")
+        .unwrap();
     &bytes[start..end]
 }
 
@@ -57,14 +65,19 @@ fn every_key_id_is_reproduced() {
         "6c8afbe159c6ec668099a2529f3e8b4fcccac34dbccf82e296fbe38821102d6c"
     );
     // The server's timestamp key as served by GET .../timestamp.key.
-    let served: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture_dir("notary-0.7/metadata/timestamp.key")).unwrap()).unwrap();
+    let served: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture_dir("notary-0.7/metadata/timestamp.key")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         TufKey::from_value(&served).unwrap().key_id(),
         "48bcae89f6979077fd18e5b6e03ffc09cd6c2677b6dbadf0a9f48c863abc883c"
     );
     // The key files are named by canonical ID; the non-root ones match root.json's IDs.
-    for id in ["4887b4aa2cb6bff5e64a33424e07bd6333faefd023a05ae86f0cae2dcecce4f9", "15c14862492972614909e9d1905db060278a00043974b966b9cde5940b8fe493"] {
+    for id in [
+        "4887b4aa2cb6bff5e64a33424e07bd6333faefd023a05ae86f0cae2dcecce4f9",
+        "15c14862492972614909e9d1905db060278a00043974b966b9cde5940b8fe493",
+    ] {
         assert!(fixture_dir(&format!("notary-0.7/keys/{id}.key")).exists());
         let key = TufKey::from_value(&env.signed["keys"][id]).unwrap();
         assert_eq!(key.canonical_id().unwrap(), id);
@@ -75,11 +88,27 @@ fn every_key_id_is_reproduced() {
 fn repository_verifies_as_of_2026_11_23() {
     let repo = verify::verify_repository(GUN, &files(), datetime!(2026-11-23 0:00 UTC)).unwrap();
     let targets = repo.roles.iter().find(|r| r.role == "targets").unwrap();
-    let tags: BTreeMap<_, _> = targets.targets.iter().map(|t| (t.name.as_str(), (t.sha256_hex.as_str(), t.length))).collect();
+    let tags: BTreeMap<_, _> = targets
+        .targets
+        .iter()
+        .map(|t| (t.name.as_str(), (t.sha256_hex.as_str(), t.length)))
+        .collect();
     use sha2::{Digest, Sha256};
     let v1 = std::fs::read(fixture_dir("notary-0.7/metadata/target-v1.txt")).unwrap();
-    assert_eq!(tags["v1"], (dct_agent::tuf::keys::hex(&Sha256::digest(&v1)).as_str(), v1.len() as u64));
-    assert_eq!(tags["latest"], ("017772a9f7191c884602c4473c8fc6b1f0f1be0605004b170d0a09acdd4c23a0", 4096));
+    assert_eq!(
+        tags["v1"],
+        (
+            dct_agent::tuf::keys::hex(&Sha256::digest(&v1)).as_str(),
+            v1.len() as u64
+        )
+    );
+    assert_eq!(
+        tags["latest"],
+        (
+            "017772a9f7191c884602c4473c8fc6b1f0f1be0605004b170d0a09acdd4c23a0",
+            4096
+        )
+    );
     assert_eq!(targets.version, 2);
 }
 
@@ -99,7 +128,11 @@ fn verification_rejects_tampering() {
         bytes[pos] = if bytes[pos] == b'1' { b'2' } else { b'1' };
         // The file's hash changed too, so the role that pins it may be the first to notice.
         let err = verify::verify_repository(GUN, &f, at).unwrap_err();
-        let pinned_by = match role { "root" | "targets" => "snapshot", "snapshot" => "timestamp", _ => "timestamp" };
+        let pinned_by = match role {
+            "root" | "targets" => "snapshot",
+            "snapshot" => "timestamp",
+            _ => "timestamp",
+        };
         assert!(err.role == role || err.role == pinned_by, "{role}: {err}");
     }
     // A removed signature.

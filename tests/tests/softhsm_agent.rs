@@ -4,13 +4,13 @@
 //! bad input.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use dct_tests::repo::{self, key, keys, sign};
 use dct_tests::{fixture_dir, Agent, SoftHsm};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const GUN: &str = "example.com/app";
@@ -19,34 +19,14 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Key list as JSON objects by key ID.
-fn keys(agent: &Agent) -> Vec<Value> {
-    agent.dct(&["--json", "key", "list"]).json()["keys"].as_array().unwrap().clone()
-}
-
-fn key<'a>(keys: &'a [Value], id: &str) -> &'a Value {
-    keys.iter().find(|k| k["key_id"] == id).unwrap_or_else(|| panic!("no key {id} in {keys:?}"))
-}
-
-fn unsigned(signed: Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({"signed": signed, "signatures": []})).unwrap()
-}
-
-fn sign(agent: &Agent, path: &Path, key: &str, extra: &[&str]) {
-    let mut args = vec!["tuf", "sign", path.to_str().unwrap(), "--key", key];
-    args.extend_from_slice(extra);
-    agent.dct(&args).ok();
-}
-
 /// The exact bytes of `signed` in a file we wrote (our output is canonical).
 fn raw_signed(bytes: &[u8]) -> Vec<u8> {
     let start = b"{\"signed\":".len();
-    let end = bytes.windows(14).rposition(|w| w == b",\"signatures\":").unwrap();
+    let end = bytes
+        .windows(14)
+        .rposition(|w| w == b",\"signatures\":")
+        .unwrap();
     bytes[start..end].to_vec()
-}
-
-fn meta(bytes: &[u8]) -> Value {
-    json!({"hashes": {"sha256": B64.encode(Sha256::digest(bytes))}, "length": bytes.len()})
 }
 
 #[test]
@@ -54,8 +34,16 @@ fn unlock_lock_and_pin_errors() {
     let hsm = SoftHsm::new("pins", "1234");
     let agent = Agent::start(Some(&hsm));
     // Socket directory 0700, socket 0600.
-    let dir_mode = std::fs::metadata(agent.socket.parent().unwrap()).unwrap().permissions().mode() & 0o777;
-    let sock_mode = std::fs::metadata(&agent.socket).unwrap().permissions().mode() & 0o777;
+    let dir_mode = std::fs::metadata(agent.socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    let sock_mode = std::fs::metadata(&agent.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!((dir_mode, sock_mode), (0o700, 0o600));
 
     let status = agent.dct(&["--json", "status"]).json();
@@ -64,29 +52,56 @@ fn unlock_lock_and_pin_errors() {
     assert_eq!(status["tokens"][0]["present"], true);
 
     // Locked: key generation says how to unlock.
-    agent.dct(&["key", "generate", "--role", "targets", "--gun", GUN]).fails(1, "locked: run dct unlock");
+    agent
+        .dct(&["key", "generate", "--role", "targets", "--gun", GUN])
+        .fails(1, "locked: run dct unlock");
 
     // Wrong PIN: one attempt, an Unauthenticated error with what the token says of tries.
     let bad = agent.dir.path().join("bad");
     std::fs::write(&bad, "9999\n").unwrap();
-    let err = agent.dct(&["unlock", "--pin-file", bad.to_str().unwrap()]).fails(1, "wrong PIN for token \"pins\"");
-    assert!(err.contains("not retried") && err.contains("tries left: low"), "{err}");
+    let err = agent
+        .dct(&["unlock", "--pin-file", bad.to_str().unwrap()])
+        .fails(1, "wrong PIN for token \"pins\"");
+    assert!(
+        err.contains("not retried") && err.contains("tries left: low"),
+        "{err}"
+    );
     assert_eq!(agent.log_text().matches("unlock failed").count(), 1);
-    assert_eq!(agent.dct(&["--json", "status"]).json()["tokens"][0]["unlocked"], false);
+    assert_eq!(
+        agent.dct(&["--json", "status"]).json()["tokens"][0]["unlocked"],
+        false
+    );
     // The PIN never reaches the log.
     assert!(!agent.log_text().contains("9999"));
 
     // DCT_PIN for CI.
     agent.dct_env(&["unlock"], &[("DCT_PIN", "1234")]).ok();
-    assert_eq!(agent.dct(&["--json", "status"]).json()["tokens"][0]["unlocked"], true);
+    assert_eq!(
+        agent.dct(&["--json", "status"]).json()["tokens"][0]["unlocked"],
+        true
+    );
     let id = agent.generate("targets", Some(GUN));
     assert_eq!(id.len(), 64);
     agent.dct(&["lock"]).ok();
     let doc = agent.dir.path().join("t.json");
-    std::fs::write(&doc, std::fs::read(fixture_dir("notary-0.7/metadata/targets.json")).unwrap()).unwrap();
-    agent.dct(&["tuf", "sign", doc.to_str().unwrap(), "--key", &id]).fails(1, "locked: run dct unlock");
+    std::fs::write(
+        &doc,
+        std::fs::read(fixture_dir("notary-0.7/metadata/targets.json")).unwrap(),
+    )
+    .unwrap();
+    agent
+        .dct(&["tuf", "sign", doc.to_str().unwrap(), "--key", &id])
+        .fails(1, "locked: run dct unlock");
     // Unknown token, no PIN source and no terminal.
-    agent.dct(&["unlock", "--token", "nope", "--pin-file", bad.to_str().unwrap()]).fails(1, "no token \"nope\"");
+    agent
+        .dct(&[
+            "unlock",
+            "--token",
+            "nope",
+            "--pin-file",
+            bad.to_str().unwrap(),
+        ])
+        .fails(1, "no token \"nope\"");
     agent.dct(&["unlock"]).fails(2, "--pin-file");
     assert!(!agent.log_text().contains("1234"));
 }
@@ -110,26 +125,49 @@ fn keys_live_on_the_token_and_a_new_agent_finds_them() {
             obj["keytype"].as_str().unwrap(),
             obj["keyval"]["public"].as_str().unwrap()
         );
-        assert_eq!(k["key_id"].as_str().unwrap(), hex(&Sha256::digest(canonical.as_bytes())));
-        assert!(k["uri"].as_str().unwrap().starts_with("pkcs11:token=keys;id=%"));
+        assert_eq!(
+            k["key_id"].as_str().unwrap(),
+            hex(&Sha256::digest(canonical.as_bytes()))
+        );
+        assert!(k["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("pkcs11:token=keys;id=%"));
     }
     assert_eq!(key(&before, &targets)["role"], "targets");
     assert_eq!(key(&before, &snapshot)["role"], "snapshot");
     assert_eq!(key(&before, &releases)["role"], "targets/releases");
     let r = key(&before, &root);
-    assert_eq!((r["role"].as_str(), r["gun"].as_str()), (Some("root"), Some(GUN)));
+    assert_eq!(
+        (r["role"].as_str(), r["gun"].as_str()),
+        (Some("root"), Some(GUN))
+    );
     assert_eq!(r["tuf_key"]["keytype"], "ecdsa-x509");
     assert_ne!(r["canonical_id"], r["key_id"]);
 
     // The private keys are sensitive and non-extractable on the token.
     let out = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &hsm.conf)
-        .args(["--module", dct_tests::SOFTHSM_MODULE, "--token-label", "keys", "--login", "--pin", "4321", "--list-objects", "--type", "privkey"])
+        .args([
+            "--module",
+            dct_tests::SOFTHSM_MODULE,
+            "--token-label",
+            "keys",
+            "--login",
+            "--pin",
+            "4321",
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
         .output();
     if let Ok(out) = out {
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(text.matches("never extractable").count(), 4, "{text}");
-        assert!(text.contains("label:      dct:targets:example.com/app"), "{text}");
+        assert!(
+            text.contains("label:      dct:targets:example.com/app"),
+            "{text}"
+        );
     }
 
     // A new agent process on the same token lists the same keys, even while locked.
@@ -146,7 +184,13 @@ fn signatures_are_notary_exact_and_checked_by_openssl() {
     agent.unlock(&hsm);
     let targets = agent.generate("targets", Some(GUN));
     let all = keys(&agent);
-    let spki = B64.decode(key(&all, &targets)["tuf_key"]["keyval"]["public"].as_str().unwrap()).unwrap();
+    let spki = B64
+        .decode(
+            key(&all, &targets)["tuf_key"]["keyval"]["public"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
 
     // Sign the real notary targets.json: its own signature stays, ours is added.
     let doc = agent.dir.path().join("targets.json");
@@ -154,7 +198,11 @@ fn signatures_are_notary_exact_and_checked_by_openssl() {
     std::fs::write(&doc, &original).unwrap();
     sign(&agent, &doc, &targets[..8], &["--gun", GUN]);
     let signed = std::fs::read(&doc).unwrap();
-    assert_eq!(raw_signed(&signed), raw_signed(&original), "signed part changed");
+    assert_eq!(
+        raw_signed(&signed),
+        raw_signed(&original),
+        "signed part changed"
+    );
     let v: Value = serde_json::from_slice(&signed).unwrap();
     let sigs = v["signatures"].as_array().unwrap();
     assert_eq!(sigs.len(), 2);
@@ -168,7 +216,8 @@ fn signatures_are_notary_exact_and_checked_by_openssl() {
     use p256::pkcs8::DecodePublicKey;
     let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap();
     let sig = p256::ecdsa::Signature::from_slice(&raw).unwrap();
-    vk.verify(&raw_signed(&signed), &sig).expect("p256 verifies");
+    vk.verify(&raw_signed(&signed), &sig)
+        .expect("p256 verifies");
 
     // Independent check 2: openssl, with the signature converted to DER.
     let d = agent.dir.path();
@@ -177,10 +226,24 @@ fn signatures_are_notary_exact_and_checked_by_openssl() {
     std::fs::write(d.join("sig.der"), sig.to_der().as_bytes()).unwrap();
     let out = Command::new("openssl")
         .current_dir(d)
-        .args(["dgst", "-sha256", "-keyform", "DER", "-verify", "pub.der", "-signature", "sig.der", "msg"])
+        .args([
+            "dgst",
+            "-sha256",
+            "-keyform",
+            "DER",
+            "-verify",
+            "pub.der",
+            "-signature",
+            "sig.der",
+            "msg",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Verified OK");
 
     // Signing again replaces our signature rather than adding a second one.
@@ -188,7 +251,17 @@ fn signatures_are_notary_exact_and_checked_by_openssl() {
     let v: Value = serde_json::from_slice(&std::fs::read(&doc).unwrap()).unwrap();
     assert_eq!(v["signatures"].as_array().unwrap().len(), 2);
     // --out - writes to stdout and leaves the file alone.
-    let out = agent.dct(&["tuf", "sign", doc.to_str().unwrap(), "--key", &targets, "--out", "-"]).ok();
+    let out = agent
+        .dct(&[
+            "tuf",
+            "sign",
+            doc.to_str().unwrap(),
+            "--key",
+            &targets,
+            "--out",
+            "-",
+        ])
+        .ok();
     assert!(out.stdout.starts_with("{\"signed\":{\"_type\":\"Targets\""));
 }
 
@@ -200,15 +273,24 @@ fn root_certificate_made_on_the_token() {
     let root = agent.generate("root", Some(GUN));
     let all = keys(&agent);
     let k = key(&all, &root);
-    let pem = B64.decode(k["tuf_key"]["keyval"]["public"].as_str().unwrap()).unwrap();
+    let pem = B64
+        .decode(k["tuf_key"]["keyval"]["public"].as_str().unwrap())
+        .unwrap();
     let pem = String::from_utf8(pem).unwrap();
     // Go's pem.Encode layout.
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n") && pem.ends_with("-----END CERTIFICATE-----\n"));
+    assert!(
+        pem.starts_with("-----BEGIN CERTIFICATE-----\n")
+            && pem.ends_with("-----END CERTIFICATE-----\n")
+    );
     let body: Vec<&str> = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(body[..body.len() - 1].iter().all(|l| l.len() == 64));
     let path = agent.dir.path().join("root.pem");
     std::fs::write(&path, &pem).unwrap();
-    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&path).output().unwrap();
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("Subject: CN = example.com/app"), "{text}");
     assert!(text.contains("Issuer: CN = example.com/app"));
@@ -217,14 +299,34 @@ fn root_certificate_made_on_the_token() {
     assert!(text.contains("Code Signing"));
     assert!(text.contains("CA:FALSE"));
     // The self-signature (DER, made on the token) verifies.
-    let out = Command::new("openssl").args(["verify", "-check_ss_sig", "-CAfile"]).arg(&path).arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(["verify", "-check_ss_sig", "-CAfile"])
+        .arg(&path)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The canonical ID is the ID of the plain ecdsa key of the certificate's public key.
-    let spki = Command::new("openssl").args(["x509", "-pubkey", "-noout", "-in"]).arg(&path).output().unwrap();
+    let spki = Command::new("openssl")
+        .args(["x509", "-pubkey", "-noout", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let spki_pem = String::from_utf8(spki.stdout).unwrap();
-    let b64: String = spki_pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let obj = format!("{{\"keytype\":\"ecdsa\",\"keyval\":{{\"private\":null,\"public\":\"{b64}\"}}}}");
-    assert_eq!(k["canonical_id"].as_str().unwrap(), hex(&Sha256::digest(obj.as_bytes())));
+    let b64: String = spki_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let obj =
+        format!("{{\"keytype\":\"ecdsa\",\"keyval\":{{\"private\":null,\"public\":\"{b64}\"}}}}");
+    assert_eq!(
+        k["canonical_id"].as_str().unwrap(),
+        hex(&Sha256::digest(obj.as_bytes()))
+    );
 }
 
 #[test]
@@ -232,72 +334,58 @@ fn a_whole_repository_signed_on_the_token_verifies() {
     let hsm = SoftHsm::new("repo", "3333");
     let agent = Agent::start(Some(&hsm));
     agent.unlock(&hsm);
-    let root = agent.generate("root", Some(GUN));
-    let targets = agent.generate("targets", Some(GUN));
-    let snapshot = agent.generate("snapshot", Some(GUN));
-    let timestamp = agent.generate("timestamp", Some(GUN));
-    let releases = agent.generate("targets/releases", Some(GUN));
-    let all = keys(&agent);
-    let obj = |id: &str| key(&all, id)["tuf_key"].clone();
     let dir = agent.dir.path().join("repo");
-    std::fs::create_dir_all(dir.join("targets")).unwrap();
-    let far = "2030-01-01T00:00:00Z";
-
-    let root_doc = json!({
-        "_type": "Root", "consistent_snapshot": false, "expires": far, "version": 1,
-        "keys": {&root: obj(&root), &targets: obj(&targets), &snapshot: obj(&snapshot), &timestamp: obj(&timestamp)},
-        "roles": {
-            "root": {"keyids": [&root], "threshold": 1},
-            "targets": {"keyids": [&targets], "threshold": 1},
-            "snapshot": {"keyids": [&snapshot], "threshold": 1},
-            "timestamp": {"keyids": [&timestamp], "threshold": 1},
-        },
-    });
     let v1 = b"release one\n";
-    let targets_doc = json!({
-        "_type": "Targets", "expires": far, "version": 1,
-        "targets": {"v1": meta(v1)},
-        "delegations": {"keys": {&releases: obj(&releases)},
-                        "roles": [{"name": "targets/releases", "keyids": [&releases], "threshold": 1, "paths": [""]}]},
-    });
-    let releases_doc = json!({
-        "_type": "Targets", "expires": far, "version": 1,
-        "targets": {"v2": meta(b"release two\n")},
-        "delegations": {"keys": {}, "roles": []},
-    });
-    let write = |name: &str, doc: Value| {
-        let p = dir.join(name);
-        std::fs::write(&p, unsigned(doc)).unwrap();
-        p
-    };
-    let p = write("root.json", root_doc);
-    sign(&agent, &p, &root, &["--gun", GUN]);
-    let p = write("targets.json", targets_doc);
-    sign(&agent, &p, &targets, &[]);
-    let p = write("targets/releases.json", releases_doc);
-    sign(&agent, &p, &releases, &["--role", "targets/releases"]);
-    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
-    let p = write(
-        "snapshot.json",
-        json!({"_type": "Snapshot", "expires": far, "version": 1, "meta": {
-            "root": meta(&read("root.json")), "targets": meta(&read("targets.json")),
-            "targets/releases": meta(&read("targets/releases.json"))}}),
-    );
-    sign(&agent, &p, &snapshot, &[]);
-    let p = write(
-        "timestamp.json",
-        json!({"_type": "Timestamp", "expires": far, "version": 1, "meta": {"snapshot": meta(&read("snapshot.json"))}}),
-    );
-    sign(&agent, &p, &timestamp, &[]);
-
-    let out = agent.dct(&["--json", "tuf", "verify", dir.to_str().unwrap(), "--gun", GUN]).json();
+    let k = repo::build(&agent, &dir, GUN, (v1, b"release two\n"));
+    let out = agent
+        .dct(&[
+            "--json",
+            "tuf",
+            "verify",
+            dir.to_str().unwrap(),
+            "--gun",
+            GUN,
+        ])
+        .json();
     assert_eq!(out["valid"], true, "{out}");
-    let role = |name: &str| out["roles"].as_array().unwrap().iter().find(|r| r["role"] == name).unwrap().clone();
-    assert_eq!(role("root")["signed_by"][0], root.as_str());
-    assert_eq!(role("targets")["targets"][0]["digest"], format!("sha256:{}", hex(&Sha256::digest(v1))));
+    let role = |name: &str| {
+        out["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["role"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(role("root")["signed_by"][0], k.root.as_str());
+    assert_eq!(role("timestamp")["signed_by"][0], k.timestamp.as_str());
+    assert_eq!(
+        role("targets")["targets"][0]["digest"],
+        format!("sha256:{}", hex(&Sha256::digest(v1)))
+    );
     assert_eq!(role("targets/releases")["targets"][0]["name"], "v2");
+    assert_eq!(
+        role("targets/releases")["signed_by"][0],
+        k.releases.as_str()
+    );
     // The same repository checked for another GUN fails on the root certificate.
-    agent.dct(&["tuf", "verify", dir.to_str().unwrap(), "--gun", "example.com/other"]).fails(1, "root: ");
+    agent
+        .dct(&[
+            "tuf",
+            "verify",
+            dir.to_str().unwrap(),
+            "--gun",
+            "example.com/other",
+        ])
+        .fails(1, "root: ");
+    // A delegation file changed after signing: snapshot no longer pins it.
+    let rel = dir.join("targets/releases.json");
+    let mut b = std::fs::read(&rel).unwrap();
+    b.push(b' ');
+    std::fs::write(&rel, b).unwrap();
+    agent
+        .dct(&["tuf", "verify", dir.to_str().unwrap(), "--gun", GUN])
+        .fails(1, "snapshot: targets/releases.json does not match");
 }
 
 #[test]
@@ -312,39 +400,124 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
 
     // Not JSON.
     std::fs::write(d.join("junk.json"), "this is not json").unwrap();
-    agent.dct(&["tuf", "sign", d.join("junk.json").to_str().unwrap(), "--key", &targets]).fails(1, "not JSON");
+    agent
+        .dct(&[
+            "tuf",
+            "sign",
+            d.join("junk.json").to_str().unwrap(),
+            "--key",
+            &targets,
+        ])
+        .fails(1, "not JSON");
     // Wrong _type for the key: a root key asked to sign targets, a targets key a snapshot.
     std::fs::write(d.join("t.json"), &fixture).unwrap();
-    agent.dct(&["tuf", "sign", d.join("t.json").to_str().unwrap(), "--key", &root]).fails(1, "a root document must be \"Root\"");
+    agent
+        .dct(&[
+            "tuf",
+            "sign",
+            d.join("t.json").to_str().unwrap(),
+            "--key",
+            &root,
+        ])
+        .fails(1, "a root document must be \"Root\"");
     let snap = std::fs::read(fixture_dir("notary-0.7/metadata/snapshot.json")).unwrap();
     std::fs::write(d.join("s.json"), &snap).unwrap();
-    agent.dct(&["tuf", "sign", d.join("s.json").to_str().unwrap(), "--key", &targets]).fails(1, "must be \"Targets\"");
+    agent
+        .dct(&[
+            "tuf",
+            "sign",
+            d.join("s.json").to_str().unwrap(),
+            "--key",
+            &targets,
+        ])
+        .fails(1, "must be \"Targets\"");
     // A targets key asked to sign as a delegation, or for another GUN.
     agent
-        .dct(&["tuf", "sign", d.join("t.json").to_str().unwrap(), "--key", &targets, "--role", "targets/x"])
+        .dct(&[
+            "tuf",
+            "sign",
+            d.join("t.json").to_str().unwrap(),
+            "--key",
+            &targets,
+            "--role",
+            "targets/x",
+        ])
         .fails(1, "does not sign targets/x");
     agent
-        .dct(&["tuf", "sign", d.join("t.json").to_str().unwrap(), "--key", &targets, "--gun", "example.com/b"])
+        .dct(&[
+            "tuf",
+            "sign",
+            d.join("t.json").to_str().unwrap(),
+            "--key",
+            &targets,
+            "--gun",
+            "example.com/b",
+        ])
         .fails(1, "belongs to \"example.com/app\"");
     // A malformed document of the right _type.
-    std::fs::write(d.join("m.json"), r#"{"signed":{"_type":"Targets","version":"two"},"signatures":[]}"#).unwrap();
-    agent.dct(&["tuf", "sign", d.join("m.json").to_str().unwrap(), "--key", &targets]).fails(1, "not a valid Targets");
+    std::fs::write(
+        d.join("m.json"),
+        r#"{"signed":{"_type":"Targets","version":"two"},"signatures":[]}"#,
+    )
+    .unwrap();
+    agent
+        .dct(&[
+            "tuf",
+            "sign",
+            d.join("m.json").to_str().unwrap(),
+            "--key",
+            &targets,
+        ])
+        .fails(1, "not a valid Targets");
     // Unknown key ID.
-    agent.dct(&["tuf", "sign", d.join("t.json").to_str().unwrap(), "--key", "abcdef0123"]).fails(1, "no key abcdef0123");
-    agent.dct(&["tuf", "sign", d.join("t.json").to_str().unwrap(), "--key", "zz"]).fails(1, "is not a key ID");
+    agent
+        .dct(&[
+            "tuf",
+            "sign",
+            d.join("t.json").to_str().unwrap(),
+            "--key",
+            "abcdef0123",
+        ])
+        .fails(1, "no key abcdef0123");
+    agent
+        .dct(&[
+            "tuf",
+            "sign",
+            d.join("t.json").to_str().unwrap(),
+            "--key",
+            "zz",
+        ])
+        .fails(1, "is not a key ID");
     // Nothing was written on refusal.
     assert_eq!(std::fs::read(d.join("t.json")).unwrap(), fixture);
     // A 100 MiB request is refused with a size error.
     let big = d.join("big.json");
-    std::fs::File::create(&big).unwrap().set_len(100 * 1024 * 1024).unwrap();
-    agent.dct(&["tuf", "sign", big.to_str().unwrap(), "--key", &targets]).fails(1, "too large");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(100 * 1024 * 1024)
+        .unwrap();
+    agent
+        .dct(&["tuf", "sign", big.to_str().unwrap(), "--key", &targets])
+        .fails(1, "too large");
     std::fs::remove_file(&big).unwrap();
     // Invalid role and GUN on generate.
-    agent.dct(&["key", "generate", "--role", "Targets/X", "--gun", GUN]).fails(1, "invalid role");
-    agent.dct(&["key", "generate", "--role", "targets"]).fails(1, "needs --gun");
+    agent
+        .dct(&["key", "generate", "--role", "Targets/X", "--gun", GUN])
+        .fails(1, "invalid role");
+    agent
+        .dct(&["key", "generate", "--role", "targets"])
+        .fails(1, "needs --gun");
     // Still serving, still unlocked, and still signing.
     let status = agent.dct(&["--json", "status"]).json();
     assert_eq!(status["tokens"][0]["unlocked"], true);
-    agent.dct(&["tuf", "sign", d.join("t.json").to_str().unwrap(), "--key", &targets]).ok();
+    agent
+        .dct(&[
+            "tuf",
+            "sign",
+            d.join("t.json").to_str().unwrap(),
+            "--key",
+            &targets,
+        ])
+        .ok();
     assert!(!agent.log_text().contains("panicked"));
 }

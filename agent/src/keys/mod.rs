@@ -40,7 +40,10 @@ pub struct KeyEntry {
 
 impl KeyEntry {
     pub fn tuf_key(&self) -> crate::tuf::keys::TufKey {
-        crate::tuf::keys::TufKey { keytype: self.keytype.clone(), public: self.public.clone() }
+        crate::tuf::keys::TufKey {
+            keytype: self.keytype.clone(),
+            public: self.public.clone(),
+        }
     }
 }
 
@@ -71,7 +74,8 @@ pub trait KeyBackend: Send + 'static {
     /// Signs a SHA-256 digest; returns raw r||s.
     fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>>;
     /// Stores a certificate for `key` on the token; returns the key as it now lists.
-    fn store_certificate(&mut self, key: &KeyEntry, gun: &str, cert_der: &[u8]) -> Result<KeyEntry>;
+    fn store_certificate(&mut self, key: &KeyEntry, gun: &str, cert_der: &[u8])
+        -> Result<KeyEntry>;
 }
 
 type Job = Box<dyn FnOnce(&mut dyn KeyBackend) + Send>;
@@ -88,7 +92,11 @@ pub struct Token {
 const QUEUE_DEPTH: usize = 4096;
 
 impl Token {
-    pub fn spawn(label: String, backend_name: &'static str, mut backend: Box<dyn KeyBackend>) -> Result<Token> {
+    pub fn spawn(
+        label: String,
+        backend_name: &'static str,
+        mut backend: Box<dyn KeyBackend>,
+    ) -> Result<Token> {
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name(format!("token-{label}"))
@@ -98,7 +106,11 @@ impl Token {
                 }
             })
             .map_err(|e| Error::Internal(format!("cannot start token thread: {e}")))?;
-        Ok(Token { label, backend: backend_name, tx })
+        Ok(Token {
+            label,
+            backend: backend_name,
+            tx,
+        })
     }
 
     /// Runs `f` on the token's thread and waits for it without blocking the runtime.
@@ -112,10 +124,13 @@ impl Token {
             let _ = tx.send(f(b));
         });
         self.tx.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => {
-                Error::ResourceExhausted(format!("token {:?} is busy: too many queued requests", self.label))
+            mpsc::TrySendError::Full(_) => Error::ResourceExhausted(format!(
+                "token {:?} is busy: too many queued requests",
+                self.label
+            )),
+            mpsc::TrySendError::Disconnected(_) => {
+                Error::Internal(format!("token {:?} worker stopped", self.label))
             }
-            mpsc::TrySendError::Disconnected(_) => Error::Internal(format!("token {:?} worker stopped", self.label)),
         })?;
         rx.await
             .map_err(|_| Error::Internal(format!("token {:?} worker stopped", self.label)))?
@@ -138,7 +153,8 @@ impl Token {
 
 /// Builds the root certificate for `gun`, has the token sign it, stores it.
 pub fn make_root_cert(b: &mut dyn KeyBackend, key: &KeyEntry, gun: &str) -> Result<KeyEntry> {
-    let tbs = cert::root_tbs(gun, &key.spki, SystemTime::now()).map_err(|e| Error::Internal(e.to_string()))?;
+    let tbs = cert::root_tbs(gun, &key.spki, SystemTime::now())
+        .map_err(|e| Error::Internal(e.to_string()))?;
     let tbs_der = tbs.to_der().map_err(|e| Error::Internal(e.to_string()))?;
     let digest: [u8; 32] = Sha256::digest(&tbs_der).into();
     let sig = b.sign_digest(key, &digest)?;
@@ -159,7 +175,8 @@ pub fn check_role(role: &str) -> Result<()> {
 
 /// A GUN: non-empty, printable, no spaces, at most 255 bytes.
 pub fn check_gun(gun: &str) -> Result<()> {
-    if gun.is_empty() || gun.len() > 255 || gun.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if gun.is_empty() || gun.len() > 255 || gun.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(Error::InvalidArgument(format!("invalid GUN {gun:?}")));
     }
     Ok(())

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use der::{Decode, Encode};
@@ -38,12 +40,19 @@ impl Modules {
         if let Some(ctx) = self.0.get(path) {
             return Ok(ctx.clone());
         }
-        let ctx = Pkcs11::new(path)
-            .map_err(|e| Error::Unavailable(format!("cannot load PKCS#11 module {}: {e}", path.display())))?;
+        let ctx = Pkcs11::new(path).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot load PKCS#11 module {}: {e}",
+                path.display()
+            ))
+        })?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => {
-                return Err(Error::Unavailable(format!("cannot initialise PKCS#11 module {}: {e}", path.display())))
+                return Err(Error::Unavailable(format!(
+                    "cannot initialise PKCS#11 module {}: {e}",
+                    path.display()
+                )))
             }
         }
         self.0.insert(path.to_path_buf(), ctx.clone());
@@ -62,11 +71,20 @@ pub struct Pkcs11Backend {
 
 impl Pkcs11Backend {
     pub fn new(ctx: Pkcs11, module: PathBuf, label: String) -> Self {
-        Pkcs11Backend { ctx, module, label, session: None, handles: HashMap::new() }
+        Pkcs11Backend {
+            ctx,
+            module,
+            label,
+            session: None,
+            handles: HashMap::new(),
+        }
     }
 
     fn find_slot(&self) -> Result<Slot> {
-        let slots = self.ctx.get_slots_with_token().map_err(|e| self.unavailable(e))?;
+        let slots = self
+            .ctx
+            .get_slots_with_token()
+            .map_err(|e| self.unavailable(e))?;
         for slot in slots {
             if let Ok(info) = self.ctx.get_token_info(slot) {
                 if info.label().trim_end() == self.label {
@@ -84,23 +102,36 @@ impl Pkcs11Backend {
     fn session(&mut self) -> Result<&Session> {
         if self.session.is_none() {
             let slot = self.find_slot()?;
-            let s = self.ctx.open_rw_session(slot).map_err(|e| self.unavailable(e))?;
+            let s = self
+                .ctx
+                .open_rw_session(slot)
+                .map_err(|e| self.unavailable(e))?;
             self.handles.clear();
             self.session = Some(s);
         }
         // Set just above.
-        self.session.as_ref().ok_or_else(|| Error::Internal("no session".into()))
+        self.session
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no session".into()))
     }
 
     fn slot(&self) -> Option<Slot> {
-        self.session.as_ref().and_then(|s| s.get_session_info().ok()).map(|i| i.slot_id())
+        self.session
+            .as_ref()
+            .and_then(|s| s.get_session_info().ok())
+            .map(|i| i.slot_id())
     }
 
     fn logged_in(&self) -> bool {
         self.session
             .as_ref()
             .and_then(|s| s.get_session_info().ok())
-            .map(|i| matches!(i.session_state(), SessionState::RoUser | SessionState::RwUser))
+            .map(|i| {
+                matches!(
+                    i.session_state(),
+                    SessionState::RoUser | SessionState::RwUser
+                )
+            })
             .unwrap_or(false)
     }
 
@@ -130,7 +161,9 @@ impl Pkcs11Backend {
         match e {
             CkError::Pkcs11(RvError::UserNotLoggedIn, _) => {
                 self.handles.clear();
-                Error::Locked { token: self.label.clone() }
+                Error::Locked {
+                    token: self.label.clone(),
+                }
             }
             CkError::Pkcs11(
                 RvError::DeviceRemoved
@@ -142,7 +175,10 @@ impl Pkcs11Backend {
             ) => {
                 self.session = None;
                 self.handles.clear();
-                Error::Unavailable(format!("token {:?}: {e}; will reconnect on the next request", self.label))
+                Error::Unavailable(format!(
+                    "token {:?}: {e}; will reconnect on the next request",
+                    self.label
+                ))
             }
             other => Error::Internal(format!("token {:?}: {other}", self.label)),
         }
@@ -154,7 +190,9 @@ impl Pkcs11Backend {
             Ok(())
         } else {
             self.handles.clear();
-            Err(Error::Locked { token: self.label.clone() })
+            Err(Error::Locked {
+                token: self.label.clone(),
+            })
         }
     }
 
@@ -186,11 +224,22 @@ impl Pkcs11Backend {
     }
 
     fn with_cert(&self, mut e: KeyEntry, cert_der: &[u8]) -> Result<KeyEntry> {
-        let cert = Certificate::from_der(cert_der)
-            .map_err(|err| Error::Internal(format!("certificate on token for key {}: {err}", e.canonical_id)))?;
-        let spki = cert.tbs_certificate.subject_public_key_info.to_der().map_err(|err| Error::Internal(err.to_string()))?;
+        let cert = Certificate::from_der(cert_der).map_err(|err| {
+            Error::Internal(format!(
+                "certificate on token for key {}: {err}",
+                e.canonical_id
+            ))
+        })?;
+        let spki = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|err| Error::Internal(err.to_string()))?;
         if spki != e.spki {
-            return Err(Error::Internal(format!("certificate with CKA_ID of key {} is for another key", e.canonical_id)));
+            return Err(Error::Internal(format!(
+                "certificate with CKA_ID of key {} is for another key",
+                e.canonical_id
+            )));
         }
         let key = TufKey::ecdsa_x509(cert_der);
         e.key_id = key.key_id();
@@ -205,12 +254,19 @@ impl Pkcs11Backend {
             return Ok(*h);
         }
         self.require_login()?;
-        let template = [Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(id.to_vec())];
+        let template = [
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(id.to_vec()),
+        ];
         let found = self.session()?.find_objects(&template);
         let found = found.map_err(|e| self.map_err(e))?;
-        let h = *found
-            .first()
-            .ok_or_else(|| Error::NotFound(format!("private key {} not found on token {:?}", hex(id), self.label)))?;
+        let h = *found.first().ok_or_else(|| {
+            Error::NotFound(format!(
+                "private key {} not found on token {:?}",
+                hex(id),
+                self.label
+            ))
+        })?;
         self.handles.insert(id.to_vec(), h);
         Ok(h)
     }
@@ -250,22 +306,32 @@ impl KeyBackend for Pkcs11Backend {
         }
         let before = self.pin_state();
         if before.locked {
-            return Err(Error::PinLocked { token: self.label.clone() });
+            return Err(Error::PinLocked {
+                token: self.label.clone(),
+            });
         }
         if before.final_try && !force {
-            return Err(Error::FinalTry { token: self.label.clone() });
+            return Err(Error::FinalTry {
+                token: self.label.clone(),
+            });
         }
         let result = self.session()?.login(UserType::User, Some(pin));
         self.handles.clear();
         match result {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(self.pin_state()),
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                Err(Error::WrongPin { token: self.label.clone(), state: self.pin_state() })
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(Error::WrongPin {
+                token: self.label.clone(),
+                state: self.pin_state(),
+            }),
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::PinLocked {
+                token: self.label.clone(),
+            }),
+            Err(CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _)) => {
+                Err(Error::InvalidArgument(format!(
+                    "the PIN has a length or characters token {:?} does not accept",
+                    self.label
+                )))
             }
-            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::PinLocked { token: self.label.clone() }),
-            Err(CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _)) => Err(Error::InvalidArgument(
-                format!("the PIN has a length or characters token {:?} does not accept", self.label),
-            )),
             Err(e) => Err(self.map_err(e)),
         }
     }
@@ -316,9 +382,14 @@ impl KeyBackend for Pkcs11Backend {
         }
         let mut out = Vec::new();
         for h in pubs {
-            let attrs = self
-                .session()?
-                .get_attributes(h, &[AttributeType::Label, AttributeType::Id, AttributeType::EcPoint]);
+            let attrs = self.session()?.get_attributes(
+                h,
+                &[
+                    AttributeType::Label,
+                    AttributeType::Id,
+                    AttributeType::EcPoint,
+                ],
+            );
             let attrs = attrs.map_err(|e| self.map_err(e))?;
             let (mut label, mut id, mut point) = (None, None, None);
             for a in attrs {
@@ -329,9 +400,15 @@ impl KeyBackend for Pkcs11Backend {
                     _ => {}
                 }
             }
-            let (Some(label), Some(id), Some(point)) = (label, id, point) else { continue };
-            let Some((role, gun)) = parse_label(&String::from_utf8_lossy(&label)) else { continue };
-            let Ok(spki) = tufkeys::p256_spki_from_point(ec_point(&point)) else { continue };
+            let (Some(label), Some(id), Some(point)) = (label, id, point) else {
+                continue;
+            };
+            let Some((role, gun)) = parse_label(&String::from_utf8_lossy(&label)) else {
+                continue;
+            };
+            let Ok(spki) = tufkeys::p256_spki_from_point(ec_point(&point)) else {
+                continue;
+            };
             let entry = self.entry(&role, gun.as_deref(), spki, id.clone());
             let certs = by_id.get(&id).map(Vec::as_slice).unwrap_or_default();
             if role == "root" && !certs.is_empty() {
@@ -368,14 +445,23 @@ impl KeyBackend for Pkcs11Backend {
             Attribute::Label(label),
             Attribute::Id(tmp_id.to_vec()),
         ];
-        let r = self.session()?.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private);
+        let r = self
+            .session()?
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private);
         let (pub_h, priv_h) = r.map_err(|e| self.map_err(e))?;
-        let point = self.session()?.get_attributes(pub_h, &[AttributeType::EcPoint]);
+        let point = self
+            .session()?
+            .get_attributes(pub_h, &[AttributeType::EcPoint]);
         let point = match point.map_err(|e| self.map_err(e))?.into_iter().next() {
             Some(Attribute::EcPoint(p)) => p,
-            _ => return Err(Error::Internal("token returned no EC point for the new key".into())),
+            _ => {
+                return Err(Error::Internal(
+                    "token returned no EC point for the new key".into(),
+                ))
+            }
         };
-        let spki = tufkeys::p256_spki_from_point(ec_point(&point)).map_err(|e| Error::Internal(e.to_string()))?;
+        let spki = tufkeys::p256_spki_from_point(ec_point(&point))
+            .map_err(|e| Error::Internal(e.to_string()))?;
         // CKA_ID becomes the canonical key ID, so other PKCS#11 tools show the same ID.
         let canonical = tufkeys::unhex(&TufKey::ecdsa(spki.clone()).key_id()).unwrap_or_default();
         let session = self.session()?;
@@ -408,15 +494,27 @@ impl KeyBackend for Pkcs11Backend {
             Err(e) => return Err(self.map_err(e)),
         };
         if sig.len() != 64 {
-            return Err(Error::Internal(format!("token returned a {}-byte ECDSA signature, not 64", sig.len())));
+            return Err(Error::Internal(format!(
+                "token returned a {}-byte ECDSA signature, not 64",
+                sig.len()
+            )));
         }
         Ok(sig)
     }
 
-    fn store_certificate(&mut self, key: &KeyEntry, gun: &str, cert_der: &[u8]) -> Result<KeyEntry> {
+    fn store_certificate(
+        &mut self,
+        key: &KeyEntry,
+        gun: &str,
+        cert_der: &[u8],
+    ) -> Result<KeyEntry> {
         self.require_login()?;
         let cert = Certificate::from_der(cert_der).map_err(|e| Error::Internal(e.to_string()))?;
-        let subject = cert.tbs_certificate.subject.to_der().map_err(|e| Error::Internal(e.to_string()))?;
+        let subject = cert
+            .tbs_certificate
+            .subject
+            .to_der()
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let template = [
             Attribute::Class(ObjectClass::CERTIFICATE),
             Attribute::CertificateType(CertificateType::X_509),
@@ -448,7 +546,9 @@ fn parse_label(label: &str) -> Option<(String, Option<String>)> {
 /// CKA_EC_POINT is a DER OCTET STRING around the point; some tokens return the bare point.
 fn ec_point(v: &[u8]) -> &[u8] {
     match v {
-        [0x04, len, rest @ ..] if *len as usize == rest.len() && rest.first() == Some(&0x04) => rest,
+        [0x04, len, rest @ ..] if *len as usize == rest.len() && rest.first() == Some(&0x04) => {
+            rest
+        }
         _ => v,
     }
 }
@@ -477,7 +577,10 @@ mod tests {
             parse_label("dct:targets:host:5000/app"),
             Some(("targets".into(), Some("host:5000/app".into())))
         );
-        assert_eq!(parse_label("dct:targets/ci:g"), Some(("targets/ci".into(), Some("g".into()))));
+        assert_eq!(
+            parse_label("dct:targets/ci:g"),
+            Some(("targets/ci".into(), Some("g".into())))
+        );
         assert_eq!(parse_label("dct:cert:g"), None);
         assert_eq!(parse_label("other"), None);
     }

@@ -41,7 +41,11 @@ pub enum CertError {
 
 /// The to-be-signed part of a Notary root certificate for `gun` over the P-256 key
 /// `spki_der`, valid from `not_before` for ten years, with a random 128-bit serial.
-pub fn root_tbs(gun: &str, spki_der: &[u8], not_before: SystemTime) -> Result<TbsCertificate, CertError> {
+pub fn root_tbs(
+    gun: &str,
+    spki_der: &[u8],
+    not_before: SystemTime,
+) -> Result<TbsCertificate, CertError> {
     let mut serial = [0u8; 16];
     getrandom::getrandom(&mut serial).map_err(|e| CertError::Rng(e.to_string()))?;
     serial[0] &= 0x7f; // positive
@@ -52,13 +56,27 @@ pub fn root_tbs(gun: &str, spki_der: &[u8], not_before: SystemTime) -> Result<Tb
     let key_usage = KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment);
     let extensions = vec![
         extension(OID_KEY_USAGE, true, &key_usage)?,
-        extension(OID_EXT_KEY_USAGE, false, &ExtendedKeyUsage(vec![OID_CODE_SIGNING]))?,
-        extension(OID_BASIC_CONSTRAINTS, true, &BasicConstraints { ca: false, path_len_constraint: None })?,
+        extension(
+            OID_EXT_KEY_USAGE,
+            false,
+            &ExtendedKeyUsage(vec![OID_CODE_SIGNING]),
+        )?,
+        extension(
+            OID_BASIC_CONSTRAINTS,
+            true,
+            &BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            },
+        )?,
     ];
     // Whole seconds, as X.509 times carry no fractions.
     let start = SystemTime::UNIX_EPOCH
         + Duration::from_secs(
-            not_before.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            not_before
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         );
     Ok(TbsCertificate {
         version: Version::V3,
@@ -92,11 +110,22 @@ pub fn assemble(tbs: TbsCertificate, raw_sig: &[u8]) -> Result<Vec<u8>, CertErro
 
 fn ecdsa_sha256() -> AlgorithmIdentifierOwned {
     // Go omits the parameters of ecdsa-with-SHA256.
-    AlgorithmIdentifierOwned { oid: OID_ECDSA_SHA256, parameters: None }
+    AlgorithmIdentifierOwned {
+        oid: OID_ECDSA_SHA256,
+        parameters: None,
+    }
 }
 
-fn extension(oid: ObjectIdentifier, critical: bool, value: &impl Encode) -> Result<Extension, CertError> {
-    Ok(Extension { extn_id: oid, critical, extn_value: OctetString::new(value.to_der()?)? })
+fn extension(
+    oid: ObjectIdentifier,
+    critical: bool,
+    value: &impl Encode,
+) -> Result<Extension, CertError> {
+    Ok(Extension {
+        extn_id: oid,
+        critical,
+        extn_value: OctetString::new(value.to_der()?)?,
+    })
 }
 
 /// A subject of one CN, encoded as Go encodes strings: PrintableString when every
@@ -105,8 +134,15 @@ fn common_name(cn: &str) -> Result<Name, CertError> {
     let printable = cn
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c));
-    let tag = if printable { Tag::PrintableString } else { Tag::Utf8String };
-    let atv = AttributeTypeAndValue { oid: OID_CN, value: Any::new(tag, cn.as_bytes())? };
+    let tag = if printable {
+        Tag::PrintableString
+    } else {
+        Tag::Utf8String
+    };
+    let atv = AttributeTypeAndValue {
+        oid: OID_CN,
+        value: Any::new(tag, cn.as_bytes())?,
+    };
     let rdn = RelativeDistinguishedName(SetOfVec::try_from(vec![atv])?);
     Ok(RdnSequence(vec![rdn]))
 }
@@ -138,7 +174,10 @@ pub fn check_root_cert(cert: &Certificate, gun: &str, at: SystemTime) -> Result<
     let not_before = validity.not_before.to_system_time();
     let not_after = validity.not_after.to_system_time();
     if at < not_before {
-        return Err(format!("certificate not valid before {}", validity.not_before));
+        return Err(format!(
+            "certificate not valid before {}",
+            validity.not_before
+        ));
     }
     if at > not_after {
         return Err(format!("certificate expired at {}", validity.not_after));
@@ -159,17 +198,28 @@ mod tests {
     #[test]
     fn builds_a_self_signed_root_cert_that_checks() {
         let sk = SigningKey::from_slice(&[3u8; 32]).unwrap();
-        let spki = sk.verifying_key().to_public_key_der().unwrap().as_bytes().to_vec();
+        let spki = sk
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
         let now = SystemTime::now();
         let tbs = root_tbs("example.com/app", &spki, now).unwrap();
-        let sig: Signature = sk.sign_prehash(&Sha256::digest(tbs.to_der().unwrap())).unwrap();
+        let sig: Signature = sk
+            .sign_prehash(&Sha256::digest(tbs.to_der().unwrap()))
+            .unwrap();
         let der = assemble(tbs, &sig.to_bytes()).unwrap();
         let cert = Certificate::from_der(&der).unwrap();
         assert_eq!(subject_cn(&cert).as_deref(), Some("example.com/app"));
         assert_eq!(check_root_cert(&cert, "example.com/app", now), Ok(()));
-        assert!(check_root_cert(&cert, "example.com/other", now).unwrap_err().contains("not the GUN"));
+        assert!(check_root_cert(&cert, "example.com/other", now)
+            .unwrap_err()
+            .contains("not the GUN"));
         let later = now + ROOT_CERT_VALIDITY + Duration::from_secs(5);
-        assert!(check_root_cert(&cert, "example.com/app", later).unwrap_err().contains("expired"));
+        assert!(check_root_cert(&cert, "example.com/app", later)
+            .unwrap_err()
+            .contains("expired"));
         assert!(cert.tbs_certificate.serial_number.as_bytes().len() <= 17);
     }
 }

@@ -1,8 +1,8 @@
 //! TUF key objects as Notary writes them, their IDs, and signature verification for every
 //! key type and method Notary verifies.
 
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use der::{Decode, Encode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -56,12 +56,18 @@ pub struct TufKey {
 impl TufKey {
     /// An `ecdsa` key from a DER SubjectPublicKeyInfo.
     pub fn ecdsa(spki_der: Vec<u8>) -> Self {
-        TufKey { keytype: ECDSA.into(), public: spki_der }
+        TufKey {
+            keytype: ECDSA.into(),
+            public: spki_der,
+        }
     }
 
     /// An `ecdsa-x509` key from a DER certificate, PEM-encoded as Go does.
     pub fn ecdsa_x509(cert_der: &[u8]) -> Self {
-        TufKey { keytype: ECDSA_X509.into(), public: pem_encode("CERTIFICATE", cert_der).into_bytes() }
+        TufKey {
+            keytype: ECDSA_X509.into(),
+            public: pem_encode("CERTIFICATE", cert_der).into_bytes(),
+        }
     }
 
     pub fn to_value(&self) -> Value {
@@ -70,7 +76,9 @@ impl TufKey {
 
     /// Parses a key object. Extra fields are refused, as they would change the key ID.
     pub fn from_value(v: &Value) -> Result<Self, KeyError> {
-        let obj = v.as_object().ok_or_else(|| KeyError::Malformed("not an object".into()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| KeyError::Malformed("not an object".into()))?;
         let keytype = obj
             .get("keytype")
             .and_then(Value::as_str)
@@ -86,7 +94,10 @@ impl TufKey {
         let public = B64
             .decode(public)
             .map_err(|e| KeyError::Malformed(format!("keyval.public is not base64: {e}")))?;
-        Ok(TufKey { keytype: keytype.to_string(), public })
+        Ok(TufKey {
+            keytype: keytype.to_string(),
+            public,
+        })
     }
 
     /// The key ID: lowercase hex SHA-256 of the canonical JSON of the key object.
@@ -103,7 +114,10 @@ impl TufKey {
     /// The leaf certificate of an `*-x509` key.
     pub fn certificate(&self) -> Result<Certificate, KeyError> {
         if !self.is_x509() {
-            return Err(KeyError::Certificate(format!("{} key has no certificate", self.keytype)));
+            return Err(KeyError::Certificate(format!(
+                "{} key has no certificate",
+                self.keytype
+            )));
         }
         let chain = Certificate::load_pem_chain(&self.public)
             .map_err(|e| KeyError::Certificate(format!("cannot parse PEM certificate: {e}")))?;
@@ -131,15 +145,26 @@ impl TufKey {
     /// certificate's public key (what Notary key files and `notary key list` show).
     pub fn canonical_id(&self) -> Result<String, KeyError> {
         match self.keytype.as_str() {
-            ECDSA_X509 => Ok(TufKey { keytype: ECDSA.into(), public: self.spki_der()? }.key_id()),
-            RSA_X509 => Ok(TufKey { keytype: RSA.into(), public: self.spki_der()? }.key_id()),
+            ECDSA_X509 => Ok(TufKey {
+                keytype: ECDSA.into(),
+                public: self.spki_der()?,
+            }
+            .key_id()),
+            RSA_X509 => Ok(TufKey {
+                keytype: RSA.into(),
+                public: self.spki_der()?,
+            }
+            .key_id()),
             _ => Ok(self.key_id()),
         }
     }
 
     /// Verifies `sig` over `msg` with `method`, with Notary's rules.
     pub fn verify(&self, method: &str, msg: &[u8], sig: &[u8]) -> Result<(), KeyError> {
-        let mismatch = || KeyError::MethodMismatch { method: method.into(), keytype: self.keytype.clone() };
+        let mismatch = || KeyError::MethodMismatch {
+            method: method.into(),
+            keytype: self.keytype.clone(),
+        };
         match method {
             "ecdsa" => {
                 if self.keytype != ECDSA && self.keytype != ECDSA_X509 {
@@ -182,12 +207,14 @@ fn verify_ecdsa(spki_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), KeyError>
         let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
             .map_err(|_| KeyError::Malformed("bad P-256 point".into()))?;
         let sig = p256::ecdsa::Signature::from_slice(sig).map_err(|_| KeyError::BadSignature)?;
-        key.verify_prehash(&digest, &sig).map_err(|_| KeyError::BadSignature)
+        key.verify_prehash(&digest, &sig)
+            .map_err(|_| KeyError::BadSignature)
     } else if curve == OID_P384 {
         let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
             .map_err(|_| KeyError::Malformed("bad P-384 point".into()))?;
         let sig = p384::ecdsa::Signature::from_slice(sig).map_err(|_| KeyError::BadSignature)?;
-        key.verify_prehash(&digest, &sig).map_err(|_| KeyError::BadSignature)
+        key.verify_prehash(&digest, &sig)
+            .map_err(|_| KeyError::BadSignature)
     } else {
         Err(KeyError::UnsupportedType(format!("EC curve {curve}")))
     }
@@ -205,11 +232,16 @@ fn verify_rsa(spki_der: &[u8], pss: bool, msg: &[u8], sig: &[u8]) -> Result<(), 
     let key = rsa::RsaPublicKey::from_public_key_der(spki_der)
         .map_err(|e| KeyError::Malformed(format!("RSA key: {e}")))?;
     if key.n().bits() < MIN_RSA_BITS {
-        return Err(KeyError::Malformed(format!("RSA key of {} bits is too short", key.n().bits())));
+        return Err(KeyError::Malformed(format!(
+            "RSA key of {} bits is too short",
+            key.n().bits()
+        )));
     }
     if pss {
         let sig = rsa::pss::Signature::try_from(sig).map_err(|_| KeyError::BadSignature)?;
-        rsa::pss::VerifyingKey::<Sha256>::new(key).verify(msg, &sig).map_err(|_| KeyError::BadSignature)
+        rsa::pss::VerifyingKey::<Sha256>::new(key)
+            .verify(msg, &sig)
+            .map_err(|_| KeyError::BadSignature)
     } else {
         let sig = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| KeyError::BadSignature)?;
         rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
@@ -225,7 +257,8 @@ fn verify_ed25519(public: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), KeyError>
     let key = ed25519_dalek::VerifyingKey::from_bytes(&public)
         .map_err(|_| KeyError::Malformed("bad ed25519 point".into()))?;
     let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| KeyError::BadSignature)?;
-    key.verify_strict(msg, &sig).map_err(|_| KeyError::BadSignature)
+    key.verify_strict(msg, &sig)
+        .map_err(|_| KeyError::BadSignature)
 }
 
 /// DER SubjectPublicKeyInfo of a P-256 public key given as an uncompressed SEC1 point.
@@ -269,7 +302,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Parses lowercase or uppercase hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -305,27 +338,50 @@ mod tests {
         use p256::ecdsa::{signature::hazmat::PrehashSigner, Signature, SigningKey};
         use p256::pkcs8::EncodePublicKey;
         let sk = SigningKey::from_slice(&[7u8; 32]).unwrap();
-        let spki = sk.verifying_key().to_public_key_der().unwrap().as_bytes().to_vec();
+        let spki = sk
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
         let key = TufKey::ecdsa(spki);
         let msg = b"{\"a\":1}";
         let sig: Signature = sk.sign_prehash(&Sha256::digest(msg)).unwrap();
         let raw = sig.to_bytes();
         assert_eq!(key.verify("ecdsa", msg, &raw), Ok(()));
-        assert_eq!(key.verify("ecdsa", b"other", &raw), Err(KeyError::BadSignature));
+        assert_eq!(
+            key.verify("ecdsa", b"other", &raw),
+            Err(KeyError::BadSignature)
+        );
         // DER is not accepted where raw r||s is required.
         let der = sig.to_der();
-        assert_eq!(key.verify("ecdsa", msg, der.as_bytes()), Err(KeyError::BadSignature));
-        assert!(matches!(key.verify("rsapss", msg, &raw), Err(KeyError::MethodMismatch { .. })));
-        assert!(matches!(key.verify("bogus", msg, &raw), Err(KeyError::UnknownMethod(_))));
+        assert_eq!(
+            key.verify("ecdsa", msg, der.as_bytes()),
+            Err(KeyError::BadSignature)
+        );
+        assert!(matches!(
+            key.verify("rsapss", msg, &raw),
+            Err(KeyError::MethodMismatch { .. })
+        ));
+        assert!(matches!(
+            key.verify("bogus", msg, &raw),
+            Err(KeyError::UnknownMethod(_))
+        ));
     }
 
     #[test]
     fn ed25519_verify() {
         use ed25519_dalek::{Signer, SigningKey};
         let sk = SigningKey::from_bytes(&[9u8; 32]);
-        let key = TufKey { keytype: ED25519.into(), public: sk.verifying_key().to_bytes().to_vec() };
+        let key = TufKey {
+            keytype: ED25519.into(),
+            public: sk.verifying_key().to_bytes().to_vec(),
+        };
         let sig = sk.sign(b"msg").to_bytes();
         assert_eq!(key.verify("eddsa", b"msg", &sig), Ok(()));
-        assert_eq!(key.verify("eddsa", b"msh", &sig), Err(KeyError::BadSignature));
+        assert_eq!(
+            key.verify("eddsa", b"msh", &sig),
+            Err(KeyError::BadSignature)
+        );
     }
 }

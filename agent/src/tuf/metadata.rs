@@ -46,11 +46,26 @@ impl Envelope {
         };
         let mut signatures = Vec::with_capacity(sigs.len());
         for s in sigs {
-            let keyid = s.get("keyid").and_then(Value::as_str).ok_or("a signature has no keyid")?;
-            let method = s.get("method").and_then(Value::as_str).ok_or("a signature has no method")?;
-            let sig = s.get("sig").and_then(Value::as_str).ok_or("a signature has no sig")?;
-            let sig = B64.decode(sig).map_err(|e| format!("signature of {keyid} is not base64: {e}"))?;
-            signatures.push(Signature { keyid: keyid.into(), method: method.into(), sig });
+            let keyid = s
+                .get("keyid")
+                .and_then(Value::as_str)
+                .ok_or("a signature has no keyid")?;
+            let method = s
+                .get("method")
+                .and_then(Value::as_str)
+                .ok_or("a signature has no method")?;
+            let sig = s
+                .get("sig")
+                .and_then(Value::as_str)
+                .ok_or("a signature has no sig")?;
+            let sig = B64
+                .decode(sig)
+                .map_err(|e| format!("signature of {keyid} is not base64: {e}"))?;
+            signatures.push(Signature {
+                keyid: keyid.into(),
+                method: method.into(),
+                sig,
+            });
         }
         Ok(Envelope { signed, signatures })
     }
@@ -140,7 +155,11 @@ impl FileMeta {
     pub fn check(&self, bytes: &[u8]) -> Result<(), String> {
         use sha2::{Digest, Sha256, Sha512};
         if self.length != bytes.len() as i64 {
-            return Err(format!("length is {} but the file has {} bytes", self.length, bytes.len()));
+            return Err(format!(
+                "length is {} but the file has {} bytes",
+                self.length,
+                bytes.len()
+            ));
         }
         let mut known = 0;
         for (alg, expected) in &self.hashes {
@@ -150,7 +169,9 @@ impl FileMeta {
                 _ => continue,
             };
             known += 1;
-            let expected = B64.decode(expected).map_err(|_| format!("{alg} hash is not base64"))?;
+            let expected = B64
+                .decode(expected)
+                .map_err(|_| format!("{alg} hash is not base64"))?;
             if expected != actual {
                 return Err(format!("{alg} hash does not match the file"));
             }
@@ -223,8 +244,12 @@ pub fn valid_role_name(name: &str) -> bool {
 pub fn valid_delegation_name(name: &str) -> bool {
     name.len() < 256
         && name.starts_with("targets/")
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_/".contains(&b))
-        && name.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_/".contains(&b))
+        && name
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 /// The `_type` a role's document must have.

@@ -23,7 +23,10 @@ pub struct VerifyError {
 }
 
 fn fail(role: &str, reason: impl Into<String>) -> VerifyError {
-    VerifyError { role: role.into(), reason: reason.into() }
+    VerifyError {
+        role: role.into(),
+        reason: reason.into(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +54,16 @@ pub struct VerifiedRepo {
 }
 
 /// Verifies `files` as the repository of `gun`, checking expiry as of `at`.
-pub fn verify_repository(gun: &str, files: &RepoFiles, at: OffsetDateTime) -> Result<VerifiedRepo, VerifyError> {
-    let get = |role: &str| files.get(role).ok_or_else(|| fail(role, format!("{role}.json is missing")));
+pub fn verify_repository(
+    gun: &str,
+    files: &RepoFiles,
+    at: OffsetDateTime,
+) -> Result<VerifiedRepo, VerifyError> {
+    let get = |role: &str| {
+        files
+            .get(role)
+            .ok_or_else(|| fail(role, format!("{role}.json is missing")))
+    };
     for name in files.keys() {
         if !valid_role_name(name) {
             return Err(fail(name, "not a valid role name"));
@@ -67,7 +78,10 @@ pub fn verify_repository(gun: &str, files: &RepoFiles, at: OffsetDateTime) -> Re
     check_common("root", &root.common, at)?;
     let root_keys = parse_key_map(&root.keys).map_err(|e| fail("root", e))?;
     for name in ["root", "targets", "snapshot", "timestamp"] {
-        let r = root.roles.get(name).ok_or_else(|| fail("root", format!("no {name} role")))?;
+        let r = root
+            .roles
+            .get(name)
+            .ok_or_else(|| fail("root", format!("no {name} role")))?;
         check_role_keys("root", name, r, &root_keys)?;
     }
     let root_role = &root.roles["root"];
@@ -84,7 +98,8 @@ pub fn verify_repository(gun: &str, files: &RepoFiles, at: OffsetDateTime) -> Re
     }
     let signed_by = check_signatures(&root_env, &usable_root_keys, root_role.threshold)
         .map_err(|e| fail("root", with_problems(e, &cert_problems)))?;
-    out.roles.push(report("root", &root.common, signed_by, Vec::new()));
+    out.roles
+        .push(report("root", &root.common, signed_by, Vec::new()));
 
     // Timestamp: signed by the timestamp keys, and pins the snapshot file.
     let ts_bytes = get("timestamp")?;
@@ -93,11 +108,15 @@ pub fn verify_repository(gun: &str, files: &RepoFiles, at: OffsetDateTime) -> Re
     check_common("timestamp", &ts.common, at)?;
     let signed_by = check_role_signatures("timestamp", &ts_env, &root, &root_keys)?;
     let snap_bytes = get("snapshot")?;
-    let snap_meta = ts.meta.get("snapshot").ok_or_else(|| fail("timestamp", "no meta for snapshot"))?;
+    let snap_meta = ts
+        .meta
+        .get("snapshot")
+        .ok_or_else(|| fail("timestamp", "no meta for snapshot"))?;
     snap_meta
         .check(snap_bytes)
         .map_err(|e| fail("timestamp", format!("snapshot.json does not match: {e}")))?;
-    out.roles.push(report("timestamp", &ts.common, signed_by, Vec::new()));
+    out.roles
+        .push(report("timestamp", &ts.common, signed_by, Vec::new()));
 
     // Snapshot: signed by the snapshot keys, and pins root, targets and every delegation.
     let snap_env = Envelope::parse(snap_bytes).map_err(|e| fail("snapshot", e))?;
@@ -121,10 +140,14 @@ pub fn verify_repository(gun: &str, files: &RepoFiles, at: OffsetDateTime) -> Re
     }
     for role in snap.meta.keys() {
         if !files.contains_key(role) {
-            return Err(fail("snapshot", format!("lists {role}.json, which is missing")));
+            return Err(fail(
+                "snapshot",
+                format!("lists {role}.json, which is missing"),
+            ));
         }
     }
-    out.roles.push(report("snapshot", &snap.common, signed_by, Vec::new()));
+    out.roles
+        .push(report("snapshot", &snap.common, signed_by, Vec::new()));
 
     // Targets, then delegations breadth first, each signed by the keys its parent names.
     let targets_env = Envelope::parse(get("targets")?).map_err(|e| fail("targets", e))?;
@@ -132,18 +155,34 @@ pub fn verify_repository(gun: &str, files: &RepoFiles, at: OffsetDateTime) -> Re
     check_common("targets", &targets.common, at)?;
     let signed_by = check_role_signatures("targets", &targets_env, &root, &root_keys)?;
     let all_paths = vec![String::new()];
-    out.roles.push(report("targets", &targets.common, signed_by, listed_targets(&targets, &all_paths)));
+    out.roles.push(report(
+        "targets",
+        &targets.common,
+        signed_by,
+        listed_targets(&targets, &all_paths),
+    ));
 
     let mut queue = VecDeque::from([("targets".to_string(), targets, all_paths)]);
     let mut seen = BTreeSet::new();
     while let Some((parent, doc, parent_paths)) = queue.pop_front() {
-        let keys = parse_key_map(&doc.delegations.keys).map_err(|e| fail(&parent, format!("delegation {e}")))?;
+        let keys = parse_key_map(&doc.delegations.keys)
+            .map_err(|e| fail(&parent, format!("delegation {e}")))?;
         for d in &doc.delegations.roles {
             let name = &d.name;
-            if !valid_delegation_name(name) || name.rsplit_once('/').map(|(p, _)| p) != Some(parent.as_str()) {
+            if !valid_delegation_name(name)
+                || name.rsplit_once('/').map(|(p, _)| p) != Some(parent.as_str())
+            {
                 return Err(fail(&parent, format!("invalid delegation name {name:?}")));
             }
-            check_role_keys(&parent, name, &RoleKeys { keyids: d.keyids.clone(), threshold: d.threshold }, &keys)?;
+            check_role_keys(
+                &parent,
+                name,
+                &RoleKeys {
+                    keyids: d.keyids.clone(),
+                    threshold: d.threshold,
+                },
+                &keys,
+            )?;
             if !seen.insert(name.clone()) {
                 return Err(fail(&parent, format!("delegation {name} listed twice")));
             }
@@ -155,15 +194,20 @@ pub fn verify_repository(gun: &str, files: &RepoFiles, at: OffsetDateTime) -> Re
                 .cloned()
                 .collect();
             let Some(bytes) = files.get(name) else {
-                out.warnings.push(format!("{name} is delegated but not published"));
+                out.warnings
+                    .push(format!("{name} is delegated but not published"));
                 continue;
             };
             let env = Envelope::parse(bytes).map_err(|e| fail(name, e))?;
             let child: TargetsDoc = typed(name, &env)?;
             check_common(name, &child.common, at)?;
-            let role_keys: BTreeMap<String, TufKey> =
-                d.keyids.iter().filter_map(|id| Some((id.clone(), keys.get(id)?.clone()))).collect();
-            let signed_by = check_signatures(&env, &role_keys, d.threshold).map_err(|e| fail(name, e))?;
+            let role_keys: BTreeMap<String, TufKey> = d
+                .keyids
+                .iter()
+                .filter_map(|id| Some((id.clone(), keys.get(id)?.clone())))
+                .collect();
+            let signed_by =
+                check_signatures(&env, &role_keys, d.threshold).map_err(|e| fail(name, e))?;
             let listed = listed_targets(&child, &paths);
             if listed.len() < child.targets.len() {
                 out.warnings.push(format!(
@@ -171,7 +215,8 @@ pub fn verify_repository(gun: &str, files: &RepoFiles, at: OffsetDateTime) -> Re
                     child.targets.len() - listed.len()
                 ));
             }
-            out.roles.push(report(name, &child.common, signed_by, listed));
+            out.roles
+                .push(report(name, &child.common, signed_by, listed));
             queue.push_back((name.clone(), child, paths));
         }
     }
@@ -211,13 +256,19 @@ fn check_role_keys(
     keys: &BTreeMap<String, TufKey>,
 ) -> Result<(), VerifyError> {
     if r.threshold < 1 {
-        return Err(fail(where_, format!("{name} threshold {} is below 1", r.threshold)));
+        return Err(fail(
+            where_,
+            format!("{name} threshold {} is below 1", r.threshold),
+        ));
     }
     if r.keyids.is_empty() {
         return Err(fail(where_, format!("{name} has no keys")));
     }
     if let Some(id) = r.keyids.iter().find(|id| !keys.contains_key(*id)) {
-        return Err(fail(where_, format!("{name} names key {id}, which is not listed")));
+        return Err(fail(
+            where_,
+            format!("{name} names key {id}, which is not listed"),
+        ));
     }
     Ok(())
 }
@@ -230,14 +281,21 @@ fn check_role_signatures(
     root_keys: &BTreeMap<String, TufKey>,
 ) -> Result<Vec<String>, VerifyError> {
     let r = &root.roles[role];
-    let keys: BTreeMap<String, TufKey> =
-        r.keyids.iter().filter_map(|id| Some((id.clone(), root_keys.get(id)?.clone()))).collect();
+    let keys: BTreeMap<String, TufKey> = r
+        .keyids
+        .iter()
+        .filter_map(|id| Some((id.clone(), root_keys.get(id)?.clone())))
+        .collect();
     check_signatures(env, &keys, r.threshold).map_err(|e| fail(role, e))
 }
 
 /// Counts distinct keys of `keys` whose signature over canonical `signed` verifies.
 /// Signatures by other keys are ignored, as Notary ignores them.
-pub fn check_signatures(env: &Envelope, keys: &BTreeMap<String, TufKey>, threshold: i64) -> Result<Vec<String>, String> {
+pub fn check_signatures(
+    env: &Envelope,
+    keys: &BTreeMap<String, TufKey>,
+    threshold: i64,
+) -> Result<Vec<String>, String> {
     if env.signatures.is_empty() {
         return Err("no signatures".into());
     }
@@ -245,7 +303,9 @@ pub fn check_signatures(env: &Envelope, keys: &BTreeMap<String, TufKey>, thresho
     let mut valid = BTreeSet::new();
     let mut bad = Vec::new();
     for s in &env.signatures {
-        let Some(key) = keys.get(&s.keyid) else { continue };
+        let Some(key) = keys.get(&s.keyid) else {
+            continue;
+        };
         match key.verify(&s.method, &msg, &s.sig) {
             Ok(()) => {
                 valid.insert(s.keyid.clone());
@@ -254,7 +314,10 @@ pub fn check_signatures(env: &Envelope, keys: &BTreeMap<String, TufKey>, thresho
         }
     }
     if (valid.len() as i64) < threshold {
-        let mut msg = format!("{} valid signature(s) of the {threshold} required", valid.len());
+        let mut msg = format!(
+            "{} valid signature(s) of the {threshold} required",
+            valid.len()
+        );
         if !bad.is_empty() {
             msg.push_str(&format!(" ({})", bad.join("; ")));
         }
@@ -269,7 +332,8 @@ fn check_root_key(key: &TufKey, gun: &str, at: SystemTime) -> Result<(), String>
     if !key.is_x509() {
         return Err(format!("is {}, not a certificate", key.keytype));
     }
-    let chain = x509_cert::Certificate::load_pem_chain(&key.public).map_err(|e| format!("bad certificate: {e}"))?;
+    let chain = x509_cert::Certificate::load_pem_chain(&key.public)
+        .map_err(|e| format!("bad certificate: {e}"))?;
     let mut reencoded = String::new();
     for c in &chain {
         let der = der::Encode::to_der(c).map_err(|e| e.to_string())?;
@@ -302,7 +366,12 @@ fn listed_targets(doc: &TargetsDoc, paths: &[String]) -> Vec<SignedTarget> {
         .collect()
 }
 
-fn report(role: &str, c: &Common, signed_by: Vec<String>, targets: Vec<SignedTarget>) -> RoleReport {
+fn report(
+    role: &str,
+    c: &Common,
+    signed_by: Vec<String>,
+    targets: Vec<SignedTarget>,
+) -> RoleReport {
     RoleReport {
         role: role.into(),
         version: c.version.max(0) as u64,

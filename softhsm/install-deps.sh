@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages dct-agent's demo and tests use, only those missing:
+#   softhsm2  - the PKCS#11 token the agent drives (/usr/lib/softhsm/libsofthsm2.so)
+#   opensc    - pkcs11-tool, an independent PKCS#11 client used by the tests
+#   openssl   - independent verification of signatures and certificates in the tests
+# Runs apt-get as root (directly, or through sudo when not root).
+set -euo pipefail
+
+packages=(softhsm2 opensc openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing: ${missing[*]}" >&2
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "need root (or sudo) to apt-get install ${missing[*]}" >&2; exit 1; }
+  sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
