@@ -47,7 +47,8 @@ pub enum Error {
     PinLocked { token: String },
     #[error("token {token:?} reports one PIN try left; a wrong PIN would lock it. Check the PIN and repeat with --force")]
     FinalTry { token: String },
-    /// Token absent or not usable right now.
+    /// Token absent or not usable right now (FailedPrecondition on the wire, so that
+    /// Unavailable only ever means the transport).
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -65,10 +66,10 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::Refused(_) => Code::PermissionDenied,
             Error::WrongPin { .. } => Code::Unauthenticated,
-            Error::Locked { .. } | Error::PinLocked { .. } | Error::FinalTry { .. } => {
-                Code::FailedPrecondition
-            }
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Locked { .. }
+            | Error::PinLocked { .. }
+            | Error::FinalTry { .. }
+            | Error::Unavailable(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         };

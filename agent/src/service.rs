@@ -214,11 +214,29 @@ impl Agent for AgentService {
         } else {
             vec![self.token(&req.token)?]
         };
+        // Try every token before reporting, so one failure leaves no other token unlocked.
         let mut locked = Vec::new();
+        let mut errors = Vec::new();
         for t in targets {
-            t.run(|b| b.logout()).await?;
-            tracing::info!(token = %t.label, "locked");
-            locked.push(t.label.clone());
+            match t.run(|b| b.logout()).await {
+                Ok(()) => {
+                    tracing::info!(token = %t.label, "locked");
+                    locked.push(t.label.clone());
+                }
+                Err(e) => errors.push(format!("{}: {e}", t.label)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "could not lock {} (locked: {})",
+                errors.join("; "),
+                if locked.is_empty() {
+                    "none".into()
+                } else {
+                    locked.join(", ")
+                }
+            ))
+            .into());
         }
         Ok(Response::new(pb::LockResponse { tokens: locked }))
     }
@@ -329,8 +347,13 @@ impl Agent for AgentService {
             }
         }
         let gun = req.gun;
+        let pins: Vec<String> = req
+            .pinned_root_keys
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
         let result =
-            tokio::task::spawn_blocking(move || verify::verify_repository(&gun, &files, at))
+            tokio::task::spawn_blocking(move || verify::verify_repository(&gun, &files, at, &pins))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))?;
         let resp = match result {
@@ -356,6 +379,7 @@ impl Agent for AgentService {
                     })
                     .collect(),
                 warnings: repo.warnings,
+                pinned: repo.pinned,
                 ..Default::default()
             },
             Err(e) => pb::VerifyRepositoryResponse {

@@ -8,9 +8,10 @@ use crate::keys::KeyEntry;
 use crate::tuf::cert::subject_cn;
 use crate::tuf::keys::{TufKey, ECDSA_X509};
 use crate::tuf::metadata::{
-    expected_type, parse_key_map, valid_delegation_name, Envelope, MetaDoc, RootDoc, Signature,
-    TargetsDoc,
+    expected_type, parse_key_map, valid_delegation_name, Envelope, MetaDoc, RoleKeys, RootDoc,
+    Signature, TargetsDoc,
 };
+use crate::tuf::verify::check_role_keys;
 
 /// A document checked and ready for a given key to sign.
 pub struct Prepared {
@@ -84,16 +85,25 @@ pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Res
         }
         "Targets" => {
             let t: TargetsDoc = serde_json::from_value(signed).map_err(bad)?;
+            let keys = parse_key_map(&t.delegations.keys)
+                .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+            // Delegations as Notary accepts them: direct children of this role, with a
+            // threshold and listed keys.
             for d in &t.delegations.roles {
-                if !valid_delegation_name(&d.name) {
+                let parent = d.name.rsplit_once('/').map(|(p, _)| p);
+                if !valid_delegation_name(&d.name) || parent != Some(role.as_str()) {
                     return Err(Error::InvalidArgument(format!(
-                        "document: invalid delegation name {:?}",
+                        "document: invalid delegation {:?} in {role}",
                         d.name
                     )));
                 }
+                let rk = RoleKeys {
+                    keyids: d.keyids.clone(),
+                    threshold: d.threshold,
+                };
+                check_role_keys(&role, &d.name, &rk, &keys)
+                    .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
             }
-            parse_key_map(&t.delegations.keys)
-                .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
             (t.common, None)
         }
         _ => (
@@ -154,10 +164,16 @@ fn root_keyid(envelope: &Envelope, keys: &[KeyEntry], gun: &str) -> Result<Strin
     let spki = &keys[0].spki;
     if let Some(listed) = envelope.signed.get("keys").and_then(|k| k.as_object()) {
         for (id, v) in listed {
-            if let Ok(k) = TufKey::from_value(v) {
-                if k.keytype == ECDSA_X509 && k.spki_der().ok().as_ref() == Some(spki) {
-                    return Ok(id.clone());
-                }
+            let Ok(k) = TufKey::from_value(v) else {
+                continue;
+            };
+            if k.keytype != ECDSA_X509 || k.spki_der().ok().as_ref() != Some(spki) {
+                continue;
+            }
+            // Only a certificate for this GUN names the key in this root.
+            let cn = k.certificate().ok().and_then(|c| subject_cn(&c));
+            if gun.is_empty() || cn.as_deref() == Some(gun) {
+                return Ok(id.clone());
             }
         }
     }

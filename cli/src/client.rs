@@ -43,12 +43,7 @@ pub fn default_socket_path() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(d) => PathBuf::from(d).join("dct-agent").join("agent.sock"),
         None => {
-            // The uid of our own runtime files, without unsafe getuid(): /proc/self is ours.
-            use std::os::unix::fs::MetadataExt;
-            let uid = std::fs::metadata("/proc/self")
-                .map(|m| m.uid())
-                .unwrap_or(0);
-            PathBuf::from(format!("/tmp/dct-agent-{uid}")).join("agent.sock")
+            PathBuf::from(format!("/tmp/dct-agent-{}", nix::unistd::getuid())).join("agent.sock")
         }
     }
 }
@@ -74,7 +69,20 @@ impl Client {
         let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let p = p.clone();
-                async move { tokio::net::UnixStream::connect(p).await.map(TokioIo::new) }
+                async move {
+                    let stream = tokio::net::UnixStream::connect(&p).await?;
+                    // Talk only to an agent of our own user: never send a PIN or trust a
+                    // signature from a listener someone else put at this path.
+                    let peer = stream.peer_cred()?.uid();
+                    let own = nix::unistd::getuid().as_raw();
+                    if peer != own {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("the socket is served by uid {peer}, not by us (uid {own}); refusing to use it"),
+                        ));
+                    }
+                    Ok(TokioIo::new(stream))
+                }
             }))
             .await
             .map_err(|e| {
@@ -114,7 +122,8 @@ fn failure(s: Status) -> Failure {
                 hint: Some("the agent's limit is max_request_bytes in agent.toml".into()),
             };
         }
-        Code::Unavailable if msg.contains("connect") || msg.contains("transport") => {
+        // The agent maps its own errors elsewhere: Unavailable is the transport.
+        Code::Unavailable => {
             return Failure {
                 code: EXIT_UNREACHABLE,
                 message: format!("agent connection lost: {msg}"),

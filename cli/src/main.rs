@@ -119,6 +119,11 @@ enum TufCmd {
         /// Check expiry as of this RFC 3339 time instead of now.
         #[arg(long, value_name = "RFC3339")]
         at: Option<String>,
+        /// Require the root to be signed (to its threshold) by these root keys: certificate
+        /// or canonical key IDs, as Notary's trust pinning. Without it the root is trusted
+        /// as given.
+        #[arg(long = "root-key", value_name = "KEYID")]
+        root_keys: Vec<String>,
     },
 }
 
@@ -336,13 +341,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Tuf(TufCmd::Verify { dir, gun, at }) => {
+        Command::Tuf(TufCmd::Verify {
+            dir,
+            gun,
+            at,
+            root_keys,
+        }) => {
             let files = read_repo_dir(&dir)?;
             let mut c = Client::connect(&socket).await?;
             let req = pb::VerifyRepositoryRequest {
                 gun: gun.clone(),
                 files,
                 at: at.unwrap_or_default(),
+                pinned_root_keys: root_keys,
             };
             let r = c
                 .call(|mut a| async move { a.verify_repository(req).await })
@@ -350,7 +361,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json {
                 print_json(&output::verify_json(&gun, &r))?;
             } else if r.valid {
-                println!("{gun}: verified");
+                if r.pinned {
+                    println!("{gun}: verified (root pinned)");
+                } else {
+                    println!("{gun}: verified; root trusted as given (not pinned: use --root-key)");
+                }
                 for role in &r.roles {
                     println!(
                         "  {} v{} expires {} signed by {}",
@@ -458,19 +473,11 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.dct-{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Failure::failed(format!(
-            "cannot write {}: {e}",
-            path.display()
-        )));
-    }
+    let fail = |e: String| Failure::failed(format!("cannot write {}: {e}", path.display()));
+    // A new file with a random name (O_EXCL), renamed over the target when complete.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| fail(e.to_string()))?;
+    tmp.write_all(bytes).map_err(|e| fail(e.to_string()))?;
+    tmp.persist(path).map_err(|e| fail(e.error.to_string()))?;
     Ok(())
 }
 

@@ -38,7 +38,8 @@ fn verifies_the_real_notary_repository() {
     copy_repo(dir.path());
     let out = verify(&agent, dir.path(), AT).ok();
     assert!(
-        out.stdout.contains("example.com/app: verified"),
+        out.stdout
+            .contains("example.com/app: verified; root trusted as given (not pinned"),
         "{}",
         out.stdout
     );
@@ -224,4 +225,50 @@ fn exit_codes_and_unreachable_agent() {
     agent
         .dct(&["unlock", "--pin-file", "/dev/null"])
         .fails(1, "no tokens configured");
+}
+
+#[test]
+fn root_pinning_by_certificate_or_canonical_id() {
+    let agent = Agent::start(None);
+    let dir = fixture_dir("notary-0.7/metadata");
+    let dir = dir.to_str().unwrap();
+    for pin in [
+        "c78536bb57a473cfc8d0c5b8c358e4dcb18d3b26766884041d22aa4b0d26e717",
+        "6c8afbe159c6ec668099a2529f3e8b4fcccac34dbccf82e296fbe38821102d6c",
+    ] {
+        let out = agent
+            .dct(&[
+                "tuf",
+                "verify",
+                dir,
+                "--gun",
+                GUN,
+                "--at",
+                AT,
+                "--root-key",
+                pin,
+            ])
+            .ok();
+        assert!(
+            out.stdout
+                .contains("example.com/app: verified (root pinned)"),
+            "{}",
+            out.stdout
+        );
+    }
+    let other = "15c14862492972614909e9d1905db060278a00043974b966b9cde5940b8fe493";
+    let err = agent
+        .dct(&[
+            "tuf",
+            "verify",
+            dir,
+            "--gun",
+            GUN,
+            "--at",
+            AT,
+            "--root-key",
+            other,
+        ])
+        .fails(1, "root: ");
+    assert!(err.contains("is not pinned"), "{err}");
 }

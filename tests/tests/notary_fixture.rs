@@ -86,7 +86,8 @@ fn every_key_id_is_reproduced() {
 
 #[test]
 fn repository_verifies_as_of_2026_11_23() {
-    let repo = verify::verify_repository(GUN, &files(), datetime!(2026-11-23 0:00 UTC)).unwrap();
+    let repo =
+        verify::verify_repository(GUN, &files(), datetime!(2026-11-23 0:00 UTC), &[]).unwrap();
     let targets = repo.roles.iter().find(|r| r.role == "targets").unwrap();
     let tags: BTreeMap<_, _> = targets
         .targets
@@ -116,7 +117,7 @@ fn repository_verifies_as_of_2026_11_23() {
 fn verification_rejects_tampering() {
     let at = datetime!(2026-11-23 0:00 UTC);
     let check = |files: &verify::RepoFiles, role: &str, needle: &str| {
-        let err = verify::verify_repository(GUN, files, at).unwrap_err();
+        let err = verify::verify_repository(GUN, files, at, &[]).unwrap_err();
         assert_eq!(err.role, role, "{err}");
         assert!(err.reason.contains(needle), "{err}");
     };
@@ -127,7 +128,7 @@ fn verification_rejects_tampering() {
         let pos = bytes.windows(9).position(|w| w == b"\"expires\"").unwrap() + 13;
         bytes[pos] = if bytes[pos] == b'1' { b'2' } else { b'1' };
         // The file's hash changed too, so the role that pins it may be the first to notice.
-        let err = verify::verify_repository(GUN, &f, at).unwrap_err();
+        let err = verify::verify_repository(GUN, &f, at, &[]).unwrap_err();
         let pinned_by = match role {
             "root" | "targets" => "snapshot",
             "snapshot" => "timestamp",
@@ -150,10 +151,10 @@ fn verification_rejects_tampering() {
     check(&f, "timestamp", "snapshot.json does not match");
     // Expired timestamp as of a later time.
     let late = datetime!(2026-12-07 0:00 UTC);
-    let err = verify::verify_repository(GUN, &files(), late).unwrap_err();
+    let err = verify::verify_repository(GUN, &files(), late, &[]).unwrap_err();
     assert_eq!(err.role, "timestamp");
     assert!(err.reason.contains("expired"), "{err}");
     // Wrong GUN: the root certificate's CN does not match.
-    let err = verify::verify_repository("example.com/other", &files(), at).unwrap_err();
+    let err = verify::verify_repository("example.com/other", &files(), at, &[]).unwrap_err();
     assert!(err.reason.contains("not the GUN"), "{err}");
 }

@@ -521,3 +521,147 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
         .ok();
     assert!(!agent.log_text().contains("panicked"));
 }
+
+#[test]
+fn a_public_object_changed_without_the_pin_cannot_widen_what_a_key_signs() {
+    let hsm = SoftHsm::new("tamper", "6666");
+    let agent = Agent::start(Some(&hsm));
+    agent.unlock(&hsm);
+    let id = agent.generate("targets", Some(GUN));
+    let spki = B64
+        .decode(
+            key(&keys(&agent), &id)["tuf_key"]["keyval"]["public"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let pub_der = agent.dir.path().join("pub.der");
+    std::fs::write(&pub_der, &spki).unwrap();
+    // Without logging in, replace the public object by one labelled for another GUN.
+    let p11 = |args: &[&str]| {
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .args([
+                "--module",
+                dct_tests::SOFTHSM_MODULE,
+                "--token-label",
+                "tamper",
+            ])
+            .args(args)
+            .output()
+            .expect("pkcs11-tool (OpenSC) is installed by softhsm/install-deps.sh");
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    p11(&[
+        "--delete-object",
+        "--type",
+        "pubkey",
+        "--label",
+        "dct:targets:example.com/app",
+    ]);
+    p11(&[
+        "--write-object",
+        pub_der.to_str().unwrap(),
+        "--type",
+        "pubkey",
+        "--id",
+        &id,
+        "--label",
+        "dct:targets:example.com/b",
+    ]);
+    let listed = keys(&agent);
+    assert_eq!(
+        key(&listed, &id)["gun"],
+        "example.com/b",
+        "the forged public label is what lists"
+    );
+    // The private key's own label (which needs the PIN to change) decides: refused.
+    let doc = agent.dir.path().join("t.json");
+    std::fs::copy(fixture_dir("notary-0.7/metadata/targets.json"), &doc).unwrap();
+    agent
+        .dct(&[
+            "tuf",
+            "sign",
+            doc.to_str().unwrap(),
+            "--key",
+            &id,
+            "--gun",
+            "example.com/b",
+        ])
+        .fails(1, "its public object may have been altered");
+}
+
+#[test]
+fn the_socket_is_only_for_our_own_user() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: needs root to run an agent as another user");
+        return;
+    }
+    // An agent run by another user (nobody) at a path we are told to use.
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    nix::unistd::chown(dir.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock_dir = dir.path().join("run");
+    let socket = sock_dir.join("agent.sock");
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &nobody.uid.to_string(),
+            "--regid",
+            &nobody.gid.to_string(),
+            "--clear-groups",
+        ])
+        .arg(dct_tests::bin("dct-agent"))
+        .arg("--socket")
+        .arg(&socket)
+        .env("HOME", dir.path())
+        .env("NO_COLOR", "1")
+        .stderr(log)
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent as nobody did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The CLI refuses to talk to it (no PIN sent), with the unreachable exit code.
+    let run = dct_tests::Run(
+        Command::new(dct_tests::bin("dct"))
+            .args(["unlock", "--pin-file", "/dev/null"])
+            .env("DCT_SOCKET", &socket)
+            .output()
+            .unwrap(),
+    );
+    run.fails(3, "served by uid");
+    // And the agent refuses us before any RPC.
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let _ = s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        s.read(&mut buf).unwrap_or(0),
+        0,
+        "the agent answered another user"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(
+        text.contains("refused connection from another user"),
+        "{text}"
+    );
+}

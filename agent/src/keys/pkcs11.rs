@@ -65,8 +65,8 @@ pub struct Pkcs11Backend {
     module: PathBuf,
     label: String,
     session: Option<Session>,
-    /// Private key handles by CKA_ID, valid while logged in on this session.
-    handles: HashMap<Vec<u8>, ObjectHandle>,
+    /// Private key handles by (CKA_ID, CKA_LABEL), valid while logged in on this session.
+    handles: HashMap<(Vec<u8>, Vec<u8>), ObjectHandle>,
 }
 
 impl Pkcs11Backend {
@@ -249,25 +249,48 @@ impl Pkcs11Backend {
         Ok(e)
     }
 
-    fn private_handle(&mut self, id: &[u8]) -> Result<ObjectHandle> {
-        if let Some(h) = self.handles.get(id) {
+    /// The private key of `key`, found by CKA_ID *and* its label. Public objects can be
+    /// made or relabelled without the PIN, private ones cannot: so the private key's own
+    /// label, not the public one we listed, decides the role and GUN it signs for.
+    fn private_handle(&mut self, key: &KeyEntry) -> Result<ObjectHandle> {
+        let id = key.handle.as_slice();
+        let gun = if key.role == "root" {
+            None
+        } else {
+            key.gun.as_deref()
+        };
+        let cache_key = (id.to_vec(), key_label(&key.role, gun));
+        if let Some(h) = self.handles.get(&cache_key) {
             return Ok(*h);
         }
         self.require_login()?;
         let template = [
             Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Id(id.to_vec()),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Id(cache_key.0.clone()),
+            Attribute::Label(cache_key.1.clone()),
         ];
         let found = self.session()?.find_objects(&template);
         let found = found.map_err(|e| self.map_err(e))?;
-        let h = *found.first().ok_or_else(|| {
-            Error::NotFound(format!(
-                "private key {} not found on token {:?}",
-                hex(id),
-                self.label
-            ))
-        })?;
-        self.handles.insert(id.to_vec(), h);
+        let h = match found.as_slice() {
+            [h] => *h,
+            [] => {
+                return Err(Error::NotFound(format!(
+                    "no private {} key {} on token {:?} (its public object may have been altered)",
+                    key.role,
+                    hex(id),
+                    self.label
+                )))
+            }
+            _ => {
+                return Err(Error::Internal(format!(
+                    "token {:?} holds several private keys with CKA_ID {}; refusing to guess",
+                    self.label,
+                    hex(id)
+                )))
+            }
+        };
+        self.handles.insert(cache_key, h);
         Ok(h)
     }
 }
@@ -413,7 +436,11 @@ impl KeyBackend for Pkcs11Backend {
             let certs = by_id.get(&id).map(Vec::as_slice).unwrap_or_default();
             if role == "root" && !certs.is_empty() {
                 for c in certs {
-                    out.push(self.with_cert(entry.clone(), c)?);
+                    // A stray certificate must not hide the token's other keys.
+                    match self.with_cert(entry.clone(), c) {
+                        Ok(e) => out.push(e),
+                        Err(e) => tracing::warn!(token = %self.label, "skipping certificate: {e}"),
+                    }
                 }
             } else {
                 out.push(entry);
@@ -425,7 +452,7 @@ impl KeyBackend for Pkcs11Backend {
 
     fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry> {
         self.require_login()?;
-        let label = format!("{LABEL_PREFIX}{role}:{}", gun.unwrap_or_default()).into_bytes();
+        let label = key_label(role, gun);
         let mut tmp_id = [0u8; 32];
         getrandom::getrandom(&mut tmp_id).map_err(|e| Error::Internal(e.to_string()))?;
         let public = [
@@ -464,30 +491,45 @@ impl KeyBackend for Pkcs11Backend {
             .map_err(|e| Error::Internal(e.to_string()))?;
         // CKA_ID becomes the canonical key ID, so other PKCS#11 tools show the same ID.
         let canonical = tufkeys::unhex(&TufKey::ecdsa(spki.clone()).key_id()).unwrap_or_default();
+        // Private first; if the public object then refuses, put the private one back, so
+        // both halves always share one CKA_ID.
+        let label = self.label.clone();
         let session = self.session()?;
-        let id = match session
-            .update_attributes(pub_h, &[Attribute::Id(canonical.clone())])
-            .and_then(|_| session.update_attributes(priv_h, &[Attribute::Id(canonical.clone())]))
-        {
-            Ok(()) => canonical,
+        let id = match session.update_attributes(priv_h, &[Attribute::Id(canonical.clone())]) {
             Err(e) => {
-                tracing::warn!(token = %self.label, "token keeps the random CKA_ID: {e}");
+                tracing::warn!(token = %label, "token keeps the random CKA_ID: {e}");
                 tmp_id.to_vec()
             }
+            Ok(()) => match session.update_attributes(pub_h, &[Attribute::Id(canonical.clone())]) {
+                Ok(()) => canonical,
+                Err(e) => {
+                    tracing::warn!(token = %label, "token keeps the random CKA_ID: {e}");
+                    let back = session.update_attributes(priv_h, &[Attribute::Id(tmp_id.to_vec())]);
+                    if let Err(e) = back {
+                        let _ = session.destroy_object(priv_h);
+                        let _ = session.destroy_object(pub_h);
+                        return Err(Error::Internal(format!(
+                            "token {label:?}: cannot label the new key: {e}"
+                        )));
+                    }
+                    tmp_id.to_vec()
+                }
+            },
         };
-        self.handles.insert(id.clone(), priv_h);
+        self.handles
+            .insert((id.clone(), key_label(role, gun)), priv_h);
         Ok(self.entry(role, gun, spki, id))
     }
 
     fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
-        let h = self.private_handle(&key.handle)?;
+        let h = self.private_handle(key)?;
         let r = self.session()?.sign(&Mechanism::Ecdsa, h, digest);
         let sig = match r {
             Ok(s) => s,
             Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)) => {
                 // The handle went stale (another application changed the token): look it up again.
-                self.handles.remove(&key.handle);
-                let h = self.private_handle(&key.handle)?;
+                self.handles.clear();
+                let h = self.private_handle(key)?;
                 let r = self.session()?.sign(&Mechanism::Ecdsa, h, digest);
                 r.map_err(|e| self.map_err(e))?
             }
@@ -509,6 +551,10 @@ impl KeyBackend for Pkcs11Backend {
         cert_der: &[u8],
     ) -> Result<KeyEntry> {
         self.require_login()?;
+        // Check it is this key's certificate before anything is written to the token.
+        let mut base = key.clone();
+        base.gun = None;
+        let listed = self.with_cert(base, cert_der)?;
         let cert = Certificate::from_der(cert_der).map_err(|e| Error::Internal(e.to_string()))?;
         let subject = cert
             .tbs_certificate
@@ -527,10 +573,13 @@ impl KeyBackend for Pkcs11Backend {
         ];
         let r = self.session()?.create_object(&template);
         r.map_err(|e| self.map_err(e))?;
-        let mut base = key.clone();
-        base.gun = None;
-        self.with_cert(base, cert_der)
+        Ok(listed)
     }
+}
+
+/// `dct:<role>:<gun>`, the CKA_LABEL of both halves of a key (`dct:root:` for root).
+fn key_label(role: &str, gun: Option<&str>) -> Vec<u8> {
+    format!("{LABEL_PREFIX}{role}:{}", gun.unwrap_or_default()).into_bytes()
 }
 
 /// `dct:<role>:<gun>` -> (role, gun). Roles hold no `:`; GUNs may (`host:5000/app`).

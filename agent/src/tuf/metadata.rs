@@ -153,6 +153,19 @@ impl FileMeta {
     /// Checks `bytes` against the length and every hash this code knows (sha256, sha512);
     /// at least one known hash must be present, as Notary requires.
     pub fn check(&self, bytes: &[u8]) -> Result<(), String> {
+        self.check_with(bytes, false)
+    }
+
+    /// As [`FileMeta::check`], and with a sha256 hash required (Notary requires one in the
+    /// snapshot's entries for root and targets and in the timestamp's for snapshot).
+    pub fn check_sha256(&self, bytes: &[u8]) -> Result<(), String> {
+        self.check_with(bytes, true)
+    }
+
+    fn check_with(&self, bytes: &[u8], need_sha256: bool) -> Result<(), String> {
+        if need_sha256 && !self.hashes.contains_key("sha256") {
+            return Err("no sha256 hash".into());
+        }
         use sha2::{Digest, Sha256, Sha512};
         if self.length != bytes.len() as i64 {
             return Err(format!(

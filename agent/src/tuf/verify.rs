@@ -49,15 +49,22 @@ pub struct RoleReport {
 
 #[derive(Debug, Clone, Default)]
 pub struct VerifiedRepo {
+    /// Whether the root was checked against pinned keys (else trusted as given).
+    pub pinned: bool,
     pub roles: Vec<RoleReport>,
     pub warnings: Vec<String>,
 }
 
 /// Verifies `files` as the repository of `gun`, checking expiry as of `at`.
+///
+/// `pins` are root key IDs (certificate or canonical) the root must be signed by, as
+/// Notary's trust pinning: when given, only pinned root keys count toward the root
+/// threshold. With no pins the root is trusted as given (first use), and the result says so.
 pub fn verify_repository(
     gun: &str,
     files: &RepoFiles,
     at: OffsetDateTime,
+    pins: &[String],
 ) -> Result<VerifiedRepo, VerifyError> {
     let get = |role: &str| {
         files
@@ -89,6 +96,14 @@ pub fn verify_repository(
     let mut usable_root_keys = BTreeMap::new();
     for id in &root_role.keyids {
         let key = &root_keys[id];
+        let pinned = pins.is_empty()
+            || pins
+                .iter()
+                .any(|p| p == id || key.canonical_id().ok().as_ref() == Some(p));
+        if !pinned {
+            cert_problems.push(format!("root key {id} is not pinned"));
+            continue;
+        }
         match check_root_key(key, gun, at.into()) {
             Ok(()) => {
                 usable_root_keys.insert(id.clone(), key.clone());
@@ -98,6 +113,7 @@ pub fn verify_repository(
     }
     let signed_by = check_signatures(&root_env, &usable_root_keys, root_role.threshold)
         .map_err(|e| fail("root", with_problems(e, &cert_problems)))?;
+    out.pinned = !pins.is_empty();
     out.roles
         .push(report("root", &root.common, signed_by, Vec::new()));
 
@@ -113,7 +129,7 @@ pub fn verify_repository(
         .get("snapshot")
         .ok_or_else(|| fail("timestamp", "no meta for snapshot"))?;
     snap_meta
-        .check(snap_bytes)
+        .check_sha256(snap_bytes)
         .map_err(|e| fail("timestamp", format!("snapshot.json does not match: {e}")))?;
     out.roles
         .push(report("timestamp", &ts.common, signed_by, Vec::new()));
@@ -123,10 +139,13 @@ pub fn verify_repository(
     let snap: MetaDoc = typed("snapshot", &snap_env)?;
     check_common("snapshot", &snap.common, at)?;
     let signed_by = check_role_signatures("snapshot", &snap_env, &root, &root_keys)?;
-    if let Some(m) = snap.meta.get("root") {
-        m.check(root_bytes)
-            .map_err(|e| fail("snapshot", format!("root.json does not match: {e}")))?;
-    }
+    let root_meta = snap
+        .meta
+        .get("root")
+        .ok_or_else(|| fail("snapshot", "no meta for root"))?;
+    root_meta
+        .check_sha256(root_bytes)
+        .map_err(|e| fail("snapshot", format!("root.json does not match: {e}")))?;
     for (role, bytes) in files {
         if matches!(role.as_str(), "root" | "snapshot" | "timestamp") {
             continue;
@@ -135,8 +154,12 @@ pub fn verify_repository(
             .meta
             .get(role)
             .ok_or_else(|| fail("snapshot", format!("{role}.json is not listed")))?;
-        m.check(bytes)
-            .map_err(|e| fail("snapshot", format!("{role}.json does not match: {e}")))?;
+        let checked = if role == "targets" {
+            m.check_sha256(bytes)
+        } else {
+            m.check(bytes)
+        };
+        checked.map_err(|e| fail("snapshot", format!("{role}.json does not match: {e}")))?;
     }
     for role in snap.meta.keys() {
         if !files.contains_key(role) {
@@ -249,7 +272,7 @@ fn check_common(role: &str, c: &Common, at: OffsetDateTime) -> Result<(), Verify
     Ok(())
 }
 
-fn check_role_keys(
+pub(crate) fn check_role_keys(
     where_: &str,
     name: &str,
     r: &RoleKeys,
