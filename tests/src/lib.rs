@@ -230,6 +230,14 @@ impl Agent {
         run
     }
 
+    /// `dct tuf sign PATH --key KEY EXTRA...`.
+    pub fn tuf_sign(&self, path: &Path, key: &str, extra: &[&str]) -> Run {
+        let path = path.to_string_lossy();
+        let mut args = vec!["tuf", "sign", &path, "--key", key];
+        args.extend_from_slice(extra);
+        self.dct(&args)
+    }
+
     /// `dct unlock` with the token's PIN from a file.
     pub fn unlock(&self, hsm: &SoftHsm) {
         let pin = self.dir.path().join("pin");
@@ -348,11 +356,9 @@ pub mod repo {
             .unwrap_or_else(|| panic!("no key {id} in {keys:?}"))
     }
 
-    /// `dct tuf sign FILE --key KEY EXTRA...`, in place.
+    /// `dct tuf sign FILE --key KEY EXTRA...`, in place, which must succeed.
     pub fn sign(agent: &Agent, path: &Path, key: &str, extra: &[&str]) {
-        let mut args = vec!["tuf", "sign", path.to_str().unwrap(), "--key", key];
-        args.extend_from_slice(extra);
-        agent.dct(&args).ok();
+        agent.tuf_sign(path, key, extra).ok();
     }
 
     /// Generates the five keys on the agent's (unlocked) token and writes a signed

@@ -90,7 +90,7 @@ fn unlock_lock_and_pin_errors() {
     )
     .unwrap();
     agent
-        .dct(&["tuf", "sign", doc.to_str().unwrap(), "--key", &id])
+        .tuf_sign(&doc, &id, &[])
         .fails(1, "locked: run dct unlock");
     // Unknown token, no PIN source and no terminal.
     agent
@@ -251,17 +251,7 @@ fn signatures_are_notary_exact_and_checked_by_openssl() {
     let v: Value = serde_json::from_slice(&std::fs::read(&doc).unwrap()).unwrap();
     assert_eq!(v["signatures"].as_array().unwrap().len(), 2);
     // --out - writes to stdout and leaves the file alone.
-    let out = agent
-        .dct(&[
-            "tuf",
-            "sign",
-            doc.to_str().unwrap(),
-            "--key",
-            &targets,
-            "--out",
-            "-",
-        ])
-        .ok();
+    let out = agent.tuf_sign(&doc, &targets, &["--out", "-"]).ok();
     assert!(out.stdout.starts_with("{\"signed\":{\"_type\":\"Targets\""));
 }
 
@@ -401,58 +391,24 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
     // Not JSON.
     std::fs::write(d.join("junk.json"), "this is not json").unwrap();
     agent
-        .dct(&[
-            "tuf",
-            "sign",
-            d.join("junk.json").to_str().unwrap(),
-            "--key",
-            &targets,
-        ])
+        .tuf_sign(&d.join("junk.json"), &targets, &[])
         .fails(1, "not JSON");
     // Wrong _type for the key: a root key asked to sign targets, a targets key a snapshot.
     std::fs::write(d.join("t.json"), &fixture).unwrap();
     agent
-        .dct(&[
-            "tuf",
-            "sign",
-            d.join("t.json").to_str().unwrap(),
-            "--key",
-            &root,
-        ])
+        .tuf_sign(&d.join("t.json"), &root, &[])
         .fails(1, "a root document must be \"Root\"");
     let snap = std::fs::read(fixture_dir("notary-0.7/metadata/snapshot.json")).unwrap();
     std::fs::write(d.join("s.json"), &snap).unwrap();
     agent
-        .dct(&[
-            "tuf",
-            "sign",
-            d.join("s.json").to_str().unwrap(),
-            "--key",
-            &targets,
-        ])
+        .tuf_sign(&d.join("s.json"), &targets, &[])
         .fails(1, "must be \"Targets\"");
     // A targets key asked to sign as a delegation, or for another GUN.
     agent
-        .dct(&[
-            "tuf",
-            "sign",
-            d.join("t.json").to_str().unwrap(),
-            "--key",
-            &targets,
-            "--role",
-            "targets/x",
-        ])
+        .tuf_sign(&d.join("t.json"), &targets, &["--role", "targets/x"])
         .fails(1, "does not sign targets/x");
     agent
-        .dct(&[
-            "tuf",
-            "sign",
-            d.join("t.json").to_str().unwrap(),
-            "--key",
-            &targets,
-            "--gun",
-            "example.com/b",
-        ])
+        .tuf_sign(&d.join("t.json"), &targets, &["--gun", "example.com/b"])
         .fails(1, "belongs to \"example.com/app\"");
     // A malformed document of the right _type.
     std::fs::write(
@@ -461,32 +417,14 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
     )
     .unwrap();
     agent
-        .dct(&[
-            "tuf",
-            "sign",
-            d.join("m.json").to_str().unwrap(),
-            "--key",
-            &targets,
-        ])
+        .tuf_sign(&d.join("m.json"), &targets, &[])
         .fails(1, "not a valid Targets");
     // Unknown key ID.
     agent
-        .dct(&[
-            "tuf",
-            "sign",
-            d.join("t.json").to_str().unwrap(),
-            "--key",
-            "abcdef0123",
-        ])
+        .tuf_sign(&d.join("t.json"), "abcdef0123", &[])
         .fails(1, "no key abcdef0123");
     agent
-        .dct(&[
-            "tuf",
-            "sign",
-            d.join("t.json").to_str().unwrap(),
-            "--key",
-            "zz",
-        ])
+        .tuf_sign(&d.join("t.json"), "zz", &[])
         .fails(1, "is not a key ID");
     // Nothing was written on refusal.
     assert_eq!(std::fs::read(d.join("t.json")).unwrap(), fixture);
@@ -496,9 +434,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
         .unwrap()
         .set_len(100 * 1024 * 1024)
         .unwrap();
-    agent
-        .dct(&["tuf", "sign", big.to_str().unwrap(), "--key", &targets])
-        .fails(1, "too large");
+    agent.tuf_sign(&big, &targets, &[]).fails(1, "too large");
     std::fs::remove_file(&big).unwrap();
     // Invalid role and GUN on generate.
     agent
@@ -510,15 +446,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
     // Still serving, still unlocked, and still signing.
     let status = agent.dct(&["--json", "status"]).json();
     assert_eq!(status["tokens"][0]["unlocked"], true);
-    agent
-        .dct(&[
-            "tuf",
-            "sign",
-            d.join("t.json").to_str().unwrap(),
-            "--key",
-            &targets,
-        ])
-        .ok();
+    agent.tuf_sign(&d.join("t.json"), &targets, &[]).ok();
     assert!(!agent.log_text().contains("panicked"));
 }
 
@@ -583,15 +511,7 @@ fn a_public_object_changed_without_the_pin_cannot_widen_what_a_key_signs() {
     let doc = agent.dir.path().join("t.json");
     std::fs::copy(fixture_dir("notary-0.7/metadata/targets.json"), &doc).unwrap();
     agent
-        .dct(&[
-            "tuf",
-            "sign",
-            doc.to_str().unwrap(),
-            "--key",
-            &id,
-            "--gun",
-            "example.com/b",
-        ])
+        .tuf_sign(&doc, &id, &["--gun", "example.com/b"])
         .fails(1, "its public object may have been altered");
 }
 
