@@ -25,6 +25,20 @@ pub struct Config {
     pub max_request_bytes: Option<usize>,
     #[serde(default)]
     pub pkcs11: Vec<Pkcs11Config>,
+    /// Where trust data seen from servers is cached (TOFU). Default:
+    /// $XDG_DATA_HOME/dct/trust, else ~/.local/share/dct/trust.
+    pub trust_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub trust: TrustConfig,
+}
+
+/// `[trust]`: the default notary-server.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    pub server: Option<String>,
+    /// A CA file for the server's TLS certificate.
+    pub tlscacert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +89,34 @@ impl Config {
             }
             Err(e) => Err(format!("cannot read config {}: {e}", path.display())),
         }
+    }
+
+    pub fn trust_dir(&self) -> PathBuf {
+        self.trust_dir.clone().unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                .unwrap_or_else(|| PathBuf::from("."));
+            base.join("dct").join("trust")
+        })
+    }
+
+    /// The default trust server, with its CA read now so a bad path fails at start.
+    pub fn trust_server(&self) -> Result<Option<crate::notary::ServerOpts>, String> {
+        let Some(url) = &self.trust.server else {
+            return Ok(None);
+        };
+        let ca_pem = match &self.trust.tlscacert {
+            Some(p) => {
+                Some(std::fs::read(p).map_err(|e| format!("trust CA {}: {e}", p.display()))?)
+            }
+            None => None,
+        };
+        Ok(Some(crate::notary::ServerOpts {
+            url: url.clone(),
+            ca_pem,
+        }))
     }
 
     pub fn max_request_bytes(&self) -> usize {

@@ -4,7 +4,9 @@
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod notary;
 pub mod server;
 pub mod service;
 pub mod signing;
+pub mod trust;
 pub mod tuf;

@@ -1,7 +1,5 @@
 //! The dct gRPC API: thin handlers over the tokens, the TUF core and the signing checks.
 
-use std::sync::Arc;
-
 use dct_proto::dct::v1 as pb;
 use dct_proto::dct::v1::agent_server::Agent;
 use secrecy::SecretString;
@@ -10,107 +8,21 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, PinState, Result};
-use crate::keys::{check_gun, check_role, KeyEntry, Token, TokenInfo};
+use crate::keys::{check_gun, check_role, KeyEntry, Keyring, Token, TokenInfo};
 use crate::signing;
+use crate::trust;
 use crate::tuf::verify;
 
 pub struct AgentService {
-    tokens: Arc<Vec<Token>>,
+    keys: Keyring,
+    trust: crate::trust::TrustContext,
 }
 
 impl AgentService {
-    pub fn new(tokens: Vec<Token>) -> Self {
+    pub fn new(tokens: Vec<Token>, trust: crate::trust::TrustContext) -> Self {
         AgentService {
-            tokens: Arc::new(tokens),
-        }
-    }
-
-    /// The token a request names, or the only one when it names none.
-    fn token(&self, label: &str) -> Result<&Token> {
-        if label.is_empty() {
-            return match self.tokens.as_slice() {
-                [t] => Ok(t),
-                [] => Err(Error::Unavailable(
-                    "the agent has no tokens configured ([[pkcs11]] in agent.toml)".into(),
-                )),
-                _ => Err(Error::InvalidArgument(format!(
-                    "several tokens are configured; name one with --token ({})",
-                    self.labels()
-                ))),
-            };
-        }
-        self.tokens
-            .iter()
-            .find(|t| t.label == label)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "no token {label:?} configured (have: {})",
-                    self.labels()
-                ))
-            })
-    }
-
-    fn labels(&self) -> String {
-        self.tokens
-            .iter()
-            .map(|t| t.label.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Every key on every token, with the tokens that could not be read.
-    async fn all_keys(&self) -> (Vec<KeyEntry>, Vec<String>) {
-        let mut keys = Vec::new();
-        let mut errors = Vec::new();
-        for t in self.tokens.iter() {
-            match t.run(|b| b.list_keys()).await {
-                Ok(k) => keys.extend(k),
-                Err(e) => errors.push(format!("{}: {e}", t.label)),
-            }
-        }
-        (keys, errors)
-    }
-
-    /// The listings of one key, found by key ID, canonical ID or a unique prefix of either.
-    async fn find_key(&self, wanted: &str) -> Result<Vec<KeyEntry>> {
-        if wanted.len() < 4 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidArgument(format!(
-                "{wanted:?} is not a key ID (hex, at least 4 digits)"
-            )));
-        }
-        let wanted = wanted.to_ascii_lowercase();
-        let (keys, errors) = self.all_keys().await;
-        let exact: Vec<KeyEntry> = keys
-            .iter()
-            .filter(|k| k.key_id == wanted || k.canonical_id == wanted)
-            .cloned()
-            .collect();
-        let matches = if exact.is_empty() {
-            keys.into_iter()
-                .filter(|k| k.key_id.starts_with(&wanted) || k.canonical_id.starts_with(&wanted))
-                .collect()
-        } else {
-            exact
-        };
-        let mut canon: Vec<&str> = matches.iter().map(|k| k.canonical_id.as_str()).collect();
-        canon.dedup();
-        match canon.len() {
-            0 => {
-                let mut msg = format!("no key {wanted} on the agent's tokens (see dct key list)");
-                if !errors.is_empty() {
-                    msg.push_str(&format!("; unreadable: {}", errors.join("; ")));
-                }
-                Err(Error::NotFound(msg))
-            }
-            1 => {
-                // Put the listing whose key_id was asked for first.
-                let mut m = matches;
-                m.sort_by_key(|k| k.key_id != wanted);
-                Ok(m)
-            }
-            _ => Err(Error::InvalidArgument(format!(
-                "key ID prefix {wanted} is ambiguous"
-            ))),
+            keys: Keyring::new(tokens),
+            trust,
         }
     }
 }
@@ -161,7 +73,7 @@ impl Agent for AgentService {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let mut tokens = Vec::new();
-        for t in self.tokens.iter() {
+        for t in self.keys.tokens().iter() {
             let info = match t.run(|b| Ok(b.info())).await {
                 Ok(i) => i,
                 Err(e) => TokenInfo {
@@ -187,7 +99,7 @@ impl Agent for AgentService {
         let mut req = req.into_inner();
         // Move the PIN out of the request into a zeroizing secret at once.
         let pin = SecretString::from(std::mem::take(&mut req.pin));
-        let token = self.token(&req.token)?;
+        let token = self.keys.token(&req.token)?;
         if secrecy::ExposeSecret::expose_secret(&pin).is_empty() {
             return Err(Error::InvalidArgument("empty PIN".into()).into());
         }
@@ -210,9 +122,9 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::LockResponse>, Status> {
         let req = req.into_inner();
         let targets: Vec<&Token> = if req.token.is_empty() {
-            self.tokens.iter().collect()
+            self.keys.tokens().iter().collect()
         } else {
-            vec![self.token(&req.token)?]
+            vec![self.keys.token(&req.token)?]
         };
         // Try every token before reporting, so one failure leaves no other token unlocked.
         let mut locked = Vec::new();
@@ -258,7 +170,7 @@ impl Agent for AgentService {
             check_gun(&req.gun)?;
             Some(req.gun)
         };
-        let token = self.token(&req.token)?;
+        let token = self.keys.token(&req.token)?;
         let key = token.generate(req.role, gun).await?;
         tracing::info!(token = %token.label, key_id = %key.key_id, role = %key.role, "generated key");
         Ok(Response::new(pb::GenerateKeyResponse {
@@ -272,10 +184,10 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let req = req.into_inner();
         let (keys, errors) = if req.token.is_empty() {
-            self.all_keys().await
+            self.keys.all_keys().await
         } else {
             (
-                self.token(&req.token)?.run(|b| b.list_keys()).await?,
+                self.keys.token(&req.token)?.run(|b| b.list_keys()).await?,
                 Vec::new(),
             )
         };
@@ -296,34 +208,13 @@ impl Agent for AgentService {
         if !req.role.is_empty() {
             check_role(&req.role)?;
         }
-        let keys = self.find_key(&req.key_id).await?;
-        let token = self.token(&keys[0].token)?.clone();
-        // Parsing and canonicalising a large document is CPU work: keep it off the reactor.
-        let prepared = tokio::task::spawn_blocking(move || {
-            let p = signing::prepare(&req.document, &keys, &req.role, &req.gun);
-            p.map(|p| (p, keys.into_iter().next()))
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-        let (prepared, Some(key)) = prepared else {
-            return Err(Error::Internal("key vanished".into()).into());
-        };
-        let digest = prepared.digest;
-        let sig = token.run(move |b| b.sign_digest(&key, &digest)).await?;
-        let (keyid, role, version) = (
-            prepared.keyid.clone(),
-            prepared.role.clone(),
-            prepared.version,
-        );
-        tracing::info!(key_id = %keyid, role = %role, version, "signed metadata");
-        let document = tokio::task::spawn_blocking(move || signing::finish(prepared, sig))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+        let keys = self.keys.find_key(&req.key_id).await?;
+        let s = signing::sign_document(&self.keys, keys, req.document, req.role, req.gun).await?;
         Ok(Response::new(pb::SignMetadataResponse {
-            document,
-            key_id: keyid,
-            role,
-            version,
+            document: s.document,
+            key_id: s.keyid,
+            role: s.role,
+            version: s.version,
         }))
     }
 
@@ -390,5 +281,122 @@ impl Agent for AgentService {
             },
         };
         Ok(Response::new(resp))
+    }
+
+    async fn trust_init(
+        &self,
+        req: Request<pb::TrustInitRequest>,
+    ) -> Result<Response<pb::TrustInitResponse>, Status> {
+        let req = req.into_inner();
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let r = trust::init(
+            &self.keys,
+            &client,
+            &self.trust,
+            &req.gun,
+            &req.root_key,
+            &req.token,
+        )
+        .await?;
+        Ok(Response::new(pb::TrustInitResponse {
+            root_key_id: r.root.key_id,
+            root_canonical_id: r.root.canonical_id,
+            targets_key_id: r.targets.key_id,
+            snapshot_key_id: r.snapshot_key_id,
+            timestamp_key_id: r.timestamp_key_id,
+        }))
+    }
+
+    async fn trust_sign(
+        &self,
+        req: Request<pb::TrustSignRequest>,
+    ) -> Result<Response<pb::TrustSignResponse>, Status> {
+        let req = req.into_inner();
+        check_tag(&req.tag)?;
+        let digest: [u8; 32] = crate::tuf::keys::unhex(&req.sha256)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("digest {:?} is not 64 hex characters", req.sha256))
+            })?;
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let r = trust::sign_tag(
+            &self.keys,
+            &client,
+            &self.trust,
+            &req.gun,
+            trust::TagTarget {
+                tag: &req.tag,
+                sha256: digest,
+                length: req.length,
+            },
+            &req.token,
+        )
+        .await?;
+        Ok(Response::new(pb::TrustSignResponse {
+            roles: r.roles,
+            initialized: r.initialized,
+        }))
+    }
+
+    async fn trust_inspect(
+        &self,
+        req: Request<pb::TrustInspectRequest>,
+    ) -> Result<Response<pb::TrustInspectResponse>, Status> {
+        let req = req.into_inner();
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let r = trust::inspect(&client, &self.trust, &req.gun).await?;
+        Ok(Response::new(pb::TrustInspectResponse {
+            tags: r
+                .tags
+                .into_iter()
+                .map(|t| pb::SignedTag {
+                    tag: t.tag,
+                    sha256: t.sha256_hex,
+                    length: t.length,
+                    signers: t.signers,
+                })
+                .collect(),
+            signers: r
+                .signers
+                .into_iter()
+                .map(|(name, key_ids)| pb::SignerKeys { name, key_ids })
+                .collect(),
+            root_keys: r
+                .root_keys
+                .into_iter()
+                .map(|(key_id, canonical_id)| pb::RootKey {
+                    key_id,
+                    canonical_id,
+                })
+                .collect(),
+            repository_keys: r.repository_keys,
+        }))
+    }
+}
+
+fn server_opts(s: pb::TrustServer) -> crate::notary::ServerOpts {
+    crate::notary::ServerOpts {
+        url: s.url,
+        ca_pem: (!s.ca_pem.is_empty()).then_some(s.ca_pem),
+    }
+}
+
+/// A tag Docker accepts: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn check_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid tag {tag:?}: Docker tags are [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+        )))
     }
 }

@@ -197,3 +197,45 @@ pub fn finish(mut p: Prepared, raw_sig: Vec<u8>) -> Result<Vec<u8>> {
     });
     p.envelope.to_bytes().map_err(Error::Internal)
 }
+
+/// What signing a document produced.
+pub struct Signed {
+    pub document: Vec<u8>,
+    pub keyid: String,
+    pub role: String,
+    pub version: u64,
+}
+
+/// Checks `document` for `keys` (all listings of one key), signs it on the key's token and
+/// returns the signed file. Parsing and canonicalising run off the async runtime.
+pub async fn sign_document(
+    keyring: &crate::keys::Keyring,
+    keys: Vec<KeyEntry>,
+    document: Vec<u8>,
+    role: String,
+    gun: String,
+) -> Result<Signed> {
+    let key = keys
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::NotFound("no such key".into()))?;
+    let prepared = tokio::task::spawn_blocking(move || prepare(&document, &keys, &role, &gun))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    let sig = keyring.sign_digest(&key, prepared.digest).await?;
+    let (keyid, role, version) = (
+        prepared.keyid.clone(),
+        prepared.role.clone(),
+        prepared.version,
+    );
+    tracing::info!(key_id = %keyid, role = %role, version, "signed metadata");
+    let document = tokio::task::spawn_blocking(move || finish(prepared, sig))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    Ok(Signed {
+        document,
+        keyid,
+        role,
+        version,
+    })
+}

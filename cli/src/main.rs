@@ -4,6 +4,7 @@
 
 mod client;
 mod output;
+mod trust;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,13 @@ enum Command {
     /// Notary metadata files.
     #[command(subcommand)]
     Tuf(TufCmd),
+    /// Docker Content Trust against a notary-server: init, sign, inspect.
+    Trust {
+        #[command(flatten)]
+        server: trust::ServerArgs,
+        #[command(subcommand)]
+        command: trust::TrustCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -306,6 +314,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 eprintln!("warning: {e}");
             }
             Ok(())
+        }
+        Command::Trust { server, command } => {
+            let mut c = Client::connect(&socket).await?;
+            trust::run(&mut c, &server, command, json).await
         }
         Command::Tuf(TufCmd::Sign {
             file,

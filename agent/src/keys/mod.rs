@@ -6,7 +6,7 @@
 
 pub mod pkcs11;
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
 
 use der::Encode;
@@ -180,4 +180,118 @@ pub fn check_gun(gun: &str) -> Result<()> {
         return Err(Error::InvalidArgument(format!("invalid GUN {gun:?}")));
     }
     Ok(())
+}
+
+/// The configured tokens, and key lookup and signing across them.
+#[derive(Clone)]
+pub struct Keyring {
+    tokens: Arc<Vec<Token>>,
+}
+
+impl Keyring {
+    pub fn new(tokens: Vec<Token>) -> Self {
+        Keyring {
+            tokens: Arc::new(tokens),
+        }
+    }
+
+    pub fn tokens(&self) -> &[Token] {
+        &self.tokens
+    }
+
+    /// The token a request names, or the only one when it names none.
+    pub fn token(&self, label: &str) -> Result<&Token> {
+        if label.is_empty() {
+            return match self.tokens.as_slice() {
+                [t] => Ok(t),
+                [] => Err(Error::Unavailable(
+                    "the agent has no tokens configured ([[pkcs11]] in agent.toml)".into(),
+                )),
+                _ => Err(Error::InvalidArgument(format!(
+                    "several tokens are configured; name one with --token ({})",
+                    self.labels()
+                ))),
+            };
+        }
+        self.tokens
+            .iter()
+            .find(|t| t.label == label)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no token {label:?} configured (have: {})",
+                    self.labels()
+                ))
+            })
+    }
+
+    fn labels(&self) -> String {
+        self.tokens
+            .iter()
+            .map(|t| t.label.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Every key on every token, with the tokens that could not be read.
+    pub async fn all_keys(&self) -> (Vec<KeyEntry>, Vec<String>) {
+        let mut keys = Vec::new();
+        let mut errors = Vec::new();
+        for t in self.tokens.iter() {
+            match t.run(|b| b.list_keys()).await {
+                Ok(k) => keys.extend(k),
+                Err(e) => errors.push(format!("{}: {e}", t.label)),
+            }
+        }
+        (keys, errors)
+    }
+
+    /// The listings of one key, found by key ID, canonical ID or a unique prefix of either.
+    pub async fn find_key(&self, wanted: &str) -> Result<Vec<KeyEntry>> {
+        if wanted.len() < 4 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(format!(
+                "{wanted:?} is not a key ID (hex, at least 4 digits)"
+            )));
+        }
+        let wanted = wanted.to_ascii_lowercase();
+        let (keys, errors) = self.all_keys().await;
+        let exact: Vec<KeyEntry> = keys
+            .iter()
+            .filter(|k| k.key_id == wanted || k.canonical_id == wanted)
+            .cloned()
+            .collect();
+        let matches = if exact.is_empty() {
+            keys.into_iter()
+                .filter(|k| k.key_id.starts_with(&wanted) || k.canonical_id.starts_with(&wanted))
+                .collect()
+        } else {
+            exact
+        };
+        let mut canon: Vec<&str> = matches.iter().map(|k| k.canonical_id.as_str()).collect();
+        canon.dedup();
+        match canon.len() {
+            0 => {
+                let mut msg = format!("no key {wanted} on the agent's tokens (see dct key list)");
+                if !errors.is_empty() {
+                    msg.push_str(&format!("; unreadable: {}", errors.join("; ")));
+                }
+                Err(Error::NotFound(msg))
+            }
+            1 => {
+                // Put the listing whose key_id was asked for first.
+                let mut m = matches;
+                m.sort_by_key(|k| k.key_id != wanted);
+                Ok(m)
+            }
+            _ => Err(Error::InvalidArgument(format!(
+                "key ID prefix {wanted} is ambiguous"
+            ))),
+        }
+    }
+
+    /// Signs a SHA-256 digest with `key` on its token; raw r||s.
+    pub async fn sign_digest(&self, key: &KeyEntry, digest: [u8; 32]) -> Result<Vec<u8>> {
+        let token = self.token(&key.token)?.clone();
+        let key = key.clone();
+        token.run(move |b| b.sign_digest(&key, &digest)).await
+    }
 }

@@ -1,0 +1,604 @@
+//! Docker Content Trust operations against a notary-server, built on the TUF core, the
+//! keyring and the notary HTTP client: init, sign a tag, inspect.
+//!
+//! Trust data is verified on every fetch. The first root seen for a GUN is cached (trust on
+//! first use, as the notary client does); a later root must be the same or be signed by a
+//! threshold of the cached root's keys.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::keys::{make_root_cert, KeyEntry, Keyring};
+use crate::notary::{NotaryClient, ServerOpts};
+use crate::signing::sign_document;
+use crate::tuf::keys::{TufKey, ECDSA_X509};
+use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Envelope, RootDoc, TargetsDoc};
+use crate::tuf::verify::{self, check_signatures, RepoFiles, VerifiedRepo};
+
+/// Default lifetimes Notary gives new versions of each role.
+const ROOT_LIFETIME: time::Duration = time::Duration::days(10 * 365);
+const TARGETS_LIFETIME: time::Duration = time::Duration::days(3 * 365);
+
+/// Where the agent keeps trust data it has seen (the TOFU cache).
+#[derive(Clone)]
+pub struct TrustContext {
+    dir: PathBuf,
+    /// The configured default server.
+    pub server: Option<ServerOpts>,
+}
+
+impl TrustContext {
+    pub fn new(dir: PathBuf, server: Option<ServerOpts>) -> Self {
+        TrustContext { dir, server }
+    }
+
+    fn root_path(&self, gun: &str) -> PathBuf {
+        self.dir.join("tuf").join(gun).join("root.json")
+    }
+
+    fn cached_root(&self, gun: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.root_path(gun)).ok()
+    }
+
+    fn save_root(&self, gun: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.root_path(gun);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Internal(format!("trust cache {}: {e}", dir.display())))?;
+        let tmp = dir.join(".root.json.tmp");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::Internal(format!("trust cache {}: {e}", path.display())))
+    }
+}
+
+/// A repository as fetched and verified.
+pub struct Repo {
+    pub files: RepoFiles,
+    pub verified: VerifiedRepo,
+}
+
+impl Repo {
+    fn doc(&self, role: &str) -> Result<Envelope> {
+        let bytes = self
+            .files
+            .get(role)
+            .ok_or_else(|| Error::Internal(format!("{role} not fetched")))?;
+        Envelope::parse(bytes).map_err(|e| Error::Internal(format!("{role}: {e}")))
+    }
+
+    fn root(&self) -> Result<RootDoc> {
+        serde_json::from_value(self.doc("root")?.signed).map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+/// A GUN as Docker names it: non-empty, no whitespace or control characters, no `..`.
+pub fn check_gun(gun: &str) -> Result<()> {
+    crate::keys::check_gun(gun)?;
+    if gun
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(Error::InvalidArgument(format!("invalid GUN {gun:?}")));
+    }
+    Ok(())
+}
+
+/// Fetches and verifies the repository, or None when the server has no trust data for it.
+pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Result<Option<Repo>> {
+    let Some(root) = client.get_role(gun, "root").await? else {
+        return Ok(None);
+    };
+    let mut files = RepoFiles::new();
+    files.insert("root".into(), root);
+    for role in ["timestamp", "snapshot", "targets"] {
+        let bytes = client.get_role(gun, role).await?.ok_or_else(|| {
+            Error::Unavailable(format!(
+                "trust server has root.json but no {role}.json for {gun}"
+            ))
+        })?;
+        files.insert(role.into(), bytes);
+    }
+    // Delegation files the snapshot lists.
+    let snapshot = Envelope::parse(&files["snapshot"])
+        .map_err(|e| Error::Unavailable(format!("snapshot: {e}")))?;
+    let listed: Vec<String> = snapshot
+        .signed
+        .get("meta")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.keys()
+                .filter(|k| k.starts_with("targets/"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for role in listed {
+        if !valid_delegation_name(&role) {
+            return Err(Error::Unavailable(format!(
+                "snapshot lists an invalid role {role:?}"
+            )));
+        }
+        if let Some(bytes) = client.get_role(gun, &role).await? {
+            files.insert(role, bytes);
+        }
+    }
+    let cached = ctx.cached_root(gun);
+    let gun_owned = gun.to_string();
+    let (files, verified) =
+        tokio::task::spawn_blocking(move || -> Result<(RepoFiles, VerifiedRepo)> {
+            if let Some(old) = &cached {
+                if old != &files["root"] {
+                    check_rotation(old, &files["root"])?;
+                }
+            }
+            let v = verify::verify_repository(&gun_owned, &files, OffsetDateTime::now_utc(), &[])
+                .map_err(|e| {
+                Error::Refused(format!("trust data for {gun_owned} does not verify: {e}"))
+            })?;
+            Ok((files, v))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    ctx.save_root(gun, &files["root"])?;
+    Ok(Some(Repo { files, verified }))
+}
+
+/// A root other than the cached one must be signed by a threshold of the cached root's
+/// root keys (Notary's rotation rule); its own threshold is checked with the repository.
+fn check_rotation(old: &[u8], new: &[u8]) -> Result<()> {
+    let refuse = |why: String| {
+        Error::Refused(format!(
+            "the server's root differs from the trusted one and {why}; refusing (possible attack, or the repository was re-created)"
+        ))
+    };
+    let old_env = Envelope::parse(old).map_err(|e| Error::Internal(format!("cached root: {e}")))?;
+    let old_root: RootDoc =
+        serde_json::from_value(old_env.signed).map_err(|e| Error::Internal(e.to_string()))?;
+    let old_keys = parse_key_map(&old_root.keys).map_err(Error::Internal)?;
+    let role = old_root
+        .roles
+        .get("root")
+        .ok_or_else(|| Error::Internal("cached root has no root role".into()))?;
+    let keys: BTreeMap<String, TufKey> = role
+        .keyids
+        .iter()
+        .filter_map(|id| Some((id.clone(), old_keys.get(id)?.clone())))
+        .collect();
+    let new_env = Envelope::parse(new).map_err(|e| refuse(format!("is unreadable ({e})")))?;
+    check_signatures(&new_env, &keys, role.threshold)
+        .map_err(|e| refuse(format!("is not signed by the trusted root keys ({e})")))?;
+    let new_version = new_env
+        .signed
+        .get("version")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if new_version <= old_root.common.version {
+        return Err(refuse(format!(
+            "has version {new_version}, not above {}",
+            old_root.common.version
+        )));
+    }
+    Ok(())
+}
+
+fn expires(lifetime: time::Duration) -> Result<String> {
+    (OffsetDateTime::now_utc() + lifetime)
+        .format(&Rfc3339)
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn unsigned(signed: Value) -> Vec<u8> {
+    // A Value of strings, numbers and objects always serialises.
+    serde_json::to_vec(&json!({"signed": signed, "signatures": []})).unwrap_or_default()
+}
+
+/// Keys of `role`/`gun` on the agent's tokens.
+fn held<'a>(
+    keys: &'a [KeyEntry],
+    role: &str,
+    gun: &str,
+) -> impl Iterator<Item = &'a KeyEntry> + 'a {
+    let (role, gun) = (role.to_string(), gun.to_string());
+    keys.iter().filter(move |k| {
+        k.role == role && (role == "root" || k.gun.as_deref() == Some(gun.as_str()))
+    })
+}
+
+/// All listings of the key with canonical ID `canonical`.
+fn listings(keys: &[KeyEntry], canonical: &str) -> Vec<KeyEntry> {
+    keys.iter()
+        .filter(|k| k.canonical_id == canonical)
+        .cloned()
+        .collect()
+}
+
+pub struct InitResult {
+    pub root: KeyEntry,
+    pub targets: KeyEntry,
+    pub timestamp_key_id: String,
+    pub snapshot_key_id: String,
+}
+
+/// `dct trust init`: root and targets keys on a token (reused when present), snapshot and
+/// timestamp managed by the server; publishes root v1 and targets v1.
+pub async fn init(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    root_key: &str,
+    token: &str,
+) -> Result<InitResult> {
+    check_gun(gun)?;
+    if client.get_role(gun, "root").await?.is_some() {
+        return Err(Error::Refused(format!(
+            "{gun} already has trust data on the server"
+        )));
+    }
+    let (keys, _) = keyring.all_keys().await;
+
+    // Root: the named key, else a root key with a certificate for this GUN, else a new one.
+    let root = if !root_key.is_empty() {
+        let found = keyring.find_key(root_key).await?;
+        if found[0].role != "root" {
+            return Err(Error::InvalidArgument(format!(
+                "key {root_key} is a {} key, not a root key",
+                found[0].role
+            )));
+        }
+        found
+            .into_iter()
+            .find(|k| k.keytype == ECDSA_X509 && k.gun.as_deref() == Some(gun))
+            .map(Ok)
+    } else {
+        held(&keys, "root", gun)
+            .find(|k| k.keytype == ECDSA_X509 && k.gun.as_deref() == Some(gun))
+            .cloned()
+            .map(Ok)
+    };
+    let root = match root {
+        Some(r) => r?,
+        None if !root_key.is_empty() => {
+            // The named root key has no certificate for this GUN yet: make one on its token.
+            let key = keyring.find_key(root_key).await?.remove(0);
+            let t = keyring.token(&key.token)?.clone();
+            let gun_s = gun.to_string();
+            t.run(move |b| make_root_cert(b, &key, &gun_s)).await?
+        }
+        None => {
+            keyring
+                .token(token)?
+                .generate("root".into(), Some(gun.into()))
+                .await?
+        }
+    };
+    let targets = match held(&keys, "targets", gun).next() {
+        Some(k) => k.clone(),
+        None => {
+            keyring
+                .token(token)?
+                .generate("targets".into(), Some(gun.into()))
+                .await?
+        }
+    };
+    let timestamp = client.get_server_key(gun, "timestamp").await?;
+    let snapshot = client.get_server_key(gun, "snapshot").await?;
+    let (ts_id, sn_id) = (timestamp.key_id(), snapshot.key_id());
+
+    let root_doc = json!({
+        "_type": "Root", "consistent_snapshot": false, "expires": expires(ROOT_LIFETIME)?, "version": 1,
+        "keys": {
+            &root.key_id: root.tuf_key().to_value(), &targets.key_id: targets.tuf_key().to_value(),
+            &ts_id: timestamp.to_value(), &sn_id: snapshot.to_value(),
+        },
+        "roles": {
+            "root": {"keyids": [&root.key_id], "threshold": 1},
+            "targets": {"keyids": [&targets.key_id], "threshold": 1},
+            "snapshot": {"keyids": [&sn_id], "threshold": 1},
+            "timestamp": {"keyids": [&ts_id], "threshold": 1},
+        },
+    });
+    let targets_doc = json!({
+        "_type": "Targets", "expires": expires(TARGETS_LIFETIME)?, "version": 1,
+        "targets": {}, "delegations": {"keys": {}, "roles": []},
+    });
+    let (all, _) = keyring.all_keys().await;
+    let root_signed = sign_document(
+        keyring,
+        listings(&all, &root.canonical_id),
+        unsigned(root_doc),
+        "root".into(),
+        gun.into(),
+    )
+    .await?;
+    let targets_signed = sign_document(
+        keyring,
+        listings(&all, &targets.canonical_id),
+        unsigned(targets_doc),
+        "targets".into(),
+        gun.into(),
+    )
+    .await?;
+    client
+        .publish(
+            gun,
+            vec![
+                ("root".into(), root_signed.document.clone()),
+                ("targets".into(), targets_signed.document),
+            ],
+        )
+        .await?;
+    ctx.save_root(gun, &root_signed.document)?;
+    tracing::info!(gun, root = %root.key_id, targets = %targets.key_id, "initialised trust data");
+    Ok(InitResult {
+        root,
+        targets,
+        timestamp_key_id: ts_id,
+        snapshot_key_id: sn_id,
+    })
+}
+
+pub struct SignResult {
+    pub roles: Vec<String>,
+    pub initialized: bool,
+}
+
+/// `dct trust sign`: adds `tag` -> (sha256, length) to every delegation that is a direct
+/// child of targets, allows the tag and whose key the agent holds; else to targets. Then
+/// publishes (the server makes snapshot and timestamp; a snapshot key held here signs it).
+/// A tag to sign: the manifest's sha256 and size.
+pub struct TagTarget<'a> {
+    pub tag: &'a str,
+    pub sha256: [u8; 32],
+    pub length: u64,
+}
+
+pub async fn sign_tag(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    target: TagTarget<'_>,
+    token: &str,
+) -> Result<SignResult> {
+    check_gun(gun)?;
+    let TagTarget {
+        tag,
+        sha256,
+        length,
+    } = target;
+    let mut initialized = false;
+    let repo = match fetch(client, ctx, gun).await? {
+        Some(r) => r,
+        None => {
+            init(keyring, client, ctx, gun, "", token).await?;
+            initialized = true;
+            fetch(client, ctx, gun)
+                .await?
+                .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?
+        }
+    };
+    let (keys, _) = keyring.all_keys().await;
+    let by_id = |id: &str| {
+        keys.iter()
+            .find(|k| k.key_id == id || k.canonical_id == id)
+            .cloned()
+    };
+    let targets_env = repo.doc("targets")?;
+    let targets: TargetsDoc = serde_json::from_value(targets_env.signed.clone())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+
+    // Roles to sign: direct child delegations we hold a key for whose paths allow the tag.
+    let mut plan: Vec<(String, KeyEntry)> = Vec::new();
+    for d in &targets.delegations.roles {
+        let direct = d
+            .name
+            .strip_prefix("targets/")
+            .is_some_and(|rest| !rest.contains('/'));
+        let allows = d.paths.iter().any(|p| tag.starts_with(p.as_str()));
+        if let (true, true, Some(k)) = (direct, allows, d.keyids.iter().find_map(|id| by_id(id))) {
+            plan.push((d.name.clone(), k));
+        }
+    }
+    if plan.is_empty() {
+        let root = repo.root()?;
+        let k = root.roles.get("targets").and_then(|r| r.keyids.iter().find_map(|id| by_id(id))).ok_or_else(|| {
+            Error::Refused(format!(
+                "no key of this agent may sign {gun}: neither the targets key nor a delegation key is on its tokens"
+            ))
+        })?;
+        plan.push(("targets".into(), k));
+    }
+
+    let meta = json!({"hashes": {"sha256": B64.encode(sha256)}, "length": length});
+    let mut updates = Vec::new();
+    for (role, key) in &plan {
+        let mut signed = match repo.files.get(role) {
+            Some(bytes) => {
+                Envelope::parse(bytes)
+                    .map_err(|e| Error::Internal(e.to_string()))?
+                    .signed
+            }
+            None => {
+                json!({"_type": "Targets", "version": 0, "targets": {}, "delegations": {"keys": {}, "roles": []}})
+            }
+        };
+        let version = signed.get("version").and_then(Value::as_i64).unwrap_or(0);
+        signed["version"] = json!(version + 1);
+        signed["expires"] = json!(expires(TARGETS_LIFETIME)?);
+        if !signed["targets"].is_object() {
+            signed["targets"] = json!({});
+        }
+        signed["targets"][tag] = meta.clone();
+        let s = sign_document(
+            keyring,
+            listings(&keys, &key.canonical_id),
+            unsigned(signed),
+            role.clone(),
+            gun.into(),
+        )
+        .await?;
+        updates.push((role.clone(), s.document));
+    }
+    // A snapshot key held here (not server-managed) signs the new snapshot.
+    let root = repo.root()?;
+    let snap_key = root
+        .roles
+        .get("snapshot")
+        .and_then(|r| r.keyids.iter().find_map(|id| by_id(id)));
+    if let Some(key) = snap_key {
+        let mut snap = repo.doc("snapshot")?.signed;
+        for (role, bytes) in &updates {
+            snap["meta"][role] =
+                json!({"hashes": {"sha256": B64.encode(sha2_256(bytes))}, "length": bytes.len()});
+        }
+        let version = snap.get("version").and_then(Value::as_i64).unwrap_or(0);
+        snap["version"] = json!(version + 1);
+        snap["expires"] = json!(expires(TARGETS_LIFETIME)?);
+        let s = sign_document(
+            keyring,
+            listings(&keys, &key.canonical_id),
+            unsigned(snap),
+            "snapshot".into(),
+            gun.into(),
+        )
+        .await?;
+        updates.push(("snapshot".into(), s.document));
+    }
+    let roles: Vec<String> = plan.into_iter().map(|(r, _)| r).collect();
+    client.publish(gun, updates).await?;
+    tracing::info!(gun, tag, roles = ?roles, "signed tag");
+    Ok(SignResult { roles, initialized })
+}
+
+fn sha2_256(b: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b).into()
+}
+
+/// A tag as `docker trust inspect` shows it.
+pub struct SignedTag {
+    pub tag: String,
+    pub sha256_hex: String,
+    pub length: u64,
+    pub signers: Vec<String>,
+}
+
+pub struct Inspection {
+    pub tags: Vec<SignedTag>,
+    /// Delegation signers (not `releases`) and their key IDs.
+    pub signers: Vec<(String, Vec<String>)>,
+    /// Root keys: (certificate key ID, canonical ID).
+    pub root_keys: Vec<(String, String)>,
+    pub repository_keys: Vec<String>,
+}
+
+/// `dct trust inspect`: the signed tags and who signed them, as docker resolves them (a tag
+/// in targets/releases, else in targets; signers are the roles holding the same digest).
+pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Result<Inspection> {
+    check_gun(gun)?;
+    let repo = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
+    let mut by_role: BTreeMap<&str, BTreeMap<&str, (&str, u64)>> = BTreeMap::new();
+    for r in &repo.verified.roles {
+        for t in &r.targets {
+            by_role
+                .entry(r.role.as_str())
+                .or_default()
+                .insert(t.name.as_str(), (t.sha256_hex.as_str(), t.length));
+        }
+    }
+    let empty = BTreeMap::new();
+    let released = by_role.get("targets/releases").unwrap_or(&empty);
+    let base = by_role.get("targets").unwrap_or(&empty);
+    let mut names: Vec<&str> = released.keys().chain(base.keys()).copied().collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut tags = Vec::new();
+    for name in names {
+        let Some(&(digest, length)) = released.get(name).or_else(|| base.get(name)) else {
+            continue;
+        };
+        let mut signers: Vec<String> = by_role
+            .iter()
+            .filter(|(role, t)| {
+                **role != "targets/releases" && t.get(name).map(|x| x.0) == Some(digest)
+            })
+            .map(|(role, _)| {
+                if *role == "targets" {
+                    "Repo Admin".to_string()
+                } else {
+                    role.trim_start_matches("targets/").to_string()
+                }
+            })
+            .collect();
+        signers.sort();
+        tags.push(SignedTag {
+            tag: name.into(),
+            sha256_hex: digest.into(),
+            length,
+            signers,
+        });
+    }
+    let targets: TargetsDoc = serde_json::from_value(repo.doc("targets")?.signed)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let signers = targets
+        .delegations
+        .roles
+        .iter()
+        .filter(|d| d.name != "targets/releases")
+        .map(|d| {
+            (
+                d.name.trim_start_matches("targets/").to_string(),
+                d.keyids.clone(),
+            )
+        })
+        .collect();
+    let root = repo.root()?;
+    let root_keys_map = parse_key_map(&root.keys).map_err(Error::Internal)?;
+    let root_keys = root.roles["root"]
+        .keyids
+        .iter()
+        .map(|id| {
+            let canonical = root_keys_map
+                .get(id)
+                .and_then(|k| k.canonical_id().ok())
+                .unwrap_or_default();
+            (id.clone(), canonical)
+        })
+        .collect();
+    let repository_keys = root.roles["targets"].keyids.clone();
+    Ok(Inspection {
+        tags,
+        signers,
+        root_keys,
+        repository_keys,
+    })
+}
+
+/// The client for a request's server options, falling back to the config's.
+pub fn client(req: Option<ServerOpts>, default: &Option<ServerOpts>) -> Result<NotaryClient> {
+    let opts = match req.filter(|o| !o.url.is_empty()) {
+        Some(mut o) => {
+            if o.ca_pem.is_none() {
+                o.ca_pem = default.as_ref().and_then(|d| d.ca_pem.clone());
+            }
+            o
+        }
+        None => default.clone().ok_or_else(|| {
+            Error::InvalidArgument(
+                "no trust server: pass --server URL (or DCT_SERVER / DOCKER_CONTENT_TRUST_SERVER), or set [trust] server in agent.toml".into(),
+            )
+        })?,
+    };
+    NotaryClient::new(&opts)
+}

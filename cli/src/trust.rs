@@ -1,0 +1,267 @@
+//! `dct trust ...`: Docker's vocabulary. The CLI names the repository and the server; the
+//! agent fetches, verifies, signs and publishes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use dct_proto::dct::v1 as pb;
+
+use crate::client::{Client, Failure};
+use crate::output::{print_json, Table};
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// The notary-server. Default: DCT_SERVER, else DOCKER_CONTENT_TRUST_SERVER, else the
+    /// agent's [trust] server.
+    #[arg(long, global = true, env = "DCT_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// A CA file for the server's TLS certificate.
+    #[arg(long, global = true, env = "DCT_TLSCACERT", value_name = "FILE")]
+    tlscacert: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum TrustCmd {
+    /// Create trust data for a repository: root and targets keys on a token (reused when
+    /// present), snapshot and timestamp keys managed by the server.
+    Init {
+        /// The repository, e.g. registry.example.com/app.
+        image: String,
+        /// Use this root key (ID or prefix) instead of finding or making one.
+        #[arg(long, value_name = "KEYID")]
+        root_key: Option<String>,
+        /// Token for new keys (needed when the agent has several).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Sign a tag: adds it to each delegation this agent holds a key for, else to targets,
+    /// and publishes. Initialises the repository first when it has no trust data.
+    Sign {
+        /// IMAGE:TAG
+        image: String,
+        /// The manifest digest, sha256:<64 hex>.
+        #[arg(long, requires = "size")]
+        digest: String,
+        /// The manifest size in bytes.
+        #[arg(long, requires = "digest")]
+        size: u64,
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Signed tags, who signed them, and the repository's administrative keys.
+    Inspect {
+        /// IMAGE or IMAGE:TAG
+        image: String,
+    },
+}
+
+/// Docker's repository name for `name`: a first component without `.` or `:` (and not
+/// `localhost`) is on Docker Hub, `docker.io/`, with `library/` for one-component names.
+pub fn gun_of(name: &str) -> String {
+    let first = name.split('/').next().unwrap_or_default();
+    let has_host =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_host {
+        name.to_string()
+    } else if name.contains('/') {
+        format!("docker.io/{name}")
+    } else {
+        format!("docker.io/library/{name}")
+    }
+}
+
+/// Splits `IMAGE[:TAG]` (a `:` after the last `/` starts the tag).
+pub fn split_tag(image: &str) -> (String, Option<String>) {
+    let slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match image[slash..].rfind(':') {
+        Some(i) => (
+            image[..slash + i].to_string(),
+            Some(image[slash + i + 1..].to_string()),
+        ),
+        None => (image.to_string(), None),
+    }
+}
+
+impl ServerArgs {
+    fn resolve(&self) -> Result<pb::TrustServer, Failure> {
+        let url = self
+            .server
+            .clone()
+            .or_else(|| std::env::var("DOCKER_CONTENT_TRUST_SERVER").ok())
+            .unwrap_or_default();
+        let ca_pem = match &self.tlscacert {
+            Some(p) => std::fs::read(p)
+                .map_err(|e| Failure::failed(format!("cannot read {}: {e}", p.display())))?,
+            None => Vec::new(),
+        };
+        Ok(pb::TrustServer { url, ca_pem })
+    }
+}
+
+pub async fn run(
+    c: &mut Client,
+    server: &ServerArgs,
+    cmd: TrustCmd,
+    json: bool,
+) -> Result<(), Failure> {
+    let srv = server.resolve()?;
+    match cmd {
+        TrustCmd::Init {
+            image,
+            root_key,
+            token,
+        } => {
+            let (name, _) = split_tag(&image);
+            let gun = gun_of(&name);
+            let req = pb::TrustInitRequest {
+                server: Some(srv),
+                gun: gun.clone(),
+                root_key: root_key.unwrap_or_default(),
+                token: token.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.trust_init(req).await })
+                .await?;
+            if json {
+                return print_json(&serde_json::json!({
+                    "gun": gun, "root_key_id": r.root_key_id, "root_canonical_id": r.root_canonical_id,
+                    "targets_key_id": r.targets_key_id, "snapshot_key_id": r.snapshot_key_id,
+                    "timestamp_key_id": r.timestamp_key_id,
+                }));
+            }
+            println!("initialised trust data for {gun}");
+            println!(
+                "  root key        {} (canonical {})",
+                r.root_key_id, r.root_canonical_id
+            );
+            println!("  repository key  {}", r.targets_key_id);
+            println!("  snapshot key    {} (server-managed)", r.snapshot_key_id);
+            println!("  timestamp key   {} (server-managed)", r.timestamp_key_id);
+            Ok(())
+        }
+        TrustCmd::Sign {
+            image,
+            digest,
+            size,
+            token,
+        } => {
+            let (name, tag) = split_tag(&image);
+            let tag =
+                tag.ok_or_else(|| Failure::usage(format!("{image} has no tag: sign IMAGE:TAG")))?;
+            let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+                Failure::usage(format!("digest {digest:?} must be sha256:<64 hex>"))
+            })?;
+            let gun = gun_of(&name);
+            let req = pb::TrustSignRequest {
+                server: Some(srv),
+                gun: gun.clone(),
+                tag: tag.clone(),
+                sha256: hex.to_string(),
+                length: size,
+                token: token.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.trust_sign(req).await })
+                .await?;
+            if json {
+                return print_json(
+                    &serde_json::json!({"gun": gun, "tag": tag, "roles": r.roles, "initialized": r.initialized}),
+                );
+            }
+            if r.initialized {
+                eprintln!("initialised trust data for {gun}");
+            }
+            println!("signed {gun}:{tag} in {}", r.roles.join(", "));
+            Ok(())
+        }
+        TrustCmd::Inspect { image } => {
+            let (name, tag) = split_tag(&image);
+            let gun = gun_of(&name);
+            let req = pb::TrustInspectRequest {
+                server: Some(srv),
+                gun: gun.clone(),
+            };
+            let r = c
+                .call(|mut a| async move { a.trust_inspect(req).await })
+                .await?;
+            let tags: Vec<&pb::SignedTag> = r
+                .tags
+                .iter()
+                .filter(|t| tag.as_deref().is_none_or(|want| t.tag == want))
+                .collect();
+            if let Some(want) = &tag {
+                if tags.is_empty() {
+                    return Err(Failure::failed(format!("no signatures for {gun}:{want}")));
+                }
+            }
+            if json {
+                let tags: Vec<_> = tags
+                    .iter()
+                    .map(|t| serde_json::json!({"tag": t.tag, "digest": format!("sha256:{}", t.sha256), "size": t.length, "signers": t.signers}))
+                    .collect();
+                let signers: Vec<_> = r
+                    .signers
+                    .iter()
+                    .map(|s| serde_json::json!({"name": s.name, "keys": s.key_ids}))
+                    .collect();
+                let root: Vec<_> = r
+                    .root_keys
+                    .iter()
+                    .map(
+                        |k| serde_json::json!({"key_id": k.key_id, "canonical_id": k.canonical_id}),
+                    )
+                    .collect();
+                return print_json(&serde_json::json!({
+                    "name": gun, "signed_tags": tags, "signers": signers,
+                    "administrative_keys": {"root": root, "repository": r.repository_keys},
+                }));
+            }
+            println!("Signatures for {gun}\n");
+            let mut t = Table::new(&["SIGNED TAG", "DIGEST", "SIGNERS"]);
+            for s in &tags {
+                t.row(vec![s.tag.clone(), s.sha256.clone(), s.signers.join(", ")]);
+            }
+            t.print();
+            if !r.signers.is_empty() {
+                println!("\nList of signers and their keys for {gun}\n");
+                let mut t = Table::new(&["SIGNER", "KEYS"]);
+                for s in &r.signers {
+                    let short: Vec<String> = s
+                        .key_ids
+                        .iter()
+                        .map(|k| k.chars().take(12).collect())
+                        .collect();
+                    t.row(vec![s.name.clone(), short.join(", ")]);
+                }
+                t.print();
+            }
+            println!("\nAdministrative keys for {gun}\n");
+            for k in &r.root_keys {
+                println!("  Root Key:\t{} (canonical {})", k.key_id, k.canonical_id);
+            }
+            println!("  Repository Key:\t{}", r.repository_keys.join(", "));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_names() {
+        assert_eq!(gun_of("alpine"), "docker.io/library/alpine");
+        assert_eq!(gun_of("me/app"), "docker.io/me/app");
+        assert_eq!(
+            gun_of("registry.example.com/app"),
+            "registry.example.com/app"
+        );
+        assert_eq!(gun_of("localhost:5000/app"), "localhost:5000/app");
+        assert_eq!(
+            split_tag("host:5000/app:v1"),
+            ("host:5000/app".into(), Some("v1".into()))
+        );
+        assert_eq!(split_tag("host:5000/app"), ("host:5000/app".into(), None));
+    }
+}
