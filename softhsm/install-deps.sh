@@ -2,11 +2,13 @@
 # Installs the Debian packages dct-agent's demo and tests use, only those missing:
 #   softhsm2  - the PKCS#11 token the agent drives (/usr/lib/softhsm/libsofthsm2.so)
 #   opensc    - pkcs11-tool, an independent PKCS#11 client used by the tests
-#   openssl   - independent verification of signatures and certificates in the tests
+#   openssl   - independent verification of signatures and certificates in the tests,
+#               and the test CA of the notary stack
+#   notary    - the real notary-server, notary-signer and notary client (0.7.0)
 # Runs apt-get as root (directly, or through sudo when not root).
 set -euo pipefail
 
-packages=(softhsm2 opensc openssl)
+packages=(softhsm2 opensc openssl notary)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod notary;
+
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// A path under `tests/fixtures/`.
@@ -115,7 +117,16 @@ impl Agent {
     pub fn start_with_config(hsm: Option<&SoftHsm>, config: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("agent.toml");
-        std::fs::write(&cfg, config).unwrap();
+        // Each agent keeps its own TOFU cache.
+        let trust_dir = dir.path().join("trust");
+        std::fs::write(
+            &cfg,
+            format!(
+                "trust_dir = {:?}\n{config}",
+                trust_dir.display().to_string()
+            ),
+        )
+        .unwrap();
         let socket = dir.path().join("run").join("agent.sock");
         let mut agent = Agent {
             child: None,

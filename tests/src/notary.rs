@@ -1,0 +1,237 @@
+//! The real notary stack for tests: notary-signer and notary-server (Debian `notary`,
+//! memory storage) on random 127.0.0.1 ports with TLS from a test CA made here, and the
+//! real notary client pointed at it. Stopped by PID on drop.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub struct NotaryStack {
+    pub dir: TempDir,
+    pub url: String,
+    pub ca: PathBuf,
+    pub port: u16,
+    signer: Option<Child>,
+    server: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "{what} exited with {st}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl NotaryStack {
+    pub fn start() -> NotaryStack {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A test CA and one leaf (IP:127.0.0.1, server and client auth) for both servers.
+        openssl(
+            d,
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "ca.key",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-subj",
+                "/CN=dct test CA",
+                "-days",
+                "2",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-out",
+                "ca.crt",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "leaf.key",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-key",
+                "leaf.key",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-out",
+                "leaf.csr",
+            ],
+        );
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "leaf.crt",
+            ],
+        );
+        let (sp, hp) = (free_port(), free_port());
+        let p = |f: &str| d.join(f).display().to_string();
+        let signer_cfg = serde_json::json!({
+            "server": {"grpc_addr": format!("127.0.0.1:{sp}"), "tls_cert_file": p("leaf.crt"),
+                       "tls_key_file": p("leaf.key"), "client_ca_file": p("ca.crt")},
+            "logging": {"level": "info"}, "storage": {"backend": "memory"}});
+        let server_cfg = serde_json::json!({
+            "server": {"http_addr": format!("127.0.0.1:{hp}"), "tls_cert_file": p("leaf.crt"), "tls_key_file": p("leaf.key")},
+            "trust_service": {"type": "remote", "hostname": "127.0.0.1", "port": sp.to_string(), "key_algorithm": "ecdsa",
+                              "tls_ca_file": p("ca.crt"), "tls_client_cert": p("leaf.crt"), "tls_client_key": p("leaf.key")},
+            "storage": {"backend": "memory"}, "logging": {"level": "info"}});
+        std::fs::write(d.join("signer.json"), signer_cfg.to_string()).unwrap();
+        std::fs::write(d.join("server.json"), server_cfg.to_string()).unwrap();
+        let spawn = |bin: &str, cfg: &str, log: &str| {
+            let log = std::fs::File::create(d.join(log)).unwrap();
+            Command::new(bin)
+                .arg("-config")
+                .arg(d.join(cfg))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("{bin}: {e} (install Debian's notary: softhsm/install-deps.sh)")
+                })
+        };
+        let mut signer = spawn("notary-signer", "signer.json", "signer.log");
+        wait_port(sp, &mut signer, "notary-signer", &d.join("signer.log"));
+        let mut server = spawn("notary-server", "server.json", "server.log");
+        wait_port(hp, &mut server, "notary-server", &d.join("server.log"));
+        NotaryStack {
+            url: format!("https://127.0.0.1:{hp}"),
+            ca: d.join("ca.crt"),
+            port: hp,
+            dir,
+            signer: Some(signer),
+            server: Some(server),
+        }
+    }
+
+    /// The real notary client with its own trust directory (TOFU per directory), kept
+    /// off any smart card.
+    pub fn notary(&self, trust_dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("notary")
+            .args([
+                "-s",
+                &self.url,
+                "--tlscacert",
+                self.ca.to_str().unwrap(),
+                "-d",
+                trust_dir.to_str().unwrap(),
+            ])
+            .args(args)
+            .env("PCSCLITE_CSOCK_NAME", "/nonexistent/dct-test")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("notary client");
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or_default()).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Stops both servers by PID.
+    pub fn stop(&mut self) {
+        for child in [self.server.take(), self.signer.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for NotaryStack {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

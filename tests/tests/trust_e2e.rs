@@ -1,0 +1,296 @@
+//! Docker Content Trust end to end: our agent on a real SoftHSM2 token publishing to the
+//! real notary-server (with the real notary-signer), checked by the real notary client
+//! from fresh trust directories and by `docker trust inspect` where the docker CLI exists.
+
+use std::process::Command;
+
+use dct_tests::notary::NotaryStack;
+use dct_tests::{Agent, Run, SoftHsm};
+use sha2::{Digest, Sha256};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A running agent on a fresh token, unlocked.
+fn agent_on(label: &str) -> (SoftHsm, Agent) {
+    let hsm = SoftHsm::new(label, "7777");
+    let agent = Agent::start(Some(&hsm));
+    agent.unlock(&hsm);
+    (hsm, agent)
+}
+
+fn trust(agent: &Agent, stack: &NotaryStack, args: &[&str]) -> Run {
+    let mut all = vec![
+        "trust",
+        "--server",
+        &stack.url,
+        "--tlscacert",
+        stack.ca.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    agent.dct(&all)
+}
+
+fn sign(agent: &Agent, stack: &NotaryStack, image: &str, content: &[u8]) -> Run {
+    let digest = format!("sha256:{}", hex(&Sha256::digest(content)));
+    let size = content.len().to_string();
+    trust(
+        agent,
+        stack,
+        &["sign", image, "--digest", &digest, "--size", &size],
+    )
+}
+
+/// `notary list` from a fresh trust directory: (tag, digest hex, size, role) rows.
+fn notary_list(
+    stack: &NotaryStack,
+    gun: &str,
+    extra: &[&str],
+) -> Vec<(String, String, String, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["list", gun];
+    args.extend_from_slice(extra);
+    let out = stack.notary(dir.path(), &args, None);
+    assert!(
+        out.status.success(),
+        "notary list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4).then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into()))
+        })
+        .collect()
+}
+
+#[test]
+fn init_sign_inspect_agree_with_the_real_notary_tools() {
+    let stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("dct");
+    let gun = "registry.example.com/app";
+    let init = trust(&agent, &stack, &["--json", "init", gun]).json();
+    let (v1, v2) = (b"manifest one\n".to_vec(), vec![7u8; 4096]);
+    sign(&agent, &stack, &format!("{gun}:v1"), &v1).ok();
+    let out = sign(&agent, &stack, &format!("{gun}:v2"), &v2).ok();
+    assert!(out.stdout.contains("in targets"), "{}", out.stdout);
+
+    // The real notary client, trusting on first use from a fresh directory.
+    let rows = notary_list(&stack, gun, &[]);
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "v1".into(),
+                hex(&Sha256::digest(&v1)),
+                v1.len().to_string(),
+                "targets".into()
+            ),
+            (
+                "v2".into(),
+                hex(&Sha256::digest(&v2)),
+                v2.len().to_string(),
+                "targets".into()
+            ),
+        ]
+    );
+    let trust_dir = tempfile::tempdir().unwrap();
+    let ok = stack.notary(trust_dir.path(), &["verify", gun, "v1"], Some(&v1));
+    assert!(
+        ok.status.success(),
+        "notary verify: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(ok.stdout, v1, "notary verify passes the content through");
+    let bad = stack.notary(
+        trust_dir.path(),
+        &["verify", gun, "v1"],
+        Some(b"other content"),
+    );
+    assert!(
+        !bad.status.success(),
+        "notary verify accepted other content"
+    );
+
+    // Our inspect: tags, signer, administrative keys as init reported them.
+    let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
+    assert_eq!(ins["signed_tags"][0]["tag"], "v1");
+    assert_eq!(
+        ins["signed_tags"][0]["digest"],
+        format!("sha256:{}", hex(&Sha256::digest(&v1)))
+    );
+    assert_eq!(ins["signed_tags"][0]["signers"][0], "Repo Admin");
+    assert_eq!(
+        ins["administrative_keys"]["root"][0]["key_id"],
+        init["root_key_id"]
+    );
+    assert_eq!(
+        ins["administrative_keys"]["root"][0]["canonical_id"],
+        init["root_canonical_id"]
+    );
+    assert_eq!(
+        ins["administrative_keys"]["repository"][0],
+        init["targets_key_id"]
+    );
+    let one = trust(&agent, &stack, &["--json", "inspect", &format!("{gun}:v2")]).json();
+    assert_eq!(one["signed_tags"].as_array().unwrap().len(), 1);
+
+    // The keys live on the token: root (with its certificate for the GUN) and targets.
+    let keys = agent.dct(&["--json", "key", "list"]).json();
+    let roles: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["root", "targets"]);
+
+    // docker trust inspect, with no daemon, where the docker CLI is installed.
+    if Command::new("docker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let cfg = tempfile::tempdir().unwrap();
+        let tls = cfg
+            .path()
+            .join("tls")
+            .join(format!("127.0.0.1:{}", stack.port));
+        std::fs::create_dir_all(&tls).unwrap();
+        std::fs::copy(&stack.ca, tls.join("ca.crt")).unwrap();
+        let out = Command::new("docker")
+            .args(["trust", "inspect", "--pretty", &format!("{gun}:v1")])
+            .env("DOCKER_CONFIG", cfg.path())
+            .env("DOCKER_CONTENT_TRUST_SERVER", &stack.url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "docker trust inspect: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(&hex(&Sha256::digest(&v1))), "{text}");
+        assert!(text.contains("Repo Admin"), "{text}");
+        assert!(
+            text.contains(init["root_key_id"].as_str().unwrap()),
+            "{text}"
+        );
+        assert!(
+            text.contains(init["targets_key_id"].as_str().unwrap()),
+            "{text}"
+        );
+    } else {
+        eprintln!("docker CLI not installed: docker trust inspect not checked");
+    }
+}
+
+#[test]
+fn sign_initialises_a_repository_that_has_no_trust_data() {
+    let stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("dct");
+    let gun = "registry.example.com/fresh";
+    let out = sign(&agent, &stack, &format!("{gun}:1.0"), b"m").ok();
+    assert!(
+        out.stderr.contains("initialised trust data"),
+        "{}",
+        out.stderr
+    );
+    let rows = notary_list(&stack, gun, &[]);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, "1.0");
+}
+
+#[test]
+fn bad_input_and_server_failures_change_nothing() {
+    let mut stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("dct");
+    let gun = "registry.example.com/app";
+    trust(&agent, &stack, &["init", gun]).ok();
+    sign(&agent, &stack, &format!("{gun}:v1"), b"one").ok();
+    let before = notary_list(&stack, gun, &[]);
+
+    trust(&agent, &stack, &["inspect", "registry.example.com/unknown"])
+        .fails(1, "no trust data for registry.example.com/unknown");
+    trust(
+        &agent,
+        &stack,
+        &[
+            "sign",
+            &format!("{gun}:v2"),
+            "--digest",
+            "sha256:abcd",
+            "--size",
+            "4",
+        ],
+    )
+    .fails(1, "not 64 hex characters");
+    trust(
+        &agent,
+        &stack,
+        &[
+            "sign",
+            &format!("{gun}:v2"),
+            "--digest",
+            "md5:abcd",
+            "--size",
+            "4",
+        ],
+    )
+    .fails(2, "sha256:");
+    let digest = format!("sha256:{}", hex(&Sha256::digest(b"x")));
+    trust(
+        &agent,
+        &stack,
+        &[
+            "sign",
+            &format!("{gun}:-bad"),
+            "--digest",
+            &digest,
+            "--size",
+            "1",
+        ],
+    )
+    .fails(1, "invalid tag");
+    trust(
+        &agent,
+        &stack,
+        &["sign", gun, "--digest", &digest, "--size", "1"],
+    )
+    .fails(2, "has no tag");
+    trust(&agent, &stack, &["init", gun]).fails(1, "already has trust data");
+    assert_eq!(notary_list(&stack, gun, &[]), before, "the server changed");
+
+    // No server given at all.
+    agent
+        .dct(&["trust", "inspect", gun])
+        .fails(1, "no trust server");
+    // The server down: a clear error, not a hang.
+    stack.stop();
+    let err = sign(&agent, &stack, &format!("{gun}:v3"), b"three").fails(1, "unreachable");
+    assert!(err.contains(&stack.url), "{err}");
+}
+
+#[test]
+fn a_repository_recreated_with_another_root_is_refused_on_trust_on_first_use() {
+    let stack = NotaryStack::start();
+    let (_h1, first) = agent_on("one");
+    let gun = "registry.example.com/app";
+    sign(&first, &stack, &format!("{gun}:v1"), b"one").ok();
+    // The repository is deleted on the server and re-created by someone with another root.
+    let tmp = tempfile::tempdir().unwrap();
+    let del = stack.notary(tmp.path(), &["delete", gun, "--remote"], None);
+    assert!(
+        del.status.success(),
+        "notary delete: {}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    let (_h2, second) = agent_on("two");
+    sign(&second, &stack, &format!("{gun}:evil"), b"evil").ok();
+    // The first agent trusted the old root: it refuses the new one.
+    let err = trust(&first, &stack, &["inspect", gun]).fails(1, "differs from the trusted one");
+    assert!(err.contains("not signed by the trusted root keys"), "{err}");
+}
