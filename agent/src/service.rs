@@ -372,6 +372,68 @@ impl Agent for AgentService {
             repository_keys: r.repository_keys,
         }))
     }
+
+    async fn trust_revoke(
+        &self,
+        req: Request<pb::TrustRevokeRequest>,
+    ) -> Result<Response<pb::TrustRevokeResponse>, Status> {
+        let req = req.into_inner();
+        if !req.tag.is_empty() {
+            check_tag(&req.tag)?;
+        }
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let tag = (!req.tag.is_empty()).then_some(req.tag.as_str());
+        let roles = trust::revoke(&self.keys, &client, &self.trust, &req.gun, tag).await?;
+        Ok(Response::new(pb::TrustRevokeResponse { roles }))
+    }
+
+    async fn trust_signer_add(
+        &self,
+        req: Request<pb::TrustSignerAddRequest>,
+    ) -> Result<Response<pb::TrustSignerAddResponse>, Status> {
+        let req = req.into_inner();
+        let key = match (req.public_pem.is_empty(), req.key_id.is_empty()) {
+            (false, true) => {
+                let text = String::from_utf8(req.public_pem).map_err(|_| {
+                    Error::InvalidArgument("the signer's public key file is not PEM text".into())
+                })?;
+                crate::tuf::keys::key_from_pem(&text)
+                    .map_err(|e| Error::InvalidArgument(format!("signer public key: {e}")))?
+            }
+            (true, false) => self.keys.find_key(&req.key_id).await?.remove(0).tuf_key(),
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "give the signer's key as a PEM file or a key ID, one of them".into(),
+                )
+                .into())
+            }
+        };
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let (key_id, initialized) = trust::signer_add(
+            &self.keys,
+            &client,
+            &self.trust,
+            &req.gun,
+            &req.name,
+            key,
+            &req.token,
+        )
+        .await?;
+        Ok(Response::new(pb::TrustSignerAddResponse {
+            key_id,
+            initialized,
+        }))
+    }
+
+    async fn trust_signer_remove(
+        &self,
+        req: Request<pb::TrustSignerRemoveRequest>,
+    ) -> Result<Response<pb::TrustSignerRemoveResponse>, Status> {
+        let req = req.into_inner();
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        trust::signer_remove(&self.keys, &client, &self.trust, &req.gun, &req.name).await?;
+        Ok(Response::new(pb::TrustSignerRemoveResponse {}))
+    }
 }
 
 fn server_opts(s: pb::TrustServer) -> crate::notary::ServerOpts {

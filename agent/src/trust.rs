@@ -419,41 +419,77 @@ pub async fn sign_tag(
     }
 
     let meta = json!({"hashes": {"sha256": B64.encode(sha256)}, "length": length});
-    let mut updates = Vec::new();
-    for (role, key) in &plan {
-        let mut signed = match repo.files.get(role) {
-            Some(bytes) => {
-                Envelope::parse(bytes)
-                    .map_err(|e| Error::Internal(e.to_string()))?
-                    .signed
-            }
-            None => {
-                json!({"_type": "Targets", "version": 0, "targets": {}, "delegations": {"keys": {}, "roles": []}})
-            }
-        };
-        let version = signed.get("version").and_then(Value::as_i64).unwrap_or(0);
-        signed["version"] = json!(version + 1);
-        signed["expires"] = json!(expires(TARGETS_LIFETIME)?);
+    let mut edits = Vec::new();
+    for (role, key) in plan {
+        let mut signed = repo.signed_or_new(&role)?;
         if !signed["targets"].is_object() {
             signed["targets"] = json!({});
         }
         signed["targets"][tag] = meta.clone();
+        edits.push(Edit { role, key, signed });
+    }
+    let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
+    commit(keyring, client, gun, &repo, &keys, edits).await?;
+    tracing::info!(gun, tag, roles = ?roles, "signed tag");
+    Ok(SignResult { roles, initialized })
+}
+
+/// A new version of one role, to be signed by `key`.
+struct Edit {
+    role: String,
+    key: KeyEntry,
+    signed: Value,
+}
+
+impl Repo {
+    /// A role's current `signed`, or an empty targets role for a delegation with no file yet.
+    fn signed_or_new(&self, role: &str) -> Result<Value> {
+        Ok(match self.files.get(role) {
+            Some(_) => self.doc(role)?.signed,
+            None => {
+                json!({"_type": "Targets", "version": 0, "targets": {}, "delegations": {"keys": {}, "roles": []}})
+            }
+        })
+    }
+}
+
+/// Signs each edited role as its next version (Notary's default expiry) and publishes them
+/// in one update; a snapshot key held here (not server-managed) signs the new snapshot.
+async fn commit(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    gun: &str,
+    repo: &Repo,
+    keys: &[KeyEntry],
+    edits: Vec<Edit>,
+) -> Result<()> {
+    let mut updates = Vec::new();
+    for Edit {
+        role,
+        key,
+        mut signed,
+    } in edits
+    {
+        let version = signed.get("version").and_then(Value::as_i64).unwrap_or(0);
+        signed["version"] = json!(version + 1);
+        signed["expires"] = json!(expires(TARGETS_LIFETIME)?);
         let s = sign_document(
             keyring,
-            listings(&keys, &key.canonical_id),
+            listings(keys, &key.canonical_id),
             unsigned(signed),
             role.clone(),
             gun.into(),
         )
         .await?;
-        updates.push((role.clone(), s.document));
+        updates.push((role, s.document));
     }
-    // A snapshot key held here (not server-managed) signs the new snapshot.
     let root = repo.root()?;
-    let snap_key = root
-        .roles
-        .get("snapshot")
-        .and_then(|r| r.keyids.iter().find_map(|id| by_id(id)));
+    let snap_key = root.roles.get("snapshot").and_then(|r| {
+        r.keyids.iter().find_map(|id| {
+            keys.iter()
+                .find(|k| &k.key_id == id || &k.canonical_id == id)
+        })
+    });
     if let Some(key) = snap_key {
         let mut snap = repo.doc("snapshot")?.signed;
         for (role, bytes) in &updates {
@@ -465,7 +501,7 @@ pub async fn sign_tag(
         snap["expires"] = json!(expires(TARGETS_LIFETIME)?);
         let s = sign_document(
             keyring,
-            listings(&keys, &key.canonical_id),
+            listings(keys, &key.canonical_id),
             unsigned(snap),
             "snapshot".into(),
             gun.into(),
@@ -473,10 +509,7 @@ pub async fn sign_tag(
         .await?;
         updates.push(("snapshot".into(), s.document));
     }
-    let roles: Vec<String> = plan.into_iter().map(|(r, _)| r).collect();
-    client.publish(gun, updates).await?;
-    tracing::info!(gun, tag, roles = ?roles, "signed tag");
-    Ok(SignResult { roles, initialized })
+    client.publish(gun, updates).await
 }
 
 fn sha2_256(b: &[u8]) -> [u8; 32] {
@@ -601,4 +634,216 @@ pub fn client(req: Option<ServerOpts>, default: &Option<ServerOpts>) -> Result<N
         })?,
     };
     NotaryClient::new(&opts)
+}
+
+/// The roles this agent can sign among targets and its direct-child delegations, with the
+/// key for each.
+fn signable(repo: &Repo, keys: &[KeyEntry]) -> Result<Vec<(String, KeyEntry)>> {
+    let by_id = |id: &String| {
+        keys.iter()
+            .find(|k| &k.key_id == id || &k.canonical_id == id)
+            .cloned()
+    };
+    let mut out = Vec::new();
+    if let Some(k) = repo
+        .root()?
+        .roles
+        .get("targets")
+        .and_then(|r| r.keyids.iter().find_map(by_id))
+    {
+        out.push(("targets".to_string(), k));
+    }
+    let targets: TargetsDoc = serde_json::from_value(repo.doc("targets")?.signed)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    for d in targets.delegations.roles {
+        if let Some(k) = d.keyids.iter().find_map(by_id) {
+            out.push((d.name, k));
+        }
+    }
+    Ok(out)
+}
+
+/// `dct trust revoke`: removes `tag` (or every tag) from the roles this agent can sign.
+pub async fn revoke(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    tag: Option<&str>,
+) -> Result<Vec<String>> {
+    check_gun(gun)?;
+    let repo = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
+    let (keys, _) = keyring.all_keys().await;
+    let mut edits = Vec::new();
+    for (role, key) in signable(&repo, &keys)? {
+        if !repo.files.contains_key(&role) {
+            continue;
+        }
+        let mut signed = repo.signed_or_new(&role)?;
+        let Some(targets) = signed.get_mut("targets").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let changed = match tag {
+            Some(t) => targets.remove(t).is_some(),
+            None => {
+                let had = !targets.is_empty();
+                targets.clear();
+                had
+            }
+        };
+        if changed {
+            edits.push(Edit { role, key, signed });
+        }
+    }
+    if edits.is_empty() {
+        return Err(Error::NotFound(match tag {
+            Some(t) => format!("{gun}:{t} is not signed in any role this agent can sign"),
+            None => format!("{gun} has no signed tags in roles this agent can sign"),
+        }));
+    }
+    let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
+    commit(keyring, client, gun, &repo, &keys, edits).await?;
+    tracing::info!(gun, tag = tag.unwrap_or("*"), roles = ?roles, "revoked");
+    Ok(roles)
+}
+
+/// Docker's signer names: `^[a-z0-9][a-z0-9_-]*$`, and not `releases`.
+fn check_signer_name(name: &str) -> Result<()> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name != "releases"
+        && name.len() < 200;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid signer name {name:?}: lowercase letters, digits, '_' and '-', not starting with '_' or '-', and not \"releases\""
+        )))
+    }
+}
+
+/// The targets role's edit, for changes to delegations (only the targets key may make them).
+fn targets_edit(repo: &Repo, keys: &[KeyEntry], gun: &str) -> Result<Edit> {
+    let (role, key) = signable(repo, keys)?
+        .into_iter()
+        .find(|(r, _)| r == "targets")
+        .ok_or_else(|| Error::Refused(format!("the targets key of {gun} is not on this agent's tokens; only it can change signers")))?;
+    Ok(Edit {
+        signed: repo.signed_or_new(&role)?,
+        role,
+        key,
+    })
+}
+
+fn add_keyid(roles: &mut Vec<Value>, name: &str, id: &str) {
+    match roles.iter_mut().find(|r| r["name"] == name) {
+        Some(r) => {
+            let ids = r["keyids"].as_array_mut();
+            if let Some(ids) = ids {
+                if !ids.iter().any(|x| x == id) {
+                    ids.push(json!(id));
+                }
+            }
+        }
+        None => roles.push(json!({"name": name, "keyids": [id], "threshold": 1, "paths": [""]})),
+    }
+}
+
+/// `dct trust signer add`: `targets/NAME` with the key, and the key added to
+/// `targets/releases`, both with all paths, as docker lays them out. Initialises the
+/// repository first when it has no trust data.
+pub async fn signer_add(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    name: &str,
+    key: TufKey,
+    token: &str,
+) -> Result<(String, bool)> {
+    check_gun(gun)?;
+    check_signer_name(name)?;
+    let mut initialized = false;
+    let repo = match fetch(client, ctx, gun).await? {
+        Some(r) => r,
+        None => {
+            init(keyring, client, ctx, gun, "", token).await?;
+            initialized = true;
+            fetch(client, ctx, gun)
+                .await?
+                .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?
+        }
+    };
+    let (keys, _) = keyring.all_keys().await;
+    let mut edit = targets_edit(&repo, &keys, gun)?;
+    let id = key.key_id();
+    let d = &mut edit.signed["delegations"];
+    if !d.is_object() {
+        *d = json!({"keys": {}, "roles": []});
+    }
+    d["keys"][&id] = key.to_value();
+    if !d["roles"].is_array() {
+        d["roles"] = json!([]);
+    }
+    if let Some(roles) = d["roles"].as_array_mut() {
+        add_keyid(roles, &format!("targets/{name}"), &id);
+        add_keyid(roles, "targets/releases", &id);
+    }
+    commit(keyring, client, gun, &repo, &keys, vec![edit]).await?;
+    tracing::info!(gun, signer = name, key = %id, "added signer");
+    Ok((id, initialized))
+}
+
+/// `dct trust signer remove`: drops `targets/NAME` and its keys from `targets/releases`
+/// (and `releases` itself when no key is left in it).
+pub async fn signer_remove(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    name: &str,
+) -> Result<()> {
+    check_gun(gun)?;
+    check_signer_name(name)?;
+    let repo = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
+    let (keys, _) = keyring.all_keys().await;
+    let mut edit = targets_edit(&repo, &keys, gun)?;
+    let role = format!("targets/{name}");
+    let d = &mut edit.signed["delegations"];
+    let roles = d["roles"]
+        .as_array_mut()
+        .ok_or_else(|| Error::NotFound(format!("{gun} has no signers")))?;
+    let pos = roles
+        .iter()
+        .position(|r| r["name"] == role.as_str())
+        .ok_or_else(|| Error::NotFound(format!("{gun} has no signer {name}")))?;
+    let removed = roles.remove(pos);
+    let gone: Vec<Value> = removed["keyids"].as_array().cloned().unwrap_or_default();
+    for r in roles.iter_mut().filter(|r| r["name"] == "targets/releases") {
+        if let Some(ids) = r["keyids"].as_array_mut() {
+            ids.retain(|id| !gone.contains(id));
+        }
+    }
+    roles.retain(|r| {
+        r["name"] != "targets/releases" || r["keyids"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let used: Vec<Value> = roles
+        .iter()
+        .flat_map(|r| r["keyids"].as_array().cloned().unwrap_or_default())
+        .collect();
+    if let Some(k) = d["keys"].as_object_mut() {
+        k.retain(|id, _| used.contains(&json!(id)));
+    }
+    commit(keyring, client, gun, &repo, &keys, vec![edit]).await?;
+    tracing::info!(gun, signer = name, "removed signer");
+    Ok(())
 }

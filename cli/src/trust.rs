@@ -53,6 +53,36 @@ pub enum TrustCmd {
         /// IMAGE or IMAGE:TAG
         image: String,
     },
+    /// Remove a tag's signature (IMAGE:TAG), or every tag's (IMAGE), from the roles this
+    /// agent can sign.
+    Revoke { image: String },
+    /// Signers: delegations targets/NAME, with their keys also in targets/releases.
+    #[command(subcommand)]
+    Signer(SignerCmd),
+}
+
+#[derive(Subcommand)]
+pub enum SignerCmd {
+    /// Add a signer: targets/NAME with the key, and the key in targets/releases.
+    Add {
+        name: String,
+        image: String,
+        /// The signer's public key (PEM public key or certificate).
+        #[arg(
+            long,
+            value_name = "PUB.pem",
+            conflicts_with = "key_id",
+            required_unless_present = "key_id"
+        )]
+        key: Option<PathBuf>,
+        /// A key on this agent's tokens (e.g. from `dct key generate --role targets/NAME`).
+        #[arg(long, value_name = "KEYID")]
+        key_id: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Remove a signer and its keys from targets/releases.
+    Remove { name: String, image: String },
 }
 
 /// Docker's repository name for `name`: a first component without `.` or `:` (and not
@@ -172,6 +202,76 @@ pub async fn run(
                 eprintln!("initialised trust data for {gun}");
             }
             println!("signed {gun}:{tag} in {}", r.roles.join(", "));
+            Ok(())
+        }
+        TrustCmd::Revoke { image } => {
+            let (name, tag) = split_tag(&image);
+            let gun = gun_of(&name);
+            let req = pb::TrustRevokeRequest {
+                server: Some(srv),
+                gun: gun.clone(),
+                tag: tag.clone().unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.trust_revoke(req).await })
+                .await?;
+            if json {
+                return print_json(&serde_json::json!({"gun": gun, "tag": tag, "roles": r.roles}));
+            }
+            match tag {
+                Some(t) => println!("revoked {gun}:{t} in {}", r.roles.join(", ")),
+                None => println!("revoked every tag of {gun} in {}", r.roles.join(", ")),
+            }
+            Ok(())
+        }
+        TrustCmd::Signer(SignerCmd::Add {
+            name,
+            image,
+            key,
+            key_id,
+            token,
+        }) => {
+            let gun = gun_of(&split_tag(&image).0);
+            let public_pem = match &key {
+                Some(p) => std::fs::read(p)
+                    .map_err(|e| Failure::failed(format!("cannot read {}: {e}", p.display())))?,
+                None => Vec::new(),
+            };
+            let req = pb::TrustSignerAddRequest {
+                server: Some(srv),
+                gun: gun.clone(),
+                name: name.clone(),
+                public_pem,
+                key_id: key_id.unwrap_or_default(),
+                token: token.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.trust_signer_add(req).await })
+                .await?;
+            if json {
+                return print_json(
+                    &serde_json::json!({"gun": gun, "signer": name, "key_id": r.key_id, "initialized": r.initialized}),
+                );
+            }
+            if r.initialized {
+                eprintln!("initialised trust data for {gun}");
+            }
+            println!("added signer {name} to {gun} with key {}", r.key_id);
+            Ok(())
+        }
+        TrustCmd::Signer(SignerCmd::Remove { name, image }) => {
+            let gun = gun_of(&split_tag(&image).0);
+            let req = pb::TrustSignerRemoveRequest {
+                server: Some(srv),
+                gun: gun.clone(),
+                name: name.clone(),
+            };
+            c.call(|mut a| async move { a.trust_signer_remove(req).await })
+                .await?;
+            if json {
+                return print_json(&serde_json::json!({"gun": gun, "removed": name}));
+            }
+            println!("removed signer {name} from {gun}");
             Ok(())
         }
         TrustCmd::Inspect { image } => {

@@ -319,7 +319,15 @@ impl Run {
         assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
         err
     }
+    #[track_caller]
     pub fn json(&self) -> serde_json::Value {
+        assert_eq!(
+            self.code(),
+            0,
+            "dct failed:\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
         serde_json::from_slice(&self.0.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
     }

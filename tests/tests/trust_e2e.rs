@@ -149,30 +149,7 @@ fn init_sign_inspect_agree_with_the_real_notary_tools() {
     assert_eq!(roles, ["root", "targets"]);
 
     // docker trust inspect, with no daemon, where the docker CLI is installed.
-    if Command::new("docker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        let cfg = tempfile::tempdir().unwrap();
-        let tls = cfg
-            .path()
-            .join("tls")
-            .join(format!("127.0.0.1:{}", stack.port));
-        std::fs::create_dir_all(&tls).unwrap();
-        std::fs::copy(&stack.ca, tls.join("ca.crt")).unwrap();
-        let out = Command::new("docker")
-            .args(["trust", "inspect", "--pretty", &format!("{gun}:v1")])
-            .env("DOCKER_CONFIG", cfg.path())
-            .env("DOCKER_CONTENT_TRUST_SERVER", &stack.url)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "docker trust inspect: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if let Some(text) = docker_inspect(&stack, &format!("{gun}:v1")) {
         assert!(text.contains(&hex(&Sha256::digest(&v1))), "{text}");
         assert!(text.contains("Repo Admin"), "{text}");
         assert!(
@@ -183,8 +160,6 @@ fn init_sign_inspect_agree_with_the_real_notary_tools() {
             text.contains(init["targets_key_id"].as_str().unwrap()),
             "{text}"
         );
-    } else {
-        eprintln!("docker CLI not installed: docker trust inspect not checked");
     }
 }
 
@@ -293,4 +268,139 @@ fn a_repository_recreated_with_another_root_is_refused_on_trust_on_first_use() {
     // The first agent trusted the old root: it refuses the new one.
     let err = trust(&first, &stack, &["inspect", gun]).fails(1, "differs from the trusted one");
     assert!(err.contains("not signed by the trusted root keys"), "{err}");
+}
+
+/// `docker trust inspect --pretty` output, where the docker CLI is installed.
+fn docker_inspect(stack: &NotaryStack, image: &str) -> Option<String> {
+    if !Command::new("docker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("docker CLI not installed: docker trust inspect not checked");
+        return None;
+    }
+    let cfg = tempfile::tempdir().unwrap();
+    let tls = cfg
+        .path()
+        .join("tls")
+        .join(format!("127.0.0.1:{}", stack.port));
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::copy(&stack.ca, tls.join("ca.crt")).unwrap();
+    let out = Command::new("docker")
+        .args(["trust", "inspect", "--pretty", image])
+        .env("DOCKER_CONFIG", cfg.path())
+        .env("DOCKER_CONTENT_TRUST_SERVER", &stack.url)
+        .output()
+        .unwrap();
+    Some(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+#[test]
+fn signers_sign_in_their_delegation_and_releases_and_revoke_removes_tags() {
+    let stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("dct");
+    let gun = "registry.example.com/team";
+    trust(&agent, &stack, &["init", gun]).ok();
+    // Alice's key on the token; her public key as docker writes it (a role header).
+    let alice = agent.generate("targets/alice", Some(gun));
+    let keys = agent.dct(&["--json", "key", "list"]).json();
+    let k = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == alice.as_str())
+        .unwrap()
+        .clone();
+    let spki = k["tuf_key"]["keyval"]["public"].as_str().unwrap();
+    let body: Vec<String> = spki
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\nrole: alice\n\n{}\n-----END PUBLIC KEY-----\n",
+        body.join("\n")
+    );
+    let pem_path = agent.dir.path().join("alice.pub");
+    std::fs::write(&pem_path, pem).unwrap();
+    let added = trust(
+        &agent,
+        &stack,
+        &[
+            "--json",
+            "signer",
+            "add",
+            "alice",
+            gun,
+            "--key",
+            pem_path.to_str().unwrap(),
+        ],
+    )
+    .json();
+    assert_eq!(added["key_id"], alice.as_str());
+
+    // Signing now goes to targets/releases and targets/alice, not targets.
+    let v1 = b"release manifest\n";
+    let out = sign(&agent, &stack, &format!("{gun}:v1"), v1).ok();
+    assert!(
+        out.stdout.contains("targets/alice") && out.stdout.contains("targets/releases"),
+        "{}",
+        out.stdout
+    );
+    let rows = notary_list(&stack, gun, &["--roles", "targets/releases"]);
+    assert_eq!(
+        rows,
+        vec![(
+            "v1".into(),
+            hex(&Sha256::digest(v1)),
+            v1.len().to_string(),
+            "targets/releases".into()
+        )]
+    );
+    let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
+    assert_eq!(
+        ins["signed_tags"][0]["signers"],
+        serde_json::json!(["alice"])
+    );
+    assert_eq!(ins["signers"][0]["name"], "alice");
+    assert_eq!(ins["signers"][0]["keys"][0], alice.as_str());
+    if let Some(text) = docker_inspect(&stack, gun) {
+        assert!(text.contains("alice"), "{text}");
+        assert!(text.contains(&hex(&Sha256::digest(v1))), "{text}");
+    }
+
+    // Revoke: the tag is gone for both tools.
+    trust(&agent, &stack, &["revoke", &format!("{gun}:v1")]).ok();
+    assert!(notary_list(&stack, gun, &["--roles", "targets/releases"]).is_empty());
+    let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
+    assert_eq!(ins["signed_tags"].as_array().unwrap().len(), 0);
+    trust(&agent, &stack, &["revoke", &format!("{gun}:v1")]).fails(1, "is not signed in any role");
+
+    // Signer names Docker forbids, then removing the signer.
+    trust(
+        &agent,
+        &stack,
+        &["signer", "add", "releases", gun, "--key-id", &alice],
+    )
+    .fails(1, "invalid signer name");
+    trust(
+        &agent,
+        &stack,
+        &["signer", "add", "Bad_Name", gun, "--key-id", &alice],
+    )
+    .fails(1, "invalid signer name");
+    trust(&agent, &stack, &["signer", "remove", "alice", gun]).ok();
+    let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
+    assert_eq!(ins["signers"].as_array().unwrap().len(), 0);
+    trust(&agent, &stack, &["signer", "remove", "alice", gun]).fails(1, "has no signer alice");
+    // With no delegation left, signing goes to targets again, and notary agrees.
+    sign(&agent, &stack, &format!("{gun}:v2"), b"two").ok();
+    let rows = notary_list(&stack, gun, &[]);
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].0.as_str(), rows[0].3.as_str()), ("v2", "targets"));
 }

@@ -289,6 +289,107 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// One PEM block: its label, DER body and Go-style headers.
+pub struct PemBlock {
+    pub label: String,
+    pub der: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Decodes every PEM block in `text`, tolerating Go-style headers (`role: targets`) as
+/// Notary and Docker write them.
+pub fn pem_decode(text: &str) -> Result<Vec<PemBlock>, KeyError> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(label) = line
+            .trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        else {
+            continue;
+        };
+        let end = format!("-----END {label}-----");
+        let mut headers = Vec::new();
+        let mut b64 = String::new();
+        let mut closed = false;
+        for l in lines.by_ref() {
+            let l = l.trim();
+            if l == end {
+                closed = true;
+                break;
+            }
+            match l.split_once(':') {
+                Some((k, v)) if b64.is_empty() => {
+                    headers.push((k.trim().to_string(), v.trim().to_string()))
+                }
+                _ => b64.push_str(l),
+            }
+        }
+        if !closed {
+            return Err(KeyError::Malformed(format!(
+                "PEM block {label} has no END line"
+            )));
+        }
+        let der = B64
+            .decode(&b64)
+            .map_err(|e| KeyError::Malformed(format!("PEM block {label}: {e}")))?;
+        out.push(PemBlock {
+            label: label.to_string(),
+            der,
+            headers,
+        });
+    }
+    Ok(out)
+}
+
+/// A TUF key from a PEM public key (`PUBLIC KEY`: ecdsa or rsa) or certificate
+/// (`CERTIFICATE`: ecdsa-x509 or rsa-x509), as `docker trust signer add` accepts them.
+pub fn key_from_pem(text: &str) -> Result<TufKey, KeyError> {
+    let blocks = pem_decode(text)?;
+    let PemBlock { label, der, .. } = blocks
+        .into_iter()
+        .next()
+        .ok_or_else(|| KeyError::Malformed("no PEM block".into()))?;
+    let spki_der = match label.as_str() {
+        "PUBLIC KEY" => der.clone(),
+        "CERTIFICATE" => Certificate::from_der(&der)
+            .map_err(|e| KeyError::Certificate(e.to_string()))?
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| KeyError::Certificate(e.to_string()))?,
+        other => {
+            return Err(KeyError::Malformed(format!(
+                "expected a PUBLIC KEY or CERTIFICATE, found {other}"
+            )))
+        }
+    };
+    let spki = spki::SubjectPublicKeyInfoRef::from_der(&spki_der)
+        .map_err(|e| KeyError::Malformed(e.to_string()))?;
+    let (plain, x509) = if spki.algorithm.oid == OID_EC_PUBLIC_KEY {
+        (ECDSA, ECDSA_X509)
+    } else if spki.algorithm.oid == OID_RSA {
+        (RSA, RSA_X509)
+    } else {
+        return Err(KeyError::UnsupportedType(format!(
+            "public key algorithm {}",
+            spki.algorithm.oid
+        )));
+    };
+    Ok(if label == "CERTIFICATE" {
+        TufKey {
+            keytype: x509.into(),
+            public: pem_encode("CERTIFICATE", &der).into_bytes(),
+        }
+    } else {
+        TufKey {
+            keytype: plain.into(),
+            public: spki_der,
+        }
+    })
+}
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

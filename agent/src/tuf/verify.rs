@@ -243,9 +243,12 @@ pub fn verify_repository(
             queue.push_back((name.clone(), child, paths));
         }
     }
+    // A published file no parent delegates (a removed signer's, which the server keeps
+    // listing) is not trusted for anything; Notary never walks to it either.
     for role in files.keys() {
         if role.starts_with("targets/") && !seen.contains(role) {
-            return Err(fail(role, "not delegated by its parent"));
+            out.warnings
+                .push(format!("{role} is published but not delegated: ignored"));
         }
     }
     Ok(out)
