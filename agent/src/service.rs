@@ -197,6 +197,53 @@ impl Agent for AgentService {
         }))
     }
 
+    async fn import_key(
+        &self,
+        req: Request<pb::ImportKeyRequest>,
+    ) -> Result<Response<pb::ImportKeyResponse>, Status> {
+        let mut req = req.into_inner();
+        let pass = zeroize::Zeroizing::new(std::mem::take(&mut req.passphrase).into_bytes());
+        let file = zeroize::Zeroizing::new(std::mem::take(&mut req.file));
+        let text = std::str::from_utf8(&file)
+            .map_err(|_| Error::InvalidArgument("the key file is not PEM text".into()))?;
+        let key = crate::tuf::keyfile::read(text, (!pass.is_empty()).then_some(pass.as_slice()))
+            .map_err(|e| Error::InvalidArgument(format!("key file: {e}")))?;
+        let role = if req.role.is_empty() {
+            key.role.clone().unwrap_or_default()
+        } else {
+            req.role
+        };
+        if role.is_empty() {
+            return Err(
+                Error::InvalidArgument("the key file names no role: pass --role".into()).into(),
+            );
+        }
+        check_role(&role)?;
+        let gun = if req.gun.is_empty() {
+            key.gun.clone()
+        } else {
+            Some(req.gun)
+        };
+        let gun = if role == "root" { None } else { gun };
+        match &gun {
+            Some(g) => check_gun(g)?,
+            None if role != "root" => {
+                return Err(
+                    Error::InvalidArgument(format!("a {role} key needs a GUN: pass --gun")).into(),
+                )
+            }
+            None => {}
+        }
+        let token = self.keys.token(&req.token)?;
+        let entry = token
+            .run(move |b| b.import(&role, gun.as_deref(), &key))
+            .await?;
+        tracing::info!(token = %token.label, key_id = %entry.key_id, role = %entry.role, "imported key");
+        Ok(Response::new(pb::ImportKeyResponse {
+            key: Some(key_pb(entry)),
+        }))
+    }
+
     async fn sign_metadata(
         &self,
         req: Request<pb::SignMetadataRequest>,

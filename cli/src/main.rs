@@ -97,6 +97,27 @@ enum KeyCmd {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Put an existing Docker / notary key file (~/.docker/trust/private/*.key) on a token.
+    /// The passphrase comes from --passphrase-file, NOTARY_<ROLE>_PASSPHRASE /
+    /// DOCKER_CONTENT_TRUST_{ROOT,REPOSITORY}_PASSPHRASE, or a prompt without echo.
+    Import {
+        file: PathBuf,
+        /// Default: the file's `role` header.
+        #[arg(long)]
+        role: Option<String>,
+        /// Default: the file's `gun` header.
+        #[arg(long)]
+        gun: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Print a key's public part as PEM (a certificate for root keys), as docker writes it.
+    ExportPublic {
+        #[arg(value_name = "KEYID")]
+        key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -319,6 +340,78 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut c = Client::connect(&socket).await?;
             trust::run(&mut c, &server, command, json).await
         }
+        Command::Key(KeyCmd::Import {
+            file,
+            role,
+            gun,
+            token,
+            passphrase_file,
+        }) => {
+            let bytes = read_input(&file)?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let role = role.or_else(|| header(&text, "role"));
+            let passphrase = if text.contains("ENCRYPTED PRIVATE KEY") {
+                read_passphrase(
+                    role.as_deref().unwrap_or_default(),
+                    passphrase_file.as_deref(),
+                )?
+            } else {
+                SecretString::from(String::new())
+            };
+            let mut c = Client::connect(&socket).await?;
+            let req = pb::ImportKeyRequest {
+                file: bytes,
+                passphrase: passphrase.expose_secret().to_string(),
+                role: role.unwrap_or_default(),
+                gun: gun.unwrap_or_default(),
+                token: token.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.import_key(req).await })
+                .await?;
+            let key = r
+                .key
+                .ok_or_else(|| Failure::failed("agent returned no key"))?;
+            if json {
+                return print_json(&output::key_json(&key));
+            }
+            println!("{}", key.key_id);
+            eprintln!(
+                "imported {} key for {} into token {}",
+                key.role,
+                if key.gun.is_empty() { "-" } else { &key.gun },
+                key.token
+            );
+            Ok(())
+        }
+        Command::Key(KeyCmd::ExportPublic { key }) => {
+            let mut c = Client::connect(&socket).await?;
+            let r = c
+                .call(|mut a| async move {
+                    a.list_keys(pb::ListKeysRequest {
+                        token: String::new(),
+                    })
+                    .await
+                })
+                .await?;
+            let wanted = key.to_ascii_lowercase();
+            let found: Vec<&pb::Key> = r
+                .keys
+                .iter()
+                .filter(|k| k.key_id.starts_with(&wanted) || k.canonical_id.starts_with(&wanted))
+                .collect();
+            let k = match found.as_slice() {
+                [k] => *k,
+                [] => {
+                    return Err(Failure::failed(format!(
+                        "no key {key} on the agent's tokens (see dct key list)"
+                    )))
+                }
+                _ => return Err(Failure::failed(format!("key ID prefix {key} is ambiguous"))),
+            };
+            print!("{}", output::public_pem(k));
+            Ok(())
+        }
         Command::Tuf(TufCmd::Sign {
             file,
             key,
@@ -460,6 +553,65 @@ async fn read_pin(
         ))
     })?;
     Ok(SecretString::from(pin))
+}
+
+/// A Go-style PEM header's value (`role: targets`).
+fn header(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .take_while(|l| !l.trim().is_empty() || l.starts_with("-----"))
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().to_string())
+        })
+}
+
+/// A key file's passphrase: --passphrase-file, the environment variables notary and docker
+/// read for the role, or a prompt without echo.
+fn read_passphrase(role: &str, file: Option<&Path>) -> Result<SecretString, Failure> {
+    if let Some(path) = file {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| Failure::failed(format!("cannot read {}: {e}", path.display())))?,
+        );
+        return Ok(SecretString::from(
+            text.lines().next().unwrap_or_default().to_string(),
+        ));
+    }
+    let vars: &[&str] = match role {
+        "root" => &[
+            "NOTARY_ROOT_PASSPHRASE",
+            "DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE",
+        ],
+        "targets" => &[
+            "NOTARY_TARGETS_PASSPHRASE",
+            "DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE",
+        ],
+        "snapshot" => &[
+            "NOTARY_SNAPSHOT_PASSPHRASE",
+            "DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE",
+        ],
+        _ => &[
+            "NOTARY_DELEGATION_PASSPHRASE",
+            "DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE",
+        ],
+    };
+    if let Some(v) = vars.iter().find_map(|v| std::env::var(v).ok()) {
+        return Ok(SecretString::from(v));
+    }
+    let what = if role.is_empty() {
+        "the key file".to_string()
+    } else {
+        format!("the {role} key")
+    };
+    rpassword::prompt_password(format!("Passphrase for {what}: "))
+        .map(SecretString::from)
+        .map_err(|e| {
+            Failure::usage(format!(
+                "cannot prompt for a passphrase ({e}); use --passphrase-file or {}",
+                vars[0]
+            ))
+        })
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, Failure> {

@@ -100,6 +100,23 @@ pub fn key_json(k: &pb::Key) -> Value {
     })
 }
 
+/// A key's public part as docker writes it: `PUBLIC KEY` with a role header, or the
+/// certificate of a root key.
+pub fn public_pem(k: &pb::Key) -> String {
+    if k.keytype.ends_with("-x509") {
+        return String::from_utf8_lossy(&k.public).into_owned();
+    }
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&k.public);
+    let mut out = format!("-----BEGIN PUBLIC KEY-----\nrole: {}\n\n", k.role);
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END PUBLIC KEY-----\n");
+    out
+}
+
 pub fn verify_json(gun: &str, r: &pb::VerifyRepositoryResponse) -> Value {
     if !r.valid {
         return json!({"gun": gun, "valid": false, "failed_role": r.failed_role, "reason": r.reason});

@@ -195,6 +195,11 @@ impl NotaryStack {
             ])
             .args(args)
             .env("PCSCLITE_CSOCK_NAME", "/nonexistent/dct-test")
+            // Passphrases for keys the notary client makes in its own trust directory.
+            .env("NOTARY_ROOT_PASSPHRASE", "test-root-passphrase")
+            .env("NOTARY_TARGETS_PASSPHRASE", "test-targets-passphrase")
+            .env("NOTARY_SNAPSHOT_PASSPHRASE", "test-snapshot-passphrase")
+            .env("NOTARY_DELEGATION_PASSPHRASE", "test-delegation-passphrase")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -158,3 +158,48 @@ fn verification_rejects_tampering() {
     let err = verify::verify_repository("example.com/other", &files(), at, &[]).unwrap_err();
     assert!(err.reason.contains("not the GUN"), "{err}");
 }
+
+#[test]
+fn notary_key_files_decrypt_to_their_canonical_ids() {
+    use dct_agent::tuf::keyfile::{self, KeyFileError};
+    use dct_agent::tuf::keys::p256_spki_from_point;
+    for (id, pass, role, gun) in [
+        (
+            "4887b4aa2cb6bff5e64a33424e07bd6333faefd023a05ae86f0cae2dcecce4f9",
+            "test-targets-passphrase",
+            "targets",
+            Some(GUN),
+        ),
+        (
+            "15c14862492972614909e9d1905db060278a00043974b966b9cde5940b8fe493",
+            "test-snapshot-passphrase",
+            "snapshot",
+            Some(GUN),
+        ),
+        (
+            "6c8afbe159c6ec668099a2529f3e8b4fcccac34dbccf82e296fbe38821102d6c",
+            "test-root-passphrase",
+            "root",
+            None,
+        ),
+    ] {
+        let text =
+            std::fs::read_to_string(fixture_dir(&format!("notary-0.7/keys/{id}.key"))).unwrap();
+        assert!(keyfile::is_encrypted(&text));
+        let k = keyfile::read(&text, Some(pass.as_bytes())).unwrap();
+        assert_eq!(
+            TufKey::ecdsa(p256_spki_from_point(&k.point).unwrap()).key_id(),
+            id
+        );
+        assert_eq!(k.role.as_deref(), Some(role));
+        assert_eq!(k.gun.as_deref(), gun);
+        assert_eq!(
+            keyfile::read(&text, Some(b"wrong")).err(),
+            Some(KeyFileError::WrongPassphrase)
+        );
+        assert_eq!(
+            keyfile::read(&text, None).err(),
+            Some(KeyFileError::NeedPassphrase)
+        );
+    }
+}

@@ -306,28 +306,18 @@ fn signers_sign_in_their_delegation_and_releases_and_revoke_removes_tags() {
     let (_hsm, agent) = agent_on("dct");
     let gun = "registry.example.com/team";
     trust(&agent, &stack, &["init", gun]).ok();
-    // Alice's key on the token; her public key as docker writes it (a role header).
+    // Alice's key on the token; her public key exported as docker writes it (a role header).
     let alice = agent.generate("targets/alice", Some(gun));
-    let keys = agent.dct(&["--json", "key", "list"]).json();
-    let k = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key_id"] == alice.as_str())
-        .unwrap()
-        .clone();
-    let spki = k["tuf_key"]["keyval"]["public"].as_str().unwrap();
-    let body: Vec<String> = spki
-        .as_bytes()
-        .chunks(64)
-        .map(|c| String::from_utf8(c.to_vec()).unwrap())
-        .collect();
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\nrole: alice\n\n{}\n-----END PUBLIC KEY-----\n",
-        body.join("\n")
+    let pem = agent
+        .dct(&["key", "export-public", &alice[..12]])
+        .ok()
+        .stdout;
+    assert!(
+        pem.starts_with("-----BEGIN PUBLIC KEY-----\nrole: targets/alice\n\n"),
+        "{pem}"
     );
     let pem_path = agent.dir.path().join("alice.pub");
-    std::fs::write(&pem_path, pem).unwrap();
+    std::fs::write(&pem_path, &pem).unwrap();
     let added = trust(
         &agent,
         &stack,
@@ -403,4 +393,98 @@ fn signers_sign_in_their_delegation_and_releases_and_revoke_removes_tags() {
     let rows = notary_list(&stack, gun, &[]);
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].0.as_str(), rows[0].3.as_str()), ("v2", "targets"));
+}
+
+#[test]
+fn a_repository_made_by_the_notary_client_is_taken_over_by_importing_its_keys() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/legacy";
+    let ndir = tempfile::tempdir().unwrap();
+    let content = agent_dir_file(ndir.path(), "v1.txt", b"legacy v1\n");
+    for args in [
+        vec!["init", gun],
+        vec!["add", gun, "v1", &content],
+        vec!["publish", gun],
+    ] {
+        let out = stack.notary(ndir.path(), &args, None);
+        assert!(
+            out.status.success(),
+            "notary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_hsm, agent) = agent_on("dct");
+    // Import the publisher's targets and snapshot keys (notary keeps the snapshot key locally).
+    let mut imported = Vec::new();
+    for entry in std::fs::read_dir(ndir.path().join("private")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let role = if text.contains("role: targets") {
+            "targets"
+        } else if text.contains("role: snapshot") {
+            "snapshot"
+        } else {
+            continue;
+        };
+        // A wrong passphrase first: a clear error, nothing imported.
+        let bad = agent.dir.path().join("bad-pass");
+        std::fs::write(&bad, "nope\n").unwrap();
+        agent
+            .dct(&[
+                "key",
+                "import",
+                path.to_str().unwrap(),
+                "--passphrase-file",
+                bad.to_str().unwrap(),
+            ])
+            .fails(1, "wrong passphrase");
+        let var = format!("NOTARY_{}_PASSPHRASE", role.to_uppercase());
+        let pass = format!("test-{role}-passphrase");
+        let id = agent
+            .dct_env(&["key", "import", path.to_str().unwrap()], &[(&var, &pass)])
+            .ok()
+            .stdout;
+        // Notary names key files by canonical key ID.
+        assert_eq!(id.trim(), path.file_stem().unwrap().to_str().unwrap());
+        imported.push(role);
+    }
+    imported.sort();
+    assert_eq!(imported, ["snapshot", "targets"]);
+    let keys = agent.dct(&["--json", "key", "list"]).json();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
+
+    // Our agent signs a tag: targets and snapshot on the token, the server makes the timestamp.
+    let v2 = b"ours v2\n";
+    sign(&agent, &stack, &format!("{gun}:v2"), v2).ok();
+    // The notary client that made the repository still trusts it and sees both tags ...
+    let list = stack.notary(ndir.path(), &["list", gun], None);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success() && text.contains("v1") && text.contains(&hex(&Sha256::digest(v2))),
+        "{text}"
+    );
+    // ... and can go on publishing to it.
+    let v3 = agent_dir_file(ndir.path(), "v3.txt", b"legacy v3\n");
+    for args in [vec!["add", gun, "v3", &v3], vec!["publish", gun]] {
+        let out = stack.notary(ndir.path(), &args, None);
+        assert!(
+            out.status.success(),
+            "notary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
+    let tags: Vec<&str> = ins["signed_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["v1", "v2", "v3"]);
+}
+
+fn agent_dir_file(dir: &std::path::Path, name: &str, content: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p.to_str().unwrap().to_string()
 }

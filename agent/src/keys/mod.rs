@@ -71,6 +71,13 @@ pub trait KeyBackend: Send + 'static {
     fn list_keys(&mut self) -> Result<Vec<KeyEntry>>;
     /// Generates a P-256 key on the token, non-extractable, labelled with role and GUN.
     fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry>;
+    /// Puts an existing P-256 key on the token (sensitive, non-extractable from then on).
+    fn import(
+        &mut self,
+        role: &str,
+        gun: Option<&str>,
+        key: &crate::tuf::keyfile::ImportedKey,
+    ) -> Result<KeyEntry>;
     /// Signs a SHA-256 digest; returns raw r||s.
     fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>>;
     /// Stores a certificate for `key` on the token; returns the key as it now lists.

@@ -521,6 +521,66 @@ impl KeyBackend for Pkcs11Backend {
         Ok(self.entry(role, gun, spki, id))
     }
 
+    fn import(
+        &mut self,
+        role: &str,
+        gun: Option<&str>,
+        key: &crate::tuf::keyfile::ImportedKey,
+    ) -> Result<KeyEntry> {
+        self.require_login()?;
+        let spki = tufkeys::p256_spki_from_point(&key.point)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let canonical = TufKey::ecdsa(spki.clone()).key_id();
+        if self
+            .list_keys()?
+            .iter()
+            .any(|k| k.canonical_id == canonical)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "key {canonical} is already on token {:?}",
+                self.label
+            )));
+        }
+        let id = tufkeys::unhex(&canonical).unwrap_or_default();
+        let label = key_label(role, gun);
+        // CKA_EC_POINT is the DER OCTET STRING around the point.
+        let mut point = vec![0x04, key.point.len() as u8];
+        point.extend_from_slice(&key.point);
+        let private = [
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::Value(key.secret.to_vec()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(id.clone()),
+        ];
+        let public = [
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::EcPoint(point),
+            Attribute::Label(label),
+            Attribute::Id(id.clone()),
+        ];
+        let session = self.session()?;
+        let priv_h = session.create_object(&private);
+        let priv_h = priv_h.map_err(|e| self.map_err(e))?;
+        let session = self.session()?;
+        if let Err(e) = session.create_object(&public) {
+            let _ = session.destroy_object(priv_h);
+            return Err(self.map_err(e));
+        }
+        Ok(self.entry(role, gun, spki, id))
+    }
+
     fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
         let h = self.private_handle(key)?;
         let r = self.session()?.sign(&Mechanism::Ecdsa, h, digest);

@@ -1,0 +1,149 @@
+//! Notary / Docker private key files (`~/.docker/trust/private/<canonical-id>.key`):
+//! PEM `ENCRYPTED PRIVATE KEY` (PBES2: PBKDF2-HMAC-SHA1, AES-256-CBC) with `role` and `gun`
+//! headers, or unencrypted `PRIVATE KEY` / `EC PRIVATE KEY`. Only P-256 keys, the kind
+//! Notary makes, are accepted. Secrets live only in zeroizing buffers.
+
+use der::asn1::{AnyRef, BitStringRef, OctetStringRef};
+use der::{Decode, Sequence};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use spki::AlgorithmIdentifierRef;
+use zeroize::Zeroizing;
+
+use super::keys::{pem_decode, KeyError, PemBlock};
+
+const OID_EC: der::oid::ObjectIdentifier =
+    der::oid::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_P256: der::oid::ObjectIdentifier =
+    der::oid::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+
+/// PrivateKeyInfo, decoded by hand: Go writes `version = 1` without the public key, a
+/// shape the `pkcs8` crate refuses and OpenSSL and Go accept.
+#[derive(Sequence)]
+struct PrivateKeyInfo<'a> {
+    version: u8,
+    algorithm: AlgorithmIdentifierRef<'a>,
+    private_key: OctetStringRef<'a>,
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    attributes: Option<AnyRef<'a>>,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    public_key: Option<BitStringRef<'a>>,
+}
+
+/// A decrypted P-256 key and what its file says of it.
+pub struct ImportedKey {
+    /// The private scalar, zeroized on drop.
+    pub secret: Zeroizing<[u8; 32]>,
+    /// Uncompressed SEC1 public point.
+    pub point: Vec<u8>,
+    pub role: Option<String>,
+    pub gun: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyFileError {
+    #[error("{0}")]
+    Format(String),
+    #[error("wrong passphrase (or a damaged key file)")]
+    WrongPassphrase,
+    #[error("the key file is encrypted: a passphrase is needed")]
+    NeedPassphrase,
+}
+
+impl From<KeyError> for KeyFileError {
+    fn from(e: KeyError) -> Self {
+        KeyFileError::Format(e.to_string())
+    }
+}
+
+/// Whether `text` holds an encrypted key (so a passphrase must be asked for).
+pub fn is_encrypted(text: &str) -> bool {
+    text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || text.contains("DEK-Info:")
+}
+
+/// Reads a key file. `passphrase` is needed for encrypted files.
+pub fn read(text: &str, passphrase: Option<&[u8]>) -> Result<ImportedKey, KeyFileError> {
+    let blocks = pem_decode(text)?;
+    let PemBlock {
+        label,
+        der,
+        headers,
+    } = blocks
+        .into_iter()
+        .find(|b| b.label.ends_with("PRIVATE KEY"))
+        .ok_or_else(|| KeyFileError::Format("no private key in the file".into()))?;
+    let der = Zeroizing::new(der);
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let secret = match label.as_str() {
+        "ENCRYPTED PRIVATE KEY" => {
+            let pass = passphrase.ok_or(KeyFileError::NeedPassphrase)?;
+            let enc = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice())
+                .map_err(|e| KeyFileError::Format(format!("not an encrypted PKCS#8 key: {e}")))?;
+            let doc = enc
+                .decrypt(pass)
+                .map_err(|_| KeyFileError::WrongPassphrase)?;
+            from_pkcs8(doc.as_bytes()).map_err(|e| match e {
+                // A wrong passphrase usually decrypts to garbage that fails to parse.
+                KeyFileError::Format(_) => KeyFileError::WrongPassphrase,
+                other => other,
+            })?
+        }
+        "PRIVATE KEY" => from_pkcs8(&der)?,
+        "EC PRIVATE KEY" => {
+            if header("DEK-Info").is_some() {
+                return Err(KeyFileError::Format(
+                    "legacy OpenSSL-encrypted EC PRIVATE KEY files are not supported yet; decrypt it first (openssl ec -in FILE -out PLAIN)".into(),
+                ));
+            }
+            sec1_secret(&der)?
+        }
+        other => {
+            return Err(KeyFileError::Format(format!(
+                "unsupported key block {other}"
+            )))
+        }
+    };
+    let sk = p256::SecretKey::from_slice(secret.as_slice())
+        .map_err(|_| KeyFileError::Format("not a valid P-256 private key".into()))?;
+    let point = sk.public_key().to_encoded_point(false).as_bytes().to_vec();
+    Ok(ImportedKey {
+        secret,
+        point,
+        role: header("role"),
+        gun: header("gun"),
+    })
+}
+
+fn from_pkcs8(der: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+    let pki = PrivateKeyInfo::from_der(der)
+        .map_err(|e| KeyFileError::Format(format!("PrivateKeyInfo: {e}")))?;
+    let _ = (pki.version, pki.attributes, pki.public_key);
+    if pki.algorithm.oid != OID_EC {
+        return Err(KeyFileError::Format(format!(
+            "only EC keys can be imported, found {}",
+            pki.algorithm.oid
+        )));
+    }
+    let curve = pki
+        .algorithm
+        .parameters_oid()
+        .map_err(|e| KeyFileError::Format(format!("EC curve: {e}")))?;
+    if curve != OID_P256 {
+        return Err(KeyFileError::Format(format!(
+            "only P-256 keys can be imported, found curve {curve}"
+        )));
+    }
+    sec1_secret(pki.private_key.as_bytes())
+}
+
+fn sec1_secret(der: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+    let sk = p256::SecretKey::from_sec1_der(der)
+        .map_err(|_| KeyFileError::Format("bad EC private key".into()))?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&sk.to_bytes());
+    Ok(out)
+}
