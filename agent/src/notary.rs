@@ -102,6 +102,25 @@ impl NotaryClient {
             .map_err(|e| Error::Unavailable(format!("trust server {role} key: {e}")))
     }
 
+    /// Asks the server for a new `timestamp` or `snapshot` key (the old one stays valid
+    /// until a root listing the new one is published).
+    pub async fn rotate_server_key(&self, gun: &str, role: &str) -> Result<TufKey> {
+        let resp = self
+            .http
+            .post(self.url(gun, &format!("{role}.key")))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let bytes = self.body(resp).await?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Unavailable(format!(
+                "trust server sent a {role} key that is not JSON: {e}"
+            ))
+        })?;
+        TufKey::from_value(&v)
+            .map_err(|e| Error::Unavailable(format!("trust server {role} key: {e}")))
+    }
+
     /// Publishes `files` (role name, file bytes) in one atomic update.
     pub async fn publish(&self, gun: &str, files: Vec<(String, Vec<u8>)>) -> Result<()> {
         let mut form = reqwest::multipart::Form::new();

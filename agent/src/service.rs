@@ -481,6 +481,25 @@ impl Agent for AgentService {
         trust::signer_remove(&self.keys, &client, &self.trust, &req.gun, &req.name).await?;
         Ok(Response::new(pb::TrustSignerRemoveResponse {}))
     }
+
+    async fn trust_key_rotate(
+        &self,
+        req: Request<pb::TrustKeyRotateRequest>,
+    ) -> Result<Response<pb::TrustKeyRotateResponse>, Status> {
+        let req = req.into_inner();
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let key_id = trust::rotate(
+            &self.keys,
+            &client,
+            &self.trust,
+            &req.gun,
+            &req.role,
+            req.server_managed,
+            &req.token,
+        )
+        .await?;
+        Ok(Response::new(pb::TrustKeyRotateResponse { key_id }))
+    }
 }
 
 fn server_opts(s: pb::TrustServer) -> crate::notary::ServerOpts {

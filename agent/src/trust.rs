@@ -463,7 +463,20 @@ async fn commit(
     keys: &[KeyEntry],
     edits: Vec<Edit>,
 ) -> Result<()> {
-    let mut updates = Vec::new();
+    commit_with(keyring, client, gun, repo, keys, Vec::new(), edits).await
+}
+
+/// As [`commit`], publishing `signed` (already signed files, e.g. a new root) too.
+async fn commit_with(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    gun: &str,
+    repo: &Repo,
+    keys: &[KeyEntry],
+    signed: Vec<(String, Vec<u8>)>,
+    edits: Vec<Edit>,
+) -> Result<()> {
+    let mut updates = signed;
     for Edit {
         role,
         key,
@@ -483,7 +496,14 @@ async fn commit(
         .await?;
         updates.push((role, s.document));
     }
-    let root = repo.root()?;
+    // The snapshot key of the root being published, else of the current one.
+    let root: RootDoc = match updates.iter().find(|(r, _)| r == "root") {
+        Some((_, bytes)) => {
+            serde_json::from_value(Envelope::parse(bytes).map_err(Error::Internal)?.signed)
+                .map_err(|e| Error::Internal(e.to_string()))?
+        }
+        None => repo.root()?,
+    };
     let snap_key = root.roles.get("snapshot").and_then(|r| {
         r.keyids.iter().find_map(|id| {
             keys.iter()
@@ -846,4 +866,135 @@ pub async fn signer_remove(
     commit(keyring, client, gun, &repo, &keys, vec![edit]).await?;
     tracing::info!(gun, signer = name, "removed signer");
     Ok(())
+}
+
+/// `dct trust key rotate`: a new key for `role`. targets: made on a token, listed in a new
+/// root, and targets re-signed with it. snapshot/timestamp: rotated on the server
+/// (`server_managed`; always for timestamp) or, for snapshot, made on a token. root: a new
+/// root key with its certificate, the new root signed by the old and the new root keys so
+/// that clients trusting the old root follow it. Every new root is signed by the root keys
+/// this agent holds.
+pub async fn rotate(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    role: &str,
+    server_managed: bool,
+    token: &str,
+) -> Result<String> {
+    check_gun(gun)?;
+    let repo = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
+    let (keys, _) = keyring.all_keys().await;
+    let holds = |id: &String| {
+        keys.iter()
+            .any(|k| &k.key_id == id || &k.canonical_id == id)
+    };
+    let mut root = repo.doc("root")?.signed;
+    let old_root_ids: Vec<String> = repo.root()?.roles["root"].keyids.clone();
+    let root_signers: Vec<String> = old_root_ids
+        .iter()
+        .filter(|id| holds(id))
+        .cloned()
+        .collect();
+    if root_signers.is_empty() {
+        return Err(Error::Refused(format!(
+            "the root key of {gun} is not on this agent's tokens; rotation needs it"
+        )));
+    }
+    let mut edits = Vec::new();
+    let (new_id, new_key): (String, TufKey) = match (role, server_managed) {
+        ("targets", false) => {
+            let k = keyring
+                .token(token)?
+                .generate("targets".into(), Some(gun.into()))
+                .await?;
+            let signed = repo.signed_or_new("targets")?;
+            edits.push(Edit {
+                role: "targets".into(),
+                key: k.clone(),
+                signed,
+            });
+            (k.key_id.clone(), k.tuf_key())
+        }
+        ("snapshot", false) => {
+            let k = keyring
+                .token(token)?
+                .generate("snapshot".into(), Some(gun.into()))
+                .await?;
+            (k.key_id.clone(), k.tuf_key())
+        }
+        ("snapshot" | "timestamp", true) | ("timestamp", false) => {
+            let k = client.rotate_server_key(gun, role).await?;
+            (k.key_id(), k)
+        }
+        ("root", false) => {
+            let k = keyring
+                .token(token)?
+                .generate("root".into(), Some(gun.into()))
+                .await?;
+            (k.key_id.clone(), k.tuf_key())
+        }
+        (r, true) => {
+            return Err(Error::InvalidArgument(format!(
+                "only snapshot and timestamp keys can be server-managed, not {r}"
+            )))
+        }
+        (r, _) => {
+            return Err(Error::InvalidArgument(format!(
+                "cannot rotate {r:?}: expected root, targets, snapshot or timestamp"
+            )))
+        }
+    };
+    // The new root: the role lists only the new key; keys no role uses any more are dropped.
+    root["roles"][role]["keyids"] = json!([&new_id]);
+    root["keys"][&new_id] = new_key.to_value();
+    let used: Vec<Value> = ["root", "targets", "snapshot", "timestamp"]
+        .iter()
+        .flat_map(|r| {
+            root["roles"][r]["keyids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    if let Some(k) = root["keys"].as_object_mut() {
+        k.retain(|id, _| used.contains(&json!(id)));
+    }
+    let version = root["version"].as_i64().unwrap_or(0);
+    root["version"] = json!(version + 1);
+    root["expires"] = json!(expires(ROOT_LIFETIME)?);
+    // Signed by the old root keys held here and, for a root rotation, the new one.
+    let (all, _) = keyring.all_keys().await;
+    let mut signers: Vec<String> = root_signers.clone();
+    if role == "root" {
+        signers.push(new_id.clone());
+    }
+    let mut doc = unsigned(root);
+    for id in &signers {
+        let listing = listings(
+            &all,
+            &all.iter()
+                .find(|k| &k.key_id == id || &k.canonical_id == id)
+                .map(|k| k.canonical_id.clone())
+                .unwrap_or_default(),
+        );
+        doc = sign_document(keyring, listing, doc, "root".into(), gun.into())
+            .await?
+            .document;
+    }
+    commit_with(
+        keyring,
+        client,
+        gun,
+        &repo,
+        &all,
+        vec![("root".into(), doc)],
+        edits,
+    )
+    .await?;
+    tracing::info!(gun, role, key = %new_id, "rotated key");
+    Ok(new_id)
 }

@@ -59,6 +59,25 @@ pub enum TrustCmd {
     /// Signers: delegations targets/NAME, with their keys also in targets/releases.
     #[command(subcommand)]
     Signer(SignerCmd),
+    /// The repository's keys.
+    #[command(subcommand)]
+    Key(TrustKeyCmd),
+}
+
+#[derive(Subcommand)]
+pub enum TrustKeyCmd {
+    /// Replace a role's key: targets (new key on a token, targets re-signed), snapshot (on a
+    /// token, or --server-managed), timestamp (always the server's), or root (a new root
+    /// key, the new root signed by the old and the new one so clients follow it).
+    Rotate {
+        image: String,
+        /// root, targets, snapshot or timestamp
+        role: String,
+        #[arg(long)]
+        server_managed: bool,
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -272,6 +291,31 @@ pub async fn run(
                 return print_json(&serde_json::json!({"gun": gun, "removed": name}));
             }
             println!("removed signer {name} from {gun}");
+            Ok(())
+        }
+        TrustCmd::Key(TrustKeyCmd::Rotate {
+            image,
+            role,
+            server_managed,
+            token,
+        }) => {
+            let gun = gun_of(&split_tag(&image).0);
+            let req = pb::TrustKeyRotateRequest {
+                server: Some(srv),
+                gun: gun.clone(),
+                role: role.clone(),
+                server_managed,
+                token: token.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.trust_key_rotate(req).await })
+                .await?;
+            if json {
+                return print_json(
+                    &serde_json::json!({"gun": gun, "role": role, "key_id": r.key_id}),
+                );
+            }
+            println!("rotated the {role} key of {gun}: new key {}", r.key_id);
             Ok(())
         }
         TrustCmd::Inspect { image } => {

@@ -488,3 +488,73 @@ fn agent_dir_file(dir: &std::path::Path, name: &str, content: &[u8]) -> String {
     std::fs::write(&p, content).unwrap();
     p.to_str().unwrap().to_string()
 }
+
+#[test]
+fn key_rotation_keeps_clients_that_trusted_the_old_root() {
+    let stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("dct");
+    let gun = "registry.example.com/rotate";
+    let init = trust(&agent, &stack, &["--json", "init", gun]).json();
+    sign(&agent, &stack, &format!("{gun}:v1"), b"one").ok();
+    // A notary client trusts the repository as it is now.
+    let ndir = tempfile::tempdir().unwrap();
+    let list = |tag: &str| {
+        let out = stack.notary(ndir.path(), &["list", gun], None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "notary list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(tag), "{text}");
+    };
+    list("v1");
+    let rotate = |role: &str, extra: &[&str]| {
+        let mut args = vec!["--json", "key", "rotate", gun, role];
+        args.extend_from_slice(extra);
+        trust(&agent, &stack, &args).json()["key_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    let targets = rotate("targets", &[]);
+    assert_ne!(targets, init["targets_key_id"].as_str().unwrap());
+    sign(&agent, &stack, &format!("{gun}:v2"), b"two").ok();
+    list("v2");
+    let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
+    assert_eq!(
+        ins["administrative_keys"]["repository"][0],
+        targets.as_str()
+    );
+
+    let snapshot = rotate("snapshot", &["--server-managed"]);
+    assert_ne!(snapshot, init["snapshot_key_id"].as_str().unwrap());
+    rotate("timestamp", &[]);
+    sign(&agent, &stack, &format!("{gun}:v3"), b"three").ok();
+    list("v3");
+
+    // Root: the notary client that cached the old root follows the cross-signed new one.
+    let root = rotate("root", &[]);
+    assert_ne!(root, init["root_key_id"].as_str().unwrap());
+    list("v3");
+    let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
+    assert_eq!(
+        ins["administrative_keys"]["root"][0]["key_id"],
+        root.as_str()
+    );
+    assert_eq!(
+        ins["administrative_keys"]["root"].as_array().unwrap().len(),
+        1
+    );
+    sign(&agent, &stack, &format!("{gun}:v4"), b"four").ok();
+    list("v4");
+
+    trust(&agent, &stack, &["key", "rotate", gun, "releases"]).fails(1, "cannot rotate");
+    trust(
+        &agent,
+        &stack,
+        &["key", "rotate", gun, "targets", "--server-managed"],
+    )
+    .fails(1, "server-managed");
+}
