@@ -5,10 +5,11 @@
 #   openssl   - independent verification of signatures and certificates in the tests,
 #               and the test CA of the notary stack
 #   notary    - the real notary-server, notary-signer and notary client (0.7.0)
+#   docker-registry, skopeo - a real registry and a client that pushes images to it
 # Runs apt-get as root (directly, or through sudo when not root).
 set -euo pipefail
 
-packages=(softhsm2 opensc openssl notary)
+packages=(softhsm2 opensc openssl notary docker-registry skopeo)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

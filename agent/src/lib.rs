@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod notary;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod signing;

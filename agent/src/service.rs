@@ -358,13 +358,37 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::TrustSignRequest>,
     ) -> Result<Response<pb::TrustSignResponse>, Status> {
-        let req = req.into_inner();
+        let mut req = req.into_inner();
         check_tag(&req.tag)?;
-        let digest: [u8; 32] = crate::tuf::keys::unhex(&req.sha256)
-            .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("digest {:?} is not 64 hex characters", req.sha256))
-            })?;
+        let (digest, length) = if !req.sha256.is_empty() {
+            let d: [u8; 32] = crate::tuf::keys::unhex(&req.sha256)
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "digest {:?} is not 64 hex characters",
+                        req.sha256
+                    ))
+                })?;
+            (d, req.length)
+        } else if !req.manifest.is_empty() {
+            use sha2::Digest;
+            (
+                sha2::Sha256::digest(&req.manifest).into(),
+                req.manifest.len() as u64,
+            )
+        } else {
+            let creds = (!req.registry_username.is_empty()).then(|| crate::registry::Credentials {
+                username: req.registry_username.clone(),
+                password: SecretString::from(std::mem::take(&mut req.registry_password)),
+            });
+            let ca = req
+                .server
+                .as_ref()
+                .filter(|s| !s.ca_pem.is_empty())
+                .map(|s| s.ca_pem.clone())
+                .or_else(|| self.trust.server.as_ref().and_then(|s| s.ca_pem.clone()));
+            crate::registry::resolve(&req.gun, &req.tag, ca.as_deref(), creds.as_ref()).await?
+        };
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let r = trust::sign_tag(
             &self.keys,
@@ -374,7 +398,7 @@ impl Agent for AgentService {
             trust::TagTarget {
                 tag: &req.tag,
                 sha256: digest,
-                length: req.length,
+                length,
             },
             &req.token,
         )

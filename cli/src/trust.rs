@@ -35,16 +35,22 @@ pub enum TrustCmd {
         token: Option<String>,
     },
     /// Sign a tag: adds it to each delegation this agent holds a key for, else to targets,
-    /// and publishes. Initialises the repository first when it has no trust data.
+    /// and publishes. Initialises the repository first when it has no trust data. The
+    /// digest comes from --digest/--size, from --manifest, or else from the registry the
+    /// image names (HTTPS with --tlscacert; DCT_REGISTRY_USERNAME / DCT_REGISTRY_PASSWORD
+    /// for basic or token auth).
     Sign {
         /// IMAGE:TAG
         image: String,
         /// The manifest digest, sha256:<64 hex>.
-        #[arg(long, requires = "size")]
-        digest: String,
+        #[arg(long, requires = "size", conflicts_with = "manifest")]
+        digest: Option<String>,
         /// The manifest size in bytes.
         #[arg(long, requires = "digest")]
-        size: u64,
+        size: Option<u64>,
+        /// The manifest file itself: its exact bytes are hashed.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
         #[arg(long)]
         token: Option<String>,
     },
@@ -192,22 +198,35 @@ pub async fn run(
             image,
             digest,
             size,
+            manifest,
             token,
         } => {
             let (name, tag) = split_tag(&image);
             let tag =
                 tag.ok_or_else(|| Failure::usage(format!("{image} has no tag: sign IMAGE:TAG")))?;
-            let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
-                Failure::usage(format!("digest {digest:?} must be sha256:<64 hex>"))
-            })?;
+            let hex = match &digest {
+                Some(d) => d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| Failure::usage(format!("digest {d:?} must be sha256:<64 hex>")))?
+                    .to_string(),
+                None => String::new(),
+            };
+            let manifest = match &manifest {
+                Some(p) => std::fs::read(p)
+                    .map_err(|e| Failure::failed(format!("cannot read {}: {e}", p.display())))?,
+                None => Vec::new(),
+            };
             let gun = gun_of(&name);
             let req = pb::TrustSignRequest {
                 server: Some(srv),
                 gun: gun.clone(),
                 tag: tag.clone(),
-                sha256: hex.to_string(),
-                length: size,
+                sha256: hex,
+                length: size.unwrap_or_default(),
                 token: token.unwrap_or_default(),
+                manifest,
+                registry_username: std::env::var("DCT_REGISTRY_USERNAME").unwrap_or_default(),
+                registry_password: std::env::var("DCT_REGISTRY_PASSWORD").unwrap_or_default(),
             };
             let r = c
                 .call(|mut a| async move { a.trust_sign(req).await })

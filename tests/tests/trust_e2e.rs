@@ -558,3 +558,48 @@ fn key_rotation_keeps_clients_that_trusted_the_old_root() {
     )
     .fails(1, "server-managed");
 }
+
+#[test]
+fn sign_resolves_the_digest_from_the_registry_or_a_manifest_file() {
+    let stack = NotaryStack::start();
+    let registry = dct_tests::registry::Registry::start(&stack);
+    let (_hsm, agent) = agent_on("dct");
+    let served = registry.push("team/app", "v1", "hello from v1");
+    let gun = format!("{}/team/app", registry.host);
+    // No digest given: the agent asks the registry (HTTPS with the same CA).
+    trust(&agent, &stack, &["sign", &format!("{gun}:v1")]).ok();
+    // A manifest file: its exact bytes.
+    let manifest = agent.dir.path().join("manifest.json");
+    std::fs::write(&manifest, b"{\"schemaVersion\":2}").unwrap();
+    trust(
+        &agent,
+        &stack,
+        &[
+            "sign",
+            &format!("{gun}:v2"),
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let rows = notary_list(&stack, &gun, &[]);
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "v1".into(),
+                hex(&Sha256::digest(&served)),
+                served.len().to_string(),
+                "targets".into()
+            ),
+            (
+                "v2".into(),
+                hex(&Sha256::digest(b"{\"schemaVersion\":2}")),
+                "19".into(),
+                "targets".into()
+            ),
+        ]
+    );
+    // A tag the registry does not have.
+    trust(&agent, &stack, &["sign", &format!("{gun}:nope")]).fails(1, "is not in the registry");
+}

@@ -1,0 +1,151 @@
+//! A real registry for tests: Debian's docker-registry (distribution 2.8) on a random
+//! 127.0.0.1 port with TLS from the notary stack's test CA, and skopeo to push an OCI
+//! image built here. Stopped by PID on drop.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+use crate::notary::NotaryStack;
+
+pub struct Registry {
+    pub dir: TempDir,
+    /// host:port
+    pub host: String,
+    child: Option<Child>,
+}
+
+fn sha(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+impl Registry {
+    pub fn start(stack: &NotaryStack) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let sd = stack.dir.path();
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {}\n    key: {}\n",
+            dir.path().join("data").display(),
+            sd.join("leaf.crt").display(),
+            sd.join("leaf.key").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
+        // skopeo reads CAs from a directory.
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        std::fs::copy(&stack.ca, dir.path().join("certs").join("ca.crt")).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (Debian docker-registry; softhsm/install-deps.sh)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "docker-registry exited with {st}: {}",
+                    std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Registry {
+            dir,
+            host: format!("127.0.0.1:{port}"),
+            child: Some(child),
+        }
+    }
+
+    /// Pushes a one-layer OCI image as `name:tag`; returns the manifest bytes the registry
+    /// serves for it.
+    pub fn push(&self, name: &str, tag: &str, layer_text: &str) -> Vec<u8> {
+        let layout = self.dir.path().join(format!("layout-{tag}"));
+        let blobs = layout.join("blobs").join("sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let blob = |b: &[u8]| {
+            let d = sha(b);
+            std::fs::write(blobs.join(&d), b).unwrap();
+            (format!("sha256:{d}"), b.len())
+        };
+        let mut layer = layer_text.as_bytes().to_vec();
+        layer.resize(1024, 0);
+        let (ld, ls) = blob(&layer);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{ld}"]}}}}"#
+        );
+        let (cd, cs) = blob(config.as_bytes());
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{cs}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{ls}}}]}}"#
+        );
+        let (md, ms) = blob(manifest.as_bytes());
+        std::fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            layout.join("index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{ms},"annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}}}]}}"#
+            ),
+        )
+        .unwrap();
+        let certs = self.dir.path().join("certs");
+        let dest = format!("docker://{}/{name}:{tag}", self.host);
+        self.skopeo(&[
+            "copy",
+            "--insecure-policy",
+            "--dest-cert-dir",
+            certs.to_str().unwrap(),
+            &format!("oci:{}:{tag}", layout.display()),
+            &dest,
+        ]);
+        self.skopeo(&[
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            certs.to_str().unwrap(),
+            &dest,
+        ])
+    }
+
+    fn skopeo(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("skopeo")
+            .args(args)
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
