@@ -32,13 +32,41 @@ pub struct Config {
     pub trust: TrustConfig,
 }
 
-/// `[trust]`: the default notary-server.
+/// `[trust]`: the default notary-server and root pinning.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TrustConfig {
     pub server: Option<String>,
     /// A CA file for the server's TLS certificate.
     pub tlscacert: Option<PathBuf>,
+    /// `[trust.pinning]`, as the notary client's `trust_pinning`: `certs` maps a GUN, or a
+    /// GUN prefix ending in `*`, to the root key IDs (certificate or canonical) its root
+    /// must be signed by.
+    #[serde(default)]
+    pub pinning: Pinning,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Pinning {
+    #[serde(default)]
+    pub certs: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Pinning {
+    /// The pins for `gun`: an exact entry, else the longest matching `prefix*` entry.
+    pub fn for_gun(&self, gun: &str) -> Vec<String> {
+        if let Some(ids) = self.certs.get(gun) {
+            return ids.iter().map(|i| i.to_ascii_lowercase()).collect();
+        }
+        self.certs
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
+            .filter(|(prefix, _)| gun.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, v)| v.iter().map(|i| i.to_ascii_lowercase()).collect())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +175,19 @@ pub fn default_socket_path() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinning_by_gun_and_prefix() {
+        let c = Config::parse(
+            "[trust.pinning.certs]\n\"a.com/app\" = [\"AA\"]\n\"a.com/*\" = [\"bb\"]\n\"a.com/team/*\" = [\"cc\"]\n",
+        )
+        .unwrap();
+        let p = &c.trust.pinning;
+        assert_eq!(p.for_gun("a.com/app"), ["aa"]);
+        assert_eq!(p.for_gun("a.com/other"), ["bb"]);
+        assert_eq!(p.for_gun("a.com/team/x"), ["cc"]);
+        assert!(p.for_gun("b.com/app").is_empty());
+    }
 
     #[test]
     fn parses_tokens_and_refuses_unknown_keys() {

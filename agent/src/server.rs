@@ -127,7 +127,11 @@ impl Listener {
             Err(_) => true,
         });
         let limit = config.max_request_bytes();
-        let trust = crate::trust::TrustContext::new(config.trust_dir(), config.trust_server()?);
+        let trust = crate::trust::TrustContext::new(
+            config.trust_dir(),
+            config.trust_server()?,
+            config.trust.pinning.clone(),
+        );
         let service = AgentServer::new(AgentService::new(tokens, trust))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit.saturating_mul(2));

@@ -32,11 +32,16 @@ pub struct TrustContext {
     dir: PathBuf,
     /// The configured default server.
     pub server: Option<ServerOpts>,
+    pinning: crate::config::Pinning,
 }
 
 impl TrustContext {
-    pub fn new(dir: PathBuf, server: Option<ServerOpts>) -> Self {
-        TrustContext { dir, server }
+    pub fn new(dir: PathBuf, server: Option<ServerOpts>, pinning: crate::config::Pinning) -> Self {
+        TrustContext {
+            dir,
+            server,
+            pinning,
+        }
     }
 
     fn root_path(&self, gun: &str) -> PathBuf {
@@ -131,6 +136,7 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
         }
     }
     let cached = ctx.cached_root(gun);
+    let pins = ctx.pinning.for_gun(gun);
     let gun_owned = gun.to_string();
     let (files, verified) =
         tokio::task::spawn_blocking(move || -> Result<(RepoFiles, VerifiedRepo)> {
@@ -139,10 +145,10 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
                     check_rotation(old, &files["root"])?;
                 }
             }
-            let v = verify::verify_repository(&gun_owned, &files, OffsetDateTime::now_utc(), &[])
+            let v = verify::verify_repository(&gun_owned, &files, OffsetDateTime::now_utc(), &pins)
                 .map_err(|e| {
-                Error::Refused(format!("trust data for {gun_owned} does not verify: {e}"))
-            })?;
+                    Error::Refused(format!("trust data for {gun_owned} does not verify: {e}"))
+                })?;
             Ok((files, v))
         })
         .await

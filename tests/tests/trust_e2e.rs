@@ -603,3 +603,31 @@ fn sign_resolves_the_digest_from_the_registry_or_a_manifest_file() {
     // A tag the registry does not have.
     trust(&agent, &stack, &["sign", &format!("{gun}:nope")]).fails(1, "is not in the registry");
 }
+
+#[test]
+fn root_pinning_from_the_config_and_verification_needs_no_key() {
+    let stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("dct");
+    let gun = "registry.example.com/pinned";
+    let init = trust(&agent, &stack, &["--json", "init", gun]).json();
+    sign(&agent, &stack, &format!("{gun}:v1"), b"one").ok();
+    let pinned = |id: &str| {
+        Agent::start_with_config(
+            None,
+            &format!("[trust.pinning.certs]\n\"registry.example.com/*\" = [\"{id}\"]\n"),
+        )
+    };
+    // Pinned to the root's certificate ID, or its canonical ID: accepted, by an agent with no token.
+    for id in [
+        init["root_key_id"].as_str().unwrap(),
+        init["root_canonical_id"].as_str().unwrap(),
+    ] {
+        let a = pinned(id);
+        let ins = trust(&a, &stack, &["--json", "inspect", gun]).json();
+        assert_eq!(ins["signed_tags"][0]["tag"], "v1");
+    }
+    // Pinned to another key: refused, though trust on first use would have accepted it.
+    let a = pinned(init["targets_key_id"].as_str().unwrap());
+    let err = trust(&a, &stack, &["inspect", gun]).fails(1, "does not verify");
+    assert!(err.contains("is not pinned"), "{err}");
+}
