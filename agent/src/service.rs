@@ -343,6 +343,7 @@ impl Agent for AgentService {
             &req.gun,
             &req.root_key,
             &req.token,
+            req.local_snapshot,
         )
         .await?;
         Ok(Response::new(pb::TrustInitResponse {

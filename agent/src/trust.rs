@@ -242,6 +242,7 @@ pub async fn init(
     gun: &str,
     root_key: &str,
     token: &str,
+    local_snapshot: bool,
 ) -> Result<InitResult> {
     check_gun(gun)?;
     if client.get_role(gun, "root").await?.is_some() {
@@ -296,7 +297,24 @@ pub async fn init(
         }
     };
     let timestamp = client.get_server_key(gun, "timestamp").await?;
-    let snapshot = client.get_server_key(gun, "snapshot").await?;
+    // The snapshot key: the server's (docker's default), or one on a token.
+    let local_snap = if local_snapshot {
+        Some(match held(&keys, "snapshot", gun).next() {
+            Some(k) => k.clone(),
+            None => {
+                keyring
+                    .token(token)?
+                    .generate("snapshot".into(), Some(gun.into()))
+                    .await?
+            }
+        })
+    } else {
+        None
+    };
+    let snapshot = match &local_snap {
+        Some(k) => k.tuf_key(),
+        None => client.get_server_key(gun, "snapshot").await?,
+    };
     let (ts_id, sn_id) = (timestamp.key_id(), snapshot.key_id());
 
     let root_doc = json!({
@@ -333,15 +351,29 @@ pub async fn init(
         gun.into(),
     )
     .await?;
-    client
-        .publish(
-            gun,
-            vec![
-                ("root".into(), root_signed.document.clone()),
-                ("targets".into(), targets_signed.document),
-            ],
+    let mut files = vec![
+        ("root".to_string(), root_signed.document.clone()),
+        ("targets".to_string(), targets_signed.document),
+    ];
+    // A snapshot key held here signs snapshot v1; otherwise the server makes it.
+    if let Some(sk) = &local_snap {
+        let meta =
+            |b: &[u8]| json!({"hashes": {"sha256": B64.encode(sha2_256(b))}, "length": b.len()});
+        let snap = json!({
+            "_type": "Snapshot", "expires": expires(TARGETS_LIFETIME)?, "version": 1,
+            "meta": {"root": meta(&files[0].1), "targets": meta(&files[1].1)},
+        });
+        let s = sign_document(
+            keyring,
+            listings(&all, &sk.canonical_id),
+            unsigned(snap),
+            "snapshot".into(),
+            gun.into(),
         )
         .await?;
+        files.push(("snapshot".into(), s.document));
+    }
+    client.publish(gun, files).await?;
     ctx.save_root(gun, &root_signed.document)?;
     tracing::info!(gun, root = %root.key_id, targets = %targets.key_id, "initialised trust data");
     Ok(InitResult {
@@ -385,7 +417,7 @@ pub async fn sign_tag(
     let repo = match fetch(client, ctx, gun).await? {
         Some(r) => r,
         None => {
-            init(keyring, client, ctx, gun, "", token).await?;
+            init(keyring, client, ctx, gun, "", token, false).await?;
             initialized = true;
             fetch(client, ctx, gun)
                 .await?
@@ -800,7 +832,7 @@ pub async fn signer_add(
     let repo = match fetch(client, ctx, gun).await? {
         Some(r) => r,
         None => {
-            init(keyring, client, ctx, gun, "", token).await?;
+            init(keyring, client, ctx, gun, "", token, false).await?;
             initialized = true;
             fetch(client, ctx, gun)
                 .await?

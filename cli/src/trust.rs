@@ -33,6 +33,9 @@ pub enum TrustCmd {
         /// Token for new keys (needed when the agent has several).
         #[arg(long)]
         token: Option<String>,
+        /// Keep the snapshot key on the token instead of letting the server manage it.
+        #[arg(long)]
+        local_snapshot: bool,
     },
     /// Sign a tag: adds it to each delegation this agent holds a key for, else to targets,
     /// and publishes. Initialises the repository first when it has no trust data. The
@@ -165,6 +168,7 @@ pub async fn run(
             image,
             root_key,
             token,
+            local_snapshot,
         } => {
             let (name, _) = split_tag(&image);
             let gun = gun_of(&name);
@@ -173,6 +177,7 @@ pub async fn run(
                 gun: gun.clone(),
                 root_key: root_key.unwrap_or_default(),
                 token: token.unwrap_or_default(),
+                local_snapshot,
             };
             let r = c
                 .call(|mut a| async move { a.trust_init(req).await })
@@ -190,7 +195,12 @@ pub async fn run(
                 r.root_key_id, r.root_canonical_id
             );
             println!("  repository key  {}", r.targets_key_id);
-            println!("  snapshot key    {} (server-managed)", r.snapshot_key_id);
+            let where_ = if local_snapshot {
+                "on the token"
+            } else {
+                "server-managed"
+            };
+            println!("  snapshot key    {} ({where_})", r.snapshot_key_id);
             println!("  timestamp key   {} (server-managed)", r.timestamp_key_id);
             Ok(())
         }

@@ -631,3 +631,26 @@ fn root_pinning_from_the_config_and_verification_needs_no_key() {
     let err = trust(&a, &stack, &["inspect", gun]).fails(1, "does not verify");
     assert!(err.contains("is not pinned"), "{err}");
 }
+
+#[test]
+fn a_local_snapshot_key_on_the_token_signs_every_snapshot() {
+    let stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("dct");
+    let gun = "registry.example.com/localsnap";
+    let init = trust(&agent, &stack, &["--json", "init", gun, "--local-snapshot"]).json();
+    let keys = agent.dct(&["--json", "key", "list"]).json();
+    let snap = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "snapshot")
+        .expect("snapshot key on the token");
+    assert_eq!(snap["key_id"], init["snapshot_key_id"]);
+    sign(&agent, &stack, &format!("{gun}:v1"), b"one").ok();
+    sign(&agent, &stack, &format!("{gun}:v2"), b"two").ok();
+    let rows = notary_list(&stack, gun, &[]);
+    assert_eq!(
+        rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["v1", "v2"]
+    );
+}
