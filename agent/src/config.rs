@@ -25,6 +25,9 @@ pub struct Config {
     pub max_request_bytes: Option<usize>,
     #[serde(default)]
     pub pkcs11: Vec<Pkcs11Config>,
+    /// `[[file]]`: directories of Notary / Docker key files, served as token `file:DIR`.
+    #[serde(default)]
+    pub file: Vec<FileConfig>,
     /// Where trust data seen from servers is cached (TOFU). Default:
     /// $XDG_DATA_HOME/dct/trust, else ~/.local/share/dct/trust.
     pub trust_dir: Option<PathBuf>,
@@ -66,6 +69,27 @@ impl Pinning {
             .max_by_key(|(prefix, _)| prefix.len())
             .map(|(_, v)| v.iter().map(|i| i.to_ascii_lowercase()).collect())
             .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The key directory, e.g. "~/.docker/trust/private" (`~/` is the home directory).
+    pub dir: String,
+}
+
+impl FileConfig {
+    pub fn path(&self) -> PathBuf {
+        match (self.dir.strip_prefix("~/"), std::env::var_os("HOME")) {
+            (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+            _ => PathBuf::from(&self.dir),
+        }
+    }
+
+    /// The token label the CLI names it by.
+    pub fn label(&self) -> String {
+        format!("file:{}", self.dir)
     }
 }
 

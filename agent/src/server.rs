@@ -17,7 +17,10 @@ use crate::service::AgentService;
 
 /// Starts one worker thread per configured token. A token that is absent now is not an
 /// error: requests say so, and it is picked up when it appears.
-pub fn start_tokens(config: &[Pkcs11Config]) -> Result<Vec<Token>, String> {
+pub fn start_tokens(
+    config: &[Pkcs11Config],
+    files: &[crate::config::FileConfig],
+) -> Result<Vec<Token>, String> {
     let mut modules = Modules::default();
     let mut tokens = Vec::new();
     for t in config {
@@ -25,6 +28,13 @@ pub fn start_tokens(config: &[Pkcs11Config]) -> Result<Vec<Token>, String> {
         let backend = Pkcs11Backend::new(ctx, t.module.clone(), t.token.clone());
         tokens.push(
             Token::spawn(t.token.clone(), BACKEND, Box::new(backend)).map_err(|e| e.to_string())?,
+        );
+    }
+    for f in files {
+        let backend = crate::keys::file::FileBackend::new(f.path(), f.label());
+        tokens.push(
+            Token::spawn(f.label(), crate::keys::file::BACKEND, Box::new(backend))
+                .map_err(|e| e.to_string())?,
         );
     }
     Ok(tokens)

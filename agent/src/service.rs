@@ -87,7 +87,10 @@ impl Agent for AgentService {
         }
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
-            backends: vec![crate::keys::pkcs11::BACKEND.into()],
+            backends: vec![
+                crate::keys::pkcs11::BACKEND.into(),
+                crate::keys::file::BACKEND.into(),
+            ],
             tokens,
         }))
     }

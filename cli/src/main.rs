@@ -235,6 +235,45 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let mut c = Client::connect(&socket).await?;
             let token = token.unwrap_or_default();
+            // A key-file directory with no PIN source given: the passphrases notary and
+            // docker read from the environment, one unlock per variable set.
+            if token.starts_with("file:")
+                && pin_file.is_none()
+                && std::env::var_os("DCT_PIN").is_none()
+            {
+                let found: Vec<(&str, SecretString)> = PASSPHRASE_VARS
+                    .iter()
+                    .filter_map(|v| Some((*v, SecretString::from(std::env::var(v).ok()?))))
+                    .collect();
+                if !found.is_empty() {
+                    let mut opened = Vec::new();
+                    for (var, pass) in found {
+                        let req = pb::UnlockRequest {
+                            token: token.clone(),
+                            pin: pass.expose_secret().to_string(),
+                            force,
+                        };
+                        if c.call(|mut a| async move { a.unlock(req).await })
+                            .await
+                            .is_ok()
+                        {
+                            opened.push(var);
+                        }
+                    }
+                    if opened.is_empty() {
+                        return Err(Failure::failed(format!(
+                            "no passphrase in the environment opens a key in {token}"
+                        )));
+                    }
+                    if json {
+                        return print_json(
+                            &serde_json::json!({"token": token, "unlocked": true, "from": opened}),
+                        );
+                    }
+                    println!("unlocked {token} with {}", opened.join(", "));
+                    return Ok(());
+                }
+            }
             let pin = read_pin(&mut c, &token, pin_file.as_deref()).await?;
             let req = pb::UnlockRequest {
                 token,
@@ -554,6 +593,16 @@ async fn read_pin(
     })?;
     Ok(SecretString::from(pin))
 }
+
+/// Passphrase variables notary and docker read, for key files.
+const PASSPHRASE_VARS: [&str; 6] = [
+    "NOTARY_ROOT_PASSPHRASE",
+    "NOTARY_TARGETS_PASSPHRASE",
+    "NOTARY_SNAPSHOT_PASSPHRASE",
+    "NOTARY_DELEGATION_PASSPHRASE",
+    "DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE",
+    "DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE",
+];
 
 /// A Go-style PEM header's value (`role: targets`).
 fn header(text: &str, name: &str) -> Option<String> {

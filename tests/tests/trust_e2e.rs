@@ -654,3 +654,70 @@ fn a_local_snapshot_key_on_the_token_signs_every_snapshot() {
         ["v1", "v2"]
     );
 }
+
+#[test]
+fn the_file_backend_signs_with_existing_notary_key_files() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/files";
+    let ndir = tempfile::tempdir().unwrap();
+    let v1 = agent_dir_file(ndir.path(), "v1.txt", b"files v1\n");
+    for args in [
+        vec!["init", gun],
+        vec!["add", gun, "v1", &v1],
+        vec!["publish", gun],
+    ] {
+        let out = stack.notary(ndir.path(), &args, None);
+        assert!(
+            out.status.success(),
+            "notary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let private = ndir.path().join("private");
+    let label = format!("file:{}", private.display());
+    let agent = Agent::start_with_config(
+        None,
+        &format!("[[file]]\ndir = {:?}\n", private.display().to_string()),
+    );
+    // Listed from the files while locked: IDs from the names, roles from the headers.
+    let keys = agent.dct(&["--json", "key", "list"]).json();
+    let mut roles: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["role"].as_str().unwrap())
+        .collect();
+    roles.sort();
+    assert_eq!(roles, ["root", "snapshot", "targets"]);
+    // Locked: signing says so.
+    sign(&agent, &stack, &format!("{gun}:v2"), b"two").fails(1, "locked: run dct unlock");
+    // A wrong passphrase opens nothing.
+    agent
+        .dct_env(&["unlock", "--token", &label], &[("DCT_PIN", "wrong")])
+        .fails(1, "wrong PIN");
+    // The passphrases notary reads, from the environment.
+    let out = agent
+        .dct_env(
+            &["unlock", "--token", &label],
+            &[
+                ("NOTARY_TARGETS_PASSPHRASE", "test-targets-passphrase"),
+                ("NOTARY_SNAPSHOT_PASSPHRASE", "test-snapshot-passphrase"),
+            ],
+        )
+        .ok();
+    assert!(
+        out.stdout.contains("NOTARY_TARGETS_PASSPHRASE")
+            && out.stdout.contains("NOTARY_SNAPSHOT_PASSPHRASE"),
+        "{}",
+        out.stdout
+    );
+    sign(&agent, &stack, &format!("{gun}:v2"), b"two").ok();
+    let list = stack.notary(ndir.path(), &["list", gun], None);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success() && text.contains("v1") && text.contains("v2"),
+        "{text}"
+    );
+    agent.dct(&["lock"]).ok();
+    sign(&agent, &stack, &format!("{gun}:v3"), b"three").fails(1, "locked: run dct unlock");
+}

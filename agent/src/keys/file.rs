@@ -1,0 +1,227 @@
+//! The `file` backend: a directory of Notary / Docker key files
+//! (`~/.docker/trust/private`), for teams that start from software keys and move them to
+//! hardware key by key (`dct key import FILE` puts one on a token).
+//!
+//! Keys are listed from the files (canonical ID = file name, role and GUN from the PEM
+//! headers) and unlocked per passphrase: `dct unlock --token file:DIR` opens every key that
+//! passphrase decrypts. Decrypted keys live only in zeroizing memory and are dropped on
+//! lock. This backend does not make, import or store keys: new keys belong on hardware.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use p256::ecdsa::signature::hazmat::PrehashSigner;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{KeyBackend, KeyEntry, TokenInfo};
+use crate::error::{Error, PinState, Result};
+use crate::tuf::keyfile;
+use crate::tuf::keys::{p256_spki_from_point, TufKey};
+
+pub const BACKEND: &str = "file";
+
+pub struct FileBackend {
+    dir: PathBuf,
+    label: String,
+    /// Unlocked keys by canonical ID. p256's SigningKey zeroizes itself on drop.
+    unlocked: HashMap<String, p256::ecdsa::SigningKey>,
+}
+
+/// A key file as listed: canonical ID, role, GUN, path.
+struct Listed {
+    id: String,
+    role: String,
+    gun: Option<String>,
+    path: PathBuf,
+}
+
+impl FileBackend {
+    pub fn new(dir: PathBuf, label: String) -> Self {
+        FileBackend {
+            dir,
+            label,
+            unlocked: HashMap::new(),
+        }
+    }
+
+    /// `*.key` files under the directory (notary 0.7 keeps them flat; older layouts nest
+    /// them in root_keys/ and tuf_keys/<gun>/).
+    fn files(&self) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        while let Some(d) = stack.pop() {
+            let entries = std::fs::read_dir(&d)
+                .map_err(|e| Error::Unavailable(format!("key directory {}: {e}", d.display())))?;
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if p.extension().and_then(|x| x.to_str()) != Some("key") {
+                    continue;
+                }
+                let Some(id) = p.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+                    continue;
+                };
+                if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    continue;
+                }
+                let Ok(text) = read_small(&p) else { continue };
+                let header = |name: &str| {
+                    text.lines().take(6).find_map(|l| {
+                        l.split_once(':')
+                            .filter(|(k, _)| k.trim() == name)
+                            .map(|(_, v)| v.trim().to_string())
+                    })
+                };
+                let role = header("role").unwrap_or_default();
+                if !crate::tuf::metadata::valid_role_name(&role) {
+                    continue;
+                }
+                out.push(Listed {
+                    id,
+                    role,
+                    gun: header("gun"),
+                    path: p,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn entry(&self, l: &Listed) -> KeyEntry {
+        // The public key is known once unlocked; until then only the ID is.
+        let spki = self
+            .unlocked
+            .get(&l.id)
+            .and_then(|k| {
+                let point = k.verifying_key().to_encoded_point(false);
+                p256_spki_from_point(point.as_bytes()).ok()
+            })
+            .unwrap_or_default();
+        let key = TufKey::ecdsa(spki.clone());
+        KeyEntry {
+            key_id: l.id.clone(),
+            canonical_id: l.id.clone(),
+            role: l.role.clone(),
+            gun: l.gun.clone(),
+            keytype: key.keytype,
+            public: key.public,
+            spki,
+            uri: format!("file:{}", l.path.display()),
+            backend: BACKEND,
+            token: self.label.clone(),
+            handle: l.id.clone().into_bytes(),
+        }
+    }
+}
+
+fn read_small(p: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
+    let meta = std::fs::metadata(p)?;
+    if meta.len() > 64 * 1024 {
+        return Err(std::io::Error::other("too large for a key file"));
+    }
+    Ok(zeroize::Zeroizing::new(std::fs::read_to_string(p)?))
+}
+
+impl KeyBackend for FileBackend {
+    fn info(&mut self) -> TokenInfo {
+        let mut info = TokenInfo {
+            backend: BACKEND,
+            label: self.label.clone(),
+            module: self.dir.display().to_string(),
+            model: "Notary key files".into(),
+            ..Default::default()
+        };
+        match self.files() {
+            Ok(f) => {
+                info.present = true;
+                info.key_count = f.len() as u32;
+                info.unlocked = !self.unlocked.is_empty();
+            }
+            Err(e) => info.error = Some(e.to_string()),
+        }
+        info
+    }
+
+    fn login(&mut self, pin: &SecretString, _force: bool) -> Result<PinState> {
+        let pass = pin.expose_secret().as_bytes();
+        let mut opened = 0;
+        for l in self.files()? {
+            if self.unlocked.contains_key(&l.id) {
+                continue;
+            }
+            let Ok(text) = read_small(&l.path) else {
+                continue;
+            };
+            let Ok(k) = keyfile::read(&text, Some(pass)) else {
+                continue;
+            };
+            let Ok(sk) = p256::ecdsa::SigningKey::from_slice(k.secret.as_slice()) else {
+                continue;
+            };
+            // The file name must be the key's canonical ID, or it is not the key it claims.
+            let spki =
+                p256_spki_from_point(&k.point).map_err(|e| Error::Internal(e.to_string()))?;
+            if TufKey::ecdsa(spki).key_id() != l.id {
+                tracing::warn!(file = %l.path.display(), "key file name is not its key's ID: skipped");
+                continue;
+            }
+            self.unlocked.insert(l.id, sk);
+            opened += 1;
+        }
+        if opened == 0 {
+            return Err(Error::WrongPin {
+                token: self.label.clone(),
+                state: PinState::default(),
+            });
+        }
+        tracing::info!(token = %self.label, keys = opened, "opened key files");
+        Ok(PinState::default())
+    }
+
+    fn logout(&mut self) -> Result<()> {
+        self.unlocked.clear();
+        Ok(())
+    }
+
+    fn list_keys(&mut self) -> Result<Vec<KeyEntry>> {
+        Ok(self.files()?.iter().map(|l| self.entry(l)).collect())
+    }
+
+    fn generate(&mut self, _role: &str, _gun: Option<&str>) -> Result<KeyEntry> {
+        Err(Error::InvalidArgument(format!(
+            "{} holds existing key files only; make new keys on a hardware token (--token)",
+            self.label
+        )))
+    }
+
+    fn import(&mut self, _: &str, _: Option<&str>, _: &keyfile::ImportedKey) -> Result<KeyEntry> {
+        Err(Error::InvalidArgument(format!(
+            "{} cannot take imported keys; import into a hardware token",
+            self.label
+        )))
+    }
+
+    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
+        let sk = self
+            .unlocked
+            .get(&key.canonical_id)
+            .ok_or_else(|| Error::Locked {
+                token: self.label.clone(),
+            })?;
+        let sig: p256::ecdsa::Signature = sk
+            .sign_prehash(digest)
+            .map_err(|e| Error::Internal(format!("signing: {e}")))?;
+        Ok(sig.to_bytes().to_vec())
+    }
+
+    fn store_certificate(&mut self, _: &KeyEntry, _: &str, _: &[u8]) -> Result<KeyEntry> {
+        Err(Error::InvalidArgument(format!(
+            "{} cannot store a root certificate; use a root key on a hardware token",
+            self.label
+        )))
+    }
+}
