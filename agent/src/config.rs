@@ -168,6 +168,7 @@ impl Config {
         Ok(Some(crate::notary::ServerOpts {
             url: url.clone(),
             ca_pem,
+            trust_on_first_use: false,
         }))
     }
 

@@ -16,11 +16,14 @@ pub struct ServerOpts {
     pub url: String,
     /// PEM of a CA to trust in addition to the system roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// The user accepts signing on a root first seen now (neither cached nor pinned).
+    pub trust_on_first_use: bool,
 }
 
 pub struct NotaryClient {
     http: reqwest::Client,
     base: String,
+    pub trust_on_first_use: bool,
 }
 
 impl NotaryClient {
@@ -35,6 +38,8 @@ impl NotaryClient {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
+            // A redirect could move trust traffic to another host or to plain HTTP.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("dct-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &opts.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
@@ -51,7 +56,11 @@ impl NotaryClient {
         let http = b
             .build()
             .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
-        Ok(NotaryClient { http, base })
+        Ok(NotaryClient {
+            http,
+            base,
+            trust_on_first_use: opts.trust_on_first_use,
+        })
     }
 
     fn url(&self, gun: &str, name: &str) -> String {
@@ -151,12 +160,11 @@ impl NotaryClient {
                 )));
             }
         }
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-        if bytes.len() > MAX_DOWNLOAD {
-            return Err(Error::Unavailable("trust server response too large".into()));
-        }
+        let bytes = read_capped(resp, MAX_DOWNLOAD)
+            .await
+            .map_err(|e| e.unwrap_or_else(|e| self.unreachable(e)))?;
         if status.is_success() {
-            return Ok(bytes.to_vec());
+            return Ok(bytes);
         }
         let reason = server_reason(&bytes);
         let msg = format!("trust server answered {status}: {reason}");
@@ -166,6 +174,24 @@ impl NotaryClient {
             Error::Unavailable(msg)
         })
     }
+}
+
+/// Reads a body chunk by chunk, refusing it as soon as it passes `cap` bytes (a missing or
+/// false Content-Length must not make the agent read without bound).
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> std::result::Result<Vec<u8>, std::result::Result<Error, reqwest::Error>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Err)? {
+        if out.len() + chunk.len() > cap {
+            return Err(Ok(Error::Unavailable(format!(
+                "response over the {cap}-byte limit"
+            ))));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// notary-server's error body: `{"errors": [{"code", "message", "detail"}]}`.

@@ -43,6 +43,7 @@ pub async fn resolve(
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("dct-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = ca_pem {
         for c in reqwest::Certificate::from_pem_bundle(pem)
@@ -85,6 +86,12 @@ pub async fn resolve(
             let realm = field("realm").ok_or_else(|| {
                 Error::Unavailable(format!("registry {host}: bad auth challenge"))
             })?;
+            // Credentials go only to an HTTPS token service.
+            if !realm.starts_with("https://") {
+                return Err(Error::Refused(format!(
+                    "registry {host} names a token service that is not HTTPS: {realm}"
+                )));
+            }
             let mut q = vec![("scope".to_string(), format!("repository:{name}:pull"))];
             if let Some(s) = field("service") {
                 q.push(("service".into(), s));
@@ -93,13 +100,10 @@ pub async fn resolve(
             if let Some(c) = creds {
                 tr = tr.basic_auth(&c.username, Some(c.password.expose_secret()));
             }
-            let body = tr
-                .send()
-                .await
-                .map_err(unreachable)?
-                .bytes()
-                .await
-                .map_err(unreachable)?;
+            let body =
+                crate::notary::read_capped(tr.send().await.map_err(unreachable)?, 1024 * 1024)
+                    .await
+                    .map_err(|e| e.unwrap_or_else(unreachable))?;
             let token: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| Error::Unavailable(format!("registry {host} token: {e}")))?;
             let t = token["token"]
@@ -124,11 +128,8 @@ pub async fn resolve(
             "registry {host} answered {status} for {name}:{tag}"
         )));
     }
-    let bytes = resp.bytes().await.map_err(unreachable)?;
-    if bytes.len() > MAX_MANIFEST {
-        return Err(Error::Unavailable(format!(
-            "registry {host} sent a manifest over {MAX_MANIFEST} bytes"
-        )));
-    }
+    let bytes = crate::notary::read_capped(resp, MAX_MANIFEST)
+        .await
+        .map_err(|e| e.unwrap_or_else(unreachable))?;
     Ok((Sha256::digest(&bytes).into(), bytes.len() as u64))
 }

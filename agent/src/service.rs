@@ -207,10 +207,15 @@ impl Agent for AgentService {
         let mut req = req.into_inner();
         let pass = zeroize::Zeroizing::new(std::mem::take(&mut req.passphrase).into_bytes());
         let file = zeroize::Zeroizing::new(std::mem::take(&mut req.file));
-        let text = std::str::from_utf8(&file)
-            .map_err(|_| Error::InvalidArgument("the key file is not PEM text".into()))?;
-        let key = crate::tuf::keyfile::read(text, (!pass.is_empty()).then_some(pass.as_slice()))
-            .map_err(|e| Error::InvalidArgument(format!("key file: {e}")))?;
+        // Decryption is deliberate CPU work (PBKDF2): off the async runtime.
+        let key = tokio::task::spawn_blocking(move || {
+            let text = std::str::from_utf8(&file)
+                .map_err(|_| Error::InvalidArgument("the key file is not PEM text".into()))?;
+            crate::tuf::keyfile::read(text, (!pass.is_empty()).then_some(pass.as_slice()))
+                .map_err(|e| Error::InvalidArgument(format!("key file: {e}")))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
         let role = if req.role.is_empty() {
             key.role.clone().unwrap_or_default()
         } else {
@@ -364,6 +369,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::TrustSignResponse>, Status> {
         let mut req = req.into_inner();
         check_tag(&req.tag)?;
+        trust::check_gun(&req.gun)?;
         let (digest, length) = if !req.sha256.is_empty() {
             let d: [u8; 32] = crate::tuf::keys::unhex(&req.sha256)
                 .and_then(|d| d.try_into().ok())
@@ -410,6 +416,8 @@ impl Agent for AgentService {
         Ok(Response::new(pb::TrustSignResponse {
             roles: r.roles,
             initialized: r.initialized,
+            sha256: crate::tuf::keys::hex(&digest),
+            length,
         }))
     }
 
@@ -534,6 +542,7 @@ fn server_opts(s: pb::TrustServer) -> crate::notary::ServerOpts {
     crate::notary::ServerOpts {
         url: s.url,
         ca_pem: (!s.ca_pem.is_empty()).then_some(s.ca_pem),
+        trust_on_first_use: s.trust_on_first_use,
     }
 }
 

@@ -52,23 +52,80 @@ impl TrustContext {
         std::fs::read(self.root_path(gun)).ok()
     }
 
+    /// Caches `bytes` as the trusted root, unless a newer one is cached already.
     fn save_root(&self, gun: &str, bytes: &[u8]) -> Result<()> {
-        let path = self.root_path(gun);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Internal(format!("trust cache {}: {e}", dir.display())))?;
-        let tmp = dir.join(".root.json.tmp");
-        std::fs::write(&tmp, bytes)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| Error::Internal(format!("trust cache {}: {e}", path.display())))
+        if let Some(old) = self.cached_root(gun) {
+            if version_of(&old) > version_of(bytes) {
+                return Ok(());
+            }
+        }
+        write_atomic(&self.root_path(gun), bytes)
     }
+
+    fn versions_path(&self, gun: &str) -> PathBuf {
+        self.dir.join("tuf").join(gun).join("versions.json")
+    }
+
+    /// The highest version of each role seen verified for `gun` (rollback protection).
+    fn versions(&self, gun: &str) -> BTreeMap<String, i64> {
+        std::fs::read(self.versions_path(gun))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_versions(&self, gun: &str, v: &BTreeMap<String, i64>) -> Result<()> {
+        let bytes = serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))?;
+        write_atomic(&self.versions_path(gun), &bytes)
+    }
+}
+
+/// `signed.version` of a metadata file (0 when unreadable).
+fn version_of(bytes: &[u8]) -> i64 {
+    Envelope::parse(bytes)
+        .ok()
+        .and_then(|e| e.signed.get("version").and_then(Value::as_i64))
+        .unwrap_or(0)
+}
+
+/// Writes through a new temporary file in the same directory, synced, then renamed.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let fail = |e: String| Error::Internal(format!("trust cache {}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| fail(e.to_string()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| fail(e.to_string()))?;
+    tmp.persist(path).map_err(|e| fail(e.error.to_string()))?;
+    Ok(())
 }
 
 /// A repository as fetched and verified.
 pub struct Repo {
     pub files: RepoFiles,
     pub verified: VerifiedRepo,
+    /// The root was already trusted (cached from before, or pinned), not first seen now.
+    pub trusted: bool,
 }
+
+impl Repo {
+    /// Signing on trust data first seen now would let a malicious server choose what the
+    /// user's keys sign: ask for an explicit yes.
+    fn require_trusted(&self, client: &NotaryClient, gun: &str) -> Result<()> {
+        if self.trusted || client.trust_on_first_use {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "this agent has never seen {gun}'s root and none is pinned: signing now would trust whatever the server sent. \
+             Pin the root ([trust.pinning.certs] in agent.toml) or repeat with --trust-on-first-use"
+        )))
+    }
+}
+
+/// Most delegation files a snapshot may make the agent fetch.
+const MAX_DELEGATIONS: usize = 10_000;
 
 impl Repo {
     fn doc(&self, role: &str) -> Result<Envelope> {
@@ -125,6 +182,12 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
                 .collect()
         })
         .unwrap_or_default();
+    if listed.len() > MAX_DELEGATIONS {
+        return Err(Error::Unavailable(format!(
+            "snapshot lists {} delegations, over the {MAX_DELEGATIONS} this agent fetches",
+            listed.len()
+        )));
+    }
     for role in listed {
         if !valid_delegation_name(&role) {
             return Err(Error::Unavailable(format!(
@@ -137,12 +200,37 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
     }
     let cached = ctx.cached_root(gun);
     let pins = ctx.pinning.for_gun(gun);
+    let trusted = cached.is_some() || !pins.is_empty();
+    // A root newer than the cached one by several versions: the versions between must each
+    // have been signed by the one before (Notary keeps them as <N>.root.json).
+    let mut chain = Vec::new();
+    if let Some(old) = &cached {
+        let (from, to) = (version_of(old), version_of(&files["root"]));
+        if old != &files["root"] && to > from + 1 && check_rotation(old, &files["root"]).is_err() {
+            for v in from + 1..to {
+                let step = client
+                    .get_role(gun, &format!("{v}.root"))
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Refused(format!(
+                            "root version {v} of {gun} is missing on the server"
+                        ))
+                    })?;
+                chain.push(step);
+            }
+        }
+    }
     let gun_owned = gun.to_string();
     let (files, verified) =
         tokio::task::spawn_blocking(move || -> Result<(RepoFiles, VerifiedRepo)> {
             if let Some(old) = &cached {
                 if old != &files["root"] {
-                    check_rotation(old, &files["root"])?;
+                    let mut prev = old.clone();
+                    for step in chain.iter().chain(std::iter::once(&files["root"])) {
+                        check_rotation(&prev, step)?;
+                        check_self_signed(step)?;
+                        prev = step.clone();
+                    }
                 }
             }
             let v = verify::verify_repository(&gun_owned, &files, OffsetDateTime::now_utc(), &pins)
@@ -153,8 +241,66 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+    // Rollback protection: no role older than seen before, no delegation silently dropped.
+    let mut seen = ctx.versions(gun);
+    let delegated: Vec<String> = Envelope::parse(&files["targets"])
+        .ok()
+        .and_then(|e| serde_json::from_value::<TargetsDoc>(e.signed).ok())
+        .map(|t| t.delegations.roles.into_iter().map(|d| d.name).collect())
+        .unwrap_or_default();
+    for (role, &before) in &seen {
+        match files.get(role) {
+            Some(bytes) if version_of(bytes) < before => {
+                return Err(Error::Refused(format!(
+                    "the server's {role} of {gun} is version {}, older than version {before} seen before: refusing a rollback",
+                    version_of(bytes)
+                )))
+            }
+            None if delegated.contains(role) && before > 0 => {
+                return Err(Error::Refused(format!(
+                    "the server no longer lists {role} of {gun} (version {before} seen before): refusing a rollback"
+                )))
+            }
+            _ => {}
+        }
+    }
+    for (role, bytes) in &files {
+        let v = version_of(bytes);
+        let e = seen.entry(role.clone()).or_insert(v);
+        *e = (*e).max(v);
+    }
     ctx.save_root(gun, &files["root"])?;
-    Ok(Some(Repo { files, verified }))
+    ctx.save_versions(gun, &seen)?;
+    Ok(Some(Repo {
+        files,
+        verified,
+        trusted,
+    }))
+}
+
+/// A root must carry a threshold of signatures by its own root keys.
+fn check_self_signed(bytes: &[u8]) -> Result<()> {
+    let env = Envelope::parse(bytes).map_err(|e| Error::Refused(format!("root: {e}")))?;
+    let root: RootDoc = serde_json::from_value(env.signed.clone())
+        .map_err(|e| Error::Refused(format!("root: {e}")))?;
+    let keys = parse_key_map(&root.keys).map_err(Error::Refused)?;
+    let role = root
+        .roles
+        .get("root")
+        .ok_or_else(|| Error::Refused("root has no root role".into()))?;
+    let own: BTreeMap<String, TufKey> = role
+        .keyids
+        .iter()
+        .filter_map(|id| Some((id.clone(), keys.get(id)?.clone())))
+        .collect();
+    check_signatures(&env, &own, role.threshold)
+        .map(|_| ())
+        .map_err(|e| {
+            Error::Refused(format!(
+                "root version {} is not signed by its own root keys: {e}",
+                root.common.version
+            ))
+        })
 }
 
 /// A root other than the cached one must be signed by a threshold of the cached root's
@@ -248,6 +394,13 @@ pub async fn init(
     if client.get_role(gun, "root").await?.is_some() {
         return Err(Error::Refused(format!(
             "{gun} already has trust data on the server"
+        )));
+    }
+    if ctx.cached_root(gun).is_some() {
+        return Err(Error::Refused(format!(
+            "this agent already trusts a root for {gun} but the server has none: the repository was deleted, \
+             or this is an attack. To start over, delete {}",
+            ctx.root_path(gun).parent().unwrap_or(Path::new(".")).display()
         )));
     }
     let (keys, _) = keyring.all_keys().await;
@@ -424,6 +577,7 @@ pub async fn sign_tag(
                 .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?
         }
     };
+    repo.require_trusted(client, gun)?;
     let (keys, _) = keyring.all_keys().await;
     let by_id = |id: &str| {
         keys.iter()
@@ -678,7 +832,9 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
 
 /// The client for a request's server options, falling back to the config's.
 pub fn client(req: Option<ServerOpts>, default: &Option<ServerOpts>) -> Result<NotaryClient> {
-    let opts = match req.filter(|o| !o.url.is_empty()) {
+    // The user's first-use choice holds whichever server is used.
+    let tofu = req.as_ref().is_some_and(|o| o.trust_on_first_use);
+    let mut opts = match req.filter(|o| !o.url.is_empty()) {
         Some(mut o) => {
             if o.ca_pem.is_none() {
                 o.ca_pem = default.as_ref().and_then(|d| d.ca_pem.clone());
@@ -691,6 +847,7 @@ pub fn client(req: Option<ServerOpts>, default: &Option<ServerOpts>) -> Result<N
             )
         })?,
     };
+    opts.trust_on_first_use = tofu;
     NotaryClient::new(&opts)
 }
 
@@ -734,6 +891,7 @@ pub async fn revoke(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
     let (keys, _) = keyring.all_keys().await;
+    repo.require_trusted(client, gun)?;
     let mut edits = Vec::new();
     for (role, key) in signable(&repo, &keys)? {
         if !repo.files.contains_key(&role) {
@@ -839,6 +997,7 @@ pub async fn signer_add(
                 .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?
         }
     };
+    repo.require_trusted(client, gun)?;
     let (keys, _) = keyring.all_keys().await;
     let mut edit = targets_edit(&repo, &keys, gun)?;
     let id = key.key_id();
@@ -874,6 +1033,7 @@ pub async fn signer_remove(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
     let (keys, _) = keyring.all_keys().await;
+    repo.require_trusted(client, gun)?;
     let mut edit = targets_edit(&repo, &keys, gun)?;
     let role = format!("targets/{name}");
     let d = &mut edit.signed["delegations"];
@@ -926,6 +1086,7 @@ pub async fn rotate(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
     let (keys, _) = keyring.all_keys().await;
+    repo.require_trusted(client, gun)?;
     let holds = |id: &String| {
         keys.iter()
             .any(|k| &k.key_id == id || &k.canonical_id == id)
@@ -988,6 +1149,7 @@ pub async fn rotate(
     };
     // The new root: the role lists only the new key; keys no role uses any more are dropped.
     root["roles"][role]["keyids"] = json!([&new_id]);
+    root["roles"][role]["threshold"] = json!(1);
     root["keys"][&new_id] = new_key.to_value();
     let used: Vec<Value> = ["root", "targets", "snapshot", "timestamp"]
         .iter()

@@ -18,6 +18,10 @@ pub struct ServerArgs {
     /// A CA file for the server's TLS certificate.
     #[arg(long, global = true, env = "DCT_TLSCACERT", value_name = "FILE")]
     tlscacert: Option<PathBuf>,
+    /// Sign on a repository whose root this agent has never seen and no pin names (the
+    /// notary client does this silently; here it is a choice).
+    #[arg(long, global = true)]
+    trust_on_first_use: bool,
 }
 
 #[derive(Subcommand)]
@@ -152,7 +156,11 @@ impl ServerArgs {
                 .map_err(|e| Failure::failed(format!("cannot read {}: {e}", p.display())))?,
             None => Vec::new(),
         };
-        Ok(pb::TrustServer { url, ca_pem })
+        Ok(pb::TrustServer {
+            url,
+            ca_pem,
+            trust_on_first_use: self.trust_on_first_use,
+        })
     }
 }
 
@@ -243,13 +251,18 @@ pub async fn run(
                 .await?;
             if json {
                 return print_json(
-                    &serde_json::json!({"gun": gun, "tag": tag, "roles": r.roles, "initialized": r.initialized}),
+                    &serde_json::json!({"gun": gun, "tag": tag, "roles": r.roles, "initialized": r.initialized, "digest": format!("sha256:{}", r.sha256), "size": r.length}),
                 );
             }
             if r.initialized {
                 eprintln!("initialised trust data for {gun}");
             }
-            println!("signed {gun}:{tag} in {}", r.roles.join(", "));
+            println!(
+                "signed {gun}:{tag} (sha256:{}, {} bytes) in {}",
+                r.sha256,
+                r.length,
+                r.roles.join(", ")
+            );
             Ok(())
         }
         TrustCmd::Revoke { image } => {

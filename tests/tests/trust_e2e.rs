@@ -263,6 +263,9 @@ fn a_repository_recreated_with_another_root_is_refused_on_trust_on_first_use() {
         "notary delete: {}",
         String::from_utf8_lossy(&del.stderr)
     );
+    // The agent that trusted it will not silently re-create it under a fresh root.
+    let err = sign(&first, &stack, &format!("{gun}:v2"), b"two").fails(1, "already trusts a root");
+    assert!(err.contains("deleted, or this is an attack"), "{err}");
     let (_h2, second) = agent_on("two");
     sign(&second, &stack, &format!("{gun}:evil"), b"evil").ok();
     // The first agent trusted the old root: it refuses the new one.
@@ -453,9 +456,25 @@ fn a_repository_made_by_the_notary_client_is_taken_over_by_importing_its_keys() 
     let keys = agent.dct(&["--json", "key", "list"]).json();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
 
-    // Our agent signs a tag: targets and snapshot on the token, the server makes the timestamp.
+    // A fresh agent will not sign on a root it has never seen, unless told to.
     let v2 = b"ours v2\n";
-    sign(&agent, &stack, &format!("{gun}:v2"), v2).ok();
+    sign(&agent, &stack, &format!("{gun}:v2"), v2).fails(1, "--trust-on-first-use");
+    // Our agent signs a tag: targets and snapshot on the token, the server makes the timestamp.
+    let digest = format!("sha256:{}", hex(&Sha256::digest(v2)));
+    trust(
+        &agent,
+        &stack,
+        &[
+            "--trust-on-first-use",
+            "sign",
+            &format!("{gun}:v2"),
+            "--digest",
+            &digest,
+            "--size",
+            "8",
+        ],
+    )
+    .ok();
     // The notary client that made the repository still trusts it and sees both tags ...
     let list = stack.notary(ndir.path(), &["list", gun], None);
     let text = String::from_utf8_lossy(&list.stdout);
@@ -690,7 +709,21 @@ fn the_file_backend_signs_with_existing_notary_key_files() {
     roles.sort();
     assert_eq!(roles, ["root", "snapshot", "targets"]);
     // Locked: signing says so.
-    sign(&agent, &stack, &format!("{gun}:v2"), b"two").fails(1, "locked: run dct unlock");
+    let two = format!("sha256:{}", hex(&Sha256::digest(b"two")));
+    trust(
+        &agent,
+        &stack,
+        &[
+            "--trust-on-first-use",
+            "sign",
+            &format!("{gun}:v2"),
+            "--digest",
+            &two,
+            "--size",
+            "3",
+        ],
+    )
+    .fails(1, "locked: run dct unlock");
     // A wrong passphrase opens nothing.
     agent
         .dct_env(&["unlock", "--token", &label], &[("DCT_PIN", "wrong")])
@@ -711,7 +744,21 @@ fn the_file_backend_signs_with_existing_notary_key_files() {
         "{}",
         out.stdout
     );
-    sign(&agent, &stack, &format!("{gun}:v2"), b"two").ok();
+    let digest = format!("sha256:{}", hex(&Sha256::digest(b"two")));
+    trust(
+        &agent,
+        &stack,
+        &[
+            "--trust-on-first-use",
+            "sign",
+            &format!("{gun}:v2"),
+            "--digest",
+            &digest,
+            "--size",
+            "3",
+        ],
+    )
+    .ok();
     let list = stack.notary(ndir.path(), &["list", gun], None);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(

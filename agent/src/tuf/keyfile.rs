@@ -83,6 +83,7 @@ pub fn read(text: &str, passphrase: Option<&[u8]>) -> Result<ImportedKey, KeyFil
             let pass = passphrase.ok_or(KeyFileError::NeedPassphrase)?;
             let enc = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice())
                 .map_err(|e| KeyFileError::Format(format!("not an encrypted PKCS#8 key: {e}")))?;
+            check_kdf(&enc.encryption_algorithm)?;
             let doc = enc
                 .decrypt(pass)
                 .map_err(|_| KeyFileError::WrongPassphrase)?;
@@ -118,6 +119,28 @@ pub fn read(text: &str, passphrase: Option<&[u8]>) -> Result<ImportedKey, KeyFil
     })
 }
 
+/// Key files set their own key-derivation cost: accept only PBKDF2 with a bounded count
+/// (Notary uses 2048), so a crafted file cannot stall or exhaust the agent.
+fn check_kdf(scheme: &pkcs8::pkcs5::EncryptionScheme<'_>) -> Result<(), KeyFileError> {
+    use pkcs8::pkcs5::{pbes2::Kdf, EncryptionScheme};
+    const MAX_ITERATIONS: u32 = 1_000_000;
+    match scheme {
+        EncryptionScheme::Pbes2(p) => match &p.kdf {
+            Kdf::Pbkdf2(k) if k.iteration_count <= MAX_ITERATIONS => Ok(()),
+            Kdf::Pbkdf2(k) => Err(KeyFileError::Format(format!(
+                "PBKDF2 with {} iterations, over the {MAX_ITERATIONS} accepted",
+                k.iteration_count
+            ))),
+            _ => Err(KeyFileError::Format(
+                "only PBKDF2-based encryption is accepted".into(),
+            )),
+        },
+        _ => Err(KeyFileError::Format(
+            "only PBES2 encryption is accepted".into(),
+        )),
+    }
+}
+
 fn from_pkcs8(der: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     let pki = PrivateKeyInfo::from_der(der)
         .map_err(|e| KeyFileError::Format(format!("PrivateKeyInfo: {e}")))?;
@@ -144,6 +167,8 @@ fn sec1_secret(der: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     let sk = p256::SecretKey::from_sec1_der(der)
         .map_err(|_| KeyFileError::Format("bad EC private key".into()))?;
     let mut out = Zeroizing::new([0u8; 32]);
-    out.copy_from_slice(&sk.to_bytes());
+    let mut bytes = sk.to_bytes();
+    out.copy_from_slice(&bytes);
+    zeroize::Zeroize::zeroize(&mut bytes[..]);
     Ok(out)
 }
