@@ -372,6 +372,12 @@ fn signers_sign_in_their_delegation_and_releases_and_revoke_removes_tags() {
     assert!(notary_list(&stack, gun, &["--roles", "targets/releases"]).is_empty());
     let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
     assert_eq!(ins["signed_tags"].as_array().unwrap().len(), 0);
+    if let Some(text) = docker_inspect(&stack, gun) {
+        assert!(
+            !text.contains(&hex(&Sha256::digest(v1))),
+            "docker still shows the revoked tag: {text}"
+        );
+    }
     trust(&agent, &stack, &["revoke", &format!("{gun}:v1")]).fails(1, "is not signed in any role");
 
     // Signer names Docker forbids, then removing the signer.
@@ -568,6 +574,16 @@ fn key_rotation_keeps_clients_that_trusted_the_old_root() {
     );
     sign(&agent, &stack, &format!("{gun}:v4"), b"four").ok();
     list("v4");
+    if let Some(text) = docker_inspect(&stack, &format!("{gun}:v4")) {
+        assert!(
+            text.contains(&root) && text.contains(&targets),
+            "docker: {text}"
+        );
+        assert!(
+            text.contains(&hex(&Sha256::digest(b"four"))),
+            "docker: {text}"
+        );
+    }
 
     trust(&agent, &stack, &["key", "rotate", gun, "releases"]).fails(1, "cannot rotate");
     trust(
