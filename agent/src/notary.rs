@@ -95,28 +95,19 @@ impl NotaryClient {
 
     /// The server-held key for `timestamp` or `snapshot` (created on first request).
     pub async fn get_server_key(&self, gun: &str, role: &str) -> Result<TufKey> {
-        let resp = self
-            .http
-            .get(self.url(gun, &format!("{role}.key")))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let bytes = self.body(resp).await?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Unavailable(format!(
-                "trust server sent a {role} key that is not JSON: {e}"
-            ))
-        })?;
-        TufKey::from_value(&v)
-            .map_err(|e| Error::Unavailable(format!("trust server {role} key: {e}")))
+        self.server_key(reqwest::Method::GET, gun, role).await
     }
 
     /// Asks the server for a new `timestamp` or `snapshot` key (the old one stays valid
     /// until a root listing the new one is published).
     pub async fn rotate_server_key(&self, gun: &str, role: &str) -> Result<TufKey> {
+        self.server_key(reqwest::Method::POST, gun, role).await
+    }
+
+    async fn server_key(&self, method: reqwest::Method, gun: &str, role: &str) -> Result<TufKey> {
         let resp = self
             .http
-            .post(self.url(gun, &format!("{role}.key")))
+            .request(method, self.url(gun, &format!("{role}.key")))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

@@ -566,17 +566,7 @@ pub async fn sign_tag(
         sha256,
         length,
     } = target;
-    let mut initialized = false;
-    let repo = match fetch(client, ctx, gun).await? {
-        Some(r) => r,
-        None => {
-            init(keyring, client, ctx, gun, "", token, false).await?;
-            initialized = true;
-            fetch(client, ctx, gun)
-                .await?
-                .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?
-        }
-    };
+    let (repo, initialized) = fetch_or_init(keyring, client, ctx, gun, token).await?;
     repo.require_trusted(client, gun)?;
     let (keys, _) = keyring.all_keys().await;
     let by_id = |id: &str| {
@@ -643,6 +633,25 @@ impl Repo {
             }
         })
     }
+}
+
+/// The repository, initialised first when the server has no trust data for it (as docker
+/// trust does); the flag says whether it was.
+async fn fetch_or_init(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    token: &str,
+) -> Result<(Repo, bool)> {
+    if let Some(r) = fetch(client, ctx, gun).await? {
+        return Ok((r, false));
+    }
+    init(keyring, client, ctx, gun, "", token, false).await?;
+    let r = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?;
+    Ok((r, true))
 }
 
 /// Signs each edited role as its next version (Notary's default expiry) and publishes them
@@ -986,17 +995,7 @@ pub async fn signer_add(
 ) -> Result<(String, bool)> {
     check_gun(gun)?;
     check_signer_name(name)?;
-    let mut initialized = false;
-    let repo = match fetch(client, ctx, gun).await? {
-        Some(r) => r,
-        None => {
-            init(keyring, client, ctx, gun, "", token, false).await?;
-            initialized = true;
-            fetch(client, ctx, gun)
-                .await?
-                .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?
-        }
-    };
+    let (repo, initialized) = fetch_or_init(keyring, client, ctx, gun, token).await?;
     repo.require_trusted(client, gun)?;
     let (keys, _) = keyring.all_keys().await;
     let mut edit = targets_edit(&repo, &keys, gun)?;

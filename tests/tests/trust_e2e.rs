@@ -33,13 +33,22 @@ fn trust(agent: &Agent, stack: &NotaryStack, args: &[&str]) -> Run {
 }
 
 fn sign(agent: &Agent, stack: &NotaryStack, image: &str, content: &[u8]) -> Run {
+    sign_with(agent, stack, image, content, &[])
+}
+
+/// `dct trust [FLAGS] sign IMAGE --digest sha256(content) --size len(content)`.
+fn sign_with(
+    agent: &Agent,
+    stack: &NotaryStack,
+    image: &str,
+    content: &[u8],
+    flags: &[&str],
+) -> Run {
     let digest = format!("sha256:{}", hex(&Sha256::digest(content)));
     let size = content.len().to_string();
-    trust(
-        agent,
-        stack,
-        &["sign", image, "--digest", &digest, "--size", &size],
-    )
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend(["sign", image, "--digest", &digest, "--size", &size]);
+    trust(agent, stack, &args)
 }
 
 /// `notary list` from a fresh trust directory: (tag, digest hex, size, role) rows.
@@ -466,19 +475,12 @@ fn a_repository_made_by_the_notary_client_is_taken_over_by_importing_its_keys() 
     let v2 = b"ours v2\n";
     sign(&agent, &stack, &format!("{gun}:v2"), v2).fails(1, "--trust-on-first-use");
     // Our agent signs a tag: targets and snapshot on the token, the server makes the timestamp.
-    let digest = format!("sha256:{}", hex(&Sha256::digest(v2)));
-    trust(
+    sign_with(
         &agent,
         &stack,
-        &[
-            "--trust-on-first-use",
-            "sign",
-            &format!("{gun}:v2"),
-            "--digest",
-            &digest,
-            "--size",
-            "8",
-        ],
+        &format!("{gun}:v2"),
+        v2,
+        &["--trust-on-first-use"],
     )
     .ok();
     // The notary client that made the repository still trusts it and sees both tags ...
@@ -725,19 +727,12 @@ fn the_file_backend_signs_with_existing_notary_key_files() {
     roles.sort();
     assert_eq!(roles, ["root", "snapshot", "targets"]);
     // Locked: signing says so.
-    let two = format!("sha256:{}", hex(&Sha256::digest(b"two")));
-    trust(
+    sign_with(
         &agent,
         &stack,
-        &[
-            "--trust-on-first-use",
-            "sign",
-            &format!("{gun}:v2"),
-            "--digest",
-            &two,
-            "--size",
-            "3",
-        ],
+        &format!("{gun}:v2"),
+        b"two",
+        &["--trust-on-first-use"],
     )
     .fails(1, "locked: run dct unlock");
     // A wrong passphrase opens nothing.
@@ -760,19 +755,12 @@ fn the_file_backend_signs_with_existing_notary_key_files() {
         "{}",
         out.stdout
     );
-    let digest = format!("sha256:{}", hex(&Sha256::digest(b"two")));
-    trust(
+    sign_with(
         &agent,
         &stack,
-        &[
-            "--trust-on-first-use",
-            "sign",
-            &format!("{gun}:v2"),
-            "--digest",
-            &digest,
-            "--size",
-            "3",
-        ],
+        &format!("{gun}:v2"),
+        b"two",
+        &["--trust-on-first-use"],
     )
     .ok();
     let list = stack.notary(ndir.path(), &["list", gun], None);
