@@ -344,6 +344,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::TrustInitResponse>, Status> {
         let req = req.into_inner();
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let _repo_lock = self.trust.lock(&req.gun).await;
         let r = trust::init(
             &self.keys,
             &client,
@@ -400,6 +401,7 @@ impl Agent for AgentService {
             crate::registry::resolve(&req.gun, &req.tag, ca.as_deref(), creds.as_ref()).await?
         };
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let _repo_lock = self.trust.lock(&req.gun).await;
         let r = trust::sign_tag(
             &self.keys,
             &client,
@@ -466,6 +468,7 @@ impl Agent for AgentService {
         }
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let tag = (!req.tag.is_empty()).then_some(req.tag.as_str());
+        let _repo_lock = self.trust.lock(&req.gun).await;
         let roles = trust::revoke(&self.keys, &client, &self.trust, &req.gun, tag).await?;
         Ok(Response::new(pb::TrustRevokeResponse { roles }))
     }
@@ -492,6 +495,7 @@ impl Agent for AgentService {
             }
         };
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let _repo_lock = self.trust.lock(&req.gun).await;
         let (key_id, initialized) = trust::signer_add(
             &self.keys,
             &client,
@@ -514,6 +518,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::TrustSignerRemoveResponse>, Status> {
         let req = req.into_inner();
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let _repo_lock = self.trust.lock(&req.gun).await;
         trust::signer_remove(&self.keys, &client, &self.trust, &req.gun, &req.name).await?;
         Ok(Response::new(pb::TrustSignerRemoveResponse {}))
     }
@@ -524,6 +529,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::TrustKeyRotateResponse>, Status> {
         let req = req.into_inner();
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let _repo_lock = self.trust.lock(&req.gun).await;
         let key_id = trust::rotate(
             &self.keys,
             &client,

@@ -5,7 +5,7 @@
 //! first use, as the notary client does); a later root must be the same or be signed by a
 //! threshold of the cached root's keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -33,7 +33,13 @@ pub struct TrustContext {
     /// The configured default server.
     pub server: Option<ServerOpts>,
     pinning: crate::config::Pinning,
+    /// One change at a time per repository: two concurrent signs would both build version
+    /// n+1 and the server would refuse one ("a newer version is already available").
+    locks: GunLocks,
 }
+
+type GunLocks =
+    std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>;
 
 impl TrustContext {
     pub fn new(dir: PathBuf, server: Option<ServerOpts>, pinning: crate::config::Pinning) -> Self {
@@ -41,7 +47,19 @@ impl TrustContext {
             dir,
             server,
             pinning,
+            locks: Default::default(),
         }
+    }
+
+    /// Holds the repository's lock for the guard's lifetime.
+    pub async fn lock(&self, gun: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            // A poisoned map only means another request panicked while inserting: the map
+            // itself is still sound.
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(gun.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
     }
 
     fn root_path(&self, gun: &str) -> PathBuf {

@@ -772,3 +772,83 @@ fn the_file_backend_signs_with_existing_notary_key_files() {
     agent.dct(&["lock"]).ok();
     sign(&agent, &stack, &format!("{gun}:v3"), b"three").fails(1, "locked: run dct unlock");
 }
+
+#[test]
+fn concurrent_signing_of_one_repository_loses_no_tag() {
+    let stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("dct");
+    let gun = "registry.example.com/busy";
+    trust(&agent, &stack, &["init", gun]).ok();
+    // Eight CI jobs sign eight tags at once through one agent.
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (agent, stack) = (&agent, &stack);
+                s.spawn(move || {
+                    sign(
+                        agent,
+                        stack,
+                        &format!("{gun}:t{i}"),
+                        format!("tag {i}").as_bytes(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &runs {
+        r.ok();
+    }
+    let rows = notary_list(&stack, gun, &[]);
+    assert_eq!(rows.len(), 8, "{rows:?}");
+}
+
+#[test]
+fn two_agents_racing_see_the_servers_reason_and_lose_nothing() {
+    let stack = NotaryStack::start();
+    let (hsm, a) = agent_on("shared");
+    let gun = "registry.example.com/race";
+    trust(&a, &stack, &["init", gun]).ok();
+    // A second agent process on the same token.
+    let b = Agent::start(Some(&hsm));
+    b.unlock(&hsm);
+    let runs: Vec<(usize, Run)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (agent, stack) = (if i % 2 == 0 { &a } else { &b }, &stack);
+                s.spawn(move || {
+                    let image = format!("{gun}:t{i}");
+                    (
+                        i,
+                        sign_with(
+                            agent,
+                            stack,
+                            &image,
+                            format!("tag {i}").as_bytes(),
+                            &["--trust-on-first-use"],
+                        ),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // A publish the server refused says why and changed nothing; signing again succeeds.
+    let refused = runs.iter().filter(|(_, r)| r.code() != 0).count();
+    eprintln!("{refused} of 8 concurrent publishes were refused by the server");
+    for (i, r) in runs {
+        if r.code() != 0 {
+            r.fails(1, "A newer version of metadata is already available");
+            let agent = if i % 2 == 0 { &a } else { &b };
+            sign_with(
+                agent,
+                &stack,
+                &format!("{gun}:t{i}"),
+                format!("tag {i}").as_bytes(),
+                &["--trust-on-first-use"],
+            )
+            .ok();
+        }
+    }
+    assert_eq!(notary_list(&stack, gun, &[]).len(), 8);
+}
