@@ -696,6 +696,33 @@ async fn commit_with(
     edits: Vec<Edit>,
 ) -> Result<()> {
     let mut updates = signed;
+    // A root that expires within six months is re-signed with this publish when its keys
+    // are here, so the repository never expires under its users.
+    if !updates.iter().any(|(r, _)| r == "root") {
+        let current = repo.root()?;
+        let held: Vec<String> = current.roles["root"]
+            .keyids
+            .iter()
+            .filter(|id| {
+                keys.iter()
+                    .any(|k| &k.key_id == *id || &k.canonical_id == *id)
+            })
+            .cloned()
+            .collect();
+        if !held.is_empty() && root_due(&current.common.expires, OffsetDateTime::now_utc()) {
+            match sign_next_root(keyring, keys, gun, repo.doc("root")?.signed, &held).await {
+                Ok(doc) => {
+                    tracing::info!(gun, "root expires within six months: re-signed");
+                    updates.push(("root".into(), doc));
+                }
+                // The root key is here but locked: publish the rest, and say so.
+                Err(Error::Locked { token }) => {
+                    tracing::warn!(gun, %token, "root expires within six months; unlock its key to re-sign it")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
     for Edit {
         role,
         key,
@@ -1083,6 +1110,46 @@ pub async fn signer_remove(
     Ok(())
 }
 
+/// The next root version: ten more years, signed by each of `signers` (key IDs on this
+/// agent's tokens) in turn.
+async fn sign_next_root(
+    keyring: &Keyring,
+    all: &[KeyEntry],
+    gun: &str,
+    mut root: Value,
+    signers: &[String],
+) -> Result<Vec<u8>> {
+    let version = root["version"].as_i64().unwrap_or(0);
+    root["version"] = json!(version + 1);
+    root["expires"] = json!(expires(ROOT_LIFETIME)?);
+    let mut doc = unsigned(root);
+    for id in signers {
+        let canonical = all
+            .iter()
+            .find(|k| &k.key_id == id || &k.canonical_id == id)
+            .map(|k| k.canonical_id.clone())
+            .unwrap_or_default();
+        doc = sign_document(
+            keyring,
+            listings(all, &canonical),
+            doc,
+            "root".into(),
+            gun.into(),
+        )
+        .await?
+        .document;
+    }
+    Ok(doc)
+}
+
+/// Whether a root expiring at `expires` must be re-signed now: within six months, as the
+/// notary client does on every publish.
+fn root_due(expires: &str, now: OffsetDateTime) -> bool {
+    OffsetDateTime::parse(expires, &Rfc3339)
+        .map(|e| e - now < time::Duration::days(183))
+        .unwrap_or(true)
+}
+
 /// `dct trust key rotate`: a new key for `role`. targets: made on a token, listed in a new
 /// root, and targets re-signed with it. snapshot/timestamp: rotated on the server
 /// (`server_managed`; always for timestamp) or, for snapshot, made on a token. root: a new
@@ -1180,28 +1247,12 @@ pub async fn rotate(
     if let Some(k) = root["keys"].as_object_mut() {
         k.retain(|id, _| used.contains(&json!(id)));
     }
-    let version = root["version"].as_i64().unwrap_or(0);
-    root["version"] = json!(version + 1);
-    root["expires"] = json!(expires(ROOT_LIFETIME)?);
-    // Signed by the old root keys held here and, for a root rotation, the new one.
     let (all, _) = keyring.all_keys().await;
     let mut signers: Vec<String> = root_signers.clone();
     if role == "root" {
         signers.push(new_id.clone());
     }
-    let mut doc = unsigned(root);
-    for id in &signers {
-        let listing = listings(
-            &all,
-            &all.iter()
-                .find(|k| &k.key_id == id || &k.canonical_id == id)
-                .map(|k| k.canonical_id.clone())
-                .unwrap_or_default(),
-        );
-        doc = sign_document(keyring, listing, doc, "root".into(), gun.into())
-            .await?
-            .document;
-    }
+    let doc = sign_next_root(keyring, &all, gun, root, &signers).await?;
     commit_with(
         keyring,
         client,
@@ -1214,4 +1265,19 @@ pub async fn rotate(
     .await?;
     tracing::info!(gun, role, key = %new_id, "rotated key");
     Ok(new_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn root_is_due_within_six_months() {
+        let now = datetime!(2026-11-22 0:00 UTC);
+        assert!(root_due("2027-03-01T00:00:00Z", now));
+        assert!(!root_due("2027-07-01T00:00:00Z", now));
+        assert!(root_due("2026-01-01T00:00:00Z", now));
+        assert!(root_due("not a time", now));
+    }
 }
