@@ -124,3 +124,25 @@ fn unknown_types_and_methods_are_refused() {
         Err(KeyError::UnknownMethod(_))
     ));
 }
+
+#[test]
+fn legacy_dek_info_key_files_decrypt() {
+    use dct_agent::tuf::keyfile::{self, KeyFileError};
+    let text = String::from_utf8(read("legacy.key")).unwrap();
+    assert!(keyfile::is_encrypted(&text));
+    let k = keyfile::read(&text, Some(b"legacy-pass")).unwrap();
+    let spki = dct_agent::tuf::keys::p256_spki_from_point(&k.point).unwrap();
+    assert_eq!(
+        spki,
+        read("legacy.pub.der"),
+        "decrypted key is not the one openssl wrote"
+    );
+    assert_eq!(
+        keyfile::read(&text, Some(b"wrong-pass")).err(),
+        Some(KeyFileError::WrongPassphrase)
+    );
+    assert_eq!(
+        keyfile::read(&text, None).err(),
+        Some(KeyFileError::NeedPassphrase)
+    );
+}

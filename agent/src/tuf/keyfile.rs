@@ -94,14 +94,14 @@ pub fn read(text: &str, passphrase: Option<&[u8]>) -> Result<ImportedKey, KeyFil
             })?
         }
         "PRIVATE KEY" => from_pkcs8(&der)?,
-        "EC PRIVATE KEY" => {
-            if header("DEK-Info").is_some() {
-                return Err(KeyFileError::Format(
-                    "legacy OpenSSL-encrypted EC PRIVATE KEY files are not supported yet; decrypt it first (openssl ec -in FILE -out PLAIN)".into(),
-                ));
+        "EC PRIVATE KEY" => match header("DEK-Info") {
+            Some(dek) => {
+                let pass = passphrase.ok_or(KeyFileError::NeedPassphrase)?;
+                let plain = decrypt_legacy(&der, &dek, pass)?;
+                sec1_secret(&plain).map_err(|_| KeyFileError::WrongPassphrase)?
             }
-            sec1_secret(&der)?
-        }
+            None => sec1_secret(&der)?,
+        },
         other => {
             return Err(KeyFileError::Format(format!(
                 "unsupported key block {other}"
@@ -117,6 +117,68 @@ pub fn read(text: &str, passphrase: Option<&[u8]>) -> Result<ImportedKey, KeyFil
         role: header("role"),
         gun: header("gun"),
     })
+}
+
+/// Decrypts a legacy `DEK-Info: AES-{128,192,256}-CBC,<IV hex>` block: the key is
+/// OpenSSL's EVP_BytesToKey with MD5 over the passphrase and the IV's first 8 bytes, one
+/// round, as Go's x509.DecryptPEMBlock does; PKCS#7 padding.
+fn decrypt_legacy(
+    der: &[u8],
+    dek_info: &str,
+    pass: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+    use md5::{Digest, Md5};
+    let (cipher, iv_hex) = dek_info
+        .split_once(',')
+        .ok_or_else(|| KeyFileError::Format(format!("bad DEK-Info {dek_info:?}")))?;
+    let key_len = match cipher.trim() {
+        "AES-128-CBC" => 16,
+        "AES-192-CBC" => 24,
+        "AES-256-CBC" => 32,
+        other => {
+            return Err(KeyFileError::Format(format!(
+                "legacy cipher {other} is not supported (AES-CBC only)"
+            )))
+        }
+    };
+    let iv: [u8; 16] = crate::tuf::keys::unhex(iv_hex.trim())
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| KeyFileError::Format("bad DEK-Info IV".into()))?;
+    let mut key = Zeroizing::new(Vec::with_capacity(48));
+    let mut prev: Option<Zeroizing<Vec<u8>>> = None;
+    while key.len() < key_len {
+        let mut h = Md5::new();
+        if let Some(p) = &prev {
+            h.update(p.as_slice());
+        }
+        h.update(pass);
+        h.update(&iv[..8]);
+        let d = Zeroizing::new(h.finalize().to_vec());
+        key.extend_from_slice(&d);
+        prev = Some(d);
+    }
+    let mut buf = Zeroizing::new(der.to_vec());
+    let bad = |_| KeyFileError::WrongPassphrase;
+    let n = match key_len {
+        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key[..16], &iv)
+            .map_err(|_| KeyFileError::WrongPassphrase)?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map(|p| p.len())
+            .map_err(bad)?,
+        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key[..24], &iv)
+            .map_err(|_| KeyFileError::WrongPassphrase)?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map(|p| p.len())
+            .map_err(bad)?,
+        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key[..32], &iv)
+            .map_err(|_| KeyFileError::WrongPassphrase)?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map(|p| p.len())
+            .map_err(bad)?,
+    };
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// Key files set their own key-derivation cost: accept only PBKDF2 with a bounded count
