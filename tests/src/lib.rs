@@ -9,6 +9,7 @@ use tempfile::TempDir;
 
 pub mod notary;
 pub mod registry;
+pub mod replay;
 
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 

@@ -852,3 +852,49 @@ fn two_agents_racing_see_the_servers_reason_and_lose_nothing() {
     }
     assert_eq!(notary_list(&stack, gun, &[]).len(), 8);
 }
+
+#[test]
+fn a_server_replaying_older_metadata_is_refused() {
+    let stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("dct");
+    let gun = "registry.example.com/rollback";
+    trust(&agent, &stack, &["init", gun]).ok();
+    sign(&agent, &stack, &format!("{gun}:t1"), b"one").ok();
+    // Capture the repository as it is now (targets v2), with the real notary client.
+    let ndir = tempfile::tempdir().unwrap();
+    let out = stack.notary(ndir.path(), &["list", gun], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let captured = ndir.path().join("tuf").join(gun).join("metadata");
+    // The repository moves on: t1 revoked, t2 signed.
+    trust(&agent, &stack, &["revoke", &format!("{gun}:t1")]).ok();
+    sign(&agent, &stack, &format!("{gun}:t2"), b"two").ok();
+    // A server replaying the captured, still validly signed and unexpired metadata.
+    let replay = dct_tests::replay::Replay::start(gun, captured);
+    let run = agent.dct(&["trust", "--server", &replay.url, "inspect", gun]);
+    run.fails(1, "refusing a rollback");
+    // Nor will the agent sign on it (which would bring the revoked t1 back).
+    let digest = format!("sha256:{}", hex(&Sha256::digest(b"three")));
+    agent
+        .dct(&[
+            "trust",
+            "--server",
+            &replay.url,
+            "sign",
+            &format!("{gun}:t3"),
+            "--digest",
+            &digest,
+            "--size",
+            "5",
+        ])
+        .fails(1, "refusing a rollback");
+    // A fresh agent that never saw the newer versions has nothing to compare with.
+    let fresh = Agent::start(None);
+    let ins = fresh
+        .dct(&["--json", "trust", "--server", &replay.url, "inspect", gun])
+        .json();
+    assert_eq!(ins["signed_tags"][0]["tag"], "t1");
+}
