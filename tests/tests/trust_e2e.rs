@@ -898,3 +898,109 @@ fn a_server_replaying_older_metadata_is_refused() {
         .json();
     assert_eq!(ins["signed_tags"][0]["tag"], "t1");
 }
+
+#[test]
+fn the_file_backend_writes_keys_the_notary_client_signs_with() {
+    use std::os::unix::fs::PermissionsExt;
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/written";
+    let dir = tempfile::tempdir().unwrap();
+    let label = format!("file:{}", dir.path().display());
+    let agent = Agent::start_with_config(
+        None,
+        &format!("[[file]]\ndir = {:?}\n", dir.path().display().to_string()),
+    );
+    let generate = |role: &str| {
+        agent.dct(&[
+            "key", "generate", "--role", role, "--gun", gun, "--token", &label,
+        ])
+    };
+    // Locked: no passphrase to encrypt a new key with yet.
+    generate("targets/releases").fails(1, "locked");
+    // An empty directory takes the first passphrase for the keys it will hold (here the one
+    // the test harness gives the notary client for delegation keys).
+    agent
+        .dct_env(
+            &["unlock", "--token", &label],
+            &[("DCT_PIN", "test-delegation-passphrase")],
+        )
+        .ok();
+    let id = generate("targets/releases").ok().stdout.trim().to_string();
+    generate("root").fails(1, "does not make root keys");
+    let path = dir.path().join(format!("{id}.key"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\nrole: targets/releases\n\n"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // openssl decrypts it (PBES2, PBKDF2-HMAC-SHA1, AES-256-CBC).
+    let bare: String = text
+        .lines()
+        .filter(|l| !l.contains(": "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.path().join("bare.pem"), bare).unwrap();
+    let out = Command::new("openssl")
+        .args(["pkcs8", "-passin", "pass:test-delegation-passphrase", "-in"])
+        .arg(dir.path().join("bare.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The real notary client signs with it: a repository of its own delegates
+    // targets/releases to the key, the file goes into its key directory, it publishes.
+    let pubkey = agent.dir.path().join("releases.pub");
+    std::fs::write(
+        &pubkey,
+        agent.dct(&["key", "export-public", &id]).ok().stdout,
+    )
+    .unwrap();
+    let ndir = tempfile::tempdir().unwrap();
+    let content = agent_dir_file(
+        ndir.path(),
+        "v1.txt",
+        b"signed by notary with our key file\n",
+    );
+    let notary = |args: &[&str]| {
+        let out = stack.notary(ndir.path(), args, None);
+        assert!(
+            out.status.success(),
+            "notary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    notary(&["init", gun]);
+    notary(&["publish", gun]);
+    notary(&[
+        "delegation",
+        "add",
+        gun,
+        "targets/releases",
+        pubkey.to_str().unwrap(),
+        "--all-paths",
+    ]);
+    notary(&["publish", gun]);
+    std::fs::copy(&path, ndir.path().join("private").join(format!("{id}.key"))).unwrap();
+    notary(&["add", gun, "v1", &content, "--roles", "targets/releases"]);
+    notary(&["publish", gun]);
+    let rows = notary_list(&stack, gun, &["--roles", "targets/releases"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    // Locked and unlocked again with the same passphrase, the agent opens it; not with another.
+    agent.dct(&["lock"]).ok();
+    agent
+        .dct_env(&["unlock", "--token", &label], &[("DCT_PIN", "wrong")])
+        .fails(1, "wrong PIN");
+    agent
+        .dct_env(
+            &["unlock", "--token", &label],
+            &[("DCT_PIN", "test-delegation-passphrase")],
+        )
+        .ok();
+}

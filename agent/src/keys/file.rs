@@ -5,7 +5,8 @@
 //! Keys are listed from the files (canonical ID = file name, role and GUN from the PEM
 //! headers) and unlocked per passphrase: `dct unlock --token file:DIR` opens every key that
 //! passphrase decrypts. Decrypted keys live only in zeroizing memory and are dropped on
-//! lock. This backend does not make, import or store keys: new keys belong on hardware.
+//! lock. New keys (not root keys: those belong on hardware) are written in notary's format,
+//! encrypted with the passphrase last given to `dct unlock` for this directory.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub struct FileBackend {
     label: String,
     /// Unlocked keys by canonical ID. p256's SigningKey zeroizes itself on drop.
     unlocked: HashMap<String, p256::ecdsa::SigningKey>,
+    /// The passphrase new key files are encrypted with: the last one that unlocked.
+    passphrase: Option<SecretString>,
 }
 
 /// A key file as listed: canonical ID, role, GUN, path.
@@ -41,6 +44,7 @@ impl FileBackend {
             dir,
             label,
             unlocked: HashMap::new(),
+            passphrase: None,
         }
     }
 
@@ -118,6 +122,20 @@ impl FileBackend {
     }
 }
 
+/// Creates `path` (never overwriting) readable by its owner only, as notary does.
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| Error::Internal(format!("cannot write {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(fail)
+}
+
 fn read_small(p: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
     let meta = std::fs::metadata(p)?;
     if meta.len() > 64 * 1024 {
@@ -172,18 +190,22 @@ impl KeyBackend for FileBackend {
             self.unlocked.insert(l.id, sk);
             opened += 1;
         }
-        if opened == 0 {
+        // An empty directory takes the first passphrase for the keys it will hold.
+        let empty = self.files()?.is_empty();
+        if opened == 0 && !empty {
             return Err(Error::WrongPin {
                 token: self.label.clone(),
                 state: PinState::default(),
             });
         }
         tracing::info!(token = %self.label, keys = opened, "opened key files");
+        self.passphrase = Some(pin.clone());
         Ok(PinState::default())
     }
 
     fn logout(&mut self) -> Result<()> {
         self.unlocked.clear();
+        self.passphrase = None;
         Ok(())
     }
 
@@ -191,11 +213,46 @@ impl KeyBackend for FileBackend {
         Ok(self.files()?.iter().map(|l| self.entry(l)).collect())
     }
 
-    fn generate(&mut self, _role: &str, _gun: Option<&str>) -> Result<KeyEntry> {
-        Err(Error::InvalidArgument(format!(
-            "{} holds existing key files only; make new keys on a hardware token (--token)",
-            self.label
-        )))
+    fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry> {
+        if role == "root" {
+            return Err(Error::InvalidArgument(format!(
+                "{} does not make root keys: make them on a hardware token (--token)",
+                self.label
+            )));
+        }
+        let pass = self.passphrase.clone().ok_or_else(|| Error::Locked {
+            token: self.label.clone(),
+        })?;
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        let sk = loop {
+            getrandom::getrandom(secret.as_mut_slice())
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            if let Ok(k) = p256::ecdsa::SigningKey::from_slice(secret.as_slice()) {
+                break k;
+            }
+        };
+        let point = sk.verifying_key().to_encoded_point(false);
+        let spki =
+            p256_spki_from_point(point.as_bytes()).map_err(|e| Error::Internal(e.to_string()))?;
+        let id = TufKey::ecdsa(spki).key_id();
+        // As notary: only the canonical non-root roles carry a gun header.
+        let gun = if matches!(role, "targets" | "snapshot" | "timestamp") {
+            gun
+        } else {
+            None
+        };
+        let pem = keyfile::write(&secret, role, gun, pass.expose_secret().as_bytes())
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let path = self.dir.join(format!("{id}.key"));
+        write_new_private(&path, pem.as_bytes())?;
+        self.unlocked.insert(id.clone(), sk);
+        let listed = Listed {
+            id,
+            role: role.into(),
+            gun: gun.map(str::to_string),
+            path,
+        };
+        Ok(self.entry(&listed))
     }
 
     fn import(&mut self, _: &str, _: Option<&str>, _: &keyfile::ImportedKey) -> Result<KeyEntry> {

@@ -234,3 +234,72 @@ fn sec1_secret(der: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     zeroize::Zeroize::zeroize(&mut bytes[..]);
     Ok(out)
 }
+
+/// Writes a P-256 key as notary does: PEM `ENCRYPTED PRIVATE KEY` with `gun` and `role`
+/// headers (sorted, as Go writes them), PBES2 with PBKDF2-HMAC-SHA1 (2048 iterations, 8-byte
+/// salt) and AES-256-CBC, around a version-1 PrivateKeyInfo holding Go's ECPrivateKey
+/// (curve and public key included).
+pub fn write(
+    secret: &[u8; 32],
+    role: &str,
+    gun: Option<&str>,
+    passphrase: &[u8],
+) -> Result<Zeroizing<String>, KeyFileError> {
+    use der::Encode;
+    use pkcs8::pkcs5::pbes2::{
+        EncryptionScheme as Cipher, Kdf, Parameters, Pbkdf2Params, Pbkdf2Prf,
+    };
+    use pkcs8::pkcs5::EncryptionScheme;
+    let sk = p256::SecretKey::from_slice(secret)
+        .map_err(|_| KeyFileError::Format("not a P-256 key".into()))?;
+    let sec1 = sk
+        .to_sec1_der()
+        .map_err(|e| KeyFileError::Format(e.to_string()))?;
+    let curve = AnyRef::from(&OID_P256);
+    let pki = PrivateKeyInfo {
+        version: 1,
+        algorithm: AlgorithmIdentifierRef {
+            oid: OID_EC,
+            parameters: Some(curve),
+        },
+        private_key: OctetStringRef::new(&sec1).map_err(|e| KeyFileError::Format(e.to_string()))?,
+        attributes: None,
+        public_key: None,
+    };
+    let plain = Zeroizing::new(
+        pki.to_der()
+            .map_err(|e| KeyFileError::Format(e.to_string()))?,
+    );
+    let mut salt = [0u8; 8];
+    let mut iv = [0u8; 16];
+    getrandom::getrandom(&mut salt)
+        .and_then(|_| getrandom::getrandom(&mut iv))
+        .map_err(|e| KeyFileError::Format(e.to_string()))?;
+    let scheme = EncryptionScheme::Pbes2(Parameters {
+        kdf: Kdf::Pbkdf2(Pbkdf2Params {
+            salt: &salt,
+            iteration_count: 2048,
+            key_length: None,
+            prf: Pbkdf2Prf::HmacWithSha1,
+        }),
+        encryption: Cipher::Aes256Cbc { iv: &iv },
+    });
+    let data = scheme
+        .encrypt(passphrase, &plain)
+        .map_err(|e| KeyFileError::Format(e.to_string()))?;
+    let der = pkcs8::EncryptedPrivateKeyInfo {
+        encryption_algorithm: scheme,
+        encrypted_data: &data,
+    }
+    .to_der()
+    .map_err(|e| KeyFileError::Format(e.to_string()))?;
+    let body = super::keys::pem_encode("ENCRYPTED PRIVATE KEY", &der);
+    let mut headers = String::new();
+    if let Some(g) = gun {
+        headers.push_str(&format!("gun: {g}\n"));
+    }
+    headers.push_str(&format!("role: {role}\n\n"));
+    // Go puts the headers right after the BEGIN line.
+    let (first, rest) = body.split_once('\n').unwrap_or((&body, ""));
+    Ok(Zeroizing::new(format!("{first}\n{headers}{rest}")))
+}
