@@ -173,23 +173,24 @@ pub fn check_gun(gun: &str) -> Result<()> {
 
 /// Fetches and verifies the repository, or None when the server has no trust data for it.
 pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Result<Option<Repo>> {
-    let Some(root) = client.get_role(gun, "root").await? else {
-        return Ok(None);
+    // One consistent view while others publish: the timestamp first, then every other file
+    // by the hash its parent pins (`<role>.<sha256>.json`), as TUF clients do.
+    let Some(timestamp) = client.get_role(gun, "timestamp").await? else {
+        return match client.get_role(gun, "root").await? {
+            None => Ok(None),
+            Some(_) => Err(Error::Unavailable(format!(
+                "trust server has root.json but no timestamp.json for {gun}"
+            ))),
+        };
     };
     let mut files = RepoFiles::new();
-    files.insert("root".into(), root);
-    for role in ["timestamp", "snapshot", "targets"] {
-        let bytes = client.get_role(gun, role).await?.ok_or_else(|| {
-            Error::Unavailable(format!(
-                "trust server has root.json but no {role}.json for {gun}"
-            ))
-        })?;
-        files.insert(role.into(), bytes);
+    let snapshot = get_pinned(client, gun, "snapshot", &timestamp).await?;
+    for role in ["root", "targets"] {
+        files.insert(role.into(), get_pinned(client, gun, role, &snapshot).await?);
     }
     // Delegation files the snapshot lists.
-    let snapshot = Envelope::parse(&files["snapshot"])
-        .map_err(|e| Error::Unavailable(format!("snapshot: {e}")))?;
-    let listed: Vec<String> = snapshot
+    let listed: Vec<String> = Envelope::parse(&snapshot)
+        .map_err(|e| Error::Unavailable(format!("snapshot: {e}")))?
         .signed
         .get("meta")
         .and_then(Value::as_object)
@@ -212,10 +213,11 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
                 "snapshot lists an invalid role {role:?}"
             )));
         }
-        if let Some(bytes) = client.get_role(gun, &role).await? {
-            files.insert(role, bytes);
-        }
+        let bytes = get_pinned(client, gun, &role, &snapshot).await?;
+        files.insert(role, bytes);
     }
+    files.insert("timestamp".into(), timestamp);
+    files.insert("snapshot".into(), snapshot);
     let cached = ctx.cached_root(gun);
     let pins = ctx.pinning.for_gun(gun);
     let trusted = cached.is_some() || !pins.is_empty();
@@ -294,6 +296,38 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
         verified,
         trusted,
     }))
+}
+
+/// `role` as pinned by `parent`'s meta: fetched by its sha256 (`<role>.<hex>.json`), else by
+/// name when the server keeps no such copy. Verification checks the bytes either way.
+async fn get_pinned(
+    client: &NotaryClient,
+    gun: &str,
+    role: &str,
+    parent: &[u8],
+) -> Result<Vec<u8>> {
+    let hex = Envelope::parse(parent)
+        .ok()
+        .and_then(|e| {
+            e.signed
+                .get("meta")?
+                .get(role)?
+                .get("hashes")?
+                .get("sha256")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .and_then(|b| B64.decode(b).ok())
+        .map(|h| crate::tuf::keys::hex(&h));
+    if let Some(hex) = hex {
+        if let Some(bytes) = client.get_role(gun, &format!("{role}.{hex}")).await? {
+            return Ok(bytes);
+        }
+    }
+    client
+        .get_role(gun, role)
+        .await?
+        .ok_or_else(|| Error::Unavailable(format!("trust server has no {role}.json for {gun}")))
 }
 
 /// A root must carry a threshold of signatures by its own root keys.
