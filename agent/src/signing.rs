@@ -27,6 +27,18 @@ pub struct Prepared {
 /// Parses `document` and checks that `keys` (every listing of the key: a root key lists
 /// once per certificate) may sign it for `role`/`gun`.
 pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Result<Prepared> {
+    prepare_after(document, keys, role, gun, None)
+}
+
+/// As [`prepare`], for a root that follows `previous`: an old root key signs under the
+/// certificate ID the previous root lists for it.
+pub fn prepare_after(
+    document: &[u8],
+    keys: &[KeyEntry],
+    role: &str,
+    gun: &str,
+    previous: Option<&[u8]>,
+) -> Result<Prepared> {
     let key = keys
         .first()
         .ok_or_else(|| Error::NotFound("no such key".into()))?;
@@ -134,7 +146,8 @@ pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Res
         gun = d;
     }
     let keyid = if key.role == "root" {
-        root_keyid(&envelope, keys, &gun)?
+        let previous = previous.and_then(|p| Envelope::parse(p).ok());
+        root_keyid(&envelope, previous.as_ref(), keys, &gun)?
     } else {
         if let Some(kg) = &key.gun {
             if !gun.is_empty() && &gun != kg {
@@ -159,23 +172,29 @@ pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Res
 }
 
 /// The keyid a root key signs a root document with: the certificate the document lists for
-/// this key, else (for a new root signed by an old key) this key's certificate for the GUN.
-fn root_keyid(envelope: &Envelope, keys: &[KeyEntry], gun: &str) -> Result<String> {
+/// this key; else, for a new root signed by an old key, the one the previous root lists; else
+/// this key's own certificate for the GUN.
+fn root_keyid(
+    envelope: &Envelope,
+    previous: Option<&Envelope>,
+    keys: &[KeyEntry],
+    gun: &str,
+) -> Result<String> {
     let spki = &keys[0].spki;
-    if let Some(listed) = envelope.signed.get("keys").and_then(|k| k.as_object()) {
-        for (id, v) in listed {
-            let Ok(k) = TufKey::from_value(v) else {
-                continue;
-            };
+    let listed = |env: &Envelope| -> Option<String> {
+        let map = env.signed.get("keys")?.as_object()?;
+        map.iter().find_map(|(id, v)| {
+            let k = TufKey::from_value(v).ok()?;
             if k.keytype != ECDSA_X509 || k.spki_der().ok().as_ref() != Some(spki) {
-                continue;
+                return None;
             }
             // Only a certificate for this GUN names the key in this root.
             let cn = k.certificate().ok().and_then(|c| subject_cn(&c));
-            if gun.is_empty() || cn.as_deref() == Some(gun) {
-                return Ok(id.clone());
-            }
-        }
+            (gun.is_empty() || cn.as_deref() == Some(gun)).then(|| id.clone())
+        })
+    };
+    if let Some(id) = listed(envelope).or_else(|| previous.and_then(listed)) {
+        return Ok(id);
     }
     keys.iter()
         .find(|k| k.keytype == ECDSA_X509 && k.gun.as_deref() == Some(gun))
@@ -215,13 +234,27 @@ pub async fn sign_document(
     role: String,
     gun: String,
 ) -> Result<Signed> {
+    sign_document_after(keyring, keys, document, role, gun, None).await
+}
+
+/// As [`sign_document`], for a root that follows `previous` (see [`prepare_after`]).
+pub async fn sign_document_after(
+    keyring: &crate::keys::Keyring,
+    keys: Vec<KeyEntry>,
+    document: Vec<u8>,
+    role: String,
+    gun: String,
+    previous: Option<Vec<u8>>,
+) -> Result<Signed> {
     let key = keys
         .first()
         .cloned()
         .ok_or_else(|| Error::NotFound("no such key".into()))?;
-    let prepared = tokio::task::spawn_blocking(move || prepare(&document, &keys, &role, &gun))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare_after(&document, &keys, &role, &gun, previous.as_deref())
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))??;
     let sig = keyring.sign_digest(&key, prepared.digest).await?;
     let (keyid, role, version) = (
         prepared.keyid.clone(),

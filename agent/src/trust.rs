@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 use crate::keys::{make_root_cert, KeyEntry, Keyring};
 use crate::notary::{NotaryClient, ServerOpts};
-use crate::signing::sign_document;
+use crate::signing::{sign_document, sign_document_after};
 use crate::tuf::keys::{TufKey, ECDSA_X509};
 use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Envelope, RootDoc, TargetsDoc};
 use crate::tuf::verify::{self, check_signatures, RepoFiles, VerifiedRepo};
@@ -734,17 +734,18 @@ async fn commit_with(
     // are here, so the repository never expires under its users.
     if !updates.iter().any(|(r, _)| r == "root") {
         let current = repo.root()?;
-        let held: Vec<String> = current.roles["root"]
-            .keyids
-            .iter()
-            .filter(|id| {
-                keys.iter()
-                    .any(|k| &k.key_id == *id || &k.canonical_id == *id)
-            })
-            .cloned()
-            .collect();
+        let held = held_root_keys(&current, keys);
         if !held.is_empty() && root_due(&current.common.expires, OffsetDateTime::now_utc()) {
-            match sign_next_root(keyring, keys, gun, repo.doc("root")?.signed, &held).await {
+            match sign_next_root(
+                keyring,
+                keys,
+                gun,
+                repo.doc("root")?.signed,
+                &held,
+                &repo.files["root"],
+            )
+            .await
+            {
                 Ok(doc) => {
                     tracing::info!(gun, "root expires within six months: re-signed");
                     updates.push(("root".into(), doc));
@@ -1144,6 +1145,23 @@ pub async fn signer_remove(
     Ok(())
 }
 
+/// Canonical IDs of `root`'s root keys that are on this agent's tokens. Root keys are
+/// listed by certificate ID; a key imported without its certificate knows only its
+/// canonical ID, so both sides are compared by canonical ID.
+fn held_root_keys(root: &RootDoc, keys: &[KeyEntry]) -> Vec<String> {
+    let Ok(listed) = parse_key_map(&root.keys) else {
+        return Vec::new();
+    };
+    root.roles
+        .get("root")
+        .map(|r| r.keyids.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| listed.get(id)?.canonical_id().ok())
+        .filter(|c| keys.iter().any(|k| &k.canonical_id == c))
+        .collect()
+}
+
 /// The next root version: ten more years, signed by each of `signers` (key IDs on this
 /// agent's tokens) in turn.
 async fn sign_next_root(
@@ -1152,6 +1170,7 @@ async fn sign_next_root(
     gun: &str,
     mut root: Value,
     signers: &[String],
+    previous: &[u8],
 ) -> Result<Vec<u8>> {
     let version = root["version"].as_i64().unwrap_or(0);
     root["version"] = json!(version + 1);
@@ -1163,12 +1182,13 @@ async fn sign_next_root(
             .find(|k| &k.key_id == id || &k.canonical_id == id)
             .map(|k| k.canonical_id.clone())
             .unwrap_or_default();
-        doc = sign_document(
+        doc = sign_document_after(
             keyring,
             listings(all, &canonical),
             doc,
             "root".into(),
             gun.into(),
+            Some(previous.to_vec()),
         )
         .await?
         .document;
@@ -1205,17 +1225,8 @@ pub async fn rotate(
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
     let (keys, _) = keyring.all_keys().await;
     repo.require_trusted(client, gun)?;
-    let holds = |id: &String| {
-        keys.iter()
-            .any(|k| &k.key_id == id || &k.canonical_id == id)
-    };
     let mut root = repo.doc("root")?.signed;
-    let old_root_ids: Vec<String> = repo.root()?.roles["root"].keyids.clone();
-    let root_signers: Vec<String> = old_root_ids
-        .iter()
-        .filter(|id| holds(id))
-        .cloned()
-        .collect();
+    let root_signers = held_root_keys(&repo.root()?, &keys);
     if root_signers.is_empty() {
         return Err(Error::Refused(format!(
             "the root key of {gun} is not on this agent's tokens; rotation needs it"
@@ -1286,7 +1297,7 @@ pub async fn rotate(
     if role == "root" {
         signers.push(new_id.clone());
     }
-    let doc = sign_next_root(keyring, &all, gun, root, &signers).await?;
+    let doc = sign_next_root(keyring, &all, gun, root, &signers, &repo.files["root"]).await?;
     commit_with(
         keyring,
         client,

@@ -1004,3 +1004,69 @@ fn the_file_backend_writes_keys_the_notary_client_signs_with() {
         )
         .ok();
 }
+
+#[test]
+fn an_imported_notary_root_key_rotates_the_root_of_a_notary_repository() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/oldroot";
+    let ndir = tempfile::tempdir().unwrap();
+    let v1 = agent_dir_file(ndir.path(), "v1.txt", b"v1\n");
+    for args in [
+        vec!["init", gun],
+        vec!["add", gun, "v1", &v1],
+        vec!["publish", gun],
+    ] {
+        let out = stack.notary(ndir.path(), &args, None);
+        assert!(
+            out.status.success(),
+            "notary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_hsm, agent) = agent_on("dct");
+    // The root key moves to the token with no certificate stored there; the snapshot key
+    // too, since this repository keeps it client-side and a new root needs a new snapshot.
+    for entry in std::fs::read_dir(ndir.path().join("private")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for role in ["root", "snapshot"] {
+            if text.contains(&format!("role: {role}")) {
+                let var = format!("NOTARY_{}_PASSPHRASE", role.to_uppercase());
+                let pass = format!("test-{role}-passphrase");
+                agent
+                    .dct_env(&["key", "import", path.to_str().unwrap()], &[(&var, &pass)])
+                    .ok();
+            }
+        }
+    }
+    let new_root = trust(
+        &agent,
+        &stack,
+        &[
+            "--json",
+            "--trust-on-first-use",
+            "key",
+            "rotate",
+            gun,
+            "root",
+        ],
+    )
+    .json()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The notary client that made the repository follows the rotation (the new root is
+    // signed by the old key under the certificate ID the old root lists).
+    let list = stack.notary(ndir.path(), &["list", gun], None);
+    assert!(
+        list.status.success(),
+        "notary list: {}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(String::from_utf8_lossy(&list.stdout).contains("v1"));
+    let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
+    assert_eq!(
+        ins["administrative_keys"]["root"][0]["key_id"],
+        new_root.as_str()
+    );
+}
