@@ -54,7 +54,17 @@ fn wait_port(port: u16, child: &mut Child, what: &str, log: &Path) {
 }
 
 impl NotaryStack {
+    /// notary-server with TLS (what docker requires).
     pub fn start() -> NotaryStack {
+        Self::start_with(true)
+    }
+
+    /// notary-server over plain HTTP (the signer link keeps its TLS).
+    pub fn start_plain_http() -> NotaryStack {
+        Self::start_with(false)
+    }
+
+    fn start_with(tls: bool) -> NotaryStack {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // A test CA and one leaf (IP:127.0.0.1, server and client auth) for both servers.
@@ -151,6 +161,12 @@ impl NotaryStack {
             "trust_service": {"type": "remote", "hostname": "127.0.0.1", "port": sp.to_string(), "key_algorithm": "ecdsa",
                               "tls_ca_file": p("ca.crt"), "tls_client_cert": p("leaf.crt"), "tls_client_key": p("leaf.key")},
             "storage": {"backend": "memory"}, "logging": {"level": "info"}});
+        let mut server_cfg = server_cfg;
+        if !tls {
+            let srv = server_cfg["server"].as_object_mut().unwrap();
+            srv.remove("tls_cert_file");
+            srv.remove("tls_key_file");
+        }
         std::fs::write(d.join("signer.json"), signer_cfg.to_string()).unwrap();
         std::fs::write(d.join("server.json"), server_cfg.to_string()).unwrap();
         let spawn = |bin: &str, cfg: &str, log: &str| {
@@ -171,7 +187,7 @@ impl NotaryStack {
         let mut server = spawn("notary-server", "server.json", "server.log");
         wait_port(hp, &mut server, "notary-server", &d.join("server.log"));
         NotaryStack {
-            url: format!("https://127.0.0.1:{hp}"),
+            url: format!("{}://127.0.0.1:{hp}", if tls { "https" } else { "http" }),
             ca: d.join("ca.crt"),
             port: hp,
             dir,

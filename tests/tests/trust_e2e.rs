@@ -1070,3 +1070,22 @@ fn an_imported_notary_root_key_rotates_the_root_of_a_notary_repository() {
         new_root.as_str()
     );
 }
+
+#[test]
+fn plain_http_server_and_an_existing_root_key() {
+    let stack = NotaryStack::start_plain_http();
+    assert!(stack.url.starts_with("http://"));
+    let (_hsm, agent) = agent_on("dct");
+    // A root key made beforehand, named at init: its certificate for the GUN is made then.
+    let gun = "registry.example.com/plain";
+    let root = agent.generate("root", None);
+    let init = trust(&agent, &stack, &["--json", "init", gun, "--root-key", &root[..10]]).json();
+    assert_eq!(init["root_canonical_id"], root.as_str());
+    sign(&agent, &stack, &format!("{gun}:v1"), b"over http").ok();
+    let rows = notary_list(&stack, gun, &[]);
+    assert_eq!(rows[0].0, "v1");
+    // A targets key named as a root key is refused.
+    let other = "registry.example.com/plain2";
+    let targets = agent.generate("targets", Some(other));
+    trust(&agent, &stack, &["init", other, "--root-key", &targets]).fails(1, "not a root key");
+}
