@@ -6,10 +6,11 @@
 #               and the test CA of the notary stack
 #   notary    - the real notary-server, notary-signer and notary client (0.7.0)
 #   docker-registry, skopeo - a real registry and a client that pushes images to it
+#   apache2-utils - htpasswd, for a registry that wants basic auth
 # Runs apt-get as root (directly, or through sudo when not root).
 set -euo pipefail
 
-packages=(softhsm2 opensc openssl notary docker-registry skopeo)
+packages=(softhsm2 opensc openssl notary docker-registry skopeo apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,6 +15,8 @@ pub struct Registry {
     /// host:port
     pub host: String,
     child: Option<Child>,
+    /// user:pass for skopeo, when the registry wants them.
+    creds: Option<String>,
 }
 
 fn sha(b: &[u8]) -> String {
@@ -25,7 +27,17 @@ fn sha(b: &[u8]) -> String {
 }
 
 impl Registry {
+    /// An anonymous registry.
     pub fn start(stack: &NotaryStack) -> Registry {
+        Self::start_with(stack, None)
+    }
+
+    /// A registry requiring basic auth (htpasswd, bcrypt) for `user`/`pass`.
+    pub fn start_with_auth(stack: &NotaryStack, user: &str, pass: &str) -> Registry {
+        Self::start_with(stack, Some((user, pass)))
+    }
+
+    fn start_with(stack: &NotaryStack, auth: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -39,6 +51,19 @@ impl Registry {
             sd.join("leaf.crt").display(),
             sd.join("leaf.key").display()
         );
+        let mut cfg = cfg;
+        if let Some((user, pass)) = auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .expect("htpasswd (apache2-utils)");
+            assert!(out.status.success());
+            std::fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: dct-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
         std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
         // skopeo reads CAs from a directory.
         std::fs::create_dir(dir.path().join("certs")).unwrap();
@@ -67,6 +92,7 @@ impl Registry {
             dir,
             host: format!("127.0.0.1:{port}"),
             child: Some(child),
+            creds: auth.map(|(u, p)| format!("{u}:{p}")),
         }
     }
 
@@ -106,21 +132,18 @@ impl Registry {
         .unwrap();
         let certs = self.dir.path().join("certs");
         let dest = format!("docker://{}/{name}:{tag}", self.host);
-        self.skopeo(&[
-            "copy",
-            "--insecure-policy",
-            "--dest-cert-dir",
-            certs.to_str().unwrap(),
-            &format!("oci:{}:{tag}", layout.display()),
-            &dest,
-        ]);
-        self.skopeo(&[
-            "inspect",
-            "--raw",
-            "--cert-dir",
-            certs.to_str().unwrap(),
-            &dest,
-        ])
+        let certs = certs.to_str().unwrap();
+        let src = format!("oci:{}:{tag}", layout.display());
+        let mut copy = vec!["copy", "--insecure-policy", "--dest-cert-dir", certs];
+        let mut inspect = vec!["inspect", "--raw", "--cert-dir", certs];
+        if let Some(c) = &self.creds {
+            copy.extend(["--dest-creds", c.as_str()]);
+            inspect.extend(["--creds", c.as_str()]);
+        }
+        copy.extend([src.as_str(), dest.as_str()]);
+        inspect.push(dest.as_str());
+        self.skopeo(&copy);
+        self.skopeo(&inspect)
     }
 
     fn skopeo(&self, args: &[&str]) -> Vec<u8> {

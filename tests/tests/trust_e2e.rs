@@ -1079,7 +1079,12 @@ fn plain_http_server_and_an_existing_root_key() {
     // A root key made beforehand, named at init: its certificate for the GUN is made then.
     let gun = "registry.example.com/plain";
     let root = agent.generate("root", None);
-    let init = trust(&agent, &stack, &["--json", "init", gun, "--root-key", &root[..10]]).json();
+    let init = trust(
+        &agent,
+        &stack,
+        &["--json", "init", gun, "--root-key", &root[..10]],
+    )
+    .json();
     assert_eq!(init["root_canonical_id"], root.as_str());
     sign(&agent, &stack, &format!("{gun}:v1"), b"over http").ok();
     let rows = notary_list(&stack, gun, &[]);
@@ -1088,4 +1093,50 @@ fn plain_http_server_and_an_existing_root_key() {
     let other = "registry.example.com/plain2";
     let targets = agent.generate("targets", Some(other));
     trust(&agent, &stack, &["init", other, "--root-key", &targets]).fails(1, "not a root key");
+}
+
+#[test]
+fn the_registry_digest_with_basic_auth() {
+    let stack = NotaryStack::start();
+    let registry = dct_tests::registry::Registry::start_with_auth(&stack, "ci-user", "ci-secret");
+    let (_hsm, agent) = agent_on("dct");
+    let served = registry.push("team/private", "v1", "private v1");
+    let gun = format!("{}/team/private", registry.host);
+    let image = format!("{gun}:v1");
+    let args = [
+        "trust",
+        "--server",
+        &stack.url,
+        "--tlscacert",
+        stack.ca.to_str().unwrap(),
+        "sign",
+        &image,
+    ];
+    // Without credentials the registry's refusal is shown and nothing is signed.
+    agent.dct(&args).fails(1, "401");
+    // With them (from the environment only), the digest the registry serves is signed.
+    let out = agent
+        .dct_env(
+            &args,
+            &[
+                ("DCT_REGISTRY_USERNAME", "ci-user"),
+                ("DCT_REGISTRY_PASSWORD", "ci-secret"),
+            ],
+        )
+        .ok();
+    assert!(
+        out.stdout.contains(&hex(&Sha256::digest(&served))),
+        "{}",
+        out.stdout
+    );
+    let rows = notary_list(&stack, &gun, &[]);
+    assert_eq!(
+        rows,
+        vec![(
+            "v1".into(),
+            hex(&Sha256::digest(&served)),
+            served.len().to_string(),
+            "targets".into()
+        )]
+    );
 }
