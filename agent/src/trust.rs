@@ -330,22 +330,25 @@ async fn get_pinned(
         .ok_or_else(|| Error::Unavailable(format!("trust server has no {role}.json for {gun}")))
 }
 
+/// The keys of a root document's root role, and its threshold.
+fn root_role_keys(root: &RootDoc) -> std::result::Result<(BTreeMap<String, TufKey>, i64), String> {
+    let keys = parse_key_map(&root.keys)?;
+    let role = root.roles.get("root").ok_or("root has no root role")?;
+    let own = role
+        .keyids
+        .iter()
+        .filter_map(|id| Some((id.clone(), keys.get(id)?.clone())))
+        .collect();
+    Ok((own, role.threshold))
+}
+
 /// A root must carry a threshold of signatures by its own root keys.
 fn check_self_signed(bytes: &[u8]) -> Result<()> {
     let env = Envelope::parse(bytes).map_err(|e| Error::Refused(format!("root: {e}")))?;
     let root: RootDoc = serde_json::from_value(env.signed.clone())
         .map_err(|e| Error::Refused(format!("root: {e}")))?;
-    let keys = parse_key_map(&root.keys).map_err(Error::Refused)?;
-    let role = root
-        .roles
-        .get("root")
-        .ok_or_else(|| Error::Refused("root has no root role".into()))?;
-    let own: BTreeMap<String, TufKey> = role
-        .keyids
-        .iter()
-        .filter_map(|id| Some((id.clone(), keys.get(id)?.clone())))
-        .collect();
-    check_signatures(&env, &own, role.threshold)
+    let (own, threshold) = root_role_keys(&root).map_err(Error::Refused)?;
+    check_signatures(&env, &own, threshold)
         .map(|_| ())
         .map_err(|e| {
             Error::Refused(format!(
@@ -366,18 +369,10 @@ fn check_rotation(old: &[u8], new: &[u8]) -> Result<()> {
     let old_env = Envelope::parse(old).map_err(|e| Error::Internal(format!("cached root: {e}")))?;
     let old_root: RootDoc =
         serde_json::from_value(old_env.signed).map_err(|e| Error::Internal(e.to_string()))?;
-    let old_keys = parse_key_map(&old_root.keys).map_err(Error::Internal)?;
-    let role = old_root
-        .roles
-        .get("root")
-        .ok_or_else(|| Error::Internal("cached root has no root role".into()))?;
-    let keys: BTreeMap<String, TufKey> = role
-        .keyids
-        .iter()
-        .filter_map(|id| Some((id.clone(), old_keys.get(id)?.clone())))
-        .collect();
+    let (keys, threshold) =
+        root_role_keys(&old_root).map_err(|e| Error::Internal(format!("cached root: {e}")))?;
     let new_env = Envelope::parse(new).map_err(|e| refuse(format!("is unreadable ({e})")))?;
-    check_signatures(&new_env, &keys, role.threshold)
+    check_signatures(&new_env, &keys, threshold)
         .map_err(|e| refuse(format!("is not signed by the trusted root keys ({e})")))?;
     let new_version = new_env
         .signed

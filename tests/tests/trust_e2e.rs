@@ -417,20 +417,7 @@ fn signers_sign_in_their_delegation_and_releases_and_revoke_removes_tags() {
 fn a_repository_made_by_the_notary_client_is_taken_over_by_importing_its_keys() {
     let stack = NotaryStack::start();
     let gun = "registry.example.com/legacy";
-    let ndir = tempfile::tempdir().unwrap();
-    let content = agent_dir_file(ndir.path(), "v1.txt", b"legacy v1\n");
-    for args in [
-        vec!["init", gun],
-        vec!["add", gun, "v1", &content],
-        vec!["publish", gun],
-    ] {
-        let out = stack.notary(ndir.path(), &args, None);
-        assert!(
-            out.status.success(),
-            "notary {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let ndir = notary_made_repo(&stack, gun, b"legacy v1\n");
     let (_hsm, agent) = agent_on("dct");
     // Import the publisher's targets and snapshot keys (notary keeps the snapshot key locally).
     let mut imported = Vec::new();
@@ -696,20 +683,7 @@ fn a_local_snapshot_key_on_the_token_signs_every_snapshot() {
 fn the_file_backend_signs_with_existing_notary_key_files() {
     let stack = NotaryStack::start();
     let gun = "registry.example.com/files";
-    let ndir = tempfile::tempdir().unwrap();
-    let v1 = agent_dir_file(ndir.path(), "v1.txt", b"files v1\n");
-    for args in [
-        vec!["init", gun],
-        vec!["add", gun, "v1", &v1],
-        vec!["publish", gun],
-    ] {
-        let out = stack.notary(ndir.path(), &args, None);
-        assert!(
-            out.status.success(),
-            "notary {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let ndir = notary_made_repo(&stack, gun, b"files v1\n");
     let private = ndir.path().join("private");
     let label = format!("file:{}", private.display());
     let agent = Agent::start_with_config(
@@ -1009,20 +983,7 @@ fn the_file_backend_writes_keys_the_notary_client_signs_with() {
 fn an_imported_notary_root_key_rotates_the_root_of_a_notary_repository() {
     let stack = NotaryStack::start();
     let gun = "registry.example.com/oldroot";
-    let ndir = tempfile::tempdir().unwrap();
-    let v1 = agent_dir_file(ndir.path(), "v1.txt", b"v1\n");
-    for args in [
-        vec!["init", gun],
-        vec!["add", gun, "v1", &v1],
-        vec!["publish", gun],
-    ] {
-        let out = stack.notary(ndir.path(), &args, None);
-        assert!(
-            out.status.success(),
-            "notary {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let ndir = notary_made_repo(&stack, gun, b"v1\n");
     let (_hsm, agent) = agent_on("dct");
     // The root key moves to the token with no certificate stored there; the snapshot key
     // too, since this repository keeps it client-side and a new root needs a new snapshot.
@@ -1139,4 +1100,24 @@ fn the_registry_digest_with_basic_auth() {
             "targets".into()
         )]
     );
+}
+
+/// A repository the real notary client made and published with tag v1 (its keys in the
+/// returned trust directory).
+fn notary_made_repo(stack: &NotaryStack, gun: &str, v1: &[u8]) -> tempfile::TempDir {
+    let ndir = tempfile::tempdir().unwrap();
+    let content = agent_dir_file(ndir.path(), "v1.txt", v1);
+    for args in [
+        vec!["init", gun],
+        vec!["add", gun, "v1", &content],
+        vec!["publish", gun],
+    ] {
+        let out = stack.notary(ndir.path(), &args, None);
+        assert!(
+            out.status.success(),
+            "notary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ndir
 }
