@@ -70,6 +70,11 @@ pub trait KeyBackend: Send + 'static {
     fn login(&mut self, pin: &SecretString, force: bool) -> Result<PinState>;
     fn logout(&mut self) -> Result<()>;
     fn list_keys(&mut self) -> Result<Vec<KeyEntry>>;
+    /// The listing for resolving a key on the signing path: may be a few seconds old. The
+    /// private key lookup at signing stays authoritative.
+    fn list_keys_cached(&mut self) -> Result<Vec<KeyEntry>> {
+        self.list_keys()
+    }
     /// Generates a P-256 key on the token, non-extractable, labelled with role and GUN.
     fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry>;
     /// Puts an existing P-256 key on the token (sensitive, non-extractable from then on).
@@ -241,6 +246,19 @@ impl Keyring {
     }
 
     /// Every key on every token, with the tokens that could not be read.
+    /// As [`Keyring::all_keys`], from the tokens' recent listings (the signing path).
+    pub async fn all_keys_cached(&self) -> (Vec<KeyEntry>, Vec<String>) {
+        let mut keys = Vec::new();
+        let mut errors = Vec::new();
+        for t in self.tokens.iter() {
+            match t.run(|b| b.list_keys_cached()).await {
+                Ok(k) => keys.extend(k),
+                Err(e) => errors.push(format!("{}: {e}", t.label)),
+            }
+        }
+        (keys, errors)
+    }
+
     pub async fn all_keys(&self) -> (Vec<KeyEntry>, Vec<String>) {
         let mut keys = Vec::new();
         let mut errors = Vec::new();
@@ -261,7 +279,15 @@ impl Keyring {
             )));
         }
         let wanted = wanted.to_ascii_lowercase();
-        let (keys, errors) = self.all_keys().await;
+        let matches = |keys: &[KeyEntry]| {
+            keys.iter()
+                .any(|k| k.key_id.starts_with(&wanted) || k.canonical_id.starts_with(&wanted))
+        };
+        // The recent listing first; a miss (a key made by another process just now) looks again.
+        let (mut keys, mut errors) = self.all_keys_cached().await;
+        if !matches(&keys) {
+            (keys, errors) = self.all_keys().await;
+        }
         let exact: Vec<KeyEntry> = keys
             .iter()
             .filter(|k| k.key_id == wanted || k.canonical_id == wanted)

@@ -65,6 +65,8 @@ pub struct Pkcs11Backend {
     module: PathBuf,
     label: String,
     session: Option<Session>,
+    /// The last listing and when it was made, for the signing path.
+    listing: Option<(std::time::Instant, Vec<KeyEntry>)>,
     /// Private key handles by (CKA_ID, CKA_LABEL), valid while logged in on this session.
     handles: HashMap<(Vec<u8>, Vec<u8>), ObjectHandle>,
 }
@@ -77,6 +79,7 @@ impl Pkcs11Backend {
             label,
             session: None,
             handles: HashMap::new(),
+            listing: None,
         }
     }
 
@@ -175,6 +178,7 @@ impl Pkcs11Backend {
             ) => {
                 self.session = None;
                 self.handles.clear();
+                self.listing = None;
                 Error::Unavailable(format!(
                     "token {:?}: {e}; will reconnect on the next request",
                     self.label
@@ -295,83 +299,8 @@ impl Pkcs11Backend {
     }
 }
 
-impl KeyBackend for Pkcs11Backend {
-    fn info(&mut self) -> TokenInfo {
-        let mut info = TokenInfo {
-            backend: BACKEND,
-            label: self.label.clone(),
-            module: self.module.display().to_string(),
-            ..Default::default()
-        };
-        if let Err(e) = self.session() {
-            info.error = Some(e.to_string());
-            return info;
-        }
-        info.present = true;
-        info.unlocked = self.logged_in();
-        info.pin = self.pin_state();
-        if let Some(t) = self.slot().and_then(|s| self.ctx.get_token_info(s).ok()) {
-            info.manufacturer = t.manufacturer_id().trim_end().into();
-            info.model = t.model().trim_end().into();
-            info.serial = t.serial_number().trim_end().into();
-        }
-        match self.list_keys() {
-            Ok(k) => info.key_count = k.len() as u32,
-            Err(e) => info.error = Some(e.to_string()),
-        }
-        info
-    }
-
-    fn login(&mut self, pin: &SecretString, force: bool) -> Result<PinState> {
-        self.session()?;
-        if self.logged_in() {
-            return Ok(self.pin_state());
-        }
-        let before = self.pin_state();
-        if before.locked {
-            return Err(Error::PinLocked {
-                token: self.label.clone(),
-            });
-        }
-        if before.final_try && !force {
-            return Err(Error::FinalTry {
-                token: self.label.clone(),
-            });
-        }
-        let result = self.session()?.login(UserType::User, Some(pin));
-        self.handles.clear();
-        match result {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(self.pin_state()),
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(Error::WrongPin {
-                token: self.label.clone(),
-                state: self.pin_state(),
-            }),
-            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::PinLocked {
-                token: self.label.clone(),
-            }),
-            Err(CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _)) => {
-                Err(Error::InvalidArgument(format!(
-                    "the PIN has a length or characters token {:?} does not accept",
-                    self.label
-                )))
-            }
-            Err(e) => Err(self.map_err(e)),
-        }
-    }
-
-    fn logout(&mut self) -> Result<()> {
-        self.handles.clear();
-        if self.session.is_none() || !self.logged_in() {
-            return Ok(());
-        }
-        let r = self.session()?.logout();
-        match r {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
-            Err(e) => Err(self.map_err(e)),
-        }
-    }
-
-    fn list_keys(&mut self) -> Result<Vec<KeyEntry>> {
+impl Pkcs11Backend {
+    fn list_keys_uncached(&mut self) -> Result<Vec<KeyEntry>> {
         let session = self.session()?;
         let pubs = session.find_objects(&[
             Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -449,9 +378,104 @@ impl KeyBackend for Pkcs11Backend {
         out.sort_by(|a, b| (&a.role, &a.gun, &a.key_id).cmp(&(&b.role, &b.gun, &b.key_id)));
         Ok(out)
     }
+}
 
+impl KeyBackend for Pkcs11Backend {
+    fn info(&mut self) -> TokenInfo {
+        let mut info = TokenInfo {
+            backend: BACKEND,
+            label: self.label.clone(),
+            module: self.module.display().to_string(),
+            ..Default::default()
+        };
+        if let Err(e) = self.session() {
+            info.error = Some(e.to_string());
+            return info;
+        }
+        info.present = true;
+        info.unlocked = self.logged_in();
+        info.pin = self.pin_state();
+        if let Some(t) = self.slot().and_then(|s| self.ctx.get_token_info(s).ok()) {
+            info.manufacturer = t.manufacturer_id().trim_end().into();
+            info.model = t.model().trim_end().into();
+            info.serial = t.serial_number().trim_end().into();
+        }
+        match self.list_keys() {
+            Ok(k) => info.key_count = k.len() as u32,
+            Err(e) => info.error = Some(e.to_string()),
+        }
+        info
+    }
+
+    fn login(&mut self, pin: &SecretString, force: bool) -> Result<PinState> {
+        self.session()?;
+        if self.logged_in() {
+            return Ok(self.pin_state());
+        }
+        let before = self.pin_state();
+        if before.locked {
+            return Err(Error::PinLocked {
+                token: self.label.clone(),
+            });
+        }
+        if before.final_try && !force {
+            return Err(Error::FinalTry {
+                token: self.label.clone(),
+            });
+        }
+        let result = self.session()?.login(UserType::User, Some(pin));
+        self.handles.clear();
+        match result {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(self.pin_state()),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(Error::WrongPin {
+                token: self.label.clone(),
+                state: self.pin_state(),
+            }),
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::PinLocked {
+                token: self.label.clone(),
+            }),
+            Err(CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _)) => {
+                Err(Error::InvalidArgument(format!(
+                    "the PIN has a length or characters token {:?} does not accept",
+                    self.label
+                )))
+            }
+            Err(e) => Err(self.map_err(e)),
+        }
+    }
+
+    fn logout(&mut self) -> Result<()> {
+        self.handles.clear();
+        if self.session.is_none() || !self.logged_in() {
+            return Ok(());
+        }
+        let r = self.session()?.logout();
+        match r {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
+            Err(e) => Err(self.map_err(e)),
+        }
+    }
+
+    fn list_keys_cached(&mut self) -> Result<Vec<KeyEntry>> {
+        /// How old a listing the signing path may use.
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+        if let Some((at, keys)) = &self.listing {
+            if at.elapsed() < FRESH && self.session.is_some() {
+                return Ok(keys.clone());
+            }
+        }
+        self.list_keys()
+    }
+
+    fn list_keys(&mut self) -> Result<Vec<KeyEntry>> {
+        let keys = self.list_keys_uncached()?;
+        self.listing = Some((std::time::Instant::now(), keys.clone()));
+        Ok(keys)
+    }
     fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry> {
         self.require_login()?;
+        // The token is about to change: the next listing must be fresh.
+        self.listing = None;
         let label = key_label(role, gun);
         let mut tmp_id = [0u8; 32];
         getrandom::getrandom(&mut tmp_id).map_err(|e| Error::Internal(e.to_string()))?;
@@ -528,6 +552,8 @@ impl KeyBackend for Pkcs11Backend {
         key: &crate::tuf::keyfile::ImportedKey,
     ) -> Result<KeyEntry> {
         self.require_login()?;
+        // The token is about to change: the next listing must be fresh.
+        self.listing = None;
         let spki = tufkeys::p256_spki_from_point(&key.point)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let canonical = TufKey::ecdsa(spki.clone()).key_id();
@@ -611,6 +637,8 @@ impl KeyBackend for Pkcs11Backend {
         cert_der: &[u8],
     ) -> Result<KeyEntry> {
         self.require_login()?;
+        // The token is about to change: the next listing must be fresh.
+        self.listing = None;
         // Check it is this key's certificate before anything is written to the token.
         let mut base = key.clone();
         base.gun = None;
