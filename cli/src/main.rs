@@ -317,14 +317,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let r = c
                 .call(|mut a| async move { a.generate_key(req).await })
                 .await?;
-            let key = r
-                .key
-                .ok_or_else(|| Failure::failed("agent returned no key"))?;
-            if json {
-                return print_json(&output::key_json(&key));
-            }
-            println!("{}", key.key_id);
-            if key.canonical_id != key.key_id {
+            let key = output::print_new_key(r.key, json)?;
+            if !json && key.canonical_id != key.key_id {
                 eprintln!(
                     "canonical ID {} (root certificate for {})",
                     key.canonical_id, key.gun
@@ -408,13 +402,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let r = c
                 .call(|mut a| async move { a.import_key(req).await })
                 .await?;
-            let key = r
-                .key
-                .ok_or_else(|| Failure::failed("agent returned no key"))?;
+            let key = output::print_new_key(r.key, json)?;
             if json {
-                return print_json(&output::key_json(&key));
+                return Ok(());
             }
-            println!("{}", key.key_id);
             eprintln!(
                 "imported {} key for {} into token {}",
                 key.role,

@@ -90,6 +90,17 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
     json!({"version": s.version, "backends": s.backends, "tokens": tokens})
 }
 
+/// A key the agent just made or imported: its JSON, or its ID alone on stdout.
+pub fn print_new_key(key: Option<pb::Key>, json: bool) -> Result<pb::Key, Failure> {
+    let key = key.ok_or_else(|| Failure::failed("agent returned no key"))?;
+    if json {
+        print_json(&key_json(&key))?;
+    } else {
+        println!("{}", key.key_id);
+    }
+    Ok(key)
+}
+
 pub fn key_json(k: &pb::Key) -> Value {
     use base64::Engine as _;
     let public = base64::engine::general_purpose::STANDARD.encode(&k.public);

@@ -111,6 +111,14 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// A fresh SoftHSM2 token and an agent serving it, unlocked.
+    pub fn on_fresh_token(label: &str, pin: &str) -> (SoftHsm, Agent) {
+        let hsm = SoftHsm::new(label, pin);
+        let agent = Agent::start(Some(&hsm));
+        agent.unlock(&hsm);
+        (hsm, agent)
+    }
+
     /// Starts an agent serving `hsm`'s token (or no token at all).
     pub fn start(hsm: Option<&SoftHsm>) -> Agent {
         Self::start_with_config(hsm, &hsm.map(SoftHsm::agent_config).unwrap_or_default())

@@ -179,9 +179,7 @@ fn keys_live_on_the_token_and_a_new_agent_finds_them() {
 
 #[test]
 fn signatures_are_notary_exact_and_checked_by_openssl() {
-    let hsm = SoftHsm::new("sign", "1111");
-    let agent = Agent::start(Some(&hsm));
-    agent.unlock(&hsm);
+    let (_hsm, agent) = Agent::on_fresh_token("sign", "1111");
     let targets = agent.generate("targets", Some(GUN));
     let all = keys(&agent);
     let spki = B64
@@ -257,9 +255,7 @@ fn signatures_are_notary_exact_and_checked_by_openssl() {
 
 #[test]
 fn root_certificate_made_on_the_token() {
-    let hsm = SoftHsm::new("root", "2222");
-    let agent = Agent::start(Some(&hsm));
-    agent.unlock(&hsm);
+    let (_hsm, agent) = Agent::on_fresh_token("root", "2222");
     let root = agent.generate("root", Some(GUN));
     let all = keys(&agent);
     let k = key(&all, &root);
@@ -321,9 +317,7 @@ fn root_certificate_made_on_the_token() {
 
 #[test]
 fn a_whole_repository_signed_on_the_token_verifies() {
-    let hsm = SoftHsm::new("repo", "3333");
-    let agent = Agent::start(Some(&hsm));
-    agent.unlock(&hsm);
+    let (_hsm, agent) = Agent::on_fresh_token("repo", "3333");
     let dir = agent.dir.path().join("repo");
     let v1 = b"release one\n";
     let k = repo::build(&agent, &dir, GUN, (v1, b"release two\n"));
@@ -380,9 +374,7 @@ fn a_whole_repository_signed_on_the_token_verifies() {
 
 #[test]
 fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
-    let hsm = SoftHsm::new("bad", "5555");
-    let agent = Agent::start(Some(&hsm));
-    agent.unlock(&hsm);
+    let (_hsm, agent) = Agent::on_fresh_token("bad", "5555");
     let targets = agent.generate("targets", Some(GUN));
     let root = agent.generate("root", Some(GUN));
     let d = agent.dir.path();
@@ -452,9 +444,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
 
 #[test]
 fn a_public_object_changed_without_the_pin_cannot_widen_what_a_key_signs() {
-    let hsm = SoftHsm::new("tamper", "6666");
-    let agent = Agent::start(Some(&hsm));
-    agent.unlock(&hsm);
+    let (hsm, agent) = Agent::on_fresh_token("tamper", "6666");
     let id = agent.generate("targets", Some(GUN));
     let spki = B64
         .decode(

@@ -14,10 +14,7 @@ fn hex(b: &[u8]) -> String {
 
 /// A running agent on a fresh token, unlocked.
 fn agent_on(label: &str) -> (SoftHsm, Agent) {
-    let hsm = SoftHsm::new(label, "7777");
-    let agent = Agent::start(Some(&hsm));
-    agent.unlock(&hsm);
-    (hsm, agent)
+    Agent::on_fresh_token(label, "7777")
 }
 
 fn trust(agent: &Agent, stack: &NotaryStack, args: &[&str]) -> Run {
@@ -91,20 +88,7 @@ fn init_sign_inspect_agree_with_the_real_notary_tools() {
     let rows = notary_list(&stack, gun, &[]);
     assert_eq!(
         rows,
-        vec![
-            (
-                "v1".into(),
-                hex(&Sha256::digest(&v1)),
-                v1.len().to_string(),
-                "targets".into()
-            ),
-            (
-                "v2".into(),
-                hex(&Sha256::digest(&v2)),
-                v2.len().to_string(),
-                "targets".into()
-            ),
-        ]
+        vec![row("v1", &v1, "targets"), row("v2", &v2, "targets"),]
     );
     let trust_dir = tempfile::tempdir().unwrap();
     let ok = stack.notary(trust_dir.path(), &["verify", gun, "v1"], Some(&v1));
@@ -355,15 +339,7 @@ fn signers_sign_in_their_delegation_and_releases_and_revoke_removes_tags() {
         out.stdout
     );
     let rows = notary_list(&stack, gun, &["--roles", "targets/releases"]);
-    assert_eq!(
-        rows,
-        vec![(
-            "v1".into(),
-            hex(&Sha256::digest(v1)),
-            v1.len().to_string(),
-            "targets/releases".into()
-        )]
-    );
+    assert_eq!(rows, vec![row("v1", v1, "targets/releases")]);
     let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
     assert_eq!(
         ins["signed_tags"][0]["signers"],
@@ -610,18 +586,8 @@ fn sign_resolves_the_digest_from_the_registry_or_a_manifest_file() {
     assert_eq!(
         rows,
         vec![
-            (
-                "v1".into(),
-                hex(&Sha256::digest(&served)),
-                served.len().to_string(),
-                "targets".into()
-            ),
-            (
-                "v2".into(),
-                hex(&Sha256::digest(b"{\"schemaVersion\":2}")),
-                "19".into(),
-                "targets".into()
-            ),
+            row("v1", &served, "targets"),
+            row("v2", b"{\"schemaVersion\":2}", "targets"),
         ]
     );
     // A tag the registry does not have.
@@ -1091,15 +1057,7 @@ fn the_registry_digest_with_basic_auth() {
         out.stdout
     );
     let rows = notary_list(&stack, &gun, &[]);
-    assert_eq!(
-        rows,
-        vec![(
-            "v1".into(),
-            hex(&Sha256::digest(&served)),
-            served.len().to_string(),
-            "targets".into()
-        )]
-    );
+    assert_eq!(rows, vec![row("v1", &served, "targets")]);
 }
 
 /// A repository the real notary client made and published with tag v1 (its keys in the
@@ -1120,4 +1078,14 @@ fn notary_made_repo(stack: &NotaryStack, gun: &str, v1: &[u8]) -> tempfile::Temp
         );
     }
     ndir
+}
+
+/// A `notary list` row for `tag` signed over `content` in `role`.
+fn row(tag: &str, content: &[u8], role: &str) -> (String, String, String, String) {
+    (
+        tag.into(),
+        hex(&Sha256::digest(content)),
+        content.len().to_string(),
+        role.into(),
+    )
 }
