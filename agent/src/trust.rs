@@ -80,6 +80,26 @@ impl TrustContext {
         write_atomic(&self.root_path(gun), bytes)
     }
 
+    /// Saves the trusted root (and the seen versions) off the async runtime: the writes
+    /// are synced to disk.
+    async fn persist(
+        &self,
+        gun: &str,
+        root: Vec<u8>,
+        versions: Option<BTreeMap<String, i64>>,
+    ) -> Result<()> {
+        let (ctx, gun) = (self.clone(), gun.to_string());
+        tokio::task::spawn_blocking(move || {
+            ctx.save_root(&gun, &root)?;
+            match versions {
+                Some(v) => ctx.save_versions(&gun, &v),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
     fn versions_path(&self, gun: &str) -> PathBuf {
         self.dir.join("tuf").join(gun).join("versions.json")
     }
@@ -289,8 +309,7 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
         let e = seen.entry(role.clone()).or_insert(v);
         *e = (*e).max(v);
     }
-    ctx.save_root(gun, &files["root"])?;
-    ctx.save_versions(gun, &seen)?;
+    ctx.persist(gun, files["root"].clone(), Some(seen)).await?;
     Ok(Some(Repo {
         files,
         verified,
@@ -574,7 +593,7 @@ pub async fn init(
         files.push(("snapshot".into(), s.document));
     }
     client.publish(gun, files).await?;
-    ctx.save_root(gun, &root_signed.document)?;
+    ctx.persist(gun, root_signed.document.clone(), None).await?;
     tracing::info!(gun, root = %root.key_id, targets = %targets.key_id, "initialised trust data");
     Ok(InitResult {
         root,
