@@ -2,7 +2,7 @@
 //! workspace needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/dct.proto"];
+    let files = ["proto/dct.proto", "proto/notary/signer.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -7,6 +7,15 @@
 //! [[pkcs11]]
 //! module = "/usr/lib/softhsm/libsofthsm2.so"
 //! token = "dct"
+//! sessions = 2                                      # optional: signing sessions
+//! pin_file = "/etc/dct/dct.pin"                     # optional: unlock at start (0600)
+//!
+//! [notary_signer]                                   # optional: notary-signer's API
+//! listen = "127.0.0.1:7899"
+//! tls_cert = "/etc/dct/signer.crt"
+//! tls_key = "/etc/dct/signer.key"
+//! client_ca = "/etc/dct/ca.crt"                     # client certificates required
+//! token = "dct"                                     # where its keys are made
 //! ```
 //! PKCS#11 module paths come only from here, never from a request.
 
@@ -33,6 +42,21 @@ pub struct Config {
     pub trust_dir: Option<PathBuf>,
     #[serde(default)]
     pub trust: TrustConfig,
+    /// `[notary_signer]`: serve notary-signer's gRPC API (mutual TLS) for notary-server.
+    pub notary_signer: Option<NotarySignerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotarySignerConfig {
+    /// `host:port`; TCP, always with mutual TLS.
+    pub listen: std::net::SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// CA that client certificates must chain to; a client without one is refused.
+    pub client_ca: PathBuf,
+    /// Label of the token its keys are made on and served from.
+    pub token: String,
 }
 
 /// `[trust]`: the default notary-server and root pinning.
@@ -100,6 +124,24 @@ pub struct Pkcs11Config {
     pub module: PathBuf,
     /// Token label.
     pub token: String,
+    /// Sessions that sign in parallel (a pool of threads). Default: the number of CPUs, at
+    /// most 4. 1: everything on the token's one session.
+    pub sessions: Option<usize>,
+    /// A file holding the PIN, to unlock the token at start with no one at a terminal
+    /// (a server, CI). Must be owned by the agent's user and not readable by others. One
+    /// login attempt; a wrong PIN leaves the token locked and is never retried.
+    pub pin_file: Option<PathBuf>,
+}
+
+impl Pkcs11Config {
+    pub fn sessions(&self) -> usize {
+        self.sessions.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4)
+        })
+    }
 }
 
 impl Config {
@@ -113,10 +155,24 @@ impl Config {
             if !labels.insert(t.token.as_str()) {
                 return Err(format!("token {:?} is configured twice", t.token));
             }
+            if t.sessions == Some(0) || t.sessions.is_some_and(|n| n > 64) {
+                return Err(format!(
+                    "token {:?}: sessions must be between 1 and 64",
+                    t.token
+                ));
+            }
             if !t.module.is_absolute() {
                 return Err(format!(
                     "PKCS#11 module path {:?} must be absolute",
                     t.module
+                ));
+            }
+        }
+        if let Some(ns) = &c.notary_signer {
+            if !labels.contains(ns.token.as_str()) {
+                return Err(format!(
+                    "[notary_signer] token {:?} is not a configured [[pkcs11]] token",
+                    ns.token
                 ));
             }
         }

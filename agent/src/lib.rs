@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod notary;
+pub mod notary_signer;
 pub mod registry;
 pub mod server;
 pub mod service;

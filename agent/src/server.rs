@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 
 use crate::config::{Config, Pkcs11Config};
 use crate::keys::pkcs11::{Modules, Pkcs11Backend, BACKEND};
-use crate::keys::Token;
+use crate::keys::{Keyring, Token};
 use crate::service::AgentService;
 
 /// Starts one worker thread per configured token. A token that is absent now is not an
@@ -27,17 +27,70 @@ pub fn start_tokens(
         let ctx = modules.get(&t.module).map_err(|e| e.to_string())?;
         let backend = Pkcs11Backend::new(ctx, t.module.clone(), t.token.clone());
         tokens.push(
-            Token::spawn(t.token.clone(), BACKEND, Box::new(backend)).map_err(|e| e.to_string())?,
+            Token::spawn(t.token.clone(), BACKEND, Box::new(backend), t.sessions())
+                .map_err(|e| e.to_string())?,
         );
     }
     for f in files {
         let backend = crate::keys::file::FileBackend::new(f.path(), f.label());
         tokens.push(
-            Token::spawn(f.label(), crate::keys::file::BACKEND, Box::new(backend))
+            Token::spawn(f.label(), crate::keys::file::BACKEND, Box::new(backend), 1)
                 .map_err(|e| e.to_string())?,
         );
     }
     Ok(tokens)
+}
+
+/// Unlocks the tokens that have a `pin_file`: one attempt each, never repeated. A failure
+/// is logged (without the PIN) and leaves the token locked for `dct unlock`.
+async fn unlock_from_pin_files(config: &Config, keys: &Keyring) {
+    for t in &config.pkcs11 {
+        let Some(path) = &t.pin_file else { continue };
+        let pin = match read_pin_file(path) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(token = %t.token, "not unlocked: {e}");
+                continue;
+            }
+        };
+        let Ok(token) = keys.token(&t.token) else {
+            continue;
+        };
+        match token.run(move |b| b.login(&pin, false)).await {
+            Ok(state) => {
+                tracing::info!(token = %t.token, "unlocked from its PIN file ({})", state.describe())
+            }
+            Err(e) => tracing::error!(token = %t.token, "not unlocked from its PIN file: {e}"),
+        }
+    }
+}
+
+/// Reads a PIN file that only we can read; the PIN is the first line.
+pub fn read_pin_file(path: &Path) -> Result<secrecy::SecretString, String> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("PIN file {}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("PIN file {}: {e}", path.display()))?;
+    if meta.uid() != nix::unistd::getuid().as_raw() || meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "PIN file {} must belong to this user and not be readable by others (chmod 600)",
+            path.display()
+        ));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(64));
+    (&mut f)
+        .take(1024)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("PIN file {}: {e}", path.display()))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| format!("PIN file {} is not UTF-8", path.display()))?;
+    let pin = text.lines().next().unwrap_or_default();
+    if pin.is_empty() {
+        return Err(format!("PIN file {} is empty", path.display()));
+    }
+    Ok(secrecy::SecretString::from(pin.to_string()))
 }
 
 /// Makes the socket's directory (0700) or checks an existing one is ours and private.
@@ -121,6 +174,49 @@ impl Listener {
         tokens: Vec<Token>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
+        let keys = Keyring::new(tokens);
+        unlock_from_pin_files(config, &keys).await;
+        // One shutdown signal for every listener.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let signer = match &config.notary_signer {
+            Some(ns) => {
+                let (ns, keys, limit) = (ns.clone(), keys.clone(), config.max_request_bytes());
+                let stop = stopped(stop_rx.clone());
+                Some(tokio::spawn(async move {
+                    crate::notary_signer::serve(&ns, keys, limit, stop).await
+                }))
+            }
+            None => None,
+        };
+        let main = self.serve_agent(config, keys, stopped(stop_rx.clone()));
+        tokio::pin!(main);
+        let result = tokio::select! {
+            r = &mut main => r,
+            _ = shutdown => {
+                let _ = stop_tx.send(true);
+                (&mut main).await
+            }
+        };
+        let _ = stop_tx.send(true);
+        if let Some(signer) = signer {
+            match signer.await {
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(format!("notary-signer API: {e}")),
+                Ok(Ok(())) => {}
+            }
+        }
+        result
+    }
+
+    async fn serve_agent(
+        self,
+        config: &Config,
+        keys: Keyring,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), String> {
         let own_uid = nix::unistd::getuid().as_raw();
         let incoming = UnixListenerStream::new(self.listener).filter(move |conn| match conn {
             Ok(stream) => match stream.peer_cred() {
@@ -142,7 +238,7 @@ impl Listener {
             config.trust_server()?,
             config.trust.pinning.clone(),
         );
-        let service = AgentServer::new(AgentService::new(tokens, trust))
+        let service = AgentServer::new(AgentService::new(keys, trust))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit.saturating_mul(2));
         let result = tonic::transport::Server::builder()

@@ -13,17 +13,17 @@ use crate::signing;
 use crate::trust;
 use crate::tuf::verify;
 
+/// Documents in one SignMetadataBatch call.
+const MAX_BATCH: usize = 100_000;
+
 pub struct AgentService {
     keys: Keyring,
     trust: crate::trust::TrustContext,
 }
 
 impl AgentService {
-    pub fn new(tokens: Vec<Token>, trust: crate::trust::TrustContext) -> Self {
-        AgentService {
-            keys: Keyring::new(tokens),
-            trust,
-        }
+    pub fn new(keys: Keyring, trust: crate::trust::TrustContext) -> Self {
+        AgentService { keys, trust }
     }
 }
 
@@ -271,6 +271,80 @@ impl Agent for AgentService {
             role: s.role,
             version: s.version,
         }))
+    }
+
+    async fn sign_metadata_batch(
+        &self,
+        req: Request<pb::SignMetadataBatchRequest>,
+    ) -> Result<Response<pb::SignMetadataBatchResponse>, Status> {
+        let reqs = req.into_inner().requests;
+        if reqs.len() > MAX_BATCH {
+            return Err(Error::ResourceExhausted(format!(
+                "{} documents in one batch; at most {MAX_BATCH}",
+                reqs.len()
+            ))
+            .into());
+        }
+        // Resolve every key first (from the recent listing); a bad item fails alone.
+        let mut results: Vec<Option<Result<signing::Signed>>> = Vec::with_capacity(reqs.len());
+        let mut items = Vec::new();
+        let mut places = Vec::new();
+        for r in reqs {
+            let checked = (|| {
+                if !r.gun.is_empty() {
+                    check_gun(&r.gun)?;
+                }
+                if !r.role.is_empty() {
+                    check_role(&r.role)?;
+                }
+                Ok::<_, Error>(())
+            })();
+            let keys = match checked {
+                Ok(()) => self.keys.find_key(&r.key_id).await,
+                Err(e) => Err(e),
+            };
+            match keys {
+                Ok(keys) => {
+                    places.push(results.len());
+                    results.push(None);
+                    items.push(signing::BatchItem {
+                        keys,
+                        document: r.document,
+                        role: r.role,
+                        gun: r.gun,
+                    });
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let signed = signing::sign_documents(&self.keys, items).await;
+        for (place, s) in places.into_iter().zip(signed) {
+            results[place] = Some(s);
+        }
+        let results = results
+            .into_iter()
+            .map(|r| {
+                let result = match r.unwrap_or_else(|| Err(Error::Internal("not signed".into()))) {
+                    Ok(s) => pb::sign_metadata_result::Result::Signed(pb::SignMetadataResponse {
+                        document: s.document,
+                        key_id: s.keyid,
+                        role: s.role,
+                        version: s.version,
+                    }),
+                    Err(e) => {
+                        let st = Status::from(e);
+                        pb::sign_metadata_result::Result::Error(pb::ErrorStatus {
+                            code: st.code() as i32,
+                            message: st.message().to_string(),
+                        })
+                    }
+                };
+                pb::SignMetadataResult {
+                    result: Some(result),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::SignMetadataBatchResponse { results }))
     }
 
     async fn verify_repository(

@@ -237,6 +237,25 @@ pub async fn sign_document(
     sign_document_after(keyring, keys, document, role, gun, None).await
 }
 
+/// Documents up to this size are parsed and canonicalised in place (tens of microseconds);
+/// larger ones on a blocking thread, so a 100,000-tag targets file never stalls the runtime.
+const INLINE_BYTES: usize = 64 * 1024;
+
+/// Runs CPU work of `size` input bytes inline when small, else off the async runtime.
+async fn cpu<R, F>(size: usize, f: F) -> Result<R>
+where
+    R: Send + 'static,
+    F: FnOnce() -> Result<R> + Send + 'static,
+{
+    if size <= INLINE_BYTES {
+        f()
+    } else {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+    }
+}
+
 /// As [`sign_document`], for a root that follows `previous` (see [`prepare_after`]).
 pub async fn sign_document_after(
     keyring: &crate::keys::Keyring,
@@ -250,25 +269,115 @@ pub async fn sign_document_after(
         .first()
         .cloned()
         .ok_or_else(|| Error::NotFound("no such key".into()))?;
-    let prepared = tokio::task::spawn_blocking(move || {
+    let size = document.len();
+    let prepared = cpu(size, move || {
         prepare_after(&document, &keys, &role, &gun, previous.as_deref())
     })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))??;
+    .await?;
     let sig = keyring.sign_digest(&key, prepared.digest).await?;
+    cpu(size, move || Ok(signed(prepared, sig))).await?
+}
+
+fn signed(prepared: Prepared, sig: Vec<u8>) -> Result<Signed> {
     let (keyid, role, version) = (
         prepared.keyid.clone(),
         prepared.role.clone(),
         prepared.version,
     );
     tracing::info!(key_id = %keyid, role = %role, version, "signed metadata");
-    let document = tokio::task::spawn_blocking(move || finish(prepared, sig))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
     Ok(Signed {
-        document,
+        document: finish(prepared, sig)?,
         keyid,
         role,
         version,
+    })
+}
+
+/// One document of a batch: every listing of its key, the document, role and GUN.
+pub struct BatchItem {
+    pub keys: Vec<KeyEntry>,
+    pub document: Vec<u8>,
+    pub role: String,
+    pub gun: String,
+}
+
+/// Signs many documents: all parsed in one pass, one trip to each token (spread over its
+/// signing sessions), all finished in one pass. One result per item, in order.
+pub async fn sign_documents(
+    keyring: &crate::keys::Keyring,
+    items: Vec<BatchItem>,
+) -> Vec<Result<Signed>> {
+    let size: usize = items.iter().map(|i| i.document.len()).sum();
+    let n = items.len();
+    let prepared = cpu(size, move || {
+        Ok(items
+            .into_iter()
+            .map(|i| {
+                let key = i.keys.first().cloned();
+                let p = prepare(&i.document, &i.keys, &i.role, &i.gun)?;
+                key.map(|k| (k, p))
+                    .ok_or_else(|| Error::NotFound("no such key".into()))
+            })
+            .collect::<Vec<_>>())
+    })
+    .await;
+    let mut prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = e.to_string();
+            return (0..n).map(|_| Err(Error::Internal(msg.clone()))).collect();
+        }
+    };
+    // Group the signing work by token, keeping each item's place.
+    let mut by_token: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, p) in prepared.iter().enumerate() {
+        if let Ok((k, _)) = p {
+            by_token.entry(k.token.clone()).or_default().push(i);
+        }
+    }
+    let mut sigs: Vec<Option<Result<Vec<u8>>>> = (0..n).map(|_| None).collect();
+    for (label, idx) in by_token {
+        let work = idx
+            .iter()
+            .filter_map(|&i| {
+                prepared[i]
+                    .as_ref()
+                    .ok()
+                    .map(|(k, p)| (k.clone(), p.digest))
+            })
+            .collect();
+        let result = match keyring.token(&label) {
+            Ok(t) => t.sign_many(work).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(list) => {
+                for (i, sig) in idx.into_iter().zip(list) {
+                    sigs[i] = Some(sig);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for i in idx {
+                    sigs[i] = Some(Err(Error::Unavailable(msg.clone())));
+                }
+            }
+        }
+    }
+    let done = cpu(size, move || {
+        Ok(prepared
+            .drain(..)
+            .zip(sigs)
+            .map(|(p, sig)| {
+                let (_, p) = p?;
+                let sig = sig.unwrap_or_else(|| Err(Error::Internal("not signed".into())))?;
+                signed(p, sig)
+            })
+            .collect::<Vec<_>>())
+    })
+    .await;
+    done.unwrap_or_else(|e| {
+        let msg = e.to_string();
+        (0..n).map(|_| Err(Error::Internal(msg.clone()))).collect()
     })
 }

@@ -1,4 +1,4 @@
-//! The wire API between `dct` and `dct-agent`: generated code only.
+//! The wire APIs of dct-agent: generated code only.
 #![forbid(unsafe_code)]
 #![allow(clippy::all)]
 
@@ -7,4 +7,9 @@ pub mod dct {
     pub mod v1 {
         tonic::include_proto!("dct.v1");
     }
+}
+
+/// notary-signer's API (protobuf package `proto`), served for notary-server.
+pub mod notary {
+    tonic::include_proto!("proto");
 }

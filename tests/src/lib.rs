@@ -10,6 +10,7 @@ use tempfile::TempDir;
 pub mod notary;
 pub mod registry;
 pub mod replay;
+pub mod signer_client;
 
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 

@@ -18,7 +18,25 @@ pub struct NotaryStack {
     server: Option<Child>,
 }
 
-fn free_port() -> u16 {
+/// Where notary-server's signer is.
+pub enum SignerAt {
+    /// The real notary-signer, started with the stack.
+    Real,
+    /// Something already serving notary-signer's API on this 127.0.0.1 port with the
+    /// stack's certificates (the agent's `[notary_signer]`).
+    External(u16),
+}
+
+/// A test CA and one leaf certificate (IP:127.0.0.1, server and client auth) in a fresh
+/// directory: `ca.crt`, `leaf.crt`, `leaf.key`.
+pub fn pki() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path());
+    dir
+}
+
+/// A 127.0.0.1 port free right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -65,92 +83,16 @@ impl NotaryStack {
     }
 
     fn start_with(tls: bool) -> NotaryStack {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_on(pki(), tls, SignerAt::Real)
+    }
+
+    /// notary-server (TLS) on the certificates in `dir` (from [`pki`]), its signer `signer`.
+    pub fn start_on(dir: TempDir, tls: bool, signer: SignerAt) -> NotaryStack {
         let d = dir.path();
-        // A test CA and one leaf (IP:127.0.0.1, server and client auth) for both servers.
-        openssl(
-            d,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                "ca.key",
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                "ca.key",
-                "-subj",
-                "/CN=dct test CA",
-                "-days",
-                "2",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-                "-out",
-                "ca.crt",
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                "leaf.key",
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "req",
-                "-new",
-                "-key",
-                "leaf.key",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-out",
-                "leaf.csr",
-            ],
-        );
-        std::fs::write(
-            d.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
-        )
-        .unwrap();
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "ext.cnf",
-                "-out",
-                "leaf.crt",
-            ],
-        );
-        let (sp, hp) = (free_port(), free_port());
+        let (sp, hp) = match signer {
+            SignerAt::Real => (free_port(), free_port()),
+            SignerAt::External(port) => (port, free_port()),
+        };
         let p = |f: &str| d.join(f).display().to_string();
         let signer_cfg = serde_json::json!({
             "server": {"grpc_addr": format!("127.0.0.1:{sp}"), "tls_cert_file": p("leaf.crt"),
@@ -182,8 +124,14 @@ impl NotaryStack {
                     panic!("{bin}: {e} (install Debian's notary: softhsm/install-deps.sh)")
                 })
         };
-        let mut signer = spawn("notary-signer", "signer.json", "signer.log");
-        wait_port(sp, &mut signer, "notary-signer", &d.join("signer.log"));
+        let signer = match signer {
+            SignerAt::Real => {
+                let mut child = spawn("notary-signer", "signer.json", "signer.log");
+                wait_port(sp, &mut child, "notary-signer", &d.join("signer.log"));
+                Some(child)
+            }
+            SignerAt::External(_) => None,
+        };
         let mut server = spawn("notary-server", "server.json", "server.log");
         wait_port(hp, &mut server, "notary-server", &d.join("server.log"));
         NotaryStack {
@@ -191,7 +139,7 @@ impl NotaryStack {
             ca: d.join("ca.crt"),
             port: hp,
             dir,
-            signer: Some(signer),
+            signer,
             server: Some(server),
         }
     }
@@ -249,6 +197,92 @@ impl NotaryStack {
             }
         }
     }
+}
+
+fn make_pki(d: &Path) {
+    // A test CA and one leaf (IP:127.0.0.1, server and client auth) for both servers.
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=dct test CA",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "leaf.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "leaf.key",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-out",
+            "leaf.csr",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "leaf.crt",
+        ],
+    );
 }
 
 impl Drop for NotaryStack {

@@ -70,11 +70,6 @@ pub trait KeyBackend: Send + 'static {
     fn login(&mut self, pin: &SecretString, force: bool) -> Result<PinState>;
     fn logout(&mut self) -> Result<()>;
     fn list_keys(&mut self) -> Result<Vec<KeyEntry>>;
-    /// The listing for resolving a key on the signing path: may be a few seconds old. The
-    /// private key lookup at signing stays authoritative.
-    fn list_keys_cached(&mut self) -> Result<Vec<KeyEntry>> {
-        self.list_keys()
-    }
     /// Generates a P-256 key on the token, non-extractable, labelled with role and GUN.
     fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry>;
     /// Puts an existing P-256 key on the token (sensitive, non-extractable from then on).
@@ -89,6 +84,92 @@ pub trait KeyBackend: Send + 'static {
     /// Stores a certificate for `key` on the token; returns the key as it now lists.
     fn store_certificate(&mut self, key: &KeyEntry, gun: &str, cert_der: &[u8])
         -> Result<KeyEntry>;
+    /// Deletes the key (both halves and any certificates).
+    fn delete(&mut self, key: &KeyEntry) -> Result<()> {
+        Err(Error::InvalidArgument(format!(
+            "the {} backend cannot delete key {}",
+            key.backend, key.key_id
+        )))
+    }
+    /// Opens further sessions that sign on their own threads, for backends whose tokens
+    /// sign in parallel (PKCS#11). `None`: everything runs on the token's one thread.
+    fn session_factory(&self) -> Option<SessionFactory> {
+        None
+    }
+}
+
+/// A further session on a token, owned by one pool thread.
+pub trait SignSession: Send {
+    /// Signs a SHA-256 digest; returns raw r||s.
+    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>>;
+    /// False once the session is gone (device removed, closed): the pool opens a new one.
+    fn usable(&self) -> bool;
+}
+
+pub type SessionFactory = Arc<dyn Fn() -> Result<Box<dyn SignSession>> + Send + Sync>;
+
+/// One signing request: the key and the digest.
+pub type SignItem = (KeyEntry, [u8; 32]);
+
+struct PoolJob {
+    items: Vec<SignItem>,
+    reply: tokio::sync::oneshot::Sender<Vec<Result<Vec<u8>>>>,
+}
+
+/// Signing threads of one token, each with its own session, fed from one queue.
+struct SignPool {
+    tx: mpsc::SyncSender<PoolJob>,
+    threads: usize,
+}
+
+impl SignPool {
+    fn start(label: &str, threads: usize, factory: SessionFactory) -> Result<SignPool> {
+        let (tx, rx) = mpsc::sync_channel::<PoolJob>(QUEUE_DEPTH);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for n in 0..threads {
+            let (rx, factory) = (rx.clone(), factory.clone());
+            std::thread::Builder::new()
+                .name(format!("sign-{label}-{n}"))
+                .spawn(move || {
+                    let mut session: Option<Box<dyn SignSession>> = None;
+                    loop {
+                        // Hold the queue's lock only to take one job.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        if session.as_ref().is_some_and(|s| !s.usable()) {
+                            session = None;
+                        }
+                        if session.is_none() {
+                            match factory() {
+                                Ok(s) => session = Some(s),
+                                Err(e) => {
+                                    let msg = e.to_string();
+                                    let errs = job
+                                        .items
+                                        .iter()
+                                        .map(|_| Err(Error::Unavailable(msg.clone())))
+                                        .collect();
+                                    let _ = job.reply.send(errs);
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(s) = session.as_mut() else { continue };
+                        let sigs = job
+                            .items
+                            .iter()
+                            .map(|(key, digest)| s.sign_digest(key, digest))
+                            .collect();
+                        let _ = job.reply.send(sigs);
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("cannot start signing thread: {e}")))?;
+        }
+        Ok(SignPool { tx, threads })
+    }
 }
 
 type Job = Box<dyn FnOnce(&mut dyn KeyBackend) + Send>;
@@ -99,17 +180,25 @@ pub struct Token {
     pub label: String,
     pub backend: &'static str,
     tx: mpsc::SyncSender<Job>,
+    pool: Option<Arc<SignPool>>,
 }
 
 /// Requests queued per token before new ones are refused.
 const QUEUE_DEPTH: usize = 4096;
 
 impl Token {
+    /// Starts the token's worker thread and, when the backend can open further sessions
+    /// and `sessions` > 1, a pool of that many signing threads (each with a session).
     pub fn spawn(
         label: String,
         backend_name: &'static str,
         mut backend: Box<dyn KeyBackend>,
+        sessions: usize,
     ) -> Result<Token> {
+        let pool = match backend.session_factory() {
+            Some(f) if sessions > 1 => Some(Arc::new(SignPool::start(&label, sessions, f)?)),
+            _ => None,
+        };
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name(format!("token-{label}"))
@@ -123,7 +212,56 @@ impl Token {
             label,
             backend: backend_name,
             tx,
+            pool,
         })
+    }
+
+    /// Signs digests: spread over the signing pool when there is one, else in one job on
+    /// the token's thread. One result per item, in order.
+    pub async fn sign_many(&self, items: Vec<SignItem>) -> Result<Vec<Result<Vec<u8>>>> {
+        let Some(pool) = &self.pool else {
+            return self
+                .run(move |b| Ok(items.iter().map(|(k, d)| b.sign_digest(k, d)).collect()))
+                .await;
+        };
+        let chunk = items.len().div_ceil(pool.threads).max(1);
+        let mut waits = Vec::new();
+        let mut items = items;
+        while !items.is_empty() {
+            let rest = items.split_off(chunk.min(items.len()));
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let job = PoolJob { items, reply };
+            pool.tx.try_send(job).map_err(|e| self.queue_error(e))?;
+            waits.push(rx);
+            items = rest;
+        }
+        let mut out = Vec::new();
+        for rx in waits {
+            out.extend(rx.await.map_err(|_| self.stopped())?);
+        }
+        Ok(out)
+    }
+
+    /// Signs one digest (see [`Token::sign_many`]).
+    pub async fn sign(&self, key: KeyEntry, digest: [u8; 32]) -> Result<Vec<u8>> {
+        self.sign_many(vec![(key, digest)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(self.stopped()))
+    }
+
+    fn stopped(&self) -> Error {
+        Error::Internal(format!("token {:?} worker stopped", self.label))
+    }
+
+    fn queue_error<T>(&self, e: mpsc::TrySendError<T>) -> Error {
+        match e {
+            mpsc::TrySendError::Full(_) => Error::ResourceExhausted(format!(
+                "token {:?} is busy: too many queued requests",
+                self.label
+            )),
+            mpsc::TrySendError::Disconnected(_) => self.stopped(),
+        }
     }
 
     /// Runs `f` on the token's thread and waits for it without blocking the runtime.
@@ -136,17 +274,8 @@ impl Token {
         let job: Job = Box::new(move |b| {
             let _ = tx.send(f(b));
         });
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => Error::ResourceExhausted(format!(
-                "token {:?} is busy: too many queued requests",
-                self.label
-            )),
-            mpsc::TrySendError::Disconnected(_) => {
-                Error::Internal(format!("token {:?} worker stopped", self.label))
-            }
-        })?;
-        rx.await
-            .map_err(|_| Error::Internal(format!("token {:?} worker stopped", self.label)))?
+        self.tx.try_send(job).map_err(|e| self.queue_error(e))?;
+        rx.await.map_err(|_| self.stopped())?
     }
 
     /// Generates a key; for a root key with a GUN, also makes its Notary root certificate
@@ -199,13 +328,45 @@ pub fn check_gun(gun: &str) -> Result<()> {
 #[derive(Clone)]
 pub struct Keyring {
     tokens: Arc<Vec<Token>>,
+    /// The last listing of all tokens, for resolving key IDs on the signing path without a
+    /// trip to every token. The private-key lookup at signing stays authoritative.
+    listing: Arc<std::sync::Mutex<Option<Listing>>>,
 }
+
+struct Listing {
+    at: std::time::Instant,
+    keys: Arc<Vec<KeyEntry>>,
+    errors: Vec<String>,
+}
+
+/// How old a listing the signing path may use.
+const LISTING_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Keyring {
     pub fn new(tokens: Vec<Token>) -> Self {
         Keyring {
             tokens: Arc::new(tokens),
+            listing: Arc::default(),
         }
+    }
+
+    /// Forgets the cached listing (after this agent changed a token).
+    pub fn invalidate(&self) {
+        if let Ok(mut l) = self.listing.lock() {
+            *l = None;
+        }
+    }
+
+    fn remember(&self, keys: &[KeyEntry], errors: &[String]) -> Arc<Vec<KeyEntry>> {
+        let keys = Arc::new(keys.to_vec());
+        if let Ok(mut l) = self.listing.lock() {
+            *l = Some(Listing {
+                at: std::time::Instant::now(),
+                keys: keys.clone(),
+                errors: errors.to_vec(),
+            });
+        }
+        keys
     }
 
     pub fn tokens(&self) -> &[Token] {
@@ -245,21 +406,25 @@ impl Keyring {
             .join(", ")
     }
 
-    /// Every key on every token, with the tokens that could not be read.
-    /// As [`Keyring::all_keys`], from the tokens' recent listings (the signing path).
-    pub async fn all_keys_cached(&self) -> (Vec<KeyEntry>, Vec<String>) {
-        let mut keys = Vec::new();
-        let mut errors = Vec::new();
-        for t in self.tokens.iter() {
-            match t.run(|b| b.list_keys_cached()).await {
-                Ok(k) => keys.extend(k),
-                Err(e) => errors.push(format!("{}: {e}", t.label)),
+    /// As [`Keyring::all_keys`], from a listing at most [`LISTING_FRESH`] old.
+    pub async fn all_keys_cached(&self) -> (Arc<Vec<KeyEntry>>, Vec<String>) {
+        if let Ok(l) = self.listing.lock() {
+            if let Some(l) = l.as_ref().filter(|l| l.at.elapsed() < LISTING_FRESH) {
+                return (l.keys.clone(), l.errors.clone());
             }
         }
+        let (keys, errors) = self.list_tokens().await;
+        (self.remember(&keys, &errors), errors)
+    }
+
+    /// Every key on every token, with the tokens that could not be read.
+    pub async fn all_keys(&self) -> (Vec<KeyEntry>, Vec<String>) {
+        let (keys, errors) = self.list_tokens().await;
+        self.remember(&keys, &errors);
         (keys, errors)
     }
 
-    pub async fn all_keys(&self) -> (Vec<KeyEntry>, Vec<String>) {
+    async fn list_tokens(&self) -> (Vec<KeyEntry>, Vec<String>) {
         let mut keys = Vec::new();
         let mut errors = Vec::new();
         for t in self.tokens.iter() {
@@ -286,7 +451,8 @@ impl Keyring {
         // The recent listing first; a miss (a key made by another process just now) looks again.
         let (mut keys, mut errors) = self.all_keys_cached().await;
         if !matches(&keys) {
-            (keys, errors) = self.all_keys().await;
+            let (fresh, e) = self.all_keys().await;
+            (keys, errors) = (Arc::new(fresh), e);
         }
         let exact: Vec<KeyEntry> = keys
             .iter()
@@ -294,8 +460,9 @@ impl Keyring {
             .cloned()
             .collect();
         let matches = if exact.is_empty() {
-            keys.into_iter()
+            keys.iter()
                 .filter(|k| k.key_id.starts_with(&wanted) || k.canonical_id.starts_with(&wanted))
+                .cloned()
                 .collect()
         } else {
             exact
@@ -324,8 +491,6 @@ impl Keyring {
 
     /// Signs a SHA-256 digest with `key` on its token; raw r||s.
     pub async fn sign_digest(&self, key: &KeyEntry, digest: [u8; 32]) -> Result<Vec<u8>> {
-        let token = self.token(&key.token)?.clone();
-        let key = key.clone();
-        token.run(move |b| b.sign_digest(&key, &digest)).await
+        self.token(&key.token)?.sign(key.clone(), digest).await
     }
 }

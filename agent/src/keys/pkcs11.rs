@@ -65,8 +65,6 @@ pub struct Pkcs11Backend {
     module: PathBuf,
     label: String,
     session: Option<Session>,
-    /// The last listing and when it was made, for the signing path.
-    listing: Option<(std::time::Instant, Vec<KeyEntry>)>,
     /// Private key handles by (CKA_ID, CKA_LABEL), valid while logged in on this session.
     handles: HashMap<(Vec<u8>, Vec<u8>), ObjectHandle>,
 }
@@ -79,27 +77,27 @@ impl Pkcs11Backend {
             label,
             session: None,
             handles: HashMap::new(),
-            listing: None,
         }
     }
 
     fn find_slot(&self) -> Result<Slot> {
-        let slots = self
-            .ctx
-            .get_slots_with_token()
-            .map_err(|e| self.unavailable(e))?;
-        for slot in slots {
-            if let Ok(info) = self.ctx.get_token_info(slot) {
-                if info.label().trim_end() == self.label {
-                    return Ok(slot);
-                }
-            }
-        }
-        Err(Error::Unavailable(format!(
-            "token {:?} not found in PKCS#11 module {} (is it plugged in and initialised?)",
-            self.label,
-            self.module.display()
-        )))
+        find_slot(&self.ctx, &self.module, &self.label)
+    }
+
+    /// Opens further sessions on this token for signing on other threads (the pool).
+    pub fn session_factory(&self) -> super::SessionFactory {
+        let (ctx, module, label) = (self.ctx.clone(), self.module.clone(), self.label.clone());
+        std::sync::Arc::new(move || {
+            let slot = find_slot(&ctx, &module, &label)?;
+            let session = ctx
+                .open_ro_session(slot)
+                .map_err(|e| Error::Unavailable(format!("token {label:?}: {e}")))?;
+            Ok(Box::new(SignSession {
+                session,
+                label: label.clone(),
+                handles: HashMap::new(),
+            }) as Box<dyn super::SignSession>)
+        })
     }
 
     fn session(&mut self) -> Result<&Session> {
@@ -161,31 +159,14 @@ impl Pkcs11Backend {
     /// Maps a PKCS#11 error; drops the session when the device went away, so the next
     /// call reconnects.
     fn map_err(&mut self, e: CkError) -> Error {
-        match e {
-            CkError::Pkcs11(RvError::UserNotLoggedIn, _) => {
-                self.handles.clear();
-                Error::Locked {
-                    token: self.label.clone(),
-                }
-            }
-            CkError::Pkcs11(
-                RvError::DeviceRemoved
-                | RvError::DeviceError
-                | RvError::TokenNotPresent
-                | RvError::SessionHandleInvalid
-                | RvError::SessionClosed,
-                _,
-            ) => {
-                self.session = None;
-                self.handles.clear();
-                self.listing = None;
-                Error::Unavailable(format!(
-                    "token {:?}: {e}; will reconnect on the next request",
-                    self.label
-                ))
-            }
-            other => Error::Internal(format!("token {:?}: {other}", self.label)),
+        let (err, gone) = classify(&self.label, e);
+        if gone || matches!(err, Error::Locked { .. }) {
+            self.handles.clear();
         }
+        if gone {
+            self.session = None;
+        }
+        err
     }
 
     fn require_login(&mut self) -> Result<()> {
@@ -253,46 +234,22 @@ impl Pkcs11Backend {
         Ok(e)
     }
 
-    /// The private key of `key`, found by CKA_ID *and* its label. Public objects can be
-    /// made or relabelled without the PIN, private ones cannot: so the private key's own
-    /// label, not the public one we listed, decides the role and GUN it signs for.
+    /// The private key of `key` (see [`lookup_private`]), cached per session.
     fn private_handle(&mut self, key: &KeyEntry) -> Result<ObjectHandle> {
-        let id = key.handle.as_slice();
-        let gun = if key.role == "root" {
-            None
-        } else {
-            key.gun.as_deref()
-        };
-        let cache_key = (id.to_vec(), key_label(&key.role, gun));
+        let cache_key = (key.handle.clone(), private_label(key));
         if let Some(h) = self.handles.get(&cache_key) {
             return Ok(*h);
         }
         self.require_login()?;
-        let template = [
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Id(cache_key.0.clone()),
-            Attribute::Label(cache_key.1.clone()),
-        ];
-        let found = self.session()?.find_objects(&template);
-        let found = found.map_err(|e| self.map_err(e))?;
-        let h = match found.as_slice() {
-            [h] => *h,
-            [] => {
-                return Err(Error::NotFound(format!(
-                    "no private {} key {} on token {:?} (its public object may have been altered)",
-                    key.role,
-                    hex(id),
-                    self.label
-                )))
-            }
-            _ => {
-                return Err(Error::Internal(format!(
-                    "token {:?} holds several private keys with CKA_ID {}; refusing to guess",
-                    self.label,
-                    hex(id)
-                )))
-            }
+        self.session()?;
+        let Some(session) = self.session.as_ref() else {
+            return Err(Error::Internal("no session".into()));
+        };
+        let found = lookup_private(session, &self.label, key);
+        let h = match found {
+            Ok(h) => h,
+            Err(LookupError::Ck(e)) => return Err(self.map_err(e)),
+            Err(LookupError::Final(e)) => return Err(e),
         };
         self.handles.insert(cache_key, h);
         Ok(h)
@@ -456,26 +413,11 @@ impl KeyBackend for Pkcs11Backend {
         }
     }
 
-    fn list_keys_cached(&mut self) -> Result<Vec<KeyEntry>> {
-        /// How old a listing the signing path may use.
-        const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
-        if let Some((at, keys)) = &self.listing {
-            if at.elapsed() < FRESH && self.session.is_some() {
-                return Ok(keys.clone());
-            }
-        }
-        self.list_keys()
-    }
-
     fn list_keys(&mut self) -> Result<Vec<KeyEntry>> {
-        let keys = self.list_keys_uncached()?;
-        self.listing = Some((std::time::Instant::now(), keys.clone()));
-        Ok(keys)
+        self.list_keys_uncached()
     }
     fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry> {
         self.require_login()?;
-        // The token is about to change: the next listing must be fresh.
-        self.listing = None;
         let label = key_label(role, gun);
         let mut tmp_id = [0u8; 32];
         getrandom::getrandom(&mut tmp_id).map_err(|e| Error::Internal(e.to_string()))?;
@@ -552,8 +494,6 @@ impl KeyBackend for Pkcs11Backend {
         key: &crate::tuf::keyfile::ImportedKey,
     ) -> Result<KeyEntry> {
         self.require_login()?;
-        // The token is about to change: the next listing must be fresh.
-        self.listing = None;
         let spki = tufkeys::p256_spki_from_point(&key.point)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let canonical = TufKey::ecdsa(spki.clone()).key_id();
@@ -607,6 +547,37 @@ impl KeyBackend for Pkcs11Backend {
         Ok(self.entry(role, gun, spki, id))
     }
 
+    fn delete(&mut self, key: &KeyEntry) -> Result<()> {
+        self.require_login()?;
+        let objects = self
+            .session()?
+            .find_objects(&[Attribute::Id(key.handle.clone())]);
+        let objects = objects.map_err(|e| self.map_err(e))?;
+        for h in objects {
+            // Only this agent's objects: the key's two halves and its certificates.
+            let label = self
+                .session()?
+                .get_attributes(h, &[AttributeType::Label])
+                .ok()
+                .and_then(|a| match a.first() {
+                    Some(Attribute::Label(l)) => Some(l.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if !label.starts_with(LABEL_PREFIX.as_bytes()) {
+                continue;
+            }
+            let r = self.session()?.destroy_object(h);
+            r.map_err(|e| self.map_err(e))?;
+        }
+        self.handles.clear();
+        Ok(())
+    }
+
+    fn session_factory(&self) -> Option<super::SessionFactory> {
+        Some(Pkcs11Backend::session_factory(self))
+    }
+
     fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
         let h = self.private_handle(key)?;
         let r = self.session()?.sign(&Mechanism::Ecdsa, h, digest);
@@ -621,13 +592,7 @@ impl KeyBackend for Pkcs11Backend {
             }
             Err(e) => return Err(self.map_err(e)),
         };
-        if sig.len() != 64 {
-            return Err(Error::Internal(format!(
-                "token returned a {}-byte ECDSA signature, not 64",
-                sig.len()
-            )));
-        }
-        Ok(sig)
+        check_sig_len(sig)
     }
 
     fn store_certificate(
@@ -637,8 +602,6 @@ impl KeyBackend for Pkcs11Backend {
         cert_der: &[u8],
     ) -> Result<KeyEntry> {
         self.require_login()?;
-        // The token is about to change: the next listing must be fresh.
-        self.listing = None;
         // Check it is this key's certificate before anything is written to the token.
         let mut base = key.clone();
         base.gun = None;
@@ -662,6 +625,179 @@ impl KeyBackend for Pkcs11Backend {
         let r = self.session()?.create_object(&template);
         r.map_err(|e| self.map_err(e))?;
         Ok(listed)
+    }
+}
+
+/// The slot holding the token labelled `label`.
+fn find_slot(ctx: &Pkcs11, module: &Path, label: &str) -> Result<Slot> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| Error::Unavailable(format!("token {label:?}: {e}")))?;
+    for slot in slots {
+        if let Ok(info) = ctx.get_token_info(slot) {
+            if info.label().trim_end() == label {
+                return Ok(slot);
+            }
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "token {label:?} not found in PKCS#11 module {} (is it plugged in and initialised?)",
+        module.display()
+    )))
+}
+
+/// What a PKCS#11 error means to the caller, and whether the session is gone (the device
+/// went away or the session was closed) and must be reopened.
+fn classify(label: &str, e: CkError) -> (Error, bool) {
+    match e {
+        CkError::Pkcs11(RvError::UserNotLoggedIn, _) => (
+            Error::Locked {
+                token: label.to_string(),
+            },
+            false,
+        ),
+        CkError::Pkcs11(
+            RvError::DeviceRemoved
+            | RvError::DeviceError
+            | RvError::TokenNotPresent
+            | RvError::SessionHandleInvalid
+            | RvError::SessionClosed,
+            _,
+        ) => (
+            Error::Unavailable(format!(
+                "token {label:?}: {e}; will reconnect on the next request"
+            )),
+            true,
+        ),
+        other => (Error::Internal(format!("token {label:?}: {other}")), false),
+    }
+}
+
+/// A private-key lookup that failed: a PKCS#11 error to classify, or a final answer.
+enum LookupError {
+    Ck(CkError),
+    Final(Error),
+}
+
+/// The private key of `key`, found by CKA_ID *and* its label. Public objects can be made
+/// or relabelled without the PIN, private ones cannot: so the private key's own label, not
+/// the public one we listed, decides the role and GUN it signs for.
+fn lookup_private(
+    session: &Session,
+    token: &str,
+    key: &KeyEntry,
+) -> std::result::Result<ObjectHandle, LookupError> {
+    let id = key.handle.as_slice();
+    let template = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(private_label(key)),
+    ];
+    match session
+        .find_objects(&template)
+        .map_err(LookupError::Ck)?
+        .as_slice()
+    {
+        [h] => Ok(*h),
+        [] => Err(LookupError::Final(Error::NotFound(format!(
+            "no private {} key {} on token {token:?} (its public object may have been altered)",
+            key.role,
+            hex(id),
+        )))),
+        _ => Err(LookupError::Final(Error::Internal(format!(
+            "token {token:?} holds several private keys with CKA_ID {}; refusing to guess",
+            hex(id)
+        )))),
+    }
+}
+
+/// The label the private half of `key` must carry.
+fn private_label(key: &KeyEntry) -> Vec<u8> {
+    let gun = if key.role == "root" {
+        None
+    } else {
+        key.gun.as_deref()
+    };
+    key_label(&key.role, gun)
+}
+
+fn check_sig_len(sig: Vec<u8>) -> Result<Vec<u8>> {
+    if sig.len() != 64 {
+        return Err(Error::Internal(format!(
+            "token returned a {}-byte ECDSA signature, not 64",
+            sig.len()
+        )));
+    }
+    Ok(sig)
+}
+
+/// A pooled signing session: its own PKCS#11 session (the login is the application's, so
+/// it follows unlock and lock of the token) and its own private-key handle cache.
+struct SignSession {
+    session: Session,
+    label: String,
+    handles: HashMap<(Vec<u8>, Vec<u8>), ObjectHandle>,
+}
+
+impl SignSession {
+    fn logged_in(&self) -> bool {
+        self.session
+            .get_session_info()
+            .map(|i| {
+                matches!(
+                    i.session_state(),
+                    SessionState::RoUser | SessionState::RwUser
+                )
+            })
+            .unwrap_or(false)
+    }
+}
+
+impl super::SignSession for SignSession {
+    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
+        let cache_key = (key.handle.clone(), private_label(key));
+        for attempt in 0..2 {
+            let h = match self.handles.get(&cache_key) {
+                Some(h) => *h,
+                None => {
+                    let h = match lookup_private(&self.session, &self.label, key) {
+                        Ok(h) => h,
+                        Err(LookupError::Ck(e)) => return Err(classify(&self.label, e).0),
+                        // Private objects are invisible while logged out.
+                        Err(LookupError::Final(_)) if !self.logged_in() => {
+                            return Err(Error::Locked {
+                                token: self.label.clone(),
+                            })
+                        }
+                        Err(LookupError::Final(e)) => return Err(e),
+                    };
+                    self.handles.insert(cache_key.clone(), h);
+                    h
+                }
+            };
+            match self.session.sign(&Mechanism::Ecdsa, h, digest) {
+                Ok(sig) => return check_sig_len(sig),
+                Err(CkError::Pkcs11(
+                    RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
+                    _,
+                )) if attempt == 0 => self.handles.clear(),
+                Err(e) => {
+                    if matches!(e, CkError::Pkcs11(RvError::UserNotLoggedIn, _)) {
+                        self.handles.clear();
+                    }
+                    return Err(classify(&self.label, e).0);
+                }
+            }
+        }
+        Err(Error::Internal(format!(
+            "token {:?}: key handle keeps going stale",
+            self.label
+        )))
+    }
+
+    fn usable(&self) -> bool {
+        self.session.get_session_info().is_ok()
     }
 }
 

@@ -1,0 +1,334 @@
+//! The agent as notary-server's signer: the real notary-server (`trust_service.type:
+//! remote`) pointed at the agent's `[notary_signer]` listener, keys on a real SoftHSM2
+//! token, the whole round trip checked with the real notary client; and the API itself
+//! checked from a gRPC client (mutual TLS, health, key scope, content checks).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use dct_proto::notary as pb;
+use dct_tests::notary::{free_port, pki, NotaryStack, SignerAt};
+use dct_tests::signer_client::{channel, clients};
+use dct_tests::{Agent, SoftHsm};
+use p256::ecdsa::signature::Verifier;
+use p256::pkcs8::DecodePublicKey;
+use serde_json::Value;
+use tonic::Code;
+
+/// A SoftHSM2 token, an agent unlocking it from a PIN file and serving notary-signer's API
+/// on a free port with the certificates in `pki`.
+fn signer_agent(pki: &Path, label: &str) -> (SoftHsm, Agent, u16) {
+    let hsm = SoftHsm::new(label, "signer-pin-2468");
+    let pin_file = hsm.dir.path().join("pin");
+    std::fs::write(&pin_file, format!("{}\n", hsm.pin)).unwrap();
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let p = |f: &str| pki.join(f).display().to_string();
+    let config = format!(
+        "{}pin_file = {:?}\n\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {:?}\n",
+        hsm.agent_config(),
+        pin_file.display().to_string(),
+        p("leaf.crt"),
+        p("leaf.key"),
+        p("ca.crt"),
+        label,
+    );
+    let agent = Agent::start_with_config(Some(&hsm), &config);
+    wait_listening(port, &agent);
+    (hsm, agent, port)
+}
+
+fn wait_listening(port: u16, agent: &Agent) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent did not listen on {port}: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn notary_ok(stack: &NotaryStack, dir: &Path, args: &[&str]) -> String {
+    let out = stack.notary(dir, args, None);
+    assert!(
+        out.status.success(),
+        "notary {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The keyid of the one signature on a role file the notary client cached.
+fn cached_signer(trust_dir: &Path, gun: &str, role: &str) -> String {
+    let path = trust_dir
+        .join("tuf")
+        .join(gun)
+        .join("metadata")
+        .join(format!("{role}.json"));
+    let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let sigs = doc["signatures"].as_array().unwrap();
+    assert_eq!(sigs.len(), 1, "{role}: {sigs:?}");
+    sigs[0]["keyid"].as_str().unwrap().to_string()
+}
+
+/// The agent's keys of `role` for `gun`, by canonical ID.
+fn token_keys(agent: &Agent, role: &str, gun: &str) -> Vec<String> {
+    let list = agent.dct(&["--json", "key", "list"]).json();
+    list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["role"] == role && k["gun"] == gun)
+        .map(|k| k["canonical_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn notary_server_signs_with_keys_on_the_agents_token() {
+    let gun = "example.com/hsm-backed";
+    let pki = pki();
+    let (_hsm, mut agent, port) = signer_agent(pki.path(), "notary-signer");
+    let stack = NotaryStack::start_on(pki, true, SignerAt::External(port));
+
+    // The publisher: the real notary client, its own root/targets/snapshot keys.
+    let publisher = tempfile::tempdir().unwrap();
+    let v1 = publisher.path().join("v1.txt");
+    std::fs::write(&v1, b"release one\n").unwrap();
+    let v1s = v1.to_str().unwrap();
+    notary_ok(&stack, publisher.path(), &["init", gun]);
+    notary_ok(&stack, publisher.path(), &["add", gun, "v1", v1s]);
+    notary_ok(&stack, publisher.path(), &["publish", gun]);
+
+    // The timestamp key notary-server made lives on the token, and signed timestamp.json.
+    let ts_keys = token_keys(&agent, "timestamp", gun);
+    assert_eq!(ts_keys.len(), 1, "{ts_keys:?}");
+    let reader = tempfile::tempdir().unwrap();
+    let listed = notary_ok(&stack, reader.path(), &["list", gun]);
+    assert!(listed.contains("v1"), "{listed}");
+    assert_eq!(cached_signer(reader.path(), gun, "timestamp"), ts_keys[0]);
+    let verify = stack.notary(
+        reader.path(),
+        &["verify", gun, "v1"],
+        Some(b"release one\n"),
+    );
+    assert!(verify.status.success(), "{verify:?}");
+    let bad = stack.notary(reader.path(), &["verify", gun, "v1"], Some(b"tampered\n"));
+    assert!(!bad.status.success());
+
+    // Hand the snapshot key to the server: it is made on the token too.
+    notary_ok(
+        &stack,
+        publisher.path(),
+        &["key", "rotate", gun, "snapshot", "--server-managed"],
+    );
+    let v2 = publisher.path().join("v2.txt");
+    std::fs::write(&v2, b"release two\n").unwrap();
+    notary_ok(
+        &stack,
+        publisher.path(),
+        &["add", gun, "v2", v2.to_str().unwrap()],
+    );
+    notary_ok(&stack, publisher.path(), &["publish", gun]);
+    let sn_keys = token_keys(&agent, "snapshot", gun);
+    assert_eq!(sn_keys.len(), 1, "{sn_keys:?}");
+    let reader2 = tempfile::tempdir().unwrap();
+    let listed = notary_ok(&stack, reader2.path(), &["list", gun]);
+    assert!(listed.contains("v1") && listed.contains("v2"), "{listed}");
+    assert_eq!(cached_signer(reader2.path(), gun, "snapshot"), sn_keys[0]);
+    assert_eq!(cached_signer(reader2.path(), gun, "timestamp"), ts_keys[0]);
+
+    // The keys survive an agent restart (the PIN file unlocks again): the server goes on
+    // signing with the same keys, and the reader that trusted them before follows.
+    agent.restart();
+    wait_listening(port, &agent);
+    let v3 = publisher.path().join("v3.txt");
+    std::fs::write(&v3, b"release three\n").unwrap();
+    notary_ok(
+        &stack,
+        publisher.path(),
+        &["add", gun, "v3", v3.to_str().unwrap()],
+    );
+    // notary-server's gRPC client saw the signer go away and redials with backoff (about
+    // a second): publish until it is back, as an operator would. The change stays staged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = stack.notary(publisher.path(), &["publish", gun], None);
+        if out.status.success() {
+            break;
+        }
+        let err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            err.contains("Unavailable") && std::time::Instant::now() < deadline,
+            "publish after restart: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let listed = notary_ok(&stack, reader2.path(), &["list", gun]);
+    assert!(listed.contains("v3"), "{listed}");
+    assert_eq!(cached_signer(reader2.path(), gun, "timestamp"), ts_keys[0]);
+    assert_eq!(cached_signer(reader2.path(), gun, "snapshot"), sn_keys[0]);
+    assert_eq!(token_keys(&agent, "timestamp", gun), ts_keys);
+    assert!(
+        agent.log_text().contains("unlocked from its PIN file"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(!agent.log_text().contains("signer-pin-2468"));
+}
+
+#[test]
+fn notary_signer_api_refuses_strangers_and_signs_only_what_fits() {
+    let pki = pki();
+    let (hsm, agent, port) = signer_agent(pki.path(), "api-checks");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // No client certificate: no API.
+        if let Ok(ch) = channel(port, pki.path(), false).await {
+            let (mut km, _) = clients(ch);
+            let r = km.get_key_info(pb::KeyId { id: "ab".repeat(32) }).await;
+            assert!(r.is_err(), "a client without a certificate was served");
+        }
+        let ch = channel(port, pki.path(), true).await.expect("mTLS channel");
+
+        // Health, as notary-server checks it.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+        for service in [
+            "grpc.health.v1.Health.KeyManagement",
+            "grpc.health.v1.Health.Signer",
+        ] {
+            let r = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("health")
+                .into_inner();
+            assert_eq!(r.status, 1, "{service}: SERVING");
+        }
+
+        let (mut km, mut signer) = clients(ch);
+        let gun = "example.com/api";
+        let created = km
+            .create_key(pb::CreateKeyRequest {
+                algorithm: "ecdsa".into(),
+                gun: gun.into(),
+                role: "timestamp".into(),
+            })
+            .await
+            .expect("create")
+            .into_inner();
+        let id = created.key_info.unwrap().key_id.unwrap().id;
+        assert_eq!(token_keys(&agent, "timestamp", gun), vec![id.clone()]);
+        let info = km
+            .get_key_info(pb::KeyId { id: id.clone() })
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!(info.role, "timestamp");
+        assert_eq!(info.public_key, created.public_key);
+        assert_eq!(info.key_info.unwrap().algorithm.unwrap().algorithm, "ecdsa");
+
+        // A timestamp key signs a Timestamp; the signature verifies over the content.
+        let content = br#"{"_type":"Timestamp","expires":"2030-01-01T00:00:00Z","meta":{"snapshot":{"hashes":{"sha256":"AAAA"},"length":1}},"version":3}"#;
+        let sig = signer
+            .sign(pb::SignatureRequest {
+                key_id: Some(pb::KeyId { id: id.clone() }),
+                content: content.to_vec(),
+            })
+            .await
+            .expect("sign")
+            .into_inner();
+        assert_eq!(sig.algorithm.unwrap().algorithm, "ecdsa");
+        let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&info.public_key).unwrap();
+        let s = p256::ecdsa::Signature::from_slice(&sig.content).expect("raw r||s");
+        vk.verify(content, &s).expect("signature verifies");
+
+        // ... and nothing else.
+        let snapshot = br#"{"_type":"Snapshot","expires":"2030-01-01T00:00:00Z","meta":{},"version":3}"#;
+        let e = signer
+            .sign(pb::SignatureRequest {
+                key_id: Some(pb::KeyId { id: id.clone() }),
+                content: snapshot.to_vec(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        let e = signer
+            .sign(pb::SignatureRequest {
+                key_id: Some(pb::KeyId { id: id.clone() }),
+                content: b"\x00not json".to_vec(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+        // Only server roles, only ecdsa.
+        for (alg, role, code) in [
+            ("ecdsa", "root", Code::PermissionDenied),
+            ("ecdsa", "targets", Code::PermissionDenied),
+            ("rsa", "timestamp", Code::InvalidArgument),
+        ] {
+            let e = km
+                .create_key(pb::CreateKeyRequest {
+                    algorithm: alg.into(),
+                    gun: gun.into(),
+                    role: role.into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), code, "{alg} {role}: {e:?}");
+        }
+
+        // The user's own keys on the same token are invisible to the server.
+        let targets = agent.generate("targets", Some(gun));
+        let list = agent.dct(&["--json", "key", "list"]).json();
+        let canon = list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key_id"] == targets.as_str() || k["canonical_id"] == targets.as_str())
+            .map(|k| k["canonical_id"].as_str().unwrap().to_string())
+            .expect("targets key listed");
+        for req in [canon.clone(), "00".repeat(32)] {
+            let e = km.get_key_info(pb::KeyId { id: req.clone() }).await.unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "{e:?}");
+            let e = signer
+                .sign(pb::SignatureRequest {
+                    key_id: Some(pb::KeyId { id: req }),
+                    content: content.to_vec(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        }
+        km.delete_key(pb::KeyId { id: canon.clone() }).await.expect("no-op");
+        assert!(token_keys(&agent, "targets", gun).contains(&canon));
+
+        // Locked token: a clear refusal, not a hang or a crash.
+        agent.dct(&["lock"]).ok();
+        let e = signer
+            .sign(pb::SignatureRequest {
+                key_id: Some(pb::KeyId { id: id.clone() }),
+                content: content.to_vec(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("locked"), "{e:?}");
+        agent.unlock(&hsm);
+
+        // Delete: gone from the token; deleting again is fine, as notary-signer does.
+        km.delete_key(pb::KeyId { id: id.clone() }).await.expect("delete");
+        assert!(token_keys(&agent, "timestamp", gun).is_empty());
+        let e = km.get_key_info(pb::KeyId { id: id.clone() }).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        km.delete_key(pb::KeyId { id }).await.expect("idempotent delete");
+    });
+}
