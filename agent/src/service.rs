@@ -13,6 +13,9 @@ use crate::signing;
 use crate::trust;
 use crate::tuf::verify;
 
+/// Tags in one TrustSign call.
+const MAX_TAGS: usize = 200_000;
+
 /// Documents in one SignMetadataBatch call.
 const MAX_BATCH: usize = 100_000;
 
@@ -443,57 +446,95 @@ impl Agent for AgentService {
         req: Request<pb::TrustSignRequest>,
     ) -> Result<Response<pb::TrustSignResponse>, Status> {
         let mut req = req.into_inner();
-        check_tag(&req.tag)?;
         trust::check_gun(&req.gun)?;
-        let (digest, length) = if !req.sha256.is_empty() {
-            let d: [u8; 32] = crate::tuf::keys::unhex(&req.sha256)
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "digest {:?} is not 64 hex characters",
-                        req.sha256
-                    ))
-                })?;
-            (d, req.length)
-        } else if !req.manifest.is_empty() {
-            use sha2::Digest;
-            (
-                sha2::Sha256::digest(&req.manifest).into(),
-                req.manifest.len() as u64,
-            )
+        let wanted: Vec<(String, String, u64, Vec<u8>)> = if req.tags.is_empty() {
+            vec![(
+                std::mem::take(&mut req.tag),
+                std::mem::take(&mut req.sha256),
+                req.length,
+                std::mem::take(&mut req.manifest),
+            )]
         } else {
-            let creds = (!req.registry_username.is_empty()).then(|| crate::registry::Credentials {
-                username: req.registry_username.clone(),
-                password: SecretString::from(std::mem::take(&mut req.registry_password)),
-            });
-            let ca = req
-                .server
-                .as_ref()
-                .filter(|s| !s.ca_pem.is_empty())
-                .map(|s| s.ca_pem.clone())
-                .or_else(|| self.trust.server.as_ref().and_then(|s| s.ca_pem.clone()));
-            crate::registry::resolve(&req.gun, &req.tag, ca.as_deref(), creds.as_ref()).await?
+            if req.tags.len() > MAX_TAGS {
+                return Err(Error::ResourceExhausted(format!(
+                    "{} tags in one request; at most {MAX_TAGS}",
+                    req.tags.len()
+                ))
+                .into());
+            }
+            std::mem::take(&mut req.tags)
+                .into_iter()
+                .map(|t| (t.tag, t.sha256, t.length, Vec::new()))
+                .collect()
         };
+        let creds = (!req.registry_username.is_empty()).then(|| crate::registry::Credentials {
+            username: req.registry_username.clone(),
+            password: SecretString::from(std::mem::take(&mut req.registry_password)),
+        });
+        let ca = req
+            .server
+            .as_ref()
+            .filter(|s| !s.ca_pem.is_empty())
+            .map(|s| s.ca_pem.clone())
+            .or_else(|| self.trust.server.as_ref().and_then(|s| s.ca_pem.clone()));
+        let mut tags = Vec::with_capacity(wanted.len());
+        let mut seen = std::collections::HashSet::new();
+        for (tag, sha256, length, manifest) in wanted {
+            check_tag(&tag)?;
+            if !seen.insert(tag.clone()) {
+                return Err(Error::InvalidArgument(format!("tag {tag:?} is given twice")).into());
+            }
+            let (digest, length) = if !sha256.is_empty() {
+                let d: [u8; 32] = crate::tuf::keys::unhex(&sha256)
+                    .and_then(|d| d.try_into().ok())
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "digest {sha256:?} of tag {tag:?} is not 64 hex characters"
+                        ))
+                    })?;
+                (d, length)
+            } else if !manifest.is_empty() {
+                use sha2::Digest;
+                (
+                    sha2::Sha256::digest(&manifest).into(),
+                    manifest.len() as u64,
+                )
+            } else {
+                crate::registry::resolve(&req.gun, &tag, ca.as_deref(), creds.as_ref()).await?
+            };
+            tags.push(trust::TagTarget {
+                tag,
+                sha256: digest,
+                length,
+            });
+        }
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let _repo_lock = self.trust.lock(&req.gun).await;
-        let r = trust::sign_tag(
+        let r = trust::sign_tags(
             &self.keys,
             &client,
             &self.trust,
             &req.gun,
-            trust::TagTarget {
-                tag: &req.tag,
-                sha256: digest,
-                length,
-            },
+            &tags,
             &req.token,
         )
         .await?;
+        let first = tags.first();
         Ok(Response::new(pb::TrustSignResponse {
             roles: r.roles,
             initialized: r.initialized,
-            sha256: crate::tuf::keys::hex(&digest),
-            length,
+            sha256: first
+                .map(|t| crate::tuf::keys::hex(&t.sha256))
+                .unwrap_or_default(),
+            length: first.map(|t| t.length).unwrap_or_default(),
+            tags: tags
+                .iter()
+                .map(|t| pb::TagTarget {
+                    tag: t.tag.clone(),
+                    sha256: crate::tuf::keys::hex(&t.sha256),
+                    length: t.length,
+                })
+                .collect(),
         }))
     }
 

@@ -608,30 +608,26 @@ pub struct SignResult {
     pub initialized: bool,
 }
 
-/// `dct trust sign`: adds `tag` -> (sha256, length) to every delegation that is a direct
-/// child of targets, allows the tag and whose key the agent holds; else to targets. Then
-/// publishes (the server makes snapshot and timestamp; a snapshot key held here signs it).
 /// A tag to sign: the manifest's sha256 and size.
-pub struct TagTarget<'a> {
-    pub tag: &'a str,
+pub struct TagTarget {
+    pub tag: String,
     pub sha256: [u8; 32],
     pub length: u64,
 }
 
-pub async fn sign_tag(
+/// `dct trust sign`: adds each tag -> (sha256, length) to every delegation that is a
+/// direct child of targets, allows the tag and whose key the agent holds; else to targets.
+/// Every role changed is signed once, and all is published in one update (the server makes
+/// snapshot and timestamp; a snapshot key held here signs the snapshot).
+pub async fn sign_tags(
     keyring: &Keyring,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
-    target: TagTarget<'_>,
+    tags: &[TagTarget],
     token: &str,
 ) -> Result<SignResult> {
     check_gun(gun)?;
-    let TagTarget {
-        tag,
-        sha256,
-        length,
-    } = target;
     let (repo, initialized) = fetch_or_init(keyring, client, ctx, gun, token).await?;
     repo.require_trusted(client, gun)?;
     let (keys, _) = keyring.all_keys().await;
@@ -644,41 +640,76 @@ pub async fn sign_tag(
     let targets: TargetsDoc = serde_json::from_value(targets_env.signed.clone())
         .map_err(|e| Error::Internal(e.to_string()))?;
 
-    // Roles to sign: direct child delegations we hold a key for whose paths allow the tag.
-    let mut plan: Vec<(String, KeyEntry)> = Vec::new();
-    for d in &targets.delegations.roles {
-        let direct = d
-            .name
-            .strip_prefix("targets/")
-            .is_some_and(|rest| !rest.contains('/'));
-        let allows = d.paths.iter().any(|p| tag.starts_with(p.as_str()));
-        if let (true, true, Some(k)) = (direct, allows, d.keyids.iter().find_map(|id| by_id(id))) {
-            plan.push((d.name.clone(), k));
-        }
-    }
-    if plan.is_empty() {
+    // Delegations we may sign: direct children of targets whose key we hold.
+    let held: Vec<(&crate::tuf::metadata::DelegationRole, KeyEntry)> = targets
+        .delegations
+        .roles
+        .iter()
+        .filter(|d| {
+            d.name
+                .strip_prefix("targets/")
+                .is_some_and(|rest| !rest.contains('/'))
+        })
+        .filter_map(|d| Some((d, d.keyids.iter().find_map(|id| by_id(id))?)))
+        .collect();
+    let targets_key = || {
         let root = repo.root()?;
-        let k = root.roles.get("targets").and_then(|r| r.keyids.iter().find_map(|id| by_id(id))).ok_or_else(|| {
-            Error::Refused(format!(
-                "no key of this agent may sign {gun}: neither the targets key nor a delegation key is on its tokens"
-            ))
-        })?;
-        plan.push(("targets".into(), k));
-    }
+        root.roles
+            .get("targets")
+            .and_then(|r| r.keyids.iter().find_map(|id| by_id(id)))
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "no key of this agent may sign {gun}: neither the targets key nor a delegation key is on its tokens"
+                ))
+            })
+    };
 
-    let meta = json!({"hashes": {"sha256": B64.encode(sha256)}, "length": length});
-    let mut edits = Vec::new();
-    for (role, key) in plan {
-        let mut signed = repo.signed_or_new(&role)?;
-        if !signed["targets"].is_object() {
-            signed["targets"] = json!({});
+    // Each role's new `signed`, with every tag it takes.
+    let mut edits: Vec<Edit> = Vec::new();
+    let mut add = |role: &str, key: &KeyEntry, t: &TagTarget| -> Result<()> {
+        let i = match edits.iter().position(|e| e.role == role) {
+            Some(i) => i,
+            None => {
+                let mut signed = repo.signed_or_new(role)?;
+                if !signed["targets"].is_object() {
+                    signed["targets"] = json!({});
+                }
+                edits.push(Edit {
+                    role: role.to_string(),
+                    key: key.clone(),
+                    signed,
+                });
+                edits.len() - 1
+            }
+        };
+        edits[i].signed["targets"][t.tag.as_str()] =
+            json!({"hashes": {"sha256": B64.encode(t.sha256)}, "length": t.length});
+        Ok(())
+    };
+    let mut targets_key_cached: Option<KeyEntry> = None;
+    for t in tags {
+        let mut placed = false;
+        for (d, k) in &held {
+            if d.paths.iter().any(|p| t.tag.starts_with(p.as_str())) {
+                add(&d.name, k, t)?;
+                placed = true;
+            }
         }
-        signed["targets"][tag] = meta.clone();
-        edits.push(Edit { role, key, signed });
+        if !placed {
+            let k = match &targets_key_cached {
+                Some(k) => k.clone(),
+                None => {
+                    let k = targets_key()?;
+                    targets_key_cached = Some(k.clone());
+                    k
+                }
+            };
+            add("targets", &k, t)?;
+        }
     }
     let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
     commit(keyring, client, gun, &repo, &keys, edits).await?;
-    tracing::info!(gun, tag, roles = ?roles, "signed tag");
+    tracing::info!(gun, tags = tags.len(), roles = ?roles, "signed tags");
     Ok(SignResult { roles, initialized })
 }
 

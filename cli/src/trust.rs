@@ -41,14 +41,18 @@ pub enum TrustCmd {
         #[arg(long)]
         local_snapshot: bool,
     },
-    /// Sign a tag: adds it to each delegation this agent holds a key for, else to targets,
-    /// and publishes. Initialises the repository first when it has no trust data. The
-    /// digest comes from --digest/--size, from --manifest, or else from the registry the
-    /// image names (HTTPS with --tlscacert; DCT_REGISTRY_USERNAME / DCT_REGISTRY_PASSWORD
-    /// for basic or token auth).
+    /// Sign tags: adds each to every delegation this agent holds a key for, else to targets,
+    /// and publishes them in one update. Initialises the repository first when it has no
+    /// trust data. A digest comes from --digest/--size or --manifest (one tag), from
+    /// --from (many), or else from the registry the image names (HTTPS with --tlscacert;
+    /// DCT_REGISTRY_USERNAME / DCT_REGISTRY_PASSWORD for basic or token auth).
     Sign {
-        /// IMAGE:TAG
-        image: String,
+        /// IMAGE:TAG, one or more of the same repository.
+        images: Vec<String>,
+        /// A file ("-": standard input) of lines `IMAGE:TAG sha256:<64 hex> SIZE`, all of
+        /// one repository; blank lines and lines starting with # are skipped.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
         /// The manifest digest, sha256:<64 hex>.
         #[arg(long, requires = "size", conflicts_with = "manifest")]
         digest: Option<String>,
@@ -144,6 +148,53 @@ pub fn split_tag(image: &str) -> (String, Option<String>) {
     }
 }
 
+/// Reads `IMAGE:TAG sha256:<hex> SIZE` lines (see `dct trust sign --from`).
+fn read_tag_list(path: &std::path::Path) -> Result<Vec<(String, pb::TagTarget)>, Failure> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| Failure::failed(format!("cannot read standard input: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::failed(format!("cannot read {}: {e}", path.display())))?
+    };
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| {
+            Failure::usage(format!(
+                "{} line {}: {why}: expected `IMAGE:TAG sha256:<64 hex> SIZE`",
+                path.display(),
+                n + 1
+            ))
+        };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [image, digest, size] = fields.as_slice() else {
+            return Err(bad("three fields"));
+        };
+        let (name, tag) = split_tag(image);
+        let tag = tag.ok_or_else(|| bad("no tag"))?;
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| bad("bad digest"))?;
+        let length = size.parse::<u64>().map_err(|_| bad("bad size"))?;
+        out.push((
+            gun_of(&name),
+            pb::TagTarget {
+                tag,
+                sha256: hex.to_ascii_lowercase(),
+                length,
+            },
+        ));
+    }
+    Ok(out)
+}
+
 impl ServerArgs {
     fn resolve(&self) -> Result<pb::TrustServer, Failure> {
         let url = self
@@ -213,15 +264,46 @@ pub async fn run(
             Ok(())
         }
         TrustCmd::Sign {
-            image,
+            images,
+            from,
             digest,
             size,
             manifest,
             token,
         } => {
-            let (name, tag) = split_tag(&image);
-            let tag =
-                tag.ok_or_else(|| Failure::usage(format!("{image} has no tag: sign IMAGE:TAG")))?;
+            let mut entries: Vec<(String, pb::TagTarget)> = Vec::new();
+            for image in &images {
+                let (name, tag) = split_tag(image);
+                let tag = tag
+                    .ok_or_else(|| Failure::usage(format!("{image} has no tag: sign IMAGE:TAG")))?;
+                entries.push((
+                    gun_of(&name),
+                    pb::TagTarget {
+                        tag,
+                        ..Default::default()
+                    },
+                ));
+            }
+            if let Some(path) = &from {
+                entries.extend(read_tag_list(path)?);
+            }
+            let many = entries.len() > 1 || from.is_some();
+            if entries.is_empty() {
+                return Err(Failure::usage(
+                    "nothing to sign: give IMAGE:TAG or --from FILE",
+                ));
+            }
+            if many && (digest.is_some() || manifest.is_some()) {
+                return Err(Failure::usage(
+                    "--digest and --manifest name one tag's manifest; for many tags use --from",
+                ));
+            }
+            let gun = entries[0].0.clone();
+            if let Some((other, _)) = entries.iter().find(|(g, _)| *g != gun) {
+                return Err(Failure::usage(format!(
+                    "all tags must be of one repository ({gun}, not also {other}); sign each repository in its own run"
+                )));
+            }
             let hex = match &digest {
                 Some(d) => d
                     .strip_prefix("sha256:")
@@ -234,7 +316,19 @@ pub async fn run(
                     .map_err(|e| Failure::failed(format!("cannot read {}: {e}", p.display())))?,
                 None => Vec::new(),
             };
-            let gun = gun_of(&name);
+            let mut seen = std::collections::HashSet::new();
+            if let Some((_, t)) = entries.iter().find(|(_, t)| !seen.insert(t.tag.as_str())) {
+                return Err(Failure::usage(format!("tag {:?} is given twice", t.tag)));
+            }
+            let count = entries.len();
+            let (tag, tags) = if many {
+                (String::new(), entries.into_iter().map(|(_, t)| t).collect())
+            } else {
+                (entries.remove(0).1.tag, Vec::new())
+            };
+            if many {
+                eprintln!("signing {count} tags of {gun} ...");
+            }
             let req = pb::TrustSignRequest {
                 server: Some(srv),
                 gun: gun.clone(),
@@ -245,24 +339,42 @@ pub async fn run(
                 manifest,
                 registry_username: std::env::var("DCT_REGISTRY_USERNAME").unwrap_or_default(),
                 registry_password: std::env::var("DCT_REGISTRY_PASSWORD").unwrap_or_default(),
+                tags,
             };
             let r = c
                 .call(|mut a| async move { a.trust_sign(req).await })
                 .await?;
             if json {
-                return print_json(
-                    &serde_json::json!({"gun": gun, "tag": tag, "roles": r.roles, "initialized": r.initialized, "digest": format!("sha256:{}", r.sha256), "size": r.length}),
-                );
+                let tags: Vec<_> = r
+                    .tags
+                    .iter()
+                    .map(|t| serde_json::json!({"tag": t.tag, "digest": format!("sha256:{}", t.sha256), "size": t.length}))
+                    .collect();
+                let mut out = serde_json::json!({"gun": gun, "roles": r.roles, "initialized": r.initialized, "tags": tags});
+                if !many {
+                    out["tag"] = tag.clone().into();
+                    out["digest"] = format!("sha256:{}", r.sha256).into();
+                    out["size"] = r.length.into();
+                }
+                return print_json(&out);
             }
             if r.initialized {
                 eprintln!("initialised trust data for {gun}");
             }
-            println!(
-                "signed {gun}:{tag} (sha256:{}, {} bytes) in {}",
-                r.sha256,
-                r.length,
-                r.roles.join(", ")
-            );
+            if many {
+                println!(
+                    "signed {} tags of {gun} in {}",
+                    r.tags.len(),
+                    r.roles.join(", ")
+                );
+            } else {
+                println!(
+                    "signed {gun}:{tag} (sha256:{}, {} bytes) in {}",
+                    r.sha256,
+                    r.length,
+                    r.roles.join(", ")
+                );
+            }
             Ok(())
         }
         TrustCmd::Revoke { image } => {

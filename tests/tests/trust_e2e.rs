@@ -1089,3 +1089,79 @@ fn row(tag: &str, content: &[u8], role: &str) -> (String, String, String, String
         role.into(),
     )
 }
+
+#[test]
+fn many_tags_in_one_signed_update() {
+    let stack = NotaryStack::start();
+    let (_hsm, agent) = agent_on("many");
+    let gun = "registry.example.com/many";
+    // Two tags on the command line would need the registry; the list file carries digests.
+    let contents: Vec<Vec<u8>> = (0..300)
+        .map(|i| format!("manifest {i}\n").into_bytes())
+        .collect();
+    let mut list = String::from("# tag digest size\n\n");
+    for (i, c) in contents.iter().enumerate() {
+        list.push_str(&format!(
+            "{gun}:t{i} sha256:{} {}\n",
+            hex(&Sha256::digest(c)),
+            c.len()
+        ));
+    }
+    let file = agent.dir.path().join("tags.txt");
+    std::fs::write(&file, &list).unwrap();
+    let out = trust(
+        &agent,
+        &stack,
+        &["--json", "sign", "--from", file.to_str().unwrap()],
+    )
+    .json();
+    assert_eq!(out["tags"].as_array().unwrap().len(), 300);
+    assert_eq!(out["initialized"], true);
+
+    // One publish: the real notary client sees every tag with its digest, and one version
+    // of targets (init wrote version 1, this update version 2).
+    let rows = notary_list(&stack, gun, &[]);
+    let mut want: Vec<_> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| row(&format!("t{i}"), c, "targets"))
+        .collect();
+    want.sort();
+    let mut rows = rows;
+    rows.sort();
+    assert_eq!(rows, want);
+    let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
+    assert_eq!(ins["signed_tags"].as_array().unwrap().len(), 300);
+
+    // Refusals: two repositories, --digest with many tags, a malformed line, a repeat.
+    let two = trust(
+        &agent,
+        &stack,
+        &["sign", &format!("{gun}:a"), "registry.example.com/other:b"],
+    );
+    two.fails(2, "one repository");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    trust(
+        &agent,
+        &stack,
+        &[
+            "sign",
+            "--from",
+            file.to_str().unwrap(),
+            "--digest",
+            &digest,
+            "--size",
+            "1",
+        ],
+    )
+    .fails(2, "--from");
+    std::fs::write(&file, format!("{gun}:x sha256:zz 1\n")).unwrap();
+    trust(&agent, &stack, &["sign", "--from", file.to_str().unwrap()]).fails(2, "line 1");
+    let d = hex(&Sha256::digest(b"x"));
+    std::fs::write(
+        &file,
+        format!("{gun}:x sha256:{d} 1\n{gun}:x sha256:{d} 1\n"),
+    )
+    .unwrap();
+    trust(&agent, &stack, &["sign", "--from", file.to_str().unwrap()]).fails(2, "twice");
+}
