@@ -169,9 +169,10 @@ impl Config {
             }
         }
         if let Some(ns) = &c.notary_signer {
-            if !labels.contains(ns.token.as_str()) {
+            let files: Vec<String> = c.file.iter().map(FileConfig::label).collect();
+            if !labels.contains(ns.token.as_str()) && !files.contains(&ns.token) {
                 return Err(format!(
-                    "[notary_signer] token {:?} is not a configured [[pkcs11]] token",
+                    "[notary_signer] token {:?} is not a configured token ([[pkcs11]] token, or file:DIR of a [[file]])",
                     ns.token
                 ));
             }

@@ -14,6 +14,8 @@ pub struct NotaryStack {
     pub url: String,
     pub ca: PathBuf,
     pub port: u16,
+    /// The real notary-signer's port, when the stack runs it.
+    pub signer_port: Option<u16>,
     signer: Option<Child>,
     server: Option<Child>,
 }
@@ -88,7 +90,13 @@ impl NotaryStack {
 
     /// notary-server (TLS) on the certificates in `dir` (from [`pki`]), its signer `signer`.
     pub fn start_on(dir: TempDir, tls: bool, signer: SignerAt) -> NotaryStack {
+        Self::start_logging(dir, tls, signer, "info")
+    }
+
+    /// As [`NotaryStack::start_on`], the servers logging at `level` (the benchmark: "error").
+    pub fn start_logging(dir: TempDir, tls: bool, signer: SignerAt, level: &str) -> NotaryStack {
         let d = dir.path();
+        let real_signer = matches!(signer, SignerAt::Real);
         let (sp, hp) = match signer {
             SignerAt::Real => (free_port(), free_port()),
             SignerAt::External(port) => (port, free_port()),
@@ -97,12 +105,12 @@ impl NotaryStack {
         let signer_cfg = serde_json::json!({
             "server": {"grpc_addr": format!("127.0.0.1:{sp}"), "tls_cert_file": p("leaf.crt"),
                        "tls_key_file": p("leaf.key"), "client_ca_file": p("ca.crt")},
-            "logging": {"level": "info"}, "storage": {"backend": "memory"}});
+            "logging": {"level": level}, "storage": {"backend": "memory"}});
         let server_cfg = serde_json::json!({
             "server": {"http_addr": format!("127.0.0.1:{hp}"), "tls_cert_file": p("leaf.crt"), "tls_key_file": p("leaf.key")},
             "trust_service": {"type": "remote", "hostname": "127.0.0.1", "port": sp.to_string(), "key_algorithm": "ecdsa",
                               "tls_ca_file": p("ca.crt"), "tls_client_cert": p("leaf.crt"), "tls_client_key": p("leaf.key")},
-            "storage": {"backend": "memory"}, "logging": {"level": "info"}});
+            "storage": {"backend": "memory"}, "logging": {"level": level}});
         let mut server_cfg = server_cfg;
         if !tls {
             let srv = server_cfg["server"].as_object_mut().unwrap();
@@ -139,6 +147,7 @@ impl NotaryStack {
             ca: d.join("ca.crt"),
             port: hp,
             dir,
+            signer_port: real_signer.then_some(sp),
             signer,
             server: Some(server),
         }

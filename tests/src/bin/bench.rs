@@ -1,11 +1,19 @@
-//! Signing benchmark: the floor (in-process PKCS#11 on SoftHSM2, one session, the way the
-//! agent signs) against the agent's own API over its Unix socket, at several
-//! concurrencies. Every figure is the median of several runs; sample signatures are
+//! Signing benchmark, everything measured in one run on one machine:
+//! - the floor: in-process PKCS#11 on SoftHSM2 (one session, the key handle found once);
+//! - the agent's own API over its Unix socket, one request per signature and batched;
+//! - notary-signer's gRPC API (mutual TLS), driven by one load generator: the agent with
+//!   keys on SoftHSM2, the agent with keys in software (Notary key files), and the real
+//!   notary-signer (Debian, memory storage, logging at error);
+//! - end to end against a local notary-server: `dct trust sign` vs `notary add` +
+//!   `notary publish` for 1 and 1,000 tags, and a 100,000-tag targets role with peak memory.
+//!
+//! Every signing figure is the median of several runs; sample signatures of every run are
 //! verified so the numbers are honest. Prints a table and writes BENCHMARKS.md.
 //!
 //! Run: `softhsm/install-deps.sh && cargo build --release --workspace --bins && target/release/bench`
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -14,7 +22,9 @@ use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use dct_proto::dct::v1 as pb;
 use dct_proto::dct::v1::agent_client::AgentClient;
-use dct_tests::{Agent, SoftHsm, SOFTHSM_MODULE};
+use dct_proto::notary as notary_pb;
+use dct_tests::notary::{self, NotaryStack, SignerAt};
+use dct_tests::{signer_client, Agent, SoftHsm, SOFTHSM_MODULE};
 use hyper_util::rt::TokioIo;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
@@ -30,6 +40,7 @@ const RUNS: usize = 5;
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let per_run = if quick { 500 } else { 4000 };
+    let concurrencies = [1usize, 4, 16, 64];
     let hsm = SoftHsm::new("bench", "bench-pin-1234");
     let agent = Agent::start(Some(&hsm));
     agent.unlock(&hsm);
@@ -45,58 +56,158 @@ fn main() {
             .expect("base64")
     };
     let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&spki).expect("P-256 key");
-
-    let mut rows: Vec<Row> = Vec::new();
-    let floor = median((0..RUNS).map(|_| floor_run(&hsm, &vk, per_run)).collect());
-    rows.push(("in-process PKCS#11, 1 session (floor)".into(), floor, None));
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    for c in [1usize, 4, 16, 64] {
-        let results: Vec<(f64, Duration, Duration)> = (0..RUNS)
-            .map(|_| rt.block_on(agent_run(&agent.socket, &key_id, &vk, c, per_run)))
-            .collect();
-        let rate = median(results.iter().map(|r| r.0).collect());
-        let p50 = results.iter().map(|r| r.1).collect::<Vec<_>>();
-        let p99 = results.iter().map(|r| r.2).collect::<Vec<_>>();
+
+    let mut rows: Vec<Row> = Vec::new();
+    eprintln!("floor ...");
+    let floor = median((0..RUNS).map(|_| floor_run(&hsm, &vk, per_run)).collect());
+    rows.push((
+        "in-process PKCS#11 on SoftHSM2, 1 session (floor)".into(),
+        floor,
+        None,
+    ));
+
+    eprintln!("agent API ...");
+    for c in concurrencies {
+        let r = repeat(|| rt.block_on(agent_run(&agent.socket, &key_id, &vk, c, per_run, 1)));
         rows.push((
-            format!("dct-agent API over the socket, concurrency {c}"),
-            rate,
-            Some((median_d(p50), median_d(p99))),
+            format!("dct-agent API, 1 document per request, concurrency {c}"),
+            r.0,
+            Some(r.1),
         ));
     }
+    for c in concurrencies {
+        let r = repeat(|| rt.block_on(agent_run(&agent.socket, &key_id, &vk, c, per_run, BATCH)));
+        rows.push((
+            format!("dct-agent API, batches of {BATCH}, concurrency {c}"),
+            r.0,
+            Some(r.1),
+        ));
+    }
+    drop(agent);
+
+    // notary-signer's API: the same load generator against three signers.
+    let mut signer_rows = Vec::new();
+    {
+        eprintln!("notary-signer API: dct-agent on SoftHSM2 ...");
+        let pki = notary::pki();
+        let hsm = SoftHsm::new("bench-signer", "bench-pin-1234");
+        let (agent, port) = signer_agent(&hsm, pki.path(), None);
+        let (id, vk) = rt.block_on(create_key(port, pki.path()));
+        for c in concurrencies {
+            let r = repeat(|| rt.block_on(signer_run(port, pki.path(), &id, &vk, c, per_run)));
+            signer_rows.push((
+                format!("dct-agent, keys on SoftHSM2, concurrency {c}"),
+                r.0,
+                Some(r.1),
+            ));
+        }
+        drop(agent);
+    }
+    {
+        eprintln!("notary-signer API: dct-agent with software keys ...");
+        let pki = notary::pki();
+        let hsm = SoftHsm::new("bench-unused", "bench-pin-1234");
+        let keydir = tempfile::tempdir().expect("tempdir");
+        let (agent, port) = signer_agent(&hsm, pki.path(), Some(keydir.path()));
+        let (id, vk) = rt.block_on(create_key(port, pki.path()));
+        for c in concurrencies {
+            let r = repeat(|| rt.block_on(signer_run(port, pki.path(), &id, &vk, c, per_run)));
+            signer_rows.push((
+                format!("dct-agent, keys in software (key files), concurrency {c}"),
+                r.0,
+                Some(r.1),
+            ));
+        }
+        drop(agent);
+    }
+    let stack = NotaryStack::start_logging(notary::pki(), true, SignerAt::Real, "error");
+    {
+        eprintln!("notary-signer API: the real notary-signer ...");
+        let port = stack.signer_port.expect("real signer");
+        let pki = stack.dir.path();
+        let (id, vk) = rt.block_on(create_key(port, pki));
+        for c in concurrencies {
+            let r = repeat(|| rt.block_on(signer_run(port, pki, &id, &vk, c, per_run)));
+            signer_rows.push((
+                format!("real notary-signer (keys in memory), concurrency {c}"),
+                r.0,
+                Some(r.1),
+            ));
+        }
+    }
+
+    eprintln!("end to end ...");
+    let e2e = end_to_end(&stack, quick);
 
     let machine = machine();
     let mut table = String::new();
     table.push_str("| what | signatures/s | vs floor | p50 | p99 |\n|---|---:|---:|---:|---:|\n");
     for (what, rate, lat) in &rows {
-        let (p50, p99) = match lat {
-            Some((a, b)) => (
-                format!("{:.0} µs", a.as_secs_f64() * 1e6),
-                format!("{:.0} µs", b.as_secs_f64() * 1e6),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        table.push_str(&format!(
-            "| {what} | {rate:.0} | {:.2} | {p50} | {p99} |\n",
-            rate / floor
-        ));
+        table.push_str(&row_line(what, *rate, floor, lat));
+    }
+    let real = |c: usize| {
+        signer_rows
+            .iter()
+            .find(|r| r.0 == format!("real notary-signer (keys in memory), concurrency {c}"))
+            .map(|r| r.1)
+            .unwrap_or(f64::NAN)
+    };
+    let mut stable = String::new();
+    stable.push_str("| signer, concurrency | signatures/s | vs real notary-signer | p50 | p99 |\n|---|---:|---:|---:|---:|\n");
+    for (what, rate, lat) in &signer_rows {
+        let c: usize = what
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        stable.push_str(&row_line(what, *rate, real(c), lat));
     }
     let report = format!(
-        "# Benchmarks\n\nSigning a small Notary targets document (ECDSA P-256 on SoftHSM2). Each figure is the \
-median of {RUNS} runs of {per_run} signatures; sample signatures of every run are verified.\n\n\
-- machine: {machine}\n- date: {}\n- command: `cargo build --release --workspace --bins && target/release/bench{}`\n\n{table}\n\
-The agent path includes a gRPC client, the Unix socket, parsing and checking the \
-document, canonical JSON, the token worker thread and PKCS#11. Comparisons with the real \
-notary-signer and the notary client are still to come (issue 7).\n",
+        "# Benchmarks\n\n\
+- machine: {machine}\n- date: {}\n- command: `cargo build --release --workspace --bins && target/release/bench{}`\n\n\
+## Signing a small document\n\nECDSA P-256. Each figure is the median of {RUNS} runs of {per_run} signatures; sample \
+signatures of every run are verified. The load generator runs on the same cores.\n\n{table}\n\
+The agent's API path includes the gRPC client, the Unix socket, parsing and checking the document, canonical \
+JSON, the hop to a signing thread and PKCS#11; the agent signs on a pool of sessions (two on this machine), \
+the floor on one.\n\n\
+## notary-signer's API (mutual TLS over TCP), one load generator for all three\n\n{stable}\n\
+## End to end against a local notary-server (real notary-signer)\n\n{e2e}\n",
         now_utc(),
         if quick { " --quick" } else { "" }
     );
     println!("{report}");
     std::fs::write("BENCHMARKS.md", &report).expect("write BENCHMARKS.md");
     eprintln!("wrote BENCHMARKS.md");
+}
+
+/// Documents per SignMetadataBatch call.
+const BATCH: usize = 64;
+
+/// The median rate and the median p50/p99 of [`RUNS`] runs.
+fn repeat(mut f: impl FnMut() -> (f64, Duration, Duration)) -> (f64, (Duration, Duration)) {
+    let results: Vec<_> = (0..RUNS).map(|_| f()).collect();
+    let rate = median(results.iter().map(|r| r.0).collect());
+    let p50 = median_d(results.iter().map(|r| r.1).collect());
+    let p99 = median_d(results.iter().map(|r| r.2).collect());
+    (rate, (p50, p99))
+}
+
+fn row_line(what: &str, rate: f64, base: f64, lat: &Option<(Duration, Duration)>) -> String {
+    let (p50, p99) = match lat {
+        Some((a, b)) => (
+            format!("{:.0} µs", a.as_secs_f64() * 1e6),
+            format!("{:.0} µs", b.as_secs_f64() * 1e6),
+        ),
+        None => ("-".into(), "-".into()),
+    };
+    format!(
+        "| {what} | {rate:.0} | {:.2} | {p50} | {p99} |\n",
+        rate / base
+    )
 }
 
 /// Signs `n` digests in-process, the way the agent's token worker does: one session,
@@ -169,61 +280,395 @@ fn document(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `n` SignMetadata requests from `c` concurrent clients: (signatures/s, p50, p99).
-async fn agent_run(
-    socket: &Path,
-    key_id: &str,
-    vk: &p256::ecdsa::VerifyingKey,
-    c: usize,
+/// Runs `n` signatures from `c` concurrent clients, each call made by `op(client, i)` and
+/// returning how many signatures it made and one signed output to verify.
+/// (signatures/s, p50, p99 per call, samples).
+async fn drive<C, F, Fut>(
+    clients: Vec<C>,
     n: usize,
-) -> (f64, Duration, Duration) {
-    let per = n / c;
-    let mut clients = Vec::new();
-    for _ in 0..c {
-        clients.push(connect(socket).await);
-    }
+    per_call: usize,
+    op: F,
+) -> (f64, Duration, Duration, Vec<Vec<u8>>)
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send,
+{
+    let calls = (n / per_call / clients.len()).max(1);
     let start = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
-        .map(|(t, mut client)| {
-            let key_id = key_id.to_string();
+        .map(|(t, client)| {
+            let op = op.clone();
             tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(per);
+                let mut lat = Vec::with_capacity(calls);
                 let mut sample = None;
-                for i in 0..per {
-                    let doc = document(t * per + i);
-                    let req = pb::SignMetadataRequest {
-                        document: doc,
-                        key_id: key_id.clone(),
-                        role: String::new(),
-                        gun: String::new(),
-                    };
+                for i in 0..calls {
                     let t0 = Instant::now();
-                    let resp = client.sign_metadata(req).await.expect("sign").into_inner();
+                    let out = op(client.clone(), (t * calls + i) * per_call).await;
                     lat.push(t0.elapsed());
                     if i == 0 {
-                        sample = Some(resp.document);
+                        sample = Some(out);
                     }
                 }
                 (lat, sample)
             })
         })
         .collect();
-    let mut all = Vec::with_capacity(n);
+    let mut all = Vec::new();
     let mut samples = Vec::new();
     for t in tasks {
         let (lat, sample) = t.await.expect("task");
         all.extend(lat);
         samples.extend(sample);
     }
-    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    let rate = (all.len() * per_call) as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    (rate, pct(0.50), pct(0.99), samples)
+}
+
+/// The agent's API: `n` documents signed by `c` clients, `batch` documents per call.
+async fn agent_run(
+    socket: &Path,
+    key_id: &str,
+    vk: &p256::ecdsa::VerifyingKey,
+    c: usize,
+    n: usize,
+    batch: usize,
+) -> (f64, Duration, Duration) {
+    let mut clients = Vec::new();
+    for _ in 0..c {
+        clients.push(connect(socket).await);
+    }
+    let key_id = key_id.to_string();
+    let (rate, p50, p99, samples) = drive(clients, n, batch, move |mut client, first| {
+        let key_id = key_id.clone();
+        async move {
+            let req = |i: usize| pb::SignMetadataRequest {
+                document: document(i),
+                key_id: key_id.clone(),
+                role: String::new(),
+                gun: String::new(),
+            };
+            if batch == 1 {
+                let resp = client.sign_metadata(req(first)).await.expect("sign");
+                return resp.into_inner().document;
+            }
+            let requests = (first..first + batch).map(req).collect();
+            let resp = client
+                .sign_metadata_batch(pb::SignMetadataBatchRequest { requests })
+                .await
+                .expect("sign batch")
+                .into_inner();
+            assert_eq!(resp.results.len(), batch);
+            let mut docs = resp.results.into_iter().map(|r| match r.result {
+                Some(pb::sign_metadata_result::Result::Signed(s)) => s.document,
+                other => panic!("batch item not signed: {other:?}"),
+            });
+            let last = docs.next_back().expect("a result");
+            docs.for_each(drop);
+            last
+        }
+    })
+    .await;
     for doc in samples {
         verify_doc(&doc, vk);
     }
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    (rate, pct(0.50), pct(0.99))
+    (rate, p50, p99)
+}
+
+/// An agent on `hsm` serving notary-signer's API with the certificates in `pki`; its keys
+/// on the SoftHSM2 token, or in Notary key files in `keydir`.
+fn signer_agent(hsm: &SoftHsm, pki: &Path, keydir: Option<&Path>) -> (Agent, u16) {
+    let port = notary::free_port();
+    let p = |f: &str| pki.join(f).display().to_string();
+    let (tokens, token) = match keydir {
+        None => (hsm.agent_config(), hsm.label.clone()),
+        Some(d) => (
+            format!("[[file]]\ndir = {:?}\n", d.display().to_string()),
+            format!("file:{}", d.display()),
+        ),
+    };
+    let config = format!(
+        "{tokens}\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {token:?}\n",
+        p("leaf.crt"),
+        p("leaf.key"),
+        p("ca.crt"),
+    );
+    let agent = Agent::start_with_config(Some(hsm), &config);
+    let pin = agent.dir.path().join("bench-pin");
+    std::fs::write(&pin, &hsm.pin).expect("pin file");
+    agent
+        .dct(&[
+            "unlock",
+            "--token",
+            &token,
+            "--pin-file",
+            pin.to_str().expect("utf-8"),
+        ])
+        .ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "agent did not listen: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (agent, port)
+}
+
+/// Makes a timestamp key through the API; its ID and verifying key.
+async fn create_key(port: u16, pki: &Path) -> (String, p256::ecdsa::VerifyingKey) {
+    let ch = signer_client::channel(port, pki, true).await.expect("mTLS");
+    let (mut km, _) = signer_client::clients(ch);
+    let k = km
+        .create_key(notary_pb::CreateKeyRequest {
+            algorithm: "ecdsa".into(),
+            gun: GUN.into(),
+            role: "timestamp".into(),
+        })
+        .await
+        .expect("create key")
+        .into_inner();
+    let id = k.key_info.and_then(|i| i.key_id).expect("key id").id;
+    let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&k.public_key).expect("P-256");
+    (id, vk)
+}
+
+/// A timestamp's `signed` part, what notary-server asks its signer to sign.
+fn timestamp(i: usize) -> Vec<u8> {
+    format!(
+        "{{\"_type\":\"Timestamp\",\"expires\":\"2030-01-01T00:00:00Z\",\"meta\":{{\"snapshot\":{{\"hashes\":{{\"sha256\":\"pLuirsl/lQcfqbn2EulmqJ/AcMyu0m8wdDwymr/Zj9w=\"}},\"length\":{}}}}},\"version\":{}}}",
+        400 + i % 100,
+        i + 1
+    )
+    .into_bytes()
+}
+
+/// notary-signer's Sign: `n` signatures from `c` clients (one connection each).
+async fn signer_run(
+    port: u16,
+    pki: &Path,
+    key_id: &str,
+    vk: &p256::ecdsa::VerifyingKey,
+    c: usize,
+    n: usize,
+) -> (f64, Duration, Duration) {
+    let mut clients = Vec::new();
+    for _ in 0..c {
+        let ch = signer_client::channel(port, pki, true).await.expect("mTLS");
+        clients.push(signer_client::clients(ch).1);
+    }
+    let key_id = key_id.to_string();
+    let (rate, p50, p99, samples) = drive(clients, n, 1, move |mut client, i| {
+        let key_id = key_id.clone();
+        async move {
+            let content = timestamp(i);
+            let sig = client
+                .sign(notary_pb::SignatureRequest {
+                    key_id: Some(notary_pb::KeyId { id: key_id }),
+                    content: content.clone(),
+                })
+                .await
+                .expect("sign")
+                .into_inner()
+                .content;
+            // Sample = signature || content, checked below.
+            let mut out = sig;
+            out.extend(content);
+            out
+        }
+    })
+    .await;
+    for s in samples {
+        use p256::ecdsa::signature::Verifier;
+        let sig = p256::ecdsa::Signature::from_slice(&s[..64]).expect("raw r||s");
+        vk.verify(&s[64..], &sig)
+            .expect("notary-signer API signature verifies");
+    }
+    (rate, p50, p99)
+}
+
+/// Wall time of a command; with `peak`, also its peak resident memory (VmHWM, polled).
+fn timed(cmd: &mut Command) -> (Duration, Option<u64>) {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let mut peak = None;
+    let status = loop {
+        if let Some(kb) = vm_hwm_kib(pid) {
+            peak = Some(kb);
+        }
+        match child.try_wait().expect("wait") {
+            Some(st) => break st,
+            None => std::thread::sleep(Duration::from_millis(2)),
+        }
+    };
+    let took = t0.elapsed();
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        panic!("{cmd:?} failed: {err}");
+    }
+    (took, peak)
+}
+
+/// Peak resident memory of a live process, KiB.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+fn tag_list(gun: &str, prefix: &str, n: usize) -> String {
+    let mut s = String::with_capacity(n * 120);
+    for i in 0..n {
+        let content = format!("{prefix} manifest {i}\n");
+        let d: String = Sha256::digest(content.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        s.push_str(&format!("{gun}:{prefix}{i} sha256:{d} {}\n", content.len()));
+    }
+    s
+}
+
+/// `dct trust sign` against `notary add` + `notary publish`, and a 100,000-tag targets.
+fn end_to_end(stack: &NotaryStack, quick: bool) -> String {
+    let many = if quick { 100 } else { 1000 };
+    let huge = if quick { 10_000 } else { 100_000 };
+    let hsm = SoftHsm::new("bench-e2e", "bench-pin-1234");
+    let agent = Agent::start(Some(&hsm));
+    agent.unlock(&hsm);
+    let ca = stack.ca.to_str().expect("utf-8").to_string();
+    let dct = |args: &[&str]| {
+        let mut c = Command::new(dct_tests::bin("dct"));
+        c.env("DCT_SOCKET", &agent.socket)
+            .args(["trust", "--server", &stack.url, "--tlscacert", &ca])
+            .args(args);
+        c
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let notary_dir = work.path().join("notary");
+    let notary = |args: &[&str]| {
+        let mut c = Command::new("notary");
+        c.args(["-s", &stack.url, "--tlscacert", &ca, "-d"])
+            .arg(&notary_dir)
+            .args(args)
+            .env("PCSCLITE_CSOCK_NAME", "/nonexistent/dct-bench")
+            .env("NOTARY_ROOT_PASSPHRASE", "bench-root-passphrase")
+            .env("NOTARY_TARGETS_PASSPHRASE", "bench-targets-passphrase")
+            .env("NOTARY_SNAPSHOT_PASSPHRASE", "bench-snapshot-passphrase");
+        c
+    };
+    let (ours, theirs) = ("bench.example.com/dct", "bench.example.com/notary");
+    timed(&mut dct(&["init", ours]));
+    timed(&mut notary(&["init", theirs]));
+    timed(&mut notary(&["publish", theirs]));
+    let file = work.path().join("content");
+    std::fs::write(&file, b"one manifest\n").expect("write");
+    let file = file.to_str().expect("utf-8").to_string();
+
+    // One tag, process start to published: median of RUNS.
+    let one_dct = median_d(
+        (0..RUNS)
+            .map(|i| {
+                let image = format!("{ours}:one{i}");
+                let digest = format!("sha256:{}", "ab".repeat(32));
+                timed(&mut dct(&[
+                    "sign", &image, "--digest", &digest, "--size", "100",
+                ]))
+                .0
+            })
+            .collect(),
+    );
+    let one_notary = median_d(
+        (0..RUNS)
+            .map(|i| {
+                let tag = format!("one{i}");
+                let a = timed(&mut notary(&["add", theirs, &tag, &file])).0;
+                a + timed(&mut notary(&["publish", theirs])).0
+            })
+            .collect(),
+    );
+
+    // Many tags in one invocation vs one `notary add` each and one publish.
+    let list = work.path().join("many.txt");
+    let many_dct = median_d(
+        (0..RUNS)
+            .map(|r| {
+                std::fs::write(&list, tag_list(ours, &format!("m{r}x"), many)).expect("write");
+                timed(&mut dct(&["sign", "--from", list.to_str().expect("utf-8")])).0
+            })
+            .collect(),
+    );
+    let many_notary = {
+        let t0 = Instant::now();
+        for i in 0..many {
+            timed(&mut notary(&["add", theirs, &format!("m{i}"), &file]));
+        }
+        timed(&mut notary(&["publish", theirs]));
+        t0.elapsed()
+    };
+
+    // A huge targets role on a fresh agent, so its peak memory is this work's.
+    drop(agent);
+    let agent = Agent::start(Some(&hsm));
+    agent.unlock(&hsm);
+    let big = "bench.example.com/huge";
+    let dct = |args: &[&str]| {
+        let mut c = Command::new(dct_tests::bin("dct"));
+        c.env("DCT_SOCKET", &agent.socket)
+            .args(["trust", "--server", &stack.url, "--tlscacert", &ca])
+            .args(args);
+        c
+    };
+    timed(&mut dct(&["init", big]));
+    let agent_before = vm_hwm_kib(agent.pid()).unwrap_or(0);
+    std::fs::write(&list, tag_list(big, "h", huge)).expect("write");
+    let (huge_took, cli_peak) = timed(&mut dct(&["sign", "--from", list.to_str().expect("utf-8")]));
+    let agent_peak = vm_hwm_kib(agent.pid()).unwrap_or(0);
+    let inspect = dct(&["--json", "inspect", big]).output().expect("inspect");
+    let signed: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect JSON");
+    let count = signed["signed_tags"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(
+        count, huge,
+        "every tag of the huge targets role is published"
+    );
+
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
+    format!(
+        "| work | dct trust sign | notary add + publish | notary / dct |\n|---|---:|---:|---:|\n\
+| 1 tag, process start to published (median of {RUNS}) | {} | {} | {:.1}x |\n\
+| {many} tags in one invocation (dct: median of {RUNS}; notary: one run) | {} | {} | {:.1}x |\n\n\
+A {huge}-tag targets role signed and published by `dct trust sign --from` in {} (every tag then listed by \
+`dct trust inspect`); peak memory: agent {} (was {} before), CLI {}.\n",
+        ms(one_dct),
+        ms(one_notary),
+        one_notary.as_secs_f64() / one_dct.as_secs_f64(),
+        ms(many_dct),
+        ms(many_notary),
+        many_notary.as_secs_f64() / many_dct.as_secs_f64(),
+        ms(huge_took),
+        mib(agent_peak),
+        mib(agent_before),
+        cli_peak.map(mib).unwrap_or_else(|| "-".into()),
+    )
 }
 
 /// The signature over the canonical `signed` bytes (ours are written canonically).
