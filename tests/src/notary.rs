@@ -184,6 +184,11 @@ impl NotaryStack {
         child.wait_with_output().unwrap()
     }
 
+    /// The real notary-signer's PID, when the stack runs it.
+    pub fn signer_pid(&self) -> Option<u32> {
+        self.signer.as_ref().map(Child::id)
+    }
+
     /// Stops both servers by PID.
     pub fn stop(&mut self) {
         for child in [self.server.take(), self.signer.take()]

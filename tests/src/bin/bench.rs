@@ -39,6 +39,14 @@ const RUNS: usize = 5;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only agent|signer|e2e` (repeatable) runs some sections, for profiling.
+    let args: Vec<String> = std::env::args().collect();
+    let only: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--only")
+        .map(|w| w[1].as_str())
+        .collect();
+    let run = |section: &str| only.is_empty() || only.contains(&section);
     let per_run = if quick { 500 } else { 4000 };
     let concurrencies = [1usize, 4, 16, 64];
     let hsm = SoftHsm::new("bench", "bench-pin-1234");
@@ -71,7 +79,7 @@ fn main() {
     ));
 
     eprintln!("agent API ...");
-    for c in concurrencies {
+    for c in concurrencies.into_iter().filter(|_| run("agent")) {
         let r = repeat(|| rt.block_on(agent_run(&agent.socket, &key_id, &vk, c, per_run, 1)));
         rows.push((
             format!("dct-agent API, 1 document per request, concurrency {c}"),
@@ -79,7 +87,7 @@ fn main() {
             Some(r.1),
         ));
     }
-    for c in concurrencies {
+    for c in concurrencies.into_iter().filter(|_| run("agent")) {
         let r = repeat(|| rt.block_on(agent_run(&agent.socket, &key_id, &vk, c, per_run, BATCH)));
         rows.push((
             format!("dct-agent API, batches of {BATCH}, concurrency {c}"),
@@ -91,57 +99,48 @@ fn main() {
 
     // notary-signer's API: the same load generator against three signers.
     let mut signer_rows = Vec::new();
-    {
-        eprintln!("notary-signer API: dct-agent on SoftHSM2 ...");
+    let mut measure = |what: &str, port: u16, pid: u32, pki: &Path| {
+        eprintln!("notary-signer API: {what} ...");
+        let (id, vk) = rt.block_on(create_key(port, pki));
+        for c in concurrencies {
+            let r = repeat_cpu(|| rt.block_on(signer_run((port, pid), pki, &id, &vk, c, per_run)));
+            signer_rows.push((format!("{what}, concurrency {c}"), r.0, Some(r.1), r.2));
+        }
+    };
+    if run("signer") {
         let pki = notary::pki();
         let hsm = SoftHsm::new("bench-signer", "bench-pin-1234");
         let (agent, port) = signer_agent(&hsm, pki.path(), None);
-        let (id, vk) = rt.block_on(create_key(port, pki.path()));
-        for c in concurrencies {
-            let r = repeat(|| rt.block_on(signer_run(port, pki.path(), &id, &vk, c, per_run)));
-            signer_rows.push((
-                format!("dct-agent, keys on SoftHSM2, concurrency {c}"),
-                r.0,
-                Some(r.1),
-            ));
-        }
+        measure("dct-agent, keys on SoftHSM2", port, agent.pid(), pki.path());
         drop(agent);
-    }
-    {
-        eprintln!("notary-signer API: dct-agent with software keys ...");
         let pki = notary::pki();
-        let hsm = SoftHsm::new("bench-unused", "bench-pin-1234");
         let keydir = tempfile::tempdir().expect("tempdir");
         let (agent, port) = signer_agent(&hsm, pki.path(), Some(keydir.path()));
-        let (id, vk) = rt.block_on(create_key(port, pki.path()));
-        for c in concurrencies {
-            let r = repeat(|| rt.block_on(signer_run(port, pki.path(), &id, &vk, c, per_run)));
-            signer_rows.push((
-                format!("dct-agent, keys in software (key files), concurrency {c}"),
-                r.0,
-                Some(r.1),
-            ));
-        }
-        drop(agent);
+        measure(
+            "dct-agent, keys in software (key files)",
+            port,
+            agent.pid(),
+            pki.path(),
+        );
     }
     let stack = NotaryStack::start_logging(notary::pki(), true, SignerAt::Real, "error");
-    {
-        eprintln!("notary-signer API: the real notary-signer ...");
+    if run("signer") {
         let port = stack.signer_port.expect("real signer");
-        let pki = stack.dir.path();
-        let (id, vk) = rt.block_on(create_key(port, pki));
-        for c in concurrencies {
-            let r = repeat(|| rt.block_on(signer_run(port, pki, &id, &vk, c, per_run)));
-            signer_rows.push((
-                format!("real notary-signer (keys in memory), concurrency {c}"),
-                r.0,
-                Some(r.1),
-            ));
-        }
+        let pid = stack.signer_pid().expect("real signer");
+        measure(
+            "real notary-signer (keys in memory)",
+            port,
+            pid,
+            stack.dir.path(),
+        );
     }
 
     eprintln!("end to end ...");
-    let e2e = end_to_end(&stack, quick);
+    let e2e = if run("e2e") {
+        end_to_end(&stack, quick)
+    } else {
+        "(not run)\n".into()
+    };
 
     let machine = machine();
     let mut table = String::new();
@@ -157,14 +156,24 @@ fn main() {
             .unwrap_or(f64::NAN)
     };
     let mut stable = String::new();
-    stable.push_str("| signer, concurrency | signatures/s | vs real notary-signer | p50 | p99 |\n|---|---:|---:|---:|---:|\n");
-    for (what, rate, lat) in &signer_rows {
+    stable.push_str("| signer, concurrency | signatures/s | vs real notary-signer | p50 | p99 | server CPU per signature (signing threads) |\n|---|---:|---:|---:|---:|---:|\n");
+    for (what, rate, lat, cpu) in &signer_rows {
         let c: usize = what
             .rsplit(' ')
             .next()
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
-        stable.push_str(&row_line(what, *rate, real(c), lat));
+        let line = row_line(what, *rate, real(c), lat);
+        let token = if cpu.token_us > 0.0 {
+            format!(" ({:.0} µs)", cpu.token_us)
+        } else {
+            String::new()
+        };
+        stable.push_str(&format!(
+            "{} {:.0} µs{token} |\n",
+            line.trim_end(),
+            cpu.total_us
+        ));
     }
     let report = format!(
         "# Benchmarks\n\n\
@@ -189,11 +198,54 @@ const BATCH: usize = 64;
 
 /// The median rate and the median p50/p99 of [`RUNS`] runs.
 fn repeat(mut f: impl FnMut() -> (f64, Duration, Duration)) -> (f64, (Duration, Duration)) {
+    let r = repeat_cpu(|| {
+        let (a, b, c) = f();
+        (a, b, c, Cpu::default())
+    });
+    (r.0, r.1)
+}
+
+/// As [`repeat`], with the server's median CPU per signature.
+fn repeat_cpu(
+    mut f: impl FnMut() -> (f64, Duration, Duration, Cpu),
+) -> (f64, (Duration, Duration), Cpu) {
     let results: Vec<_> = (0..RUNS).map(|_| f()).collect();
     let rate = median(results.iter().map(|r| r.0).collect());
     let p50 = median_d(results.iter().map(|r| r.1).collect());
     let p99 = median_d(results.iter().map(|r| r.2).collect());
-    (rate, (p50, p99))
+    let cpu = Cpu {
+        total_us: median(results.iter().map(|r| r.3.total_us).collect()),
+        token_us: median(results.iter().map(|r| r.3.token_us).collect()),
+    };
+    (rate, (p50, p99), cpu)
+}
+
+/// A server's CPU time per signature: all its threads, and its signing threads.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    total_us: f64,
+    token_us: f64,
+}
+
+/// CPU time of every thread of `pid` so far, in ns: (all, threads named sign-* / token-*).
+fn cpu_ns(pid: u32) -> (u64, u64) {
+    let mut all = 0;
+    let mut token = 0;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    for t in tasks.flatten() {
+        let ns: u64 = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        all += ns;
+        if comm.starts_with("sign-") || comm.starts_with("token-") {
+            token += ns;
+        }
+    }
+    (all, token)
 }
 
 fn row_line(what: &str, rate: f64, base: f64, lat: &Option<(Duration, Duration)>) -> String {
@@ -451,19 +503,21 @@ fn timestamp(i: usize) -> Vec<u8> {
 
 /// notary-signer's Sign: `n` signatures from `c` clients (one connection each).
 async fn signer_run(
-    port: u16,
+    (port, pid): (u16, u32),
     pki: &Path,
     key_id: &str,
     vk: &p256::ecdsa::VerifyingKey,
     c: usize,
     n: usize,
-) -> (f64, Duration, Duration) {
+) -> (f64, Duration, Duration, Cpu) {
     let mut clients = Vec::new();
     for _ in 0..c {
         let ch = signer_client::channel(port, pki, true).await.expect("mTLS");
         clients.push(signer_client::clients(ch).1);
     }
     let key_id = key_id.to_string();
+    let before = cpu_ns(pid);
+    let signatures = (n / c).max(1) * c;
     let (rate, p50, p99, samples) = drive(clients, n, 1, move |mut client, i| {
         let key_id = key_id.clone();
         async move {
@@ -490,7 +544,13 @@ async fn signer_run(
         vk.verify(&s[64..], &sig)
             .expect("notary-signer API signature verifies");
     }
-    (rate, p50, p99)
+    let after = cpu_ns(pid);
+    let per = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / 1e3 / signatures as f64;
+    let cpu = Cpu {
+        total_us: per(after.0, before.0),
+        token_us: per(after.1, before.1),
+    };
+    (rate, p50, p99, cpu)
 }
 
 /// Wall time of a command; with `peak`, also its peak resident memory (VmHWM, polled).
