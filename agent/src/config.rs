@@ -44,6 +44,13 @@ pub struct Config {
     pub trust: TrustConfig,
     /// `[notary_signer]`: serve notary-signer's gRPC API (mutual TLS) for notary-server.
     pub notary_signer: Option<NotarySignerConfig>,
+    /// Users (uids) besides the agent's own that may use its socket. The socket and its
+    /// directory stay private to the agent's user: grant access with a group or ACL too.
+    #[serde(default)]
+    pub allowed_uids: Vec<u32>,
+    /// The audit log. Default: $XDG_STATE_HOME/dct/audit.log, else
+    /// ~/.local/state/dct/audit.log.
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +234,12 @@ impl Config {
             ca_pem,
             trust_on_first_use: false,
         }))
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(crate::audit::default_path)
     }
 
     pub fn max_request_bytes(&self) -> usize {

@@ -1,6 +1,7 @@
 //! dct-agent: a hardware-backed signing agent for Docker Content Trust (Notary v1 / TUF).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod keys;

@@ -18,6 +18,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
+use crate::audit::Event;
 use crate::config::NotarySignerConfig;
 use crate::error::{Error, Result};
 use crate::keys::{check_gun, KeyEntry, Keyring};
@@ -133,6 +134,15 @@ impl KeyManagement for NotarySigner {
             .await?;
         self.keys.invalidate();
         tracing::info!(key_id = %key.canonical_id, role = %req.role, gun = %req.gun, "notary-signer: created key");
+        self.keys
+            .audit()
+            .record(Event {
+                key_id: key.canonical_id.clone(),
+                role: req.role.clone(),
+                gun: req.gun.clone(),
+                ..Event::new("create_key")
+            })
+            .await?;
         Ok(Response::new(pb::PublicKey {
             key_info: Some(key_info(&key)),
             public_key: key.spki,
@@ -144,8 +154,15 @@ impl KeyManagement for NotarySigner {
         match self.key(&id).await {
             Ok(key) => {
                 let token = self.keys.token(&key.token)?;
+                let event = Event {
+                    key_id: key.canonical_id.clone(),
+                    role: key.role.clone(),
+                    gun: key.gun.clone().unwrap_or_default(),
+                    ..Event::new("delete_key")
+                };
                 token.run(move |b| b.delete(&key)).await?;
                 self.keys.invalidate();
+                self.keys.audit().record(event).await?;
                 tracing::info!(key_id = %id, "notary-signer: deleted key");
             }
             // As notary-signer: deleting an absent key succeeds.
@@ -177,11 +194,37 @@ impl Signer for NotarySigner {
     ) -> Result<Response<pb::Signature>, Status> {
         let req = req.into_inner();
         let id = key_id(req.key_id)?;
-        let key = self.key(&id).await?;
-        check_content(&req.content, &key.role)?;
         let digest: [u8; 32] = Sha256::digest(&req.content).into();
-        let token = self.keys.token(&key.token)?;
-        let sig = token.sign(key.clone(), digest).await?;
+        let mut event = Event {
+            key_id: id.clone(),
+            sha256: crate::tuf::keys::hex(&digest),
+            ..Event::new("sign")
+        };
+        let audit = self.keys.audit();
+        let key = match self.key(&id).await {
+            Ok(k) => k,
+            Err(e) => {
+                audit.refused(event, &e).await;
+                return Err(e.into());
+            }
+        };
+        event.role = key.role.clone();
+        event.gun = key.gun.clone().unwrap_or_default();
+        let signed = match check_content(&req.content, &key.role) {
+            Ok(()) => match self.keys.token(&key.token) {
+                Ok(token) => token.sign(key.clone(), digest).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let sig = match signed {
+            Ok(sig) => sig,
+            Err(e) => {
+                audit.refused(event, &e).await;
+                return Err(e.into());
+            }
+        };
+        audit.record(event).await?;
         tracing::debug!(key_id = %id, role = %key.role, "notary-signer: signed");
         Ok(Response::new(pb::Signature {
             key_info: Some(key_info(&key)),
@@ -255,6 +298,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .tls_config(tls)
         .map_err(|e| format!("[notary_signer] TLS: {e}"))?
+        .layer(crate::audit::PeerLayer)
         .add_service(health_service)
         .add_service(KeyManagementServer::new(signer.clone()).max_decoding_message_size(max_bytes))
         .add_service(SignerServer::new(signer).max_decoding_message_size(max_bytes))

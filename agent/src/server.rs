@@ -56,11 +56,22 @@ async fn unlock_from_pin_files(config: &Config, keys: &Keyring) {
         let Ok(token) = keys.token(&t.token) else {
             continue;
         };
-        match token.run(move |b| b.login(&pin, false)).await {
+        let outcome = match token.run(move |b| b.login(&pin, false)).await {
             Ok(state) => {
-                tracing::info!(token = %t.token, "unlocked from its PIN file ({})", state.describe())
+                tracing::info!(token = %t.token, "unlocked from its PIN file ({})", state.describe());
+                format!("token {}, from its PIN file", t.token)
             }
-            Err(e) => tracing::error!(token = %t.token, "not unlocked from its PIN file: {e}"),
+            Err(e) => {
+                tracing::error!(token = %t.token, "not unlocked from its PIN file: {e}");
+                format!("token {}, from its PIN file: {e}", t.token)
+            }
+        };
+        let event = crate::audit::Event {
+            outcome,
+            ..crate::audit::Event::new("unlock")
+        };
+        if let Err(e) = keys.audit().record(event).await {
+            tracing::error!("audit log: {e}");
         }
     }
 }
@@ -174,7 +185,7 @@ impl Listener {
         tokens: Vec<Token>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
-        let keys = Keyring::new(tokens);
+        let keys = Keyring::new(tokens, crate::audit::Audit::open(&config.audit_log()));
         unlock_from_pin_files(config, &keys).await;
         // One shutdown signal for every listener.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -218,11 +229,30 @@ impl Listener {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
         let own_uid = nix::unistd::getuid().as_raw();
+        let allowed = config.allowed_uids.clone();
+        let audit = keys.audit().clone();
         let incoming = UnixListenerStream::new(self.listener).filter(move |conn| match conn {
             Ok(stream) => match stream.peer_cred() {
-                Ok(cred) if cred.uid() == own_uid => true,
+                Ok(cred) if cred.uid() == own_uid || allowed.contains(&cred.uid()) => true,
                 Ok(cred) => {
                     tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused connection from another user");
+                    let peer = crate::audit::Peer::Local {
+                        uid: cred.uid(),
+                        pid: cred.pid(),
+                    };
+                    let event = crate::audit::Event {
+                        outcome: format!(
+                            "connection refused: uid {} is not the agent's ({own_uid}) nor in allowed_uids",
+                            cred.uid()
+                        ),
+                        ..crate::audit::Event::new("refuse")
+                    };
+                    let audit = audit.clone();
+                    tokio::spawn(crate::audit::PEER.scope(peer, async move {
+                        if let Err(e) = audit.record(event).await {
+                            tracing::error!("audit log: {e}");
+                        }
+                    }));
                     false
                 }
                 Err(e) => {
@@ -242,6 +272,7 @@ impl Listener {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit.saturating_mul(2));
         let result = tonic::transport::Server::builder()
+            .layer(crate::audit::PeerLayer)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;

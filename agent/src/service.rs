@@ -7,6 +7,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use crate::audit::Event;
 use crate::error::{Error, PinState, Result};
 use crate::keys::{check_gun, check_role, KeyEntry, Keyring, Token, TokenInfo};
 use crate::signing;
@@ -88,7 +89,14 @@ impl Agent for AgentService {
             };
             tokens.push(token_pb(info));
         }
+        let audit = self.keys.audit().state();
         Ok(Response::new(pb::StatusResponse {
+            audit: Some(pb::AuditStatus {
+                path: self.keys.audit().path().display().to_string(),
+                records: audit.records,
+                last_hash: audit.last_hash,
+                error: audit.error.unwrap_or_default(),
+            }),
             version: env!("CARGO_PKG_VERSION").into(),
             backends: vec![
                 crate::keys::pkcs11::BACKEND.into(),
@@ -112,9 +120,19 @@ impl Agent for AgentService {
         let force = req.force;
         let label = token.label.clone();
         let state = token.run(move |b| b.login(&pin, force)).await;
+        let mut event = Event {
+            outcome: format!("token {label}"),
+            ..Event::new("unlock")
+        };
         match &state {
             Ok(_) => tracing::info!(token = %label, "unlocked"),
-            Err(e) => tracing::warn!(token = %label, "unlock failed: {e}"),
+            Err(e) => {
+                tracing::warn!(token = %label, "unlock failed: {e}");
+                event.outcome = format!("token {label}: {e}");
+            }
+        }
+        if let Err(e) = self.keys.audit().record(event).await {
+            tracing::error!("audit log: {e}");
         }
         Ok(Response::new(pb::UnlockResponse {
             token: label,
@@ -139,6 +157,13 @@ impl Agent for AgentService {
             match t.run(|b| b.logout()).await {
                 Ok(()) => {
                     tracing::info!(token = %t.label, "locked");
+                    let event = Event {
+                        outcome: format!("token {}", t.label),
+                        ..Event::new("lock")
+                    };
+                    if let Err(e) = self.keys.audit().record(event).await {
+                        tracing::error!("audit log: {e}");
+                    }
                     locked.push(t.label.clone());
                 }
                 Err(e) => errors.push(format!("{}: {e}", t.label)),
@@ -178,7 +203,18 @@ impl Agent for AgentService {
         };
         let token = self.keys.token(&req.token)?;
         let key = token.generate(req.role, gun).await?;
+        self.keys.invalidate();
         tracing::info!(token = %token.label, key_id = %key.key_id, role = %key.role, "generated key");
+        self.keys
+            .audit()
+            .record(Event {
+                key_id: key.key_id.clone(),
+                role: key.role.clone(),
+                gun: key.gun.clone().unwrap_or_default(),
+                outcome: format!("ok, token {}", token.label),
+                ..Event::new("create_key")
+            })
+            .await?;
         Ok(Response::new(pb::GenerateKeyResponse {
             key: Some(key_pb(key)),
         }))

@@ -3,6 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::keys::KeyEntry;
 use crate::tuf::cert::subject_cn;
@@ -22,6 +23,8 @@ pub struct Prepared {
     pub digest: [u8; 32],
     /// The keyid to write in the signature.
     pub keyid: String,
+    /// The GUN the document was checked against (empty when none is known).
+    pub gun: String,
 }
 
 /// Parses `document` and checks that `keys` (every listing of the key: a root key lists
@@ -168,6 +171,7 @@ pub fn prepare_after(
         version: common.version as u64,
         digest: Sha256::digest(&message).into(),
         keyid,
+        gun,
     })
 }
 
@@ -270,12 +274,55 @@ pub async fn sign_document_after(
         .cloned()
         .ok_or_else(|| Error::NotFound("no such key".into()))?;
     let size = document.len();
+    let attempt = Event {
+        key_id: key.key_id.clone(),
+        role: if role.is_empty() {
+            key.role.clone()
+        } else {
+            role.clone()
+        },
+        gun: gun.clone(),
+        ..Event::new("sign")
+    };
     let prepared = cpu(size, move || {
         prepare_after(&document, &keys, &role, &gun, previous.as_deref())
     })
-    .await?;
-    let sig = keyring.sign_digest(&key, prepared.digest).await?;
-    cpu(size, move || Ok(signed(prepared, sig))).await?
+    .await;
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            keyring.audit().refused(attempt, &e).await;
+            return Err(e);
+        }
+    };
+    let event = sign_event(&prepared);
+    let sig = match keyring.sign_digest(&key, prepared.digest).await {
+        Ok(sig) => sig,
+        Err(e) => {
+            keyring.audit().refused(event, &e).await;
+            return Err(e);
+        }
+    };
+    // The signature leaves the agent only once its record is on disk.
+    keyring.audit().record(event).await?;
+    cpu(size, move || signed(prepared, sig)).await
+}
+
+fn refusal(mut e: Event, why: &Error) -> Event {
+    e.action = "refuse";
+    e.outcome = why.to_string();
+    e
+}
+
+/// The audit record of signing `p`.
+fn sign_event(p: &Prepared) -> Event {
+    Event {
+        key_id: p.keyid.clone(),
+        role: p.role.clone(),
+        gun: p.gun.clone(),
+        sha256: crate::tuf::keys::hex(&p.digest),
+        ..Event::new("sign")
+    }
 }
 
 fn signed(prepared: Prepared, sig: Vec<u8>) -> Result<Signed> {
@@ -309,6 +356,15 @@ pub async fn sign_documents(
 ) -> Vec<Result<Signed>> {
     let size: usize = items.iter().map(|i| i.document.len()).sum();
     let n = items.len();
+    let attempts: Vec<Event> = items
+        .iter()
+        .map(|i| Event {
+            key_id: i.keys.first().map(|k| k.key_id.clone()).unwrap_or_default(),
+            role: i.role.clone(),
+            gun: i.gun.clone(),
+            ..Event::new("sign")
+        })
+        .collect();
     let prepared = cpu(size, move || {
         Ok(items
             .into_iter()
@@ -362,6 +418,23 @@ pub async fn sign_documents(
                     sigs[i] = Some(Err(Error::Unavailable(msg.clone())));
                 }
             }
+        }
+    }
+    // One record per document, all on disk before any signature leaves the agent.
+    let events: Vec<Event> = attempts
+        .into_iter()
+        .zip(prepared.iter().zip(&sigs))
+        .map(|(attempt, (p, sig))| match (p, sig) {
+            (Ok((_, p)), Some(Ok(_))) => sign_event(p),
+            (Ok((_, p)), Some(Err(e))) => refusal(sign_event(p), e),
+            (Ok((_, p)), None) => refusal(sign_event(p), &Error::Internal("not signed".into())),
+            (Err(e), _) => refusal(attempt, e),
+        })
+        .collect();
+    if let Err(e) = keyring.audit().record_many(events).await {
+        let msg = e.to_string();
+        for sig in sigs.iter_mut() {
+            *sig = Some(Err(Error::Unavailable(msg.clone())));
         }
     }
     let done = cpu(size, move || {

@@ -2,6 +2,7 @@
 //! Every key operation and every metadata decision happens in the agent.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod client;
 mod output;
 mod trust;
@@ -69,6 +70,9 @@ enum Command {
     /// Notary metadata files.
     #[command(subcommand)]
     Tuf(TufCmd),
+    /// The agent's audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Docker Content Trust against a notary-server: init, sign, inspect.
     Trust {
         #[command(flatten)]
@@ -76,6 +80,15 @@ enum Command {
         #[command(subcommand)]
         command: trust::TrustCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the log's hash chain: a changed, removed, inserted or reordered record is
+    /// found and its line named. Without FILE: the running agent's log, also checked
+    /// against the agent's own count of records (which finds records cut from the end);
+    /// with no agent running, $XDG_STATE_HOME/dct/audit.log.
+    Verify { file: Option<PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +169,67 @@ enum TufCmd {
     },
 }
 
+/// `dct audit verify [FILE]`.
+async fn audit_verify(socket: &Path, file: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+    // The agent's own view of its log, when it is the agent's log being checked.
+    let (path, agent) = match file {
+        Some(f) => (f, None),
+        None => match Client::connect(socket).await {
+            Ok(mut c) => {
+                let s = c
+                    .call(|mut a| async move { a.status(pb::StatusRequest {}).await })
+                    .await?;
+                let a = s.audit.unwrap_or_default();
+                (PathBuf::from(&a.path), Some(a))
+            }
+            Err(_) => {
+                let base = std::env::var_os("XDG_STATE_HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
+                    })
+                    .unwrap_or_else(|| PathBuf::from("."));
+                (base.join("dct").join("audit.log"), None)
+            }
+        },
+    };
+    let text = std::fs::read(&path)
+        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", path.display())))?;
+    let v =
+        audit::verify(&text).map_err(|e| Failure::failed(format!("{}: {e}", path.display())))?;
+    if let Some(a) = &agent {
+        if a.records > v.records || (a.records == v.records && a.last_hash != v.last_hash) {
+            return Err(Failure::failed(format!(
+                "{}: the agent has written {} records but the file's chain ends at {}: records were cut from the end",
+                path.display(),
+                a.records,
+                v.records
+            )));
+        }
+        if !a.error.is_empty() {
+            eprintln!("note: the agent cannot write its audit log: {}", a.error);
+        }
+    }
+    if json {
+        return print_json(&serde_json::json!({
+            "path": path.display().to_string(), "records": v.records, "last_hash": v.last_hash,
+            "checked_against_agent": agent.is_some(),
+        }));
+    }
+    println!(
+        "{}: {} records, hash chain intact{}",
+        path.display(),
+        v.records,
+        if agent.is_some() {
+            ", and as the agent last wrote it"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -187,6 +261,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         .unwrap_or_else(client::default_socket_path);
     let json = cli.json;
     match cli.command {
+        Command::Audit(AuditCmd::Verify { file }) => audit_verify(&socket, file, json).await,
         Command::Status => {
             let mut c = Client::connect(&socket).await?;
             let s = c
@@ -225,6 +300,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             t.print();
             for tok in s.tokens.iter().filter(|t| !t.error.is_empty()) {
                 println!("{}: {}", tok.label, tok.error);
+            }
+            if let Some(a) = &s.audit {
+                match a.error.as_str() {
+                    "" => println!("audit log: {} ({} records)", a.path, a.records),
+                    e => println!("audit log: {} UNUSABLE, nothing is signed: {e}", a.path),
+                }
             }
             Ok(())
         }

@@ -87,7 +87,11 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
             })
         })
         .collect();
-    json!({"version": s.version, "backends": s.backends, "tokens": tokens})
+    let audit = s.audit.as_ref().map(|a| {
+        json!({"path": a.path, "records": a.records, "last_hash": a.last_hash,
+               "error": (!a.error.is_empty()).then_some(&a.error)})
+    });
+    json!({"version": s.version, "backends": s.backends, "tokens": tokens, "audit": audit})
 }
 
 /// A key the agent just made or imported: its JSON, or its ID alone on stdout.

@@ -133,8 +133,17 @@ impl Agent {
         std::fs::write(
             &cfg,
             format!(
-                "trust_dir = {:?}\n{config}",
-                trust_dir.display().to_string()
+                "trust_dir = {:?}\n{}{config}",
+                trust_dir.display().to_string(),
+                // Each agent its own audit log, unless the test names one.
+                if config.contains("audit_log") {
+                    String::new()
+                } else {
+                    format!(
+                        "audit_log = {:?}\n",
+                        dir.path().join("audit.log").display().to_string()
+                    )
+                }
             ),
         )
         .unwrap();
@@ -202,6 +211,11 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// The agent's audit log (when the test did not name another).
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
     }
 
     pub fn log_text(&self) -> String {

@@ -181,6 +181,34 @@ fn notary_server_signs_with_keys_on_the_agents_token() {
         agent.log_text()
     );
     assert!(!agent.log_text().contains("signer-pin-2468"));
+
+    // Every signature notary-server asked for is in the audit log, under its certificate.
+    let audit = std::fs::read_to_string(agent.audit_path()).unwrap();
+    let records: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let signs: Vec<&Value> = records.iter().filter(|r| r["action"] == "sign").collect();
+    assert!(signs
+        .iter()
+        .any(|r| r["key_id"] == ts_keys[0].as_str() && r["role"] == "timestamp"));
+    assert!(signs
+        .iter()
+        .any(|r| r["key_id"] == sn_keys[0].as_str() && r["role"] == "snapshot"));
+    for r in &signs {
+        assert_eq!(r["peer"]["tls"]["subject"], "CN=127.0.0.1", "{r}");
+        assert_eq!(r["gun"], gun);
+        assert_eq!(r["sha256"].as_str().unwrap().len(), 64);
+    }
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["action"] == "create_key")
+            .count(),
+        2,
+        "timestamp and snapshot keys made: {audit}"
+    );
+    agent.dct(&["audit", "verify"]).ok();
 }
 
 #[test]

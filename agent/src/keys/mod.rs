@@ -331,6 +331,7 @@ pub struct Keyring {
     /// The last listing of all tokens, for resolving key IDs on the signing path without a
     /// trip to every token. The private-key lookup at signing stays authoritative.
     listing: Arc<std::sync::Mutex<Option<Listing>>>,
+    audit: crate::audit::Audit,
 }
 
 struct Listing {
@@ -343,11 +344,17 @@ struct Listing {
 const LISTING_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Keyring {
-    pub fn new(tokens: Vec<Token>) -> Self {
+    pub fn new(tokens: Vec<Token>, audit: crate::audit::Audit) -> Self {
         Keyring {
             tokens: Arc::new(tokens),
             listing: Arc::default(),
+            audit,
         }
+    }
+
+    /// The audit log every key use goes to.
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.audit
     }
 
     /// Forgets the cached listing (after this agent changed a token).

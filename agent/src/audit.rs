@@ -1,0 +1,432 @@
+//! The audit log: every key use and every refusal, one JSON line each, each line carrying the
+//! SHA-256 of the line before it, so a changed, removed or reordered record breaks the chain.
+//!
+//! One writer thread owns the file. Records queued while it writes are written together and
+//! made durable with one `fdatasync` (group commit), and each caller is answered only after
+//! its record is on disk: a signature leaves the agent only once its record is durable, and if
+//! the log cannot be written the signature is withheld and the request refused.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+
+/// Who made a request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    /// A process on the Unix socket.
+    Local { uid: u32, pid: Option<i32> },
+    /// A client of the TLS listener, by its certificate's subject.
+    Tls { subject: String },
+    /// The agent itself (start-up unlock, health checks).
+    Agent,
+}
+
+tokio::task_local! {
+    /// The peer of the request being served (set per request by the listeners).
+    pub static PEER: Peer;
+}
+
+/// The peer of the request this task serves.
+pub fn current_peer() -> Peer {
+    PEER.try_with(Clone::clone).unwrap_or(Peer::Agent)
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Event {
+    /// sign, refuse, create_key, delete_key, unlock, lock
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub role: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gun: String,
+    /// SHA-256 (hex) of the bytes signed (the canonical `signed` part).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+    /// "ok", or what went wrong / the rule that refused.
+    pub outcome: String,
+}
+
+impl Event {
+    pub fn new(action: &'static str) -> Event {
+        Event {
+            action,
+            outcome: "ok".into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A record as written: the event, when, who, its place in the chain.
+#[derive(Serialize)]
+struct Record<'a> {
+    seq: u64,
+    time: String,
+    peer: &'a Peer,
+    #[serde(flatten)]
+    event: &'a Event,
+    /// SHA-256 (hex) of the previous line (without its newline); zeros for the first.
+    prev: &'a str,
+}
+
+type Ack = tokio::sync::oneshot::Sender<Result<()>>;
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::SyncSender<(Vec<(Peer, Event)>, Ack)>,
+    path: PathBuf,
+    state: std::sync::Arc<std::sync::Mutex<State>>,
+}
+
+/// Where the log stands, for `dct status` and `dct audit verify`.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub records: u64,
+    pub last_hash: String,
+    /// Why records cannot be written, once they cannot.
+    pub error: Option<String>,
+}
+
+/// Where the chain stands: the last record's number and hash.
+struct Tail {
+    seq: u64,
+    hash: String,
+}
+
+const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Records queued before callers are refused.
+const QUEUE: usize = 65536;
+
+impl Audit {
+    /// Opens (or creates, 0600 in a 0700 directory) the log at `path` and starts its
+    /// writer. A log that cannot be opened or whose last record is damaged does not stop
+    /// the agent, but every record fails, so nothing is signed until it is fixed.
+    pub fn open(path: &Path) -> Audit {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let opened = open_log(path);
+        match &opened {
+            Ok((_, tail)) => {
+                tracing::info!("audit log {} (record {})", path.display(), tail.seq)
+            }
+            Err(e) => tracing::error!("audit log: {e}; signing is refused until it is fixed"),
+        }
+        let state = std::sync::Arc::new(std::sync::Mutex::new(match &opened {
+            Ok((_, tail)) => State {
+                records: tail.seq,
+                last_hash: tail.hash.clone(),
+                error: None,
+            },
+            Err(e) => State {
+                error: Some(e.clone()),
+                ..Default::default()
+            },
+        }));
+        let (p, st) = (path.to_path_buf(), state.clone());
+        let spawned = std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || writer(rx, opened, p, st));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the audit writer: {e}");
+        }
+        Audit {
+            tx,
+            path: path.to_path_buf(),
+            state,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn state(&self) -> State {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Appends `events` (as the current peer's) and waits until they are on disk.
+    pub async fn record_many(&self, events: Vec<Event>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let peer = current_peer();
+        let batch = events.into_iter().map(|e| (peer.clone(), e)).collect();
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.tx.try_send((batch, ack)).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => {
+                Error::ResourceExhausted("the audit log is falling behind; try again".into())
+            }
+            mpsc::TrySendError::Disconnected(_) => {
+                Error::Internal("the audit writer stopped; nothing is signed".into())
+            }
+        })?;
+        done.await
+            .map_err(|_| Error::Internal("the audit writer stopped; nothing is signed".into()))?
+    }
+
+    pub async fn record(&self, event: Event) -> Result<()> {
+        self.record_many(vec![event]).await
+    }
+
+    /// Records a refusal; the refusal stands whether or not the record could be written.
+    pub async fn refused(&self, mut event: Event, why: &Error) {
+        event.action = "refuse";
+        event.outcome = why.to_string();
+        if let Err(e) = self.record(event).await {
+            tracing::error!("audit log: {e}");
+        }
+    }
+}
+
+fn open_log(path: &Path) -> std::result::Result<(std::fs::File, Tail), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    let tail = if meta.is_file() {
+        last_record(&mut f, meta.len())
+            .map_err(|e| format!("{}: {e}; run dct audit verify", path.display()))?
+    } else {
+        // A device (e.g. a pipe to a log collector): no chain to continue.
+        Tail {
+            seq: 0,
+            hash: ZERO_HASH.into(),
+        }
+    };
+    Ok((f, tail))
+}
+
+/// The last record of the file: its seq and hash.
+fn last_record(f: &mut std::fs::File, len: u64) -> std::result::Result<Tail, String> {
+    if len == 0 {
+        return Ok(Tail {
+            seq: 0,
+            hash: ZERO_HASH.into(),
+        });
+    }
+    // Records are short; the last one is within the final 64 KiB.
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    if buf.last() != Some(&b'\n') {
+        return Err("the last record is incomplete".into());
+    }
+    let body = &buf[..buf.len() - 1];
+    let line = match body.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &body[i + 1..],
+        None if start == 0 => body,
+        None => return Err("the last record is too long".into()),
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| format!("the last record is not JSON: {e}"))?;
+    let seq = v["seq"]
+        .as_u64()
+        .ok_or("the last record has no seq".to_string())?;
+    Ok(Tail {
+        seq,
+        hash: hex(&Sha256::digest(line)),
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    crate::tuf::keys::hex(b)
+}
+
+fn writer(
+    rx: mpsc::Receiver<(Vec<(Peer, Event)>, Ack)>,
+    opened: std::result::Result<(std::fs::File, Tail), String>,
+    path: PathBuf,
+    state: std::sync::Arc<std::sync::Mutex<State>>,
+) {
+    let set_state = |f: &dyn Fn(&mut State)| {
+        if let Ok(mut s) = state.lock() {
+            f(&mut s);
+        }
+    };
+    let (mut file, mut tail) = match opened {
+        Ok(x) => (Some(x.0), x.1),
+        Err(e) => {
+            // Refuse everything, saying why.
+            while let Ok((_, ack)) = rx.recv() {
+                let _ = ack.send(Err(Error::Unavailable(format!(
+                    "audit log unusable ({e}); nothing is signed"
+                ))));
+            }
+            return;
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        // Take everything queued now: one write and one sync for all of it.
+        let mut jobs = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            jobs.push(more);
+        }
+        let Some(f) = file.as_mut() else {
+            for (_, ack) in jobs {
+                let _ = ack.send(Err(Error::Unavailable(
+                    "the audit log failed earlier; restart the agent once it is fixed".into(),
+                )));
+            }
+            continue;
+        };
+        let mut out = Vec::new();
+        let mut next = Tail {
+            seq: tail.seq,
+            hash: tail.hash.clone(),
+        };
+        let now = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
+        for (batch, _) in &jobs {
+            for (peer, event) in batch {
+                let rec = Record {
+                    seq: next.seq + 1,
+                    time: now.clone(),
+                    peer,
+                    event,
+                    prev: &next.hash,
+                };
+                let line = match serde_json::to_vec(&rec) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("audit record: {e}");
+                        continue;
+                    }
+                };
+                next = Tail {
+                    seq: next.seq + 1,
+                    hash: hex(&Sha256::digest(&line)),
+                };
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+            }
+        }
+        let written = f.write_all(&out).and_then(|()| f.sync_data());
+        match written {
+            Ok(()) => {
+                set_state(&|s| {
+                    s.records = next.seq;
+                    s.last_hash = next.hash.clone();
+                });
+                tail = next;
+                for (_, ack) in jobs {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // The file may now end in part of a record: stop writing to it.
+                tracing::error!("audit log {}: {e}; signing stops", path.display());
+                let why = format!("cannot write: {e}");
+                set_state(&|s| s.error = Some(why.clone()));
+                file = None;
+                for (_, ack) in jobs {
+                    let _ = ack.send(Err(Error::Unavailable(format!(
+                        "cannot write the audit log {}: {e}; nothing is signed",
+                        path.display()
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/dct/audit.log`, else `~/.local/state/dct/audit.log`.
+pub fn default_path() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("dct").join("audit.log")
+}
+
+/// A tower layer that runs each request with [`PEER`] set from its connection: the Unix
+/// socket's peer credentials, or the TLS client certificate's subject.
+#[derive(Clone, Copy, Default)]
+pub struct PeerLayer;
+
+impl<S> tower::Layer<S> for PeerLayer {
+    type Service = PeerService<S>;
+    fn layer(&self, inner: S) -> PeerService<S> {
+        PeerService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct PeerService<S> {
+    inner: S,
+}
+
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for PeerService<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let peer = peer_of(req.extensions());
+        let fut = self.inner.call(req);
+        Box::pin(PEER.scope(peer, fut))
+    }
+}
+
+fn peer_of(ext: &tonic::codegen::http::Extensions) -> Peer {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
+    if let Some(cred) = ext.get::<UdsConnectInfo>().and_then(|u| u.peer_cred) {
+        return Peer::Local {
+            uid: cred.uid(),
+            pid: cred.pid(),
+        };
+    }
+    if let Some(certs) = ext
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|t| t.peer_certs())
+    {
+        let subject = certs
+            .first()
+            .and_then(|c| {
+                use der::Decode;
+                x509_cert::Certificate::from_der(c.as_ref()).ok()
+            })
+            .map(|c| c.tbs_certificate.subject.to_string())
+            .unwrap_or_else(|| "unparsable client certificate".into());
+        return Peer::Tls { subject };
+    }
+    Peer::Agent
+}

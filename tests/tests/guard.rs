@@ -1,0 +1,216 @@
+//! Guarding the keys: the audit log (hash chain, durable before a signature leaves, signing
+//! stops when it cannot be written, `dct audit verify` finds tampering) and who may talk to
+//! the agent (another uid is refused before any RPC, and audited).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use dct_tests::{Agent, SoftHsm};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const GUN: &str = "example.com/guarded";
+const SIGNED: &str = r#"{"_type":"Targets","delegations":{"keys":{},"roles":[]},"expires":"2030-01-01T00:00:00Z","targets":{},"version":1}"#;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A targets document to sign, written beside the agent.
+fn document(agent: &Agent, name: &str) -> std::path::PathBuf {
+    let path = agent.dir.path().join(name);
+    std::fs::write(&path, format!(r#"{{"signed":{SIGNED},"signatures":[]}}"#)).unwrap();
+    path
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn audit_log_chains_every_key_use_and_finds_tampering() {
+    let (_hsm, agent) = Agent::on_fresh_token("audit", "1357");
+    let key = agent.generate("targets", Some(GUN));
+    let doc = document(&agent, "targets.json");
+    agent.tuf_sign(&doc, &key, &["--gun", GUN]).ok();
+    // A refusal: the key belongs to another GUN.
+    let other = document(&agent, "other.json");
+    agent
+        .tuf_sign(&other, &key, &["--gun", "example.com/else"])
+        .fails(1, "belongs to");
+
+    let log = agent.audit_path();
+    let recs = records(&log);
+    let actions: Vec<&str> = recs.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        ["unlock", "create_key", "sign", "refuse"],
+        "{recs:#?}"
+    );
+    let sign = &recs[2];
+    assert_eq!(sign["key_id"], key.as_str());
+    assert_eq!(sign["role"], "targets");
+    assert_eq!(sign["gun"], GUN);
+    assert_eq!(sign["sha256"], hex(&Sha256::digest(SIGNED.as_bytes())));
+    assert_eq!(sign["outcome"], "ok");
+    let uid = nix::unistd::getuid().as_raw();
+    assert_eq!(sign["peer"]["local"]["uid"], uid);
+    assert!(sign["peer"]["local"]["pid"].as_i64().unwrap() > 0);
+    assert!(recs[3]["outcome"].as_str().unwrap().contains("belongs to"));
+    assert_eq!(recs[3]["gun"], "example.com/else");
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64 + 1);
+    }
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("1357"));
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Sound: with the file, and as the agent's own log (checked against its count).
+    let out = agent.dct(&["audit", "verify"]).ok();
+    assert!(out.stdout.contains("4 records"), "{}", out.stdout);
+    let file = log.to_str().unwrap();
+    agent.dct(&["audit", "verify", file]).ok();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let check = |name: &str, content: String, needle: &str| {
+        let p = agent.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        agent
+            .dct(&["audit", "verify", p.to_str().unwrap()])
+            .fails(1, needle);
+    };
+    // A changed record (the signed GUN rewritten) breaks the chain at the next line.
+    check(
+        "changed.log",
+        format!(
+            "{}\n{}\n{}\n{}\n",
+            lines[0],
+            lines[1],
+            lines[2].replace(GUN, "example.com/forged"),
+            lines[3]
+        ),
+        "line 4",
+    );
+    // A removed record, and two swapped records.
+    check(
+        "removed.log",
+        format!("{}\n{}\n{}\n", lines[0], lines[1], lines[3]),
+        "line 3",
+    );
+    check(
+        "swapped.log",
+        format!("{}\n{}\n{}\n{}\n", lines[0], lines[2], lines[1], lines[3]),
+        "line 2",
+    );
+    // Records cut from the end: only the agent's own count shows it.
+    std::fs::write(&log, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
+    agent.dct(&["audit", "verify"]).fails(1, "cut from the end");
+}
+
+#[test]
+fn an_unwritable_audit_log_stops_signing() {
+    // A full disk: opening works, writing fails.
+    let hsm = SoftHsm::new("full", "2468");
+    let config = format!("audit_log = \"/dev/full\"\n{}", hsm.agent_config());
+    let agent = Agent::start_with_config(Some(&hsm), &config);
+    agent.unlock(&hsm);
+    agent
+        .dct(&["key", "generate", "--role", "targets", "--gun", GUN])
+        .fails(1, "audit log");
+    // The key was made before its record failed: signing with it must still be refused,
+    // and the document left as it was.
+    let list = agent.dct(&["--json", "key", "list"]).json();
+    let key = list["keys"][0]["key_id"].as_str().unwrap().to_string();
+    let doc = document(&agent, "targets.json");
+    let before = std::fs::read(&doc).unwrap();
+    agent
+        .tuf_sign(&doc, &key, &["--gun", GUN])
+        .fails(1, "audit log");
+    assert_eq!(std::fs::read(&doc).unwrap(), before);
+    let status = agent.dct(&["--json", "status"]).json();
+    assert!(
+        status["audit"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write"),
+        "{status}"
+    );
+
+    // A log that cannot even be opened (a directory): refused from the start.
+    let hsm = SoftHsm::new("nolog", "2468");
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "audit_log = {:?}\n{}",
+        dir.path().display().to_string(),
+        hsm.agent_config()
+    );
+    let agent = Agent::start_with_config(Some(&hsm), &config);
+    agent.unlock(&hsm);
+    agent
+        .dct(&["key", "generate", "--role", "targets", "--gun", GUN])
+        .fails(1, "audit log");
+}
+
+/// Runs the probe as uid/gid 65534 (nobody) against `socket`: "served" or "closed".
+fn probe_as_nobody(agent: &Agent) -> String {
+    // The agent keeps its socket private; open the way for this test only.
+    let run = agent.socket.parent().unwrap();
+    for d in [agent.dir.path(), run] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // The probe binary where nobody can run it.
+    let bin_dir = agent.dir.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let probe = bin_dir.join("uds_probe");
+    std::fs::copy(dct_tests::bin("uds_probe"), &probe).unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&probe)
+        .arg(&agent.socket)
+        .output()
+        .expect("setpriv");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn another_user_is_refused_before_any_rpc_and_audited() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let (_hsm, agent) = Agent::on_fresh_token("peers", "1111");
+    assert_eq!(probe_as_nobody(&agent), "closed");
+    // The refusal is recorded (asynchronously: wait for it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let refusal = loop {
+        let found = records(&agent.audit_path())
+            .into_iter()
+            .find(|r| r["action"] == "refuse");
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal recorded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(refusal["peer"]["local"]["uid"], 65534);
+    assert!(refusal["outcome"]
+        .as_str()
+        .unwrap()
+        .contains("connection refused"));
+
+    // Allowed by the config: served.
+    let hsm = SoftHsm::new("allowed", "1111");
+    let config = format!("allowed_uids = [65534]\n{}", hsm.agent_config());
+    let agent = Agent::start_with_config(Some(&hsm), &config);
+    assert_eq!(probe_as_nobody(&agent), "served");
+}
