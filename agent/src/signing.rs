@@ -9,10 +9,56 @@ use crate::keys::KeyEntry;
 use crate::tuf::cert::subject_cn;
 use crate::tuf::keys::{TufKey, ECDSA_X509};
 use crate::tuf::metadata::{
-    expected_type, parse_key_map, valid_delegation_name, Envelope, MetaDoc, RoleKeys, RootDoc,
-    Signature, TargetsDoc,
+    expected_type, parse_key_map, valid_delegation_name, Common, Delegations, Envelope, MetaDoc,
+    RoleKeys, RootDoc, Signature,
 };
 use crate::tuf::verify::check_role_keys;
+use serde::Deserialize;
+
+/// The parts of a targets document the checks need; the targets map is checked in place
+/// by [`check_target_entries`].
+#[derive(Deserialize)]
+struct TargetsHead {
+    #[serde(rename = "_type")]
+    doc_type: String,
+    version: i64,
+    expires: String,
+    #[serde(default)]
+    delegations: Delegations,
+}
+
+/// Every target names a length and a SHA-256 (base64 of 32 bytes), as Notary writes them.
+fn check_target_entries(signed: &serde_json::Value) -> Result<()> {
+    use base64::Engine as _;
+    let Some(targets) = signed.get("targets") else {
+        return Ok(());
+    };
+    let targets = targets
+        .as_object()
+        .ok_or_else(|| Error::InvalidArgument("document: targets is not an object".into()))?;
+    for (name, meta) in targets {
+        let bad = |what: &str| Error::InvalidArgument(format!("document: target {name:?}: {what}"));
+        if meta
+            .get("length")
+            .and_then(serde_json::Value::as_u64)
+            .is_none()
+        {
+            return Err(bad("no length"));
+        }
+        let sha = meta
+            .get("hashes")
+            .and_then(|h| h.get("sha256"))
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| bad("no sha256 hash"))?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(sha)
+            .map_err(|_| bad("sha256 is not base64"))?;
+        if decoded.len() != 32 {
+            return Err(bad("sha256 is not 32 bytes"));
+        }
+    }
+    Ok(())
+}
 
 /// A document checked and ready for a given key to sign.
 pub struct Prepared {
@@ -81,10 +127,11 @@ pub fn prepare_after(
     let bad = |e: serde_json::Error| {
         Error::InvalidArgument(format!("document is not a valid {doc_type}: {e}"))
     };
-    let signed = envelope.signed.clone();
+    // Typed views borrow from the parsed tree: a 100,000-tag targets role is not copied.
+    let signed = &envelope.signed;
     let (common, doc_gun) = match doc_type.as_str() {
         "Root" => {
-            let root: RootDoc = serde_json::from_value(signed).map_err(bad)?;
+            let root = RootDoc::deserialize(signed).map_err(bad)?;
             let keys = parse_key_map(&root.keys)
                 .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
             let root_gun = root
@@ -99,7 +146,8 @@ pub fn prepare_after(
             (root.common, root_gun)
         }
         "Targets" => {
-            let t: TargetsDoc = serde_json::from_value(signed).map_err(bad)?;
+            let t = TargetsHead::deserialize(signed).map_err(bad)?;
+            check_target_entries(signed)?;
             let keys = parse_key_map(&t.delegations.keys)
                 .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
             // Delegations as Notary accepts them: direct children of this role, with a
@@ -119,14 +167,16 @@ pub fn prepare_after(
                 check_role_keys(&role, &d.name, &rk, &keys)
                     .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
             }
-            (t.common, None)
+            (
+                Common {
+                    doc_type: t.doc_type,
+                    version: t.version,
+                    expires: t.expires,
+                },
+                None,
+            )
         }
-        _ => (
-            serde_json::from_value::<MetaDoc>(signed)
-                .map_err(bad)?
-                .common,
-            None,
-        ),
+        _ => (MetaDoc::deserialize(signed).map_err(bad)?.common, None),
     };
     if common.version < 1 {
         return Err(Error::InvalidArgument(format!(

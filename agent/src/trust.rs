@@ -636,13 +636,18 @@ pub async fn sign_tags(
             .find(|k| k.key_id == id || k.canonical_id == id)
             .cloned()
     };
-    let targets_env = repo.doc("targets")?;
-    let targets: TargetsDoc = serde_json::from_value(targets_env.signed.clone())
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    // The targets role is parsed once and edited in place: a 100,000-tag role is large.
+    let mut targets_signed = Some(repo.doc("targets")?.signed);
+    let delegations: crate::tuf::metadata::Delegations = match targets_signed
+        .as_ref()
+        .and_then(|t| t.get("delegations"))
+    {
+        Some(d) => serde_json::from_value(d.clone()).map_err(|e| Error::Internal(e.to_string()))?,
+        None => Default::default(),
+    };
 
     // Delegations we may sign: direct children of targets whose key we hold.
-    let held: Vec<(&crate::tuf::metadata::DelegationRole, KeyEntry)> = targets
-        .delegations
+    let held: Vec<(&crate::tuf::metadata::DelegationRole, KeyEntry)> = delegations
         .roles
         .iter()
         .filter(|d| {
@@ -670,7 +675,13 @@ pub async fn sign_tags(
         let i = match edits.iter().position(|e| e.role == role) {
             Some(i) => i,
             None => {
-                let mut signed = repo.signed_or_new(role)?;
+                let mut signed = match (role, targets_signed.take()) {
+                    ("targets", Some(t)) => t,
+                    (_, t) => {
+                        targets_signed = t;
+                        repo.signed_or_new(role)?
+                    }
+                };
                 if !signed["targets"].is_object() {
                     signed["targets"] = json!({});
                 }
