@@ -108,9 +108,17 @@ impl Pinning {
 pub struct FileConfig {
     /// The key directory, e.g. "~/.docker/trust/private" (`~/` is the home directory).
     pub dir: String,
+    /// As for [[pkcs11]]: forget the decrypted keys after this long unused / unlocked.
+    pub idle_ttl: Option<String>,
+    pub hard_ttl: Option<String>,
 }
 
 impl FileConfig {
+    pub fn ttl(&self) -> crate::keys::Ttl {
+        // Checked when the config was parsed.
+        ttl(&self.idle_ttl, &self.hard_ttl).unwrap_or_default()
+    }
+
     pub fn path(&self) -> PathBuf {
         match (self.dir.strip_prefix("~/"), std::env::var_os("HOME")) {
             (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
@@ -138,9 +146,48 @@ pub struct Pkcs11Config {
     /// (a server, CI). Must be owned by the agent's user and not readable by others. One
     /// login attempt; a wrong PIN leaves the token locked and is never retried.
     pub pin_file: Option<PathBuf>,
+    /// Lock the token after this long unused ("90s", "15m", "8h"). Default: never.
+    pub idle_ttl: Option<String>,
+    /// Lock the token this long after it was unlocked, used or not. Default: never.
+    pub hard_ttl: Option<String>,
+}
+
+/// "90", "90s", "15m", "8h", "2d" -> a duration.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 90s, 15m, 8h)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{text:?}: unit must be s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err(format!("{text:?}: a TTL must be longer than zero"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn ttl(idle: &Option<String>, hard: &Option<String>) -> Result<crate::keys::Ttl, String> {
+    Ok(crate::keys::Ttl {
+        idle: idle.as_deref().map(parse_duration).transpose()?,
+        hard: hard.as_deref().map(parse_duration).transpose()?,
+    })
 }
 
 impl Pkcs11Config {
+    pub fn ttl(&self) -> crate::keys::Ttl {
+        // Checked when the config was parsed.
+        ttl(&self.idle_ttl, &self.hard_ttl).unwrap_or_default()
+    }
+
     pub fn sessions(&self) -> usize {
         self.sessions.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -174,6 +221,12 @@ impl Config {
                     t.module
                 ));
             }
+        }
+        for t in &c.pkcs11 {
+            ttl(&t.idle_ttl, &t.hard_ttl).map_err(|e| format!("token {:?}: {e}", t.token))?;
+        }
+        for f in &c.file {
+            ttl(&f.idle_ttl, &f.hard_ttl).map_err(|e| format!("{}: {e}", f.label()))?;
         }
         if let Some(ns) = &c.notary_signer {
             let files: Vec<String> = c.file.iter().map(FileConfig::label).collect();

@@ -28,14 +28,16 @@ pub fn start_tokens(
         let backend = Pkcs11Backend::new(ctx, t.module.clone(), t.token.clone());
         tokens.push(
             Token::spawn(t.token.clone(), BACKEND, Box::new(backend), t.sessions())
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| e.to_string())?
+                .with_ttl(t.ttl()),
         );
     }
     for f in files {
         let backend = crate::keys::file::FileBackend::new(f.path(), f.label());
         tokens.push(
             Token::spawn(f.label(), crate::keys::file::BACKEND, Box::new(backend), 1)
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| e.to_string())?
+                .with_ttl(f.ttl()),
         );
     }
     Ok(tokens)
@@ -58,6 +60,7 @@ async fn unlock_from_pin_files(config: &Config, keys: &Keyring) {
         };
         let outcome = match token.run(move |b| b.login(&pin, false)).await {
             Ok(state) => {
+                token.note_unlocked();
                 tracing::info!(token = %t.token, "unlocked from its PIN file ({})", state.describe());
                 format!("token {}, from its PIN file", t.token)
             }
@@ -72,6 +75,33 @@ async fn unlock_from_pin_files(config: &Config, keys: &Keyring) {
         };
         if let Err(e) = keys.audit().record(event).await {
             tracing::error!("audit log: {e}");
+        }
+    }
+}
+
+/// Locks tokens whose unlock TTL ran out (checked every second), and audits it.
+async fn watch_ttls(keys: Keyring) {
+    let tokens: Vec<Token> = keys
+        .tokens()
+        .iter()
+        .filter(|t| t.ttl().idle.is_some() || t.ttl().hard.is_some())
+        .cloned()
+        .collect();
+    if tokens.is_empty() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        for t in &tokens {
+            if let Some(why) = t.enforce_ttl().await {
+                let event = crate::audit::Event {
+                    outcome: format!("token {}: {why} expired", t.label),
+                    ..crate::audit::Event::new("lock")
+                };
+                if let Err(e) = keys.audit().record(event).await {
+                    tracing::error!("audit log: {e}");
+                }
+            }
         }
     }
 }
@@ -187,6 +217,7 @@ impl Listener {
     ) -> Result<(), String> {
         let keys = Keyring::new(tokens, crate::audit::Audit::open(&config.audit_log()));
         unlock_from_pin_files(config, &keys).await;
+        let ttl_watch = tokio::spawn(watch_ttls(keys.clone()));
         // One shutdown signal for every listener.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -212,6 +243,7 @@ impl Listener {
             }
         };
         let _ = stop_tx.send(true);
+        ttl_watch.abort();
         if let Some(signer) = signer {
             match signer.await {
                 Ok(Err(e)) => return Err(e),

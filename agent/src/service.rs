@@ -125,7 +125,10 @@ impl Agent for AgentService {
             ..Event::new("unlock")
         };
         match &state {
-            Ok(_) => tracing::info!(token = %label, "unlocked"),
+            Ok(_) => {
+                token.note_unlocked();
+                tracing::info!(token = %label, "unlocked")
+            }
             Err(e) => {
                 tracing::warn!(token = %label, "unlock failed: {e}");
                 event.outcome = format!("token {label}: {e}");
@@ -156,6 +159,7 @@ impl Agent for AgentService {
         for t in targets {
             match t.run(|b| b.logout()).await {
                 Ok(()) => {
+                    t.note_locked();
                     tracing::info!(token = %t.label, "locked");
                     let event = Event {
                         outcome: format!("token {}", t.label),

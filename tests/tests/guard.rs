@@ -214,3 +214,68 @@ fn another_user_is_refused_before_any_rpc_and_audited() {
     let agent = Agent::start_with_config(Some(&hsm), &config);
     assert_eq!(probe_as_nobody(&agent), "served");
 }
+
+/// Signs `doc` with `key`; whether the agent signed.
+fn try_sign(agent: &Agent, key: &str) -> dct_tests::Run {
+    let doc = document(agent, "ttl.json");
+    agent.tuf_sign(&doc, key, &["--gun", GUN])
+}
+
+#[test]
+fn unlock_ttls_lock_the_token() {
+    // Idle: two seconds without a signature locks it.
+    let hsm = SoftHsm::new("idle", "4321");
+    let config = format!("{}idle_ttl = \"2s\"\n", hsm.agent_config());
+    let agent = Agent::start_with_config(Some(&hsm), &config);
+    agent.unlock(&hsm);
+    let key = agent.generate("targets", Some(GUN));
+    try_sign(&agent, &key).ok();
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    let status = agent.dct(&["--json", "status"]).json();
+    assert_eq!(status["tokens"][0]["unlocked"], false, "{status}");
+    try_sign(&agent, &key).fails(1, "locked");
+    let recs = records(&agent.audit_path());
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "lock" && r["outcome"].as_str().unwrap().contains("idle TTL")),
+        "{recs:#?}"
+    );
+
+    // Hard: locked three seconds after unlock even while in use.
+    let hsm = SoftHsm::new("hard", "4321");
+    let config = format!(
+        "{}idle_ttl = \"1h\"\nhard_ttl = \"3s\"\n",
+        hsm.agent_config()
+    );
+    let agent = Agent::start_with_config(Some(&hsm), &config);
+    agent.unlock(&hsm);
+    let key = agent.generate("targets", Some(GUN));
+    for _ in 0..2 {
+        try_sign(&agent, &key).ok();
+        std::thread::sleep(std::time::Duration::from_millis(800));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    try_sign(&agent, &key).fails(1, "locked");
+    // Unlocking again starts a new period.
+    agent.unlock(&hsm);
+    try_sign(&agent, &key).ok();
+}
+
+#[test]
+fn bad_ttls_are_refused_at_start() {
+    let hsm = SoftHsm::new("badttl", "4321");
+    let cfg = hsm.dir.path().join("agent.toml");
+    std::fs::write(&cfg, format!("{}idle_ttl = \"soon\"\n", hsm.agent_config())).unwrap();
+    let out = std::process::Command::new(dct_tests::bin("dct-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(hsm.dir.path().join("run/agent.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a duration"),
+        "{out:?}"
+    );
+}

@@ -181,6 +181,22 @@ pub struct Token {
     pub backend: &'static str,
     tx: mpsc::SyncSender<Job>,
     pool: Option<Arc<SignPool>>,
+    ttl: Ttl,
+    clock: Arc<std::sync::Mutex<UnlockClock>>,
+}
+
+/// How long a token stays unlocked: since its last use (idle) and since it was unlocked
+/// (hard). None: no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ttl {
+    pub idle: Option<std::time::Duration>,
+    pub hard: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Default)]
+struct UnlockClock {
+    unlocked_at: Option<std::time::Instant>,
+    last_used: Option<std::time::Instant>,
 }
 
 /// Requests queued per token before new ones are refused.
@@ -213,12 +229,82 @@ impl Token {
             backend: backend_name,
             tx,
             pool,
+            ttl: Ttl::default(),
+            clock: Arc::default(),
         })
+    }
+
+    /// Sets the token's unlock TTLs.
+    pub fn with_ttl(mut self, ttl: Ttl) -> Token {
+        self.ttl = ttl;
+        self
+    }
+
+    pub fn ttl(&self) -> Ttl {
+        self.ttl
+    }
+
+    /// The token was just unlocked: its TTLs start now.
+    pub fn note_unlocked(&self) {
+        if let Ok(mut c) = self.clock.lock() {
+            let now = std::time::Instant::now();
+            c.unlocked_at = Some(now);
+            c.last_used = Some(now);
+        }
+    }
+
+    pub fn note_locked(&self) {
+        if let Ok(mut c) = self.clock.lock() {
+            *c = UnlockClock::default();
+        }
+    }
+
+    /// Which TTL ran out, if one did since the token was unlocked here.
+    pub fn expired(&self) -> Option<String> {
+        let c = self.clock.lock().ok()?;
+        let now = std::time::Instant::now();
+        let over = |since: Option<std::time::Instant>, ttl: Option<std::time::Duration>| matches!((since, ttl), (Some(t), Some(d)) if now.duration_since(t) >= d);
+        if over(c.unlocked_at, self.ttl.hard) {
+            Some(format!(
+                "hard TTL ({}s since unlock)",
+                self.ttl.hard?.as_secs()
+            ))
+        } else if over(c.last_used, self.ttl.idle) {
+            Some(format!("idle TTL ({}s unused)", self.ttl.idle?.as_secs()))
+        } else {
+            None
+        }
+    }
+
+    /// Logs the token out if a TTL ran out; says which.
+    pub async fn enforce_ttl(&self) -> Option<String> {
+        let why = self.expired()?;
+        match self.run(|b| b.logout()).await {
+            Ok(()) => {
+                self.note_locked();
+                tracing::info!(token = %self.label, "locked: {why}");
+                Some(why)
+            }
+            Err(e) => {
+                tracing::error!(token = %self.label, "TTL expired ({why}) but logout failed: {e}");
+                None
+            }
+        }
     }
 
     /// Signs digests: spread over the signing pool when there is one, else in one job on
     /// the token's thread. One result per item, in order.
     pub async fn sign_many(&self, items: Vec<SignItem>) -> Result<Vec<Result<Vec<u8>>>> {
+        if self.enforce_ttl().await.is_some() {
+            return Err(Error::Locked {
+                token: self.label.clone(),
+            });
+        }
+        if let Ok(mut c) = self.clock.lock() {
+            if c.unlocked_at.is_some() {
+                c.last_used = Some(std::time::Instant::now());
+            }
+        }
         let Some(pool) = &self.pool else {
             return self
                 .run(move |b| Ok(items.iter().map(|(k, d)| b.sign_digest(k, d)).collect()))
