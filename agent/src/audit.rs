@@ -54,6 +54,9 @@ pub struct Event {
     /// SHA-256 (hex) of the bytes signed (the canonical `signed` part).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// The document's version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
     /// "ok", or what went wrong / the rule that refused.
     pub outcome: String,
 }
@@ -352,6 +355,37 @@ fn writer(
             }
         }
     }
+}
+
+/// Every signature the log records with its version: (key ID, GUN, role, version, sha256).
+pub fn signed_versions(path: &Path) -> Vec<(String, String, String, u64, [u8; 32])> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    if !meta.is_file() {
+        return Vec::new();
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            if v["action"] != "sign" || v["outcome"] != "ok" {
+                return None;
+            }
+            let digest: [u8; 32] = crate::tuf::keys::unhex(v["sha256"].as_str()?)?
+                .try_into()
+                .ok()?;
+            Some((
+                v["key_id"].as_str()?.to_string(),
+                v["gun"].as_str().unwrap_or_default().to_string(),
+                v["role"].as_str()?.to_string(),
+                v["version"].as_u64()?,
+                digest,
+            ))
+        })
+        .collect()
 }
 
 /// `$XDG_STATE_HOME/dct/audit.log`, else `~/.local/state/dct/audit.log`.

@@ -44,6 +44,9 @@ pub struct Config {
     pub trust: TrustConfig,
     /// `[notary_signer]`: serve notary-signer's gRPC API (mutual TLS) for notary-server.
     pub notary_signer: Option<NotarySignerConfig>,
+    /// `[[policy]]`: what each key may sign (see the policy module).
+    #[serde(default)]
+    pub policy: Vec<crate::policy::Rule>,
     /// Users (uids) besides the agent's own that may use its socket. The socket and its
     /// directory stay private to the agent's user: grant access with a group or ACL too.
     #[serde(default)]
@@ -222,6 +225,7 @@ impl Config {
                 ));
             }
         }
+        crate::policy::Policy::new(c.policy.clone())?;
         for t in &c.pkcs11 {
             ttl(&t.idle_ttl, &t.hard_ttl).map_err(|e| format!("token {:?}: {e}", t.token))?;
         }

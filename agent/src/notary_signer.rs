@@ -84,7 +84,7 @@ fn key_id(k: Option<pb::KeyId>) -> Result<String> {
 
 /// The message notary-server wants signed must be the `signed` part of a document of the
 /// key's role: parsed, its type checked, its version and expiry well formed.
-fn check_content(content: &[u8], role: &str) -> Result<()> {
+fn check_content(content: &[u8], role: &str) -> Result<(u64, time::OffsetDateTime)> {
     let doc: MetaDoc = serde_json::from_slice(content)
         .map_err(|e| Error::InvalidArgument(format!("content is not a {role} document: {e}")))?;
     let want = expected_type(role);
@@ -100,10 +100,11 @@ fn check_content(content: &[u8], role: &str) -> Result<()> {
             doc.common.version
         )));
     }
-    doc.common
+    let expires = doc
+        .common
         .expires_at()
         .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
-    Ok(())
+    Ok((doc.common.version as u64, expires))
 }
 
 #[tonic::async_trait]
@@ -210,21 +211,36 @@ impl Signer for NotarySigner {
         };
         event.role = key.role.clone();
         event.gun = key.gun.clone().unwrap_or_default();
-        let signed = match check_content(&req.content, &key.role) {
-            Ok(()) => match self.keys.token(&key.token) {
-                Ok(token) => token.sign(key.clone(), digest).await,
+        let gun = key.gun.clone().unwrap_or_default();
+        let view = check_content(&req.content, &key.role).map(|(version, expires)| {
+            event.version = Some(version);
+            crate::policy::Signing {
+                key: &key,
+                keyid: &key.canonical_id,
+                role: &key.role,
+                gun: &gun,
+                version,
+                expires,
+                digest: &digest,
+            }
+        });
+        let checked = view.and_then(|v| self.keys.policy().check(&v).map(|()| v));
+        let signed = match checked {
+            Ok(v) => match self.keys.token(&key.token) {
+                Ok(token) => token.sign(key.clone(), digest).await.map(|sig| (sig, v)),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
-        let sig = match signed {
-            Ok(sig) => sig,
+        let (sig, view) = match signed {
+            Ok(x) => x,
             Err(e) => {
                 audit.refused(event, &e).await;
                 return Err(e.into());
             }
         };
         audit.record(event).await?;
+        self.keys.policy().signed(&view);
         tracing::debug!(key_id = %id, role = %key.role, "notary-signer: signed");
         Ok(Response::new(pb::Signature {
             key_info: Some(key_info(&key)),
@@ -318,7 +334,7 @@ mod tests {
     #[test]
     fn content_must_be_the_keys_role() {
         let ts = br#"{"_type":"Timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":2}"#;
-        assert!(check_content(ts, "timestamp").is_ok());
+        assert_eq!(check_content(ts, "timestamp").unwrap().0, 2);
         assert!(matches!(
             check_content(ts, "snapshot"),
             Err(Error::Refused(_))

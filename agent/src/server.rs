@@ -215,7 +215,18 @@ impl Listener {
         tokens: Vec<Token>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
-        let keys = Keyring::new(tokens, crate::audit::Audit::open(&config.audit_log()));
+        let policy = crate::policy::Policy::new(config.policy.clone())?;
+        // The versions each key signed before, from the audit log: none may go back.
+        for (keyid, gun, role, version, digest) in
+            crate::audit::signed_versions(&config.audit_log())
+        {
+            policy.remember(&keyid, &gun, &role, version, digest);
+        }
+        let keys = Keyring::new(
+            tokens,
+            crate::audit::Audit::open(&config.audit_log()),
+            policy,
+        );
         unlock_from_pin_files(config, &keys).await;
         let ttl_watch = tokio::spawn(watch_ttls(keys.clone()));
         // One shutdown signal for every listener.

@@ -71,6 +71,7 @@ pub struct Prepared {
     pub keyid: String,
     /// The GUN the document was checked against (empty when none is known).
     pub gun: String,
+    pub expires: time::OffsetDateTime,
 }
 
 /// Parses `document` and checks that `keys` (every listing of the key: a root key lists
@@ -184,7 +185,7 @@ pub fn prepare_after(
             common.version
         )));
     }
-    common
+    let expires = common
         .expires_at()
         .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
 
@@ -222,6 +223,7 @@ pub fn prepare_after(
         digest: Sha256::digest(&message).into(),
         keyid,
         gun,
+        expires,
     })
 }
 
@@ -346,6 +348,10 @@ pub async fn sign_document_after(
         }
     };
     let event = sign_event(&prepared);
+    if let Err(e) = keyring.policy().check(&policy_view(&key, &prepared)) {
+        keyring.audit().refused(event, &e).await;
+        return Err(e);
+    }
     let sig = match keyring.sign_digest(&key, prepared.digest).await {
         Ok(sig) => sig,
         Err(e) => {
@@ -355,7 +361,21 @@ pub async fn sign_document_after(
     };
     // The signature leaves the agent only once its record is on disk.
     keyring.audit().record(event).await?;
+    keyring.policy().signed(&policy_view(&key, &prepared));
     cpu(size, move || signed(prepared, sig)).await
+}
+
+/// What the policy sees of a prepared document.
+fn policy_view<'a>(key: &'a KeyEntry, p: &'a Prepared) -> crate::policy::Signing<'a> {
+    crate::policy::Signing {
+        key,
+        keyid: &p.keyid,
+        role: &p.role,
+        gun: &p.gun,
+        version: p.version,
+        expires: p.expires,
+        digest: &p.digest,
+    }
 }
 
 fn refusal(mut e: Event, why: &Error) -> Event {
@@ -371,6 +391,7 @@ fn sign_event(p: &Prepared) -> Event {
         role: p.role.clone(),
         gun: p.gun.clone(),
         sha256: crate::tuf::keys::hex(&p.digest),
+        version: Some(p.version),
         ..Event::new("sign")
     }
 }
@@ -434,6 +455,22 @@ pub async fn sign_documents(
             return (0..n).map(|_| Err(Error::Internal(msg.clone()))).collect();
         }
     };
+    // Policy, in order: a version claimed earlier in the batch counts for the later ones.
+    for p in prepared.iter_mut() {
+        let verdict = match p {
+            Ok((k, prep)) => {
+                let view = policy_view(k, prep);
+                keyring
+                    .policy()
+                    .check(&view)
+                    .map(|()| keyring.policy().signed(&view))
+            }
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = verdict {
+            *p = Err(e);
+        }
+    }
     // Group the signing work by token, keeping each item's place.
     let mut by_token: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
     for (i, p) in prepared.iter().enumerate() {

@@ -14,6 +14,16 @@ pub mod signer_client;
 
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// An RFC 3339 expiry `days` from now (documents must stay within the agent's default
+/// lifetimes: timestamp 14 days, targets and snapshot 3 years, root 10).
+pub fn expires_in(days: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// A path under `tests/fixtures/`.
 pub fn fixture_dir(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -418,7 +428,8 @@ pub mod repo {
         let all = keys(agent);
         let obj = |id: &str| key(&all, id)["tuf_key"].clone();
         std::fs::create_dir_all(dir.join("targets")).unwrap();
-        let far = "2030-01-01T00:00:00Z";
+        let far = crate::expires_in(365);
+        let soon = crate::expires_in(7);
         let write = |name: &str, signed: Value| {
             let p = dir.join(name);
             std::fs::write(
@@ -473,7 +484,7 @@ pub mod repo {
         sign(agent, &p, &k.snapshot, &["--gun", gun]);
         let p = write(
             "timestamp.json",
-            json!({"_type": "Timestamp", "expires": far, "version": 1,
+            json!({"_type": "Timestamp", "expires": soon, "version": 1,
                    "meta": {"snapshot": meta(&read("snapshot.json"))}}),
         );
         sign(agent, &p, &k.timestamp, &["--gun", gun]);

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const GUN: &str = "example.com/guarded";
-const SIGNED: &str = r#"{"_type":"Targets","delegations":{"keys":{},"roles":[]},"expires":"2030-01-01T00:00:00Z","targets":{},"version":1}"#;
+const SIGNED: &str = r#"{"_type":"Targets","delegations":{"keys":{},"roles":[]},"expires":"2028-01-01T00:00:00Z","targets":{},"version":1}"#;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -278,4 +278,108 @@ fn bad_ttls_are_refused_at_start() {
         String::from_utf8_lossy(&out.stderr).contains("not a duration"),
         "{out:?}"
     );
+}
+
+/// A targets document for `GUN` with this version and expiry.
+fn targets_doc(
+    agent: &Agent,
+    name: &str,
+    version: u64,
+    expires: &str,
+    tag: &str,
+) -> std::path::PathBuf {
+    let path = agent.dir.path().join(name);
+    let signed = format!(
+        r#"{{"_type":"Targets","delegations":{{"keys":{{}},"roles":[]}},"expires":"{expires}","targets":{{"{tag}":{{"hashes":{{"sha256":"pLuirsl/lQcfqbn2EulmqJ/AcMyu0m8wdDwymr/Zj9w="}},"length":16}}}},"version":{version}}}"#
+    );
+    std::fs::write(&path, format!(r#"{{"signed":{signed},"signatures":[]}}"#)).unwrap();
+    path
+}
+
+#[test]
+fn policy_refusals_name_their_rule() {
+    let hsm = SoftHsm::new("policy", "8642");
+    let config = format!(
+        "{}\n[[policy]]\nrole = \"targets\"\nmax_expiry = \"30d\"\nguns = [\"example.com/*\"]\n\n[[policy]]\nrole = \"targets/ci\"\nroles = [\"targets/ci\"]\n",
+        hsm.agent_config()
+    );
+    let mut agent = Agent::start_with_config(Some(&hsm), &config);
+    agent.unlock(&hsm);
+    let targets = agent.generate("targets", Some(GUN));
+    let root = agent.generate("root", Some(GUN));
+    let ci = agent.generate("targets/ci", Some(GUN));
+    let soon = dct_tests::expires_in(20);
+
+    // Role: a root key does not sign targets; a delegation key limited to its own role.
+    let doc = targets_doc(&agent, "a.json", 1, &soon, "a");
+    agent
+        .tuf_sign(&doc, &root, &["--gun", GUN])
+        .fails(1, "a root document must be");
+    agent
+        .tuf_sign(&doc, &ci, &["--gun", GUN, "--role", "targets/releases"])
+        .fails(1, "policy (roles)");
+    // GUN: the key's own, and the rule's patterns.
+    agent
+        .tuf_sign(&doc, &targets, &["--gun", "example.com/other"])
+        .fails(1, "belongs to");
+    // Expiry beyond the rule's 30 days.
+    let far = targets_doc(&agent, "far.json", 1, &dct_tests::expires_in(60), "a");
+    agent
+        .tuf_sign(&far, &targets, &["--gun", GUN])
+        .fails(1, "policy (max_expiry)");
+
+    // Versions never go back, nor fork, even across a restart.
+    agent.tuf_sign(&doc, &targets, &["--gun", GUN]).ok();
+    let v2 = targets_doc(&agent, "v2.json", 2, &soon, "b");
+    agent.tuf_sign(&v2, &targets, &["--gun", GUN]).ok();
+    agent.restart();
+    agent.unlock(&hsm);
+    let back = targets_doc(&agent, "back.json", 1, &soon, "c");
+    agent
+        .tuf_sign(&back, &targets, &["--gun", GUN])
+        .fails(1, "policy (version)");
+    let fork = targets_doc(&agent, "fork.json", 2, &soon, "d");
+    agent
+        .tuf_sign(&fork, &targets, &["--gun", GUN])
+        .fails(1, "policy (version)");
+    // The same document again, and the next version, are fine.
+    let again = targets_doc(&agent, "again.json", 2, &soon, "b");
+    agent.tuf_sign(&again, &targets, &["--gun", GUN]).ok();
+    let v3 = targets_doc(&agent, "v3.json", 3, &soon, "e");
+    agent.tuf_sign(&v3, &targets, &["--gun", GUN]).ok();
+
+    // Every refusal is in the audit log with its rule.
+    let refusals: Vec<String> = records(&agent.audit_path())
+        .iter()
+        .filter(|r| r["action"] == "refuse")
+        .map(|r| r["outcome"].as_str().unwrap().to_string())
+        .collect();
+    for rule in [
+        "policy (roles)",
+        "policy (max_expiry)",
+        "policy (version)",
+        "belongs to",
+    ] {
+        assert!(
+            refusals.iter().any(|o| o.contains(rule)),
+            "{rule}: {refusals:#?}"
+        );
+    }
+
+    // A bad rule stops the agent at start.
+    let bad = format!(
+        "{}\n[[policy]]\nrole = \"targets\"\nkey = \"abcd\"\n",
+        hsm.agent_config()
+    );
+    let cfg = hsm.dir.path().join("bad.toml");
+    std::fs::write(&cfg, bad).unwrap();
+    let out = std::process::Command::new(dct_tests::bin("dct-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(hsm.dir.path().join("run2/agent.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one of key or role"));
 }

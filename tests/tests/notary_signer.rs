@@ -264,7 +264,9 @@ fn notary_signer_api_refuses_strangers_and_signs_only_what_fits() {
         assert_eq!(info.key_info.unwrap().algorithm.unwrap().algorithm, "ecdsa");
 
         // A timestamp key signs a Timestamp; the signature verifies over the content.
-        let content = br#"{"_type":"Timestamp","expires":"2030-01-01T00:00:00Z","meta":{"snapshot":{"hashes":{"sha256":"AAAA"},"length":1}},"version":3}"#;
+        let soon = dct_tests::expires_in(7);
+        let content = format!(r#"{{"_type":"Timestamp","expires":"{soon}","meta":{{"snapshot":{{"hashes":{{"sha256":"AAAA"}},"length":1}}}},"version":3}}"#).into_bytes();
+        let content = content.as_slice();
         let sig = signer
             .sign(pb::SignatureRequest {
                 key_id: Some(pb::KeyId { id: id.clone() }),
@@ -279,7 +281,7 @@ fn notary_signer_api_refuses_strangers_and_signs_only_what_fits() {
         vk.verify(content, &s).expect("signature verifies");
 
         // ... and nothing else.
-        let snapshot = br#"{"_type":"Snapshot","expires":"2030-01-01T00:00:00Z","meta":{},"version":3}"#;
+        let snapshot = format!(r#"{{"_type":"Snapshot","expires":"{soon}","meta":{{}},"version":3}}"#).into_bytes();
         let e = signer
             .sign(pb::SignatureRequest {
                 key_id: Some(pb::KeyId { id: id.clone() }),

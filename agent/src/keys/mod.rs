@@ -418,6 +418,7 @@ pub struct Keyring {
     /// trip to every token. The private-key lookup at signing stays authoritative.
     listing: Arc<std::sync::Mutex<Option<Listing>>>,
     audit: crate::audit::Audit,
+    policy: Arc<crate::policy::Policy>,
 }
 
 struct Listing {
@@ -430,12 +431,22 @@ struct Listing {
 const LISTING_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Keyring {
-    pub fn new(tokens: Vec<Token>, audit: crate::audit::Audit) -> Self {
+    pub fn new(
+        tokens: Vec<Token>,
+        audit: crate::audit::Audit,
+        policy: crate::policy::Policy,
+    ) -> Self {
         Keyring {
             tokens: Arc::new(tokens),
             listing: Arc::default(),
             audit,
+            policy: Arc::new(policy),
         }
+    }
+
+    /// What each key may sign.
+    pub fn policy(&self) -> &crate::policy::Policy {
+        &self.policy
     }
 
     /// The audit log every key use goes to.

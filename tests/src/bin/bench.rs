@@ -50,7 +50,10 @@ fn main() {
     let per_run = if quick { 500 } else { 4000 };
     let concurrencies = [1usize, 4, 16, 64];
     let hsm = SoftHsm::new("bench", "bench-pin-1234");
-    let agent = Agent::start(Some(&hsm));
+    let agent = Agent::start_with_config(
+        Some(&hsm),
+        &format!("{}{LOAD_TEST_POLICY}", hsm.agent_config()),
+    );
     agent.unlock(&hsm);
     let key_id = agent.generate("targets", Some(GUN));
     let keys = agent.dct(&["--json", "key", "list"]).json();
@@ -193,6 +196,10 @@ the floor on one.\n\n\
     eprintln!("wrote BENCHMARKS.md");
 }
 
+/// Concurrent clients sign versions out of order: the benchmark's keys skip the
+/// never-go-back version check (everything else in the policy stays on).
+const LOAD_TEST_POLICY: &str = "\n[[policy]]\nrole = \"targets\"\ncheck_versions = false\n\n[[policy]]\nrole = \"timestamp\"\ncheck_versions = false\n";
+
 /// Documents per SignMetadataBatch call.
 const BATCH: usize = 64;
 
@@ -325,8 +332,9 @@ async fn connect(socket: &Path) -> AgentClient<Channel> {
 
 fn document(i: usize) -> Vec<u8> {
     format!(
-        "{{\"signed\":{{\"_type\":\"Targets\",\"delegations\":{{\"keys\":{{}},\"roles\":[]}},\"expires\":\"2030-01-01T00:00:00Z\",\
+        "{{\"signed\":{{\"_type\":\"Targets\",\"delegations\":{{\"keys\":{{}},\"roles\":[]}},\"expires\":\"{}\",\
 \"targets\":{{\"v{i}\":{{\"hashes\":{{\"sha256\":\"pLuirsl/lQcfqbn2EulmqJ/AcMyu0m8wdDwymr/Zj9w=\"}},\"length\":16}}}},\"version\":{}}},\"signatures\":[]}}",
+        dct_tests::expires_in(300),
         i + 1
     )
     .into_bytes()
@@ -444,7 +452,7 @@ fn signer_agent(hsm: &SoftHsm, pki: &Path, keydir: Option<&Path>) -> (Agent, u16
         ),
     };
     let config = format!(
-        "{tokens}\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {token:?}\n",
+        "{tokens}\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {token:?}\n{LOAD_TEST_POLICY}",
         p("leaf.crt"),
         p("leaf.key"),
         p("ca.crt"),
@@ -494,7 +502,8 @@ async fn create_key(port: u16, pki: &Path) -> (String, p256::ecdsa::VerifyingKey
 /// A timestamp's `signed` part, what notary-server asks its signer to sign.
 fn timestamp(i: usize) -> Vec<u8> {
     format!(
-        "{{\"_type\":\"Timestamp\",\"expires\":\"2030-01-01T00:00:00Z\",\"meta\":{{\"snapshot\":{{\"hashes\":{{\"sha256\":\"pLuirsl/lQcfqbn2EulmqJ/AcMyu0m8wdDwymr/Zj9w=\"}},\"length\":{}}}}},\"version\":{}}}",
+        "{{\"_type\":\"Timestamp\",\"expires\":\"{}\",\"meta\":{{\"snapshot\":{{\"hashes\":{{\"sha256\":\"pLuirsl/lQcfqbn2EulmqJ/AcMyu0m8wdDwymr/Zj9w=\"}},\"length\":{}}}}},\"version\":{}}}",
+        dct_tests::expires_in(7),
         400 + i % 100,
         i + 1
     )

@@ -1,0 +1,342 @@
+//! Sign what you see: what each key may sign, checked on the parsed document before the
+//! token is asked, every refusal naming its rule.
+//!
+//! ```toml
+//! [[policy]]                  # by key (ID, canonical ID or prefix) ...
+//! key = "3f01"
+//! roles = ["targets/releases", "targets/ci"]
+//! guns = ["registry.example.com/team/*"]
+//! max_expiry = "90d"
+//!
+//! [[policy]]                  # ... or for every key of a role
+//! role = "targets"
+//! max_expiry = "1y"
+//! ```
+//! Without a rule a key signs only its own role (a delegation key any delegation) and GUN,
+//! up to Notary's own default lifetimes (root 10 years, targets and snapshot 3, timestamp
+//! 14 days, each with a day of slack). Whatever the rules, a key never signs a lower version
+//! than it signed before for the same role and GUN, nor the same version with other content.
+//! There is no raw-digest signing API at all: the agent signs only documents it parsed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::keys::KeyEntry;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// A key ID, canonical ID or unique prefix (hex).
+    pub key: Option<String>,
+    /// Or: every key of this role.
+    pub role: Option<String>,
+    /// Roles the key may sign for: names, or `targets/*` for any delegation.
+    pub roles: Option<Vec<String>>,
+    /// GUNs the key may sign for: names, or prefixes ending in `*`.
+    pub guns: Option<Vec<String>>,
+    /// The furthest expiry it may put on a document ("90d", "1y", "36h").
+    pub max_expiry: Option<String>,
+    /// Refuse a version lower than one signed before, or the same version with other
+    /// content (default true; turn off only for load tests that sign out of order).
+    pub check_versions: Option<bool>,
+}
+
+/// What is about to be signed.
+pub struct Signing<'a> {
+    pub key: &'a KeyEntry,
+    /// The key ID the signature names (a root key's certificate ID).
+    pub keyid: &'a str,
+    pub role: &'a str,
+    pub gun: &'a str,
+    pub version: u64,
+    pub expires: OffsetDateTime,
+    pub digest: &'a [u8; 32],
+}
+
+/// The rules, and the highest version each key signed per role and GUN.
+#[derive(Default)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    seen: std::sync::Mutex<HashMap<(String, String, String), (u64, [u8; 32])>>,
+}
+
+/// "90d", "1y", "36h", "15m", "90s".
+pub fn parse_span(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    if let Some(years) = t.strip_suffix('y') {
+        let n: u64 = years
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration (e.g. 90d, 1y)"))?;
+        return Ok(Duration::from_secs(n * 365 * 86400));
+    }
+    crate::config::parse_duration(t)
+}
+
+fn refuse(rule: &str, why: String) -> Error {
+    Error::Refused(format!("policy ({rule}): {why}"))
+}
+
+fn matches_pattern(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
+}
+
+impl Policy {
+    pub fn new(rules: Vec<Rule>) -> std::result::Result<Policy, String> {
+        for (i, r) in rules.iter().enumerate() {
+            if r.key.is_some() == r.role.is_some() {
+                return Err(format!(
+                    "[[policy]] #{}: name exactly one of key or role",
+                    i + 1
+                ));
+            }
+            if let Some(k) = &r.key {
+                if k.len() < 4 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "[[policy]] #{}: key {k:?} is not a key ID (hex, at least 4 digits)",
+                        i + 1
+                    ));
+                }
+            }
+            if let Some(m) = &r.max_expiry {
+                parse_span(m).map_err(|e| format!("[[policy]] #{}: {e}", i + 1))?;
+            }
+        }
+        Ok(Policy {
+            rules,
+            seen: Default::default(),
+        })
+    }
+
+    /// The rule for `key`: its own, else its role's.
+    fn rule(&self, key: &KeyEntry) -> Option<&Rule> {
+        let by_key = self.rules.iter().find(|r| {
+            r.key.as_deref().is_some_and(|k| {
+                let k = k.to_ascii_lowercase();
+                key.key_id.starts_with(&k) || key.canonical_id.starts_with(&k)
+            })
+        });
+        by_key.or_else(|| {
+            self.rules
+                .iter()
+                .find(|r| r.role.as_deref() == Some(key.role.as_str()))
+        })
+    }
+
+    /// Checks `s` against the key's rule and the versions it signed before.
+    pub fn check(&self, s: &Signing<'_>) -> Result<()> {
+        let rule = self.rule(s.key);
+        let whose = match rule {
+            Some(Rule { key: Some(k), .. }) => format!("rule for key {k}"),
+            Some(Rule { role: Some(r), .. }) => format!("rule for {r} keys"),
+            _ => "default".to_string(),
+        };
+        if let Some(roles) = rule.and_then(|r| r.roles.as_ref()) {
+            if !roles.iter().any(|p| matches_pattern(p, s.role)) {
+                return Err(refuse(
+                    "roles",
+                    format!(
+                        "key {} may sign {} ({whose}), not {}",
+                        s.key.key_id,
+                        roles.join(", "),
+                        s.role
+                    ),
+                ));
+            }
+        }
+        if let Some(guns) = rule.and_then(|r| r.guns.as_ref()) {
+            if !guns.iter().any(|p| matches_pattern(p, s.gun)) {
+                let gun = if s.gun.is_empty() {
+                    "a document with no GUN given".to_string()
+                } else {
+                    s.gun.to_string()
+                };
+                return Err(refuse(
+                    "guns",
+                    format!(
+                        "key {} may sign for {} ({whose}), not {gun}",
+                        s.key.key_id,
+                        guns.join(", ")
+                    ),
+                ));
+            }
+        }
+        let (max, max_text) = match rule.and_then(|r| r.max_expiry.as_deref()) {
+            Some(m) => (parse_span(m).unwrap_or_default(), m.to_string()),
+            None => default_max(s.role),
+        };
+        let limit = OffsetDateTime::now_utc() + max;
+        if s.expires > limit {
+            return Err(refuse(
+                "max_expiry",
+                format!(
+                    "the document expires {}, beyond the {max_text} a {} document of key {} may last ({whose})",
+                    s.expires.date(),
+                    s.role,
+                    s.key.key_id
+                ),
+            ));
+        }
+        let seen_key = (s.keyid.to_string(), s.gun.to_string(), s.role.to_string());
+        let check_versions = rule.and_then(|r| r.check_versions).unwrap_or(true);
+        let last = self
+            .seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&seen_key).copied());
+        if let Some((v, digest)) = last.filter(|_| check_versions) {
+            if s.version < v || (s.version == v && &digest != s.digest) {
+                return Err(refuse(
+                    "version",
+                    format!(
+                        "key {} already signed {} version {v} of {}; version {} {}",
+                        s.key.key_id,
+                        s.role,
+                        if s.gun.is_empty() { "(no GUN)" } else { s.gun },
+                        s.version,
+                        if s.version < v {
+                            "would go back"
+                        } else {
+                            "with other content would be a second, different version"
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers a signature (after it is recorded).
+    pub fn signed(&self, s: &Signing<'_>) {
+        self.remember(s.keyid, s.gun, s.role, s.version, *s.digest);
+    }
+
+    pub fn remember(&self, key: &str, gun: &str, role: &str, version: u64, digest: [u8; 32]) {
+        if let Ok(mut m) = self.seen.lock() {
+            let e = m
+                .entry((key.to_string(), gun.to_string(), role.to_string()))
+                .or_insert((version, digest));
+            if version > e.0 {
+                *e = (version, digest);
+            }
+        }
+    }
+}
+
+/// Notary's default lifetimes, with a day of slack.
+fn default_max(role: &str) -> (Duration, String) {
+    const DAY: u64 = 86400;
+    let (days, text) = match role {
+        "root" => (3651, "10 years (default)"),
+        "timestamp" => (15, "14 days (default)"),
+        _ => (3 * 365 + 2, "3 years (default)"),
+    };
+    (Duration::from_secs((days + 1) * DAY), text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(role: &str) -> KeyEntry {
+        KeyEntry {
+            key_id: "abcd".repeat(16),
+            canonical_id: "abcd".repeat(16),
+            role: role.into(),
+            gun: Some("a.com/x".into()),
+            keytype: "ecdsa".into(),
+            public: vec![],
+            spki: vec![],
+            uri: String::new(),
+            backend: "pkcs11",
+            token: "t".into(),
+            handle: vec![],
+        }
+    }
+
+    fn signing<'a>(
+        k: &'a KeyEntry,
+        role: &'a str,
+        gun: &'a str,
+        v: u64,
+        d: &'a [u8; 32],
+    ) -> Signing<'a> {
+        Signing {
+            key: k,
+            keyid: &k.key_id,
+            role,
+            gun,
+            version: v,
+            expires: OffsetDateTime::now_utc() + Duration::from_secs(86400),
+            digest: d,
+        }
+    }
+
+    #[test]
+    fn rules_name_what_refused() {
+        let p = Policy::new(vec![Rule {
+            key: Some("ABCD".into()),
+            roles: Some(vec!["targets/*".into()]),
+            guns: Some(vec!["a.com/*".into()]),
+            max_expiry: Some("2d".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        let k = key("targets/ci");
+        let d = [1u8; 32];
+        assert!(p
+            .check(&signing(&k, "targets/releases", "a.com/x", 1, &d))
+            .is_ok());
+        let e = p
+            .check(&signing(&k, "targets", "a.com/x", 1, &d))
+            .unwrap_err();
+        assert!(e.to_string().contains("policy (roles)"), "{e}");
+        let e = p
+            .check(&signing(&k, "targets/ci", "b.com/x", 1, &d))
+            .unwrap_err();
+        assert!(e.to_string().contains("policy (guns)"), "{e}");
+        let mut far = signing(&k, "targets/ci", "a.com/x", 1, &d);
+        far.expires = OffsetDateTime::now_utc() + Duration::from_secs(3 * 86400);
+        assert!(p
+            .check(&far)
+            .unwrap_err()
+            .to_string()
+            .contains("policy (max_expiry)"));
+    }
+
+    #[test]
+    fn versions_never_go_back_or_fork() {
+        let p = Policy::new(vec![]).unwrap();
+        let k = key("targets");
+        let (d1, d2) = ([1u8; 32], [2u8; 32]);
+        let s = signing(&k, "targets", "a.com/x", 5, &d1);
+        p.check(&s).unwrap();
+        p.signed(&s);
+        // The same document again is fine; another version 5, or 4, is not.
+        p.check(&signing(&k, "targets", "a.com/x", 5, &d1)).unwrap();
+        let e = p
+            .check(&signing(&k, "targets", "a.com/x", 5, &d2))
+            .unwrap_err();
+        assert!(e.to_string().contains("policy (version)"), "{e}");
+        assert!(p.check(&signing(&k, "targets", "a.com/x", 4, &d1)).is_err());
+        p.check(&signing(&k, "targets", "a.com/x", 6, &d2)).unwrap();
+        // Another GUN or role has its own count.
+        p.check(&signing(&k, "targets", "a.com/y", 1, &d2)).unwrap();
+    }
+
+    #[test]
+    fn default_expiry_limits() {
+        let p = Policy::new(vec![]).unwrap();
+        let k = key("timestamp");
+        let d = [0u8; 32];
+        let mut s = signing(&k, "timestamp", "a.com/x", 1, &d);
+        s.expires = OffsetDateTime::now_utc() + Duration::from_secs(30 * 86400);
+        assert!(p.check(&s).unwrap_err().to_string().contains("14 days"));
+    }
+}
