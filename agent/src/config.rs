@@ -44,6 +44,11 @@ pub struct Config {
     pub trust: TrustConfig,
     /// `[notary_signer]`: serve notary-signer's gRPC API (mutual TLS) for notary-server.
     pub notary_signer: Option<NotarySignerConfig>,
+    /// Requests served at once, over all connections; more are refused (ResourceExhausted).
+    /// Default 256.
+    pub max_concurrent_requests: Option<usize>,
+    /// The longest a request may take ("10m"); clients may ask for less. Default 10 minutes.
+    pub request_timeout: Option<String>,
     /// `[[policy]]`: what each key may sign (see the policy module).
     #[serde(default)]
     pub policy: Vec<crate::policy::Rule>,
@@ -226,6 +231,9 @@ impl Config {
             }
         }
         crate::policy::Policy::new(c.policy.clone())?;
+        if let Some(t) = &c.request_timeout {
+            parse_duration(t).map_err(|e| format!("request_timeout: {e}"))?;
+        }
         for t in &c.pkcs11 {
             ttl(&t.idle_ttl, &t.hard_ttl).map_err(|e| format!("token {:?}: {e}", t.token))?;
         }
@@ -297,6 +305,18 @@ impl Config {
         self.audit_log
             .clone()
             .unwrap_or_else(crate::audit::default_path)
+    }
+
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.max_concurrent_requests.unwrap_or(256).max(1)
+    }
+
+    pub fn request_timeout(&self) -> std::time::Duration {
+        // Checked when the config was parsed.
+        self.request_timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(std::time::Duration::from_secs(600))
     }
 
     pub fn max_request_bytes(&self) -> usize {

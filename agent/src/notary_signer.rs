@@ -272,6 +272,7 @@ pub fn tls_config(c: &NotarySignerConfig) -> std::result::Result<ServerTlsConfig
 /// Serves the API on `c.listen` until `shutdown` completes.
 pub async fn serve(
     c: &NotarySignerConfig,
+    builder: tonic::transport::server::Server<crate::server::Limits>,
     keys: Keyring,
     max_bytes: usize,
     shutdown: impl std::future::Future<Output = ()>,
@@ -311,7 +312,7 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_secs(if ok { 10 } else { 2 })).await;
         }
     });
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .tls_config(tls)
         .map_err(|e| format!("[notary_signer] TLS: {e}"))?
         .layer(crate::audit::PeerLayer)

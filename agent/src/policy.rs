@@ -57,11 +57,14 @@ pub struct Signing<'a> {
     pub digest: &'a [u8; 32],
 }
 
+/// (key ID as signed, GUN, role).
+type Seen = (String, String, String);
+
 /// The rules, and the highest version each key signed per role and GUN.
 #[derive(Default)]
 pub struct Policy {
     rules: Vec<Rule>,
-    seen: std::sync::Mutex<HashMap<(String, String, String), (u64, [u8; 32])>>,
+    seen: std::sync::Mutex<HashMap<Seen, (u64, [u8; 32])>>,
 }
 
 /// "90d", "1y", "36h", "15m", "90s".

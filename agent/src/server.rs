@@ -43,6 +43,31 @@ pub fn start_tokens(
     Ok(tokens)
 }
 
+/// The layers [`limits`] adds.
+pub type Limits = tower::layer::util::Stack<
+    tower::layer::util::Stack<
+        tower::limit::GlobalConcurrencyLimitLayer,
+        tower::layer::util::Stack<tower::load_shed::LoadShedLayer, tower::layer::util::Identity>,
+    >,
+    tower::layer::util::Identity,
+>;
+
+/// Bounds every listener: requests at once (over all connections; the excess is refused
+/// with ResourceExhausted, not queued) and how long one may take.
+pub fn limits(
+    b: tonic::transport::Server,
+    config: &Config,
+) -> tonic::transport::server::Server<Limits> {
+    b.timeout(config.request_timeout()).layer(
+        tower::ServiceBuilder::new()
+            .layer(tower::load_shed::LoadShedLayer::new())
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                config.max_concurrent_requests(),
+            ))
+            .into_inner(),
+    )
+}
+
 /// Unlocks the tokens that have a `pin_file`: one attempt each, never repeated. A failure
 /// is logged (without the PIN) and leaves the token locked for `dct unlock`.
 async fn unlock_from_pin_files(config: &Config, keys: &Keyring) {
@@ -237,9 +262,10 @@ impl Listener {
         let signer = match &config.notary_signer {
             Some(ns) => {
                 let (ns, keys, limit) = (ns.clone(), keys.clone(), config.max_request_bytes());
+                let builder = limits(tonic::transport::Server::builder(), config);
                 let stop = stopped(stop_rx.clone());
                 Some(tokio::spawn(async move {
-                    crate::notary_signer::serve(&ns, keys, limit, stop).await
+                    crate::notary_signer::serve(&ns, builder, keys, limit, stop).await
                 }))
             }
             None => None,
@@ -314,7 +340,7 @@ impl Listener {
         let service = AgentServer::new(AgentService::new(keys, trust))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit.saturating_mul(2));
-        let result = tonic::transport::Server::builder()
+        let result = limits(tonic::transport::Server::builder(), config)
             .layer(crate::audit::PeerLayer)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -27,6 +27,9 @@ struct TargetsHead {
     delegations: Delegations,
 }
 
+/// Targets in one document the agent will sign.
+pub const MAX_TARGETS: usize = 1_000_000;
+
 /// Every target names a length and a SHA-256 (base64 of 32 bytes), as Notary writes them.
 fn check_target_entries(signed: &serde_json::Value) -> Result<()> {
     use base64::Engine as _;
@@ -36,6 +39,12 @@ fn check_target_entries(signed: &serde_json::Value) -> Result<()> {
     let targets = targets
         .as_object()
         .ok_or_else(|| Error::InvalidArgument("document: targets is not an object".into()))?;
+    if targets.len() > MAX_TARGETS {
+        return Err(Error::ResourceExhausted(format!(
+            "document has {} targets; the agent signs at most {MAX_TARGETS} per document",
+            targets.len()
+        )));
+    }
     for (name, meta) in targets {
         let bad = |what: &str| Error::InvalidArgument(format!("document: target {name:?}: {what}"));
         if meta

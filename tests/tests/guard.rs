@@ -383,3 +383,48 @@ fn policy_refusals_name_their_rule() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one of key or role"));
 }
+
+#[test]
+fn requests_are_bounded_in_number_time_and_size() {
+    // A trust server that accepts connections and never answers holds a request open.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let hsm = SoftHsm::new("limits", "9753");
+    let config = format!(
+        "max_concurrent_requests = 1\nrequest_timeout = \"2s\"\nmax_request_bytes = 65536\n{}",
+        hsm.agent_config()
+    );
+    let agent = Agent::start_with_config(Some(&hsm), &config);
+    let hold = std::process::Command::new(dct_tests::bin("dct"))
+        .env("DCT_SOCKET", &agent.socket)
+        .args(["trust", "--server", &url, "inspect", "example.com/slow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The one slot is taken: refused at once, not queued.
+    let busy = agent.dct(&["status"]);
+    let err = busy.fails(1, "");
+    assert!(err.contains("Too many active requests"), "{err}");
+    // The held request ends at the deadline.
+    let t0 = std::time::Instant::now();
+    let out = hold.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("timeout") || err.contains("deadline"), "{err}");
+    // Free again.
+    agent.dct(&["status"]).ok();
+    // Too large a request.
+    let big = agent.dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 200_000]).unwrap();
+    let err = agent.tuf_sign(&big, "abcd", &[]).fails(1, "");
+    assert!(
+        err.to_lowercase().contains("too large")
+            || err.contains("exhausted")
+            || err.contains("length"),
+        "{err}"
+    );
+    drop(silent);
+}
