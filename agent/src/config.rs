@@ -86,6 +86,9 @@ pub struct TrustConfig {
     /// must be signed by.
     #[serde(default)]
     pub pinning: Pinning,
+    /// A notary client config file (JSON) whose `trust_pinning` block (certs, disable_tofu)
+    /// is added to `[trust.pinning]`, so existing setups carry over.
+    pub notary_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -93,6 +96,9 @@ pub struct TrustConfig {
 pub struct Pinning {
     #[serde(default)]
     pub certs: std::collections::BTreeMap<String, Vec<String>>,
+    /// Refuse a repository whose root no pin names, instead of trusting it on first use.
+    #[serde(default)]
+    pub disable_tofu: bool,
 }
 
 impl Pinning {
@@ -305,6 +311,45 @@ impl Config {
         self.audit_log
             .clone()
             .unwrap_or_else(crate::audit::default_path)
+    }
+
+    /// `[trust.pinning]` with the notary client config's `trust_pinning` added.
+    pub fn pinning(&self) -> Result<Pinning, String> {
+        let mut p = self.trust.pinning.clone();
+        let Some(path) = &self.trust.notary_config else {
+            return Ok(p);
+        };
+        let text = std::fs::read(path)
+            .map_err(|e| format!("notary client config {}: {e}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("notary client config {}: {e}", path.display()))?;
+        let tp = &v["trust_pinning"];
+        if tp
+            .get("ca")
+            .is_some_and(|c| c.as_object().is_some_and(|m| !m.is_empty()))
+        {
+            return Err(format!(
+                "{}: trust_pinning.ca (CA pinning) is not supported yet; pin root key IDs with trust_pinning.certs",
+                path.display()
+            ));
+        }
+        if let Some(certs) = tp.get("certs").and_then(|c| c.as_object()) {
+            for (gun, ids) in certs {
+                let ids: Vec<String> = ids
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|i| i.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                p.certs.entry(gun.clone()).or_default().extend(ids);
+            }
+        }
+        if tp.get("disable_tofu").and_then(|d| d.as_bool()) == Some(true) {
+            p.disable_tofu = true;
+        }
+        Ok(p)
     }
 
     pub fn max_concurrent_requests(&self) -> usize {

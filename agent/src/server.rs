@@ -335,7 +335,7 @@ impl Listener {
         let trust = crate::trust::TrustContext::new(
             config.trust_dir(),
             config.trust_server()?,
-            config.trust.pinning.clone(),
+            config.pinning()?,
         );
         let service = AgentServer::new(AgentService::new(keys, trust))
             .max_decoding_message_size(limit)

@@ -613,6 +613,60 @@ impl Agent for AgentService {
         }))
     }
 
+    async fn trust_verify(
+        &self,
+        req: Request<pb::TrustVerifyRequest>,
+    ) -> Result<Response<pb::TrustVerifyResponse>, Status> {
+        let req = req.into_inner();
+        check_tag(&req.tag)?;
+        if !req.sha256.is_empty()
+            && (req.sha256.len() != 64 || !req.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "digest {:?} is not 64 hex characters",
+                req.sha256
+            ))
+            .into());
+        }
+        let at = if req.at.is_empty() {
+            None
+        } else {
+            if !req.offline {
+                return Err(Error::InvalidArgument(
+                    "--at checks cached trust data: use it with --offline".into(),
+                )
+                .into());
+            }
+            Some(OffsetDateTime::parse(&req.at, &Rfc3339).map_err(|e| {
+                Error::InvalidArgument(format!("--at {:?} is not RFC 3339: {e}", req.at))
+            })?)
+        };
+        let client = if req.offline {
+            None
+        } else {
+            Some(trust::client(
+                req.server.map(server_opts),
+                &self.trust.server,
+            )?)
+        };
+        let opts = trust::VerifyOpts {
+            tag: req.tag,
+            digest: (!req.sha256.is_empty()).then(|| req.sha256.to_ascii_lowercase()),
+            signers: req.signers,
+            offline: req.offline,
+            at,
+        };
+        let v = trust::verify_tag(client.as_ref(), &self.trust, &req.gun, &opts).await?;
+        Ok(Response::new(pb::TrustVerifyResponse {
+            sha256: v.sha256_hex,
+            length: v.length,
+            role: v.role,
+            signers: v.signers,
+            root_key_ids: v.root_keys.into_iter().map(|(id, _)| id).collect(),
+            trust: v.trust.into(),
+        }))
+    }
+
     async fn trust_revoke(
         &self,
         req: Request<pb::TrustRevokeRequest>,

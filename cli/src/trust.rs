@@ -65,6 +65,30 @@ pub enum TrustCmd {
         #[arg(long)]
         token: Option<String>,
     },
+    /// The deploy gate: exit 0 only if IMAGE:TAG is signed (in targets/releases, else
+    /// targets, as docker resolves it) under a trusted root, every role unexpired, by one of
+    /// the --signer names when given, and for --digest when given. Prints the signed digest
+    /// and its signers; a failure prints one line naming the check. Needs no key.
+    Verify {
+        /// IMAGE:TAG
+        image: String,
+        /// The digest the tag must point at, sha256:<64 hex>.
+        #[arg(long)]
+        digest: Option<String>,
+        /// A signer that must have signed it (a delegation name, or "Repo Admin"); repeat
+        /// for "any of".
+        #[arg(long = "signer", value_name = "NAME")]
+        signers: Vec<String>,
+        /// Use the trust data cached by the last online check; no network.
+        #[arg(long)]
+        offline: bool,
+        /// With --offline: check expiry as of this RFC 3339 time.
+        #[arg(long, value_name = "RFC3339", requires = "offline")]
+        at: Option<String>,
+        /// Print only the signed digest (sha256:HEX), for `docker pull IMAGE@$(...)`.
+        #[arg(long)]
+        print_digest: bool,
+    },
     /// Signed tags, who signed them, and the repository's administrative keys.
     Inspect {
         /// IMAGE or IMAGE:TAG
@@ -470,6 +494,63 @@ pub async fn run(
                 );
             }
             println!("rotated the {role} key of {gun}: new key {}", r.key_id);
+            Ok(())
+        }
+        TrustCmd::Verify {
+            image,
+            digest,
+            signers,
+            offline,
+            at,
+            print_digest,
+        } => {
+            let (name, tag) = split_tag(&image);
+            let tag =
+                tag.ok_or_else(|| Failure::usage(format!("{image} has no tag: verify IMAGE:TAG")))?;
+            let sha256 = match &digest {
+                Some(d) => d
+                    .strip_prefix("sha256:")
+                    .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or_else(|| Failure::usage(format!("digest {d:?} must be sha256:<64 hex>")))?
+                    .to_string(),
+                None => String::new(),
+            };
+            let gun = gun_of(&name);
+            let req = pb::TrustVerifyRequest {
+                server: (!offline).then_some(srv),
+                gun: gun.clone(),
+                tag: tag.clone(),
+                sha256,
+                signers,
+                offline,
+                at: at.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.trust_verify(req).await })
+                .await?;
+            if print_digest {
+                println!("sha256:{}", r.sha256);
+                return Ok(());
+            }
+            if json {
+                return print_json(&serde_json::json!({
+                    "gun": gun, "tag": tag, "digest": format!("sha256:{}", r.sha256),
+                    "size": r.length, "role": r.role, "signers": r.signers,
+                    "root_key_ids": r.root_key_ids, "trust": r.trust, "verified": true,
+                }));
+            }
+            println!(
+                "{gun}:{tag} is signed: sha256:{} ({} bytes) in {} by {} (root trusted: {})",
+                r.sha256,
+                r.length,
+                r.role,
+                if r.signers.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.signers.join(", ")
+                },
+                r.trust
+            );
             Ok(())
         }
         TrustCmd::Inspect { image } => {

@@ -1,0 +1,273 @@
+//! The deploy gate: `dct trust verify` against the real notary-server, on repositories made
+//! by our agent and by the real notary client, served by an agent that holds no key.
+
+use std::path::Path;
+use std::process::Command;
+
+use dct_tests::notary::NotaryStack;
+use dct_tests::{Agent, Run};
+use sha2::{Digest, Sha256};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn trust(agent: &Agent, stack: &NotaryStack, args: &[&str]) -> Run {
+    let mut all = vec![
+        "trust",
+        "--server",
+        &stack.url,
+        "--tlscacert",
+        stack.ca.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    agent.dct(&all)
+}
+
+fn sign(agent: &Agent, stack: &NotaryStack, image: &str, content: &[u8]) {
+    let digest = format!("sha256:{}", hex(&Sha256::digest(content)));
+    let size = content.len().to_string();
+    trust(
+        agent,
+        stack,
+        &["sign", image, "--digest", &digest, "--size", &size],
+    )
+    .ok();
+}
+
+/// An agent with no token at all: a production host running the gate.
+fn gate(extra_config: &str) -> Agent {
+    Agent::start_with_config(None, extra_config)
+}
+
+/// The root's certificate key ID, as inspect reports it.
+fn root_key_id(agent: &Agent, stack: &NotaryStack, gun: &str) -> String {
+    let ins = trust(agent, stack, &["--json", "inspect", gun]).json();
+    ins["administrative_keys"]["root"][0]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_gate_passes_signed_tags_and_names_each_failed_check() {
+    let stack = NotaryStack::start();
+    let (_hsm, signer) = Agent::on_fresh_token("gate-signer", "2222");
+    let gun = "registry.example.com/gated";
+    let (c1, c2) = (b"manifest one\n".to_vec(), b"manifest two\n".to_vec());
+    trust(&signer, &stack, &["init", gun]).ok();
+    sign(&signer, &stack, &format!("{gun}:v1"), &c1);
+    sign(&signer, &stack, &format!("{gun}:v2"), &c2);
+    let d1 = format!("sha256:{}", hex(&Sha256::digest(&c1)));
+    let d2 = format!("sha256:{}", hex(&Sha256::digest(&c2)));
+
+    let g = gate("");
+    let v1 = format!("{gun}:v1");
+    // Passes, with the digest printed for `docker pull IMAGE@...`.
+    let out = trust(&g, &stack, &["verify", &v1]).ok();
+    assert!(out.stdout.contains(&d1), "{}", out.stdout);
+    let printed = trust(&g, &stack, &["verify", &v1, "--print-digest"]).ok();
+    assert_eq!(printed.stdout.trim(), d1);
+    let j = trust(&g, &stack, &["--json", "verify", &v1]).json();
+    assert_eq!(j["verified"], true);
+    assert_eq!(j["signers"][0], "Repo Admin");
+    assert_eq!(j["role"], "targets");
+    assert_eq!(j["size"], c1.len());
+    trust(&g, &stack, &["verify", &v1, "--digest", &d1]).ok();
+    trust(&g, &stack, &["verify", &v1, "--signer", "Repo Admin"]).ok();
+
+    // Each failure: exit 1, one line naming the check.
+    let one_line = |r: Run, needle: &str| {
+        let err = r.fails(1, needle);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    };
+    one_line(
+        trust(&g, &stack, &["verify", &v1, "--digest", &d2]),
+        "digest:",
+    );
+    one_line(
+        trust(&g, &stack, &["verify", &format!("{gun}:nope")]),
+        "tag:",
+    );
+    one_line(
+        trust(&g, &stack, &["verify", &v1, "--signer", "alice"]),
+        "signer:",
+    );
+    one_line(
+        trust(&g, &stack, &["verify", "registry.example.com/unknown:v1"]),
+        "has no trust data",
+    );
+    // Revoked.
+    trust(&signer, &stack, &["revoke", &v1]).ok();
+    one_line(trust(&g, &stack, &["verify", &v1]), "is not signed");
+    trust(&g, &stack, &["verify", &format!("{gun}:v2")]).ok();
+
+    // Pinning: a wrong pin fails, the right one passes; TOFU can be disabled; the notary
+    // client's own config file carries over.
+    let root_id = root_key_id(&signer, &stack, gun);
+    let wrong = gate(&format!(
+        "[trust.pinning.certs]\n\"{gun}\" = [\"{}\"]\n",
+        "ab".repeat(32)
+    ));
+    one_line(
+        trust(&wrong, &stack, &["verify", &format!("{gun}:v2")]),
+        "trust data:",
+    );
+    let pinned = gate(&format!(
+        "[trust.pinning]\ndisable_tofu = true\n[trust.pinning.certs]\n\"registry.example.com/*\" = [\"{root_id}\"]\n"
+    ));
+    let j = trust(&pinned, &stack, &["--json", "verify", &format!("{gun}:v2")]).json();
+    assert_eq!(j["trust"], "pinned");
+    let no_tofu = gate("[trust.pinning]\ndisable_tofu = true\n");
+    one_line(
+        trust(&no_tofu, &stack, &["verify", &format!("{gun}:v2")]),
+        "root:",
+    );
+    let notary_cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        notary_cfg.path(),
+        serde_json::json!({"trust_pinning": {"disable_tofu": true, "certs": {gun: [root_id]}}})
+            .to_string(),
+    )
+    .unwrap();
+    let from_notary = gate(&format!(
+        "[trust]\nnotary_config = {:?}\n",
+        notary_cfg.path().display().to_string()
+    ));
+    trust(&from_notary, &stack, &["verify", &format!("{gun}:v2")]).ok();
+
+    // Offline from the cached data; stale data refused, saying so.
+    let v2 = format!("{gun}:v2");
+    g.dct(&["trust", "verify", &v2, "--offline"]).ok();
+    let later = dct_tests::expires_in(20);
+    one_line(
+        g.dct(&["trust", "verify", &v2, "--offline", "--at", &later]),
+        "expired",
+    );
+    drop(stack);
+    g.dct(&["trust", "verify", &v2, "--offline", "--print-digest"])
+        .ok();
+    let fresh = gate("");
+    one_line(
+        fresh.dct(&["trust", "verify", &v2, "--offline"]),
+        "no cached trust data",
+    );
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+#[test]
+fn the_gate_reads_repositories_the_notary_client_made() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/by-notary";
+    let ndir = tempfile::tempdir().unwrap();
+    let d = ndir.path();
+    let notary = |args: &[&str]| {
+        let out = stack.notary(d, args, None);
+        assert!(
+            out.status.success(),
+            "notary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(d.join("v1.txt"), b"v1 by notary\n").unwrap();
+    std::fs::write(d.join("qa.txt"), b"qa only\n").unwrap();
+    // A delegation targets/qa (not releases) with a key the notary client holds.
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "qa.key",
+        ],
+    );
+    openssl(d, &["ec", "-in", "qa.key", "-pubout", "-out", "qa.pub"]);
+    notary(&["init", gun]);
+    notary(&["add", gun, "v1", d.join("v1.txt").to_str().unwrap()]);
+    notary(&["publish", gun]);
+    notary(&[
+        "key",
+        "import",
+        d.join("qa.key").to_str().unwrap(),
+        "--role",
+        "targets/qa",
+        "--gun",
+        gun,
+    ]);
+    notary(&[
+        "delegation",
+        "add",
+        gun,
+        "targets/qa",
+        d.join("qa.pub").to_str().unwrap(),
+        "--all-paths",
+    ]);
+    notary(&["publish", gun]);
+    notary(&[
+        "add",
+        gun,
+        "qaonly",
+        d.join("qa.txt").to_str().unwrap(),
+        "--roles",
+        "targets/qa",
+    ]);
+    notary(&["publish", gun]);
+
+    let g = gate("");
+    let out = trust(&g, &stack, &["verify", &format!("{gun}:v1")]).ok();
+    assert!(
+        out.stdout.contains(&format!(
+            "sha256:{}",
+            hex(&Sha256::digest(b"v1 by notary\n"))
+        )),
+        "{}",
+        out.stdout
+    );
+    trust(&g, &stack, &["verify", &format!("{gun}:qaonly")]).fails(1, "signed only in targets/qa");
+}
+
+#[test]
+fn a_rotated_root_passes_and_a_recreated_repository_is_refused() {
+    let stack = NotaryStack::start();
+    let (_hsm, signer) = Agent::on_fresh_token("rot-signer", "3333");
+    let gun = "registry.example.com/rotating";
+    let content = b"manifest\n".to_vec();
+    trust(&signer, &stack, &["init", gun]).ok();
+    sign(&signer, &stack, &format!("{gun}:v1"), &content);
+    let g = gate("");
+    let image = format!("{gun}:v1");
+    trust(&g, &stack, &["verify", &image]).ok();
+
+    // A proper rotation (cross-signed): the TOFU gate follows, a pin on the new key passes.
+    trust(&signer, &stack, &["key", "rotate", gun, "root"]).ok();
+    let j = trust(&g, &stack, &["--json", "verify", &image]).json();
+    assert_eq!(j["trust"], "cached");
+    let new_root = root_key_id(&signer, &stack, gun);
+    let pinned = gate(&format!(
+        "[trust.pinning]\ndisable_tofu = true\n[trust.pinning.certs]\n\"{gun}\" = [\"{new_root}\"]\n"
+    ));
+    trust(&pinned, &stack, &["verify", &image]).ok();
+
+    // Deleted and made again with a new root: the gate that trusted the old one refuses,
+    // as the notary client does.
+    let ndir = tempfile::tempdir().unwrap();
+    let out = stack.notary(ndir.path(), &["delete", gun, "--remote"], None);
+    assert!(out.status.success(), "notary delete: {out:?}");
+    let (_hsm2, other) = Agent::on_fresh_token("rot-other", "4444");
+    trust(&other, &stack, &["init", gun]).ok();
+    sign(&other, &stack, &image, &content);
+    let err = trust(&g, &stack, &["verify", &image]).fails(1, "trust data:");
+    assert!(err.contains("root"), "{err}");
+    eprintln!("recreated repository: {err}");
+}
