@@ -99,9 +99,26 @@ pub struct Pinning {
     /// Refuse a repository whose root no pin names, instead of trusting it on first use.
     #[serde(default)]
     pub disable_tofu: bool,
+    /// A GUN, or a prefix ending in `*`, mapped to a CA file (PEM): the root's certificates
+    /// must chain to it (Notary's CA pinning).
+    #[serde(default)]
+    pub ca: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Pinning {
+    /// The CA file pinned for `gun`: an exact entry, else the longest matching `prefix*`.
+    pub fn ca_for_gun(&self, gun: &str) -> Option<PathBuf> {
+        if let Some(p) = self.ca.get(gun) {
+            return Some(p.clone());
+        }
+        self.ca
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
+            .filter(|(prefix, _)| gun.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, v)| v.clone())
+    }
+
     /// The pins for `gun`: an exact entry, else the longest matching `prefix*` entry.
     pub fn for_gun(&self, gun: &str) -> Vec<String> {
         if let Some(ids) = self.certs.get(gun) {
@@ -324,14 +341,12 @@ impl Config {
         let v: serde_json::Value = serde_json::from_slice(&text)
             .map_err(|e| format!("notary client config {}: {e}", path.display()))?;
         let tp = &v["trust_pinning"];
-        if tp
-            .get("ca")
-            .is_some_and(|c| c.as_object().is_some_and(|m| !m.is_empty()))
-        {
-            return Err(format!(
-                "{}: trust_pinning.ca (CA pinning) is not supported yet; pin root key IDs with trust_pinning.certs",
-                path.display()
-            ));
+        if let Some(cas) = tp.get("ca").and_then(|c| c.as_object()) {
+            for (gun, file) in cas {
+                if let Some(f) = file.as_str() {
+                    p.ca.insert(gun.clone(), PathBuf::from(f));
+                }
+            }
         }
         if let Some(certs) = tp.get("certs").and_then(|c| c.as_object()) {
             for (gun, ids) in certs {

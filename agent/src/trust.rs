@@ -240,7 +240,7 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
     files.insert("snapshot".into(), snapshot);
     let cached = ctx.cached_root(gun);
     let pins = ctx.pinning.for_gun(gun);
-    let trusted = cached.is_some() || !pins.is_empty();
+    let trusted = cached.is_some() || !pins.is_empty() || ctx.pinning.ca_for_gun(gun).is_some();
     // A root newer than the cached one by several versions: the versions between must each
     // have been signed by the one before (Notary keeps them as <N>.root.json).
     let mut chain = Vec::new();
@@ -281,6 +281,13 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+    check_ca_pin(
+        &ctx.pinning,
+        gun,
+        &files["root"],
+        &verified,
+        OffsetDateTime::now_utc(),
+    )?;
     // Rollback protection: no role older than seen before, no delegation silently dropped.
     let mut seen = ctx.versions(gun);
     let delegated: Vec<String> = Envelope::parse(&files["targets"])
@@ -1368,6 +1375,66 @@ pub async fn rotate(
     Ok(new_id)
 }
 
+/// Notary's CA pinning: when a CA is pinned for `gun`, a threshold of the root keys whose
+/// signatures verified must have certificates that chain to it.
+fn check_ca_pin(
+    pinning: &crate::config::Pinning,
+    gun: &str,
+    root_bytes: &[u8],
+    verified: &VerifiedRepo,
+    at: OffsetDateTime,
+) -> Result<()> {
+    let Some(path) = pinning.ca_for_gun(gun) else {
+        return Ok(());
+    };
+    let pem = std::fs::read(&path)
+        .map_err(|e| check_failed("root", format!("pinned CA {}: {e}", path.display())))?;
+    let cas = x509_cert::Certificate::load_pem_chain(&pem)
+        .map_err(|e| check_failed("root", format!("pinned CA {}: {e}", path.display())))?;
+    let root: RootDoc = Envelope::parse(root_bytes)
+        .ok()
+        .and_then(|e| serde_json::from_value(e.signed).ok())
+        .ok_or_else(|| check_failed("root", "root.json is unreadable".into()))?;
+    let keys = parse_key_map(&root.keys).map_err(|e| check_failed("root", e))?;
+    let role = root
+        .roles
+        .get("root")
+        .ok_or_else(|| check_failed("root", "root.json has no root role".into()))?;
+    let signed_by: Vec<&String> = verified
+        .roles
+        .iter()
+        .filter(|r| r.role == "root")
+        .flat_map(|r| r.signed_by.iter())
+        .collect();
+    let mut chained = 0;
+    let mut why = Vec::new();
+    for id in role.keyids.iter().filter(|id| signed_by.contains(id)) {
+        let Some(k) = keys.get(id) else { continue };
+        let chain = match x509_cert::Certificate::load_pem_chain(&k.public) {
+            Ok(c) => c,
+            Err(_) => {
+                why.push(format!("key {id} has no certificate"));
+                continue;
+            }
+        };
+        match crate::tuf::cert::chains_to(&chain, &cas, at.into()) {
+            Ok(()) => chained += 1,
+            Err(e) => why.push(e),
+        }
+    }
+    if chained < role.threshold.max(1) as usize {
+        return Err(check_failed(
+            "root",
+            format!(
+                "the root of {gun} is not signed by certificates of the pinned CA {}: {}",
+                path.display(),
+                why.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `dct trust verify`: what to require of a tag.
 pub struct VerifyOpts {
     pub tag: String,
@@ -1469,7 +1536,8 @@ pub async fn verify_tag(
     let pins = ctx.pinning.for_gun(gun);
     let tofu = !ctx.pinning.disable_tofu;
     let was_cached = ctx.cached_root(gun).is_some();
-    if !tofu && pins.is_empty() {
+    let ca_pinned = ctx.pinning.ca_for_gun(gun).is_some();
+    if !tofu && pins.is_empty() && !ca_pinned {
         return Err(check_failed(
             "root",
             format!("no root keys are pinned for {gun} and trust on first use is disabled"),
@@ -1490,6 +1558,11 @@ pub async fn verify_tag(
                 "trust data",
                 format!("cached trust data for {gun} does not verify: {e}"),
             )
+        })
+        .and_then(|v| {
+            let root = ctx.load_metadata(gun)?.remove("root").unwrap_or_default();
+            check_ca_pin(&ctx.pinning, gun, &root, &v, at)?;
+            Ok(v)
         })?
     } else {
         let client = client.ok_or_else(|| {
@@ -1508,7 +1581,7 @@ pub async fn verify_tag(
         ctx.save_metadata(gun, &repo.files).await?;
         repo.verified
     };
-    let trust = if !pins.is_empty() {
+    let trust = if !pins.is_empty() || ca_pinned {
         "pinned"
     } else if was_cached {
         "cached"

@@ -271,3 +271,151 @@ fn a_rotated_root_passes_and_a_recreated_repository_is_refused() {
     assert!(err.contains("root"), "{err}");
     eprintln!("recreated repository: {err}");
 }
+
+#[test]
+fn ca_pinning_accepts_roots_the_ca_issued_and_nothing_else() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/ca-rooted";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A CA, and a root key whose certificate (CN = GUN) the CA issued.
+    for (name, subj) in [
+        ("ca", "/CN=dct test root CA"),
+        ("other-ca", "/CN=another CA"),
+    ] {
+        openssl(
+            d,
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &format!("{name}.key"),
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-subj",
+                subj,
+                "-days",
+                "30",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+    }
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "root.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "root.key",
+            "-subj",
+            &format!("/CN={}", gun.replace('/', "\\/")),
+            "-out",
+            "root.csr",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "root.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "20",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "root.crt",
+        ],
+    );
+    // The notary client imports only encrypted root keys (PKCS#8, PBES2 with SHA-1 PRF).
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "root.key",
+            "-out",
+            "root-enc.key",
+            "-v2",
+            "aes-256-cbc",
+            "-v2prf",
+            "hmacWithSHA1",
+            "-passout",
+            "pass:test-root-passphrase",
+        ],
+    );
+    let ndir = tempfile::tempdir().unwrap();
+    let content = d.join("v1.txt");
+    std::fs::write(&content, b"released under the CA\n").unwrap();
+    for args in [
+        vec![
+            "init",
+            gun,
+            "--rootkey",
+            d.join("root-enc.key").to_str().unwrap(),
+            "--rootcert",
+            d.join("root.crt").to_str().unwrap(),
+        ],
+        vec!["add", gun, "v1", content.to_str().unwrap()],
+        vec!["publish", gun],
+    ] {
+        let out = stack.notary(ndir.path(), &args, None);
+        assert!(out.status.success(), "notary {args:?}: {out:?}");
+    }
+    let image = format!("{gun}:v1");
+    let pin = |ca: &str, g: &str| {
+        gate(&format!(
+            "[trust.pinning]\ndisable_tofu = true\n[trust.pinning.ca]\n\"{g}\" = {:?}\n",
+            d.join(ca).display().to_string()
+        ))
+    };
+    let good = pin("ca.crt", "registry.example.com/*");
+    let j = trust(&good, &stack, &["--json", "verify", &image]).json();
+    assert_eq!(j["trust"], "pinned");
+    let other = pin("other-ca.crt", gun);
+    trust(&other, &stack, &["verify", &image]).fails(1, "pinned CA");
+    // A repository whose root certificate is self-signed (made by our agent) fails the pin.
+    let (_hsm, signer) = Agent::on_fresh_token("ca-self", "5555");
+    let own = "registry.example.com/self-rooted";
+    trust(&signer, &stack, &["init", own]).ok();
+    sign(&signer, &stack, &format!("{own}:v1"), b"x\n");
+    trust(&good, &stack, &["verify", &format!("{own}:v1")]).fails(1, "pinned CA");
+}

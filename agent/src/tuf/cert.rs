@@ -189,6 +189,108 @@ pub fn check_root_cert(cert: &Certificate, gun: &str, at: SystemTime) -> Result<
     Ok(())
 }
 
+/// Whether `issuer` signed `child`: names match and the signature verifies (ECDSA P-256 or
+/// P-384 with SHA-256 or SHA-384, RSA PKCS#1 v1.5 with SHA-256).
+pub fn verify_issued(child: &Certificate, issuer: &Certificate) -> Result<(), String> {
+    use der::Encode;
+    use sha2::{Digest, Sha256, Sha384};
+    if child.tbs_certificate.issuer != issuer.tbs_certificate.subject {
+        return Err("issuer name differs".into());
+    }
+    let tbs = child.tbs_certificate.to_der().map_err(|e| e.to_string())?;
+    let sig = child.signature.raw_bytes();
+    let spki = &issuer.tbs_certificate.subject_public_key_info;
+    let point = spki.subject_public_key.raw_bytes();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<der::oid::ObjectIdentifier>().ok())
+        .map(|o| o.to_string())
+        .unwrap_or_default();
+    let ecdsa = |digest: &[u8]| -> Result<(), String> {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        match curve.as_str() {
+            "1.2.840.10045.3.1.7" => {
+                let k = p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                    .map_err(|_| "bad P-256 issuer key".to_string())?;
+                let s = p256::ecdsa::Signature::from_der(sig)
+                    .map_err(|_| "bad ECDSA signature".to_string())?;
+                k.verify_prehash(digest, &s)
+                    .map_err(|_| "signature does not verify".into())
+            }
+            "1.3.132.0.34" => {
+                let k = p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                    .map_err(|_| "bad P-384 issuer key".to_string())?;
+                let s = p384::ecdsa::Signature::from_der(sig)
+                    .map_err(|_| "bad ECDSA signature".to_string())?;
+                k.verify_prehash(digest, &s)
+                    .map_err(|_| "signature does not verify".into())
+            }
+            other => Err(format!("unsupported issuer curve {other}")),
+        }
+    };
+    match child.signature_algorithm.oid.to_string().as_str() {
+        "1.2.840.10045.4.3.2" => ecdsa(&Sha256::digest(&tbs)),
+        "1.2.840.10045.4.3.3" => ecdsa(&Sha384::digest(&tbs)),
+        "1.2.840.113549.1.1.11" => {
+            use rsa::pkcs8::DecodePublicKey;
+            use rsa::signature::Verifier;
+            let der = spki.to_der().map_err(|e| e.to_string())?;
+            let key = rsa::RsaPublicKey::from_public_key_der(&der)
+                .map_err(|e| format!("RSA issuer key: {e}"))?;
+            let s = rsa::pkcs1v15::Signature::try_from(sig)
+                .map_err(|_| "bad RSA signature".to_string())?;
+            rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
+                .verify(&tbs, &s)
+                .map_err(|_| "signature does not verify".into())
+        }
+        other => Err(format!("unsupported signature algorithm {other}")),
+    }
+}
+
+fn valid_at(c: &Certificate, at: SystemTime) -> bool {
+    let v = &c.tbs_certificate.validity;
+    v.not_before.to_system_time() <= at + Duration::from_secs(24 * 3600)
+        && at <= v.not_after.to_system_time()
+}
+
+/// Whether `chain` (leaf first, then intermediates) leads to one of `cas`, every
+/// certificate valid at `at` (Notary's CA trust pinning).
+pub fn chains_to(chain: &[Certificate], cas: &[Certificate], at: SystemTime) -> Result<(), String> {
+    let mut current = chain.first().ok_or("no certificate")?;
+    for _ in 0..8 {
+        if !valid_at(current, at) {
+            return Err(format!(
+                "certificate {} is not valid now",
+                current.tbs_certificate.subject
+            ));
+        }
+        if let Some(ca) = cas.iter().find(|ca| verify_issued(current, ca).is_ok()) {
+            if !valid_at(ca, at) {
+                return Err(format!(
+                    "pinned CA {} is not valid now",
+                    ca.tbs_certificate.subject
+                ));
+            }
+            return Ok(());
+        }
+        match chain[1..]
+            .iter()
+            .find(|i| verify_issued(current, i).is_ok())
+        {
+            Some(next) => current = next,
+            None => {
+                return Err(format!(
+                    "certificate {} is not issued by the pinned CA",
+                    current.tbs_certificate.subject
+                ))
+            }
+        }
+    }
+    Err("certificate chain too long".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
