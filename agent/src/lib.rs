@@ -9,6 +9,7 @@ pub mod notary;
 pub mod notary_signer;
 pub mod policy;
 pub mod registry;
+pub mod sealed;
 pub mod server;
 pub mod service;
 pub mod signing;

@@ -23,11 +23,16 @@ const MAX_BATCH: usize = 100_000;
 pub struct AgentService {
     keys: Keyring,
     trust: crate::trust::TrustContext,
+    channels: crate::sealed::Channels,
 }
 
 impl AgentService {
     pub fn new(keys: Keyring, trust: crate::trust::TrustContext) -> Self {
-        AgentService { keys, trust }
+        AgentService {
+            keys,
+            trust,
+            channels: Default::default(),
+        }
     }
 }
 
@@ -112,7 +117,11 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::UnlockResponse>, Status> {
         let mut req = req.into_inner();
         // Move the PIN out of the request into a zeroizing secret at once.
-        let pin = SecretString::from(std::mem::take(&mut req.pin));
+        let plain = SecretString::from(std::mem::take(&mut req.pin));
+        let pin = match &req.sealed_pin {
+            Some(sealed) => self.channels.unseal(sealed)?,
+            None => plain,
+        };
         let token = self.keys.token(&req.token)?;
         if secrecy::ExposeSecret::expose_secret(&pin).is_empty() {
             return Err(Error::InvalidArgument("empty PIN".into()).into());
@@ -140,6 +149,17 @@ impl Agent for AgentService {
         Ok(Response::new(pb::UnlockResponse {
             token: label,
             pin: Some(pin_pb(&state?)),
+        }))
+    }
+
+    async fn secret_channel(
+        &self,
+        _: Request<pb::SecretChannelRequest>,
+    ) -> Result<Response<pb::SecretChannelResponse>, Status> {
+        let (channel, public) = self.channels.open()?;
+        Ok(Response::new(pb::SecretChannelResponse {
+            channel,
+            agent_public: public.to_vec(),
         }))
     }
 
@@ -248,7 +268,15 @@ impl Agent for AgentService {
         req: Request<pb::ImportKeyRequest>,
     ) -> Result<Response<pb::ImportKeyResponse>, Status> {
         let mut req = req.into_inner();
-        let pass = zeroize::Zeroizing::new(std::mem::take(&mut req.passphrase).into_bytes());
+        let mut pass = zeroize::Zeroizing::new(std::mem::take(&mut req.passphrase).into_bytes());
+        if let Some(sealed) = &req.sealed_passphrase {
+            let opened = self.channels.unseal(sealed)?;
+            pass = zeroize::Zeroizing::new(
+                secrecy::ExposeSecret::expose_secret(&opened)
+                    .as_bytes()
+                    .to_vec(),
+            );
+        }
         let file = zeroize::Zeroizing::new(std::mem::take(&mut req.file));
         // Decryption is deliberate CPU work (PBKDF2): off the async runtime.
         let key = tokio::task::spawn_blocking(move || {

@@ -169,6 +169,50 @@ enum TufCmd {
     },
 }
 
+/// Seals a PIN or passphrase to a one-use key of the agent, so that it never travels (nor
+/// lingers in the agent's transport buffers) in plaintext.
+async fn seal(c: &mut Client, secret: &SecretString) -> Result<pb::SealedSecret, Failure> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    use sha2::Digest;
+    let ch = c
+        .call(|mut a| async move { a.secret_channel(pb::SecretChannelRequest {}).await })
+        .await?;
+    let agent: [u8; 32] = ch
+        .agent_public
+        .as_slice()
+        .try_into()
+        .map_err(|_| Failure::failed("the agent's channel key is not 32 bytes"))?;
+    let mine = x25519_dalek::EphemeralSecret::random_from_rng(rand_core::OsRng);
+    let client = x25519_dalek::PublicKey::from(&mine).to_bytes();
+    let shared = zeroize::Zeroizing::new(
+        mine.diffie_hellman(&x25519_dalek::PublicKey::from(agent))
+            .to_bytes(),
+    );
+    let mut h = sha2::Sha256::new();
+    h.update(b"dct-secret-v1");
+    h.update(shared.as_slice());
+    h.update(agent);
+    h.update(client);
+    let key = zeroize::Zeroizing::new(<[u8; 32]>::from(h.finalize()));
+    let mut nonce = [0u8; 12];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let ciphertext = chacha20poly1305::ChaCha20Poly1305::new(key.as_slice().into())
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: secret.expose_secret().as_bytes(),
+                aad: &ch.channel.to_be_bytes(),
+            },
+        )
+        .map_err(|_| Failure::failed("cannot seal the secret"))?;
+    Ok(pb::SealedSecret {
+        channel: ch.channel,
+        client_public: client.to_vec(),
+        nonce: nonce.to_vec(),
+        ciphertext,
+    })
+}
+
 /// `dct audit verify [FILE]`.
 async fn audit_verify(socket: &Path, file: Option<PathBuf>, json: bool) -> Result<(), Failure> {
     // The agent's own view of its log, when it is the agent's log being checked.
@@ -331,8 +375,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     for (var, pass) in found {
                         let req = pb::UnlockRequest {
                             token: token.clone(),
-                            pin: pass.expose_secret().to_string(),
+                            pin: String::new(),
                             force,
+                            sealed_pin: Some(seal(&mut c, &pass).await?),
                         };
                         if c.call(|mut a| async move { a.unlock(req).await })
                             .await
@@ -358,8 +403,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let pin = read_pin(&mut c, &token, pin_file.as_deref()).await?;
             let req = pb::UnlockRequest {
                 token,
-                pin: pin.expose_secret().to_string(),
+                pin: String::new(),
                 force,
+                sealed_pin: Some(seal(&mut c, &pin).await?),
             };
             let r = c.call(|mut a| async move { a.unlock(req).await }).await?;
             if json {
@@ -473,9 +519,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 SecretString::from(String::new())
             };
             let mut c = Client::connect(&socket).await?;
+            let sealed_passphrase = if passphrase.expose_secret().is_empty() {
+                None
+            } else {
+                Some(seal(&mut c, &passphrase).await?)
+            };
             let req = pb::ImportKeyRequest {
                 file: bytes,
-                passphrase: passphrase.expose_secret().to_string(),
+                passphrase: String::new(),
+                sealed_passphrase,
                 role: role.unwrap_or_default(),
                 gun: gun.unwrap_or_default(),
                 token: token.unwrap_or_default(),

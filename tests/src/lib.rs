@@ -102,6 +102,33 @@ impl SoftHsm {
         }
     }
 
+    /// ORs `flag` into the token flags SoftHSM2 keeps in its token file (its attribute
+    /// CKA_OS_TOKENFLAGS). SoftHSM2 itself only ever sets "PIN count low"; this lets a test
+    /// see how the agent meets a token that reports a final try. No agent may be running.
+    pub fn add_token_flag(&self, flag: u64) {
+        let tokens = self.dir.path().join("tokens");
+        let dir = std::fs::read_dir(&tokens)
+            .unwrap()
+            .next()
+            .expect("a token directory")
+            .unwrap()
+            .path();
+        let path = dir.join("token.object");
+        let mut bytes = std::fs::read(&path).unwrap();
+        // [type u64 BE = 0x8000534B][kind u64 BE = 2 (unsigned long)][value u64 BE]
+        let marker = [0u8, 0, 0, 0, 0x80, 0, 0x53, 0x4b, 0, 0, 0, 0, 0, 0, 0, 2];
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker)
+            .expect("token flags attribute")
+            + marker.len();
+        let mut value = [0u8; 8];
+        value.copy_from_slice(&bytes[at..at + 8]);
+        let flags = u64::from_be_bytes(value) | flag;
+        bytes[at..at + 8].copy_from_slice(&flags.to_be_bytes());
+        std::fs::write(&path, bytes).unwrap();
+    }
+
     pub fn agent_config(&self) -> String {
         format!(
             "[[pkcs11]]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"{}\"\n",

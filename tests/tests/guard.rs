@@ -428,3 +428,115 @@ fn requests_are_bounded_in_number_time_and_size() {
     );
     drop(silent);
 }
+
+#[test]
+fn a_token_on_its_final_pin_try_is_not_tried_without_force() {
+    let hsm = SoftHsm::new("finaltry", "1212");
+    let mut agent = Agent::start(Some(&hsm));
+    // One wrong PIN: SoftHSM2 reports the count low; the agent says so and does not retry.
+    agent
+        .dct_env(&["unlock"], &[("DCT_PIN", "9999")])
+        .fails(1, "wrong PIN");
+    let status = agent.dct(&["--json", "status"]).json();
+    assert_eq!(status["tokens"][0]["pin"]["count_low"], true, "{status}");
+    // The token now reports a final try (CKF_USER_PIN_FINAL_TRY).
+    agent.stop();
+    hsm.add_token_flag(0x0002_0000);
+    agent.restart();
+    let status = agent.dct(&["--json", "status"]).json();
+    assert_eq!(status["tokens"][0]["pin"]["final_try"], true, "{status}");
+    let pin = agent.dir.path().join("pin");
+    std::fs::write(&pin, "1212\n").unwrap();
+    let pin = pin.to_str().unwrap();
+    // Not even the right PIN is sent without --force: a wrong one would lock the token.
+    agent
+        .dct(&["unlock", "--pin-file", pin])
+        .fails(1, "one PIN try left");
+    let status = agent.dct(&["--json", "status"]).json();
+    assert_eq!(status["tokens"][0]["unlocked"], false);
+    agent.dct(&["unlock", "--pin-file", pin, "--force"]).ok();
+    let status = agent.dct(&["--json", "status"]).json();
+    assert_eq!(status["tokens"][0]["unlocked"], true);
+    let outcomes: Vec<String> = records(&agent.audit_path())
+        .iter()
+        .filter(|r| r["action"] == "unlock")
+        .map(|r| r["outcome"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    assert!(outcomes[1].contains("one PIN try left"), "{outcomes:?}");
+}
+
+/// Occurrences of `needle` in the readable memory of process `pid` (what a core dump holds).
+fn memory_hits(pid: u32, needle: &[u8]) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut hits = 0;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        hits += buf.windows(needle.len()).filter(|w| *w == needle).count();
+    }
+    hits
+}
+
+#[test]
+fn pins_and_passphrases_leave_no_trace_in_the_agents_memory() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: reading another process's memory needs root");
+        return;
+    }
+    let pin = "Zq7-unique-PIN-4711";
+    let hsm = SoftHsm::new("memory", pin);
+    let agent = Agent::start(Some(&hsm));
+    // A wrong PIN first, then the right one.
+    agent
+        .dct_env(&["unlock"], &[("DCT_PIN", "Wq8-wrong-PIN-0815")])
+        .fails(1, "wrong PIN");
+    agent.dct_env(&["unlock"], &[("DCT_PIN", pin)]).ok();
+    // A passphrase-protected key file imported onto the token.
+    let fixture = dct_tests::fixture_dir("notary-0.7");
+    let key = std::fs::read_dir(fixture.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .contains("role: targets")
+        })
+        .expect("a targets key file");
+    let passphrase = "test-targets-passphrase";
+    agent
+        .dct_env(
+            &["key", "import", key.to_str().unwrap()],
+            &[("NOTARY_TARGETS_PASSPHRASE", passphrase)],
+        )
+        .ok();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = agent.pid();
+    for secret in [pin, "Wq8-wrong-PIN-0815", passphrase] {
+        assert_eq!(
+            memory_hits(pid, secret.as_bytes()),
+            0,
+            "{secret} found in the agent's memory"
+        );
+    }
+    // The check itself can find things: the key's label is there.
+    assert!(memory_hits(pid, b"dct:targets:") > 0);
+}
