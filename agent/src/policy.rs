@@ -43,6 +43,10 @@ pub struct Rule {
     /// Refuse a version lower than one signed before, or the same version with other
     /// content (default true; turn off only for load tests that sign out of order).
     pub check_versions: Option<bool>,
+    /// Sign only after the user confirmed, at the terminal, what will be signed (`dct tuf
+    /// sign` shows it and asks). Other ways of signing are refused for this key.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// What is about to be signed.
@@ -65,7 +69,15 @@ type Seen = (String, String, String);
 pub struct Policy {
     rules: Vec<Rule>,
     seen: std::sync::Mutex<HashMap<Seen, (u64, [u8; 32])>>,
+    /// Confirmations offered: ticket -> (key ID as signed, digest, when).
+    tickets: std::sync::Mutex<HashMap<String, Offer>>,
 }
+
+/// A confirmation offered: (key ID as signed, digest, when).
+type Offer = (String, [u8; 32], std::time::Instant);
+
+/// How long a confirmation offer stands.
+const TICKET_LIFETIME: Duration = Duration::from_secs(300);
 
 /// "90d", "1y", "36h", "15m", "90s".
 pub fn parse_span(text: &str) -> std::result::Result<Duration, String> {
@@ -114,6 +126,7 @@ impl Policy {
         Ok(Policy {
             rules,
             seen: Default::default(),
+            tickets: Default::default(),
         })
     }
 
@@ -132,9 +145,53 @@ impl Policy {
         })
     }
 
-    /// Checks `s` against the key's rule and the versions it signed before.
+    /// Whether the key signs only after a confirmation at the terminal.
+    pub fn needs_confirm(&self, key: &KeyEntry) -> bool {
+        self.rule(key).is_some_and(|r| r.confirm)
+    }
+
+    /// Offers a confirmation for exactly this signature: a one-use ticket.
+    pub fn offer(&self, s: &Signing<'_>) -> Result<String> {
+        let mut t = [0u8; 16];
+        getrandom::getrandom(&mut t).map_err(|e| Error::Internal(e.to_string()))?;
+        let ticket = crate::tuf::keys::hex(&t);
+        if let Ok(mut m) = self.tickets.lock() {
+            m.retain(|_, (_, _, at)| at.elapsed() < TICKET_LIFETIME);
+            m.insert(
+                ticket.clone(),
+                (s.keyid.to_string(), *s.digest, std::time::Instant::now()),
+            );
+        }
+        Ok(ticket)
+    }
+
+    /// Takes a ticket: true if it was offered for exactly this signature and is fresh.
+    pub fn redeem(&self, ticket: &str, s: &Signing<'_>) -> bool {
+        let Some((keyid, digest, at)) = self.tickets.lock().ok().and_then(|mut m| m.remove(ticket))
+        else {
+            return false;
+        };
+        keyid == s.keyid && &digest == s.digest && at.elapsed() < TICKET_LIFETIME
+    }
+
+    /// Checks `s` against the key's rule and the versions it signed before; a key that
+    /// needs confirmation is refused here (see [`Policy::check_confirmed`]).
     pub fn check(&self, s: &Signing<'_>) -> Result<()> {
+        self.check_confirmed(s, false)
+    }
+
+    /// As [`Policy::check`], `confirmed` saying whether the user confirmed this signature.
+    pub fn check_confirmed(&self, s: &Signing<'_>, confirmed: bool) -> Result<()> {
         let rule = self.rule(s.key);
+        if rule.is_some_and(|r| r.confirm) && !confirmed {
+            return Err(refuse(
+                "confirm",
+                format!(
+                    "key {} signs only after a confirmation at the terminal: use dct tuf sign",
+                    s.key.key_id
+                ),
+            ));
+        }
         let whose = match rule {
             Some(Rule { key: Some(k), .. }) => format!("rule for key {k}"),
             Some(Rule { role: Some(r), .. }) => format!("rule for {r} keys"),

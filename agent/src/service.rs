@@ -335,12 +335,27 @@ impl Agent for AgentService {
             check_role(&req.role)?;
         }
         let keys = self.keys.find_key(&req.key_id).await?;
-        let s = signing::sign_document(&self.keys, keys, req.document, req.role, req.gun).await?;
-        Ok(Response::new(pb::SignMetadataResponse {
-            document: s.document,
-            key_id: s.keyid,
-            role: s.role,
-            version: s.version,
+        let outcome = signing::sign_document_confirmable(
+            &self.keys,
+            keys,
+            req.document,
+            req.role,
+            req.gun,
+            req.confirm_ticket,
+        )
+        .await?;
+        Ok(Response::new(match outcome {
+            signing::Outcome::Signed(s) => pb::SignMetadataResponse {
+                document: s.document,
+                key_id: s.keyid,
+                role: s.role,
+                version: s.version,
+                confirmation: None,
+            },
+            signing::Outcome::Confirm { ticket, summary } => pb::SignMetadataResponse {
+                confirmation: Some(pb::Confirmation { ticket, summary }),
+                ..Default::default()
+            },
         }))
     }
 
@@ -401,6 +416,7 @@ impl Agent for AgentService {
                         key_id: s.keyid,
                         role: s.role,
                         version: s.version,
+                        confirmation: None,
                     }),
                     Err(e) => {
                         let st = Status::from(e);

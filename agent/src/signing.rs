@@ -330,6 +330,74 @@ pub async fn sign_document_after(
     gun: String,
     previous: Option<Vec<u8>>,
 ) -> Result<Signed> {
+    match sign_inner(keyring, keys, document, role, gun, previous, None).await? {
+        Outcome::Signed(s) => Ok(s),
+        Outcome::Confirm { .. } => Err(Error::Internal("confirmation outside dct tuf sign".into())),
+    }
+}
+
+/// What a signing request with confirmation came to.
+pub enum Outcome {
+    Signed(Signed),
+    /// The key needs the user's confirmation: show `summary`, then ask again with `ticket`.
+    Confirm {
+        ticket: String,
+        summary: Vec<String>,
+    },
+}
+
+/// As [`sign_document`], for a request that can be confirmed at the terminal: `ticket` is
+/// the one the agent offered (None on the first request).
+pub async fn sign_document_confirmable(
+    keyring: &crate::keys::Keyring,
+    keys: Vec<KeyEntry>,
+    document: Vec<u8>,
+    role: String,
+    gun: String,
+    ticket: String,
+) -> Result<Outcome> {
+    sign_inner(keyring, keys, document, role, gun, None, Some(ticket)).await
+}
+
+/// What the user is asked to confirm.
+fn summary(p: &Prepared) -> Vec<String> {
+    let mut out = vec![
+        format!("role     {}", p.role),
+        format!(
+            "GUN      {}",
+            if p.gun.is_empty() {
+                "-"
+            } else {
+                p.gun.as_str()
+            }
+        ),
+        format!("version  {}", p.version),
+        format!("expires  {}", p.expires),
+        format!("key      {}", p.keyid),
+        format!("sha256   {}", crate::tuf::keys::hex(&p.digest)),
+    ];
+    if let Some(t) = p.envelope.signed.get("targets").and_then(|t| t.as_object()) {
+        let names: Vec<&str> = t.keys().map(String::as_str).take(20).collect();
+        out.push(format!(
+            "targets  {} ({}{})",
+            t.len(),
+            names.join(", "),
+            if t.len() > 20 { ", ..." } else { "" }
+        ));
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sign_inner(
+    keyring: &crate::keys::Keyring,
+    keys: Vec<KeyEntry>,
+    document: Vec<u8>,
+    role: String,
+    gun: String,
+    previous: Option<Vec<u8>>,
+    ticket: Option<String>,
+) -> Result<Outcome> {
     let key = keys
         .first()
         .cloned()
@@ -357,9 +425,26 @@ pub async fn sign_document_after(
         }
     };
     let event = sign_event(&prepared);
-    if let Err(e) = keyring.policy().check(&policy_view(&key, &prepared)) {
+    let view = policy_view(&key, &prepared);
+    let confirmable = ticket.is_some() && keyring.policy().needs_confirm(&key);
+    let confirmed = confirmable
+        && ticket
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && keyring.policy().redeem(t, &view));
+    if let Err(e) = keyring
+        .policy()
+        .check_confirmed(&view, confirmed || confirmable)
+    {
         keyring.audit().refused(event, &e).await;
         return Err(e);
+    }
+    if confirmable && !confirmed {
+        // Nothing is signed yet: the user sees what would be, and asks again.
+        let ticket = keyring.policy().offer(&view)?;
+        return Ok(Outcome::Confirm {
+            ticket,
+            summary: summary(&prepared),
+        });
     }
     let sig = match keyring.sign_digest(&key, prepared.digest).await {
         Ok(sig) => sig,
@@ -369,9 +454,15 @@ pub async fn sign_document_after(
         }
     };
     // The signature leaves the agent only once its record is on disk.
+    let mut event = event;
+    if confirmed {
+        event.outcome = "ok, confirmed at the terminal".into();
+    }
     keyring.audit().record(event).await?;
     keyring.policy().signed(&policy_view(&key, &prepared));
-    cpu(size, move || signed(prepared, sig)).await
+    cpu(size, move || signed(prepared, sig))
+        .await
+        .map(Outcome::Signed)
 }
 
 /// What the policy sees of a prepared document.

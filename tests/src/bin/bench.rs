@@ -411,6 +411,7 @@ async fn agent_run(
                 key_id: key_id.clone(),
                 role: String::new(),
                 gun: String::new(),
+                confirm_ticket: String::new(),
             };
             if batch == 1 {
                 let resp = client.sign_metadata(req(first)).await.expect("sign");
