@@ -14,6 +14,11 @@ pub mod signer_client;
 
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// An RFC 3339 expiry `days` from now (documents must stay within the agent's default
 /// lifetimes: timestamp 14 days, targets and snapshot 3 years, root 10).
 pub fn expires_in(days: i64) -> String {

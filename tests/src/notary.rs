@@ -46,7 +46,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl ARGS` in `dir`; panics with its error output on failure.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .current_dir(dir)
         .args(args)
@@ -213,10 +214,10 @@ impl NotaryStack {
     }
 }
 
-fn make_pki(d: &Path) {
-    // A test CA and one leaf (IP:127.0.0.1, server and client auth) for both servers.
+/// A P-256 private key (PEM) at `dir/name`.
+pub fn p256_key(dir: &Path, name: &str) {
     openssl(
-        d,
+        dir,
         &[
             "ecparam",
             "-name",
@@ -224,9 +225,27 @@ fn make_pki(d: &Path) {
             "-genkey",
             "-noout",
             "-out",
-            "ca.key",
+            name,
         ],
     );
+}
+
+/// `trust --server URL --tlscacert CA ARGS` against the stack.
+pub fn trust(agent: &crate::Agent, stack: &NotaryStack, args: &[&str]) -> crate::Run {
+    let mut all = vec![
+        "trust",
+        "--server",
+        &stack.url,
+        "--tlscacert",
+        stack.ca.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    agent.dct(&all)
+}
+
+fn make_pki(d: &Path) {
+    // A test CA and one leaf (IP:127.0.0.1, server and client auth) for both servers.
+    p256_key(d, "ca.key");
     openssl(
         d,
         &[
@@ -247,18 +266,7 @@ fn make_pki(d: &Path) {
             "ca.crt",
         ],
     );
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "leaf.key",
-        ],
-    );
+    p256_key(d, "leaf.key");
     openssl(
         d,
         &[

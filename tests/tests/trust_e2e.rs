@@ -4,29 +4,14 @@
 
 use std::process::Command;
 
-use dct_tests::notary::NotaryStack;
+use dct_tests::hex;
+use dct_tests::notary::{trust, NotaryStack};
 use dct_tests::{Agent, Run, SoftHsm};
 use sha2::{Digest, Sha256};
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 /// A running agent on a fresh token, unlocked.
 fn agent_on(label: &str) -> (SoftHsm, Agent) {
     Agent::on_fresh_token(label, "7777")
-}
-
-fn trust(agent: &Agent, stack: &NotaryStack, args: &[&str]) -> Run {
-    let mut all = vec![
-        "trust",
-        "--server",
-        &stack.url,
-        "--tlscacert",
-        stack.ca.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    agent.dct(&all)
 }
 
 fn sign(agent: &Agent, stack: &NotaryStack, image: &str, content: &[u8]) -> Run {

@@ -1,28 +1,10 @@
 //! The deploy gate: `dct trust verify` against the real notary-server, on repositories made
 //! by our agent and by the real notary client, served by an agent that holds no key.
 
-use std::path::Path;
-use std::process::Command;
-
-use dct_tests::notary::NotaryStack;
+use dct_tests::hex;
+use dct_tests::notary::{openssl, p256_key, trust, NotaryStack};
 use dct_tests::{Agent, Run};
 use sha2::{Digest, Sha256};
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn trust(agent: &Agent, stack: &NotaryStack, args: &[&str]) -> Run {
-    let mut all = vec![
-        "trust",
-        "--server",
-        &stack.url,
-        "--tlscacert",
-        stack.ca.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    agent.dct(&all)
-}
 
 fn sign(agent: &Agent, stack: &NotaryStack, image: &str, content: &[u8]) {
     let digest = format!("sha256:{}", hex(&Sha256::digest(content)));
@@ -154,15 +136,6 @@ fn the_gate_passes_signed_tags_and_names_each_failed_check() {
     );
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {out:?}");
-}
-
 #[test]
 fn the_gate_reads_repositories_the_notary_client_made() {
     let stack = NotaryStack::start();
@@ -180,18 +153,7 @@ fn the_gate_reads_repositories_the_notary_client_made() {
     std::fs::write(d.join("v1.txt"), b"v1 by notary\n").unwrap();
     std::fs::write(d.join("qa.txt"), b"qa only\n").unwrap();
     // A delegation targets/qa (not releases) with a key the notary client holds.
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "qa.key",
-        ],
-    );
+    p256_key(d, "qa.key");
     openssl(d, &["ec", "-in", "qa.key", "-pubout", "-out", "qa.pub"]);
     notary(&["init", gun]);
     notary(&["add", gun, "v1", d.join("v1.txt").to_str().unwrap()]);
@@ -283,18 +245,7 @@ fn ca_pinning_accepts_roots_the_ca_issued_and_nothing_else() {
         ("ca", "/CN=dct test root CA"),
         ("other-ca", "/CN=another CA"),
     ] {
-        openssl(
-            d,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                &format!("{name}.key"),
-            ],
-        );
+        p256_key(d, &format!("{name}.key"));
         openssl(
             d,
             &[
@@ -314,18 +265,7 @@ fn ca_pinning_accepts_roots_the_ca_issued_and_nothing_else() {
             ],
         );
     }
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "root.key",
-        ],
-    );
+    p256_key(d, "root.key");
     openssl(
         d,
         &[
