@@ -506,22 +506,108 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let _repo_lock = self.trust.lock(&req.gun).await;
-        let r = trust::init(
-            &self.keys,
-            &client,
-            &self.trust,
-            &req.gun,
-            &req.root_key,
-            &req.token,
-            req.local_snapshot,
-        )
-        .await?;
+        let r = if req.root_json.is_empty() {
+            trust::init(
+                &self.keys,
+                &client,
+                &self.trust,
+                &req.gun,
+                &req.root_key,
+                &req.token,
+                req.local_snapshot,
+            )
+            .await?
+        } else {
+            trust::init_from_root(&self.keys, &client, &self.trust, &req.gun, req.root_json).await?
+        };
         Ok(Response::new(pb::TrustInitResponse {
             root_key_id: r.root.key_id,
             root_canonical_id: r.root.canonical_id,
             targets_key_id: r.targets.key_id,
             snapshot_key_id: r.snapshot_key_id,
             timestamp_key_id: r.timestamp_key_id,
+        }))
+    }
+
+    async fn ceremony_root_init(
+        &self,
+        req: Request<pb::CeremonyRootInitRequest>,
+    ) -> Result<Response<pb::CeremonyRootInitResponse>, Status> {
+        let req = req.into_inner();
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let r = trust::ceremony_root_init(
+            &self.keys,
+            &client,
+            &req.gun,
+            req.threshold as usize,
+            &req.tokens,
+            &req.targets_token,
+        )
+        .await?;
+        for k in &r.root_keys {
+            let event = Event {
+                key_id: k.key.key_id.clone(),
+                role: "root".into(),
+                gun: req.gun.clone(),
+                outcome: format!("ok, ceremony, token {}", k.token.label),
+                ..Event::new("create_key")
+            };
+            self.keys.audit().record(event).await?;
+        }
+        Ok(Response::new(pb::CeremonyRootInitResponse {
+            root_json: r.root_json,
+            root_keys: r
+                .root_keys
+                .into_iter()
+                .map(|k| pb::CeremonyKey {
+                    key_id: k.key.key_id,
+                    canonical_id: k.key.canonical_id,
+                    token: k.token.label,
+                    token_model: k.token.model,
+                    token_serial: k.token.serial,
+                    token_manufacturer: k.token.manufacturer,
+                    cert_sha256: k.cert_sha256,
+                    extractable: false,
+                    backend: k.key.backend.into(),
+                })
+                .collect(),
+            targets_key_id: r.targets.key_id,
+            timestamp_key_id: r.timestamp_key_id,
+            snapshot_key_id: r.snapshot_key_id,
+        }))
+    }
+
+    async fn ceremony_sign(
+        &self,
+        req: Request<pb::CeremonySignRequest>,
+    ) -> Result<Response<pb::CeremonySignResponse>, Status> {
+        let req = req.into_inner();
+        let keys = self.keys.find_key(&req.key_id).await?;
+        if keys[0].role != "root" {
+            return Err(Error::InvalidArgument(format!(
+                "key {} is a {} key, not a root key",
+                req.key_id, keys[0].role
+            ))
+            .into());
+        }
+        let s =
+            signing::sign_document(&self.keys, keys, req.root_json, "root".into(), req.gun).await?;
+        Ok(Response::new(pb::CeremonySignResponse {
+            root_json: s.document,
+            key_id: s.keyid,
+        }))
+    }
+
+    async fn ceremony_check(
+        &self,
+        req: Request<pb::CeremonyCheckRequest>,
+    ) -> Result<Response<pb::CeremonyCheckResponse>, Status> {
+        let (signed_by, threshold, root_keys) =
+            trust::root_signatures(&req.into_inner().root_json)?;
+        Ok(Response::new(pb::CeremonyCheckResponse {
+            signed_by,
+            threshold: threshold.max(0) as u32,
+            root_keys,
         }))
     }
 

@@ -1686,6 +1686,203 @@ pub async fn verify_tag(
     })
 }
 
+/// A root key made in a ceremony, with the token it lives on.
+pub struct CeremonyKey {
+    pub key: KeyEntry,
+    pub token: crate::keys::TokenInfo,
+    /// SHA-256 of the DER root certificate.
+    pub cert_sha256: String,
+}
+
+/// What `dct ceremony root init` made: the unsigned root, its keys, the targets key.
+pub struct CeremonyInit {
+    pub root_json: Vec<u8>,
+    pub root_keys: Vec<CeremonyKey>,
+    pub targets: KeyEntry,
+    pub timestamp_key_id: String,
+    pub snapshot_key_id: String,
+}
+
+/// Root keys of an M-of-N root: one per token in `tokens`, each with its Notary root
+/// certificate for `gun` made on its token; the targets key on `targets_token`; the
+/// server's timestamp and snapshot keys. Returns root.json version 1, unsigned.
+pub async fn ceremony_root_init(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    gun: &str,
+    threshold: usize,
+    tokens: &[String],
+    targets_token: &str,
+) -> Result<CeremonyInit> {
+    check_gun(gun)?;
+    let n = tokens.len();
+    if n == 0 || n > 16 || threshold == 0 || threshold > n {
+        return Err(Error::InvalidArgument(format!(
+            "a root of {threshold} of {n} keys: need 1 <= threshold <= keys <= 16 (one --token per key)"
+        )));
+    }
+    let mut distinct = tokens.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() != n {
+        return Err(Error::InvalidArgument(
+            "each root key goes on its own token: name each token once".into(),
+        ));
+    }
+    // Look everything up before making anything.
+    for t in tokens {
+        keyring.token(t)?;
+    }
+    let timestamp = client.get_server_key(gun, "timestamp").await?;
+    let snapshot = client.get_server_key(gun, "snapshot").await?;
+    let mut root_keys = Vec::new();
+    for t in tokens {
+        let token = keyring.token(t)?.clone();
+        let key = token.generate("root".into(), Some(gun.into())).await?;
+        let info = token.run(|b| Ok(b.info())).await?;
+        let cert = key
+            .tuf_key()
+            .certificate()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let der = der::Encode::to_der(&cert).map_err(|e| Error::Internal(e.to_string()))?;
+        root_keys.push(CeremonyKey {
+            key,
+            token: info,
+            cert_sha256: crate::tuf::keys::hex(&sha2_256(&der)),
+        });
+    }
+    let targets_label = if targets_token.is_empty() {
+        &tokens[0]
+    } else {
+        targets_token
+    };
+    let targets = keyring
+        .token(targets_label)?
+        .generate("targets".into(), Some(gun.into()))
+        .await?;
+    keyring.invalidate();
+    let (ts_id, sn_id) = (timestamp.key_id(), snapshot.key_id());
+    let mut keys = serde_json::Map::new();
+    for k in &root_keys {
+        keys.insert(k.key.key_id.clone(), k.key.tuf_key().to_value());
+    }
+    keys.insert(targets.key_id.clone(), targets.tuf_key().to_value());
+    keys.insert(ts_id.clone(), timestamp.to_value());
+    keys.insert(sn_id.clone(), snapshot.to_value());
+    let root_ids: Vec<&String> = root_keys.iter().map(|k| &k.key.key_id).collect();
+    let root_doc = json!({
+        "_type": "Root", "consistent_snapshot": false, "expires": expires(ROOT_LIFETIME)?, "version": 1,
+        "keys": keys,
+        "roles": {
+            "root": {"keyids": root_ids, "threshold": threshold},
+            "targets": {"keyids": [&targets.key_id], "threshold": 1},
+            "snapshot": {"keyids": [&sn_id], "threshold": 1},
+            "timestamp": {"keyids": [&ts_id], "threshold": 1},
+        },
+    });
+    Ok(CeremonyInit {
+        root_json: unsigned(root_doc),
+        root_keys,
+        targets,
+        timestamp_key_id: ts_id,
+        snapshot_key_id: sn_id,
+    })
+}
+
+/// Where a root's signatures stand: the root keys whose signatures verify, the threshold,
+/// and the root keys it lists.
+pub fn root_signatures(bytes: &[u8]) -> Result<(Vec<String>, i64, Vec<String>)> {
+    let env = Envelope::parse(bytes).map_err(|e| Error::InvalidArgument(format!("root: {e}")))?;
+    let root: RootDoc = serde_json::from_value(env.signed.clone())
+        .map_err(|e| Error::InvalidArgument(format!("root: {e}")))?;
+    let (own, threshold) = root_role_keys(&root).map_err(Error::InvalidArgument)?;
+    let listed = own.keys().cloned().collect();
+    let valid = if env.signatures.is_empty() {
+        Vec::new()
+    } else {
+        verify::check_signatures(&env, &own, 0).map_err(Error::InvalidArgument)?
+    };
+    Ok((valid, threshold, listed))
+}
+
+/// `dct trust init --root-from DIR`: publishes a root signed in a ceremony, with targets
+/// version 1 signed by the targets key it names (which must be on this agent's tokens).
+pub async fn init_from_root(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    root_bytes: Vec<u8>,
+) -> Result<InitResult> {
+    check_gun(gun)?;
+    if client.get_role(gun, "root").await?.is_some() {
+        return Err(Error::Refused(format!(
+            "{gun} already has trust data on the server"
+        )));
+    }
+    check_self_signed(&root_bytes)?;
+    let root: RootDoc = Envelope::parse(&root_bytes)
+        .ok()
+        .and_then(|e| serde_json::from_value(e.signed).ok())
+        .ok_or_else(|| Error::InvalidArgument("root.json is unreadable".into()))?;
+    let listed = parse_key_map(&root.keys).map_err(Error::InvalidArgument)?;
+    for id in &root.roles["root"].keyids {
+        let cert = listed
+            .get(id)
+            .and_then(|k| k.certificate().ok())
+            .ok_or_else(|| Error::InvalidArgument(format!("root key {id} has no certificate")))?;
+        crate::tuf::cert::check_root_cert(&cert, gun, std::time::SystemTime::now())
+            .map_err(|e| Error::Refused(format!("root key {id}: {e}")))?;
+    }
+    // The timestamp and snapshot keys: notary-server hands out a new one on every request
+    // until a root is published, and accepts any it made; it refuses others on publish.
+    let (keys, _) = keyring.all_keys().await;
+    let targets = root.roles["targets"]
+        .keyids
+        .iter()
+        .find_map(|id| {
+            keys.iter()
+                .find(|k| &k.key_id == id || &k.canonical_id == id)
+        })
+        .cloned()
+        .ok_or_else(|| {
+            Error::Refused("the root's targets key is not on this agent's tokens".into())
+        })?;
+    let targets_doc = json!({
+        "_type": "Targets", "expires": expires(TARGETS_LIFETIME)?, "version": 1,
+        "targets": {}, "delegations": {"keys": {}, "roles": []},
+    });
+    let targets_signed = sign_document(
+        keyring,
+        listings(&keys, &targets.canonical_id),
+        unsigned(targets_doc),
+        "targets".into(),
+        gun.into(),
+    )
+    .await?;
+    client
+        .publish(
+            gun,
+            vec![
+                ("root".to_string(), root_bytes.clone()),
+                ("targets".to_string(), targets_signed.document),
+            ],
+        )
+        .await?;
+    ctx.persist(gun, root_bytes, None).await?;
+    let root_key = keys
+        .iter()
+        .find(|k| root.roles["root"].keyids.contains(&k.key_id))
+        .cloned()
+        .unwrap_or_else(|| targets.clone());
+    Ok(InitResult {
+        root: root_key,
+        timestamp_key_id: root.roles["timestamp"].keyids.join(","),
+        snapshot_key_id: root.roles["snapshot"].keyids.join(","),
+        targets,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod ceremony;
 mod client;
 mod output;
 mod trust;
@@ -73,6 +74,14 @@ enum Command {
     /// The agent's audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Root-key ceremonies: an M-of-N root made across tokens, signed key by key (on other
+    /// machines if need be), finished, then published with `dct trust init --root-from`.
+    Ceremony {
+        #[command(flatten)]
+        server: trust::ServerArgs,
+        #[command(subcommand)]
+        command: ceremony::CeremonyCmd,
+    },
     /// Docker Content Trust against a notary-server: init, sign, inspect.
     Trust {
         #[command(flatten)]
@@ -530,6 +539,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trust { server, command } => {
             let mut c = Client::connect(&socket).await?;
             trust::run(&mut c, &server, command, json).await
+        }
+        Command::Ceremony { server, command } => {
+            let mut c = Client::connect(&socket).await?;
+            ceremony::run(&mut c, server.resolve()?, command, json).await
         }
         Command::Key(KeyCmd::Import {
             file,

@@ -40,6 +40,10 @@ pub enum TrustCmd {
         /// Keep the snapshot key on the token instead of letting the server manage it.
         #[arg(long)]
         local_snapshot: bool,
+        /// Publish the root a ceremony signed (DIR/root.final.json, from `dct ceremony
+        /// finish`), with targets version 1 signed by the targets key it names.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["root_key", "local_snapshot"])]
+        root_from: Option<PathBuf>,
     },
     /// Sign tags: adds each to every delegation this agent holds a key for, else to targets,
     /// and publishes them in one update. Initialises the repository first when it has no
@@ -220,7 +224,7 @@ fn read_tag_list(path: &std::path::Path) -> Result<Vec<(String, pb::TagTarget)>,
 }
 
 impl ServerArgs {
-    fn resolve(&self) -> Result<pb::TrustServer, Failure> {
+    pub fn resolve(&self) -> Result<pb::TrustServer, Failure> {
         let url = self
             .server
             .clone()
@@ -252,15 +256,21 @@ pub async fn run(
             root_key,
             token,
             local_snapshot,
+            root_from,
         } => {
             let (name, _) = split_tag(&image);
             let gun = gun_of(&name);
+            let root_json = match &root_from {
+                Some(dir) => crate::ceremony::final_root(dir, &gun)?,
+                None => Vec::new(),
+            };
             let req = pb::TrustInitRequest {
-                server: Some(srv),
+                server: Some(srv.clone()),
                 gun: gun.clone(),
                 root_key: root_key.unwrap_or_default(),
                 token: token.unwrap_or_default(),
                 local_snapshot,
+                root_json,
             };
             let r = c
                 .call(|mut a| async move { a.trust_init(req).await })

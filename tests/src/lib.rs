@@ -107,6 +107,74 @@ impl SoftHsm {
         }
     }
 
+    /// Initialises another token `label` (same PIN) beside the first in this token
+    /// directory; returns the directory SoftHSM2 made for it.
+    pub fn add_token(&self, label: &str) -> PathBuf {
+        let tokens = self.dir.path().join("tokens");
+        let before: Vec<PathBuf> = std::fs::read_dir(&tokens)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &self.conf)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                &self.pin,
+            ])
+            .args(["--so-pin", "so-secret-9876"])
+            .output()
+            .expect("softhsm2-util");
+        assert!(out.status.success(), "softhsm2-util: {out:?}");
+        std::fs::read_dir(&tokens)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| !before.contains(p))
+            .expect("the new token's directory")
+    }
+
+    /// The directory of this SoftHSM2's first token.
+    pub fn token_dir(&self) -> PathBuf {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("tokens"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        dirs.sort_by_key(|d| std::fs::metadata(d).and_then(|m| m.created()).ok());
+        dirs.remove(0)
+    }
+
+    /// A SoftHSM2 of its own holding a copy of the token in `token_dir` (a token carried to
+    /// another machine).
+    pub fn carry(token_dir: &Path, label: &str, pin: &str) -> SoftHsm {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let dest = tokens.join(token_dir.file_name().unwrap());
+        std::fs::create_dir(&dest).unwrap();
+        for f in std::fs::read_dir(token_dir).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dest.join(f.file_name().unwrap())).unwrap();
+        }
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        SoftHsm {
+            dir,
+            conf,
+            label: label.into(),
+            pin: pin.into(),
+        }
+    }
+
     /// ORs `flag` into the token flags SoftHSM2 keeps in its token file (its attribute
     /// CKA_OS_TOKENFLAGS). SoftHSM2 itself only ever sets "PIN count low"; this lets a test
     /// see how the agent meets a token that reports a final try. No agent may be running.

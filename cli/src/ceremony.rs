@@ -1,0 +1,360 @@
+//! `dct ceremony`: an M-of-N root made across tokens and signed key by key, each step
+//! recorded. The ceremony directory (it can travel on removable media between machines):
+//!
+//! - `ceremony.json`: the GUN, threshold, root keys and where they were made;
+//! - `root.json`: the root being signed (signatures added one by one);
+//! - `root.final.json`: written by `finish` once a threshold of root keys has signed;
+//! - `transcript.json` / `transcript.md`: every step (time, operator, tokens, key IDs,
+//!   certificate fingerprints, SHA-256 of every file produced).
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use dct_proto::dct::v1 as pb;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::client::{Client, Failure};
+use crate::output::print_json;
+
+#[derive(Subcommand)]
+pub enum CeremonyCmd {
+    /// Root keys and the unsigned root.
+    #[command(subcommand)]
+    Root(RootCmd),
+    /// Add one root key's signature to DIR/root.json (on the machine whose agent holds it).
+    Sign {
+        dir: PathBuf,
+        #[arg(long = "key", value_name = "KEYID")]
+        key: String,
+        /// Who performs this step (recorded in the transcript).
+        #[arg(long, default_value = "")]
+        operator: String,
+    },
+    /// Check a threshold of root keys signed, and write DIR/root.final.json for
+    /// `dct trust init IMAGE --root-from DIR`.
+    Finish {
+        dir: PathBuf,
+        #[arg(long, default_value = "")]
+        operator: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RootCmd {
+    /// Make N root keys, each on its own token with its Notary root certificate (CN = GUN)
+    /// made on that token, the targets key, and an unsigned root.json (threshold M) listing
+    /// them with the trust server's timestamp and snapshot keys.
+    Init {
+        /// The repository, e.g. registry.example.com/app.
+        image: String,
+        /// The ceremony directory (made if absent; must not hold a ceremony yet).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many root keys.
+        #[arg(long)]
+        keys: u32,
+        /// How many of them must sign.
+        #[arg(long)]
+        threshold: u32,
+        /// The tokens, one per root key.
+        #[arg(long = "token", value_name = "LABEL", required = true)]
+        tokens: Vec<String>,
+        /// Where the targets key is made (default: the first token).
+        #[arg(long, value_name = "LABEL")]
+        targets_token: Option<String>,
+        #[arg(long, default_value = "")]
+        operator: String,
+    },
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>, Failure> {
+    let p = dir.join(name);
+    std::fs::read(&p).map_err(|e| Failure::failed(format!("cannot read {}: {e}", p.display())))
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let fail = |e: std::io::Error| Failure::failed(format!("{}: {e}", dir.join(name).display()));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(fail)?;
+    tmp.persist(dir.join(name)).map_err(|e| fail(e.error))?;
+    Ok(())
+}
+
+fn now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Appends a step to transcript.json and transcript.md, with the SHA-256 of `files`.
+fn record(
+    dir: &Path,
+    step: &str,
+    operator: &str,
+    details: Value,
+    files: &[&str],
+) -> Result<(), Failure> {
+    let mut transcript: Vec<Value> = match std::fs::read(dir.join("transcript.json")) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| Failure::failed(format!("transcript.json: {e}")))?,
+        Err(_) => Vec::new(),
+    };
+    let mut hashes = serde_json::Map::new();
+    for f in files {
+        hashes.insert(f.to_string(), hex(&Sha256::digest(read(dir, f)?)).into());
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let entry = json!({
+        "step": step, "time": now(), "operator": operator, "host": host,
+        "details": details, "files": hashes,
+    });
+    let mut md = String::new();
+    md.push_str(&format!(
+        "## {} {step}\n\n- operator: {}\n- host: {host}\n",
+        entry["time"].as_str().unwrap_or_default(),
+        if operator.is_empty() {
+            "(not given)"
+        } else {
+            operator
+        }
+    ));
+    for line in details_lines(&details) {
+        md.push_str(&format!("- {line}\n"));
+    }
+    for (f, h) in &hashes {
+        md.push_str(&format!(
+            "- sha256 {f}: {}\n",
+            h.as_str().unwrap_or_default()
+        ));
+    }
+    md.push('\n');
+    transcript.push(entry);
+    let json_bytes =
+        serde_json::to_vec_pretty(&transcript).map_err(|e| Failure::failed(e.to_string()))?;
+    write(dir, "transcript.json", &json_bytes)?;
+    let mut all = std::fs::read_to_string(dir.join("transcript.md"))
+        .unwrap_or_else(|_| "# Root-key ceremony transcript\n\n".into());
+    all.push_str(&md);
+    write(dir, "transcript.md", all.as_bytes())
+}
+
+fn details_lines(d: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(o) = d.as_object() {
+        for (k, v) in o {
+            match v {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        out.push(format!("{k}[{i}]: {item}"));
+                    }
+                }
+                other => out.push(format!("{k}: {other}")),
+            }
+        }
+    }
+    out
+}
+
+pub async fn run(
+    c: &mut Client,
+    server: pb::TrustServer,
+    cmd: CeremonyCmd,
+    json: bool,
+) -> Result<(), Failure> {
+    match cmd {
+        CeremonyCmd::Root(RootCmd::Init {
+            image,
+            dir,
+            keys,
+            threshold,
+            tokens,
+            targets_token,
+            operator,
+        }) => {
+            if tokens.len() != keys as usize {
+                return Err(Failure::usage(format!(
+                    "--keys {keys} needs {keys} --token (one root key per token), got {}",
+                    tokens.len()
+                )));
+            }
+            let gun = crate::trust::gun_of(&crate::trust::split_tag(&image).0);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
+            if dir.join("ceremony.json").exists() {
+                return Err(Failure::failed(format!(
+                    "{} already holds a ceremony",
+                    dir.display()
+                )));
+            }
+            let req = pb::CeremonyRootInitRequest {
+                server: Some(server),
+                gun: gun.clone(),
+                threshold,
+                tokens,
+                targets_token: targets_token.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.ceremony_root_init(req).await })
+                .await?;
+            let keys: Vec<Value> = r
+                .root_keys
+                .iter()
+                .map(|k| {
+                    json!({
+                        "key_id": k.key_id, "canonical_id": k.canonical_id, "token": k.token,
+                        "token_manufacturer": k.token_manufacturer, "token_model": k.token_model,
+                        "token_serial": k.token_serial, "backend": k.backend,
+                        "certificate_sha256": k.cert_sha256, "extractable": k.extractable,
+                        "pin_policy": "token login (PKCS#11 user PIN)", "touch_policy": "none",
+                        "backup": "none (generated on the token, not extractable)",
+                    })
+                })
+                .collect();
+            let ceremony = json!({
+                "gun": gun, "threshold": threshold, "root_keys": keys,
+                "targets_key_id": r.targets_key_id, "timestamp_key_id": r.timestamp_key_id,
+                "snapshot_key_id": r.snapshot_key_id,
+            });
+            let bytes =
+                serde_json::to_vec_pretty(&ceremony).map_err(|e| Failure::failed(e.to_string()))?;
+            write(&dir, "ceremony.json", &bytes)?;
+            write(&dir, "root.json", &r.root_json)?;
+            record(
+                &dir,
+                "root init",
+                &operator,
+                json!({"gun": gun, "threshold": threshold, "root_keys": keys,
+                       "targets_key_id": r.targets_key_id}),
+                &["ceremony.json", "root.json"],
+            )?;
+            if json {
+                return print_json(&ceremony);
+            }
+            println!(
+                "root of {gun}: {threshold} of {} keys, unsigned in {}",
+                r.root_keys.len(),
+                dir.join("root.json").display()
+            );
+            for k in &r.root_keys {
+                println!(
+                    "  {} on {} (canonical {})",
+                    k.key_id, k.token, k.canonical_id
+                );
+            }
+            println!(
+                "next: dct ceremony sign {} --key KEYID (x{threshold})",
+                dir.display()
+            );
+            Ok(())
+        }
+        CeremonyCmd::Sign { dir, key, operator } => {
+            let ceremony: Value = serde_json::from_slice(&read(&dir, "ceremony.json")?)
+                .map_err(|e| Failure::failed(format!("ceremony.json: {e}")))?;
+            let gun = ceremony["gun"].as_str().unwrap_or_default().to_string();
+            let req = pb::CeremonySignRequest {
+                root_json: read(&dir, "root.json")?,
+                key_id: key,
+                gun,
+            };
+            let r = c
+                .call(|mut a| async move { a.ceremony_sign(req).await })
+                .await?;
+            write(&dir, "root.json", &r.root_json)?;
+            let check = check(c, &dir).await?;
+            record(
+                &dir,
+                "sign",
+                &operator,
+                json!({"key_id": r.key_id, "signed_by": check.signed_by, "threshold": check.threshold}),
+                &["root.json"],
+            )?;
+            if json {
+                return print_json(&json!({"key_id": r.key_id, "signed_by": check.signed_by,
+                                          "threshold": check.threshold}));
+            }
+            println!(
+                "signed with {}: {} of {} signatures",
+                r.key_id,
+                check.signed_by.len(),
+                check.threshold
+            );
+            Ok(())
+        }
+        CeremonyCmd::Finish { dir, operator } => {
+            let check = check(c, &dir).await?;
+            if (check.signed_by.len() as u32) < check.threshold {
+                let missing: Vec<&String> = check
+                    .root_keys
+                    .iter()
+                    .filter(|k| !check.signed_by.contains(k))
+                    .collect();
+                return Err(Failure::failed(format!(
+                    "{} of {} root signatures: not enough (unsigned: {})",
+                    check.signed_by.len(),
+                    check.threshold,
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let root = read(&dir, "root.json")?;
+            write(&dir, "root.final.json", &root)?;
+            record(
+                &dir,
+                "finish",
+                &operator,
+                json!({"signed_by": check.signed_by, "threshold": check.threshold}),
+                &["root.final.json", "transcript.json"],
+            )?;
+            println!(
+                "root complete ({} of {}): {}",
+                check.signed_by.len(),
+                check.threshold,
+                dir.join("root.final.json").display()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn check(c: &mut Client, dir: &Path) -> Result<pb::CeremonyCheckResponse, Failure> {
+    let req = pb::CeremonyCheckRequest {
+        root_json: read(dir, "root.json")?,
+    };
+    c.call(|mut a| async move { a.ceremony_check(req).await })
+        .await
+}
+
+/// The finished root of a ceremony for `gun`.
+pub fn final_root(dir: &Path, gun: &str) -> Result<Vec<u8>, Failure> {
+    let ceremony: Value = serde_json::from_slice(&read(dir, "ceremony.json")?)
+        .map_err(|e| Failure::failed(format!("ceremony.json: {e}")))?;
+    if ceremony["gun"].as_str() != Some(gun) {
+        return Err(Failure::usage(format!(
+            "the ceremony in {} is for {}, not {gun}",
+            dir.display(),
+            ceremony["gun"]
+        )));
+    }
+    read(dir, "root.final.json").map_err(|_| {
+        Failure::failed(format!(
+            "{} has no root.final.json: run dct ceremony finish {} first",
+            dir.display(),
+            dir.display()
+        ))
+    })
+}

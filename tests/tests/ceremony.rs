@@ -1,0 +1,182 @@
+//! Root-key ceremonies: a 2-of-3 root across three SoftHSM2 tokens, signed in separate
+//! agent processes with separate token directories, published to the real notary-server,
+//! accepted by the real notary client; an under-signed root refused by us and by the server.
+
+use dct_tests::notary::{trust, NotaryStack};
+use dct_tests::{hex, Agent, SoftHsm};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const PIN: &str = "ceremony-pin-31";
+
+fn json_file(path: &std::path::Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_two_of_three_root_made_signed_apart_and_published() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/ceremonial";
+    // The ceremony machine: three tokens.
+    let hsm = SoftHsm::new("root-a", PIN);
+    let dir_a = hsm.token_dir();
+    let dir_b = hsm.add_token("root-b");
+    let dir_c = hsm.add_token("root-c");
+    let config = ["root-a", "root-b", "root-c"]
+        .iter()
+        .map(|l| {
+            format!(
+                "[[pkcs11]]\nmodule = \"{}\"\ntoken = \"{l}\"\n",
+                dct_tests::SOFTHSM_MODULE
+            )
+        })
+        .collect::<String>();
+    let a = Agent::start_with_config(Some(&hsm), &config);
+    let pin = a.dir.path().join("pin");
+    std::fs::write(&pin, PIN).unwrap();
+    for l in ["root-a", "root-b", "root-c"] {
+        a.dct(&["unlock", "--token", l, "--pin-file", pin.to_str().unwrap()])
+            .ok();
+    }
+    let cdir = tempfile::tempdir().unwrap();
+    let d = cdir.path().join("ceremony");
+    let ds = d.to_str().unwrap();
+    let cer = |agent: &Agent, args: &[&str]| {
+        let mut all = vec![
+            "ceremony",
+            "--server",
+            &stack.url,
+            "--tlscacert",
+            stack.ca.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        agent.dct(&all)
+    };
+    cer(
+        &a,
+        &[
+            "root",
+            "init",
+            gun,
+            "--dir",
+            ds,
+            "--keys",
+            "3",
+            "--threshold",
+            "2",
+            "--token",
+            "root-a",
+            "--token",
+            "root-b",
+            "--token",
+            "root-c",
+            "--operator",
+            "alice",
+        ],
+    )
+    .ok();
+    let ceremony = json_file(&d.join("ceremony.json"));
+    let keys: Vec<(String, String)> = ceremony["root_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["token"].as_str().unwrap().to_string(),
+                k["key_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(keys.len(), 3);
+    let root: Value = json_file(&d.join("root.json"));
+    assert_eq!(root["signed"]["roles"]["root"]["threshold"], 2);
+    assert_eq!(root["signatures"].as_array().unwrap().len(), 0);
+    cer(&a, &["finish", ds]).fails(1, "0 of 2");
+    // The ceremony machine keeps only the first key's token from here on.
+    drop(a);
+
+    // Token b on another machine: one signature is not enough, for us or for the server.
+    let hsm_b = SoftHsm::carry(&dir_b, "root-b", PIN);
+    let b = Agent::start(Some(&hsm_b));
+    b.unlock(&hsm_b);
+    let key_b = &keys.iter().find(|(t, _)| t == "root-b").unwrap().1;
+    let out = cer(&b, &["sign", ds, "--key", key_b, "--operator", "bob"]).ok();
+    assert!(out.stdout.contains("1 of 2"), "{}", out.stdout);
+    cer(&b, &["finish", ds]).fails(1, "1 of 2");
+    let one_sig = std::fs::read(d.join("root.json")).unwrap();
+    let opts = dct_agent::notary::ServerOpts {
+        url: stack.url.clone(),
+        ca_pem: Some(std::fs::read(&stack.ca).unwrap()),
+        trust_on_first_use: false,
+    };
+    let client = dct_agent::notary::NotaryClient::new(&opts).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(client.publish(gun, vec![("root".into(), one_sig.clone())]));
+    let err = refused
+        .expect_err("notary-server took a 1-of-2 root")
+        .to_string();
+    assert!(err.contains("ErrBadRoot"), "{err}");
+    // And we refuse to publish it, even when it is passed off as finished.
+    std::fs::write(d.join("root.final.json"), &one_sig).unwrap();
+    trust(&b, &stack, &["init", gun, "--root-from", ds])
+        .fails(1, "not signed by its own root keys");
+    std::fs::remove_file(d.join("root.final.json")).unwrap();
+
+    // Token c elsewhere again: the second signature completes it.
+    let hsm_c = SoftHsm::carry(&dir_c, "root-c", PIN);
+    let c = Agent::start(Some(&hsm_c));
+    c.unlock(&hsm_c);
+    let key_c = &keys.iter().find(|(t, _)| t == "root-c").unwrap().1;
+    let out = cer(&c, &["sign", ds, "--key", key_c, "--operator", "carol"]).ok();
+    assert!(out.stdout.contains("2 of 2"), "{}", out.stdout);
+    cer(&c, &["finish", ds, "--operator", "carol"]).ok();
+
+    // Published from the ceremony machine (it holds the targets key, on token a).
+    let hsm_a = SoftHsm::carry(&dir_a, "root-a", PIN);
+    let a2 = Agent::start(Some(&hsm_a));
+    a2.unlock(&hsm_a);
+    trust(&a2, &stack, &["init", gun, "--root-from", ds]).ok();
+    let content = b"ceremonial release\n";
+    let digest = format!("sha256:{}", hex(&Sha256::digest(content)));
+    trust(
+        &a2,
+        &stack,
+        &[
+            "sign",
+            &format!("{gun}:v1"),
+            "--digest",
+            &digest,
+            "--size",
+            &content.len().to_string(),
+        ],
+    )
+    .ok();
+    let fresh = tempfile::tempdir().unwrap();
+    let list = stack.notary(fresh.path(), &["list", gun], None);
+    assert!(list.status.success(), "notary list: {list:?}");
+    assert!(String::from_utf8_lossy(&list.stdout).contains("v1"));
+    let served = stack.notary(fresh.path(), &["verify", gun, "v1"], Some(content));
+    assert!(served.status.success(), "notary verify: {served:?}");
+
+    // The transcript: four steps, each file's hash as it is now where it was last written.
+    let t = json_file(&d.join("transcript.json"));
+    let steps: Vec<&str> = t
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["root init", "sign", "sign", "finish"]);
+    assert_eq!(t[0]["operator"], "alice");
+    assert_eq!(t[2]["operator"], "carol");
+    let fin = hex(&Sha256::digest(
+        std::fs::read(d.join("root.final.json")).unwrap(),
+    ));
+    assert_eq!(t[3]["files"]["root.final.json"], fin.as_str());
+    for k in t[0]["details"]["root_keys"].as_array().unwrap() {
+        assert_eq!(k["extractable"], false);
+        assert_eq!(k["certificate_sha256"].as_str().unwrap().len(), 64);
+    }
+    let md = std::fs::read_to_string(d.join("transcript.md")).unwrap();
+    assert!(md.contains("operator: bob") && md.contains(&fin), "{md}");
+}
