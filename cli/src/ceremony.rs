@@ -38,6 +38,10 @@ pub enum CeremonyCmd {
         #[arg(long, default_value = "")]
         operator: String,
     },
+    /// Re-check a ceremony: every file as the transcript last recorded it, every signature
+    /// the transcript records present and valid, the threshold met when finished; and which
+    /// root keys the agent's tokens hold now.
+    Verify { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -292,6 +296,7 @@ pub async fn run(
             );
             Ok(())
         }
+        CeremonyCmd::Verify { dir } => verify(c, &dir, json).await,
         CeremonyCmd::Finish { dir, operator } => {
             let check = check(c, &dir).await?;
             if (check.signed_by.len() as u32) < check.threshold {
@@ -328,6 +333,105 @@ pub async fn run(
             );
             Ok(())
         }
+    }
+}
+
+/// `dct ceremony verify DIR`.
+async fn verify(c: &mut Client, dir: &Path, json_out: bool) -> Result<(), Failure> {
+    let transcript: Vec<Value> = serde_json::from_slice(&read(dir, "transcript.json")?)
+        .map_err(|e| Failure::failed(format!("transcript.json: {e}")))?;
+    let ceremony: Value = serde_json::from_slice(&read(dir, "ceremony.json")?)
+        .map_err(|e| Failure::failed(format!("ceremony.json: {e}")))?;
+    // Each file as its last recorded hash says (the transcript itself changes each step).
+    let mut last: std::collections::BTreeMap<String, (usize, String)> = Default::default();
+    for (i, step) in transcript.iter().enumerate() {
+        if let Some(files) = step["files"].as_object() {
+            for (f, h) in files {
+                last.insert(
+                    f.clone(),
+                    (i + 1, h.as_str().unwrap_or_default().to_string()),
+                );
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (f, (step, want)) in &last {
+        if f == "transcript.json" {
+            continue;
+        }
+        match std::fs::read(dir.join(f)) {
+            Ok(b) if hex(&Sha256::digest(&b)) == *want => {}
+            Ok(_) => problems.push(format!(
+                "{f} changed after step {step} of the transcript recorded it"
+            )),
+            Err(_) => problems.push(format!("{f} is missing (recorded at step {step})")),
+        }
+    }
+    // Signatures the transcript records must be in the root, and verify.
+    let finished = dir.join("root.final.json").exists();
+    let name = if finished {
+        "root.final.json"
+    } else {
+        "root.json"
+    };
+    let req = pb::CeremonyCheckRequest {
+        root_json: read(dir, name)?,
+    };
+    let check = c
+        .call(|mut a| async move { a.ceremony_check(req).await })
+        .await?;
+    for step in transcript.iter().filter(|s| s["step"] == "sign") {
+        let id = step["details"]["key_id"].as_str().unwrap_or_default();
+        if !check.signed_by.iter().any(|s| s == id) {
+            problems.push(format!(
+                "the transcript records a signature by {id} that {name} does not hold (or it does not verify)"
+            ));
+        }
+    }
+    if finished && (check.signed_by.len() as u32) < check.threshold {
+        problems.push(format!(
+            "{name}: {} of {} root signatures",
+            check.signed_by.len(),
+            check.threshold
+        ));
+    }
+    // Which root keys are on the tokens here.
+    let list = c
+        .call(|mut a| async move { a.list_keys(pb::ListKeysRequest::default()).await })
+        .await?;
+    let present: Vec<String> = ceremony["root_keys"]
+        .as_array()
+        .map(|ks| {
+            ks.iter()
+                .filter_map(|k| k["key_id"].as_str())
+                .filter(|id| list.keys.iter().any(|k| k.key_id == *id))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if json_out {
+        print_json(&json!({"problems": problems, "signed_by": check.signed_by,
+                           "threshold": check.threshold, "finished": finished,
+                           "root_keys_present": present}))?;
+    } else {
+        println!(
+            "{}: {} steps, {} of {} root signatures{}; root keys on this agent's tokens: {}",
+            dir.display(),
+            transcript.len(),
+            check.signed_by.len(),
+            check.threshold,
+            if finished { ", finished" } else { "" },
+            if present.is_empty() {
+                "none".to_string()
+            } else {
+                present.join(", ")
+            }
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::failed(problems.join("; ")))
     }
 }
 

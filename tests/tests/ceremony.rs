@@ -179,4 +179,42 @@ fn a_two_of_three_root_made_signed_apart_and_published() {
     }
     let md = std::fs::read_to_string(d.join("transcript.md")).unwrap();
     assert!(md.contains("operator: bob") && md.contains(&fin), "{md}");
+
+    // verify: sound as it is; a changed file and a missing signature are found.
+    let out = cer(&a2, &["verify", ds]).ok();
+    assert!(
+        out.stdout.contains("2 of 2 root signatures, finished"),
+        "{}",
+        out.stdout
+    );
+    let copy = |name: &str| {
+        let to = cdir.path().join(name);
+        std::fs::create_dir(&to).unwrap();
+        for f in std::fs::read_dir(&d).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+        to
+    };
+    let changed = copy("changed");
+    let text = std::fs::read_to_string(changed.join("ceremony.json")).unwrap();
+    std::fs::write(
+        changed.join("ceremony.json"),
+        text.replace("\"threshold\": 2", "\"threshold\": 1"),
+    )
+    .unwrap();
+    cer(&a2, &["verify", changed.to_str().unwrap()]).fails(1, "ceremony.json changed after step 1");
+    let unsigned = copy("unsigned");
+    let mut root = json_file(&unsigned.join("root.final.json"));
+    root["signatures"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|s| s["keyid"] != key_c.as_str());
+    std::fs::write(
+        unsigned.join("root.final.json"),
+        serde_json::to_vec(&root).unwrap(),
+    )
+    .unwrap();
+    let err = cer(&a2, &["verify", unsigned.to_str().unwrap()]).fails(1, "");
+    assert!(err.contains(&format!("signature by {key_c}")), "{err}");
 }
