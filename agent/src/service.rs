@@ -61,6 +61,21 @@ fn token_pb(t: TokenInfo) -> pb::TokenStatus {
     }
 }
 
+fn ceremony_key_pb(k: trust::CeremonyKey) -> pb::CeremonyKey {
+    pb::CeremonyKey {
+        key_id: k.key.key_id,
+        canonical_id: k.key.canonical_id,
+        token: k.token.label,
+        token_model: k.token.model,
+        token_serial: k.token.serial,
+        token_manufacturer: k.token.manufacturer,
+        cert_sha256: k.cert_sha256,
+        // Keys are generated on the token as sensitive and non-extractable.
+        extractable: false,
+        backend: k.key.backend.into(),
+    }
+}
+
 fn key_pb(k: KeyEntry) -> pb::Key {
     pb::Key {
         key_id: k.key_id,
@@ -556,21 +571,7 @@ impl Agent for AgentService {
         }
         Ok(Response::new(pb::CeremonyRootInitResponse {
             root_json: r.root_json,
-            root_keys: r
-                .root_keys
-                .into_iter()
-                .map(|k| pb::CeremonyKey {
-                    key_id: k.key.key_id,
-                    canonical_id: k.key.canonical_id,
-                    token: k.token.label,
-                    token_model: k.token.model,
-                    token_serial: k.token.serial,
-                    token_manufacturer: k.token.manufacturer,
-                    cert_sha256: k.cert_sha256,
-                    extractable: false,
-                    backend: k.key.backend.into(),
-                })
-                .collect(),
+            root_keys: r.root_keys.into_iter().map(ceremony_key_pb).collect(),
             targets_key_id: r.targets.key_id,
             timestamp_key_id: r.timestamp_key_id,
             snapshot_key_id: r.snapshot_key_id,
@@ -602,13 +603,68 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::CeremonyCheckRequest>,
     ) -> Result<Response<pb::CeremonyCheckResponse>, Status> {
-        let (signed_by, threshold, root_keys) =
-            trust::root_signatures(&req.into_inner().root_json)?;
+        let req = req.into_inner();
+        let (signed_by, threshold, root_keys) = trust::root_signatures(&req.root_json)?;
+        let (previous_signed_by, previous_threshold) = if req.previous_root_json.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            trust::rotation_signatures(&req.previous_root_json, &req.root_json)?
+        };
         Ok(Response::new(pb::CeremonyCheckResponse {
             signed_by,
             threshold: threshold.max(0) as u32,
             root_keys,
+            previous_signed_by,
+            previous_threshold: previous_threshold.max(0) as u32,
         }))
+    }
+
+    async fn ceremony_root_rotate(
+        &self,
+        req: Request<pb::CeremonyRootRotateRequest>,
+    ) -> Result<Response<pb::CeremonyRootRotateResponse>, Status> {
+        let req = req.into_inner();
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let _repo_lock = self.trust.lock(&req.gun).await;
+        let (previous, root, keys) = trust::ceremony_root_rotate(
+            &self.keys,
+            &client,
+            &self.trust,
+            &req.gun,
+            req.threshold as usize,
+            &req.tokens,
+        )
+        .await?;
+        for k in &keys {
+            let event = Event {
+                key_id: k.key.key_id.clone(),
+                role: "root".into(),
+                gun: req.gun.clone(),
+                outcome: format!("ok, ceremony rotation, token {}", k.token.label),
+                ..Event::new("create_key")
+            };
+            self.keys.audit().record(event).await?;
+        }
+        Ok(Response::new(pb::CeremonyRootRotateResponse {
+            previous_root_json: previous,
+            root_json: root,
+            root_keys: keys.into_iter().map(ceremony_key_pb).collect(),
+        }))
+    }
+
+    async fn trust_publish_root(
+        &self,
+        req: Request<pb::TrustPublishRootRequest>,
+    ) -> Result<Response<pb::TrustPublishRootResponse>, Status> {
+        let req = req.into_inner();
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let _repo_lock = self.trust.lock(&req.gun).await;
+        let version = crate::tuf::metadata::Envelope::parse(&req.root_json)
+            .ok()
+            .and_then(|e| e.signed.get("version").and_then(|v| v.as_u64()))
+            .unwrap_or(0);
+        trust::publish_root(&self.keys, &client, &self.trust, &req.gun, req.root_json).await?;
+        Ok(Response::new(pb::TrustPublishRootResponse { version }))
     }
 
     async fn trust_sign(

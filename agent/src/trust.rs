@@ -1883,6 +1883,126 @@ pub async fn init_from_root(
     })
 }
 
+/// `dct ceremony root rotate`: root version n+1 of `gun` with new root keys (one per token in
+/// `tokens`, certificates made there) and threshold `threshold`; everything else as the
+/// current root has it. Returns (the current root, the new root unsigned, the new keys).
+pub async fn ceremony_root_rotate(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    threshold: usize,
+    tokens: &[String],
+) -> Result<(Vec<u8>, Vec<u8>, Vec<CeremonyKey>)> {
+    check_gun(gun)?;
+    let n = tokens.len();
+    if n == 0 || n > 16 || threshold == 0 || threshold > n {
+        return Err(Error::InvalidArgument(format!(
+            "a root of {threshold} of {n} keys: need 1 <= threshold <= keys <= 16 (one --token per key)"
+        )));
+    }
+    let repo = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
+    repo.require_trusted(client, gun)?;
+    let current = repo.files["root"].clone();
+    let mut root = repo.doc("root")?.signed;
+    let mut new_keys = Vec::new();
+    for t in tokens {
+        let token = keyring.token(t)?.clone();
+        let key = token.generate("root".into(), Some(gun.into())).await?;
+        let info = token.run(|b| Ok(b.info())).await?;
+        let cert = key
+            .tuf_key()
+            .certificate()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let der = der::Encode::to_der(&cert).map_err(|e| Error::Internal(e.to_string()))?;
+        new_keys.push(CeremonyKey {
+            key,
+            token: info,
+            cert_sha256: crate::tuf::keys::hex(&sha2_256(&der)),
+        });
+    }
+    keyring.invalidate();
+    // The old root keys leave the key map (the previous root keeps them for the chain).
+    let old_ids: Vec<String> = root["roles"]["root"]["keyids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(map) = root["keys"].as_object_mut() {
+        for id in &old_ids {
+            map.remove(id);
+        }
+        for k in &new_keys {
+            map.insert(k.key.key_id.clone(), k.key.tuf_key().to_value());
+        }
+    }
+    let ids: Vec<&String> = new_keys.iter().map(|k| &k.key.key_id).collect();
+    root["roles"]["root"] = json!({"keyids": ids, "threshold": threshold});
+    let version = root["version"].as_i64().unwrap_or(0);
+    root["version"] = json!(version + 1);
+    root["expires"] = json!(expires(ROOT_LIFETIME)?);
+    Ok((current, unsigned(root), new_keys))
+}
+
+/// Signatures on `new` by the root keys of `previous` (a rotation needs a threshold of
+/// them): (keys whose signatures verify, previous threshold).
+pub fn rotation_signatures(previous: &[u8], new: &[u8]) -> Result<(Vec<String>, i64)> {
+    let old = Envelope::parse(previous)
+        .map_err(|e| Error::InvalidArgument(format!("previous root: {e}")))?;
+    let old: RootDoc = serde_json::from_value(old.signed)
+        .map_err(|e| Error::InvalidArgument(format!("previous root: {e}")))?;
+    let (old_keys, threshold) = root_role_keys(&old).map_err(Error::InvalidArgument)?;
+    let env = Envelope::parse(new).map_err(|e| Error::InvalidArgument(format!("root: {e}")))?;
+    let valid = if env.signatures.is_empty() {
+        Vec::new()
+    } else {
+        verify::check_signatures(&env, &old_keys, 0).map_err(Error::InvalidArgument)?
+    };
+    Ok((valid, threshold))
+}
+
+/// `dct trust publish-root`: publishes a new root (signed by a threshold of the current
+/// root's keys and of its own) as the next version of `gun`.
+pub async fn publish_root(
+    keyring: &Keyring,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    root_bytes: Vec<u8>,
+) -> Result<()> {
+    check_gun(gun)?;
+    let repo = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
+    repo.require_trusted(client, gun)?;
+    check_rotation(&repo.files["root"], &root_bytes)?;
+    check_self_signed(&root_bytes)?;
+    if version_of(&root_bytes) != version_of(&repo.files["root"]) + 1 {
+        return Err(Error::Refused(format!(
+            "the new root is version {}, the server's is {}: make it from the current root",
+            version_of(&root_bytes),
+            version_of(&repo.files["root"])
+        )));
+    }
+    let (keys, _) = keyring.all_keys().await;
+    commit_with(
+        keyring,
+        client,
+        gun,
+        &repo,
+        &keys,
+        vec![("root".into(), root_bytes.clone())],
+        Vec::new(),
+    )
+    .await?;
+    ctx.persist(gun, root_bytes, None).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

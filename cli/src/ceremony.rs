@@ -70,6 +70,51 @@ pub enum RootCmd {
         #[arg(long, default_value = "")]
         operator: String,
     },
+    /// Root version n+1 of a published repository with N new root keys (one per token) and
+    /// threshold M; it must be signed by a threshold of the current root keys *and* of the
+    /// new ones, so that clients trusting the current root follow it. Publish it with
+    /// `dct trust publish-root IMAGE DIR` after `finish`.
+    Rotate {
+        image: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        keys: u32,
+        #[arg(long)]
+        threshold: u32,
+        #[arg(long = "token", value_name = "LABEL", required = true)]
+        tokens: Vec<String>,
+        #[arg(long, default_value = "")]
+        operator: String,
+    },
+}
+
+/// The root a rotation follows, when DIR holds a rotation.
+fn previous_root(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("previous.root.json")).unwrap_or_default()
+}
+
+fn key_json(k: &pb::CeremonyKey) -> Value {
+    json!({
+        "key_id": k.key_id, "canonical_id": k.canonical_id, "token": k.token,
+        "token_manufacturer": k.token_manufacturer, "token_model": k.token_model,
+        "token_serial": k.token_serial, "backend": k.backend,
+        "certificate_sha256": k.cert_sha256, "extractable": k.extractable,
+        "pin_policy": "token login (PKCS#11 user PIN)", "touch_policy": "none",
+        "backup": "none (generated on the token, not extractable)",
+    })
+}
+
+/// Makes DIR for a new ceremony (refusing one that holds a ceremony already).
+fn new_dir(dir: &Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
+    if dir.join("ceremony.json").exists() {
+        return Err(Failure::failed(format!(
+            "{} already holds a ceremony",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -194,14 +239,7 @@ pub async fn run(
                 )));
             }
             let gun = crate::trust::gun_of(&crate::trust::split_tag(&image).0);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
-            if dir.join("ceremony.json").exists() {
-                return Err(Failure::failed(format!(
-                    "{} already holds a ceremony",
-                    dir.display()
-                )));
-            }
+            new_dir(&dir)?;
             let req = pb::CeremonyRootInitRequest {
                 server: Some(server),
                 gun: gun.clone(),
@@ -212,20 +250,7 @@ pub async fn run(
             let r = c
                 .call(|mut a| async move { a.ceremony_root_init(req).await })
                 .await?;
-            let keys: Vec<Value> = r
-                .root_keys
-                .iter()
-                .map(|k| {
-                    json!({
-                        "key_id": k.key_id, "canonical_id": k.canonical_id, "token": k.token,
-                        "token_manufacturer": k.token_manufacturer, "token_model": k.token_model,
-                        "token_serial": k.token_serial, "backend": k.backend,
-                        "certificate_sha256": k.cert_sha256, "extractable": k.extractable,
-                        "pin_policy": "token login (PKCS#11 user PIN)", "touch_policy": "none",
-                        "backup": "none (generated on the token, not extractable)",
-                    })
-                })
-                .collect();
+            let keys: Vec<Value> = r.root_keys.iter().map(key_json).collect();
             let ceremony = json!({
                 "gun": gun, "threshold": threshold, "root_keys": keys,
                 "targets_key_id": r.targets_key_id, "timestamp_key_id": r.timestamp_key_id,
@@ -263,6 +288,52 @@ pub async fn run(
             );
             Ok(())
         }
+        CeremonyCmd::Root(RootCmd::Rotate {
+            image,
+            dir,
+            keys,
+            threshold,
+            tokens,
+            operator,
+        }) => {
+            if tokens.len() != keys as usize {
+                return Err(Failure::usage(format!(
+                    "--keys {keys} needs {keys} --token (one root key per token), got {}",
+                    tokens.len()
+                )));
+            }
+            let gun = crate::trust::gun_of(&crate::trust::split_tag(&image).0);
+            new_dir(&dir)?;
+            let req = pb::CeremonyRootRotateRequest {
+                server: Some(server),
+                gun: gun.clone(),
+                threshold,
+                tokens,
+            };
+            let r = c
+                .call(|mut a| async move { a.ceremony_root_rotate(req).await })
+                .await?;
+            let keys: Vec<Value> = r.root_keys.iter().map(key_json).collect();
+            let ceremony = json!({"gun": gun, "threshold": threshold, "root_keys": keys,
+                                  "rotation": true});
+            let bytes =
+                serde_json::to_vec_pretty(&ceremony).map_err(|e| Failure::failed(e.to_string()))?;
+            write(&dir, "ceremony.json", &bytes)?;
+            write(&dir, "previous.root.json", &r.previous_root_json)?;
+            write(&dir, "root.json", &r.root_json)?;
+            record(
+                &dir,
+                "root rotate",
+                &operator,
+                json!({"gun": gun, "threshold": threshold, "root_keys": keys}),
+                &["ceremony.json", "previous.root.json", "root.json"],
+            )?;
+            println!(
+                "next root of {gun}: {threshold} of {} new keys; sign with a threshold of the current root keys and of the new ones",
+                r.root_keys.len()
+            );
+            Ok(())
+        }
         CeremonyCmd::Sign { dir, key, operator } => {
             let ceremony: Value = serde_json::from_slice(&read(&dir, "ceremony.json")?)
                 .map_err(|e| Failure::failed(format!("ceremony.json: {e}")))?;
@@ -271,6 +342,7 @@ pub async fn run(
                 root_json: read(&dir, "root.json")?,
                 key_id: key,
                 gun,
+                previous_root_json: previous_root(&dir),
             };
             let r = c
                 .call(|mut a| async move { a.ceremony_sign(req).await })
@@ -288,17 +360,34 @@ pub async fn run(
                 return print_json(&json!({"key_id": r.key_id, "signed_by": check.signed_by,
                                           "threshold": check.threshold}));
             }
-            println!(
+            print!(
                 "signed with {}: {} of {} signatures",
                 r.key_id,
                 check.signed_by.len(),
                 check.threshold
             );
+            if check.previous_threshold > 0 {
+                print!(
+                    " by the new root keys, {} of {} by the current ones",
+                    check.previous_signed_by.len(),
+                    check.previous_threshold
+                );
+            }
+            println!();
             Ok(())
         }
         CeremonyCmd::Verify { dir } => verify(c, &dir, json).await,
         CeremonyCmd::Finish { dir, operator } => {
             let check = check(c, &dir).await?;
+            if check.previous_threshold > 0
+                && (check.previous_signed_by.len() as u32) < check.previous_threshold
+            {
+                return Err(Failure::failed(format!(
+                    "{} of {} signatures by the current root keys: a rotation needs them too",
+                    check.previous_signed_by.len(),
+                    check.previous_threshold
+                )));
+            }
             if (check.signed_by.len() as u32) < check.threshold {
                 let missing: Vec<&String> = check
                     .root_keys
@@ -376,13 +465,15 @@ async fn verify(c: &mut Client, dir: &Path, json_out: bool) -> Result<(), Failur
     };
     let req = pb::CeremonyCheckRequest {
         root_json: read(dir, name)?,
+        previous_root_json: previous_root(dir),
     };
     let check = c
         .call(|mut a| async move { a.ceremony_check(req).await })
         .await?;
     for step in transcript.iter().filter(|s| s["step"] == "sign") {
         let id = step["details"]["key_id"].as_str().unwrap_or_default();
-        if !check.signed_by.iter().any(|s| s == id) {
+        let held = check.signed_by.iter().chain(&check.previous_signed_by);
+        if !held.into_iter().any(|s| s == id) {
             problems.push(format!(
                 "the transcript records a signature by {id} that {name} does not hold (or it does not verify)"
             ));
@@ -438,6 +529,7 @@ async fn verify(c: &mut Client, dir: &Path, json_out: bool) -> Result<(), Failur
 async fn check(c: &mut Client, dir: &Path) -> Result<pb::CeremonyCheckResponse, Failure> {
     let req = pb::CeremonyCheckRequest {
         root_json: read(dir, "root.json")?,
+        previous_root_json: previous_root(dir),
     };
     c.call(|mut a| async move { a.ceremony_check(req).await })
         .await

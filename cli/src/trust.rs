@@ -93,6 +93,9 @@ pub enum TrustCmd {
         #[arg(long)]
         print_digest: bool,
     },
+    /// Publish the next root a rotation ceremony finished (DIR/root.final.json, signed by a
+    /// threshold of the current root keys and of its own).
+    PublishRoot { image: String, dir: PathBuf },
     /// Signed tags, who signed them, and the repository's administrative keys.
     Inspect {
         /// IMAGE or IMAGE:TAG
@@ -561,6 +564,19 @@ pub async fn run(
                 },
                 r.trust
             );
+            Ok(())
+        }
+        TrustCmd::PublishRoot { image, dir } => {
+            let gun = gun_of(&split_tag(&image).0);
+            let req = pb::TrustPublishRootRequest {
+                server: Some(srv),
+                gun: gun.clone(),
+                root_json: crate::ceremony::final_root(&dir, &gun)?,
+            };
+            let r = c
+                .call(|mut a| async move { a.trust_publish_root(req).await })
+                .await?;
+            println!("published root version {} of {gun}", r.version);
             Ok(())
         }
         TrustCmd::Inspect { image } => {

@@ -218,3 +218,179 @@ fn a_two_of_three_root_made_signed_apart_and_published() {
     let err = cer(&a2, &["verify", unsigned.to_str().unwrap()]).fails(1, "");
     assert!(err.contains(&format!("signature by {key_c}")), "{err}");
 }
+
+#[test]
+fn root_rotations_by_ceremony_keep_clients_that_trusted_the_old_root() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/rotated-by-ceremony";
+    let hsm = SoftHsm::new("t1", PIN);
+    for l in ["t2", "t3", "t4"] {
+        hsm.add_token(l);
+    }
+    let config = ["t1", "t2", "t3", "t4"]
+        .iter()
+        .map(|l| {
+            format!(
+                "[[pkcs11]]\nmodule = \"{}\"\ntoken = \"{l}\"\n",
+                dct_tests::SOFTHSM_MODULE
+            )
+        })
+        .collect::<String>();
+    let a = Agent::start_with_config(Some(&hsm), &config);
+    let pin = a.dir.path().join("pin");
+    std::fs::write(&pin, PIN).unwrap();
+    for l in ["t1", "t2", "t3", "t4"] {
+        a.dct(&["unlock", "--token", l, "--pin-file", pin.to_str().unwrap()])
+            .ok();
+    }
+    let cer = |args: &[&str]| {
+        let mut all = vec![
+            "ceremony",
+            "--server",
+            &stack.url,
+            "--tlscacert",
+            stack.ca.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        a.dct(&all)
+    };
+    // 1 of 1, on t1; a notary client trusts it.
+    let init = trust(&a, &stack, &["--json", "init", gun, "--token", "t1"]).json();
+    let first_root = init["root_key_id"].as_str().unwrap().to_string();
+    let content = b"v1\n";
+    let digest = format!("sha256:{}", hex(&Sha256::digest(content)));
+    trust(
+        &a,
+        &stack,
+        &[
+            "sign",
+            &format!("{gun}:v1"),
+            "--digest",
+            &digest,
+            "--size",
+            "3",
+        ],
+    )
+    .ok();
+    let reader = tempfile::tempdir().unwrap();
+    let list = |what: &str| {
+        let out = stack.notary(reader.path(), &["list", gun], None);
+        assert!(out.status.success(), "{what}: notary list: {out:?}");
+    };
+    list("1 of 1");
+
+    // To 2 of 3 (t2, t3, t4).
+    let work = tempfile::tempdir().unwrap();
+    let d1 = work.path().join("to-2-of-3");
+    let d1s = d1.to_str().unwrap();
+    cer(&[
+        "root",
+        "rotate",
+        gun,
+        "--dir",
+        d1s,
+        "--keys",
+        "3",
+        "--threshold",
+        "2",
+        "--token",
+        "t2",
+        "--token",
+        "t3",
+        "--token",
+        "t4",
+    ])
+    .ok();
+    let new_keys: Vec<String> = json_file(&d1.join("ceremony.json"))["root_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap().to_string())
+        .collect();
+    cer(&["sign", d1s, "--key", &new_keys[0]]).ok();
+    cer(&["sign", d1s, "--key", &new_keys[1]]).ok();
+    // Signed only by the new keys: refused by us and by notary-server.
+    cer(&["finish", d1s]).fails(1, "by the current root keys");
+    let opts = dct_agent::notary::ServerOpts {
+        url: stack.url.clone(),
+        ca_pem: Some(std::fs::read(&stack.ca).unwrap()),
+        trust_on_first_use: false,
+    };
+    let client = dct_agent::notary::NotaryClient::new(&opts).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let only_new = std::fs::read(d1.join("root.json")).unwrap();
+    let err = rt
+        .block_on(client.publish(gun, vec![("root".into(), only_new)]))
+        .expect_err("notary-server took a root the old keys did not sign")
+        .to_string();
+    assert!(err.contains("ErrBadRoot"), "{err}");
+    // With the old key too: published, and the client that trusted 1-of-1 follows.
+    cer(&["sign", d1s, "--key", &first_root]).ok();
+    cer(&["finish", d1s]).ok();
+    trust(&a, &stack, &["publish-root", gun, d1s]).ok();
+    list("2 of 3");
+    let root: Value = serde_json::from_slice(
+        &std::fs::read(
+            reader
+                .path()
+                .join("tuf")
+                .join(gun)
+                .join("metadata")
+                .join("root.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(root["signed"]["roles"]["root"]["threshold"], 2);
+    assert_eq!(root["signed"]["version"], 2);
+
+    // And back to 1 of 1 (a new key on t1), signed by 2 of the 3 and the new key.
+    let d2 = work.path().join("to-1-of-1");
+    let d2s = d2.to_str().unwrap();
+    cer(&[
+        "root",
+        "rotate",
+        gun,
+        "--dir",
+        d2s,
+        "--keys",
+        "1",
+        "--threshold",
+        "1",
+        "--token",
+        "t1",
+    ])
+    .ok();
+    let back: String = json_file(&d2.join("ceremony.json"))["root_keys"][0]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cer(&["sign", d2s, "--key", &new_keys[2]]).ok();
+    cer(&["finish", d2s]).fails(1, "1 of 2 signatures by the current root keys");
+    cer(&["sign", d2s, "--key", &new_keys[0]]).ok();
+    cer(&["sign", d2s, "--key", &back]).ok();
+    cer(&["finish", d2s]).ok();
+    cer(&["verify", d2s]).ok();
+    trust(&a, &stack, &["publish-root", gun, d2s]).ok();
+    list("back to 1 of 1");
+    // Still signing: the repository works under the new root.
+    trust(
+        &a,
+        &stack,
+        &[
+            "sign",
+            &format!("{gun}:v2"),
+            "--digest",
+            &digest,
+            "--size",
+            "3",
+        ],
+    )
+    .ok();
+    let fresh = tempfile::tempdir().unwrap();
+    let out = stack.notary(fresh.path(), &["list", gun], None);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("v2"),
+        "{out:?}"
+    );
+}
