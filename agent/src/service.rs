@@ -70,9 +70,10 @@ fn ceremony_key_pb(k: trust::CeremonyKey) -> pb::CeremonyKey {
         token_serial: k.token.serial,
         token_manufacturer: k.token.manufacturer,
         cert_sha256: k.cert_sha256,
-        // Keys are generated on the token as sensitive and non-extractable.
-        extractable: false,
+        // Keys are generated sensitive; non-extractable unless a wrapped backup was asked for.
+        extractable: k.backup.is_some(),
         backend: k.key.backend.into(),
+        backup_token: k.backup.unwrap_or_default(),
     }
 }
 
@@ -557,6 +558,7 @@ impl Agent for AgentService {
             req.threshold as usize,
             &req.tokens,
             &req.targets_token,
+            &req.backups,
         )
         .await?;
         for k in &r.root_keys {

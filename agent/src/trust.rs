@@ -1692,6 +1692,8 @@ pub struct CeremonyKey {
     pub token: crate::keys::TokenInfo,
     /// SHA-256 of the DER root certificate.
     pub cert_sha256: String,
+    /// The token a wrapped copy went into (the key is then wrappable, still sensitive).
+    pub backup: Option<String>,
 }
 
 /// What `dct ceremony root init` made: the unsigned root, its keys, the targets key.
@@ -1713,6 +1715,7 @@ pub async fn ceremony_root_init(
     threshold: usize,
     tokens: &[String],
     targets_token: &str,
+    backups: &std::collections::HashMap<String, String>,
 ) -> Result<CeremonyInit> {
     check_gun(gun)?;
     let n = tokens.len();
@@ -1733,12 +1736,41 @@ pub async fn ceremony_root_init(
     for t in tokens {
         keyring.token(t)?;
     }
+    for (from, to) in backups {
+        if !tokens.contains(from) {
+            return Err(Error::InvalidArgument(format!(
+                "backup of {from:?}: no root key is made on that token"
+            )));
+        }
+        if from == to {
+            return Err(Error::InvalidArgument(format!(
+                "backup of {from:?} into itself"
+            )));
+        }
+        keyring.token(to)?;
+    }
     let timestamp = client.get_server_key(gun, "timestamp").await?;
     let snapshot = client.get_server_key(gun, "snapshot").await?;
     let mut root_keys = Vec::new();
     for t in tokens {
         let token = keyring.token(t)?.clone();
-        let key = token.generate("root".into(), Some(gun.into())).await?;
+        let backup = backups.get(t).cloned();
+        let key = match &backup {
+            None => token.generate("root".into(), Some(gun.into())).await?,
+            Some(_) => {
+                let g = gun.to_string();
+                token
+                    .run(move |b| {
+                        let k = b.generate_wrappable("root", None)?;
+                        make_root_cert(b, &k, &g)
+                    })
+                    .await?
+            }
+        };
+        if let Some(to) = &backup {
+            let dest = keyring.token(to)?.clone();
+            crate::keys::backup_key(&token, &dest, &key).await?;
+        }
         let info = token.run(|b| Ok(b.info())).await?;
         let cert = key
             .tuf_key()
@@ -1749,6 +1781,7 @@ pub async fn ceremony_root_init(
             key,
             token: info,
             cert_sha256: crate::tuf::keys::hex(&sha2_256(&der)),
+            backup,
         });
     }
     let targets_label = if targets_token.is_empty() {
@@ -1921,6 +1954,7 @@ pub async fn ceremony_root_rotate(
             key,
             token: info,
             cert_sha256: crate::tuf::keys::hex(&sha2_256(&der)),
+            backup: None,
         });
     }
     keyring.invalidate();

@@ -67,6 +67,11 @@ pub enum RootCmd {
         /// Where the targets key is made (default: the first token).
         #[arg(long, value_name = "LABEL")]
         targets_token: Option<String>,
+        /// Back the root key made on TOKEN up into BACKUP: wrapped on the way (C_WrapKey with
+        /// an AES key under an RSA-OAEP transport key of BACKUP), never in plaintext. Keys
+        /// without this are non-extractable.
+        #[arg(long = "backup", value_name = "TOKEN=BACKUP")]
+        backups: Vec<String>,
         #[arg(long, default_value = "")]
         operator: String,
     },
@@ -101,7 +106,11 @@ fn key_json(k: &pb::CeremonyKey) -> Value {
         "token_serial": k.token_serial, "backend": k.backend,
         "certificate_sha256": k.cert_sha256, "extractable": k.extractable,
         "pin_policy": "token login (PKCS#11 user PIN)", "touch_policy": "none",
-        "backup": "none (generated on the token, not extractable)",
+        "backup": if k.backup_token.is_empty() {
+            "none (generated on the token, not extractable)".to_string()
+        } else {
+            format!("wrapped into token {} (C_WrapKey: AES-256 key wrap under an RSA-OAEP transport key; sensitive, never in plaintext)", k.backup_token)
+        },
     })
 }
 
@@ -230,8 +239,16 @@ pub async fn run(
             threshold,
             tokens,
             targets_token,
+            backups,
             operator,
         }) => {
+            let mut backup_map = std::collections::HashMap::new();
+            for b in &backups {
+                let (from, to) = b.split_once('=').ok_or_else(|| {
+                    Failure::usage(format!("--backup {b:?}: expected TOKEN=BACKUP"))
+                })?;
+                backup_map.insert(from.to_string(), to.to_string());
+            }
             if tokens.len() != keys as usize {
                 return Err(Failure::usage(format!(
                     "--keys {keys} needs {keys} --token (one root key per token), got {}",
@@ -246,6 +263,7 @@ pub async fn run(
                 threshold,
                 tokens,
                 targets_token: targets_token.unwrap_or_default(),
+                backups: backup_map,
             };
             let r = c
                 .call(|mut a| async move { a.ceremony_root_init(req).await })

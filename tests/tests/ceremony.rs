@@ -394,3 +394,142 @@ fn root_rotations_by_ceremony_keep_clients_that_trusted_the_old_root() {
         "{out:?}"
     );
 }
+
+/// What pkcs11-tool says of the private keys on a token.
+fn private_key_access(hsm: &SoftHsm, label: &str) -> String {
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .args([
+            "--module",
+            dct_tests::SOFTHSM_MODULE,
+            "--token-label",
+            label,
+        ])
+        .args([
+            "--login",
+            "--pin",
+            PIN,
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
+        .output()
+        .expect("pkcs11-tool (opensc)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_root_key_backed_up_wrapped_into_another_token_signs_as_the_original() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/backed-up";
+    let hsm = SoftHsm::new("primary", PIN);
+    let backup_dir = hsm.add_token("backup");
+    let config = ["primary", "backup"]
+        .iter()
+        .map(|l| {
+            format!(
+                "[[pkcs11]]\nmodule = \"{}\"\ntoken = \"{l}\"\n",
+                dct_tests::SOFTHSM_MODULE
+            )
+        })
+        .collect::<String>();
+    let a = Agent::start_with_config(Some(&hsm), &config);
+    let pin = a.dir.path().join("pin");
+    std::fs::write(&pin, PIN).unwrap();
+    for l in ["primary", "backup"] {
+        a.dct(&["unlock", "--token", l, "--pin-file", pin.to_str().unwrap()])
+            .ok();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("ceremony");
+    let ds = d.to_str().unwrap();
+    let mut args = vec![
+        "ceremony",
+        "--server",
+        &stack.url,
+        "--tlscacert",
+        stack.ca.to_str().unwrap(),
+        "root",
+        "init",
+        gun,
+        "--dir",
+        ds,
+        "--keys",
+        "1",
+        "--threshold",
+        "1",
+        "--token",
+        "primary",
+        "--backup",
+        "primary=backup",
+    ];
+    a.dct(&args).ok();
+    let key = json_file(&d.join("ceremony.json"))["root_keys"][0].clone();
+    assert_eq!(key["extractable"], true);
+    assert!(key["backup"]
+        .as_str()
+        .unwrap()
+        .contains("wrapped into token backup"));
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    // The copy: sensitive, not extractable; the original: sensitive (wrappable only).
+    let copy = private_key_access(&hsm, "backup");
+    assert!(
+        copy.contains("sensitive") && !copy.contains(" extractable"),
+        "{copy}"
+    );
+    let original = private_key_access(&hsm, "primary");
+    eprintln!("backup: {copy}\nprimary: {original}");
+    assert!(original.contains("sensitive"), "{original}");
+    // The backup token alone, on another machine, signs the root as the original key.
+    let hsm_b = SoftHsm::carry(&backup_dir, "backup", PIN);
+    let b = Agent::start(Some(&hsm_b));
+    b.unlock(&hsm_b);
+    let listed = b.dct(&["--json", "key", "list"]).json();
+    assert!(
+        listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["key_id"] == key_id.as_str()),
+        "{listed}"
+    );
+    args.truncate(5);
+    let mut sign = args.clone();
+    sign.extend_from_slice(&["sign", ds, "--key", &key_id]);
+    b.dct(&sign).ok();
+    let mut finish = args.clone();
+    finish.extend_from_slice(&["finish", ds]);
+    b.dct(&finish).ok();
+    // Published (the targets key is on the primary token), accepted by the notary client.
+    trust(&a, &stack, &["init", gun, "--root-from", ds]).ok();
+    let fresh = tempfile::tempdir().unwrap();
+    let out = stack.notary(fresh.path(), &["list", gun], None);
+    assert!(out.status.success(), "{out:?}");
+    let root = json_file(&d.join("root.final.json"));
+    assert_eq!(root["signatures"][0]["keyid"], key_id.as_str());
+    // Nothing on disk holds a private key in the clear.
+    for dir in [work.path(), a.dir.path(), b.dir.path()] {
+        for entry in walk(dir) {
+            let text = std::fs::read(&entry).unwrap_or_default();
+            assert!(
+                !text.windows(11).any(|w| w == b"PRIVATE KEY"),
+                "{} holds a private key",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}

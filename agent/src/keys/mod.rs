@@ -84,6 +84,45 @@ pub trait KeyBackend: Send + 'static {
     /// Stores a certificate for `key` on the token; returns the key as it now lists.
     fn store_certificate(&mut self, key: &KeyEntry, gun: &str, cert_der: &[u8])
         -> Result<KeyEntry>;
+    /// As [`KeyBackend::generate`], but the private key may leave the token wrapped (for a
+    /// backup into another token); it stays sensitive.
+    fn generate_wrappable(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry> {
+        let _ = (role, gun);
+        Err(Error::InvalidArgument(
+            "this backend cannot make keys for wrapped backups".into(),
+        ))
+    }
+    /// A session-only RSA key to receive a wrapped key: (modulus, public exponent).
+    fn transport_key(&mut self) -> Result<(Vec<u8>, Vec<u8>)> {
+        Err(Error::InvalidArgument(
+            "this backend cannot receive wrapped keys".into(),
+        ))
+    }
+    /// Wraps `key` for a transport key: (AES key wrapped with RSA-OAEP, key wrapped with
+    /// the AES key).
+    fn wrap_for(
+        &mut self,
+        key: &KeyEntry,
+        modulus: &[u8],
+        exponent: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let _ = (key, modulus, exponent);
+        Err(Error::InvalidArgument(
+            "this backend cannot wrap keys".into(),
+        ))
+    }
+    /// Unwraps a key wrapped by [`KeyBackend::wrap_for`] under this token's transport key.
+    fn unwrap_from(
+        &mut self,
+        key: &KeyEntry,
+        wrapped_aes: &[u8],
+        wrapped_key: &[u8],
+    ) -> Result<KeyEntry> {
+        let _ = (key, wrapped_aes, wrapped_key);
+        Err(Error::InvalidArgument(
+            "this backend cannot unwrap keys".into(),
+        ))
+    }
     /// Deletes the key (both halves and any certificates).
     fn delete(&mut self, key: &KeyEntry) -> Result<()> {
         Err(Error::InvalidArgument(format!(
@@ -377,6 +416,17 @@ impl Token {
         })
         .await
     }
+}
+
+/// Copies `key` from token `from` into token `to`, wrapped on the way: an RSA transport key
+/// made on `to`, an AES key made on `from` and wrapped to it, `key` wrapped with the AES key.
+/// No plaintext of the key exists outside the tokens.
+pub async fn backup_key(from: &Token, to: &Token, key: &KeyEntry) -> Result<KeyEntry> {
+    let (n, e) = to.run(|b| b.transport_key()).await?;
+    let k = key.clone();
+    let (wa, wk) = from.run(move |b| b.wrap_for(&k, &n, &e)).await?;
+    let k = key.clone();
+    to.run(move |b| b.unwrap_from(&k, &wa, &wk)).await
 }
 
 /// Builds the root certificate for `gun`, has the token sign it, stores it.

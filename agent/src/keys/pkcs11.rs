@@ -67,6 +67,8 @@ pub struct Pkcs11Backend {
     session: Option<Session>,
     /// Private key handles by (CKA_ID, CKA_LABEL), valid while logged in on this session.
     handles: HashMap<(Vec<u8>, Vec<u8>), ObjectHandle>,
+    /// A session-only RSA key for receiving a wrapped backup.
+    transport: Option<ObjectHandle>,
 }
 
 impl Pkcs11Backend {
@@ -77,6 +79,7 @@ impl Pkcs11Backend {
             label,
             session: None,
             handles: HashMap::new(),
+            transport: None,
         }
     }
 
@@ -257,6 +260,80 @@ impl Pkcs11Backend {
 }
 
 impl Pkcs11Backend {
+    /// A new P-256 key pair on the token; `wrappable` lets the private key leave wrapped.
+    fn generate_key(&mut self, role: &str, gun: Option<&str>, wrappable: bool) -> Result<KeyEntry> {
+        self.require_login()?;
+        let label = key_label(role, gun);
+        let mut tmp_id = [0u8; 32];
+        getrandom::getrandom(&mut tmp_id).map_err(|e| Error::Internal(e.to_string()))?;
+        let public = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(tmp_id.to_vec()),
+        ];
+        // Sensitive always; extractable only when a backup is asked for, and then only in
+        // wrapped form (a sensitive key never leaves the token in plaintext).
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(wrappable),
+            Attribute::Sign(true),
+            Attribute::Label(label),
+            Attribute::Id(tmp_id.to_vec()),
+        ];
+        let r = self
+            .session()?
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private);
+        let (pub_h, priv_h) = r.map_err(|e| self.map_err(e))?;
+        let point = self
+            .session()?
+            .get_attributes(pub_h, &[AttributeType::EcPoint]);
+        let point = match point.map_err(|e| self.map_err(e))?.into_iter().next() {
+            Some(Attribute::EcPoint(p)) => p,
+            _ => {
+                return Err(Error::Internal(
+                    "token returned no EC point for the new key".into(),
+                ))
+            }
+        };
+        let spki = tufkeys::p256_spki_from_point(ec_point(&point))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        // CKA_ID becomes the canonical key ID, so other PKCS#11 tools show the same ID.
+        let canonical = tufkeys::unhex(&TufKey::ecdsa(spki.clone()).key_id()).unwrap_or_default();
+        // Private first; if the public object then refuses, put the private one back, so
+        // both halves always share one CKA_ID.
+        let label = self.label.clone();
+        let session = self.session()?;
+        let id = match session.update_attributes(priv_h, &[Attribute::Id(canonical.clone())]) {
+            Err(e) => {
+                tracing::warn!(token = %label, "token keeps the random CKA_ID: {e}");
+                tmp_id.to_vec()
+            }
+            Ok(()) => match session.update_attributes(pub_h, &[Attribute::Id(canonical.clone())]) {
+                Ok(()) => canonical,
+                Err(e) => {
+                    tracing::warn!(token = %label, "token keeps the random CKA_ID: {e}");
+                    let back = session.update_attributes(priv_h, &[Attribute::Id(tmp_id.to_vec())]);
+                    if let Err(e) = back {
+                        let _ = session.destroy_object(priv_h);
+                        let _ = session.destroy_object(pub_h);
+                        return Err(Error::Internal(format!(
+                            "token {label:?}: cannot label the new key: {e}"
+                        )));
+                    }
+                    tmp_id.to_vec()
+                }
+            },
+        };
+        self.handles
+            .insert((id.clone(), key_label(role, gun)), priv_h);
+        Ok(self.entry(role, gun, spki, id))
+    }
+
     fn list_keys_uncached(&mut self) -> Result<Vec<KeyEntry>> {
         let session = self.session()?;
         let pubs = session.find_objects(&[
@@ -417,74 +494,171 @@ impl KeyBackend for Pkcs11Backend {
         self.list_keys_uncached()
     }
     fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry> {
+        self.generate_key(role, gun, false)
+    }
+
+    fn generate_wrappable(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry> {
+        self.generate_key(role, gun, true)
+    }
+
+    fn transport_key(&mut self) -> Result<(Vec<u8>, Vec<u8>)> {
         self.require_login()?;
-        let label = key_label(role, gun);
-        let mut tmp_id = [0u8; 32];
-        getrandom::getrandom(&mut tmp_id).map_err(|e| Error::Internal(e.to_string()))?;
         let public = [
-            Attribute::Token(true),
+            Attribute::Token(false),
             Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::EcParams(P256_PARAMS.to_vec()),
-            Attribute::Label(label.clone()),
-            Attribute::Id(tmp_id.to_vec()),
+            Attribute::Encrypt(true),
+            Attribute::Wrap(true),
+            Attribute::ModulusBits(3072_u64.into()),
+            Attribute::PublicExponent(vec![1, 0, 1]),
         ];
         let private = [
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Decrypt(true),
+            Attribute::Unwrap(true),
+        ];
+        let r = self
+            .session()?
+            .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private);
+        let (pub_h, priv_h) = r.map_err(|e| self.map_err(e))?;
+        let attrs = self.session()?.get_attributes(
+            pub_h,
+            &[AttributeType::Modulus, AttributeType::PublicExponent],
+        );
+        let attrs = attrs.map_err(|e| self.map_err(e))?;
+        let (mut n, mut e) = (Vec::new(), Vec::new());
+        for a in attrs {
+            match a {
+                Attribute::Modulus(m) => n = m,
+                Attribute::PublicExponent(x) => e = x,
+                _ => {}
+            }
+        }
+        let _ = self.session()?.destroy_object(pub_h);
+        if let Some(old) = self.transport.replace(priv_h) {
+            let _ = self.session()?.destroy_object(old);
+        }
+        Ok((n, e))
+    }
+
+    fn wrap_for(
+        &mut self,
+        key: &KeyEntry,
+        modulus: &[u8],
+        exponent: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let ec = self.private_handle(key)?;
+        let rsa = [
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::RSA),
+            Attribute::Token(false),
+            Attribute::Wrap(true),
+            Attribute::Modulus(modulus.to_vec()),
+            Attribute::PublicExponent(exponent.to_vec()),
+        ];
+        let rsa = self.session()?.create_object(&rsa);
+        let rsa = rsa.map_err(|e| self.map_err(e))?;
+        let aes = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+            Attribute::ValueLen(32_u64.into()),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(true),
+            Attribute::Wrap(true),
+        ];
+        let aes = self.session()?.generate_key(&Mechanism::AesKeyGen, &aes);
+        let aes = match aes {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = self.session()?.destroy_object(rsa);
+                return Err(self.map_err(e));
+            }
+        };
+        let session = self.session()?;
+        let wrapped = session
+            .wrap_key(&oaep(), rsa, aes)
+            .and_then(|wa| Ok((wa, session.wrap_key(&Mechanism::AesKeyWrapPad, aes, ec)?)));
+        let _ = session.destroy_object(aes);
+        let _ = session.destroy_object(rsa);
+        wrapped.map_err(|e| self.map_err(e))
+    }
+
+    fn unwrap_from(
+        &mut self,
+        key: &KeyEntry,
+        wrapped_aes: &[u8],
+        wrapped_key: &[u8],
+    ) -> Result<KeyEntry> {
+        self.require_login()?;
+        let transport = self.transport.take().ok_or_else(|| {
+            Error::Internal(format!("token {:?} has no transport key", self.label))
+        })?;
+        let gun = if key.role == "root" {
+            None
+        } else {
+            key.gun.as_deref()
+        };
+        let label = key_label(&key.role, gun);
+        let aes_t = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Unwrap(true),
+        ];
+        let session = self.session()?;
+        let aes = session.unwrap_key(&oaep(), transport, wrapped_aes, &aes_t);
+        let _ = session.destroy_object(transport);
+        let aes = aes.map_err(|e| self.map_err(e))?;
+        let private = [
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
             Attribute::Token(true),
             Attribute::Private(true),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
-            Attribute::Label(label),
-            Attribute::Id(tmp_id.to_vec()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(key.handle.clone()),
         ];
-        let r = self
-            .session()?
-            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private);
-        let (pub_h, priv_h) = r.map_err(|e| self.map_err(e))?;
-        let point = self
-            .session()?
-            .get_attributes(pub_h, &[AttributeType::EcPoint]);
-        let point = match point.map_err(|e| self.map_err(e))?.into_iter().next() {
-            Some(Attribute::EcPoint(p)) => p,
-            _ => {
-                return Err(Error::Internal(
-                    "token returned no EC point for the new key".into(),
-                ))
-            }
-        };
-        let spki = tufkeys::p256_spki_from_point(ec_point(&point))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        // CKA_ID becomes the canonical key ID, so other PKCS#11 tools show the same ID.
-        let canonical = tufkeys::unhex(&TufKey::ecdsa(spki.clone()).key_id()).unwrap_or_default();
-        // Private first; if the public object then refuses, put the private one back, so
-        // both halves always share one CKA_ID.
-        let label = self.label.clone();
         let session = self.session()?;
-        let id = match session.update_attributes(priv_h, &[Attribute::Id(canonical.clone())]) {
-            Err(e) => {
-                tracing::warn!(token = %label, "token keeps the random CKA_ID: {e}");
-                tmp_id.to_vec()
+        let ec = session.unwrap_key(&Mechanism::AesKeyWrapPad, aes, wrapped_key, &private);
+        let _ = session.destroy_object(aes);
+        let priv_h = ec.map_err(|e| self.map_err(e))?;
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(&key.spki)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let point = spki.subject_public_key.raw_bytes().to_vec();
+        let mut octets = vec![0x04, point.len() as u8];
+        octets.extend_from_slice(&point);
+        let public = [
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::EcPoint(octets),
+            Attribute::Label(label),
+            Attribute::Id(key.handle.clone()),
+        ];
+        let session = self.session()?;
+        if let Err(e) = session.create_object(&public) {
+            let _ = session.destroy_object(priv_h);
+            return Err(self.map_err(e));
+        }
+        let mut plain = key.clone();
+        plain.gun = gun.map(str::to_string);
+        let entry = self.entry(&key.role, gun, key.spki.clone(), key.handle.clone());
+        // A root key's certificates travel with it.
+        if key.role == "root" && key.keytype == crate::tuf::keys::ECDSA_X509 {
+            if let (Ok(cert), Some(g)) = (key.tuf_key().certificate(), key.gun.as_deref()) {
+                let der = der::Encode::to_der(&cert).map_err(|e| Error::Internal(e.to_string()))?;
+                return self.store_certificate(&entry, g, &der);
             }
-            Ok(()) => match session.update_attributes(pub_h, &[Attribute::Id(canonical.clone())]) {
-                Ok(()) => canonical,
-                Err(e) => {
-                    tracing::warn!(token = %label, "token keeps the random CKA_ID: {e}");
-                    let back = session.update_attributes(priv_h, &[Attribute::Id(tmp_id.to_vec())]);
-                    if let Err(e) = back {
-                        let _ = session.destroy_object(priv_h);
-                        let _ = session.destroy_object(pub_h);
-                        return Err(Error::Internal(format!(
-                            "token {label:?}: cannot label the new key: {e}"
-                        )));
-                    }
-                    tmp_id.to_vec()
-                }
-            },
-        };
-        self.handles
-            .insert((id.clone(), key_label(role, gun)), priv_h);
-        Ok(self.entry(role, gun, spki, id))
+        }
+        Ok(entry)
     }
 
     fn import(
@@ -799,6 +973,17 @@ impl super::SignSession for SignSession {
     fn usable(&self) -> bool {
         self.session.get_session_info().is_ok()
     }
+}
+
+/// RSA-OAEP with SHA-1 (the one OAEP every PKCS#11 token does) for the transport key.
+fn oaep() -> Mechanism<'static> {
+    use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+    use cryptoki::mechanism::MechanismType;
+    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
+        MechanismType::SHA1,
+        PkcsMgfType::MGF1_SHA1,
+        PkcsOaepSource::empty(),
+    ))
 }
 
 /// `dct:<role>:<gun>`, the CKA_LABEL of both halves of a key (`dct:root:` for root).
