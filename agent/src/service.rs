@@ -550,10 +550,25 @@ impl Agent for AgentService {
         req: Request<pb::CeremonyRootInitRequest>,
     ) -> Result<Response<pb::CeremonyRootInitResponse>, Status> {
         let req = req.into_inner();
-        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let offline = !req.timestamp_key.is_empty() || !req.snapshot_key.is_empty();
+        let client = if offline {
+            None
+        } else {
+            Some(trust::client(
+                req.server.map(server_opts),
+                &self.trust.server,
+            )?)
+        };
+        let server_keys = match &client {
+            Some(c) => trust::ServerKeys::Fetch(c),
+            None => trust::ServerKeys::Given {
+                timestamp: &req.timestamp_key,
+                snapshot: &req.snapshot_key,
+            },
+        };
         let r = trust::ceremony_root_init(
             &self.keys,
-            &client,
+            server_keys,
             &req.gun,
             req.threshold as usize,
             &req.tokens,

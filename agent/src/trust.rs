@@ -1696,6 +1696,17 @@ pub struct CeremonyKey {
     pub backup: Option<String>,
 }
 
+/// Where a ceremony's root gets the server's timestamp and snapshot keys.
+pub enum ServerKeys<'a> {
+    /// From the trust server.
+    Fetch(&'a NotaryClient),
+    /// As given (fetched beforehand; the ceremony machine is offline).
+    Given {
+        timestamp: &'a [u8],
+        snapshot: &'a [u8],
+    },
+}
+
 /// What `dct ceremony root init` made: the unsigned root, its keys, the targets key.
 pub struct CeremonyInit {
     pub root_json: Vec<u8>,
@@ -1710,7 +1721,7 @@ pub struct CeremonyInit {
 /// server's timestamp and snapshot keys. Returns root.json version 1, unsigned.
 pub async fn ceremony_root_init(
     keyring: &Keyring,
-    client: &NotaryClient,
+    server_keys: ServerKeys<'_>,
     gun: &str,
     threshold: usize,
     tokens: &[String],
@@ -1749,8 +1760,28 @@ pub async fn ceremony_root_init(
         }
         keyring.token(to)?;
     }
-    let timestamp = client.get_server_key(gun, "timestamp").await?;
-    let snapshot = client.get_server_key(gun, "snapshot").await?;
+    let (timestamp, snapshot) = match server_keys {
+        ServerKeys::Fetch(client) => (
+            client.get_server_key(gun, "timestamp").await?,
+            client.get_server_key(gun, "snapshot").await?,
+        ),
+        ServerKeys::Given {
+            timestamp,
+            snapshot,
+        } => {
+            let parse = |role: &str, bytes: &[u8]| {
+                serde_json::from_slice::<Value>(bytes)
+                    .ok()
+                    .and_then(|v| TufKey::from_value(&v).ok())
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "the {role} key is not a TUF key as notary-server serves it"
+                        ))
+                    })
+            };
+            (parse("timestamp", timestamp)?, parse("snapshot", snapshot)?)
+        }
+    };
     let mut root_keys = Vec::new();
     for t in tokens {
         let token = keyring.token(t)?.clone();

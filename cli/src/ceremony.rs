@@ -72,6 +72,13 @@ pub enum RootCmd {
         /// without this are non-extractable.
         #[arg(long = "backup", value_name = "TOKEN=BACKUP")]
         backups: Vec<String>,
+        /// On an offline machine: the server's timestamp key as it serves it (fetched
+        /// beforehand from /v2/GUN/_trust/tuf/timestamp.key); needs --snapshot-key too.
+        #[arg(long, value_name = "FILE", requires = "snapshot_key")]
+        timestamp_key: Option<PathBuf>,
+        /// The server's snapshot key (from /v2/GUN/_trust/tuf/snapshot.key).
+        #[arg(long, value_name = "FILE", requires = "timestamp_key")]
+        snapshot_key: Option<PathBuf>,
         #[arg(long, default_value = "")]
         operator: String,
     },
@@ -240,8 +247,19 @@ pub async fn run(
             tokens,
             targets_token,
             backups,
+            timestamp_key,
+            snapshot_key,
             operator,
         }) => {
+            let read_key = |p: &Option<PathBuf>| -> Result<Vec<u8>, Failure> {
+                match p {
+                    Some(p) => std::fs::read(p)
+                        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", p.display()))),
+                    None => Ok(Vec::new()),
+                }
+            };
+            let (timestamp_key, snapshot_key) =
+                (read_key(&timestamp_key)?, read_key(&snapshot_key)?);
             let mut backup_map = std::collections::HashMap::new();
             for b in &backups {
                 let (from, to) = b.split_once('=').ok_or_else(|| {
@@ -264,6 +282,8 @@ pub async fn run(
                 tokens,
                 targets_token: targets_token.unwrap_or_default(),
                 backups: backup_map,
+                timestamp_key,
+                snapshot_key,
             };
             let r = c
                 .call(|mut a| async move { a.ceremony_root_init(req).await })
