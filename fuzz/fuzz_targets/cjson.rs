@@ -7,7 +7,8 @@
 //! - parse back to the input value (numbers compared after the encoder's documented
 //!   normalisation: an integral float is written as an integer),
 //! - encode again to exactly the same bytes (the encoding is a fixed point),
-//! - have no whitespace outside strings and object keys in strictly increasing byte order.
+//! - have no whitespace outside strings and equal the output of a straightforward
+//!   reference encoder written here (object keys sorted as byte strings).
 //!
 //! The dialect writes control characters inside strings raw (only `"` and `\` are
 //! escaped), which strict JSON parsers refuse. Outside strings canonical output has no

@@ -19,6 +19,13 @@ pub const GUN: &str = "example.com/app";
 /// The root's certificate key ID (a pin that matches).
 pub const ROOT_CERT_ID: &str = "c78536bb57a473cfc8d0c5b8c358e4dcb18d3b26766884041d22aa4b0d26e717";
 
+/// Whether FUZZ_DEBUG is set: the targets then print what each step returned (for checking
+/// that the seeds reach the paths they are meant to, e.g. `-runs=0` on the corpus).
+pub fn debug() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FUZZ_DEBUG").is_some())
+}
+
 /// 2026-11-23T00:00:00Z: the fixture's timestamp.json is valid then (expires 2026-12-06).
 pub fn at() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_795_392_000).unwrap()
@@ -123,7 +130,11 @@ pub fn check_prepare(document: &[u8], role: &str, gun: &str) {
     let key = key_for_role(role);
     let keys = std::slice::from_ref(key);
     for (r, g) in [(role, gun), ("", ""), (role, "")] {
-        if let Ok(p) = signing::prepare(document, keys, r, g) {
+        let res = signing::prepare(document, keys, r, g);
+        if debug() {
+            eprintln!("prepare({r:?}, {g:?}): {:?}", res.as_ref().map(|p| &p.keyid).map_err(|e| e.to_string()));
+        }
+        if let Ok(p) = res {
             assert!(p.version >= 1, "prepared a document with version {}", p.version);
             let keyid = p.keyid.clone();
             let out = signing::finish(p, vec![0x42; 64]).expect("finish after prepare");
@@ -143,7 +154,11 @@ pub fn check_prepare(document: &[u8], role: &str, gun: &str) {
 /// Repository verification as the agent's VerifyRepository runs it, without and with a pin.
 pub fn check_verify(gun: &str, files: &RepoFiles, at: OffsetDateTime) {
     for pins in [Vec::new(), vec![ROOT_CERT_ID.to_string()]] {
-        if let Ok(repo) = verify::verify_repository(gun, files, at, &pins) {
+        let res = verify::verify_repository(gun, files, at, &pins);
+        if debug() {
+            eprintln!("verify_repository(pins {pins:?}): {:?}", res.as_ref().map(|r| r.roles.len()).map_err(|e| e.to_string()));
+        }
+        if let Ok(repo) = res {
             assert!(
                 repo.roles.first().map(|r| r.role.as_str()) == Some("root"),
                 "verified without a root report"

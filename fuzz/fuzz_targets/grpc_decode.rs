@@ -44,7 +44,11 @@ fn sign_metadata(req: &pb::SignMetadataRequest) {
     }
     let key = common::find_key(&req.key_id).unwrap_or_else(|| common::key_for_role(&req.role));
     let keys = std::slice::from_ref(key);
-    if let Ok(p) = dct_agent::signing::prepare(&req.document, keys, &req.role, &req.gun) {
+    let res = dct_agent::signing::prepare(&req.document, keys, &req.role, &req.gun);
+    if common::debug() {
+        eprintln!("sign {:?}: {:?}", req.role, res.as_ref().map(|p| &p.keyid).map_err(|e| e.to_string()));
+    }
+    if let Ok(p) = res {
         dct_agent::signing::finish(p, vec![7; 64]).expect("finish after prepare");
     }
     common::check_envelope(&req.document);
@@ -70,7 +74,11 @@ fn verify_repository(req: pb::VerifyRepositoryRequest) {
         .iter()
         .map(|p| p.to_ascii_lowercase())
         .collect();
-    if let Ok(repo) = dct_agent::tuf::verify::verify_repository(&req.gun, &files, at, &pins) {
+    let res = dct_agent::tuf::verify::verify_repository(&req.gun, &files, at, &pins);
+    if common::debug() {
+        eprintln!("verify: {:?}", res.as_ref().map(|r| r.roles.len()).map_err(|e| e.to_string()));
+    }
+    if let Ok(repo) = res {
         assert_eq!(repo.pinned, !pins.is_empty());
     }
 }
@@ -80,7 +88,10 @@ fn import_key(req: &pb::ImportKeyRequest) {
         return;
     };
     let pass = req.passphrase.as_bytes();
-    let _ = keyfile::read(text, (!pass.is_empty()).then_some(pass));
+    let res = keyfile::read(text, (!pass.is_empty()).then_some(pass));
+    if common::debug() {
+        eprintln!("import: {:?}", res.as_ref().map(|k| k.role.clone()).map_err(|e| e.to_string()));
+    }
 }
 
 /// notary_signer's check of the content notary-server asks to have signed.
@@ -93,7 +104,10 @@ fn notary_sign(req: &npb::SignatureRequest) {
     if doc.common.doc_type != expected_type(&key.role) || doc.common.version < 1 {
         return;
     }
-    let _ = doc.common.expires_at();
+    let expires = doc.common.expires_at();
+    if common::debug() {
+        eprintln!("notary sign {}: expires {expires:?}", key.role);
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

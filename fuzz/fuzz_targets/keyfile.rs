@@ -28,6 +28,13 @@ fuzz_target!(|data: &[u8]| {
 
     let plain = keyfile::read(text, None);
     let with_pass = keyfile::read(text, Some(PASS));
+    if std::env::var_os("FUZZ_DEBUG").is_some() {
+        let show = |r: &Result<keyfile::ImportedKey, KeyFileError>| match r {
+            Ok(k) => format!("ok role={:?} gun={:?}", k.role, k.gun),
+            Err(e) => format!("err {e}"),
+        };
+        eprintln!("read: none: {}; pass: {}", show(&plain), show(&with_pass));
+    }
     match (&plain, &with_pass) {
         (Ok(a), Ok(b)) => {
             assert_eq!(*a.secret, *b.secret, "passphrase changed an unencrypted key");
