@@ -27,6 +27,26 @@ pub struct AgentService {
 }
 
 impl AgentService {
+    /// Records the root keys a ceremony made.
+    async fn audit_root_keys(
+        &self,
+        keys: &[trust::CeremonyKey],
+        gun: &str,
+        what: &str,
+    ) -> Result<()> {
+        let events = keys
+            .iter()
+            .map(|k| Event {
+                key_id: k.key.key_id.clone(),
+                role: "root".into(),
+                gun: gun.to_string(),
+                outcome: format!("ok, {what}, token {}", k.token.label),
+                ..Event::new("create_key")
+            })
+            .collect();
+        self.keys.audit().record_many(events).await
+    }
+
     pub fn new(keys: Keyring, trust: crate::trust::TrustContext) -> Self {
         AgentService {
             keys,
@@ -576,16 +596,8 @@ impl Agent for AgentService {
             &req.backups,
         )
         .await?;
-        for k in &r.root_keys {
-            let event = Event {
-                key_id: k.key.key_id.clone(),
-                role: "root".into(),
-                gun: req.gun.clone(),
-                outcome: format!("ok, ceremony, token {}", k.token.label),
-                ..Event::new("create_key")
-            };
-            self.keys.audit().record(event).await?;
-        }
+        self.audit_root_keys(&r.root_keys, &req.gun, "ceremony")
+            .await?;
         Ok(Response::new(pb::CeremonyRootInitResponse {
             root_json: r.root_json,
             root_keys: r.root_keys.into_iter().map(ceremony_key_pb).collect(),
@@ -652,16 +664,8 @@ impl Agent for AgentService {
             &req.tokens,
         )
         .await?;
-        for k in &keys {
-            let event = Event {
-                key_id: k.key.key_id.clone(),
-                role: "root".into(),
-                gun: req.gun.clone(),
-                outcome: format!("ok, ceremony rotation, token {}", k.token.label),
-                ..Event::new("create_key")
-            };
-            self.keys.audit().record(event).await?;
-        }
+        self.audit_root_keys(&keys, &req.gun, "ceremony rotation")
+            .await?;
         Ok(Response::new(pb::CeremonyRootRotateResponse {
             previous_root_json: previous,
             root_json: root,

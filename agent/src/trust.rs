@@ -1729,16 +1729,11 @@ pub async fn ceremony_root_init(
     backups: &std::collections::HashMap<String, String>,
 ) -> Result<CeremonyInit> {
     check_gun(gun)?;
-    let n = tokens.len();
-    if n == 0 || n > 16 || threshold == 0 || threshold > n {
-        return Err(Error::InvalidArgument(format!(
-            "a root of {threshold} of {n} keys: need 1 <= threshold <= keys <= 16 (one --token per key)"
-        )));
-    }
+    check_root_size(threshold, tokens.len())?;
     let mut distinct = tokens.to_vec();
     distinct.sort();
     distinct.dedup();
-    if distinct.len() != n {
+    if distinct.len() != tokens.len() {
         return Err(Error::InvalidArgument(
             "each root key goes on its own token: name each token once".into(),
         ));
@@ -1782,39 +1777,7 @@ pub async fn ceremony_root_init(
             (parse("timestamp", timestamp)?, parse("snapshot", snapshot)?)
         }
     };
-    let mut root_keys = Vec::new();
-    for t in tokens {
-        let token = keyring.token(t)?.clone();
-        let backup = backups.get(t).cloned();
-        let key = match &backup {
-            None => token.generate("root".into(), Some(gun.into())).await?,
-            Some(_) => {
-                let g = gun.to_string();
-                token
-                    .run(move |b| {
-                        let k = b.generate_wrappable("root", None)?;
-                        make_root_cert(b, &k, &g)
-                    })
-                    .await?
-            }
-        };
-        if let Some(to) = &backup {
-            let dest = keyring.token(to)?.clone();
-            crate::keys::backup_key(&token, &dest, &key).await?;
-        }
-        let info = token.run(|b| Ok(b.info())).await?;
-        let cert = key
-            .tuf_key()
-            .certificate()
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let der = der::Encode::to_der(&cert).map_err(|e| Error::Internal(e.to_string()))?;
-        root_keys.push(CeremonyKey {
-            key,
-            token: info,
-            cert_sha256: crate::tuf::keys::hex(&sha2_256(&der)),
-            backup,
-        });
-    }
+    let root_keys = make_root_keys(keyring, gun, tokens, backups).await?;
     let targets_label = if targets_token.is_empty() {
         &tokens[0]
     } else {
@@ -1959,35 +1922,14 @@ pub async fn ceremony_root_rotate(
     tokens: &[String],
 ) -> Result<(Vec<u8>, Vec<u8>, Vec<CeremonyKey>)> {
     check_gun(gun)?;
-    let n = tokens.len();
-    if n == 0 || n > 16 || threshold == 0 || threshold > n {
-        return Err(Error::InvalidArgument(format!(
-            "a root of {threshold} of {n} keys: need 1 <= threshold <= keys <= 16 (one --token per key)"
-        )));
-    }
+    check_root_size(threshold, tokens.len())?;
     let repo = fetch(client, ctx, gun)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
     repo.require_trusted(client, gun)?;
     let current = repo.files["root"].clone();
     let mut root = repo.doc("root")?.signed;
-    let mut new_keys = Vec::new();
-    for t in tokens {
-        let token = keyring.token(t)?.clone();
-        let key = token.generate("root".into(), Some(gun.into())).await?;
-        let info = token.run(|b| Ok(b.info())).await?;
-        let cert = key
-            .tuf_key()
-            .certificate()
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let der = der::Encode::to_der(&cert).map_err(|e| Error::Internal(e.to_string()))?;
-        new_keys.push(CeremonyKey {
-            key,
-            token: info,
-            cert_sha256: crate::tuf::keys::hex(&sha2_256(&der)),
-            backup: None,
-        });
-    }
+    let new_keys = make_root_keys(keyring, gun, tokens, &Default::default()).await?;
     keyring.invalidate();
     // The old root keys leave the key map (the previous root keeps them for the chain).
     let old_ids: Vec<String> = root["roles"]["root"]["keyids"]
@@ -2066,6 +2008,60 @@ pub async fn publish_root(
     )
     .await?;
     ctx.persist(gun, root_bytes, None).await
+}
+
+/// 1 <= threshold <= keys <= 16.
+fn check_root_size(threshold: usize, n: usize) -> Result<()> {
+    if n == 0 || n > 16 || threshold == 0 || threshold > n {
+        return Err(Error::InvalidArgument(format!(
+            "a root of {threshold} of {n} keys: need 1 <= threshold <= keys <= 16 (one --token per key)"
+        )));
+    }
+    Ok(())
+}
+
+/// One root key per token, each with its root certificate for `gun` made on its token; a
+/// key with an entry in `backups` is made wrappable and copied, wrapped, into that token.
+async fn make_root_keys(
+    keyring: &Keyring,
+    gun: &str,
+    tokens: &[String],
+    backups: &std::collections::HashMap<String, String>,
+) -> Result<Vec<CeremonyKey>> {
+    let mut out = Vec::new();
+    for t in tokens {
+        let token = keyring.token(t)?.clone();
+        let backup = backups.get(t).cloned();
+        let key = match &backup {
+            None => token.generate("root".into(), Some(gun.into())).await?,
+            Some(_) => {
+                let g = gun.to_string();
+                token
+                    .run(move |b| {
+                        let k = b.generate_wrappable("root", None)?;
+                        make_root_cert(b, &k, &g)
+                    })
+                    .await?
+            }
+        };
+        if let Some(to) = &backup {
+            let dest = keyring.token(to)?.clone();
+            crate::keys::backup_key(&token, &dest, &key).await?;
+        }
+        let info = token.run(|b| Ok(b.info())).await?;
+        let cert = key
+            .tuf_key()
+            .certificate()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let der = der::Encode::to_der(&cert).map_err(|e| Error::Internal(e.to_string()))?;
+        out.push(CeremonyKey {
+            key,
+            token: info,
+            cert_sha256: crate::tuf::keys::hex(&sha2_256(&der)),
+            backup,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

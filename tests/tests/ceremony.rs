@@ -9,6 +9,28 @@ use sha2::{Digest, Sha256};
 
 const PIN: &str = "ceremony-pin-31";
 
+/// An agent serving every named token of `hsm`, each unlocked.
+fn agent_on_tokens(hsm: &SoftHsm, labels: &[&str]) -> Agent {
+    let config: String = labels
+        .iter()
+        .map(|l| {
+            format!(
+                "[[pkcs11]]\nmodule = \"{}\"\ntoken = \"{l}\"\n",
+                dct_tests::SOFTHSM_MODULE
+            )
+        })
+        .collect();
+    let agent = Agent::start_with_config(Some(hsm), &config);
+    let pin = agent.dir.path().join("pin");
+    std::fs::write(&pin, PIN).unwrap();
+    for l in labels {
+        agent
+            .dct(&["unlock", "--token", l, "--pin-file", pin.to_str().unwrap()])
+            .ok();
+    }
+    agent
+}
+
 fn json_file(path: &std::path::Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -22,22 +44,7 @@ fn a_two_of_three_root_made_signed_apart_and_published() {
     let dir_a = hsm.token_dir();
     let dir_b = hsm.add_token("root-b");
     let dir_c = hsm.add_token("root-c");
-    let config = ["root-a", "root-b", "root-c"]
-        .iter()
-        .map(|l| {
-            format!(
-                "[[pkcs11]]\nmodule = \"{}\"\ntoken = \"{l}\"\n",
-                dct_tests::SOFTHSM_MODULE
-            )
-        })
-        .collect::<String>();
-    let a = Agent::start_with_config(Some(&hsm), &config);
-    let pin = a.dir.path().join("pin");
-    std::fs::write(&pin, PIN).unwrap();
-    for l in ["root-a", "root-b", "root-c"] {
-        a.dct(&["unlock", "--token", l, "--pin-file", pin.to_str().unwrap()])
-            .ok();
-    }
+    let a = agent_on_tokens(&hsm, &["root-a", "root-b", "root-c"]);
     let cdir = tempfile::tempdir().unwrap();
     let d = cdir.path().join("ceremony");
     let ds = d.to_str().unwrap();
@@ -227,22 +234,7 @@ fn root_rotations_by_ceremony_keep_clients_that_trusted_the_old_root() {
     for l in ["t2", "t3", "t4"] {
         hsm.add_token(l);
     }
-    let config = ["t1", "t2", "t3", "t4"]
-        .iter()
-        .map(|l| {
-            format!(
-                "[[pkcs11]]\nmodule = \"{}\"\ntoken = \"{l}\"\n",
-                dct_tests::SOFTHSM_MODULE
-            )
-        })
-        .collect::<String>();
-    let a = Agent::start_with_config(Some(&hsm), &config);
-    let pin = a.dir.path().join("pin");
-    std::fs::write(&pin, PIN).unwrap();
-    for l in ["t1", "t2", "t3", "t4"] {
-        a.dct(&["unlock", "--token", l, "--pin-file", pin.to_str().unwrap()])
-            .ok();
-    }
+    let a = agent_on_tokens(&hsm, &["t1", "t2", "t3", "t4"]);
     let cer = |args: &[&str]| {
         let mut all = vec![
             "ceremony",
@@ -425,22 +417,7 @@ fn a_root_key_backed_up_wrapped_into_another_token_signs_as_the_original() {
     let gun = "registry.example.com/backed-up";
     let hsm = SoftHsm::new("primary", PIN);
     let backup_dir = hsm.add_token("backup");
-    let config = ["primary", "backup"]
-        .iter()
-        .map(|l| {
-            format!(
-                "[[pkcs11]]\nmodule = \"{}\"\ntoken = \"{l}\"\n",
-                dct_tests::SOFTHSM_MODULE
-            )
-        })
-        .collect::<String>();
-    let a = Agent::start_with_config(Some(&hsm), &config);
-    let pin = a.dir.path().join("pin");
-    std::fs::write(&pin, PIN).unwrap();
-    for l in ["primary", "backup"] {
-        a.dct(&["unlock", "--token", l, "--pin-file", pin.to_str().unwrap()])
-            .ok();
-    }
+    let a = agent_on_tokens(&hsm, &["primary", "backup"]);
     let work = tempfile::tempdir().unwrap();
     let d = work.path().join("ceremony");
     let ds = d.to_str().unwrap();
