@@ -260,6 +260,17 @@ impl Pkcs11Backend {
 }
 
 impl Pkcs11Backend {
+    /// Adds the public object beside private key `priv_h`; if the token refuses it, removes
+    /// the private one too, so a key is never left half made.
+    fn add_public_half(&mut self, priv_h: ObjectHandle, public: &[Attribute]) -> Result<()> {
+        let session = self.session()?;
+        if let Err(e) = session.create_object(public) {
+            let _ = session.destroy_object(priv_h);
+            return Err(self.map_err(e));
+        }
+        Ok(())
+    }
+
     /// A new P-256 key pair on the token; `wrappable` lets the private key leave wrapped.
     fn generate_key(&mut self, role: &str, gun: Option<&str>, wrappable: bool) -> Result<KeyEntry> {
         self.require_login()?;
@@ -612,44 +623,19 @@ impl KeyBackend for Pkcs11Backend {
         let aes = session.unwrap_key(&oaep(), transport, wrapped_aes, &aes_t);
         let _ = session.destroy_object(transport);
         let aes = aes.map_err(|e| self.map_err(e))?;
-        let private = [
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Label(label.clone()),
-            Attribute::Id(key.handle.clone()),
-        ];
+        let private = private_half(label.clone(), key.handle.clone());
         let session = self.session()?;
         let ec = session.unwrap_key(&Mechanism::AesKeyWrapPad, aes, wrapped_key, &private);
         let _ = session.destroy_object(aes);
         let priv_h = ec.map_err(|e| self.map_err(e))?;
         let spki = spki::SubjectPublicKeyInfoRef::from_der(&key.spki)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let point = spki.subject_public_key.raw_bytes().to_vec();
-        let mut octets = vec![0x04, point.len() as u8];
-        octets.extend_from_slice(&point);
-        let public = [
-            Attribute::Class(ObjectClass::PUBLIC_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::EcParams(P256_PARAMS.to_vec()),
-            Attribute::EcPoint(octets),
-            Attribute::Label(label),
-            Attribute::Id(key.handle.clone()),
-        ];
-        let session = self.session()?;
-        if let Err(e) = session.create_object(&public) {
-            let _ = session.destroy_object(priv_h);
-            return Err(self.map_err(e));
-        }
-        let mut plain = key.clone();
-        plain.gun = gun.map(str::to_string);
+        let public = public_half(
+            spki.subject_public_key.raw_bytes(),
+            label,
+            key.handle.clone(),
+        );
+        self.add_public_half(priv_h, &public)?;
         let entry = self.entry(&key.role, gun, key.spki.clone(), key.handle.clone());
         // A root key's certificates travel with it.
         if key.role == "root" && key.keytype == crate::tuf::keys::ECDSA_X509 {
@@ -683,41 +669,13 @@ impl KeyBackend for Pkcs11Backend {
         }
         let id = tufkeys::unhex(&canonical).unwrap_or_default();
         let label = key_label(role, gun);
-        // CKA_EC_POINT is the DER OCTET STRING around the point.
-        let mut point = vec![0x04, key.point.len() as u8];
-        point.extend_from_slice(&key.point);
-        let private = [
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::EcParams(P256_PARAMS.to_vec()),
-            Attribute::Value(key.secret.to_vec()),
-            Attribute::Label(label.clone()),
-            Attribute::Id(id.clone()),
-        ];
-        let public = [
-            Attribute::Class(ObjectClass::PUBLIC_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::EcParams(P256_PARAMS.to_vec()),
-            Attribute::EcPoint(point),
-            Attribute::Label(label),
-            Attribute::Id(id.clone()),
-        ];
-        let session = self.session()?;
-        let priv_h = session.create_object(&private);
+        let mut private = private_half(label.clone(), id.clone());
+        private.push(Attribute::EcParams(P256_PARAMS.to_vec()));
+        private.push(Attribute::Value(key.secret.to_vec()));
+        let public = public_half(&key.point, label, id.clone());
+        let priv_h = self.session()?.create_object(&private);
         let priv_h = priv_h.map_err(|e| self.map_err(e))?;
-        let session = self.session()?;
-        if let Err(e) = session.create_object(&public) {
-            let _ = session.destroy_object(priv_h);
-            return Err(self.map_err(e));
-        }
+        self.add_public_half(priv_h, &public)?;
         Ok(self.entry(role, gun, spki, id))
     }
 
@@ -973,6 +931,40 @@ impl super::SignSession for SignSession {
     fn usable(&self) -> bool {
         self.session.get_session_info().is_ok()
     }
+}
+
+/// The attributes of a key's private half as the agent keeps it: on the token, private,
+/// sensitive, not extractable, for signing.
+fn private_half(label: Vec<u8>, id: Vec<u8>) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Label(label),
+        Attribute::Id(id),
+    ]
+}
+
+/// The public half of a P-256 key with uncompressed point `point`.
+fn public_half(point: &[u8], label: Vec<u8>, id: Vec<u8>) -> Vec<Attribute> {
+    // CKA_EC_POINT is the DER OCTET STRING around the point.
+    let mut octets = vec![0x04, point.len() as u8];
+    octets.extend_from_slice(point);
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::EcParams(P256_PARAMS.to_vec()),
+        Attribute::EcPoint(octets),
+        Attribute::Label(label),
+        Attribute::Id(id),
+    ]
 }
 
 /// RSA-OAEP with SHA-1 (the one OAEP every PKCS#11 token does) for the transport key.
