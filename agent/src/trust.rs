@@ -1544,11 +1544,13 @@ pub async fn verify_tag(
         ));
     }
     let verified = if opts.offline {
+        // The cache is a handful of small files; read once, verified off the runtime.
         let files = ctx.load_metadata(gun)?;
+        let root = files["root"].clone();
         let at = opts.at.unwrap_or_else(OffsetDateTime::now_utc);
         let gun_owned = gun.to_string();
         let pins2 = pins.clone();
-        tokio::task::spawn_blocking(move || {
+        let v = tokio::task::spawn_blocking(move || {
             verify::verify_repository(&gun_owned, &files, at, &pins2)
         })
         .await
@@ -1558,12 +1560,9 @@ pub async fn verify_tag(
                 "trust data",
                 format!("cached trust data for {gun} does not verify: {e}"),
             )
-        })
-        .and_then(|v| {
-            let root = ctx.load_metadata(gun)?.remove("root").unwrap_or_default();
-            check_ca_pin(&ctx.pinning, gun, &root, &v, at)?;
-            Ok(v)
-        })?
+        })?;
+        check_ca_pin(&ctx.pinning, gun, &root, &v, at)?;
+        v
     } else {
         let client = client.ok_or_else(|| {
             Error::InvalidArgument("no trust server: pass --server URL or --offline".into())
