@@ -10,6 +10,10 @@
 //! sessions = 2                                      # optional: signing sessions
 //! pin_file = "/etc/dct/dct.pin"                     # optional: unlock at start (0600)
 //!
+//! [[piv]]                                           # a YubiKey over PIV (PC/SC)
+//! serial = 12345678                                 # token label "piv:12345678"
+//! management_key = "protected"                      # or "default", or management_key_file
+//!
 //! [notary_signer]                                   # optional: notary-signer's API
 //! listen = "127.0.0.1:7899"
 //! tls_cert = "/etc/dct/signer.crt"
@@ -34,6 +38,9 @@ pub struct Config {
     pub max_request_bytes: Option<usize>,
     #[serde(default)]
     pub pkcs11: Vec<Pkcs11Config>,
+    /// `[[piv]]`: YubiKeys reached over PIV directly (not through a PKCS#11 module).
+    #[serde(default)]
+    pub piv: Vec<PivConfig>,
     /// `[[file]]`: directories of Notary / Docker key files, served as token `file:DIR`.
     #[serde(default)]
     pub file: Vec<FileConfig>,
@@ -183,6 +190,80 @@ pub struct Pkcs11Config {
     pub hard_ttl: Option<String>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PivConfig {
+    /// The card's serial number (`ykman list`, `yubico-piv-tool -a status`).
+    pub serial: u32,
+    /// The token label requests name it by. Default `piv:SERIAL`.
+    pub label: Option<String>,
+    /// Where the management key (needed to make keys and write certificates) comes from:
+    /// "protected" (default: the PIN-protected copy on the card, as `ykman piv access
+    /// change-management-key --protect` leaves it) or "default" (the factory key; only for
+    /// a test card). `management_key_file` instead: a file holding the key in hex.
+    pub management_key: Option<String>,
+    /// A file with the management key in hex (owner-only, like pin_file).
+    pub management_key_file: Option<PathBuf>,
+    /// The slot for root keys. Default "9c" (Digital Signature, where Notary keeps them).
+    pub root_slot: Option<String>,
+    /// Slots for other keys, first free one first. Default 9a, 9d, then the retired
+    /// slots 82..95.
+    pub slots: Option<Vec<String>>,
+    /// As for [[pkcs11]].
+    pub pin_file: Option<PathBuf>,
+    pub idle_ttl: Option<String>,
+    pub hard_ttl: Option<String>,
+}
+
+/// Where a card's management key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManagementKey {
+    Protected,
+    Default,
+    File(PathBuf),
+}
+
+impl PivConfig {
+    pub fn label(&self) -> String {
+        self.label
+            .clone()
+            .unwrap_or_else(|| format!("piv:{}", self.serial))
+    }
+
+    pub fn ttl(&self) -> crate::keys::Ttl {
+        // Checked when the config was parsed.
+        ttl(&self.idle_ttl, &self.hard_ttl).unwrap_or_default()
+    }
+
+    pub fn management_key(&self) -> Result<ManagementKey, String> {
+        match (self.management_key.as_deref(), &self.management_key_file) {
+            (Some(_), Some(_)) => Err(format!(
+                "{}: management_key and management_key_file are exclusive",
+                self.label()
+            )),
+            (_, Some(f)) => Ok(ManagementKey::File(f.clone())),
+            (None | Some("protected"), None) => Ok(ManagementKey::Protected),
+            (Some("default"), None) => Ok(ManagementKey::Default),
+            (Some(other), None) => Err(format!(
+                "{}: management_key {other:?}: expected \"protected\" or \"default\" (or management_key_file)",
+                self.label()
+            )),
+        }
+    }
+
+    pub fn root_slot(&self) -> &str {
+        self.root_slot.as_deref().unwrap_or("9c")
+    }
+
+    pub fn slots(&self) -> Vec<String> {
+        self.slots.clone().unwrap_or_else(|| {
+            let mut s = vec!["9a".to_string(), "9d".to_string()];
+            s.extend((0x82..=0x95).map(|n| format!("{n:02x}")));
+            s
+        })
+    }
+}
+
 /// "90", "90s", "15m", "8h", "2d" -> a duration.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
@@ -232,12 +313,12 @@ impl Pkcs11Config {
 impl Config {
     pub fn parse(text: &str) -> Result<Self, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut labels = std::collections::BTreeSet::new();
+        let mut labels = std::collections::BTreeSet::<String>::new();
         for t in &c.pkcs11 {
             if t.token.is_empty() {
                 return Err("a [[pkcs11]] table has an empty token label".into());
             }
-            if !labels.insert(t.token.as_str()) {
+            if !labels.insert(t.token.clone()) {
                 return Err(format!("token {:?} is configured twice", t.token));
             }
             if t.sessions == Some(0) || t.sessions.is_some_and(|n| n > 64) {
@@ -262,6 +343,17 @@ impl Config {
         }
         for f in &c.file {
             ttl(&f.idle_ttl, &f.hard_ttl).map_err(|e| format!("{}: {e}", f.label()))?;
+        }
+        for p in &c.piv {
+            let label = p.label();
+            if label.is_empty() || !labels.insert(label.clone()) {
+                return Err(format!("token {label:?} is configured twice (or empty)"));
+            }
+            ttl(&p.idle_ttl, &p.hard_ttl).map_err(|e| format!("{label}: {e}"))?;
+            p.management_key()?;
+            for slot in std::iter::once(p.root_slot().to_string()).chain(p.slots()) {
+                crate::keys::piv::parse_slot(&slot).map_err(|e| format!("{label}: {e}"))?;
+            }
         }
         if let Some(ns) = &c.notary_signer {
             let files: Vec<String> = c.file.iter().map(FileConfig::label).collect();

@@ -7,6 +7,7 @@ pub mod error;
 pub mod keys;
 pub mod notary;
 pub mod notary_signer;
+pub mod notices;
 pub mod policy;
 pub mod registry;
 pub mod sealed;

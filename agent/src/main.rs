@@ -55,7 +55,7 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
     runtime.block_on(async move {
-        let tokens = server::start_tokens(&cfg.pkcs11, &cfg.file)?;
+        let tokens = server::start_tokens(&cfg.pkcs11, &cfg.file, &cfg.piv)?;
         for t in &tokens {
             tracing::info!(token = %t.label, backend = t.backend, "token configured");
         }

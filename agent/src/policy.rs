@@ -317,6 +317,7 @@ mod tests {
             backend: "pkcs11",
             token: "t".into(),
             handle: vec![],
+            detail: String::new(),
         }
     }
 

@@ -20,6 +20,7 @@ use crate::service::AgentService;
 pub fn start_tokens(
     config: &[Pkcs11Config],
     files: &[crate::config::FileConfig],
+    cards: &[crate::config::PivConfig],
 ) -> Result<Vec<Token>, String> {
     let mut modules = Modules::default();
     let mut tokens = Vec::new();
@@ -38,6 +39,14 @@ pub fn start_tokens(
             Token::spawn(f.label(), crate::keys::file::BACKEND, Box::new(backend), 1)
                 .map_err(|e| e.to_string())?
                 .with_ttl(f.ttl()),
+        );
+    }
+    for c in cards {
+        let backend = crate::keys::piv::PivBackend::new(c)?;
+        tokens.push(
+            Token::spawn(c.label(), crate::keys::piv::BACKEND, Box::new(backend), 1)
+                .map_err(|e| e.to_string())?
+                .with_ttl(c.ttl()),
         );
     }
     Ok(tokens)
@@ -71,27 +80,32 @@ pub fn limits(
 /// Unlocks the tokens that have a `pin_file`: one attempt each, never repeated. A failure
 /// is logged (without the PIN) and leaves the token locked for `dct unlock`.
 async fn unlock_from_pin_files(config: &Config, keys: &Keyring) {
-    for t in &config.pkcs11 {
-        let Some(path) = &t.pin_file else { continue };
+    let pin_files = config
+        .pkcs11
+        .iter()
+        .map(|t| (t.token.clone(), &t.pin_file))
+        .chain(config.piv.iter().map(|c| (c.label(), &c.pin_file)));
+    for (label, pin_file) in pin_files {
+        let Some(path) = pin_file else { continue };
         let pin = match read_pin_file(path) {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(token = %t.token, "not unlocked: {e}");
+                tracing::error!(token = %label, "not unlocked: {e}");
                 continue;
             }
         };
-        let Ok(token) = keys.token(&t.token) else {
+        let Ok(token) = keys.token(&label) else {
             continue;
         };
         let outcome = match token.run(move |b| b.login(&pin, false)).await {
             Ok(state) => {
                 token.note_unlocked();
-                tracing::info!(token = %t.token, "unlocked from its PIN file ({})", state.describe());
-                format!("token {}, from its PIN file", t.token)
+                tracing::info!(token = %label, "unlocked from its PIN file ({})", state.describe());
+                format!("token {}, from its PIN file", label)
             }
             Err(e) => {
-                tracing::error!(token = %t.token, "not unlocked from its PIN file: {e}");
-                format!("token {}, from its PIN file: {e}", t.token)
+                tracing::error!(token = %label, "not unlocked from its PIN file: {e}");
+                format!("token {}, from its PIN file: {e}", label)
             }
         };
         let event = crate::audit::Event {

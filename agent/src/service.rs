@@ -108,6 +108,7 @@ fn key_pb(k: KeyEntry) -> pb::Key {
         keytype: k.keytype,
         public: k.public,
         uri: k.uri,
+        detail: k.detail,
     }
 }
 
@@ -262,7 +263,12 @@ impl Agent for AgentService {
             Some(req.gun)
         };
         let token = self.keys.token(&req.token)?;
-        let key = token.generate(req.role, gun).await?;
+        let opts = crate::keys::KeyOptions {
+            slot: Some(req.slot).filter(|s| !s.is_empty()),
+            pin_policy: Some(req.pin_policy).filter(|s| !s.is_empty()),
+            touch_policy: Some(req.touch_policy).filter(|s| !s.is_empty()),
+        };
+        let key = token.generate_with(req.role, gun, opts).await?;
         self.keys.invalidate();
         tracing::info!(token = %token.label, key_id = %key.key_id, role = %key.role, "generated key");
         self.keys
@@ -277,6 +283,64 @@ impl Agent for AgentService {
             .await?;
         Ok(Response::new(pb::GenerateKeyResponse {
             key: Some(key_pb(key)),
+        }))
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::Notice, Status>> + Send + 'static>,
+    >;
+
+    async fn watch(
+        &self,
+        _req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        use tokio_stream::StreamExt;
+        // Subscribed before the response goes out: a request sent after it is watched.
+        let notices = crate::notices::subscribe();
+        let stream = tokio_stream::wrappers::BroadcastStream::new(notices).filter_map(|n| {
+            n.ok().map(|n| {
+                Ok(pb::Notice {
+                    kind: n.kind.into(),
+                    token: n.token,
+                    key_id: n.key_id,
+                    message: n.message,
+                })
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn attest_key(
+        &self,
+        req: Request<pb::AttestKeyRequest>,
+    ) -> Result<Response<pb::AttestKeyResponse>, Status> {
+        let req = req.into_inner();
+        let key = self
+            .keys
+            .find_key(&req.key_id)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        let token = self.keys.token(&key.token)?;
+        let k = key.clone();
+        let (attestation, intermediate) = token.run(move |b| b.attest(&k)).await?;
+        self.keys
+            .audit()
+            .record(Event {
+                key_id: key.key_id.clone(),
+                role: key.role.clone(),
+                gun: key.gun.clone().unwrap_or_default(),
+                outcome: format!("ok, token {}", token.label),
+                ..Event::new("attest")
+            })
+            .await?;
+        Ok(Response::new(pb::AttestKeyResponse {
+            attestation,
+            intermediate,
+            slot: key.handle.iter().map(|b| format!("{b:02x}")).collect(),
+            key_id: key.key_id,
+            token: key.token,
         }))
     }
 

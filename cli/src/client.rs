@@ -94,6 +94,7 @@ impl Client {
                 }
                 unreachable(msg)
             })?;
+        watch_notices(channel.clone()).await;
         Ok(Client {
             inner: AgentClient::new(channel).max_decoding_message_size(usize::MAX),
         })
@@ -108,6 +109,23 @@ impl Client {
             .await
             .map(Response::into_inner)
             .map_err(failure)
+    }
+}
+
+/// Shows the agent's notices ("touch your YubiKey") on stderr while this command runs. The
+/// stream is open before the command's request goes out, so none is missed. An agent that
+/// cannot watch (busy, older) is not an error.
+async fn watch_notices(channel: Channel) {
+    let mut watcher = AgentClient::new(channel);
+    let req = dct_proto::dct::v1::WatchRequest {};
+    let opened = tokio::time::timeout(std::time::Duration::from_secs(2), watcher.watch(req)).await;
+    if let Ok(Ok(stream)) = opened {
+        let mut stream = stream.into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(n)) = stream.message().await {
+                eprintln!("dct: {}", n.message);
+            }
+        });
     }
 }
 

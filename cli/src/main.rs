@@ -113,6 +113,26 @@ enum KeyCmd {
         gun: Option<String>,
         #[arg(long)]
         token: Option<String>,
+        /// YubiKey (PIV) only: the slot, e.g. 9c or 82. Default: 9c for root, else the
+        /// card's first free slot.
+        #[arg(long)]
+        slot: Option<String>,
+        /// YubiKey (PIV) only: never, once or always (default: always for root, else once).
+        #[arg(long, value_name = "POLICY")]
+        pin_policy: Option<String>,
+        /// YubiKey (PIV) only: never, always or cached (default: always for root, else never).
+        #[arg(long, value_name = "POLICY")]
+        touch_policy: Option<String>,
+    },
+    /// The YubiKey's attestation that a key was generated on the card: the attestation
+    /// certificate for the key's slot, then the card's attestation certificate (slot f9),
+    /// as PEM. Check it with `openssl verify -CAfile yubico-piv-ca.pem -untrusted f9.pem`.
+    Attest {
+        #[arg(value_name = "KEYID")]
+        key: String,
+        /// Write the PEM here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// List keys: role, GUN, key ID (and canonical ID for root keys), backend, token.
     List {
@@ -474,12 +494,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Key(KeyCmd::Generate { role, gun, token }) => {
+        Command::Key(KeyCmd::Generate {
+            role,
+            gun,
+            token,
+            slot,
+            pin_policy,
+            touch_policy,
+        }) => {
             let mut c = Client::connect(&socket).await?;
             let req = pb::GenerateKeyRequest {
                 role,
                 gun: gun.unwrap_or_default(),
                 token: token.unwrap_or_default(),
+                slot: slot.unwrap_or_default(),
+                pin_policy: pin_policy.unwrap_or_default(),
+                touch_policy: touch_policy.unwrap_or_default(),
             };
             let r = c
                 .call(|mut a| async move { a.generate_key(req).await })
@@ -490,6 +520,34 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "canonical ID {} (root certificate for {})",
                     key.canonical_id, key.gun
                 );
+            }
+            Ok(())
+        }
+        Command::Key(KeyCmd::Attest { key, out }) => {
+            let mut c = Client::connect(&socket).await?;
+            let req = pb::AttestKeyRequest { key_id: key };
+            let r = c
+                .call(|mut a| async move { a.attest_key(req).await })
+                .await?;
+            let pem = format!(
+                "{}{}",
+                output::pem("CERTIFICATE", &r.attestation),
+                output::pem("CERTIFICATE", &r.intermediate)
+            );
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, pem).map_err(|e| {
+                        Failure::failed(format!("cannot write {}: {e}", path.display()))
+                    })?;
+                    eprintln!(
+                        "attestation of key {} (token {}, slot {}) written to {}",
+                        r.key_id,
+                        r.token,
+                        r.slot,
+                        path.display()
+                    );
+                }
+                None => print!("{pem}"),
             }
             Ok(())
         }
@@ -505,7 +563,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let keys: Vec<_> = r.keys.iter().map(output::key_json).collect();
                 return print_json(&serde_json::json!({"keys": keys, "errors": r.errors}));
             }
-            let mut t = Table::new(&["ROLE", "GUN", "KEY ID", "CANONICAL ID", "BACKEND", "TOKEN"]);
+            let mut t = Table::new(&[
+                "ROLE",
+                "GUN",
+                "KEY ID",
+                "CANONICAL ID",
+                "BACKEND",
+                "TOKEN",
+                "DETAIL",
+            ]);
             for k in &r.keys {
                 let canonical = if k.canonical_id == k.key_id {
                     "-".to_string()
@@ -524,6 +590,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     canonical,
                     k.backend.clone(),
                     k.token.clone(),
+                    if k.detail.is_empty() {
+                        "-".into()
+                    } else {
+                        k.detail.clone()
+                    },
                 ]);
             }
             if r.keys.is_empty() {

@@ -111,6 +111,7 @@ pub fn key_json(k: &pb::Key) -> Value {
     json!({
         "key_id": k.key_id, "canonical_id": k.canonical_id, "role": k.role,
         "gun": (!k.gun.is_empty()).then_some(&k.gun), "backend": k.backend, "token": k.token, "uri": k.uri,
+        "detail": (!k.detail.is_empty()).then_some(&k.detail),
         "tuf_key": {"keytype": k.keytype, "keyval": {"private": null, "public": public}},
     })
 }
@@ -149,4 +150,17 @@ pub fn verify_json(gun: &str, r: &pb::VerifyRepositoryResponse) -> Value {
         })
         .collect();
     json!({"gun": gun, "valid": true, "roles": roles, "warnings": r.warnings})
+}
+
+/// PEM of one DER object, 64 columns.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

@@ -5,6 +5,7 @@
 //! open across requests.
 
 pub mod file;
+pub mod piv;
 pub mod pkcs11;
 
 use std::sync::{mpsc, Arc};
@@ -35,8 +36,24 @@ pub struct KeyEntry {
     pub uri: String,
     pub backend: &'static str,
     pub token: String,
-    /// Backend-specific handle (PKCS#11 CKA_ID).
+    /// Backend-specific handle (PKCS#11 CKA_ID, PIV slot).
     pub handle: Vec<u8>,
+    /// Backend details for people (PIV: slot, PIN and touch policy, origin).
+    pub detail: String,
+}
+
+/// Choices for a new key that only some backends have (PIV: slot, PIN and touch policy).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyOptions {
+    pub slot: Option<String>,
+    pub pin_policy: Option<String>,
+    pub touch_policy: Option<String>,
+}
+
+impl KeyOptions {
+    pub fn is_empty(&self) -> bool {
+        *self == KeyOptions::default()
+    }
 }
 
 impl KeyEntry {
@@ -72,6 +89,34 @@ pub trait KeyBackend: Send + 'static {
     fn list_keys(&mut self) -> Result<Vec<KeyEntry>>;
     /// Generates a P-256 key on the token, non-extractable, labelled with role and GUN.
     fn generate(&mut self, role: &str, gun: Option<&str>) -> Result<KeyEntry>;
+    /// Generates a key with backend-specific options; for a root key with a GUN, also its
+    /// Notary root certificate (signed on the token) stored beside it.
+    fn generate_with(
+        &mut self,
+        role: &str,
+        gun: Option<&str>,
+        opts: &KeyOptions,
+    ) -> Result<KeyEntry> {
+        if !opts.is_empty() {
+            return Err(Error::InvalidArgument(
+                "slot, PIN policy and touch policy apply only to YubiKeys over PIV ([[piv]] tokens)"
+                    .into(),
+            ));
+        }
+        let key = self.generate(role, if role == "root" { None } else { gun })?;
+        match (role, gun) {
+            ("root", Some(gun)) => make_root_cert(self, &key, gun),
+            _ => Ok(key),
+        }
+    }
+    /// The card's attestation of a key generated on it: (attestation certificate, the
+    /// card's attestation certificate), DER.
+    fn attest(&mut self, key: &KeyEntry) -> Result<(Vec<u8>, Vec<u8>)> {
+        Err(Error::InvalidArgument(format!(
+            "key {} is on a {} token; attestations come from YubiKeys over PIV ([[piv]] tokens)",
+            key.key_id, key.backend
+        )))
+    }
     /// Puts an existing P-256 key on the token (sensitive, non-extractable from then on).
     fn import(
         &mut self,
@@ -407,14 +452,18 @@ impl Token {
     /// on the token (signed by the new key) and stores it there. One job, so nothing else
     /// runs on the token in between.
     pub async fn generate(&self, role: String, gun: Option<String>) -> Result<KeyEntry> {
-        self.run(move |b| {
-            let key = b.generate(&role, if role == "root" { None } else { gun.as_deref() })?;
-            match (role.as_str(), gun) {
-                ("root", Some(gun)) => make_root_cert(b, &key, &gun),
-                _ => Ok(key),
-            }
-        })
-        .await
+        self.generate_with(role, gun, KeyOptions::default()).await
+    }
+
+    /// As [`Token::generate`], with backend-specific options.
+    pub async fn generate_with(
+        &self,
+        role: String,
+        gun: Option<String>,
+        opts: KeyOptions,
+    ) -> Result<KeyEntry> {
+        self.run(move |b| b.generate_with(&role, gun.as_deref(), &opts))
+            .await
     }
 }
 
@@ -430,7 +479,11 @@ pub async fn backup_key(from: &Token, to: &Token, key: &KeyEntry) -> Result<KeyE
 }
 
 /// Builds the root certificate for `gun`, has the token sign it, stores it.
-pub fn make_root_cert(b: &mut dyn KeyBackend, key: &KeyEntry, gun: &str) -> Result<KeyEntry> {
+pub fn make_root_cert<B: KeyBackend + ?Sized>(
+    b: &mut B,
+    key: &KeyEntry,
+    gun: &str,
+) -> Result<KeyEntry> {
     let tbs = cert::root_tbs(gun, &key.spki, SystemTime::now())
         .map_err(|e| Error::Internal(e.to_string()))?;
     let tbs_der = tbs.to_der().map_err(|e| Error::Internal(e.to_string()))?;

@@ -208,6 +208,7 @@ impl Pkcs11Backend {
             backend: BACKEND,
             token: self.label.clone(),
             handle: id,
+            detail: String::new(),
         }
     }
 

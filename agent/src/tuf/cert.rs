@@ -15,6 +15,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
 const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+const OID_OU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.11");
 const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 const OID_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
 const OID_EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
@@ -46,13 +47,31 @@ pub fn root_tbs(
     spki_der: &[u8],
     not_before: SystemTime,
 ) -> Result<TbsCertificate, CertError> {
+    self_signed_tbs(name(&[(OID_CN, gun)])?, spki_der, not_before)
+}
+
+/// As [`root_tbs`], with subject `CN=<cn>, OU=<ou>`: the certificate that marks a slot on a
+/// PIV card as holding one of the agent's keys (PIV tools list a slot by its certificate).
+pub fn marker_tbs(
+    cn: &str,
+    ou: &str,
+    spki_der: &[u8],
+    not_before: SystemTime,
+) -> Result<TbsCertificate, CertError> {
+    self_signed_tbs(name(&[(OID_CN, cn), (OID_OU, ou)])?, spki_der, not_before)
+}
+
+fn self_signed_tbs(
+    name: Name,
+    spki_der: &[u8],
+    not_before: SystemTime,
+) -> Result<TbsCertificate, CertError> {
     let mut serial = [0u8; 16];
     getrandom::getrandom(&mut serial).map_err(|e| CertError::Rng(e.to_string()))?;
     serial[0] &= 0x7f; // positive
     if serial[0] == 0 {
         serial[0] = 1; // keep 128 bits, minimally encoded
     }
-    let name = common_name(gun)?;
     let key_usage = KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment);
     let extensions = vec![
         extension(OID_KEY_USAGE, true, &key_usage)?,
@@ -128,23 +147,44 @@ fn extension(
     })
 }
 
-/// A subject of one CN, encoded as Go encodes strings: PrintableString when every
-/// character allows it, else UTF8String.
-fn common_name(cn: &str) -> Result<Name, CertError> {
-    let printable = cn
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c));
-    let tag = if printable {
-        Tag::PrintableString
-    } else {
-        Tag::Utf8String
-    };
-    let atv = AttributeTypeAndValue {
-        oid: OID_CN,
-        value: Any::new(tag, cn.as_bytes())?,
-    };
-    let rdn = RelativeDistinguishedName(SetOfVec::try_from(vec![atv])?);
-    Ok(RdnSequence(vec![rdn]))
+/// A subject of one RDN per attribute, strings encoded as Go encodes them:
+/// PrintableString when every character allows it, else UTF8String.
+fn name(parts: &[(ObjectIdentifier, &str)]) -> Result<Name, CertError> {
+    let mut rdns = Vec::new();
+    for (oid, value) in parts {
+        let printable = value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c));
+        let tag = if printable {
+            Tag::PrintableString
+        } else {
+            Tag::Utf8String
+        };
+        let atv = AttributeTypeAndValue {
+            oid: *oid,
+            value: Any::new(tag, value.as_bytes())?,
+        };
+        rdns.push(RelativeDistinguishedName(SetOfVec::try_from(vec![atv])?));
+    }
+    Ok(RdnSequence(rdns))
+}
+
+/// The subject's CN and OU (each if it has exactly one) and how many other attributes.
+pub fn subject_cn_ou(cert: &Certificate) -> (Option<String>, Option<String>, usize) {
+    let (mut cn, mut ou, mut others) = (Vec::new(), Vec::new(), 0);
+    for rdn in cert.tbs_certificate.subject.0.iter() {
+        for atv in rdn.0.iter() {
+            let v = String::from_utf8_lossy(atv.value.value()).into_owned();
+            match atv.oid {
+                OID_CN => cn.push(v),
+                OID_OU => ou.push(v),
+                _ => others += 1,
+            }
+        }
+    }
+    let one = |mut v: Vec<String>| if v.len() == 1 { v.pop() } else { None };
+    let extra = usize::from(cn.len() > 1) + usize::from(ou.len() > 1);
+    (one(cn), one(ou), others + extra)
 }
 
 /// The subject's common name, if it has exactly one.
