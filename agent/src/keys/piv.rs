@@ -3,9 +3,10 @@
 //! A card is named by its serial. Keys are P-256, generated on the card with a PIN policy
 //! and a touch policy chosen per key (root: PIN always, touch always). A slot holds a key
 //! for the agent when its certificate says so: a root key's certificate is its Notary root
-//! certificate (subject CN = GUN, only that), found in the root slot (9c unless configured);
-//! any other key's is a self-signed certificate, signed on the card, with subject
-//! `CN=<GUN>, OU=dct-agent:<role>`. Slots with other certificates are left alone.
+//! certificate (subject CN = GUN, only that, code signing), made on the card; any other
+//! key's is a self-signed certificate, signed on the card, with subject
+//! `CN=<GUN>, OU=dct-agent:<role>`. Slots with other certificates are left alone. New root
+//! keys go to the root slot (9c unless configured), others to the first free slot.
 //!
 //! The PIN is verified only with a PIN the user gave, never a default, once per unlock,
 //! and refused on the last try without `force`. While unlocked the agent keeps the PIN in
@@ -29,8 +30,6 @@ use crate::error::{Error, PinState, Result};
 use crate::tuf::keys::{self as tufkeys, TufKey};
 
 pub const BACKEND: &str = "piv";
-/// Subject OU of the agent's certificates for keys other than root.
-const OU_PREFIX: &str = "dct-agent:";
 /// The factory management key of every YubiKey (3DES up to firmware 5.6, AES-192 after).
 const FACTORY_MGM: [u8; 24] = [
     1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
@@ -210,6 +209,67 @@ impl PivBackend {
         }
     }
 
+    /// Runs `f` on the card. A reset by another PC/SC client (the card is still there but
+    /// forgot its verified PIN) is recovered once: the card is reopened, the PIN the user
+    /// gave verified again (only with more than one try left), and `f` run again. A card
+    /// that is gone, or a second failure: the token locks and the error says so. The inner
+    /// result is the card's own answer.
+    fn with_card<T>(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(&mut YubiKey) -> yubikey::Result<T>,
+    ) -> Result<yubikey::Result<T>> {
+        let r = f(self.card()?);
+        let Err(yubikey::Error::PcscError {
+            inner: Some(pcsc::Error::ResetCard),
+        }) = r
+        else {
+            return match r {
+                Err(e @ yubikey::Error::PcscError { .. }) => Err(self.fail(what, e)),
+                r => Ok(r),
+            };
+        };
+        tracing::info!(token = %self.label, "{what}: the card was reset by another application; reopening");
+        self.reopen_after_reset()?;
+        match f(self.card()?) {
+            Err(e @ yubikey::Error::PcscError { .. }) => Err(self.fail(what, e)),
+            r => Ok(r),
+        }
+    }
+
+    fn reopen_after_reset(&mut self) -> Result<()> {
+        let pin = self.pin.take();
+        self.card = None;
+        self.card()?;
+        let Some(pin) = pin else { return Ok(()) };
+        let why = format!(
+            "YubiKey serial {} was reset by another application",
+            self.serial
+        );
+        match self.pin_tries()? {
+            Some(n) if n > 1 => {}
+            _ => {
+                self.lost = Some(format!(
+                    "{why}; the PIN was not tried again (few tries left)"
+                ));
+                return Err(Error::Locked {
+                    token: self.label.clone(),
+                });
+            }
+        }
+        let yk = self.card()?;
+        match yk.verify_pin(&pin) {
+            Ok(()) => {
+                self.pin = Some(pin);
+                Ok(())
+            }
+            Err(e) => {
+                self.lost = Some(format!("{why}; its PIN no longer verifies"));
+                Err(self.fail("PIN after a reset", e))
+            }
+        }
+    }
+
     fn drop_card(&mut self, why: String) {
         if self.pin.is_some() {
             self.lost = Some(why);
@@ -237,11 +297,11 @@ impl PivBackend {
     /// else the VERIFY status query (which resets the verification, so only while locked).
     fn pin_tries(&mut self) -> Result<Option<u8>> {
         let unlocked = self.pin.is_some();
-        let yk = self.card()?;
-        match piv::metadata(yk, SlotId::Management(ManagementSlotId::Pin)) {
+        let pin_slot = SlotId::Management(ManagementSlotId::Pin);
+        match self.with_card("PIN metadata", |yk| piv::metadata(yk, pin_slot))? {
             Ok(m) => Ok(m.retries.map(|r| r.remaining_count)),
             Err(yubikey::Error::NotSupported | yubikey::Error::NotFound) if !unlocked => {
-                match yk.get_pin_retries() {
+                match self.with_card("PIN retries", |yk| yk.get_pin_retries())? {
                     Ok(n) => Ok(Some(n)),
                     Err(e) => Err(self.fail("PIN retries", e)),
                 }
@@ -257,8 +317,8 @@ impl PivBackend {
         if let Some(a) = self.mgm_alg {
             return Ok(a);
         }
-        let yk = self.card()?;
-        let alg = match piv::metadata(yk, SlotId::Management(ManagementSlotId::Management)) {
+        let mgm_slot = SlotId::Management(ManagementSlotId::Management);
+        let alg = match self.with_card("metadata", |yk| piv::metadata(yk, mgm_slot))? {
             Ok(m) => match m.algorithm {
                 SlotAlgorithmId::Management(a) => a,
                 other => {
@@ -285,8 +345,7 @@ impl PivBackend {
                 MgmKey::from_bytes(&*bytes, Some(alg))
             }
             ManagementKey::Protected => {
-                let yk = self.card()?;
-                match MgmKey::get_protected(yk) {
+                match self.with_card("management key", MgmKey::get_protected)? {
                     Ok(k) => Ok(k),
                     Err(e) => {
                         return Err(Error::Refused(format!(
@@ -304,8 +363,7 @@ impl PivBackend {
                 mgm_name(alg)
             ))
         })?;
-        let yk = self.card()?;
-        match yk.authenticate(&key) {
+        match self.with_card("management key", |yk| yk.authenticate(&key))? {
             Ok(()) => Ok(()),
             Err(yubikey::Error::AuthenticationError) => Err(Error::Refused(format!(
                 "token {}: the card refused the management key ({}): check management_key in agent.toml",
@@ -318,21 +376,19 @@ impl PivBackend {
 
     /// Reads a slot's certificate (DER), if it has one.
     fn read_cert(&mut self, slot: SlotId) -> Result<Option<Vec<u8>>> {
-        let yk = self.card()?;
-        let obj = match yk.fetch_object(object_id(slot)) {
+        let obj = match self.with_card("read", |yk| yk.fetch_object(object_id(slot)))? {
             Ok(o) => o,
-            Err(yubikey::Error::NotFound) => return Ok(None),
-            Err(e @ yubikey::Error::PcscError { .. }) => return Err(self.fail("read", e)),
             Err(_) => return Ok(None),
         };
         Ok(cert_from_object(&obj))
     }
 
     fn write_cert(&mut self, slot: SlotId, der: &[u8]) -> Result<()> {
-        let mut obj = cert_object(der)?;
-        let yk = self.card()?;
-        yk.save_object(object_id(slot), &mut obj)
-            .map_err(|e| self.fail("write certificate", e))
+        let obj = cert_object(der)?;
+        self.with_card("write certificate", |yk| {
+            yk.save_object(object_id(slot), &mut obj.clone())
+        })?
+        .map_err(|e| self.fail("write certificate", e))
     }
 
     /// The policies of a slot's key: metadata on firmware 5.3+, else the slot's defaults.
@@ -340,8 +396,7 @@ impl PivBackend {
         if let Some(p) = self.policies.get(&u8::from(slot)) {
             return Ok(Some(*p));
         }
-        let yk = self.card()?;
-        let p = match piv::metadata(yk, slot) {
+        let p = match self.with_card("slot metadata", |yk| piv::metadata(yk, slot))? {
             Ok(m) => {
                 let (pin, touch) = m
                     .policy
@@ -420,7 +475,7 @@ impl PivBackend {
         let Ok(cert) = Certificate::from_der(&der) else {
             return Ok(None);
         };
-        let Some((role, gun)) = classify(&cert, slot == self.root_slot) else {
+        let Some((role, gun)) = crate::tuf::cert::key_role(&cert) else {
             return Ok(None);
         };
         let spki = cert
@@ -461,8 +516,7 @@ impl PivBackend {
         if self.read_cert(slot)?.is_some() {
             return Ok(false);
         }
-        let yk = self.card()?;
-        match piv::metadata(yk, slot) {
+        match self.with_card("slot metadata", |yk| piv::metadata(yk, slot))? {
             Ok(_) => Ok(false),
             Err(yubikey::Error::NotFound | yubikey::Error::NotSupported) => Ok(true),
             Err(e) => Err(self.fail("slot metadata", e)),
@@ -518,8 +572,7 @@ impl PivBackend {
             let pin = self.pin.clone().ok_or_else(|| Error::Locked {
                 token: self.label.clone(),
             })?;
-            let yk = self.card()?;
-            if let Err(e) = yk.verify_pin(&pin) {
+            if let Err(e) = self.with_card("PIN", |yk| yk.verify_pin(&pin))? {
                 // The PIN that unlocked this card no longer works: lock, do not retry.
                 let err = self.fail("PIN", e);
                 self.pin = None;
@@ -539,8 +592,8 @@ impl PivBackend {
                 ),
             });
         }
-        let yk = self.card()?;
-        let der = match piv::sign_data(yk, digest, AlgorithmId::EccP256, slot) {
+        let sign = |yk: &mut YubiKey| piv::sign_data(yk, digest, AlgorithmId::EccP256, slot);
+        let der = match self.with_card("sign", sign)? {
             Ok(d) => d,
             Err(yubikey::Error::AuthenticationError) => {
                 // Security status not satisfied: the card lost its PIN state (reset by
@@ -601,22 +654,6 @@ fn spki_point(cert: &Certificate) -> &[u8] {
         .subject_public_key_info
         .subject_public_key
         .raw_bytes()
-}
-
-/// (role, GUN) of a slot certificate the agent made: `OU=dct-agent:<role>`, or, in the
-/// root slot, a Notary root certificate (only a CN).
-fn classify(cert: &Certificate, root_slot: bool) -> Option<(String, Option<String>)> {
-    let (cn, ou, others) = crate::tuf::cert::subject_cn_ou(cert);
-    if let Some(role) = ou.as_deref().and_then(|o| o.strip_prefix(OU_PREFIX)) {
-        let gun = cn.filter(|c| !c.is_empty());
-        return Some((role.to_string(), gun));
-    }
-    if root_slot && ou.is_none() && others == 0 {
-        return cn
-            .filter(|c| !c.is_empty())
-            .map(|c| ("root".into(), Some(c)));
-    }
-    None
 }
 
 /// The DER certificate inside a PIV certificate object (`70 L <DER> 71 01 <info> FE 00`).
@@ -733,8 +770,7 @@ impl KeyBackend for PivBackend {
                 self.label
             )));
         }
-        let yk = self.card()?;
-        match yk.verify_pin(&bytes) {
+        match self.with_card("PIN", |yk| yk.verify_pin(&bytes))? {
             Ok(()) => {
                 self.pin = Some(bytes);
                 self.lost = None;
@@ -787,8 +823,10 @@ impl KeyBackend for PivBackend {
         };
         let slot = self.pick_slot(role, opts.slot.as_deref())?;
         self.authenticate()?;
-        let yk = self.card()?;
-        let spki = piv::generate(yk, slot, AlgorithmId::EccP256, pin, touch)
+        let spki = self
+            .with_card("generate", |yk| {
+                piv::generate(yk, slot, AlgorithmId::EccP256, pin, touch)
+            })?
             .map_err(|e| self.fail("generate", e))?;
         let spki = tufkeys::p256_spki_from_point(spki.subject_public_key.raw_bytes())
             .map_err(|e| Error::Internal(format!("the card returned a bad public key: {e}")))?;
@@ -810,7 +848,7 @@ impl KeyBackend for PivBackend {
             }
             _ => crate::tuf::cert::marker_tbs(
                 gun.unwrap_or(""),
-                &format!("{OU_PREFIX}{role}"),
+                &format!("{}{role}", crate::tuf::cert::KEY_OU_PREFIX),
                 &spki,
                 std::time::SystemTime::now(),
             ),
@@ -866,19 +904,18 @@ impl KeyBackend for PivBackend {
         // no longer lists and a new key may be generated over the old one.
         let slot = Self::slot_of(key)?;
         self.authenticate()?;
-        let yk = self.card()?;
-        yk.save_object(object_id(slot), &mut [])
-            .map_err(|e| self.fail("delete certificate", e))?;
+        self.with_card("delete certificate", |yk| {
+            yk.save_object(object_id(slot), &mut [])
+        })?
+        .map_err(|e| self.fail("delete certificate", e))?;
         self.policies.remove(&u8::from(slot));
         Ok(())
     }
 
     fn attest(&mut self, key: &KeyEntry) -> Result<(Vec<u8>, Vec<u8>)> {
         let slot = Self::slot_of(key)?;
-        let yk = self.card()?;
-        let att = match piv::attest(yk, slot) {
+        let att = match self.with_card("attest", |yk| piv::attest(yk, slot))? {
             Ok(a) => a.to_vec(),
-            Err(e @ yubikey::Error::PcscError { .. }) => return Err(self.fail("attest", e)),
             Err(e) => {
                 return Err(Error::InvalidArgument(format!(
                     "the card gives no attestation for slot {} ({e}): only keys generated on the card have one",

@@ -69,7 +69,13 @@ pub struct Pkcs11Backend {
     handles: HashMap<(Vec<u8>, Vec<u8>), ObjectHandle>,
     /// A session-only RSA key for receiving a wrapped backup.
     transport: Option<ObjectHandle>,
+    /// The PIN, kept while logged in only when the token holds keys that want it again
+    /// before each signature (CKA_ALWAYS_AUTHENTICATE: a PIV slot with PIN policy
+    /// "always", reached through ykcs11 or OpenSC). Shared with the signing sessions.
+    pin: PinHolder,
 }
+
+type PinHolder = std::sync::Arc<std::sync::Mutex<Option<SecretString>>>;
 
 impl Pkcs11Backend {
     pub fn new(ctx: Pkcs11, module: PathBuf, label: String) -> Self {
@@ -80,6 +86,7 @@ impl Pkcs11Backend {
             session: None,
             handles: HashMap::new(),
             transport: None,
+            pin: PinHolder::default(),
         }
     }
 
@@ -90,6 +97,7 @@ impl Pkcs11Backend {
     /// Opens further sessions on this token for signing on other threads (the pool).
     pub fn session_factory(&self) -> super::SessionFactory {
         let (ctx, module, label) = (self.ctx.clone(), self.module.clone(), self.label.clone());
+        let pin = self.pin.clone();
         std::sync::Arc::new(move || {
             let slot = find_slot(&ctx, &module, &label)?;
             let session = ctx
@@ -99,6 +107,7 @@ impl Pkcs11Backend {
                 session,
                 label: label.clone(),
                 handles: HashMap::new(),
+                pin: pin.clone(),
             }) as Box<dyn super::SignSession>)
         })
     }
@@ -401,14 +410,23 @@ impl Pkcs11Backend {
             let (Some(label), Some(id), Some(point)) = (label, id, point) else {
                 continue;
             };
-            let Some((role, gun)) = parse_label(&String::from_utf8_lossy(&label)) else {
-                continue;
-            };
             let Ok(spki) = tufkeys::p256_spki_from_point(ec_point(&point)) else {
                 continue;
             };
-            let entry = self.entry(&role, gun.as_deref(), spki, id.clone());
             let certs = by_id.get(&id).map(Vec::as_slice).unwrap_or_default();
+            let (role, gun, named_by_cert) = match parse_label(&String::from_utf8_lossy(&label)) {
+                Some((role, gun)) => (role, gun, false),
+                // A key we did not label (a PIV card through ykcs11 or OpenSC): its
+                // certificate names its role and GUN, if it is one of ours.
+                None => match certs.iter().find_map(|c| cert_named(c, &spki)) {
+                    Some((role, gun)) => (role, gun, true),
+                    None => continue,
+                },
+            };
+            let mut entry = self.entry(&role, gun.as_deref(), spki, id.clone());
+            if named_by_cert {
+                entry.detail = CERT_NAMED.into();
+            }
             if role == "root" && !certs.is_empty() {
                 for c in certs {
                     // A stray certificate must not hide the token's other keys.
@@ -472,7 +490,18 @@ impl KeyBackend for Pkcs11Backend {
         let result = self.session()?.login(UserType::User, Some(pin));
         self.handles.clear();
         match result {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(self.pin_state()),
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                let always = self.session()?.find_objects(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::AlwaysAuthenticate(true),
+                ]);
+                if always.is_ok_and(|v| !v.is_empty()) {
+                    if let Ok(mut p) = self.pin.lock() {
+                        *p = Some(pin.clone());
+                    }
+                }
+                Ok(self.pin_state())
+            }
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(Error::WrongPin {
                 token: self.label.clone(),
                 state: self.pin_state(),
@@ -492,6 +521,9 @@ impl KeyBackend for Pkcs11Backend {
 
     fn logout(&mut self) -> Result<()> {
         self.handles.clear();
+        if let Ok(mut p) = self.pin.lock() {
+            *p = None;
+        }
         if self.session.is_none() || !self.logged_in() {
             return Ok(());
         }
@@ -713,14 +745,15 @@ impl KeyBackend for Pkcs11Backend {
 
     fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
         let h = self.private_handle(key)?;
-        let r = self.session()?.sign(&Mechanism::Ecdsa, h, digest);
+        let pin = self.pin.clone();
+        let r = ecdsa(self.session()?, h, digest, &pin);
         let sig = match r {
             Ok(s) => s,
             Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)) => {
                 // The handle went stale (another application changed the token): look it up again.
                 self.handles.clear();
                 let h = self.private_handle(key)?;
-                let r = self.session()?.sign(&Mechanism::Ecdsa, h, digest);
+                let r = ecdsa(self.session()?, h, digest, &pin);
                 r.map_err(|e| self.map_err(e))?
             }
             Err(e) => return Err(self.map_err(e)),
@@ -821,12 +854,16 @@ fn lookup_private(
     key: &KeyEntry,
 ) -> std::result::Result<ObjectHandle, LookupError> {
     let id = key.handle.as_slice();
-    let template = [
+    let mut template = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(KeyType::EC),
         Attribute::Id(id.to_vec()),
-        Attribute::Label(private_label(key)),
     ];
+    // A key named by its certificate has the module's own label (ykcs11: "Private key
+    // for Digital Signature"); on a PIV card only the management key writes certificates.
+    if key.detail != CERT_NAMED {
+        template.push(Attribute::Label(private_label(key)));
+    }
     match session
         .find_objects(&template)
         .map_err(LookupError::Ck)?
@@ -845,6 +882,19 @@ fn lookup_private(
     }
 }
 
+/// The detail of keys found by their certificate rather than our label.
+const CERT_NAMED: &str = "named by its certificate (PIV)";
+
+/// (role, GUN) from a certificate of ours over `spki`.
+fn cert_named(der: &[u8], spki: &[u8]) -> Option<(String, Option<String>)> {
+    let cert = Certificate::from_der(der).ok()?;
+    let cert_spki = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
+    if cert_spki != spki {
+        return None;
+    }
+    crate::tuf::cert::key_role(&cert)
+}
+
 /// The label the private half of `key` must carry.
 fn private_label(key: &KeyEntry) -> Vec<u8> {
     let gun = if key.role == "root" {
@@ -853,6 +903,34 @@ fn private_label(key: &KeyEntry) -> Vec<u8> {
         key.gun.as_deref()
     };
     key_label(&key.role, gun)
+}
+
+/// One raw ECDSA signature. A key that wants the PIN before each use
+/// (CKA_ALWAYS_AUTHENTICATE) gets a context-specific login between C_SignInit and the
+/// signature, with the PIN the user gave at unlock; without it, the token says not logged in.
+fn ecdsa(
+    session: &Session,
+    h: ObjectHandle,
+    digest: &[u8],
+    pin: &PinHolder,
+) -> cryptoki::error::Result<Vec<u8>> {
+    let always = session
+        .get_attributes(h, &[AttributeType::AlwaysAuthenticate])
+        .is_ok_and(|a| matches!(a.as_slice(), [Attribute::AlwaysAuthenticate(true)]));
+    if !always {
+        return session.sign(&Mechanism::Ecdsa, h, digest);
+    }
+    let pin = pin.lock().ok().and_then(|p| p.clone());
+    let Some(pin) = pin else {
+        return Err(CkError::Pkcs11(
+            RvError::UserNotLoggedIn,
+            cryptoki::context::Function::Login,
+        ));
+    };
+    session.sign_init(&Mechanism::Ecdsa, h)?;
+    session.login(UserType::ContextSpecific, Some(&pin))?;
+    session.sign_update(digest)?;
+    session.sign_final()
 }
 
 fn check_sig_len(sig: Vec<u8>) -> Result<Vec<u8>> {
@@ -871,6 +949,7 @@ struct SignSession {
     session: Session,
     label: String,
     handles: HashMap<(Vec<u8>, Vec<u8>), ObjectHandle>,
+    pin: PinHolder,
 }
 
 impl SignSession {
@@ -909,7 +988,7 @@ impl super::SignSession for SignSession {
                     h
                 }
             };
-            match self.session.sign(&Mechanism::Ecdsa, h, digest) {
+            match ecdsa(&self.session, h, digest, &self.pin) {
                 Ok(sig) => return check_sig_len(sig),
                 Err(CkError::Pkcs11(
                     RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,

@@ -169,6 +169,35 @@ fn name(parts: &[(ObjectIdentifier, &str)]) -> Result<Name, CertError> {
     Ok(RdnSequence(rdns))
 }
 
+/// Subject OU of the agent's own certificates for keys other than root on PIV cards.
+pub const KEY_OU_PREFIX: &str = "dct-agent:";
+
+/// The (role, GUN) a certificate beside a key names, for keys that carry no label of ours
+/// (PIV slots, directly or through ykcs11 / OpenSC): `OU=dct-agent:<role>` (CN = GUN, may be
+/// empty), or a Notary root certificate (only a CN, code-signing extended key usage).
+pub fn key_role(cert: &Certificate) -> Option<(String, Option<String>)> {
+    let (cn, ou, others) = subject_cn_ou(cert);
+    if let Some(role) = ou.as_deref().and_then(|o| o.strip_prefix(KEY_OU_PREFIX)) {
+        return Some((role.to_string(), cn.filter(|c| !c.is_empty())));
+    }
+    let code_signing = cert
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .filter(|e| e.extn_id == OID_EXT_KEY_USAGE)
+        .any(|e| {
+            ExtendedKeyUsage::from_der(e.extn_value.as_bytes())
+                .is_ok_and(|u| u.0.contains(&OID_CODE_SIGNING))
+        });
+    if ou.is_none() && others == 0 && code_signing {
+        return cn
+            .filter(|c| !c.is_empty())
+            .map(|c| ("root".into(), Some(c)));
+    }
+    None
+}
+
 /// The subject's CN and OU (each if it has exactly one) and how many other attributes.
 pub fn subject_cn_ou(cert: &Certificate) -> (Option<String>, Option<String>, usize) {
     let (mut cn, mut ou, mut others) = (Vec::new(), Vec::new(), 0);
