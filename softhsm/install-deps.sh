@@ -7,10 +7,16 @@
 #   notary    - the real notary-server, notary-signer and notary client (0.7.0)
 #   docker-registry, skopeo - a real registry and a client that pushes images to it
 #   apache2-utils - htpasswd, for a registry that wants basic auth
+#   pcscd, vsmartcard-vpcd - a real PC/SC daemon with a virtual reader driver, where the
+#               tests plug their virtual PIV card (tests/src/piv_card, a YubiKey stand-in)
+#   libpcsclite-dev - PC/SC headers and library for building the agent's PIV backend
+#   yubico-piv-tool, ykcs11 - Yubico's PIV tool and PKCS#11 module, independent clients
+#               of the virtual card (and the PKCS#11 backend's module on YubiKeys)
 # Runs apt-get as root (directly, or through sudo when not root).
 set -euo pipefail
 
-packages=(softhsm2 opensc openssl notary docker-registry skopeo apache2-utils)
+packages=(softhsm2 opensc openssl notary docker-registry skopeo apache2-utils
+          pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool ykcs11)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -82,7 +82,23 @@ fn token_pb(t: TokenInfo) -> pb::TokenStatus {
 }
 
 fn ceremony_key_pb(k: trust::CeremonyKey) -> pb::CeremonyKey {
+    let (pin_policy, touch_policy) = crate::keys::piv::policies(&k.key)
+        .unwrap_or_else(|| ("token login (PKCS#11 user PIN)".into(), "none".into()));
+    let origin = if k.backup_file.is_some() {
+        "imported (made in the agent's memory for its backup file)"
+    } else {
+        "generated on the token"
+    };
+    let slot = match k.key.backend {
+        crate::keys::piv::BACKEND => crate::tuf::keys::hex(&k.key.handle),
+        _ => String::new(),
+    };
     pb::CeremonyKey {
+        pin_policy,
+        touch_policy,
+        origin: origin.into(),
+        slot,
+        backup_file: k.backup_file.unwrap_or_default(),
         key_id: k.key.key_id,
         canonical_id: k.key.canonical_id,
         token: k.token.label,
@@ -650,6 +666,22 @@ impl Agent for AgentService {
                 snapshot: &req.snapshot_key,
             },
         };
+        let passphrase = match &req.sealed_backup_passphrase {
+            Some(sealed) => {
+                let opened = self.channels.unseal(sealed)?;
+                Some(zeroize::Zeroizing::new(
+                    secrecy::ExposeSecret::expose_secret(&opened)
+                        .as_bytes()
+                        .to_vec(),
+                ))
+            }
+            None => None,
+        };
+        let backups = trust::RootBackups {
+            wrapped: req.backups.clone(),
+            files: req.backup_files.clone(),
+            passphrase,
+        };
         let r = trust::ceremony_root_init(
             &self.keys,
             server_keys,
@@ -657,7 +689,7 @@ impl Agent for AgentService {
             req.threshold as usize,
             &req.tokens,
             &req.targets_token,
-            &req.backups,
+            &backups,
         )
         .await?;
         self.audit_root_keys(&r.root_keys, &req.gun, "ceremony")

@@ -1693,6 +1693,18 @@ pub struct CeremonyKey {
     pub cert_sha256: String,
     /// The token a wrapped copy went into (the key is then wrappable, still sensitive).
     pub backup: Option<String>,
+    /// The encrypted Notary key file of a key made in memory and imported onto its token.
+    pub backup_file: Option<Vec<u8>>,
+}
+
+/// How the root keys of a ceremony are backed up: token -> backup token (wrapped copies),
+/// and tokens whose key is made in memory, written to an encrypted key file with
+/// `passphrase` and imported (for YubiKeys, which cannot wrap).
+#[derive(Default)]
+pub struct RootBackups {
+    pub wrapped: std::collections::HashMap<String, String>,
+    pub files: Vec<String>,
+    pub passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// Where a ceremony's root gets the server's timestamp and snapshot keys.
@@ -1725,7 +1737,7 @@ pub async fn ceremony_root_init(
     threshold: usize,
     tokens: &[String],
     targets_token: &str,
-    backups: &std::collections::HashMap<String, String>,
+    backups: &RootBackups,
 ) -> Result<CeremonyInit> {
     check_gun(gun)?;
     check_root_size(threshold, tokens.len())?;
@@ -1741,7 +1753,24 @@ pub async fn ceremony_root_init(
     for t in tokens {
         keyring.token(t)?;
     }
-    for (from, to) in backups {
+    for from in &backups.files {
+        if !tokens.contains(from) {
+            return Err(Error::InvalidArgument(format!(
+                "backup file for {from:?}: no root key is made on that token"
+            )));
+        }
+        if backups.wrapped.contains_key(from) {
+            return Err(Error::InvalidArgument(format!(
+                "{from:?}: a wrapped backup or a backup file, not both"
+            )));
+        }
+        if backups.passphrase.as_ref().is_none_or(|p| p.len() < 8) {
+            return Err(Error::InvalidArgument(
+                "a backup file needs a passphrase of at least 8 characters".into(),
+            ));
+        }
+    }
+    for (from, to) in &backups.wrapped {
         if !tokens.contains(from) {
             return Err(Error::InvalidArgument(format!(
                 "backup of {from:?}: no root key is made on that token"
@@ -1928,7 +1957,7 @@ pub async fn ceremony_root_rotate(
     repo.require_trusted(client, gun)?;
     let current = repo.files["root"].clone();
     let mut root = repo.doc("root")?.signed;
-    let new_keys = make_root_keys(keyring, gun, tokens, &Default::default()).await?;
+    let new_keys = make_root_keys(keyring, gun, tokens, &RootBackups::default()).await?;
     keyring.invalidate();
     // The old root keys leave the key map (the previous root keeps them for the chain).
     let old_ids: Vec<String> = root["roles"]["root"]["keyids"]
@@ -2025,13 +2054,20 @@ async fn make_root_keys(
     keyring: &Keyring,
     gun: &str,
     tokens: &[String],
-    backups: &std::collections::HashMap<String, String>,
+    backups: &RootBackups,
 ) -> Result<Vec<CeremonyKey>> {
     let mut out = Vec::new();
     for t in tokens {
         let token = keyring.token(t)?.clone();
-        let backup = backups.get(t).cloned();
+        let backup = backups.wrapped.get(t).cloned();
+        let mut backup_file = None;
         let key = match &backup {
+            None if backups.files.contains(t) => {
+                let pass = backups.passphrase.clone().unwrap_or_default();
+                let (key, file) = import_with_backup_file(&token, gun, pass).await?;
+                backup_file = Some(file);
+                key
+            }
             None => token.generate("root".into(), Some(gun.into())).await?,
             Some(_) => {
                 let g = gun.to_string();
@@ -2058,9 +2094,45 @@ async fn make_root_keys(
             token: info,
             cert_sha256: crate::tuf::keys::hex(&sha2_256(&der)),
             backup,
+            backup_file,
         });
     }
     Ok(out)
+}
+
+/// A root key made in the agent's memory (zeroized after), written to a Notary key file
+/// encrypted with `passphrase`, and imported onto `token` with its root certificate made
+/// there. Returns the key as the token lists it, and the file.
+async fn import_with_backup_file(
+    token: &crate::keys::Token,
+    gun: &str,
+    passphrase: zeroize::Zeroizing<Vec<u8>>,
+) -> Result<(KeyEntry, Vec<u8>)> {
+    // PBKDF2 and key generation are CPU work: off the async runtime.
+    let (imported, file) = tokio::task::spawn_blocking(move || {
+        let sk = p256::SecretKey::random(&mut rand_core::OsRng);
+        let secret = zeroize::Zeroizing::new(<[u8; 32]>::from(sk.to_bytes()));
+        let point = sk.public_key().to_sec1_bytes().to_vec();
+        let file = crate::tuf::keyfile::write(&secret, "root", None, &passphrase)
+            .map_err(|e| Error::Internal(format!("key file: {e}")))?;
+        let imported = crate::tuf::keyfile::ImportedKey {
+            secret,
+            point,
+            role: Some("root".into()),
+            gun: None,
+        };
+        Ok::<_, Error>((imported, file.as_bytes().to_vec()))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))??;
+    let g = gun.to_string();
+    let key = token
+        .run(move |b| {
+            let k = b.import("root", None, &imported)?;
+            make_root_cert(b, &k, &g)
+        })
+        .await?;
+    Ok((key, file))
 }
 
 #[cfg(test)]

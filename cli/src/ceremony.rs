@@ -72,6 +72,15 @@ pub enum RootCmd {
         /// without this are non-extractable.
         #[arg(long = "backup", value_name = "TOKEN=BACKUP")]
         backups: Vec<String>,
+        /// For a token that cannot wrap keys (a YubiKey): make its root key in the agent's
+        /// memory, write it to FILE as a Notary key file encrypted with a passphrase (asked
+        /// twice, or --backup-passphrase-file), and import it onto the token. The choice of
+        /// a backup over on-card generation, which has no backup but can be attested.
+        #[arg(long = "backup-file", value_name = "TOKEN=FILE")]
+        backup_files: Vec<String>,
+        /// The backup files' passphrase (first line of FILE) instead of a prompt.
+        #[arg(long, value_name = "FILE")]
+        backup_passphrase_file: Option<PathBuf>,
         /// On an offline machine: the server's timestamp key as it serves it (fetched
         /// beforehand from /v2/GUN/_trust/tuf/timestamp.key); needs --snapshot-key too.
         #[arg(long, value_name = "FILE", requires = "snapshot_key")]
@@ -112,8 +121,11 @@ fn key_json(k: &pb::CeremonyKey) -> Value {
         "token_manufacturer": k.token_manufacturer, "token_model": k.token_model,
         "token_serial": k.token_serial, "backend": k.backend,
         "certificate_sha256": k.cert_sha256, "extractable": k.extractable,
-        "pin_policy": "token login (PKCS#11 user PIN)", "touch_policy": "none",
-        "backup": if k.backup_token.is_empty() {
+        "pin_policy": k.pin_policy, "touch_policy": k.touch_policy, "origin": k.origin,
+        "slot": (!k.slot.is_empty()).then_some(&k.slot),
+        "backup": if !k.backup_file.is_empty() {
+            format!("encrypted Notary key file (PBES2, AES-256-CBC), SHA-256 {}", hex(&Sha256::digest(&k.backup_file)))
+        } else if k.backup_token.is_empty() {
             "none (generated on the token, not extractable)".to_string()
         } else {
             format!("wrapped into token {} (C_WrapKey: AES-256 key wrap under an RSA-OAEP transport key; sensitive, never in plaintext)", k.backup_token)
@@ -151,6 +163,53 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Failure> {
         .map_err(fail)?;
     tmp.persist(dir.join(name)).map_err(|e| fail(e.error))?;
     Ok(())
+}
+
+/// Writes a new file (never over an existing one), owner-only, synced.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| Failure::failed(format!("{}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(fail)
+}
+
+/// The backup files' passphrase: the first line of FILE, or asked twice without echo.
+fn backup_passphrase(file: Option<&Path>) -> Result<secrecy::SecretString, Failure> {
+    use secrecy::ExposeSecret;
+    let pass = match file {
+        Some(path) => {
+            let text =
+                zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    Failure::failed(format!("cannot read {}: {e}", path.display()))
+                })?);
+            secrecy::SecretString::from(text.lines().next().unwrap_or_default().to_string())
+        }
+        None => {
+            let ask = |prompt: &str| {
+                rpassword::prompt_password(prompt)
+                    .map(secrecy::SecretString::from)
+                    .map_err(|e| Failure::failed(format!("cannot read the passphrase: {e}")))
+            };
+            let first = ask("Passphrase for the root key backup files: ")?;
+            let again = ask("Again: ")?;
+            if first.expose_secret() != again.expose_secret() {
+                return Err(Failure::failed("the passphrases differ"));
+            }
+            first
+        }
+    };
+    if pass.expose_secret().chars().count() < 8 {
+        return Err(Failure::usage(
+            "a backup passphrase needs at least 8 characters",
+        ));
+    }
+    Ok(pass)
 }
 
 fn now() -> String {
@@ -247,6 +306,8 @@ pub async fn run(
             tokens,
             targets_token,
             backups,
+            backup_files,
+            backup_passphrase_file,
             timestamp_key,
             snapshot_key,
             operator,
@@ -273,9 +334,31 @@ pub async fn run(
                     tokens.len()
                 )));
             }
+            let mut file_tokens = Vec::new();
+            let mut file_paths = std::collections::HashMap::new();
+            for b in &backup_files {
+                let (token, path) = b.split_once('=').ok_or_else(|| {
+                    Failure::usage(format!("--backup-file {b:?}: expected TOKEN=FILE"))
+                })?;
+                if Path::new(path).exists() {
+                    return Err(Failure::failed(format!(
+                        "{path} exists already: a backup file is never overwritten"
+                    )));
+                }
+                file_tokens.push(token.to_string());
+                file_paths.insert(token.to_string(), PathBuf::from(path));
+            }
+            let sealed_backup_passphrase = if file_tokens.is_empty() {
+                None
+            } else {
+                let pass = backup_passphrase(backup_passphrase_file.as_deref())?;
+                Some(crate::seal(c, &pass).await?)
+            };
             let gun = crate::trust::gun_of(&crate::trust::split_tag(&image).0);
             new_dir(&dir)?;
             let req = pb::CeremonyRootInitRequest {
+                backup_files: file_tokens,
+                sealed_backup_passphrase,
                 server: Some(server),
                 gun: gun.clone(),
                 threshold,
@@ -288,6 +371,19 @@ pub async fn run(
             let r = c
                 .call(|mut a| async move { a.ceremony_root_init(req).await })
                 .await?;
+            for k in &r.root_keys {
+                if let Some(path) = file_paths
+                    .get(&k.token)
+                    .filter(|_| !k.backup_file.is_empty())
+                {
+                    write_new(path, &k.backup_file)?;
+                    eprintln!(
+                        "backup of root key {} written to {} (keep it offline, apart from its passphrase)",
+                        k.key_id,
+                        path.display()
+                    );
+                }
+            }
             let keys: Vec<Value> = r.root_keys.iter().map(key_json).collect();
             let ceremony = json!({
                 "gun": gun, "threshold": threshold, "root_keys": keys,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod notary;
+pub mod piv;
+pub mod piv_card;
 pub mod registry;
 pub mod replay;
 pub mod signer_client;

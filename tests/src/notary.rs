@@ -312,3 +312,59 @@ impl Drop for NotaryStack {
         self.stop();
     }
 }
+
+/// `notary list` from a fresh trust directory: (tag, digest hex, size, role) rows.
+pub fn notary_list(
+    stack: &NotaryStack,
+    gun: &str,
+    extra: &[&str],
+) -> Vec<(String, String, String, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["list", gun];
+    args.extend_from_slice(extra);
+    let out = stack.notary(dir.path(), &args, None);
+    assert!(
+        out.status.success(),
+        "notary list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4).then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into()))
+        })
+        .collect()
+}
+
+/// `docker trust inspect --pretty IMAGE` against the stack (no daemon needed); None
+/// where the docker CLI is not installed.
+pub fn docker_inspect(stack: &NotaryStack, image: &str) -> Option<String> {
+    if !Command::new("docker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("docker CLI not installed: docker trust inspect not checked");
+        return None;
+    }
+    let cfg = tempfile::tempdir().unwrap();
+    let tls = cfg
+        .path()
+        .join("tls")
+        .join(format!("127.0.0.1:{}", stack.port));
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::copy(&stack.ca, tls.join("ca.crt")).unwrap();
+    let out = Command::new("docker")
+        .args(["trust", "inspect", "--pretty", image])
+        .env("DOCKER_CONFIG", cfg.path())
+        .env("DOCKER_CONTENT_TRUST_SERVER", &stack.url)
+        .output()
+        .unwrap();
+    Some(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}

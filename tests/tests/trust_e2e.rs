@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use dct_tests::hex;
-use dct_tests::notary::{trust, NotaryStack};
+use dct_tests::notary::{docker_inspect, notary_list, trust, NotaryStack};
 use dct_tests::{Agent, Run, SoftHsm};
 use sha2::{Digest, Sha256};
 
@@ -31,31 +31,6 @@ fn sign_with(
     let mut args: Vec<&str> = flags.to_vec();
     args.extend(["sign", image, "--digest", &digest, "--size", &size]);
     trust(agent, stack, &args)
-}
-
-/// `notary list` from a fresh trust directory: (tag, digest hex, size, role) rows.
-fn notary_list(
-    stack: &NotaryStack,
-    gun: &str,
-    extra: &[&str],
-) -> Vec<(String, String, String, String)> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["list", gun];
-    args.extend_from_slice(extra);
-    let out = stack.notary(dir.path(), &args, None);
-    assert!(
-        out.status.success(),
-        "notary list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(2)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 4).then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into()))
-        })
-        .collect()
 }
 
 #[test]
@@ -252,35 +227,6 @@ fn a_repository_recreated_with_another_root_is_refused_on_trust_on_first_use() {
 }
 
 /// `docker trust inspect --pretty` output, where the docker CLI is installed.
-fn docker_inspect(stack: &NotaryStack, image: &str) -> Option<String> {
-    if !Command::new("docker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        eprintln!("docker CLI not installed: docker trust inspect not checked");
-        return None;
-    }
-    let cfg = tempfile::tempdir().unwrap();
-    let tls = cfg
-        .path()
-        .join("tls")
-        .join(format!("127.0.0.1:{}", stack.port));
-    std::fs::create_dir_all(&tls).unwrap();
-    std::fs::copy(&stack.ca, tls.join("ca.crt")).unwrap();
-    let out = Command::new("docker")
-        .args(["trust", "inspect", "--pretty", image])
-        .env("DOCKER_CONFIG", cfg.path())
-        .env("DOCKER_CONTENT_TRUST_SERVER", &stack.url)
-        .output()
-        .unwrap();
-    Some(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
-}
-
 #[test]
 fn signers_sign_in_their_delegation_and_releases_and_revoke_removes_tags() {
     let stack = NotaryStack::start();

@@ -613,12 +613,76 @@ impl PivBackend {
         Ok(sig.to_bytes().to_vec())
     }
 
+    /// Writes the slot certificate of a new key, signed on the card: a root key's Notary
+    /// root certificate (CN = GUN), or the agent's marker certificate for other keys.
+    fn certify(
+        &mut self,
+        slot: SlotId,
+        role: &str,
+        gun: Option<&str>,
+        spki: Vec<u8>,
+    ) -> Result<KeyEntry> {
+        let root = role == "root";
+        let key = self.entry(slot, role, gun.map(str::to_string), spki.clone());
+        // The slot certificate, signed on the card: a root key's Notary root certificate
+        // (CN = GUN), or the agent's marker certificate for other keys.
+        let tbs = match (root, gun) {
+            (true, Some(gun)) => {
+                crate::tuf::cert::root_tbs(gun, &spki, std::time::SystemTime::now())
+            }
+            _ => crate::tuf::cert::marker_tbs(
+                gun.unwrap_or(""),
+                &format!("{}{role}", crate::tuf::cert::KEY_OU_PREFIX),
+                &spki,
+                std::time::SystemTime::now(),
+            ),
+        }
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let tbs_der = tbs.to_der().map_err(|e| Error::Internal(e.to_string()))?;
+        let digest: [u8; 32] = Sha256::digest(&tbs_der).into();
+        let sig = self.sign_slot(slot, &key.key_id, &digest)?;
+        let der =
+            crate::tuf::cert::assemble(tbs, &sig).map_err(|e| Error::Internal(e.to_string()))?;
+        // The certificate is written with the management key; authenticate again in case
+        // the signature's PIN check reset the card's authentication state.
+        self.authenticate()?;
+        self.write_cert(slot, &der)?;
+        self.key_in(slot)?
+            .ok_or_else(|| Error::Internal("the new key does not list".into()))
+    }
+
     fn slot_of(key: &KeyEntry) -> Result<SlotId> {
         key.handle
             .first()
             .and_then(|b| SlotId::try_from(*b).ok())
             .ok_or_else(|| Error::Internal(format!("key {} has no PIV slot", key.key_id)))
     }
+}
+
+/// Root keys: PIN before every signature and a touch; other keys: PIN once, no touch.
+fn default_policies(role: &str) -> (PinPolicy, TouchPolicy) {
+    if role == "root" {
+        (PinPolicy::Always, TouchPolicy::Always)
+    } else {
+        (PinPolicy::Once, TouchPolicy::Never)
+    }
+}
+
+/// (PIN policy, touch policy) of a key this backend listed, from its detail.
+pub fn policies(key: &KeyEntry) -> Option<(String, String)> {
+    if key.backend != BACKEND {
+        return None;
+    }
+    let mut pin = None;
+    let mut touch = None;
+    for part in key.detail.split(", ") {
+        if let Some(p) = part.strip_prefix("PIN ") {
+            pin = Some(p.to_string());
+        } else if let Some(t) = part.strip_prefix("touch ") {
+            touch = Some(t.to_string());
+        }
+    }
+    Some((pin?, touch?))
 }
 
 fn short(id: &str) -> &str {
@@ -810,16 +874,14 @@ impl KeyBackend for PivBackend {
         opts: &KeyOptions,
     ) -> Result<KeyEntry> {
         self.require_unlocked()?;
-        let root = role == "root";
+        let (default_pin, default_touch) = default_policies(role);
         let pin = match &opts.pin_policy {
             Some(p) => parse_pin_policy(p)?,
-            None if root => PinPolicy::Always,
-            None => PinPolicy::Once,
+            None => default_pin,
         };
         let touch = match &opts.touch_policy {
             Some(t) => parse_touch_policy(t)?,
-            None if root => TouchPolicy::Always,
-            None => TouchPolicy::Never,
+            None => default_touch,
         };
         let slot = self.pick_slot(role, opts.slot.as_deref())?;
         self.authenticate()?;
@@ -839,45 +901,42 @@ impl KeyBackend for PivBackend {
             },
         );
         tracing::info!(token = %self.label, slot = %slot_name(slot), role, "generated a key on the card");
-        let key = self.entry(slot, role, gun.map(str::to_string), spki.clone());
-        // The slot certificate, signed on the card: a root key's Notary root certificate
-        // (CN = GUN), or the agent's marker certificate for other keys.
-        let tbs = match (root, gun) {
-            (true, Some(gun)) => {
-                crate::tuf::cert::root_tbs(gun, &spki, std::time::SystemTime::now())
-            }
-            _ => crate::tuf::cert::marker_tbs(
-                gun.unwrap_or(""),
-                &format!("{}{role}", crate::tuf::cert::KEY_OU_PREFIX),
-                &spki,
-                std::time::SystemTime::now(),
-            ),
-        }
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let tbs_der = tbs.to_der().map_err(|e| Error::Internal(e.to_string()))?;
-        let digest: [u8; 32] = Sha256::digest(&tbs_der).into();
-        let sig = self.sign_slot(slot, &key.key_id, &digest)?;
-        let der =
-            crate::tuf::cert::assemble(tbs, &sig).map_err(|e| Error::Internal(e.to_string()))?;
-        // The certificate is written with the management key; authenticate again in case
-        // the signature's PIN check reset the card's authentication state.
-        self.authenticate()?;
-        self.write_cert(slot, &der)?;
-        self.key_in(slot)?
-            .ok_or_else(|| Error::Internal("the new key does not list".into()))
+        self.certify(slot, role, gun, spki)
     }
 
+    /// Puts a key made elsewhere into the first free slot (root: the root slot), with the
+    /// policies a generated key of its role gets. The card marks it "imported": it has no
+    /// attestation. A root key without a GUN gets its certificate from the caller.
     fn import(
         &mut self,
         role: &str,
         gun: Option<&str>,
         key: &crate::tuf::keyfile::ImportedKey,
     ) -> Result<KeyEntry> {
-        let _ = (role, gun, key);
-        Err(Error::InvalidArgument(format!(
-            "token {}: importing keys into a YubiKey is not supported; generate the key on the card (it can then be attested)",
-            self.label
-        )))
+        self.require_unlocked()?;
+        let (pin, touch) = default_policies(role);
+        let slot = self.pick_slot(role, None)?;
+        let spki = tufkeys::p256_spki_from_point(&key.point)
+            .map_err(|e| Error::InvalidArgument(format!("not a P-256 key: {e}")))?;
+        self.authenticate()?;
+        let secret = key.secret.clone();
+        self.with_card("import", |yk| {
+            piv::import_ecc_key(yk, slot, AlgorithmId::EccP256, &secret[..], touch, pin)
+        })?
+        .map_err(|e| self.fail("import", e))?;
+        self.policies.insert(
+            u8::from(slot),
+            SlotPolicy {
+                pin,
+                touch,
+                generated: Some(false),
+            },
+        );
+        tracing::info!(token = %self.label, slot = %slot_name(slot), role, "imported a key into the card");
+        if role == "root" && gun.is_none() {
+            return Ok(self.entry(slot, role, None, spki));
+        }
+        self.certify(slot, role, gun, spki)
     }
 
     fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
