@@ -27,6 +27,26 @@ pub struct AgentService {
 }
 
 impl AgentService {
+    /// Audits a successful `action` on `key` of token `token`.
+    async fn audit_key(
+        &self,
+        action: &'static str,
+        key: &KeyEntry,
+        token: &str,
+    ) -> Result<(), Status> {
+        self.keys
+            .audit()
+            .record(Event {
+                key_id: key.key_id.clone(),
+                role: key.role.clone(),
+                gun: key.gun.clone().unwrap_or_default(),
+                outcome: format!("ok, token {token}"),
+                ..Event::new(action)
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Records the root keys a ceremony made.
     async fn audit_root_keys(
         &self,
@@ -287,16 +307,7 @@ impl Agent for AgentService {
         let key = token.generate_with(req.role, gun, opts).await?;
         self.keys.invalidate();
         tracing::info!(token = %token.label, key_id = %key.key_id, role = %key.role, "generated key");
-        self.keys
-            .audit()
-            .record(Event {
-                key_id: key.key_id.clone(),
-                role: key.role.clone(),
-                gun: key.gun.clone().unwrap_or_default(),
-                outcome: format!("ok, token {}", token.label),
-                ..Event::new("create_key")
-            })
-            .await?;
+        self.audit_key("create_key", &key, &token.label).await?;
         Ok(Response::new(pb::GenerateKeyResponse {
             key: Some(key_pb(key)),
         }))
@@ -341,16 +352,7 @@ impl Agent for AgentService {
         let token = self.keys.token(&key.token)?;
         let k = key.clone();
         let (attestation, intermediate) = token.run(move |b| b.attest(&k)).await?;
-        self.keys
-            .audit()
-            .record(Event {
-                key_id: key.key_id.clone(),
-                role: key.role.clone(),
-                gun: key.gun.clone().unwrap_or_default(),
-                outcome: format!("ok, token {}", token.label),
-                ..Event::new("attest")
-            })
-            .await?;
+        self.audit_key("attest", &key, &token.label).await?;
         Ok(Response::new(pb::AttestKeyResponse {
             attestation,
             intermediate,

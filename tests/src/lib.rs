@@ -394,6 +394,21 @@ impl Agent {
             .ok();
     }
 
+    /// `dct unlock --token TOKEN` with `pin` from a file, plus `extra` flags (e.g. --force).
+    pub fn unlock_token(&self, token: &str, pin: &str, extra: &[&str]) -> Run {
+        let file = self.dir.path().join("pin");
+        std::fs::write(&file, format!("{pin}\n")).unwrap();
+        let mut args = vec![
+            "unlock",
+            "--token",
+            token,
+            "--pin-file",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.dct(&args)
+    }
+
     /// `dct key generate`; returns the key ID it prints.
     pub fn generate(&self, role: &str, gun: Option<&str>) -> String {
         let mut args = vec!["key", "generate", "--role", role];

@@ -27,18 +27,7 @@ fn token(card: &VirtualPiv) -> String {
 }
 
 fn unlock(agent: &Agent, card: &VirtualPiv, pin: &str, extra: &[&str]) -> dct_tests::Run {
-    let file = agent.dir.path().join("pin");
-    std::fs::write(&file, format!("{pin}\n")).unwrap();
-    let token = token(card);
-    let mut args = vec![
-        "unlock",
-        "--token",
-        &token,
-        "--pin-file",
-        file.to_str().unwrap(),
-    ];
-    args.extend(extra);
-    agent.dct(&args)
+    agent.unlock_token(&token(card), pin, extra)
 }
 
 fn keys(agent: &Agent) -> Vec<serde_json::Value> {

@@ -23,17 +23,7 @@ fn piv_config(card: &VirtualPiv) -> String {
 }
 
 fn unlock(agent: &Agent, token: &str, pin: &str) {
-    let file = agent.dir.path().join("pin");
-    std::fs::write(&file, format!("{pin}\n")).unwrap();
-    agent
-        .dct(&[
-            "unlock",
-            "--token",
-            token,
-            "--pin-file",
-            file.to_str().unwrap(),
-        ])
-        .ok();
+    agent.unlock_token(token, pin, &[]).ok();
 }
 
 fn json_file(path: &std::path::Path) -> Value {

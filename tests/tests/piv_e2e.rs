@@ -15,20 +15,7 @@ const YKCS11: &str = "/usr/lib/x86_64-linux-gnu/libykcs11.so";
 const OPENSC: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so";
 
 fn unlock(agent: &Agent, token: &str, pin: &str) {
-    let file = agent
-        .dir
-        .path()
-        .join(format!("pin-{}", token.replace(['/', ' '], "_")));
-    std::fs::write(&file, format!("{pin}\n")).unwrap();
-    agent
-        .dct(&[
-            "unlock",
-            "--token",
-            token,
-            "--pin-file",
-            file.to_str().unwrap(),
-        ])
-        .ok();
+    agent.unlock_token(token, pin, &[]).ok();
 }
 
 /// The token label a PKCS#11 module gives the card (from pkcs11-tool -L).
