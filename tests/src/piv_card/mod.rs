@@ -3,7 +3,7 @@
 //! vsmartcard-vpcd. State lives in memory, so every start is a factory-fresh card.
 //!
 //! What it implements is what the `yubikey` crate, yubico-piv-tool / libykcs11 and
-//! OpenSC's PIV driver send: see `shared/docs/piv-virtual-card.md`.
+//! OpenSC's PIV driver send (each handler below names its instruction and replies).
 
 pub mod der;
 pub mod vpcd;
