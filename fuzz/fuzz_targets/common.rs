@@ -53,6 +53,7 @@ pub fn keys() -> &'static [KeyEntry] {
                 backend: "fuzz",
                 token: "fuzz".into(),
                 handle: id.as_bytes().to_vec(),
+                detail: String::new(),
             }
         };
         let mut out = Vec::new();

@@ -117,6 +117,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<pb::LockRequest>(data);
     let _ = decode::<pb::GenerateKeyRequest>(data);
     let _ = decode::<pb::ListKeysRequest>(data);
+    let _ = decode::<pb::AttestKeyRequest>(data);
+    let _ = decode::<pb::WatchRequest>(data);
+    let _ = decode::<pb::CeremonyRootInitRequest>(data);
     let _ = decode::<pb::TrustKeyRotateRequest>(data);
     let _ = decode::<pb::TrustRevokeRequest>(data);
     let _ = decode::<pb::TrustSignerRemoveRequest>(data);
