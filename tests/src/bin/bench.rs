@@ -5,7 +5,9 @@
 //!   keys on SoftHSM2, the agent with keys in software (Notary key files), and the real
 //!   notary-signer (Debian, memory storage, logging at error);
 //! - end to end against a local notary-server: `dct trust sign` vs `notary add` +
-//!   `notary publish` for 1 and 1,000 tags, and a 100,000-tag targets role with peak memory.
+//!   `notary publish` for 1 and 1,000 tags, and a 100,000-tag targets role with peak memory;
+//! - a YubiKey (the virtual PIV card behind a real pcscd): the `yubikey` crate in-process
+//!   (the floor), Yubico's PKCS#11 module in-process, and the agent over PIV and over ykcs11.
 //!
 //! Every signing figure is the median of several runs; sample signatures of every run are
 //! verified so the numbers are honest. Prints a table and writes BENCHMARKS.md.
@@ -56,17 +58,7 @@ fn main() {
     );
     agent.unlock(&hsm);
     let key_id = agent.generate("targets", Some(GUN));
-    let keys = agent.dct(&["--json", "key", "list"]).json();
-    let spki = {
-        use base64::Engine as _;
-        let b64 = keys["keys"][0]["tuf_key"]["keyval"]["public"]
-            .as_str()
-            .expect("public key");
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .expect("base64")
-    };
-    let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&spki).expect("P-256 key");
+    let vk = agent_key(&agent, 0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,6 +130,13 @@ fn main() {
         );
     }
 
+    let piv = if run("piv") {
+        eprintln!("YubiKey (virtual PIV card) ...");
+        piv_section(&rt, quick)
+    } else {
+        "(not run)\n".into()
+    };
+
     eprintln!("end to end ...");
     let e2e = if run("e2e") {
         end_to_end(&stack, quick)
@@ -187,7 +186,8 @@ The agent's API path includes the gRPC client, the Unix socket, parsing and chec
 JSON, the hop to a signing thread and PKCS#11; the agent signs on a pool of sessions (two on this machine), \
 the floor on one.\n\n\
 ## notary-signer's API (mutual TLS over TCP), one load generator for all three\n\n{stable}\n\
-## End to end against a local notary-server (real notary-signer)\n\n{e2e}\n",
+## End to end against a local notary-server (real notary-signer)\n\n{e2e}\n\
+## A YubiKey: the virtual PIV card (tests/src/piv_card) behind a real pcscd\n\n{piv}\n",
         now_utc(),
         if quick { " --quick" } else { "" }
     );
@@ -789,4 +789,148 @@ fn now_utc() -> String {
         .output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// Signatures with a P-256 key in slot 9a (PIN once, touch never) of the virtual PIV card:
+/// in-process through the `yubikey` crate (the floor: one APDU exchange per signature over
+/// pcscd and vpcd), in-process through libykcs11, and through the agent's API with the card
+/// as a `[[piv]]` token and as a `[[pkcs11]]` token on libykcs11. One client, one document
+/// per request: a card signs one thing at a time.
+fn piv_section(rt: &tokio::runtime::Runtime, quick: bool) -> String {
+    use dct_tests::piv::{CardOptions, VirtualPiv, YKCS11_MODULE};
+    const PIN: &str = "123456";
+    let n = if quick { 100 } else { 500 };
+    let card = VirtualPiv::start(CardOptions::default());
+    let piv = format!("piv:{}", card.serial());
+    let piv_config = format!(
+        "[[piv]]\nserial = {}\nmanagement_key = \"default\"\n{LOAD_TEST_POLICY}",
+        card.serial()
+    );
+    let (key_id, vk) = {
+        let agent = Agent::start_with_config(None, &piv_config);
+        agent.unlock_token(&piv, PIN, &[]).ok();
+        let id = agent
+            .dct(&[
+                "key", "generate", "--role", "targets", "--gun", GUN, "--token", &piv,
+            ])
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        (id, agent_key(&agent, 0))
+    };
+    let digests: Vec<[u8; 32]> = (0..n)
+        .map(|i| Sha256::digest(format!("doc {i}")).into())
+        .collect();
+    let check = |sig: &[u8], i: usize| {
+        let sig = p256::ecdsa::Signature::from_slice(sig).expect("r||s");
+        vk.verify_prehash(&digests[i], &sig)
+            .expect("card signature verifies");
+    };
+
+    let crate_run = || {
+        let mut yk =
+            yubikey::YubiKey::open_by_serial(yubikey::Serial(card.serial())).expect("open card");
+        yk.verify_pin(PIN.as_bytes()).expect("PIN");
+        let slot = yubikey::piv::SlotId::Authentication;
+        let start = Instant::now();
+        let mut last = Vec::new();
+        for d in &digests {
+            let der = yubikey::piv::sign_data(&mut yk, d, yubikey::piv::AlgorithmId::EccP256, slot)
+                .expect("sign");
+            last = der.to_vec();
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        let sig = p256::ecdsa::Signature::from_der(&last).expect("DER");
+        check(&sig.to_bytes(), n - 1);
+        rate
+    };
+    let ykcs11_run = || {
+        let ctx = Pkcs11::new(YKCS11_MODULE).expect("load libykcs11");
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .expect("initialize");
+        let slot = ctx.get_slots_with_token().expect("slots")[0];
+        let session = ctx.open_ro_session(slot).expect("session");
+        session
+            .login(UserType::User, Some(&PIN.to_string().into()))
+            .expect("login");
+        // libykcs11's CKA_ID for slot 9a is 1.
+        let key = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(vec![1]),
+            ])
+            .expect("find")[0];
+        let start = Instant::now();
+        let mut last = Vec::new();
+        for d in &digests {
+            last = session.sign(&Mechanism::Ecdsa, key, d).expect("sign");
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        check(&last, n - 1);
+        drop(session);
+        ctx.finalize().ok();
+        rate
+    };
+    let floor = median((0..RUNS).map(|_| crate_run()).collect());
+    let ykcs11 = median((0..RUNS).map(|_| ykcs11_run()).collect());
+    let mut rows: Vec<Row> = vec![
+        ("in-process `yubikey` crate (floor)".into(), floor, None),
+        ("in-process PKCS#11 on libykcs11".into(), ykcs11, None),
+    ];
+    let label = {
+        let out = Command::new("pkcs11-tool")
+            .args(["--module", YKCS11_MODULE, "-L"])
+            .output()
+            .expect("pkcs11-tool");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("token label")
+                    .and_then(|r| r.split_once(':'))
+            })
+            .map(|(_, v)| v.trim().to_string())
+            .expect("ykcs11 token label")
+    };
+    for (what, config, token) in [
+        ("dct-agent API, [[piv]] token", piv_config.clone(), piv.clone()),
+        (
+            "dct-agent API, [[pkcs11]] token on libykcs11",
+            format!(
+                "[[pkcs11]]\nmodule = \"{YKCS11_MODULE}\"\ntoken = \"{label}\"\nsessions = 1\n{LOAD_TEST_POLICY}"
+            ),
+            label.clone(),
+        ),
+    ] {
+        let agent = Agent::start_with_config(None, &config);
+        agent.unlock_token(&token, PIN, &[]).ok();
+        let r = repeat(|| rt.block_on(agent_run(&agent.socket, &key_id, &vk, 1, n, 1)));
+        rows.push((what.into(), r.0, Some(r.1)));
+    }
+    let mut table =
+        String::from("| what | signatures/s | vs floor | p50 | p99 |\n|---|---:|---:|---:|---:|\n");
+    for (what, rate, lat) in &rows {
+        table.push_str(&row_line(what, *rate, floor, lat));
+    }
+    table.push_str(&format!(
+        "\nECDSA P-256 in slot 9a (PIN once, touch never), {n} signatures per run, median of {RUNS}; \
+the card is this repository's virtual card, so the floor is the PC/SC round trip (pcscd, vpcd, \
+the card process), not a real YubiKey's, whose own signing time would dominate every row. The agent \
+rows add the gRPC call, parsing and checking the document, canonical JSON and the audit record.\n"
+    ));
+    table
+}
+
+/// The verifying key of the `i`th key `dct key list` shows.
+fn agent_key(agent: &Agent, i: usize) -> p256::ecdsa::VerifyingKey {
+    use base64::Engine as _;
+    let keys = agent.dct(&["--json", "key", "list"]).json();
+    let b64 = keys["keys"][i]["tuf_key"]["keyval"]["public"]
+        .as_str()
+        .expect("public key");
+    let spki = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    p256::ecdsa::VerifyingKey::from_public_key_der(&spki).expect("P-256 key")
 }
