@@ -66,7 +66,7 @@ pub struct Pkcs11Backend {
     label: String,
     session: Option<Session>,
     /// Private key handles by (CKA_ID, CKA_LABEL), valid while logged in on this session.
-    handles: HashMap<(Vec<u8>, Vec<u8>), ObjectHandle>,
+    handles: HashMap<(Vec<u8>, Vec<u8>), PrivateKey>,
     /// A session-only RSA key for receiving a wrapped backup.
     transport: Option<ObjectHandle>,
     /// The PIN, kept while logged in only when the token holds keys that want it again
@@ -74,6 +74,10 @@ pub struct Pkcs11Backend {
     /// "always", reached through ykcs11 or OpenSC). Shared with the signing sessions.
     pin: PinHolder,
 }
+
+/// A private key's handle and whether it wants the PIN before each use
+/// (CKA_ALWAYS_AUTHENTICATE), read once when the handle is found.
+type PrivateKey = (ObjectHandle, bool);
 
 type PinHolder = std::sync::Arc<std::sync::Mutex<Option<SecretString>>>;
 
@@ -248,7 +252,7 @@ impl Pkcs11Backend {
     }
 
     /// The private key of `key` (see [`lookup_private`]), cached per session.
-    fn private_handle(&mut self, key: &KeyEntry) -> Result<ObjectHandle> {
+    fn private_handle(&mut self, key: &KeyEntry) -> Result<PrivateKey> {
         let cache_key = (key.handle.clone(), private_label(key));
         if let Some(h) = self.handles.get(&cache_key) {
             return Ok(*h);
@@ -260,7 +264,7 @@ impl Pkcs11Backend {
         };
         let found = lookup_private(session, &self.label, key);
         let h = match found {
-            Ok(h) => h,
+            Ok(h) => (h, always_authenticate(session, h)),
             Err(LookupError::Ck(e)) => return Err(self.map_err(e)),
             Err(LookupError::Final(e)) => return Err(e),
         };
@@ -351,7 +355,7 @@ impl Pkcs11Backend {
             },
         };
         self.handles
-            .insert((id.clone(), key_label(role, gun)), priv_h);
+            .insert((id.clone(), key_label(role, gun)), (priv_h, false));
         Ok(self.entry(role, gun, spki, id))
     }
 
@@ -593,7 +597,7 @@ impl KeyBackend for Pkcs11Backend {
         modulus: &[u8],
         exponent: &[u8],
     ) -> Result<(Vec<u8>, Vec<u8>)> {
-        let ec = self.private_handle(key)?;
+        let (ec, _) = self.private_handle(key)?;
         let rsa = [
             Attribute::Class(ObjectClass::PUBLIC_KEY),
             Attribute::KeyType(KeyType::RSA),
@@ -910,13 +914,10 @@ fn private_label(key: &KeyEntry) -> Vec<u8> {
 /// signature, with the PIN the user gave at unlock; without it, the token says not logged in.
 fn ecdsa(
     session: &Session,
-    h: ObjectHandle,
+    (h, always): PrivateKey,
     digest: &[u8],
     pin: &PinHolder,
 ) -> cryptoki::error::Result<Vec<u8>> {
-    let always = session
-        .get_attributes(h, &[AttributeType::AlwaysAuthenticate])
-        .is_ok_and(|a| matches!(a.as_slice(), [Attribute::AlwaysAuthenticate(true)]));
     if !always {
         return session.sign(&Mechanism::Ecdsa, h, digest);
     }
@@ -931,6 +932,12 @@ fn ecdsa(
     session.login(UserType::ContextSpecific, Some(&pin))?;
     session.sign_update(digest)?;
     session.sign_final()
+}
+
+fn always_authenticate(session: &Session, h: ObjectHandle) -> bool {
+    session
+        .get_attributes(h, &[AttributeType::AlwaysAuthenticate])
+        .is_ok_and(|a| matches!(a.as_slice(), [Attribute::AlwaysAuthenticate(true)]))
 }
 
 fn check_sig_len(sig: Vec<u8>) -> Result<Vec<u8>> {
@@ -948,7 +955,7 @@ fn check_sig_len(sig: Vec<u8>) -> Result<Vec<u8>> {
 struct SignSession {
     session: Session,
     label: String,
-    handles: HashMap<(Vec<u8>, Vec<u8>), ObjectHandle>,
+    handles: HashMap<(Vec<u8>, Vec<u8>), PrivateKey>,
     pin: PinHolder,
 }
 
@@ -974,7 +981,7 @@ impl super::SignSession for SignSession {
                 Some(h) => *h,
                 None => {
                     let h = match lookup_private(&self.session, &self.label, key) {
-                        Ok(h) => h,
+                        Ok(h) => (h, always_authenticate(&self.session, h)),
                         Err(LookupError::Ck(e)) => return Err(classify(&self.label, e).0),
                         // Private objects are invisible while logged out.
                         Err(LookupError::Final(_)) if !self.logged_in() => {
