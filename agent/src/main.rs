@@ -24,11 +24,24 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DCT_LOG")
-                .unwrap_or_else(|_| "info".into()),
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    // The yubikey and pcsc crates trace whole APDUs at debug/trace level: PINs, management
+    // keys, imported private keys. Whatever DCT_LOG asks, nothing below INFO from them.
+    let card_io = tracing_subscriber::filter::filter_fn(|m| {
+        let t = m.target();
+        !((t.starts_with("yubikey") || t.starts_with("pcsc")) && *m.level() > tracing::Level::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("DCT_LOG")
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_filter(card_io),
         )
         .init();
     match run(args) {

@@ -490,7 +490,10 @@ impl PivBackend {
         {
             return Ok(None);
         }
-        self.slot_policy(slot)?;
+        // A certificate over an empty slot is no key.
+        if self.slot_policy(slot)?.is_none() {
+            return Ok(None);
+        }
         let mut e = self.entry(slot, &role, gun.clone(), spki);
         if role == "root" && gun.is_some() {
             let key = TufKey::ecdsa_x509(&der);
@@ -828,7 +831,7 @@ impl KeyBackend for PivBackend {
             _ => {}
         }
         let bytes = Zeroizing::new(pin.expose_secret().as_bytes().to_vec());
-        if bytes.is_empty() || bytes.len() > 8 {
+        if !(6..=8).contains(&bytes.len()) {
             return Err(Error::InvalidArgument(format!(
                 "a PIV PIN has 6 to 8 characters; token {} was not tried",
                 self.label

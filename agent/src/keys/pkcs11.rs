@@ -717,6 +717,12 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     fn delete(&mut self, key: &KeyEntry) -> Result<()> {
+        if key.detail == CERT_NAMED {
+            return Err(Error::InvalidArgument(format!(
+                "key {} was not made by the agent; delete it with the token's own tool",
+                key.key_id
+            )));
+        }
         self.require_login()?;
         let objects = self
             .session()?
@@ -865,7 +871,8 @@ fn lookup_private(
     ];
     // A key named by its certificate has the module's own label (ykcs11: "Private key
     // for Digital Signature"); on a PIV card only the management key writes certificates.
-    if key.detail != CERT_NAMED {
+    let cert_named = key.detail == CERT_NAMED;
+    if !cert_named {
         template.push(Attribute::Label(private_label(key)));
     }
     match session
@@ -873,6 +880,14 @@ fn lookup_private(
         .map_err(LookupError::Ck)?
         .as_slice()
     {
+        // A certificate (public, writable with the user PIN on generic tokens) must not
+        // rename one of our labelled keys: its private label decides, as for every key.
+        [h] if cert_named && private_is_ours(session, *h) => {
+            Err(LookupError::Final(Error::Refused(format!(
+                "key {} on token {token:?} carries the agent's label; a certificate may not give it another role or GUN",
+                hex(id)
+            ))))
+        }
         [h] => Ok(*h),
         [] => Err(LookupError::Final(Error::NotFound(format!(
             "no private {} key {} on token {token:?} (its public object may have been altered)",
@@ -932,6 +947,17 @@ fn ecdsa(
     session.login(UserType::ContextSpecific, Some(&pin))?;
     session.sign_update(digest)?;
     session.sign_final()
+}
+
+fn private_is_ours(session: &Session, h: ObjectHandle) -> bool {
+    match session
+        .get_attributes(h, &[AttributeType::Label])
+        .as_deref()
+    {
+        Ok([Attribute::Label(l)]) => l.starts_with(LABEL_PREFIX.as_bytes()),
+        // Unreadable: treat as ours, i.e. refuse.
+        _ => true,
+    }
 }
 
 fn always_authenticate(session: &Session, h: ObjectHandle) -> bool {
