@@ -575,6 +575,14 @@ impl PivBackend {
             let pin = self.pin.clone().ok_or_else(|| Error::Locked {
                 token: self.label.clone(),
             })?;
+            // The PIN may have been changed elsewhere since the unlock: never spend the
+            // last try on it.
+            if self.pin_tries()?.is_some_and(|n| n <= 1) {
+                self.pin = None;
+                return Err(Error::FinalTry {
+                    token: self.label.clone(),
+                });
+            }
             if let Err(e) = self.with_card("PIN", |yk| yk.verify_pin(&pin))? {
                 // The PIN that unlocked this card no longer works: lock, do not retry.
                 let err = self.fail("PIN", e);

@@ -936,7 +936,8 @@ fn ecdsa(
     if !always {
         return session.sign(&Mechanism::Ecdsa, h, digest);
     }
-    let pin = pin.lock().ok().and_then(|p| p.clone());
+    let pin_holder = pin;
+    let pin = pin_holder.lock().ok().and_then(|p| p.clone());
     let Some(pin) = pin else {
         return Err(CkError::Pkcs11(
             RvError::UserNotLoggedIn,
@@ -944,7 +945,22 @@ fn ecdsa(
         ));
     };
     session.sign_init(&Mechanism::Ecdsa, h)?;
-    session.login(UserType::ContextSpecific, Some(&pin))?;
+    if let Err(e) = session.login(UserType::ContextSpecific, Some(&pin)) {
+        // The PIN no longer works (changed elsewhere): forget it, so no later signature
+        // spends another try on it.
+        if matches!(
+            e,
+            CkError::Pkcs11(
+                RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired,
+                _
+            )
+        ) {
+            if let Ok(mut p) = pin_holder.lock() {
+                *p = None;
+            }
+        }
+        return Err(e);
+    }
     session.sign_update(digest)?;
     session.sign_final()
 }
