@@ -63,10 +63,10 @@ fn openssl(args: &[&str]) -> std::process::Output {
 
 /// Signs a minimal targets document with `key_id` and checks the signature with the key's
 /// public part (p256, independent of the agent's verifier).
-fn sign_and_check(agent: &Agent, dir: &Path, key_id: &str, gun: &str) {
+fn sign_and_check(agent: &Agent, dir: &Path, key_id: &str, gun: &str, version: u64) {
     let doc = serde_json::json!({
         "signed": {"_type": "Targets", "delegations": {"keys": {}, "roles": []},
-                    "expires": dct_tests::expires_in(30), "targets": {}, "version": 1},
+                    "expires": dct_tests::expires_in(30), "targets": {}, "version": version},
         "signatures": []
     });
     let path = dir.join("targets.json");
@@ -172,7 +172,7 @@ fn piv_keys_generate_list_sign_and_survive_an_agent_restart() {
         "subject=CN = example.com/app"
     );
 
-    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app");
+    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app", 1);
 
     // A new agent finds the keys from the slot certificates alone.
     agent.restart();
@@ -184,7 +184,7 @@ fn piv_keys_generate_list_sign_and_survive_an_agent_restart() {
         .dct(&["tuf", "sign", "/nonexistent", "--key", &targets])
         .fails(1, "nonexistent");
     unlock(&agent, &card, PIN, &[]).ok();
-    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app");
+    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app", 2);
 
     // Locking forgets the PIN: signing is refused until the next unlock.
     agent.dct(&["lock", "--all"]).ok();
@@ -264,7 +264,7 @@ fn piv_card_removal_locks_and_reinsertion_needs_no_restart() {
     );
     assert_eq!(key(&keys(&agent), &targets)["role"], "targets");
     unlock(&agent, &card, PIN, &[]).ok();
-    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app");
+    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app", 1);
 }
 
 #[test]
@@ -432,7 +432,7 @@ fn piv_management_key_from_a_file_and_a_wrong_one() {
     );
     unlock(&agent, &card, PIN, &[]).ok();
     let targets = agent.generate("targets", Some("example.com/app"));
-    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app");
+    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app", 1);
 }
 
 #[test]
@@ -484,5 +484,5 @@ fn piv_pin_protected_aes_management_key() {
     assert!(st["model"].as_str().unwrap().contains("AES-192"), "{st}");
     unlock(&agent, &card, PIN, &[]).ok();
     let targets = agent.generate("targets", Some("example.com/app"));
-    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app");
+    sign_and_check(&agent, agent.dir.path(), &targets, "example.com/app", 1);
 }

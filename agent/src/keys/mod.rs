@@ -493,6 +493,11 @@ pub fn make_root_cert<B: KeyBackend + ?Sized>(
     b.store_certificate(key, gun, &der)
 }
 
+/// The order `dct key list` shows keys in: role, GUN, key ID.
+pub fn sort_keys(keys: &mut [KeyEntry]) {
+    keys.sort_by(|a, b| (&a.role, &a.gun, &a.key_id).cmp(&(&b.role, &b.gun, &b.key_id)));
+}
+
 /// Role names a key may be generated for.
 pub fn check_role(role: &str) -> Result<()> {
     if crate::tuf::metadata::valid_role_name(role) {

@@ -870,7 +870,7 @@ impl KeyBackend for PivBackend {
                 out.push(k);
             }
         }
-        out.sort_by(|a, b| (&a.role, &a.gun, &a.key_id).cmp(&(&b.role, &b.gun, &b.key_id)));
+        super::sort_keys(&mut out);
         Ok(out)
     }
 

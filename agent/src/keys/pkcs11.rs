@@ -443,7 +443,7 @@ impl Pkcs11Backend {
                 out.push(entry);
             }
         }
-        out.sort_by(|a, b| (&a.role, &a.gun, &a.key_id).cmp(&(&b.role, &b.gun, &b.key_id)));
+        super::sort_keys(&mut out);
         Ok(out)
     }
 }
@@ -931,12 +931,11 @@ fn ecdsa(
     session: &Session,
     (h, always): PrivateKey,
     digest: &[u8],
-    pin: &PinHolder,
+    pin_holder: &PinHolder,
 ) -> cryptoki::error::Result<Vec<u8>> {
     if !always {
         return session.sign(&Mechanism::Ecdsa, h, digest);
     }
-    let pin_holder = pin;
     let pin = pin_holder.lock().ok().and_then(|p| p.clone());
     let Some(pin) = pin else {
         return Err(CkError::Pkcs11(
