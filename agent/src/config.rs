@@ -58,7 +58,7 @@ pub struct Config {
     pub request_timeout: Option<String>,
     /// `[[policy]]`: what each key may sign (see the policy module).
     #[serde(default)]
-    pub policy: Vec<crate::policy::Rule>,
+    pub policy: Vec<crate::guard::policy::Rule>,
     /// Users (uids) besides the agent's own that may use its socket. The socket and its
     /// directory stay private to the agent's user: grant access with a group or ACL too.
     #[serde(default)]
@@ -66,6 +66,17 @@ pub struct Config {
     /// The audit log. Default: $XDG_STATE_HOME/dct/audit.log, else
     /// ~/.local/state/dct/audit.log.
     pub audit_log: Option<PathBuf>,
+    /// The version ledger's checkpoint (what each key signed, kept apart from the audit log
+    /// so that moving or rotating the log forgets nothing). Default: `versions.ledger`
+    /// beside the trust directory.
+    pub ledger: Option<PathBuf>,
+    /// `[confirm]`: the program that asks the user before a key whose policy says
+    /// `confirm = true` signs (pinentry's Assuan protocol).
+    #[serde(default)]
+    pub confirm: crate::confirm::ConfirmConfig,
+    /// Set from the command line (`--accept-ledger-gap`), never from the file.
+    #[serde(skip)]
+    pub accept_ledger_gap: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -334,7 +345,7 @@ impl Config {
                 ));
             }
         }
-        crate::policy::Policy::new(c.policy.clone())?;
+        crate::guard::policy::Policy::new(c.policy.clone())?;
         if let Some(t) = &c.request_timeout {
             parse_duration(t).map_err(|e| format!("request_timeout: {e}"))?;
         }
@@ -416,10 +427,20 @@ impl Config {
         }))
     }
 
+    pub fn ledger(&self) -> PathBuf {
+        self.ledger.clone().unwrap_or_else(|| {
+            let trust = self.trust_dir();
+            trust
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("versions.ledger")
+        })
+    }
+
     pub fn audit_log(&self) -> PathBuf {
         self.audit_log
             .clone()
-            .unwrap_or_else(crate::audit::default_path)
+            .unwrap_or_else(crate::guard::audit::default_path)
     }
 
     /// `[trust.pinning]` with the notary client config's `trust_pinning` added.

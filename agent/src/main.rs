@@ -20,6 +20,10 @@ struct Args {
     /// $XDG_RUNTIME_DIR/dct-agent/agent.sock.
     #[arg(long, env = "DCT_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Start although the audit log does not continue the version ledger's last
+    /// checkpoint after a crash (signatures made in between may be forgotten).
+    #[arg(long)]
+    accept_ledger_gap: bool,
 }
 
 fn main() -> ExitCode {
@@ -54,7 +58,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let (cfg, cfg_path) = config::Config::load(args.config.as_deref())?;
+    let (mut cfg, cfg_path) = config::Config::load(args.config.as_deref())?;
+    cfg.accept_ledger_gap = args.accept_ledger_gap;
     match &cfg_path {
         Some(p) => tracing::info!("config {}", p.display()),
         None => tracing::info!("no config file: no tokens (verification only)"),

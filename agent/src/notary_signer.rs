@@ -13,16 +13,15 @@ use std::time::Duration;
 use dct_proto::notary as pb;
 use dct_proto::notary::key_management_server::{KeyManagement, KeyManagementServer};
 use dct_proto::notary::signer_server::{Signer, SignerServer};
-use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
-use crate::audit::Event;
+use crate::guard::audit::Event;
+use crate::guard::{Guard, Request as SignRequest, Subject, Versioning};
 use crate::config::NotarySignerConfig;
 use crate::error::{Error, Result};
 use crate::keys::{check_gun, KeyEntry, Keyring};
-use crate::tuf::metadata::{expected_type, MetaDoc};
 
 /// The only roles notary-server keeps keys for.
 const SERVER_ROLES: [&str; 2] = ["timestamp", "snapshot"];
@@ -34,13 +33,18 @@ const HEALTH_SIGNER: &str = "grpc.health.v1.Health.Signer";
 
 #[derive(Clone)]
 pub struct NotarySigner {
+    guard: Guard,
     keys: Keyring,
     token: String,
 }
 
 impl NotarySigner {
-    pub fn new(keys: Keyring, token: String) -> Self {
-        NotarySigner { keys, token }
+    pub fn new(guard: Guard, token: String) -> Self {
+        NotarySigner {
+            keys: guard.keys().clone(),
+            guard,
+            token,
+        }
     }
 
     fn served(&self, k: &KeyEntry) -> bool {
@@ -82,31 +86,6 @@ fn key_id(k: Option<pb::KeyId>) -> Result<String> {
     Ok(id)
 }
 
-/// The message notary-server wants signed must be the `signed` part of a document of the
-/// key's role: parsed, its type checked, its version and expiry well formed.
-fn check_content(content: &[u8], role: &str) -> Result<(u64, time::OffsetDateTime)> {
-    let doc: MetaDoc = serde_json::from_slice(content)
-        .map_err(|e| Error::InvalidArgument(format!("content is not a {role} document: {e}")))?;
-    let want = expected_type(role);
-    if doc.common.doc_type != want {
-        return Err(Error::Refused(format!(
-            "a {role} key signs only {want} documents, not {:?}",
-            doc.common.doc_type
-        )));
-    }
-    if doc.common.version < 1 {
-        return Err(Error::InvalidArgument(format!(
-            "document version {} is below 1",
-            doc.common.version
-        )));
-    }
-    let expires = doc
-        .common
-        .expires_at()
-        .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
-    Ok((doc.common.version as u64, expires))
-}
-
 #[tonic::async_trait]
 impl KeyManagement for NotarySigner {
     async fn create_key(
@@ -135,7 +114,7 @@ impl KeyManagement for NotarySigner {
             .await?;
         self.keys.invalidate();
         tracing::info!(key_id = %key.canonical_id, role = %req.role, gun = %req.gun, "notary-signer: created key");
-        self.keys
+        self.guard
             .audit()
             .record(Event {
                 key_id: key.canonical_id.clone(),
@@ -163,7 +142,7 @@ impl KeyManagement for NotarySigner {
                 };
                 token.run(move |b| b.delete(&key)).await?;
                 self.keys.invalidate();
-                self.keys.audit().record(event).await?;
+                self.guard.audit().record(event).await?;
                 tracing::info!(key_id = %id, "notary-signer: deleted key");
             }
             // As notary-signer: deleting an absent key succeeds.
@@ -195,59 +174,36 @@ impl Signer for NotarySigner {
     ) -> Result<Response<pb::Signature>, Status> {
         let req = req.into_inner();
         let id = key_id(req.key_id)?;
-        let digest: [u8; 32] = Sha256::digest(&req.content).into();
-        let mut event = Event {
-            key_id: id.clone(),
-            sha256: crate::tuf::keys::hex(&digest),
-            ..Event::new("sign")
-        };
-        let audit = self.keys.audit();
         let key = match self.key(&id).await {
             Ok(k) => k,
             Err(e) => {
-                audit.refused(event, &e).await;
+                let event = Event {
+                    key_id: id,
+                    ..Event::new("sign")
+                };
+                self.guard.audit().refused(event, &e).await;
                 return Err(e.into());
             }
         };
-        event.role = key.role.clone();
-        event.gun = key.gun.clone().unwrap_or_default();
-        let gun = key.gun.clone().unwrap_or_default();
-        let view = check_content(&req.content, &key.role).map(|(version, expires)| {
-            event.version = Some(version);
-            crate::policy::Signing {
-                key: &key,
-                keyid: &key.canonical_id,
-                role: &key.role,
-                gun: &gun,
-                version,
-                expires,
-                digest: &digest,
-            }
-        });
-        let checked = view.and_then(|v| self.keys.policy().check(&v).map(|()| v));
-        let signed = match checked {
-            Ok(v) => match self.keys.token(&key.token) {
-                Ok(token) => token.sign(key.clone(), digest).await.map(|sig| (sig, v)),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        let (sig, view) = match signed {
-            Ok(x) => x,
-            Err(e) => {
-                audit.refused(event, &e).await;
-                return Err(e.into());
-            }
-        };
-        audit.record(event).await?;
-        self.keys.policy().signed(&view);
-        tracing::debug!(key_id = %id, role = %key.role, "notary-signer: signed");
+        let info = key_info(&key);
+        // The guard parses the content as a document of the key's role, holds its version
+        // (notary-server may repeat its highest, never go lower), signs and records.
+        let signed = self
+            .guard
+            .sign(SignRequest {
+                keys: vec![key],
+                subject: Subject::ServerRole {
+                    content: req.content,
+                },
+                versioning: Versioning::ServerManaged,
+            })
+            .await?;
         Ok(Response::new(pb::Signature {
-            key_info: Some(key_info(&key)),
+            key_info: Some(info),
             algorithm: Some(pb::Algorithm {
                 algorithm: ECDSA.into(),
             }),
-            content: sig,
+            content: signed.document,
         }))
     }
 }
@@ -273,7 +229,7 @@ pub fn tls_config(c: &NotarySignerConfig) -> std::result::Result<ServerTlsConfig
 pub async fn serve(
     c: &NotarySignerConfig,
     builder: tonic::transport::server::Server<crate::server::Limits>,
-    keys: Keyring,
+    guard: Guard,
     max_bytes: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::result::Result<(), String> {
@@ -288,7 +244,8 @@ pub async fn serve(
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let signer = NotarySigner::new(keys.clone(), c.token.clone());
+    let keys = guard.keys().clone();
+    let signer = NotarySigner::new(guard, c.token.clone());
     // Healthy while the token is there and unlocked, as notary-server's checks expect.
     let token = keys.token(&c.token).map_err(|e| e.to_string())?.clone();
     let watch = tokio::spawn(async move {
@@ -315,7 +272,7 @@ pub async fn serve(
     let result = builder
         .tls_config(tls)
         .map_err(|e| format!("[notary_signer] TLS: {e}"))?
-        .layer(crate::audit::PeerLayer)
+        .layer(crate::guard::audit::PeerLayer)
         .add_service(health_service)
         .add_service(KeyManagementServer::new(signer.clone()).max_decoding_message_size(max_bytes))
         .add_service(SignerServer::new(signer).max_decoding_message_size(max_bytes))
@@ -331,22 +288,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_must_be_the_keys_role() {
-        let ts = br#"{"_type":"Timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":2}"#;
-        assert_eq!(check_content(ts, "timestamp").unwrap().0, 2);
-        assert!(matches!(
-            check_content(ts, "snapshot"),
-            Err(Error::Refused(_))
-        ));
-        assert!(matches!(
-            check_content(b"not json", "timestamp"),
-            Err(Error::InvalidArgument(_))
-        ));
-        let v0 = br#"{"_type":"Timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":0}"#;
-        assert!(check_content(v0, "timestamp").is_err());
-    }
 
     #[test]
     fn key_ids_are_64_hex() {

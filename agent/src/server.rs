@@ -12,6 +12,7 @@ use tokio_stream::StreamExt;
 
 use crate::config::{Config, Pkcs11Config};
 use crate::keys::pkcs11::{Modules, Pkcs11Backend, BACKEND};
+use crate::guard::Guard;
 use crate::keys::{Keyring, Token};
 use crate::service::AgentService;
 
@@ -52,6 +53,22 @@ pub fn start_tokens(
     Ok(tokens)
 }
 
+/// The guard over `tokens`: the policy, the version ledger (its checkpoint, then the audit
+/// log after it), the audit log, the confirmation program. Refuses to start rather than
+/// sign without its memory of what was signed.
+pub fn open_guard(config: &Config, tokens: Vec<Token>) -> Result<Guard, String> {
+    let policy = crate::guard::policy::Policy::new(config.policy.clone())?;
+    let ledger = std::sync::Arc::new(crate::guard::ledger::Ledger::open(&config.ledger())?);
+    let audit = crate::guard::audit::Audit::open(
+        &config.audit_log(),
+        ledger.clone(),
+        config.accept_ledger_gap,
+    )?;
+    let (keys, rights) = Keyring::new(tokens);
+    let confirmer = crate::confirm::Confirmer::new(&config.confirm);
+    Ok(Guard::new(keys, rights, policy, ledger, audit, confirmer))
+}
+
 /// The layers [`limits`] adds.
 pub type Limits = tower::layer::util::Stack<
     tower::layer::util::Stack<
@@ -79,7 +96,8 @@ pub fn limits(
 
 /// Unlocks the tokens that have a `pin_file`: one attempt each, never repeated. A failure
 /// is logged (without the PIN) and leaves the token locked for `dct unlock`.
-async fn unlock_from_pin_files(config: &Config, keys: &Keyring) {
+async fn unlock_from_pin_files(config: &Config, guard: &Guard) {
+    let keys = guard.keys();
     let pin_files = config
         .pkcs11
         .iter()
@@ -108,19 +126,20 @@ async fn unlock_from_pin_files(config: &Config, keys: &Keyring) {
                 format!("token {}, from its PIN file: {e}", label)
             }
         };
-        let event = crate::audit::Event {
+        let event = crate::guard::audit::Event {
             outcome,
-            ..crate::audit::Event::new("unlock")
+            ..crate::guard::audit::Event::new("unlock")
         };
-        if let Err(e) = keys.audit().record(event).await {
+        if let Err(e) = guard.audit().record(event).await {
             tracing::error!("audit log: {e}");
         }
     }
 }
 
 /// Locks tokens whose unlock TTL ran out (checked every second), and audits it.
-async fn watch_ttls(keys: Keyring) {
-    let tokens: Vec<Token> = keys
+async fn watch_ttls(guard: Guard) {
+    let tokens: Vec<Token> = guard
+        .keys()
         .tokens()
         .iter()
         .filter(|t| t.ttl().idle.is_some() || t.ttl().hard.is_some())
@@ -133,11 +152,11 @@ async fn watch_ttls(keys: Keyring) {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         for t in &tokens {
             if let Some(why) = t.enforce_ttl().await {
-                let event = crate::audit::Event {
+                let event = crate::guard::audit::Event {
                     outcome: format!("token {}: {why} expired", t.label),
-                    ..crate::audit::Event::new("lock")
+                    ..crate::guard::audit::Event::new("lock")
                 };
-                if let Err(e) = keys.audit().record(event).await {
+                if let Err(e) = guard.audit().record(event).await {
                     tracing::error!("audit log: {e}");
                 }
             }
@@ -254,20 +273,9 @@ impl Listener {
         tokens: Vec<Token>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
-        let policy = crate::policy::Policy::new(config.policy.clone())?;
-        // The versions each key signed before, from the audit log: none may go back.
-        for (keyid, gun, role, version, digest) in
-            crate::audit::signed_versions(&config.audit_log())
-        {
-            policy.remember(&keyid, &gun, &role, version, digest);
-        }
-        let keys = Keyring::new(
-            tokens,
-            crate::audit::Audit::open(&config.audit_log()),
-            policy,
-        );
-        unlock_from_pin_files(config, &keys).await;
-        let ttl_watch = tokio::spawn(watch_ttls(keys.clone()));
+        let guard = open_guard(config, tokens)?;
+        unlock_from_pin_files(config, &guard).await;
+        let ttl_watch = tokio::spawn(watch_ttls(guard.clone()));
         // One shutdown signal for every listener.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -275,7 +283,7 @@ impl Listener {
         };
         let signer = match &config.notary_signer {
             Some(ns) => {
-                let (ns, keys, limit) = (ns.clone(), keys.clone(), config.max_request_bytes());
+                let (ns, keys, limit) = (ns.clone(), guard.clone(), config.max_request_bytes());
                 let builder = limits(tonic::transport::Server::builder(), config);
                 let stop = stopped(stop_rx.clone());
                 Some(tokio::spawn(async move {
@@ -284,7 +292,7 @@ impl Listener {
             }
             None => None,
         };
-        let main = self.serve_agent(config, keys, stopped(stop_rx.clone()));
+        let main = self.serve_agent(config, guard.clone(), stopped(stop_rx.clone()));
         tokio::pin!(main);
         let result = tokio::select! {
             r = &mut main => r,
@@ -302,36 +310,38 @@ impl Listener {
                 Ok(Ok(())) => {}
             }
         }
+        // Nothing signs any more: the ledger's checkpoint says so.
+        guard.shutdown();
         result
     }
 
     async fn serve_agent(
         self,
         config: &Config,
-        keys: Keyring,
+        guard: Guard,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
         let own_uid = nix::unistd::getuid().as_raw();
         let allowed = config.allowed_uids.clone();
-        let audit = keys.audit().clone();
+        let audit = guard.audit().clone();
         let incoming = UnixListenerStream::new(self.listener).filter(move |conn| match conn {
             Ok(stream) => match stream.peer_cred() {
                 Ok(cred) if cred.uid() == own_uid || allowed.contains(&cred.uid()) => true,
                 Ok(cred) => {
                     tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused connection from another user");
-                    let peer = crate::audit::Peer::Local {
+                    let peer = crate::guard::audit::Peer::Local {
                         uid: cred.uid(),
                         pid: cred.pid(),
                     };
-                    let event = crate::audit::Event {
+                    let event = crate::guard::audit::Event {
                         outcome: format!(
                             "connection refused: uid {} is not the agent's ({own_uid}) nor in allowed_uids",
                             cred.uid()
                         ),
-                        ..crate::audit::Event::new("refuse")
+                        ..crate::guard::audit::Event::new("refuse")
                     };
                     let audit = audit.clone();
-                    tokio::spawn(crate::audit::PEER.scope(peer, async move {
+                    tokio::spawn(crate::guard::audit::PEER.scope(peer, async move {
                         if let Err(e) = audit.record(event).await {
                             tracing::error!("audit log: {e}");
                         }
@@ -351,11 +361,11 @@ impl Listener {
             config.trust_server()?,
             config.pinning()?,
         );
-        let service = AgentServer::new(AgentService::new(keys, trust))
+        let service = AgentServer::new(AgentService::new(guard, trust))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit.saturating_mul(2));
         let result = limits(tonic::transport::Server::builder(), config)
-            .layer(crate::audit::PeerLayer)
+            .layer(crate::guard::audit::PeerLayer)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;

@@ -7,10 +7,10 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
-use crate::audit::Event;
+use crate::guard::audit::Event;
+use crate::guard::{Guard, Request as SignRequest, Signed, Subject, Versioning};
 use crate::error::{Error, PinState, Result};
 use crate::keys::{check_gun, check_role, KeyEntry, Keyring, Token, TokenInfo};
-use crate::signing;
 use crate::trust;
 use crate::tuf::verify;
 
@@ -21,6 +21,7 @@ const MAX_TAGS: usize = 200_000;
 const MAX_BATCH: usize = 100_000;
 
 pub struct AgentService {
+    guard: Guard,
     keys: Keyring,
     trust: crate::trust::TrustContext,
     channels: crate::sealed::Channels,
@@ -34,7 +35,7 @@ impl AgentService {
         key: &KeyEntry,
         token: &str,
     ) -> Result<(), Status> {
-        self.keys
+        self.guard
             .audit()
             .record(Event {
                 key_id: key.key_id.clone(),
@@ -64,12 +65,13 @@ impl AgentService {
                 ..Event::new("create_key")
             })
             .collect();
-        self.keys.audit().record_many(events).await
+        self.guard.audit().record_many(events).await
     }
 
-    pub fn new(keys: Keyring, trust: crate::trust::TrustContext) -> Self {
+    pub fn new(guard: Guard, trust: crate::trust::TrustContext) -> Self {
         AgentService {
-            keys,
+            keys: guard.keys().clone(),
+            guard,
             trust,
             channels: Default::default(),
         }
@@ -133,6 +135,16 @@ fn ceremony_key_pb(k: trust::CeremonyKey) -> pb::CeremonyKey {
     }
 }
 
+fn signed_pb(s: Signed) -> pb::SignMetadataResponse {
+    pb::SignMetadataResponse {
+        document: s.document,
+        key_id: s.keyid,
+        role: s.role,
+        version: s.version,
+        confirmation: None,
+    }
+}
+
 fn key_pb(k: KeyEntry) -> pb::Key {
     pb::Key {
         key_id: k.key_id,
@@ -167,10 +179,10 @@ impl Agent for AgentService {
             };
             tokens.push(token_pb(info));
         }
-        let audit = self.keys.audit().state();
+        let audit = self.guard.audit().state();
         Ok(Response::new(pb::StatusResponse {
             audit: Some(pb::AuditStatus {
-                path: self.keys.audit().path().display().to_string(),
+                path: self.guard.audit().path().display().to_string(),
                 records: audit.records,
                 last_hash: audit.last_hash,
                 error: audit.error.unwrap_or_default(),
@@ -216,7 +228,7 @@ impl Agent for AgentService {
                 event.outcome = format!("token {label}: {e}");
             }
         }
-        if let Err(e) = self.keys.audit().record(event).await {
+        if let Err(e) = self.guard.audit().record(event).await {
             tracing::error!("audit log: {e}");
         }
         Ok(Response::new(pb::UnlockResponse {
@@ -258,7 +270,7 @@ impl Agent for AgentService {
                         outcome: format!("token {}", t.label),
                         ..Event::new("lock")
                     };
-                    if let Err(e) = self.keys.audit().record(event).await {
+                    if let Err(e) = self.guard.audit().record(event).await {
                         tracing::error!("audit log: {e}");
                     }
                     locked.push(t.label.clone());
@@ -453,28 +465,24 @@ impl Agent for AgentService {
             check_role(&req.role)?;
         }
         let keys = self.keys.find_key(&req.key_id).await?;
-        let outcome = signing::sign_document_confirmable(
-            &self.keys,
-            keys,
-            req.document,
-            req.role,
-            req.gun,
-            req.confirm_ticket,
-        )
-        .await?;
-        Ok(Response::new(match outcome {
-            signing::Outcome::Signed(s) => pb::SignMetadataResponse {
-                document: s.document,
-                key_id: s.keyid,
-                role: s.role,
-                version: s.version,
-                confirmation: None,
-            },
-            signing::Outcome::Confirm { ticket, summary } => pb::SignMetadataResponse {
-                confirmation: Some(pb::Confirmation { ticket, summary }),
-                ..Default::default()
-            },
-        }))
+        if !req.confirm_ticket.is_empty() {
+            return Err(self.guard.refuse_self_approval(&keys).await.into());
+        }
+        let s = self
+            .guard
+            .sign(SignRequest {
+                keys,
+                subject: Subject::Metadata {
+                    document: req.document,
+                    role: req.role,
+                    gun: req.gun,
+                    previous_root: None,
+                    previous: (!req.previous.is_empty()).then_some(req.previous),
+                },
+                versioning: Versioning::Final,
+            })
+            .await?;
+        Ok(Response::new(signed_pb(s)))
     }
 
     async fn sign_metadata_batch(
@@ -490,7 +498,7 @@ impl Agent for AgentService {
             .into());
         }
         // Resolve every key first (from the recent listing); a bad item fails alone.
-        let mut results: Vec<Option<Result<signing::Signed>>> = Vec::with_capacity(reqs.len());
+        let mut results: Vec<Option<Result<Signed>>> = Vec::with_capacity(reqs.len());
         let mut items = Vec::new();
         let mut places = Vec::new();
         for r in reqs {
@@ -511,17 +519,22 @@ impl Agent for AgentService {
                 Ok(keys) => {
                     places.push(results.len());
                     results.push(None);
-                    items.push(signing::BatchItem {
+                    items.push(SignRequest {
                         keys,
-                        document: r.document,
-                        role: r.role,
-                        gun: r.gun,
+                        subject: Subject::Metadata {
+                            document: r.document,
+                            role: r.role,
+                            gun: r.gun,
+                            previous_root: None,
+                            previous: None,
+                        },
+                        versioning: Versioning::Final,
                     });
                 }
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let signed = signing::sign_documents(&self.keys, items).await;
+        let signed = self.guard.sign_all(items).await;
         for (place, s) in places.into_iter().zip(signed) {
             results[place] = Some(s);
         }
@@ -529,13 +542,7 @@ impl Agent for AgentService {
             .into_iter()
             .map(|r| {
                 let result = match r.unwrap_or_else(|| Err(Error::Internal("not signed".into()))) {
-                    Ok(s) => pb::sign_metadata_result::Result::Signed(pb::SignMetadataResponse {
-                        document: s.document,
-                        key_id: s.keyid,
-                        role: s.role,
-                        version: s.version,
-                        confirmation: None,
-                    }),
+                    Ok(s) => pb::sign_metadata_result::Result::Signed(signed_pb(s)),
                     Err(e) => {
                         let st = Status::from(e);
                         pb::sign_metadata_result::Result::Error(pb::ErrorStatus {
@@ -626,7 +633,7 @@ impl Agent for AgentService {
         let _repo_lock = self.trust.lock(&req.gun).await;
         let r = if req.root_json.is_empty() {
             trust::init(
-                &self.keys,
+                &self.guard,
                 &client,
                 &self.trust,
                 &req.gun,
@@ -636,7 +643,7 @@ impl Agent for AgentService {
             )
             .await?
         } else {
-            trust::init_from_root(&self.keys, &client, &self.trust, &req.gun, req.root_json).await?
+            trust::init_from_root(&self.guard, &client, &self.trust, &req.gun, req.root_json).await?
         };
         Ok(Response::new(pb::TrustInitResponse {
             root_key_id: r.root.key_id,
@@ -685,7 +692,7 @@ impl Agent for AgentService {
             passphrase,
         };
         let r = trust::ceremony_root_init(
-            &self.keys,
+            &self.guard,
             server_keys,
             &req.gun,
             req.threshold as usize,
@@ -718,8 +725,21 @@ impl Agent for AgentService {
             ))
             .into());
         }
-        let s =
-            signing::sign_document(&self.keys, keys, req.root_json, "root".into(), req.gun).await?;
+        // The ceremony's root leaves the agent: its version is final once signed.
+        let s = self
+            .guard
+            .sign(SignRequest {
+                keys,
+                subject: Subject::Metadata {
+                    document: req.root_json,
+                    role: "root".into(),
+                    gun: req.gun,
+                    previous_root: None,
+                    previous: None,
+                },
+                versioning: Versioning::Final,
+            })
+            .await?;
         Ok(Response::new(pb::CeremonySignResponse {
             root_json: s.document,
             key_id: s.keyid,
@@ -754,7 +774,7 @@ impl Agent for AgentService {
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let _repo_lock = self.trust.lock(&req.gun).await;
         let (previous, root, keys) = trust::ceremony_root_rotate(
-            &self.keys,
+            &self.guard,
             &client,
             &self.trust,
             &req.gun,
@@ -782,7 +802,7 @@ impl Agent for AgentService {
             .ok()
             .and_then(|e| e.signed.get("version").and_then(|v| v.as_u64()))
             .unwrap_or(0);
-        trust::publish_root(&self.keys, &client, &self.trust, &req.gun, req.root_json).await?;
+        trust::publish_root(&self.guard, &client, &self.trust, &req.gun, req.root_json).await?;
         Ok(Response::new(pb::TrustPublishRootResponse { version }))
     }
 
@@ -856,7 +876,7 @@ impl Agent for AgentService {
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let _repo_lock = self.trust.lock(&req.gun).await;
         let r = trust::sign_tags(
-            &self.keys,
+            &self.guard,
             &client,
             &self.trust,
             &req.gun,
@@ -983,7 +1003,7 @@ impl Agent for AgentService {
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let tag = (!req.tag.is_empty()).then_some(req.tag.as_str());
         let _repo_lock = self.trust.lock(&req.gun).await;
-        let roles = trust::revoke(&self.keys, &client, &self.trust, &req.gun, tag).await?;
+        let roles = trust::revoke(&self.guard, &client, &self.trust, &req.gun, tag).await?;
         Ok(Response::new(pb::TrustRevokeResponse { roles }))
     }
 
@@ -1011,7 +1031,7 @@ impl Agent for AgentService {
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let _repo_lock = self.trust.lock(&req.gun).await;
         let (key_id, initialized) = trust::signer_add(
-            &self.keys,
+            &self.guard,
             &client,
             &self.trust,
             &req.gun,
@@ -1033,7 +1053,7 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let _repo_lock = self.trust.lock(&req.gun).await;
-        trust::signer_remove(&self.keys, &client, &self.trust, &req.gun, &req.name).await?;
+        trust::signer_remove(&self.guard, &client, &self.trust, &req.gun, &req.name).await?;
         Ok(Response::new(pb::TrustSignerRemoveResponse {}))
     }
 
@@ -1045,7 +1065,7 @@ impl Agent for AgentService {
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let _repo_lock = self.trust.lock(&req.gun).await;
         let key_id = trust::rotate(
-            &self.keys,
+            &self.guard,
             &client,
             &self.trust,
             &req.gun,

@@ -15,9 +15,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::keys::{make_root_cert, KeyEntry, Keyring};
+use crate::guard::{Guard, Receipt};
+use crate::keys::{make_root_cert, KeyEntry};
 use crate::notary::{NotaryClient, ServerOpts};
-use crate::signing::{sign_document, sign_document_after};
 use crate::tuf::keys::{TufKey, ECDSA_X509};
 use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Envelope, RootDoc, TargetsDoc};
 use crate::tuf::verify::{self, check_signatures, RepoFiles, VerifiedRepo};
@@ -445,6 +445,45 @@ fn listings(keys: &[KeyEntry], canonical: &str) -> Vec<KeyEntry> {
         .collect()
 }
 
+/// Signs `document` for a publish this agent makes (the guard holds its version as pending
+/// until [`publish`] settles it); the receipt joins `receipts`.
+async fn sign_doc(
+    guard: &Guard,
+    keys: Vec<KeyEntry>,
+    document: Vec<u8>,
+    role: &str,
+    gun: &str,
+    previous: Option<&[u8]>,
+    receipts: &mut Vec<Receipt>,
+) -> Result<crate::guard::Signed> {
+    let previous = previous.map(<[u8]>::to_vec);
+    // A root signed by an old root key names the key by the previous root's certificate.
+    let previous_root = if role == "root" { previous.clone() } else { None };
+    let s = guard
+        .sign_for_publish(keys, document, role, gun, previous_root, previous)
+        .await?;
+    receipts.push(s.receipt.clone());
+    Ok(s)
+}
+
+/// Publishes `files` in one update; once the server took them, the versions signed for them
+/// are settled in the ledger. A failed publish leaves them pending: a retry may sign those
+/// versions again.
+async fn publish(
+    guard: &Guard,
+    client: &NotaryClient,
+    gun: &str,
+    files: Vec<(String, Vec<u8>)>,
+    receipts: &[Receipt],
+) -> Result<()> {
+    client.publish(gun, files).await?;
+    if let Err(e) = guard.published(receipts).await {
+        // Published all the same; the versions stay pending (still never below them).
+        tracing::error!(gun, "published, but the ledger could not record it: {e}");
+    }
+    Ok(())
+}
+
 pub struct InitResult {
     pub root: KeyEntry,
     pub targets: KeyEntry,
@@ -455,7 +494,7 @@ pub struct InitResult {
 /// `dct trust init`: root and targets keys on a token (reused when present), snapshot and
 /// timestamp managed by the server; publishes root v1 and targets v1.
 pub async fn init(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -476,11 +515,11 @@ pub async fn init(
             ctx.root_path(gun).parent().unwrap_or(Path::new(".")).display()
         )));
     }
-    let (keys, _) = keyring.all_keys().await;
+    let (keys, _) = guard.keys().all_keys().await;
 
     // Root: the named key, else a root key with a certificate for this GUN, else a new one.
     let root = if !root_key.is_empty() {
-        let found = keyring.find_key(root_key).await?;
+        let found = guard.keys().find_key(root_key).await?;
         if found[0].role != "root" {
             return Err(Error::InvalidArgument(format!(
                 "key {root_key} is a {} key, not a root key",
@@ -501,13 +540,14 @@ pub async fn init(
         Some(r) => r?,
         None if !root_key.is_empty() => {
             // The named root key has no certificate for this GUN yet: make one on its token.
-            let key = keyring.find_key(root_key).await?.remove(0);
-            let t = keyring.token(&key.token)?.clone();
+            let key = guard.keys().find_key(root_key).await?.remove(0);
+            let t = guard.keys().token(&key.token)?.clone();
             let gun_s = gun.to_string();
             t.run(move |b| make_root_cert(b, &key, &gun_s)).await?
         }
         None => {
-            keyring
+            guard
+                .keys()
                 .token(token)?
                 .generate("root".into(), Some(gun.into()))
                 .await?
@@ -516,7 +556,8 @@ pub async fn init(
     let targets = match held(&keys, "targets", gun).next() {
         Some(k) => k.clone(),
         None => {
-            keyring
+            guard
+                .keys()
                 .token(token)?
                 .generate("targets".into(), Some(gun.into()))
                 .await?
@@ -528,7 +569,8 @@ pub async fn init(
         Some(match held(&keys, "snapshot", gun).next() {
             Some(k) => k.clone(),
             None => {
-                keyring
+                guard
+                    .keys()
                     .token(token)?
                     .generate("snapshot".into(), Some(gun.into()))
                     .await?
@@ -560,21 +602,26 @@ pub async fn init(
         "_type": "Targets", "expires": expires(TARGETS_LIFETIME)?, "version": 1,
         "targets": {}, "delegations": {"keys": {}, "roles": []},
     });
-    let (all, _) = keyring.all_keys().await;
-    let root_signed = sign_document(
-        keyring,
+    let (all, _) = guard.keys().all_keys().await;
+    let mut receipts = Vec::new();
+    let root_signed = sign_doc(
+        guard,
         listings(&all, &root.canonical_id),
         unsigned(root_doc),
-        "root".into(),
-        gun.into(),
+        "root",
+        gun,
+        None,
+        &mut receipts,
     )
     .await?;
-    let targets_signed = sign_document(
-        keyring,
+    let targets_signed = sign_doc(
+        guard,
         listings(&all, &targets.canonical_id),
         unsigned(targets_doc),
-        "targets".into(),
-        gun.into(),
+        "targets",
+        gun,
+        None,
+        &mut receipts,
     )
     .await?;
     let mut files = vec![
@@ -589,17 +636,19 @@ pub async fn init(
             "_type": "Snapshot", "expires": expires(TARGETS_LIFETIME)?, "version": 1,
             "meta": {"root": meta(&files[0].1), "targets": meta(&files[1].1)},
         });
-        let s = sign_document(
-            keyring,
+        let s = sign_doc(
+            guard,
             listings(&all, &sk.canonical_id),
             unsigned(snap),
-            "snapshot".into(),
-            gun.into(),
+            "snapshot",
+            gun,
+            None,
+            &mut receipts,
         )
         .await?;
         files.push(("snapshot".into(), s.document));
     }
-    client.publish(gun, files).await?;
+    publish(guard, client, gun, files, &receipts).await?;
     ctx.persist(gun, root_signed.document.clone(), None).await?;
     tracing::info!(gun, root = %root.key_id, targets = %targets.key_id, "initialised trust data");
     Ok(InitResult {
@@ -627,7 +676,7 @@ pub struct TagTarget {
 /// Every role changed is signed once, and all is published in one update (the server makes
 /// snapshot and timestamp; a snapshot key held here signs the snapshot).
 pub async fn sign_tags(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -635,9 +684,9 @@ pub async fn sign_tags(
     token: &str,
 ) -> Result<SignResult> {
     check_gun(gun)?;
-    let (repo, initialized) = fetch_or_init(keyring, client, ctx, gun, token).await?;
+    let (repo, initialized) = fetch_or_init(guard, client, ctx, gun, token).await?;
     repo.require_trusted(client, gun)?;
-    let (keys, _) = keyring.all_keys().await;
+    let (keys, _) = guard.keys().all_keys().await;
     let by_id = |id: &str| {
         keys.iter()
             .find(|k| k.key_id == id || k.canonical_id == id)
@@ -726,7 +775,7 @@ pub async fn sign_tags(
         }
     }
     let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
-    commit(keyring, client, gun, &repo, &keys, edits).await?;
+    commit(guard, client, gun, &repo, &keys, edits).await?;
     tracing::info!(gun, tags = tags.len(), roles = ?roles, "signed tags");
     Ok(SignResult { roles, initialized })
 }
@@ -753,7 +802,7 @@ impl Repo {
 /// The repository, initialised first when the server has no trust data for it (as docker
 /// trust does); the flag says whether it was.
 async fn fetch_or_init(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -762,7 +811,7 @@ async fn fetch_or_init(
     if let Some(r) = fetch(client, ctx, gun).await? {
         return Ok((r, false));
     }
-    init(keyring, client, ctx, gun, "", token, false).await?;
+    init(guard, client, ctx, gun, "", token, false).await?;
     let r = fetch(client, ctx, gun)
         .await?
         .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?;
@@ -772,24 +821,25 @@ async fn fetch_or_init(
 /// Signs each edited role as its next version (Notary's default expiry) and publishes them
 /// in one update; a snapshot key held here (not server-managed) signs the new snapshot.
 async fn commit(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     gun: &str,
     repo: &Repo,
     keys: &[KeyEntry],
     edits: Vec<Edit>,
 ) -> Result<()> {
-    commit_with(keyring, client, gun, repo, keys, Vec::new(), edits).await
+    commit_with(guard, client, gun, repo, keys, Vec::new(), Vec::new(), edits).await
 }
 
 /// As [`commit`], publishing `signed` (already signed files, e.g. a new root) too.
 async fn commit_with(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     gun: &str,
     repo: &Repo,
     keys: &[KeyEntry],
     signed: Vec<(String, Vec<u8>)>,
+    mut receipts: Vec<Receipt>,
     edits: Vec<Edit>,
 ) -> Result<()> {
     let mut updates = signed;
@@ -800,12 +850,13 @@ async fn commit_with(
         let held = held_root_keys(&current, keys);
         if !held.is_empty() && root_due(&current.common.expires, OffsetDateTime::now_utc()) {
             match sign_next_root(
-                keyring,
+                guard,
                 keys,
                 gun,
                 repo.doc("root")?.signed,
                 &held,
                 &repo.files["root"],
+                &mut receipts,
             )
             .await
             {
@@ -830,12 +881,15 @@ async fn commit_with(
         let version = signed.get("version").and_then(Value::as_i64).unwrap_or(0);
         signed["version"] = json!(version + 1);
         signed["expires"] = json!(expires(TARGETS_LIFETIME)?);
-        let s = sign_document(
-            keyring,
+        let previous = repo.files.get(&role).map(Vec::as_slice);
+        let s = sign_doc(
+            guard,
             listings(keys, &key.canonical_id),
             unsigned(signed),
-            role.clone(),
-            gun.into(),
+            &role,
+            gun,
+            previous,
+            &mut receipts,
         )
         .await?;
         updates.push((role, s.document));
@@ -863,17 +917,19 @@ async fn commit_with(
         let version = snap.get("version").and_then(Value::as_i64).unwrap_or(0);
         snap["version"] = json!(version + 1);
         snap["expires"] = json!(expires(TARGETS_LIFETIME)?);
-        let s = sign_document(
-            keyring,
+        let s = sign_doc(
+            guard,
             listings(keys, &key.canonical_id),
             unsigned(snap),
-            "snapshot".into(),
-            gun.into(),
+            "snapshot",
+            gun,
+            repo.files.get("snapshot").map(Vec::as_slice),
+            &mut receipts,
         )
         .await?;
         updates.push(("snapshot".into(), s.document));
     }
-    client.publish(gun, updates).await
+    publish(guard, client, gun, updates, &receipts).await
 }
 
 fn sha2_256(b: &[u8]) -> [u8; 32] {
@@ -1032,7 +1088,7 @@ fn signable(repo: &Repo, keys: &[KeyEntry]) -> Result<Vec<(String, KeyEntry)>> {
 
 /// `dct trust revoke`: removes `tag` (or every tag) from the roles this agent can sign.
 pub async fn revoke(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -1042,7 +1098,7 @@ pub async fn revoke(
     let repo = fetch(client, ctx, gun)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
-    let (keys, _) = keyring.all_keys().await;
+    let (keys, _) = guard.keys().all_keys().await;
     repo.require_trusted(client, gun)?;
     let mut edits = Vec::new();
     for (role, key) in signable(&repo, &keys)? {
@@ -1072,7 +1128,7 @@ pub async fn revoke(
         }));
     }
     let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
-    commit(keyring, client, gun, &repo, &keys, edits).await?;
+    commit(guard, client, gun, &repo, &keys, edits).await?;
     tracing::info!(gun, tag = tag.unwrap_or("*"), roles = ?roles, "revoked");
     Ok(roles)
 }
@@ -1128,7 +1184,7 @@ fn add_keyid(roles: &mut Vec<Value>, name: &str, id: &str) {
 /// `targets/releases`, both with all paths, as docker lays them out. Initialises the
 /// repository first when it has no trust data.
 pub async fn signer_add(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -1138,9 +1194,9 @@ pub async fn signer_add(
 ) -> Result<(String, bool)> {
     check_gun(gun)?;
     check_signer_name(name)?;
-    let (repo, initialized) = fetch_or_init(keyring, client, ctx, gun, token).await?;
+    let (repo, initialized) = fetch_or_init(guard, client, ctx, gun, token).await?;
     repo.require_trusted(client, gun)?;
-    let (keys, _) = keyring.all_keys().await;
+    let (keys, _) = guard.keys().all_keys().await;
     let mut edit = targets_edit(&repo, &keys, gun)?;
     let id = key.key_id();
     let d = &mut edit.signed["delegations"];
@@ -1155,7 +1211,7 @@ pub async fn signer_add(
         add_keyid(roles, &format!("targets/{name}"), &id);
         add_keyid(roles, "targets/releases", &id);
     }
-    commit(keyring, client, gun, &repo, &keys, vec![edit]).await?;
+    commit(guard, client, gun, &repo, &keys, vec![edit]).await?;
     tracing::info!(gun, signer = name, key = %id, "added signer");
     Ok((id, initialized))
 }
@@ -1163,7 +1219,7 @@ pub async fn signer_add(
 /// `dct trust signer remove`: drops `targets/NAME` and its keys from `targets/releases`
 /// (and `releases` itself when no key is left in it).
 pub async fn signer_remove(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -1174,7 +1230,7 @@ pub async fn signer_remove(
     let repo = fetch(client, ctx, gun)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
-    let (keys, _) = keyring.all_keys().await;
+    let (keys, _) = guard.keys().all_keys().await;
     repo.require_trusted(client, gun)?;
     let mut edit = targets_edit(&repo, &keys, gun)?;
     let role = format!("targets/{name}");
@@ -1203,7 +1259,7 @@ pub async fn signer_remove(
     if let Some(k) = d["keys"].as_object_mut() {
         k.retain(|id, _| used.contains(&json!(id)));
     }
-    commit(keyring, client, gun, &repo, &keys, vec![edit]).await?;
+    commit(guard, client, gun, &repo, &keys, vec![edit]).await?;
     tracing::info!(gun, signer = name, "removed signer");
     Ok(())
 }
@@ -1228,12 +1284,13 @@ fn held_root_keys(root: &RootDoc, keys: &[KeyEntry]) -> Vec<String> {
 /// The next root version: ten more years, signed by each of `signers` (key IDs on this
 /// agent's tokens) in turn.
 async fn sign_next_root(
-    keyring: &Keyring,
+    guard: &Guard,
     all: &[KeyEntry],
     gun: &str,
     mut root: Value,
     signers: &[String],
     previous: &[u8],
+    receipts: &mut Vec<Receipt>,
 ) -> Result<Vec<u8>> {
     let version = root["version"].as_i64().unwrap_or(0);
     root["version"] = json!(version + 1);
@@ -1245,13 +1302,14 @@ async fn sign_next_root(
             .find(|k| &k.key_id == id || &k.canonical_id == id)
             .map(|k| k.canonical_id.clone())
             .unwrap_or_default();
-        doc = sign_document_after(
-            keyring,
+        doc = sign_doc(
+            guard,
             listings(all, &canonical),
             doc,
-            "root".into(),
-            gun.into(),
-            Some(previous.to_vec()),
+            "root",
+            gun,
+            Some(previous),
+            receipts,
         )
         .await?
         .document;
@@ -1274,7 +1332,7 @@ fn root_due(expires: &str, now: OffsetDateTime) -> bool {
 /// that clients trusting the old root follow it. Every new root is signed by the root keys
 /// this agent holds.
 pub async fn rotate(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -1286,7 +1344,7 @@ pub async fn rotate(
     let repo = fetch(client, ctx, gun)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
-    let (keys, _) = keyring.all_keys().await;
+    let (keys, _) = guard.keys().all_keys().await;
     repo.require_trusted(client, gun)?;
     let mut root = repo.doc("root")?.signed;
     let root_signers = held_root_keys(&repo.root()?, &keys);
@@ -1298,7 +1356,8 @@ pub async fn rotate(
     let mut edits = Vec::new();
     let (new_id, new_key): (String, TufKey) = match (role, server_managed) {
         ("targets", false) => {
-            let k = keyring
+            let k = guard
+            .keys()
                 .token(token)?
                 .generate("targets".into(), Some(gun.into()))
                 .await?;
@@ -1311,7 +1370,8 @@ pub async fn rotate(
             (k.key_id.clone(), k.tuf_key())
         }
         ("snapshot", false) => {
-            let k = keyring
+            let k = guard
+            .keys()
                 .token(token)?
                 .generate("snapshot".into(), Some(gun.into()))
                 .await?;
@@ -1322,7 +1382,8 @@ pub async fn rotate(
             (k.key_id(), k)
         }
         ("root", false) => {
-            let k = keyring
+            let k = guard
+            .keys()
                 .token(token)?
                 .generate("root".into(), Some(gun.into()))
                 .await?;
@@ -1355,19 +1416,30 @@ pub async fn rotate(
     if let Some(k) = root["keys"].as_object_mut() {
         k.retain(|id, _| used.contains(&json!(id)));
     }
-    let (all, _) = keyring.all_keys().await;
+    let (all, _) = guard.keys().all_keys().await;
     let mut signers: Vec<String> = root_signers.clone();
     if role == "root" {
         signers.push(new_id.clone());
     }
-    let doc = sign_next_root(keyring, &all, gun, root, &signers, &repo.files["root"]).await?;
+    let mut receipts = Vec::new();
+    let doc = sign_next_root(
+        guard,
+        &all,
+        gun,
+        root,
+        &signers,
+        &repo.files["root"],
+        &mut receipts,
+    )
+    .await?;
     commit_with(
-        keyring,
+        guard,
         client,
         gun,
         &repo,
         &all,
         vec![("root".into(), doc)],
+        receipts,
         edits,
     )
     .await?;
@@ -1731,7 +1803,7 @@ pub struct CeremonyInit {
 /// certificate for `gun` made on its token; the targets key on `targets_token`; the
 /// server's timestamp and snapshot keys. Returns root.json version 1, unsigned.
 pub async fn ceremony_root_init(
-    keyring: &Keyring,
+    guard: &Guard,
     server_keys: ServerKeys<'_>,
     gun: &str,
     threshold: usize,
@@ -1751,7 +1823,7 @@ pub async fn ceremony_root_init(
     }
     // Look everything up before making anything.
     for t in tokens {
-        keyring.token(t)?;
+        guard.keys().token(t)?;
     }
     for from in &backups.files {
         if !tokens.contains(from) {
@@ -1781,7 +1853,7 @@ pub async fn ceremony_root_init(
                 "backup of {from:?} into itself"
             )));
         }
-        keyring.token(to)?;
+        guard.keys().token(to)?;
     }
     let (timestamp, snapshot) = match server_keys {
         ServerKeys::Fetch(client) => (
@@ -1805,17 +1877,18 @@ pub async fn ceremony_root_init(
             (parse("timestamp", timestamp)?, parse("snapshot", snapshot)?)
         }
     };
-    let root_keys = make_root_keys(keyring, gun, tokens, backups).await?;
+    let root_keys = make_root_keys(guard, gun, tokens, backups).await?;
     let targets_label = if targets_token.is_empty() {
         &tokens[0]
     } else {
         targets_token
     };
-    let targets = keyring
+    let targets = guard
+            .keys()
         .token(targets_label)?
         .generate("targets".into(), Some(gun.into()))
         .await?;
-    keyring.invalidate();
+    guard.keys().invalidate();
     let (ts_id, sn_id) = (timestamp.key_id(), snapshot.key_id());
     let mut keys = serde_json::Map::new();
     for k in &root_keys {
@@ -1863,7 +1936,7 @@ pub fn root_signatures(bytes: &[u8]) -> Result<(Vec<String>, i64, Vec<String>)> 
 /// `dct trust init --root-from DIR`: publishes a root signed in a ceremony, with targets
 /// version 1 signed by the targets key it names (which must be on this agent's tokens).
 pub async fn init_from_root(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -1891,7 +1964,7 @@ pub async fn init_from_root(
     }
     // The timestamp and snapshot keys: notary-server hands out a new one on every request
     // until a root is published, and accepts any it made; it refuses others on publish.
-    let (keys, _) = keyring.all_keys().await;
+    let (keys, _) = guard.keys().all_keys().await;
     let targets = root.roles["targets"]
         .keyids
         .iter()
@@ -1907,23 +1980,22 @@ pub async fn init_from_root(
         "_type": "Targets", "expires": expires(TARGETS_LIFETIME)?, "version": 1,
         "targets": {}, "delegations": {"keys": {}, "roles": []},
     });
-    let targets_signed = sign_document(
-        keyring,
+    let mut receipts = Vec::new();
+    let targets_signed = sign_doc(
+        guard,
         listings(&keys, &targets.canonical_id),
         unsigned(targets_doc),
-        "targets".into(),
-        gun.into(),
+        "targets",
+        gun,
+        None,
+        &mut receipts,
     )
     .await?;
-    client
-        .publish(
-            gun,
-            vec![
-                ("root".to_string(), root_bytes.clone()),
-                ("targets".to_string(), targets_signed.document),
-            ],
-        )
-        .await?;
+    let files = vec![
+        ("root".to_string(), root_bytes.clone()),
+        ("targets".to_string(), targets_signed.document),
+    ];
+    publish(guard, client, gun, files, &receipts).await?;
     ctx.persist(gun, root_bytes, None).await?;
     let root_key = keys
         .iter()
@@ -1942,7 +2014,7 @@ pub async fn init_from_root(
 /// `tokens`, certificates made there) and threshold `threshold`; everything else as the
 /// current root has it. Returns (the current root, the new root unsigned, the new keys).
 pub async fn ceremony_root_rotate(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -1957,8 +2029,8 @@ pub async fn ceremony_root_rotate(
     repo.require_trusted(client, gun)?;
     let current = repo.files["root"].clone();
     let mut root = repo.doc("root")?.signed;
-    let new_keys = make_root_keys(keyring, gun, tokens, &RootBackups::default()).await?;
-    keyring.invalidate();
+    let new_keys = make_root_keys(guard, gun, tokens, &RootBackups::default()).await?;
+    guard.keys().invalidate();
     // The old root keys leave the key map (the previous root keeps them for the chain).
     let old_ids: Vec<String> = root["roles"]["root"]["keyids"]
         .as_array()
@@ -2004,7 +2076,7 @@ pub fn rotation_signatures(previous: &[u8], new: &[u8]) -> Result<(Vec<String>, 
 /// `dct trust publish-root`: publishes a new root (signed by a threshold of the current
 /// root's keys and of its own) as the next version of `gun`.
 pub async fn publish_root(
-    keyring: &Keyring,
+    guard: &Guard,
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
@@ -2024,14 +2096,15 @@ pub async fn publish_root(
             version_of(&repo.files["root"])
         )));
     }
-    let (keys, _) = keyring.all_keys().await;
+    let (keys, _) = guard.keys().all_keys().await;
     commit_with(
-        keyring,
+        guard,
         client,
         gun,
         &repo,
         &keys,
         vec![("root".into(), root_bytes.clone())],
+        Vec::new(),
         Vec::new(),
     )
     .await?;
@@ -2051,14 +2124,14 @@ fn check_root_size(threshold: usize, n: usize) -> Result<()> {
 /// One root key per token, each with its root certificate for `gun` made on its token; a
 /// key with an entry in `backups` is made wrappable and copied, wrapped, into that token.
 async fn make_root_keys(
-    keyring: &Keyring,
+    guard: &Guard,
     gun: &str,
     tokens: &[String],
     backups: &RootBackups,
 ) -> Result<Vec<CeremonyKey>> {
     let mut out = Vec::new();
     for t in tokens {
-        let token = keyring.token(t)?.clone();
+        let token = guard.keys().token(t)?.clone();
         let backup = backups.wrapped.get(t).cloned();
         let mut backup_file = None;
         let key = match &backup {
@@ -2080,7 +2153,7 @@ async fn make_root_keys(
             }
         };
         if let Some(to) = &backup {
-            let dest = keyring.token(to)?.clone();
+            let dest = guard.keys().token(to)?.clone();
             crate::keys::backup_key(&token, &dest, &key).await?;
         }
         let info = token.run(|b| Ok(b.info())).await?;

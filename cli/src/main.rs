@@ -180,6 +180,10 @@ enum TufCmd {
         /// Where to write the signed file (`-` for standard output). Default: FILE, in place.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// The version this one replaces (signed by the same key): a key whose policy asks
+        /// for confirmation shows what changed since it.
+        #[arg(long, value_name = "FILE")]
+        previous: Option<PathBuf>,
     },
     /// Verify a directory of metadata as a notary-server serves it (root.json, targets.json,
     /// targets/<name>.json, snapshot.json, timestamp.json) and print the signed targets.
@@ -196,37 +200,6 @@ enum TufCmd {
         #[arg(long = "root-key", value_name = "KEYID")]
         root_keys: Vec<String>,
     },
-}
-
-/// Shows what will be signed and asks on the terminal (not standard input, so no pipe or
-/// script can answer for the user).
-fn confirm_at_terminal(summary: &[String]) -> Result<(), Failure> {
-    use std::io::{BufRead, Write};
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .map_err(|e| {
-            Failure::failed(format!(
-                "this key signs only after a confirmation at a terminal, and there is none ({e})"
-            ))
-        })?;
-    let mut out = &tty;
-    let _ = writeln!(out, "The agent will sign:");
-    for line in summary {
-        let _ = writeln!(out, "  {line}");
-    }
-    let _ = write!(out, "Sign? [y/N] ");
-    let _ = out.flush();
-    let mut answer = String::new();
-    std::io::BufReader::new(&tty)
-        .read_line(&mut answer)
-        .map_err(|e| Failure::failed(format!("cannot read the answer: {e}")))?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Failure::failed("not confirmed: nothing signed"))
-    }
 }
 
 /// Seals a PIN or passphrase to a one-use key of the agent, so that it never travels (nor
@@ -696,31 +669,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             role,
             gun,
             out,
+            previous,
         }) => {
             let document = read_input(&file)?;
+            let previous = match &previous {
+                Some(p) => read_input(p)?,
+                None => Vec::new(),
+            };
             let mut c = Client::connect(&socket).await?;
-            let mut req = pb::SignMetadataRequest {
+            // A key whose policy asks for confirmation waits here while the agent's own
+            // confirmation program asks the user; no answer comes from this process.
+            let req = pb::SignMetadataRequest {
                 document,
                 key_id: key,
                 role: role.unwrap_or_default(),
                 gun: gun.unwrap_or_default(),
                 confirm_ticket: String::new(),
+                previous,
             };
-            let again = req.clone();
-            let first = c
+            let r = c
                 .call(|mut a| async move { a.sign_metadata(req).await })
                 .await?;
-            let r = match first.confirmation {
-                None => first,
-                Some(conf) => {
-                    // The key's policy wants the user to see what is signed and say yes.
-                    confirm_at_terminal(&conf.summary)?;
-                    req = again;
-                    req.confirm_ticket = conf.ticket;
-                    c.call(|mut a| async move { a.sign_metadata(req).await })
-                        .await?
-                }
-            };
             let out = out.unwrap_or_else(|| file.clone());
             write_output(&out, &r.document)?;
             if json {

@@ -313,6 +313,41 @@ impl Drop for NotaryStack {
     }
 }
 
+/// A SoftHSM2 token, an agent unlocking it from a PIN file and serving notary-signer's API
+/// on a free port with the certificates in `pki`.
+pub fn signer_agent(pki: &Path, label: &str) -> (crate::SoftHsm, crate::Agent, u16) {
+    let hsm = crate::SoftHsm::new(label, "signer-pin-2468");
+    let pin_file = hsm.dir.path().join("pin");
+    std::fs::write(&pin_file, format!("{}\n", hsm.pin)).unwrap();
+    std::fs::set_permissions(&pin_file, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let p = |f: &str| pki.join(f).display().to_string();
+    let config = format!(
+        "{}pin_file = {:?}\n\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {:?}\n",
+        hsm.agent_config(),
+        pin_file.display().to_string(),
+        p("leaf.crt"),
+        p("leaf.key"),
+        p("ca.crt"),
+        label,
+    );
+    let agent = crate::Agent::start_with_config(Some(&hsm), &config);
+    wait_listening(port, &agent);
+    (hsm, agent, port)
+}
+
+pub fn wait_listening(port: u16, agent: &crate::Agent) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent did not listen on {port}: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// `notary list` from a fresh trust directory: (tag, digest hex, size, role) rows.
 pub fn notary_list(
     stack: &NotaryStack,

@@ -3,52 +3,16 @@
 //! token, the whole round trip checked with the real notary client; and the API itself
 //! checked from a gRPC client (mutual TLS, health, key scope, content checks).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use dct_proto::notary as pb;
-use dct_tests::notary::{free_port, pki, NotaryStack, SignerAt};
+use dct_tests::notary::{pki, signer_agent, wait_listening, NotaryStack, SignerAt};
 use dct_tests::signer_client::{channel, clients};
-use dct_tests::{Agent, SoftHsm};
+use dct_tests::Agent;
 use p256::ecdsa::signature::Verifier;
 use p256::pkcs8::DecodePublicKey;
 use serde_json::Value;
 use tonic::Code;
-
-/// A SoftHSM2 token, an agent unlocking it from a PIN file and serving notary-signer's API
-/// on a free port with the certificates in `pki`.
-fn signer_agent(pki: &Path, label: &str) -> (SoftHsm, Agent, u16) {
-    let hsm = SoftHsm::new(label, "signer-pin-2468");
-    let pin_file = hsm.dir.path().join("pin");
-    std::fs::write(&pin_file, format!("{}\n", hsm.pin)).unwrap();
-    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let port = free_port();
-    let p = |f: &str| pki.join(f).display().to_string();
-    let config = format!(
-        "{}pin_file = {:?}\n\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {:?}\n",
-        hsm.agent_config(),
-        pin_file.display().to_string(),
-        p("leaf.crt"),
-        p("leaf.key"),
-        p("ca.crt"),
-        label,
-    );
-    let agent = Agent::start_with_config(Some(&hsm), &config);
-    wait_listening(port, &agent);
-    (hsm, agent, port)
-}
-
-fn wait_listening(port: u16, agent: &Agent) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "agent did not listen on {port}: {}",
-            agent.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
 
 fn notary_ok(stack: &NotaryStack, dir: &Path, args: &[&str]) -> String {
     let out = stack.notary(dir, args, None);

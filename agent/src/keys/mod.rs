@@ -377,8 +377,13 @@ impl Token {
     }
 
     /// Signs digests: spread over the signing pool when there is one, else in one job on
-    /// the token's thread. One result per item, in order.
-    pub async fn sign_many(&self, items: Vec<SignItem>) -> Result<Vec<Result<Vec<u8>>>> {
+    /// the token's thread. One result per item, in order. Only the holder of the keyring's
+    /// [`SigningRights`] (the guard) can call it.
+    pub async fn sign_many(
+        &self,
+        _rights: &SigningRights,
+        items: Vec<SignItem>,
+    ) -> Result<Vec<Result<Vec<u8>>>> {
         if self.enforce_ttl().await.is_some() {
             return Err(Error::Locked {
                 token: self.label.clone(),
@@ -410,14 +415,6 @@ impl Token {
             out.extend(rx.await.map_err(|_| self.stopped())?);
         }
         Ok(out)
-    }
-
-    /// Signs one digest (see [`Token::sign_many`]).
-    pub async fn sign(&self, key: KeyEntry, digest: [u8; 32]) -> Result<Vec<u8>> {
-        self.sign_many(vec![(key, digest)])
-            .await?
-            .pop()
-            .unwrap_or_else(|| Err(self.stopped()))
     }
 
     fn stopped(&self) -> Error {
@@ -525,8 +522,13 @@ pub struct Keyring {
     /// The last listing of all tokens, for resolving key IDs on the signing path without a
     /// trip to every token. The private-key lookup at signing stays authoritative.
     listing: Arc<std::sync::Mutex<Option<Listing>>>,
-    audit: crate::audit::Audit,
-    policy: Arc<crate::policy::Policy>,
+}
+
+/// The right to have a token sign a digest. [`Keyring::new`] hands out the only one, which
+/// the daemon gives to the guard: nothing else can reach a backend's signing call, so every
+/// signature goes through the guard's checks, confirmation and audit.
+pub struct SigningRights {
+    _only_from_keyring: (),
 }
 
 struct Listing {
@@ -539,27 +541,17 @@ struct Listing {
 const LISTING_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Keyring {
-    pub fn new(
-        tokens: Vec<Token>,
-        audit: crate::audit::Audit,
-        policy: crate::policy::Policy,
-    ) -> Self {
-        Keyring {
-            tokens: Arc::new(tokens),
-            listing: Arc::default(),
-            audit,
-            policy: Arc::new(policy),
-        }
-    }
-
-    /// What each key may sign.
-    pub fn policy(&self) -> &crate::policy::Policy {
-        &self.policy
-    }
-
-    /// The audit log every key use goes to.
-    pub fn audit(&self) -> &crate::audit::Audit {
-        &self.audit
+    /// The keyring over `tokens`, and the one [`SigningRights`] for it.
+    pub fn new(tokens: Vec<Token>) -> (Self, SigningRights) {
+        (
+            Keyring {
+                tokens: Arc::new(tokens),
+                listing: Arc::default(),
+            },
+            SigningRights {
+                _only_from_keyring: (),
+            },
+        )
     }
 
     /// Forgets the cached listing (after this agent changed a token).
@@ -701,8 +693,4 @@ impl Keyring {
         }
     }
 
-    /// Signs a SHA-256 digest with `key` on its token; raw r||s.
-    pub async fn sign_digest(&self, key: &KeyEntry, digest: [u8; 32]) -> Result<Vec<u8>> {
-        self.token(&key.token)?.sign(key.clone(), digest).await
-    }
 }

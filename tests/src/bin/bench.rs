@@ -412,6 +412,7 @@ async fn agent_run(
                 role: String::new(),
                 gun: String::new(),
                 confirm_ticket: String::new(),
+                previous: Vec::new(),
             };
             if batch == 1 {
                 let resp = client.sign_metadata(req(first)).await.expect("sign");

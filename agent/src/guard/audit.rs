@@ -9,13 +9,14 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::ledger::{Ledger, Mark, MarkState, Update};
 use crate::error::{Error, Result};
 
 /// Who made a request.
@@ -59,6 +60,9 @@ pub struct Event {
     pub version: Option<u64>,
     /// "ok", or what went wrong / the rule that refused.
     pub outcome: String,
+    /// How the version ledger takes this signature (see [`Event::update`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<MarkState>,
 }
 
 impl Event {
@@ -69,6 +73,49 @@ impl Event {
             ..Default::default()
         }
     }
+
+    /// The ledger change this record makes once it is durable: a signature, or a publish
+    /// the server acknowledged.
+    pub fn update(&self) -> Option<Update> {
+        if self.action != "sign" && self.action != "publish" {
+            return None;
+        }
+        update_of(
+            &self.key_id,
+            &self.gun,
+            &self.role,
+            self.version?,
+            &self.sha256,
+            &self.outcome,
+            self.ledger,
+        )
+    }
+}
+
+/// A ledger update from a record's fields (as written, or as read back from the log). A
+/// signature recorded before the ledger existed (no `ledger` field) counts as published.
+fn update_of(
+    key_id: &str,
+    gun: &str,
+    role: &str,
+    version: u64,
+    sha256: &str,
+    outcome: &str,
+    state: Option<MarkState>,
+) -> Option<Update> {
+    if !outcome.starts_with("ok") || key_id.is_empty() || role.is_empty() {
+        return None;
+    }
+    let state = state.unwrap_or(MarkState::Published);
+    if state == MarkState::Untracked {
+        return None;
+    }
+    let digest: [u8; 32] = crate::tuf::keys::unhex(sha256)?.try_into().ok()?;
+    Some(Update {
+        slot: (key_id.to_string(), gun.to_string(), role.to_string()),
+        mark: Mark { version, digest },
+        state,
+    })
 }
 
 /// A record as written: the event, when, who, its place in the chain.
@@ -117,9 +164,15 @@ impl Audit {
     /// Opens (or creates, 0600 in a 0700 directory) the log at `path` and starts its
     /// writer. A log that cannot be opened or whose last record is damaged does not stop
     /// the agent, but every record fails, so nothing is signed until it is fixed.
-    pub fn open(path: &Path) -> Audit {
+    pub fn open(path: &Path, ledger: Arc<Ledger>, accept_gap: bool) -> std::result::Result<Audit, String> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let opened = open_log(path);
+        if let Ok((_, tail)) = &opened {
+            replay(path, &ledger, accept_gap)?;
+            ledger.set_covered(tail.seq, &tail.hash);
+        }
+        // The ledger must be writable before anything is signed.
+        ledger.checkpoint(false)?;
         match &opened {
             Ok((_, tail)) => {
                 tracing::info!("audit log {} (record {})", path.display(), tail.seq)
@@ -140,15 +193,15 @@ impl Audit {
         let (p, st) = (path.to_path_buf(), state.clone());
         let spawned = std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || writer(rx, opened, p, st));
+            .spawn(move || writer(rx, opened, p, st, ledger));
         if let Err(e) = spawned {
-            tracing::error!("cannot start the audit writer: {e}");
+            return Err(format!("cannot start the audit writer: {e}"));
         }
-        Audit {
+        Ok(Audit {
             tx,
             path: path.to_path_buf(),
             state,
-        }
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -264,6 +317,7 @@ fn writer(
     opened: std::result::Result<(std::fs::File, Tail), String>,
     path: PathBuf,
     state: std::sync::Arc<std::sync::Mutex<State>>,
+    ledger: Arc<Ledger>,
 ) {
     let set_state = |f: &dyn Fn(&mut State)| {
         if let Ok(mut s) = state.lock() {
@@ -331,6 +385,15 @@ fn writer(
         let written = f.write_all(&out).and_then(|()| f.sync_data());
         match written {
             Ok(()) => {
+                // Durable: the ledger takes the signatures before anyone hears of them.
+                for (batch, _) in &jobs {
+                    for (_, event) in batch {
+                        if let Some(u) = event.update() {
+                            ledger.apply(&u, None);
+                        }
+                    }
+                }
+                ledger.set_covered(next.seq, &next.hash);
                 set_state(&|s| {
                     s.records = next.seq;
                     s.last_hash = next.hash.clone();
@@ -338,6 +401,11 @@ fn writer(
                 tail = next;
                 for (_, ack) in jobs {
                     let _ = ack.send(Ok(()));
+                }
+                if ledger.checkpoint_due() {
+                    if let Err(e) = ledger.checkpoint(false) {
+                        tracing::error!("{e}");
+                    }
                 }
             }
             Err(e) => {
@@ -357,35 +425,61 @@ fn writer(
     }
 }
 
-/// Every signature the log records with its version: (key ID, GUN, role, version, sha256).
-pub fn signed_versions(path: &Path) -> Vec<(String, String, String, u64, [u8; 32])> {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Vec::new();
+/// Applies every signature the log at `path` records to `ledger` (a max per slot, so records
+/// the checkpoint already holds change nothing). A log that does not hold the record the
+/// checkpoint was taken at, where the checkpoint was not written at a clean shutdown, may
+/// lack signatures made since: refused unless `accept_gap`.
+fn replay(path: &Path, ledger: &Ledger, accept_gap: bool) -> std::result::Result<(), String> {
+    let covered = ledger.covered();
+    let text = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => std::fs::read_to_string(path)
+            .map_err(|e| format!("audit log {}: {e}", path.display()))?,
+        _ => String::new(),
     };
-    if !meta.is_file() {
-        return Vec::new();
+    let mut found = covered.records == 0;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let seq = v.get("seq").and_then(serde_json::Value::as_u64);
+        if !found && seq == Some(covered.records) && hex(&Sha256::digest(line)) == covered.hash {
+            found = true;
+        }
+        let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("");
+        let action = field("action");
+        if action != "sign" && action != "publish" {
+            continue;
+        }
+        let Some(version) = v.get("version").and_then(serde_json::Value::as_u64) else {
+            continue;
+        };
+        let state = v
+            .get("ledger")
+            .and_then(|s| serde_json::from_value::<MarkState>(s.clone()).ok());
+        if let Some(u) = update_of(
+            field("key_id"),
+            field("gun"),
+            field("role"),
+            version,
+            field("sha256"),
+            field("outcome"),
+            state,
+        ) {
+            ledger.apply(&u, None);
+        }
     }
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            if v["action"] != "sign" || v["outcome"] != "ok" {
-                return None;
-            }
-            let digest: [u8; 32] = crate::tuf::keys::unhex(v["sha256"].as_str()?)?
-                .try_into()
-                .ok()?;
-            Some((
-                v["key_id"].as_str()?.to_string(),
-                v["gun"].as_str().unwrap_or_default().to_string(),
-                v["role"].as_str()?.to_string(),
-                v["version"].as_u64()?,
-                digest,
-            ))
-        })
-        .collect()
+    if !found && !covered.clean && !accept_gap {
+        return Err(format!(
+            "the audit log {} does not hold record {} that the version ledger {} was last \
+             checkpointed at, and the agent did not stop cleanly then: signatures made since \
+             may be missing from both. Put that log back, or start once with \
+             --accept-ledger-gap to go on with what the ledger holds",
+            path.display(),
+            covered.records,
+            ledger.path().display()
+        ));
+    }
+    Ok(())
 }
 
 /// `$XDG_STATE_HOME/dct/audit.log`, else `~/.local/state/dct/audit.log`.

@@ -15,10 +15,10 @@
 //! Without a rule a key signs only its own role (a delegation key any delegation) and GUN,
 //! up to Notary's own default lifetimes (root 10 years, targets and snapshot 3, timestamp
 //! 14 days, each with a day of slack). Whatever the rules, a key never signs a lower version
-//! than it signed before for the same role and GUN, nor the same version with other content.
-//! There is no raw-digest signing API at all: the agent signs only documents it parsed.
+//! than it signed before for the same role and GUN, nor the same version with other content
+//! (the version ledger, [`super::ledger`]). There is no raw-digest signing API at all: the
+//! agent signs only documents it parsed.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -43,8 +43,8 @@ pub struct Rule {
     /// Refuse a version lower than one signed before, or the same version with other
     /// content (default true; turn off only for load tests that sign out of order).
     pub check_versions: Option<bool>,
-    /// Sign only after the user confirmed, at the terminal, what will be signed (`dct tuf
-    /// sign` shows it and asks). Other ways of signing are refused for this key.
+    /// Sign only after the user confirmed what will be signed, through the agent's own
+    /// confirmation program (`[confirm] program`), never through the requesting client.
     #[serde(default)]
     pub confirm: bool,
 }
@@ -61,23 +61,11 @@ pub struct Signing<'a> {
     pub digest: &'a [u8; 32],
 }
 
-/// (key ID as signed, GUN, role).
-type Seen = (String, String, String);
-
-/// The rules, and the highest version each key signed per role and GUN.
+/// The rules.
 #[derive(Default)]
 pub struct Policy {
     rules: Vec<Rule>,
-    seen: std::sync::Mutex<HashMap<Seen, (u64, [u8; 32])>>,
-    /// Confirmations offered: ticket -> (key ID as signed, digest, when).
-    tickets: std::sync::Mutex<HashMap<String, Offer>>,
 }
-
-/// A confirmation offered: (key ID as signed, digest, when).
-type Offer = (String, [u8; 32], std::time::Instant);
-
-/// How long a confirmation offer stands.
-const TICKET_LIFETIME: Duration = Duration::from_secs(300);
 
 /// "90d", "1y", "36h", "15m", "90s".
 pub fn parse_span(text: &str) -> std::result::Result<Duration, String> {
@@ -123,11 +111,7 @@ impl Policy {
                 parse_span(m).map_err(|e| format!("[[policy]] #{}: {e}", i + 1))?;
             }
         }
-        Ok(Policy {
-            rules,
-            seen: Default::default(),
-            tickets: Default::default(),
-        })
+        Ok(Policy { rules })
     }
 
     /// The rule for `key`: its own, else its role's.
@@ -145,53 +129,22 @@ impl Policy {
         })
     }
 
-    /// Whether the key signs only after a confirmation at the terminal.
+    /// Whether the key signs only after the user confirmed.
     pub fn needs_confirm(&self, key: &KeyEntry) -> bool {
         self.rule(key).is_some_and(|r| r.confirm)
     }
 
-    /// Offers a confirmation for exactly this signature: a one-use ticket.
-    pub fn offer(&self, s: &Signing<'_>) -> Result<String> {
-        let mut t = [0u8; 16];
-        getrandom::getrandom(&mut t).map_err(|e| Error::Internal(e.to_string()))?;
-        let ticket = crate::tuf::keys::hex(&t);
-        if let Ok(mut m) = self.tickets.lock() {
-            m.retain(|_, (_, _, at)| at.elapsed() < TICKET_LIFETIME);
-            m.insert(
-                ticket.clone(),
-                (s.keyid.to_string(), *s.digest, std::time::Instant::now()),
-            );
-        }
-        Ok(ticket)
+    /// Whether the version ledger applies to this key (see `check_versions`).
+    pub fn checks_versions(&self, key: &KeyEntry) -> bool {
+        self.rule(key)
+            .and_then(|r| r.check_versions)
+            .unwrap_or(true)
     }
 
-    /// Takes a ticket: true if it was offered for exactly this signature and is fresh.
-    pub fn redeem(&self, ticket: &str, s: &Signing<'_>) -> bool {
-        let Some((keyid, digest, at)) = self.tickets.lock().ok().and_then(|mut m| m.remove(ticket))
-        else {
-            return false;
-        };
-        keyid == s.keyid && &digest == s.digest && at.elapsed() < TICKET_LIFETIME
-    }
-
-    /// Checks `s` against the key's rule and the versions it signed before; a key that
-    /// needs confirmation is refused here (see [`Policy::check_confirmed`]).
+    /// Checks `s` against the key's rule: roles, GUNs, expiry. (Versions are the ledger's,
+    /// confirmation the guard's.)
     pub fn check(&self, s: &Signing<'_>) -> Result<()> {
-        self.check_confirmed(s, false)
-    }
-
-    /// As [`Policy::check`], `confirmed` saying whether the user confirmed this signature.
-    pub fn check_confirmed(&self, s: &Signing<'_>, confirmed: bool) -> Result<()> {
         let rule = self.rule(s.key);
-        if rule.is_some_and(|r| r.confirm) && !confirmed {
-            return Err(refuse(
-                "confirm",
-                format!(
-                    "key {} signs only after a confirmation at the terminal: use dct tuf sign",
-                    s.key.key_id
-                ),
-            ));
-        }
         let whose = match rule {
             Some(Rule { key: Some(k), .. }) => format!("rule for key {k}"),
             Some(Rule { role: Some(r), .. }) => format!("rule for {r} keys"),
@@ -243,49 +196,7 @@ impl Policy {
                 ),
             ));
         }
-        let seen_key = (s.keyid.to_string(), s.gun.to_string(), s.role.to_string());
-        let check_versions = rule.and_then(|r| r.check_versions).unwrap_or(true);
-        let last = self
-            .seen
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&seen_key).copied());
-        if let Some((v, digest)) = last.filter(|_| check_versions) {
-            if s.version < v || (s.version == v && &digest != s.digest) {
-                return Err(refuse(
-                    "version",
-                    format!(
-                        "key {} already signed {} version {v} of {}; version {} {}",
-                        s.key.key_id,
-                        s.role,
-                        if s.gun.is_empty() { "(no GUN)" } else { s.gun },
-                        s.version,
-                        if s.version < v {
-                            "would go back"
-                        } else {
-                            "with other content would be a second, different version"
-                        }
-                    ),
-                ));
-            }
-        }
         Ok(())
-    }
-
-    /// Remembers a signature (after it is recorded).
-    pub fn signed(&self, s: &Signing<'_>) {
-        self.remember(s.keyid, s.gun, s.role, s.version, *s.digest);
-    }
-
-    pub fn remember(&self, key: &str, gun: &str, role: &str, version: u64, digest: [u8; 32]) {
-        if let Ok(mut m) = self.seen.lock() {
-            let e = m
-                .entry((key.to_string(), gun.to_string(), role.to_string()))
-                .or_insert((version, digest));
-            if version > e.0 {
-                *e = (version, digest);
-            }
-        }
     }
 }
 
@@ -369,26 +280,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("policy (max_expiry)"));
-    }
-
-    #[test]
-    fn versions_never_go_back_or_fork() {
-        let p = Policy::new(vec![]).unwrap();
-        let k = key("targets");
-        let (d1, d2) = ([1u8; 32], [2u8; 32]);
-        let s = signing(&k, "targets", "a.com/x", 5, &d1);
-        p.check(&s).unwrap();
-        p.signed(&s);
-        // The same document again is fine; another version 5, or 4, is not.
-        p.check(&signing(&k, "targets", "a.com/x", 5, &d1)).unwrap();
-        let e = p
-            .check(&signing(&k, "targets", "a.com/x", 5, &d2))
-            .unwrap_err();
-        assert!(e.to_string().contains("policy (version)"), "{e}");
-        assert!(p.check(&signing(&k, "targets", "a.com/x", 4, &d1)).is_err());
-        p.check(&signing(&k, "targets", "a.com/x", 6, &d2)).unwrap();
-        // Another GUN or role has its own count.
-        p.check(&signing(&k, "targets", "a.com/y", 1, &d2)).unwrap();
     }
 
     #[test]

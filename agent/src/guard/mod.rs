@@ -1,0 +1,580 @@
+//! The guard: the only path to a signature.
+//!
+//! Every signature the agent makes (the dct API, single and batch; trust operations and
+//! ceremonies; the notary-signer API) is a [`Request`] to [`Guard::sign`] or
+//! [`Guard::sign_all`], and goes through the same steps, in this order:
+//!
+//! 1. **parse** what is to be signed ([`document`]): the agent signs only what it understands;
+//! 2. **policy** ([`policy`]) and **version reservation** ([`ledger`]), atomically, so two
+//!    racing requests cannot both pass;
+//! 3. **confirmation** where the policy asks for it, obtained by the agent itself through its
+//!    confirmation program, never by the requesting client;
+//! 4. the **token** signs (only the guard holds the keyring's [`SigningRights`]);
+//! 5. the **audit** record is durable ([`audit`]), and the ledger takes the version with it;
+//! 6. **commit**: the signature leaves.
+//!
+//! A failure at any step releases the reservation and is audited as a refusal.
+
+pub mod audit;
+pub mod document;
+pub mod ledger;
+pub mod policy;
+
+use std::sync::Arc;
+
+use crate::confirm::Confirmer;
+use crate::error::{Error, Result};
+use crate::keys::{KeyEntry, Keyring, SigningRights};
+use audit::{Audit, Event};
+use document::Prepared;
+use ledger::{Ledger, Mark, MarkState, Reservation};
+pub use ledger::Versioning;
+use policy::Policy;
+
+/// What is to be signed.
+pub enum Subject {
+    /// A Notary metadata file (`{"signed": ..., "signatures": [...]}`).
+    Metadata {
+        document: Vec<u8>,
+        /// The role it is for (empty: the key's).
+        role: String,
+        /// The GUN (empty: the document's or the key's).
+        gun: String,
+        /// For a new root signed by an old root key: the root it follows.
+        previous_root: Option<Vec<u8>>,
+        /// The version this one replaces, for the confirmation's diff (a file signed by this
+        /// key; anything else is not trusted for the diff).
+        previous: Option<Vec<u8>>,
+    },
+    /// The canonical `signed` part of a role notary-server manages, as it sends it to its
+    /// signer; the signature is returned raw.
+    ServerRole { content: Vec<u8> },
+}
+
+/// One signature to make.
+pub struct Request {
+    /// Every listing of the key (a root key lists once per certificate).
+    pub keys: Vec<KeyEntry>,
+    pub subject: Subject,
+    pub versioning: Versioning,
+}
+
+/// A signature made.
+pub struct Signed {
+    /// The signed file; for [`Subject::ServerRole`], the raw r||s signature.
+    pub document: Vec<u8>,
+    pub keyid: String,
+    pub role: String,
+    pub version: u64,
+    /// What to acknowledge with [`Guard::published`] once the server took it.
+    pub receipt: Receipt,
+}
+
+/// A signature as the ledger knows it.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub key_id: String,
+    pub gun: String,
+    pub role: String,
+    pub version: u64,
+    pub digest: [u8; 32],
+}
+
+#[derive(Clone)]
+pub struct Guard(Arc<Inner>);
+
+struct Inner {
+    keys: Keyring,
+    rights: SigningRights,
+    policy: Policy,
+    ledger: Arc<Ledger>,
+    audit: Audit,
+    confirmer: Confirmer,
+}
+
+/// A request parsed and checked.
+struct Item {
+    key: KeyEntry,
+    p: Prepared,
+    versioning: Versioning,
+    /// Return the raw signature rather than the signed file.
+    raw: bool,
+    previous: Option<Vec<u8>>,
+    /// How the user confirmed, when the policy asked.
+    approval: Option<String>,
+}
+
+/// Documents up to this size are parsed and canonicalised in place (tens of microseconds);
+/// larger ones on a blocking thread, so a 100,000-tag targets file never stalls the runtime.
+const INLINE_BYTES: usize = 64 * 1024;
+
+/// Runs CPU work of `size` input bytes inline when small, else off the async runtime.
+async fn cpu<R, F>(size: usize, f: F) -> Result<R>
+where
+    R: Send + 'static,
+    F: FnOnce() -> R + Send + 'static,
+{
+    if size <= INLINE_BYTES {
+        Ok(f())
+    } else {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+fn subject_size(r: &Request) -> usize {
+    match &r.subject {
+        Subject::Metadata { document, .. } => document.len(),
+        Subject::ServerRole { content } => content.len(),
+    }
+}
+
+/// The audit record of a request refused before it could be parsed.
+fn attempt_event(r: &Request) -> Event {
+    let key = r.keys.first();
+    let (role, gun) = match &r.subject {
+        Subject::Metadata { role, gun, .. } => (role.clone(), gun.clone()),
+        Subject::ServerRole { .. } => (String::new(), String::new()),
+    };
+    Event {
+        key_id: key.map(|k| k.key_id.clone()).unwrap_or_default(),
+        role: if role.is_empty() {
+            key.map(|k| k.role.clone()).unwrap_or_default()
+        } else {
+            role
+        },
+        gun: if gun.is_empty() {
+            key.and_then(|k| k.gun.clone()).unwrap_or_default()
+        } else {
+            gun
+        },
+        ..Event::new("sign")
+    }
+}
+
+/// Step 1: parse and check that the key fits.
+fn parse(r: Request) -> Result<Item> {
+    let key = r
+        .keys
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::NotFound("no such key".into()))?;
+    match r.subject {
+        Subject::Metadata {
+            document,
+            role,
+            gun,
+            previous_root,
+            previous,
+        } => {
+            let p = document::prepare_after(
+                &document,
+                &r.keys,
+                &role,
+                &gun,
+                previous_root.as_deref(),
+            )?;
+            Ok(Item {
+                key,
+                p,
+                versioning: r.versioning,
+                raw: false,
+                previous,
+                approval: None,
+            })
+        }
+        Subject::ServerRole { content } => {
+            let (version, expires) = document::check_server_content(&content, &key.role)?;
+            use sha2::Digest;
+            let p = Prepared {
+                // Not kept as a tree: the content is signed as sent (a confirmation shows
+                // the header fields only).
+                envelope: crate::tuf::metadata::Envelope {
+                    signed: serde_json::Value::Null,
+                    signatures: Vec::new(),
+                },
+                role: key.role.clone(),
+                version,
+                digest: sha2::Sha256::digest(&content).into(),
+                keyid: key.canonical_id.clone(),
+                gun: key.gun.clone().unwrap_or_default(),
+                expires,
+            };
+            Ok(Item {
+                key,
+                p,
+                versioning: r.versioning,
+                raw: true,
+                previous: None,
+                approval: None,
+            })
+        }
+    }
+}
+
+/// What the policy sees of a prepared document.
+fn policy_view<'a>(key: &'a KeyEntry, p: &'a Prepared) -> policy::Signing<'a> {
+    policy::Signing {
+        key,
+        keyid: &p.keyid,
+        role: &p.role,
+        gun: &p.gun,
+        version: p.version,
+        expires: p.expires,
+        digest: &p.digest,
+    }
+}
+
+fn slot(p: &Prepared) -> ledger::Slot {
+    (p.keyid.clone(), p.gun.clone(), p.role.clone())
+}
+
+/// The audit record of signing `p`.
+fn sign_event(p: &Prepared) -> Event {
+    Event {
+        key_id: p.keyid.clone(),
+        role: p.role.clone(),
+        gun: p.gun.clone(),
+        sha256: crate::tuf::keys::hex(&p.digest),
+        version: Some(p.version),
+        ..Event::new("sign")
+    }
+}
+
+fn refusal(mut e: Event, why: &Error) -> Event {
+    e.action = "refuse";
+    e.outcome = why.to_string();
+    e.ledger = None;
+    e
+}
+
+impl Guard {
+    pub fn new(
+        keys: Keyring,
+        rights: SigningRights,
+        policy: Policy,
+        ledger: Arc<Ledger>,
+        audit: Audit,
+        confirmer: Confirmer,
+    ) -> Guard {
+        Guard(Arc::new(Inner {
+            keys,
+            rights,
+            policy,
+            ledger,
+            audit,
+            confirmer,
+        }))
+    }
+
+    /// The tokens and their keys (listing, lookup, key management: no signing).
+    pub fn keys(&self) -> &Keyring {
+        &self.0.keys
+    }
+
+    /// The audit log every key use goes to.
+    pub fn audit(&self) -> &Audit {
+        &self.0.audit
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.0.ledger
+    }
+
+    /// Signs one request (see the module documentation for the steps).
+    pub async fn sign(&self, request: Request) -> Result<Signed> {
+        self.sign_all(vec![request])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("no result".into())))
+    }
+
+    /// A metadata file for a publish the agent makes itself (see [`Versioning::Publish`]).
+    pub async fn sign_for_publish(
+        &self,
+        keys: Vec<KeyEntry>,
+        document: Vec<u8>,
+        role: &str,
+        gun: &str,
+        previous_root: Option<Vec<u8>>,
+        previous: Option<Vec<u8>>,
+    ) -> Result<Signed> {
+        self.sign(Request {
+            keys,
+            subject: Subject::Metadata {
+                document,
+                role: role.to_string(),
+                gun: gun.to_string(),
+                previous_root,
+                previous,
+            },
+            versioning: Versioning::Publish,
+        })
+        .await
+    }
+
+    /// Signs many requests: all parsed in one pass, policy and reservations in order (a
+    /// version taken earlier in the list counts for the later ones), one trip to each token
+    /// (spread over its signing sessions), one audit write, all finished in one pass. One
+    /// result per request, in order.
+    pub async fn sign_all(&self, requests: Vec<Request>) -> Vec<Result<Signed>> {
+        let n = requests.len();
+        let size: usize = requests.iter().map(subject_size).sum();
+        let attempts: Vec<Event> = requests.iter().map(attempt_event).collect();
+
+        // 1. Parse.
+        let parsed = cpu(size, move || {
+            requests.into_iter().map(parse).collect::<Vec<_>>()
+        })
+        .await;
+        let mut items: Vec<Result<Item>> = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = e.to_string();
+                (0..n).map(|_| Err(Error::Internal(msg.clone()))).collect()
+            }
+        };
+
+        // 2. Policy and version reservation, in order.
+        let mut held: Vec<Option<Reservation<'_>>> = (0..n).map(|_| None).collect();
+        for (item, hold) in items.iter_mut().zip(held.iter_mut()) {
+            let admitted = match item {
+                Ok(it) => self.admit(it),
+                Err(_) => Ok(None),
+            };
+            match admitted {
+                Ok(r) => *hold = r,
+                Err(e) => *item = Err(e),
+            }
+        }
+
+        // 3. Confirmation where the policy asks, one dialog at a time.
+        for (item, hold) in items.iter_mut().zip(held.iter_mut()) {
+            let Ok(it) = item else { continue };
+            if !self.0.policy.needs_confirm(&it.key) {
+                continue;
+            }
+            match self.confirm(it).await {
+                Ok(how) => it.approval = Some(how),
+                Err(e) => {
+                    *item = Err(e);
+                    *hold = None;
+                }
+            }
+        }
+
+        // 4. The tokens sign, grouped by token, each item keeping its place.
+        let mut by_token: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (i, item) in items.iter().enumerate() {
+            if let Ok(it) = item {
+                by_token.entry(it.key.token.clone()).or_default().push(i);
+            }
+        }
+        let mut sigs: Vec<Option<Result<Vec<u8>>>> = (0..n).map(|_| None).collect();
+        for (label, idx) in by_token {
+            let work = idx
+                .iter()
+                .filter_map(|&i| items.get(i)?.as_ref().ok())
+                .map(|it| (it.key.clone(), it.p.digest))
+                .collect();
+            let result = match self.0.keys.token(&label) {
+                Ok(t) => t.sign_many(&self.0.rights, work).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(list) => {
+                    for (i, sig) in idx.into_iter().zip(list) {
+                        if let Some(s) = sigs.get_mut(i) {
+                            *s = Some(sig);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let kind = |m: String| match &e {
+                        Error::Locked { token } => Error::Locked {
+                            token: token.clone(),
+                        },
+                        _ => Error::Unavailable(m),
+                    };
+                    for i in idx {
+                        if let Some(s) = sigs.get_mut(i) {
+                            *s = Some(Err(kind(msg.clone())));
+                        }
+                    }
+                }
+            }
+        }
+
+        // 5. One record per request, all durable (and in the ledger) before any signature
+        // leaves the agent.
+        let events: Vec<Event> = attempts
+            .into_iter()
+            .zip(items.iter().zip(&sigs))
+            .map(|(attempt, (item, sig))| match (item, sig) {
+                (Ok(it), Some(Ok(_))) => self.signed_event(it),
+                (Ok(it), Some(Err(e))) => refusal(sign_event(&it.p), e),
+                (Ok(it), None) => refusal(sign_event(&it.p), &Error::Internal("not signed".into())),
+                (Err(e), _) => refusal(attempt, e),
+            })
+            .collect();
+        if let Err(e) = self.0.audit.record_many(events).await {
+            let msg = e.to_string();
+            for sig in sigs.iter_mut() {
+                *sig = Some(Err(Error::Unavailable(msg.clone())));
+            }
+        }
+        // 6. Commit: the ledger holds the versions now; the reservations go.
+        drop(held);
+        let done = cpu(size, move || {
+            items
+                .into_iter()
+                .zip(sigs)
+                .map(|(item, sig)| {
+                    let it = item?;
+                    let sig = sig.unwrap_or_else(|| Err(Error::Internal("not signed".into())))?;
+                    finish(it, sig)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        done.unwrap_or_else(|e| {
+            let msg = e.to_string();
+            (0..n).map(|_| Err(Error::Internal(msg.clone()))).collect()
+        })
+    }
+
+    /// Step 2 for one item: the policy's rules, then the version held in the ledger (None
+    /// when the key's rule turns version checks off).
+    fn admit(&self, it: &Item) -> Result<Option<Reservation<'_>>> {
+        self.0.policy.check(&policy_view(&it.key, &it.p))?;
+        if !self.0.policy.checks_versions(&it.key) {
+            return Ok(None);
+        }
+        let mark = Mark {
+            version: it.p.version,
+            digest: it.p.digest,
+        };
+        self.0
+            .ledger
+            .reserve(slot(&it.p), mark, it.versioning)
+            .map(Some)
+    }
+
+    /// Step 3 for one item: what the signature changes, shown by the agent's confirmation
+    /// program; the answer is the user's, not the client's.
+    async fn confirm(&self, it: &Item) -> Result<String> {
+        let subject = crate::confirm::Subject {
+            role: it.p.role.clone(),
+            gun: it.p.gun.clone(),
+            version: it.p.version,
+            expires: it.p.expires.to_string(),
+            key_id: it.p.keyid.clone(),
+            sha256_hex: crate::tuf::keys::hex(&it.p.digest),
+        };
+        let previous = it
+            .previous
+            .as_deref()
+            .and_then(|b| previous_signed_by(b, &it.key));
+        let lines = crate::confirm::summary(&subject, previous.as_ref(), &it.p.envelope.signed);
+        let title = format!("dct-agent: sign {} of {}?", it.p.role, it.p.gun);
+        let approval = self.0.confirmer.ask(&title, &lines).await?;
+        Ok(approval.describe())
+    }
+
+    fn signed_event(&self, it: &Item) -> Event {
+        let mut e = sign_event(&it.p);
+        e.ledger = Some(if !self.0.policy.checks_versions(&it.key) {
+            MarkState::Untracked
+        } else {
+            match it.versioning {
+                Versioning::Publish => MarkState::Pending,
+                Versioning::Final | Versioning::ServerManaged => MarkState::Published,
+            }
+        });
+        if let Some(how) = &it.approval {
+            e.outcome = format!("ok, {how}");
+        }
+        e
+    }
+
+    /// The server took these signatures: their versions are settled (audited, durable).
+    pub async fn published(&self, receipts: &[Receipt]) -> Result<()> {
+        let events = receipts
+            .iter()
+            .map(|r| Event {
+                key_id: r.key_id.clone(),
+                role: r.role.clone(),
+                gun: r.gun.clone(),
+                sha256: crate::tuf::keys::hex(&r.digest),
+                version: Some(r.version),
+                ledger: Some(MarkState::Published),
+                ..Event::new("publish")
+            })
+            .collect();
+        self.0.audit.record_many(events).await
+    }
+
+    /// A client offered its own approval of a signature (an old `dct` sending a
+    /// confirmation ticket): refused and audited as such.
+    pub async fn refuse_self_approval(&self, keys: &[KeyEntry]) -> Error {
+        let e = Error::Refused(
+            "policy (confirm): a client cannot approve its own signature; confirmation comes only \
+             from the agent's confirmation program"
+                .into(),
+        );
+        let event = Event {
+            key_id: keys.first().map(|k| k.key_id.clone()).unwrap_or_default(),
+            outcome: "client tried to approve its own signature".into(),
+            ..Event::new("sign")
+        };
+        self.0.audit.refused(event, &e).await;
+        e
+    }
+
+    /// Writes the ledger's checkpoint at a clean shutdown.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.0.ledger.checkpoint(true) {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// The `signed` part of `previous` if this key signed it (so a client cannot make a diff
+/// against a version that never was).
+fn previous_signed_by(previous: &[u8], key: &KeyEntry) -> Option<serde_json::Value> {
+    let env = crate::tuf::metadata::Envelope::parse(previous).ok()?;
+    let msg = env.signed_bytes().ok()?;
+    let tuf = key.tuf_key();
+    env.signatures
+        .iter()
+        .filter(|s| s.keyid == key.key_id || s.keyid == key.canonical_id)
+        .any(|s| tuf.verify(&s.method, &msg, &s.sig).is_ok())
+        .then_some(env.signed)
+}
+
+/// Step 6 for one item: the signed file (or the raw signature).
+fn finish(it: Item, sig: Vec<u8>) -> Result<Signed> {
+    let receipt = Receipt {
+        key_id: it.p.keyid.clone(),
+        gun: it.p.gun.clone(),
+        role: it.p.role.clone(),
+        version: it.p.version,
+        digest: it.p.digest,
+    };
+    let (keyid, role, version) = (it.p.keyid.clone(), it.p.role.clone(), it.p.version);
+    tracing::debug!(key_id = %keyid, role = %role, version, "signed");
+    let document = if it.raw {
+        sig
+    } else {
+        document::finish(it.p, sig)?
+    };
+    Ok(Signed {
+        document,
+        keyid,
+        role,
+        version,
+        receipt,
+    })
+}
