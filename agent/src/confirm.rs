@@ -1,4 +1,10 @@
-//! Placeholder for the confirmation program (replaced by the real module).
+//! Confirmation a client cannot forge: the agent asks the user itself, through a program
+//! named only in its own configuration (`[confirm] program`, pinentry's Assuan CONFIRM).
+//!
+//! This release has the seam and the refusal: a key whose policy says `confirm = true`
+//! signs nothing until a confirmation program is configured and says yes; no client can
+//! approve on the user's behalf. The Assuan client itself is not in this build yet, so every
+//! such request is refused, naming why.
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -33,7 +39,12 @@ impl Confirmer {
         Confirmer
     }
     pub async fn ask(&self, _title: &str, _lines: &[String]) -> Result<Approval> {
-        Err(Error::Refused("no confirmation program".into()))
+        Err(Error::Refused(
+            "policy (confirm): this key signs only after the user confirmed through the agent's \
+             confirmation program ([confirm] program in agent.toml), which this build cannot run \
+             yet; nothing is signed"
+                .into(),
+        ))
     }
 }
 

@@ -17,10 +17,10 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
-use crate::guard::audit::Event;
-use crate::guard::{Guard, Request as SignRequest, Subject, Versioning};
 use crate::config::NotarySignerConfig;
 use crate::error::{Error, Result};
+use crate::guard::audit::Event;
+use crate::guard::{Guard, Request as SignRequest, Subject, Versioning};
 use crate::keys::{check_gun, KeyEntry, Keyring};
 
 /// The only roles notary-server keeps keys for.

@@ -11,8 +11,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::config::{Config, Pkcs11Config};
-use crate::keys::pkcs11::{Modules, Pkcs11Backend, BACKEND};
 use crate::guard::Guard;
+use crate::keys::pkcs11::{Modules, Pkcs11Backend, BACKEND};
 use crate::keys::{Keyring, Token};
 use crate::service::AgentService;
 

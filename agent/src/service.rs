@@ -7,9 +7,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use crate::error::{Error, PinState, Result};
 use crate::guard::audit::Event;
 use crate::guard::{Guard, Request as SignRequest, Signed, Subject, Versioning};
-use crate::error::{Error, PinState, Result};
 use crate::keys::{check_gun, check_role, KeyEntry, Keyring, Token, TokenInfo};
 use crate::trust;
 use crate::tuf::verify;
@@ -643,7 +643,8 @@ impl Agent for AgentService {
             )
             .await?
         } else {
-            trust::init_from_root(&self.guard, &client, &self.trust, &req.gun, req.root_json).await?
+            trust::init_from_root(&self.guard, &client, &self.trust, &req.gun, req.root_json)
+                .await?
         };
         Ok(Response::new(pb::TrustInitResponse {
             root_key_id: r.root.key_id,

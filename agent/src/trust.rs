@@ -458,7 +458,11 @@ async fn sign_doc(
 ) -> Result<crate::guard::Signed> {
     let previous = previous.map(<[u8]>::to_vec);
     // A root signed by an old root key names the key by the previous root's certificate.
-    let previous_root = if role == "root" { previous.clone() } else { None };
+    let previous_root = if role == "root" {
+        previous.clone()
+    } else {
+        None
+    };
     let s = guard
         .sign_for_publish(keys, document, role, gun, previous_root, previous)
         .await?;
@@ -828,7 +832,17 @@ async fn commit(
     keys: &[KeyEntry],
     edits: Vec<Edit>,
 ) -> Result<()> {
-    commit_with(guard, client, gun, repo, keys, Vec::new(), Vec::new(), edits).await
+    commit_with(
+        guard,
+        client,
+        gun,
+        repo,
+        keys,
+        Vec::new(),
+        Vec::new(),
+        edits,
+    )
+    .await
 }
 
 /// As [`commit`], publishing `signed` (already signed files, e.g. a new root) too.
@@ -1357,7 +1371,7 @@ pub async fn rotate(
     let (new_id, new_key): (String, TufKey) = match (role, server_managed) {
         ("targets", false) => {
             let k = guard
-            .keys()
+                .keys()
                 .token(token)?
                 .generate("targets".into(), Some(gun.into()))
                 .await?;
@@ -1371,7 +1385,7 @@ pub async fn rotate(
         }
         ("snapshot", false) => {
             let k = guard
-            .keys()
+                .keys()
                 .token(token)?
                 .generate("snapshot".into(), Some(gun.into()))
                 .await?;
@@ -1383,7 +1397,7 @@ pub async fn rotate(
         }
         ("root", false) => {
             let k = guard
-            .keys()
+                .keys()
                 .token(token)?
                 .generate("root".into(), Some(gun.into()))
                 .await?;
@@ -1884,7 +1898,7 @@ pub async fn ceremony_root_init(
         targets_token
     };
     let targets = guard
-            .keys()
+        .keys()
         .token(targets_label)?
         .generate("targets".into(), Some(gun.into()))
         .await?;

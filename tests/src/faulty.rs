@@ -90,9 +90,7 @@ fn serve(
     let mut lines: Vec<&str> = text
         .trim_end_matches("\r\n")
         .split("\r\n")
-        .filter(|l| {
-            !l.to_ascii_lowercase().starts_with("connection:")
-        })
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
         .collect();
     lines.push("Connection: close");
     let head = format!("{}\r\n\r\n", lines.join("\r\n"));

@@ -319,7 +319,11 @@ pub fn signer_agent(pki: &Path, label: &str) -> (crate::SoftHsm, crate::Agent, u
     let hsm = crate::SoftHsm::new(label, "signer-pin-2468");
     let pin_file = hsm.dir.path().join("pin");
     std::fs::write(&pin_file, format!("{}\n", hsm.pin)).unwrap();
-    std::fs::set_permissions(&pin_file, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        &pin_file,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     let port = free_port();
     let p = |f: &str| pki.join(f).display().to_string();
     let config = format!(

@@ -164,7 +164,11 @@ impl Audit {
     /// Opens (or creates, 0600 in a 0700 directory) the log at `path` and starts its
     /// writer. A log that cannot be opened or whose last record is damaged does not stop
     /// the agent, but every record fails, so nothing is signed until it is fixed.
-    pub fn open(path: &Path, ledger: Arc<Ledger>, accept_gap: bool) -> std::result::Result<Audit, String> {
+    pub fn open(
+        path: &Path,
+        ledger: Arc<Ledger>,
+        accept_gap: bool,
+    ) -> std::result::Result<Audit, String> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let opened = open_log(path);
         if let Ok((_, tail)) = &opened {

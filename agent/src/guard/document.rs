@@ -283,7 +283,6 @@ pub fn finish(mut p: Prepared, raw_sig: Vec<u8>) -> Result<Vec<u8>> {
     p.envelope.to_bytes().map_err(Error::Internal)
 }
 
-
 /// The `signed` part notary-server asks its signer to sign (through the notary-signer API)
 /// must be a document of the key's role: parsed, its type checked, its version and expiry
 /// well formed. Returns (version, expiry).

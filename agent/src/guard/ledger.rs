@@ -184,7 +184,12 @@ impl Ledger {
     }
 
     /// Checks `mark` for `slot` under `versioning` and holds it for this request.
-    pub fn reserve(&self, slot: Slot, mark: Mark, versioning: Versioning) -> Result<Reservation<'_>> {
+    pub fn reserve(
+        &self,
+        slot: Slot,
+        mark: Mark,
+        versioning: Versioning,
+    ) -> Result<Reservation<'_>> {
         let mut st = self.lock();
         let id = st.next_id;
         st.next_id += 1;
@@ -214,9 +219,7 @@ impl Ledger {
                 return Err(refuse(&slot, mark.version, &known, "would go back"));
             }
             let fork = mark.version == known.version && mark.digest != known.digest;
-            let racing = entry
-                .signed_at
-                .is_some_and(|t| t.elapsed() < REPEAT_AFTER);
+            let racing = entry.signed_at.is_some_and(|t| t.elapsed() < REPEAT_AFTER);
             if fork && versioning == Versioning::ServerManaged && racing {
                 return Err(refuse(
                     &slot,
@@ -408,7 +411,9 @@ mod tests {
         let l = Ledger::new("/nonexistent".into());
         let a = l.reserve(slot(), m(5, 1), Versioning::Final).unwrap();
         assert!(l.reserve(slot(), m(5, 2), Versioning::Final).is_err());
-        assert!(l.reserve(slot(), m(5, 2), Versioning::ServerManaged).is_err());
+        assert!(l
+            .reserve(slot(), m(5, 2), Versioning::ServerManaged)
+            .is_err());
         // The same document twice is fine; once the first is gone, the other may go.
         let same = l.reserve(slot(), m(5, 1), Versioning::Final).unwrap();
         drop((a, same));
@@ -447,10 +452,15 @@ mod tests {
         let l = Ledger::new("/nonexistent".into());
         rec(&l, m(7, 1), MarkState::Published);
         // At once: a race, refused; a moment later: notary-server's retry, signed.
-        assert!(l.reserve(slot(), m(7, 2), Versioning::ServerManaged).is_err());
+        assert!(l
+            .reserve(slot(), m(7, 2), Versioning::ServerManaged)
+            .is_err());
         std::thread::sleep(REPEAT_AFTER);
-        l.reserve(slot(), m(7, 2), Versioning::ServerManaged).unwrap();
-        assert!(l.reserve(slot(), m(6, 2), Versioning::ServerManaged).is_err());
+        l.reserve(slot(), m(7, 2), Versioning::ServerManaged)
+            .unwrap();
+        assert!(l
+            .reserve(slot(), m(6, 2), Versioning::ServerManaged)
+            .is_err());
     }
 
     #[test]

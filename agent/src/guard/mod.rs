@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::keys::{KeyEntry, Keyring, SigningRights};
 use audit::{Audit, Event};
 use document::Prepared;
-use ledger::{Ledger, Mark, MarkState, Reservation};
 pub use ledger::Versioning;
+use ledger::{Ledger, Mark, MarkState, Reservation};
 use policy::Policy;
 
 /// What is to be signed.
@@ -168,13 +168,8 @@ fn parse(r: Request) -> Result<Item> {
             previous_root,
             previous,
         } => {
-            let p = document::prepare_after(
-                &document,
-                &r.keys,
-                &role,
-                &gun,
-                previous_root.as_deref(),
-            )?;
+            let p =
+                document::prepare_after(&document, &r.keys, &role, &gun, previous_root.as_deref())?;
             Ok(Item {
                 key,
                 p,
