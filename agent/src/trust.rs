@@ -62,12 +62,34 @@ impl TrustContext {
         m.lock_owned().await
     }
 
+    /// The directory of `gun`'s cached trust data: `<dir>/repos/<GUN, escaped>`, one path
+    /// component per GUN, so that no GUN's files (nor a role file of its, see
+    /// [`TrustContext::metadata_path`]) can land in another's.
+    fn gun_dir(&self, gun: &str) -> PathBuf {
+        self.dir.join("repos").join(cache_name(gun))
+    }
+
+    /// Where releases before this layout kept a file of `gun`: `<dir>/tuf/<gun>/<rel>`,
+    /// where `a/b`'s files and `a`'s delegation `targets/b` could collide. Only read.
+    fn legacy_path(&self, gun: &str, rel: &str) -> PathBuf {
+        self.dir.join("tuf").join(gun).join(rel)
+    }
+
     fn root_path(&self, gun: &str) -> PathBuf {
-        self.dir.join("tuf").join(gun).join("root.json")
+        self.gun_dir(gun).join("root.json")
+    }
+
+    /// The directory whose root.json [`TrustContext::cached_root`] reads.
+    fn cached_root_dir(&self, gun: &str) -> PathBuf {
+        if std::fs::symlink_metadata(self.root_path(gun)).is_ok() {
+            self.gun_dir(gun)
+        } else {
+            self.legacy_path(gun, "")
+        }
     }
 
     fn cached_root(&self, gun: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.root_path(gun)).ok()
+        read_cached(&self.root_path(gun), &self.legacy_path(gun, "root.json"))
     }
 
     /// Caches `bytes` as the trusted root, unless a newer one is cached already.
@@ -101,21 +123,67 @@ impl TrustContext {
     }
 
     fn versions_path(&self, gun: &str) -> PathBuf {
-        self.dir.join("tuf").join(gun).join("versions.json")
+        self.gun_dir(gun).join("versions.json")
     }
 
     /// The highest version of each role seen verified for `gun` (rollback protection).
     fn versions(&self, gun: &str) -> BTreeMap<String, i64> {
-        std::fs::read(self.versions_path(gun))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        read_cached(
+            &self.versions_path(gun),
+            &self.legacy_path(gun, "versions.json"),
+        )
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
     }
 
     fn save_versions(&self, gun: &str, v: &BTreeMap<String, i64>) -> Result<()> {
         let bytes = serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))?;
         write_atomic(&self.versions_path(gun), &bytes)
     }
+}
+
+/// A cached file: at `path`, else (a cache from before the per-GUN directories) at
+/// `legacy` if that is a regular file. Later writes go to `path` only.
+fn read_cached(path: &Path, legacy: &Path) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::symlink_metadata(legacy)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|_| std::fs::read(legacy).ok()),
+        Err(_) => None,
+    }
+}
+
+/// Longest cache file or directory name [`cache_name`] makes (file systems allow 255 bytes).
+const MAX_CACHE_NAME: usize = 200;
+
+/// A GUN or role name as one file name, injectively: bytes outside `[A-Za-z0-9_.-]`, and a
+/// leading `.`, as `%XX` (so `/` cannot make a directory and no name is `.`, `..` or
+/// hidden; `%` itself is escaped); the empty name as `%`. A result over
+/// [`MAX_CACHE_NAME`] bytes is cut and ends in `~` and the SHA-256 of the name (`~` is
+/// otherwise escaped).
+fn cache_name(name: &str) -> String {
+    use std::fmt::Write as _;
+    if name.is_empty() {
+        return "%".into();
+    }
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    if out.len() > MAX_CACHE_NAME {
+        let digest = crate::tuf::keys::hex(&sha2_256(name.as_bytes()));
+        // Only ASCII was pushed, so any byte offset is a char boundary.
+        out.truncate(MAX_CACHE_NAME - 1 - digest.len());
+        out.push('~');
+        out.push_str(&digest);
+    }
+    out
 }
 
 /// `signed.version` of a metadata file (0 when unreadable).
@@ -368,6 +436,14 @@ fn root_role_keys(root: &RootDoc) -> std::result::Result<(BTreeMap<String, TufKe
     Ok((own, role.threshold))
 }
 
+/// The key IDs `root` gives `role`; a root without that role is refused, naming it.
+fn role_keyids<'a>(root: &'a RootDoc, role: &str) -> Result<&'a Vec<String>> {
+    root.roles
+        .get(role)
+        .map(|r| &r.keyids)
+        .ok_or_else(|| Error::InvalidArgument(format!("the root has no {role} role")))
+}
+
 /// A root must carry a threshold of signatures by its own root keys.
 fn check_self_signed(bytes: &[u8]) -> Result<()> {
     let env = Envelope::parse(bytes).map_err(|e| Error::Refused(format!("root: {e}")))?;
@@ -516,7 +592,7 @@ pub async fn init(
         return Err(Error::Refused(format!(
             "this agent already trusts a root for {gun} but the server has none: the repository was deleted, \
              or this is an attack. To start over, delete {}",
-            ctx.root_path(gun).parent().unwrap_or(Path::new(".")).display()
+            ctx.cached_root_dir(gun).display()
         )));
     }
     let (keys, _) = guard.keys().all_keys().await;
@@ -1032,8 +1108,7 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
         .collect();
     let root = repo.root()?;
     let root_keys_map = parse_key_map(&root.keys).map_err(Error::Internal)?;
-    let root_keys = root.roles["root"]
-        .keyids
+    let root_keys = role_keyids(&root, "root")?
         .iter()
         .map(|id| {
             let canonical = root_keys_map
@@ -1043,7 +1118,7 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
             (id.clone(), canonical)
         })
         .collect();
-    let repository_keys = root.roles["targets"].keyids.clone();
+    let repository_keys = role_keyids(&root, "targets")?.clone();
     Ok(Inspection {
         tags,
         signers,
@@ -1553,12 +1628,11 @@ fn check_failed(check: &str, why: String) -> Error {
 }
 
 impl TrustContext {
+    /// A role file of `gun`'s, named by its escaped role name (delegation names have `/`).
     fn metadata_path(&self, gun: &str, role: &str) -> PathBuf {
-        self.dir
-            .join("tuf")
-            .join(gun)
+        self.gun_dir(gun)
             .join("metadata")
-            .join(format!("{role}.json"))
+            .join(format!("{}.json", cache_name(role)))
     }
 
     /// Keeps verified trust data for offline checks.
@@ -1579,8 +1653,19 @@ impl TrustContext {
 
     /// The trust data saved by the last online check of `gun`.
     fn load_metadata(&self, gun: &str) -> Result<RepoFiles> {
+        // A cache from before the per-GUN directories is read whole, never mixed with this one.
+        let legacy = std::fs::symlink_metadata(self.gun_dir(gun).join("metadata")).is_err();
         let read = |role: &str| {
-            std::fs::read(self.metadata_path(gun, role)).map_err(|_| {
+            let path = self.metadata_path(gun, role);
+            let bytes = if legacy {
+                read_cached(
+                    &path,
+                    &self.legacy_path(gun, &format!("metadata/{role}.json")),
+                )
+            } else {
+                std::fs::read(&path).ok()
+            };
+            bytes.ok_or_else(|| {
                 check_failed(
                     "offline",
                     format!("no cached trust data for {gun} (check it once online first)"),
@@ -1591,8 +1676,9 @@ impl TrustContext {
         for role in ["root", "targets", "snapshot", "timestamp"] {
             files.insert(role.to_string(), read(role)?);
         }
-        let listed: Vec<String> = Envelope::parse(&files["snapshot"])
-            .ok()
+        let listed: Vec<String> = files
+            .get("snapshot")
+            .and_then(|b| Envelope::parse(b).ok())
             .and_then(|e| {
                 e.signed
                     .get("meta")?
@@ -1967,8 +2053,11 @@ pub async fn init_from_root(
         .ok()
         .and_then(|e| serde_json::from_value(e.signed).ok())
         .ok_or_else(|| Error::InvalidArgument("root.json is unreadable".into()))?;
+    for role in ["root", "targets", "snapshot", "timestamp"] {
+        role_keyids(&root, role)?;
+    }
     let listed = parse_key_map(&root.keys).map_err(Error::InvalidArgument)?;
-    for id in &root.roles["root"].keyids {
+    for id in role_keyids(&root, "root")? {
         let cert = listed
             .get(id)
             .and_then(|k| k.certificate().ok())
@@ -1979,8 +2068,7 @@ pub async fn init_from_root(
     // The timestamp and snapshot keys: notary-server hands out a new one on every request
     // until a root is published, and accepts any it made; it refuses others on publish.
     let (keys, _) = guard.keys().all_keys().await;
-    let targets = root.roles["targets"]
-        .keyids
+    let targets = role_keyids(&root, "targets")?
         .iter()
         .find_map(|id| {
             keys.iter()
@@ -2011,15 +2099,16 @@ pub async fn init_from_root(
     ];
     publish(guard, client, gun, files, &receipts).await?;
     ctx.persist(gun, root_bytes, None).await?;
+    let root_ids = role_keyids(&root, "root")?;
     let root_key = keys
         .iter()
-        .find(|k| root.roles["root"].keyids.contains(&k.key_id))
+        .find(|k| root_ids.contains(&k.key_id))
         .cloned()
         .unwrap_or_else(|| targets.clone());
     Ok(InitResult {
         root: root_key,
-        timestamp_key_id: root.roles["timestamp"].keyids.join(","),
-        snapshot_key_id: root.roles["snapshot"].keyids.join(","),
+        timestamp_key_id: role_keyids(&root, "timestamp")?.join(","),
+        snapshot_key_id: role_keyids(&root, "snapshot")?.join(","),
         targets,
     })
 }
@@ -2234,5 +2323,122 @@ mod tests {
         assert!(!root_due("2027-07-01T00:00:00Z", now));
         assert!(root_due("2026-01-01T00:00:00Z", now));
         assert!(root_due("not a time", now));
+    }
+
+    #[test]
+    fn cache_names_are_one_component_and_injective() {
+        let names = [
+            "",
+            "%",
+            "%2F",
+            "a",
+            "A",
+            "a/b",
+            "a%2Fb",
+            "a_2Fb",
+            "a/b/metadata/targets",
+            "a/b/metadata",
+            "targets/root",
+            "targets%2Froot",
+            "root",
+            "root.json",
+            ".",
+            "..",
+            ".hidden",
+            "%2E",
+            "a.b",
+            "host:5000/app",
+            "host%3A5000/app",
+            "ünï/cödé",
+            "~",
+        ];
+        let mut seen = std::collections::BTreeMap::new();
+        for n in names {
+            let c = cache_name(n);
+            assert!(
+                !c.is_empty() && c != "." && c != ".." && !c.starts_with('.'),
+                "{n:?} -> {c:?}"
+            );
+            assert!(
+                !c.contains('/') && !c.contains('\\') && !c.contains('\0'),
+                "{n:?} -> {c:?}"
+            );
+            if let Some(other) = seen.insert(c.clone(), n) {
+                panic!("{n:?} and {other:?} both map to {c:?}");
+            }
+        }
+        assert_eq!(
+            cache_name("registry.example.com/team/app"),
+            "registry.example.com%2Fteam%2Fapp"
+        );
+        assert_eq!(cache_name("targets/releases"), "targets%2Freleases");
+        // Long names stay under the file name limit, and distinct.
+        let (long1, long2) = ("a/".repeat(200), format!("{}b", "a/".repeat(199)));
+        let (c1, c2) = (cache_name(&long1), cache_name(&long2));
+        assert!(c1.len() <= MAX_CACHE_NAME && c2.len() <= MAX_CACHE_NAME);
+        assert_ne!(c1, c2);
+        assert!(c1.contains('~'));
+    }
+
+    fn ctx(dir: &Path) -> TrustContext {
+        TrustContext::new(dir.to_path_buf(), None, crate::config::Pinning::default())
+    }
+
+    #[test]
+    fn a_gun_and_a_role_of_another_gun_no_longer_share_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path());
+        // Before: `a/b/metadata/targets`'s root.json was `a/b`'s delegation targets/root.
+        let paths = [
+            ctx.root_path("a/b/metadata/targets"),
+            ctx.versions_path("a/b/metadata/targets"),
+            ctx.metadata_path("a/b/metadata/targets", "root"),
+            ctx.metadata_path("a/b", "targets/root"),
+            ctx.metadata_path("a/b", "targets/versions"),
+            ctx.metadata_path("a/b", "targets/metadata/root"),
+            ctx.root_path("a/b"),
+            ctx.metadata_path("a/b", "root"),
+        ];
+        let unique: std::collections::BTreeSet<_> = paths.iter().collect();
+        assert_eq!(unique.len(), paths.len(), "{paths:?}");
+        for p in &paths {
+            let rel = p.strip_prefix(dir.path().join("repos")).unwrap();
+            assert!(rel.components().count() <= 3, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn a_cache_in_the_old_layout_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path());
+        let gun = "registry.example.com/app";
+        let old = dir.path().join("tuf").join(gun);
+        std::fs::create_dir_all(old.join("metadata")).unwrap();
+        std::fs::write(old.join("root.json"), b"old root").unwrap();
+        std::fs::write(old.join("versions.json"), br#"{"targets":7}"#).unwrap();
+        for role in ["root", "targets", "snapshot", "timestamp"] {
+            std::fs::write(old.join(format!("metadata/{role}.json")), role).unwrap();
+        }
+        assert_eq!(ctx.cached_root(gun).as_deref(), Some(&b"old root"[..]));
+        assert_eq!(ctx.versions(gun).get("targets"), Some(&7));
+        let files = ctx.load_metadata(gun).unwrap();
+        assert_eq!(
+            files.get("snapshot").map(Vec::as_slice),
+            Some(&b"snapshot"[..])
+        );
+        assert_eq!(ctx.cached_root_dir(gun), ctx.legacy_path(gun, ""));
+        // Writes go to the new layout, which then wins; the old files stay as they were.
+        ctx.save_root(gun, b"new root").unwrap();
+        assert_eq!(ctx.cached_root(gun).as_deref(), Some(&b"new root"[..]));
+        assert_eq!(std::fs::read(old.join("root.json")).unwrap(), b"old root");
+        assert_eq!(ctx.cached_root_dir(gun), ctx.gun_dir(gun));
+        // Only a regular file counts, not a directory or a symlink where root.json was.
+        let other = "registry.example.com/other";
+        let old_other = dir.path().join("tuf").join(other);
+        std::fs::create_dir_all(old_other.join("root.json")).unwrap();
+        assert_eq!(ctx.cached_root(other), None);
+        std::fs::remove_dir(old_other.join("root.json")).unwrap();
+        std::os::unix::fs::symlink(old.join("root.json"), old_other.join("root.json")).unwrap();
+        assert_eq!(ctx.cached_root(other), None);
     }
 }

@@ -283,6 +283,16 @@ struct UnlockClock {
     last_used: Option<std::time::Instant>,
 }
 
+impl UnlockClock {
+    fn unlocked_now() -> UnlockClock {
+        let now = std::time::Instant::now();
+        UnlockClock {
+            unlocked_at: Some(now),
+            last_used: Some(now),
+        }
+    }
+}
+
 /// Requests queued per token before new ones are refused.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -330,22 +340,28 @@ impl Token {
 
     /// The token was just unlocked: its TTLs start now.
     pub fn note_unlocked(&self) {
-        if let Ok(mut c) = self.clock.lock() {
-            let now = std::time::Instant::now();
-            c.unlocked_at = Some(now);
-            c.last_used = Some(now);
-        }
+        self.reset_clock(UnlockClock::unlocked_now());
     }
 
     pub fn note_locked(&self) {
-        if let Ok(mut c) = self.clock.lock() {
-            *c = UnlockClock::default();
-        }
+        self.reset_clock(UnlockClock::default());
+    }
+
+    /// Replaces the whole unlock clock. A poisoned lock is recovered: the value written
+    /// does not depend on what the panicking holder left, so the clock is sound again and
+    /// the poison is cleared (until then [`Token::expired`] reports the token expired).
+    fn reset_clock(&self, to: UnlockClock) {
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = to;
+        self.clock.clear_poison();
     }
 
     /// Which TTL ran out, if one did since the token was unlocked here.
     pub fn expired(&self) -> Option<String> {
-        let c = self.clock.lock().ok()?;
+        // Fails closed: a poisoned clock (a thread panicked holding it) may hold a stale
+        // time, so the token counts as expired and is logged out; locking resets the clock.
+        let Ok(c) = self.clock.lock() else {
+            return Some("TTL state lost (a thread panicked holding it)".into());
+        };
         let now = std::time::Instant::now();
         let over = |since: Option<std::time::Instant>, ttl: Option<std::time::Duration>| matches!((since, ttl), (Some(t), Some(d)) if now.duration_since(t) >= d);
         if over(c.unlocked_at, self.ttl.hard) {
@@ -384,12 +400,16 @@ impl Token {
         _rights: &SigningRights,
         items: Vec<SignItem>,
     ) -> Result<Vec<Result<Vec<u8>>>> {
-        if self.enforce_ttl().await.is_some() {
+        // Still expired after enforce_ttl: the logout failed; refuse rather than sign on.
+        if self.enforce_ttl().await.is_some() || self.expired().is_some() {
             return Err(Error::Locked {
                 token: self.label.clone(),
             });
         }
-        if let Ok(mut c) = self.clock.lock() {
+        // Recovered if poisoned: only last_used is written, and a poisoned clock has just
+        // been reported expired above (only a lock or unlock clears it).
+        {
+            let mut c = self.clock.lock().unwrap_or_else(|p| p.into_inner());
             if c.unlocked_at.is_some() {
                 c.last_used = Some(std::time::Instant::now());
             }
@@ -691,5 +711,89 @@ impl Keyring {
                 "key ID prefix {wanted} is ambiguous"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn token(ttl: Ttl) -> (tempfile::TempDir, Token) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = file::FileBackend::new(dir.path().to_path_buf(), "t".into());
+        let token = Token::spawn("t".into(), file::BACKEND, Box::new(backend), 1)
+            .unwrap()
+            .with_ttl(ttl);
+        (dir, token)
+    }
+
+    /// Panics in a thread that holds the token's clock lock.
+    fn poison(token: &Token) {
+        let clock = token.clock.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = clock.lock().unwrap();
+            panic!("poisoning the clock");
+        })
+        .join();
+        assert!(token.clock.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_ttl_clock_fails_closed() {
+        let ttl = Ttl {
+            idle: Some(Duration::from_secs(3600)),
+            hard: Some(Duration::from_secs(3600)),
+        };
+        let (_dir, t) = token(ttl);
+        t.note_unlocked();
+        assert_eq!(t.expired(), None);
+        // A TTL that ran out while the clock is poisoned: reported expired (used to be
+        // None, so the token stayed unlocked), and signing is refused.
+        let (_dir2, short) = token(Ttl {
+            idle: None,
+            hard: Some(Duration::from_millis(1)),
+        });
+        short.note_unlocked();
+        std::thread::sleep(Duration::from_millis(5));
+        poison(&short);
+        assert!(short.expired().is_some());
+        // Even an unexpired token counts as expired once its clock is poisoned.
+        poison(&t);
+        let why = t.expired().expect("poisoned clock must count as expired");
+        assert!(why.contains("TTL state lost"), "{why}");
+        let key = KeyEntry {
+            key_id: "k".into(),
+            canonical_id: "k".into(),
+            role: "targets".into(),
+            gun: None,
+            keytype: "ecdsa".into(),
+            public: Vec::new(),
+            spki: Vec::new(),
+            uri: String::new(),
+            backend: file::BACKEND,
+            token: "t".into(),
+            handle: Vec::new(),
+            detail: String::new(),
+        };
+        let rights = SigningRights {
+            _only_from_keyring: (),
+        };
+        assert!(matches!(
+            t.sign_many(&rights, vec![(key, [0u8; 32])]).await,
+            Err(Error::Locked { .. })
+        ));
+        // The refusal logged the token out and reset the clock: not poisoned, not expired.
+        assert!(!t.clock.is_poisoned());
+        assert_eq!(t.expired(), None);
+        // note_locked / note_unlocked reset a poisoned clock (they used to skip it).
+        poison(&t);
+        t.note_locked();
+        assert!(!t.clock.is_poisoned());
+        assert!(t.clock.lock().unwrap().unlocked_at.is_none());
+        poison(&t);
+        t.note_unlocked();
+        assert!(t.clock.lock().unwrap().unlocked_at.is_some());
+        assert_eq!(t.expired(), None);
     }
 }

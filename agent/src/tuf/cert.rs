@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use der::asn1::{Any, BitString, OctetString, SetOfVec};
+use der::asn1::{Any, BitString, GeneralizedTime, OctetString, SetOfVec, UtcTime};
 use der::{Decode, Encode, Tag};
 use spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SubjectPublicKeyInfoOwned};
 use x509_cert::attr::AttributeTypeAndValue;
@@ -103,8 +103,8 @@ fn self_signed_tbs(
         signature: ecdsa_sha256(),
         issuer: name.clone(),
         validity: Validity {
-            not_before: Time::try_from(start)?,
-            not_after: Time::try_from(start + ROOT_CERT_VALIDITY)?,
+            not_before: rfc5280_time(start)?,
+            not_after: rfc5280_time(start + ROOT_CERT_VALIDITY)?,
         },
         subject: name,
         subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki_der)?,
@@ -112,6 +112,19 @@ fn self_signed_tbs(
         subject_unique_id: None,
         extensions: Some(extensions),
     })
+}
+
+/// `at` as RFC 5280 section 4.1.2.5 wants it: UTCTime for dates through 2049,
+/// GeneralizedTime from 2050 on (as Go, hence Notary, encodes them). `Time::try_from`
+/// always picks GeneralizedTime.
+fn rfc5280_time(at: SystemTime) -> Result<Time, CertError> {
+    let general = GeneralizedTime::from_system_time(at)?;
+    let date = general.to_date_time();
+    if date.year() <= UtcTime::MAX_YEAR {
+        Ok(Time::UtcTime(UtcTime::from_date_time(date)?))
+    } else {
+        Ok(Time::GeneralTime(general))
+    }
 }
 
 /// Assembles the certificate from its TBS part and a raw r||s P-256 signature made over the
@@ -393,5 +406,52 @@ mod tests {
             .unwrap_err()
             .contains("expired"));
         assert!(cert.tbs_certificate.serial_number.as_bytes().len() <= 17);
+    }
+
+    /// The DER tag of a validity time as encoded: 0x17 UTCTime, 0x18 GeneralizedTime.
+    fn time_tag(t: &Time) -> u8 {
+        t.to_der().unwrap()[0]
+    }
+
+    #[test]
+    fn validity_times_follow_rfc5280() {
+        let spki = SigningKey::from_slice(&[3u8; 32])
+            .unwrap()
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        // Now (and for the next decades): both ends of a ten-year certificate in UTCTime.
+        for tbs in [
+            root_tbs("example.com/app", &spki, SystemTime::now()).unwrap(),
+            marker_tbs(
+                "example.com/app",
+                "dct-agent:targets",
+                &spki,
+                SystemTime::now(),
+            )
+            .unwrap(),
+        ] {
+            let v = tbs.validity;
+            assert_eq!(time_tag(&v.not_before), 0x17, "{v:?}");
+            assert_eq!(time_tag(&v.not_after), 0x17, "{v:?}");
+            assert!(matches!(v.not_before, Time::UtcTime(_)));
+        }
+        // 2045-01-01: notBefore UTCTime, notAfter (2054) GeneralizedTime.
+        let t2045 = SystemTime::UNIX_EPOCH + Duration::from_secs(2_366_841_600);
+        let v = root_tbs("g", &spki, t2045).unwrap().validity;
+        assert_eq!(time_tag(&v.not_before), 0x17);
+        assert_eq!(time_tag(&v.not_after), 0x18);
+        assert_eq!(v.not_before.to_system_time(), t2045);
+        assert_eq!(v.not_after.to_system_time(), t2045 + ROOT_CERT_VALIDITY);
+        // The boundary: 2049-12-31T23:59:59Z is the last UTCTime, 2050-01-01T00:00:00Z general.
+        let y2050 = SystemTime::UNIX_EPOCH + Duration::from_secs(2_524_608_000);
+        let last = rfc5280_time(y2050 - Duration::from_secs(1)).unwrap();
+        assert_eq!(time_tag(&last), 0x17);
+        assert_eq!(last.to_der().unwrap()[2..15], *b"491231235959Z");
+        let first = rfc5280_time(y2050).unwrap();
+        assert_eq!(time_tag(&first), 0x18);
+        assert_eq!(first.to_der().unwrap()[2..17], *b"20500101000000Z");
     }
 }
