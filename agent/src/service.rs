@@ -444,10 +444,42 @@ impl Agent for AgentService {
             None => {}
         }
         let token = self.keys.token(&req.token)?;
+        // An import is recorded like a generated key: none is put on a token while the
+        // audit log cannot take its record.
+        if let Some(e) = self.keys.audit().state().error {
+            return Err(Error::Unavailable(format!(
+                "the audit log cannot be written ({e}); nothing is imported"
+            ))
+            .into());
+        }
         let entry = token
             .run(move |b| b.import(&role, gun.as_deref(), &key))
             .await?;
+        self.keys.invalidate();
         tracing::info!(token = %token.label, key_id = %entry.key_id, role = %entry.role, "imported key");
+        if let Err(e) = self.audit_key("import_key", &entry, &token.label).await {
+            // Unrecorded, the key must not stay: take it off the token again.
+            let k = entry.clone();
+            let removed = token.run(move |b| b.delete(&k)).await;
+            self.keys.invalidate();
+            return Err(match removed {
+                Ok(()) => {
+                    tracing::warn!(key_id = %entry.key_id, "import not recorded: key removed again");
+                    e
+                }
+                Err(d) => {
+                    tracing::error!(key_id = %entry.key_id, "import not recorded, and the key could not be removed: {d}");
+                    Status::new(
+                        e.code(),
+                        format!(
+                            "{}; and the imported key {} could not be removed again: {d}",
+                            e.message(),
+                            entry.key_id
+                        ),
+                    )
+                }
+            });
+        }
         Ok(Response::new(pb::ImportKeyResponse {
             key: Some(key_pb(entry)),
         }))
@@ -833,10 +865,34 @@ impl Agent for AgentService {
                 .map(|t| (t.tag, t.sha256, t.length, Vec::new()))
                 .collect()
         };
-        let creds = (!req.registry_username.is_empty()).then(|| crate::registry::Credentials {
-            username: req.registry_username.clone(),
-            password: SecretString::from(std::mem::take(&mut req.registry_password)),
-        });
+        // The registry password comes sealed, like a PIN; a plaintext one is refused (it
+        // would already have crossed the transport in the clear) and dropped at once.
+        let plain = SecretString::from(std::mem::take(&mut req.registry_password));
+        if !secrecy::ExposeSecret::expose_secret(&plain).is_empty() {
+            return Err(Error::InvalidArgument(
+                "a plaintext registry password is refused: use a current dct, which seals it"
+                    .into(),
+            )
+            .into());
+        }
+        drop(plain);
+        let password = match &req.sealed_registry_password {
+            Some(sealed) => Some(self.channels.unseal(sealed)?),
+            None => None,
+        };
+        let creds = match (req.registry_username.is_empty(), password) {
+            (true, None) => None,
+            (true, Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "a registry password needs a registry username".into(),
+                )
+                .into())
+            }
+            (false, password) => Some(crate::registry::Credentials {
+                username: req.registry_username.clone(),
+                password: password.unwrap_or_else(|| SecretString::from(String::new())),
+            }),
+        };
         let ca = req
             .server
             .as_ref()
@@ -874,6 +930,8 @@ impl Agent for AgentService {
                 length,
             });
         }
+        // Resolved: the registry password is not kept while signing and publishing.
+        drop(creds);
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let _repo_lock = self.trust.lock(&req.gun).await;
         let r = trust::sign_tags(

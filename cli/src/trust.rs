@@ -366,6 +366,17 @@ pub async fn run(
             if many {
                 eprintln!("signing {count} tags of {gun} ...");
             }
+            // The registry password (from the environment only) goes to the agent sealed.
+            let password = secrecy::SecretString::from(
+                std::env::var("DCT_REGISTRY_PASSWORD").unwrap_or_default(),
+            );
+            let sealed_registry_password =
+                if secrecy::ExposeSecret::expose_secret(&password).is_empty() {
+                    None
+                } else {
+                    Some(crate::seal(c, &password).await?)
+                };
+            drop(password);
             let req = pb::TrustSignRequest {
                 server: Some(srv),
                 gun: gun.clone(),
@@ -375,8 +386,9 @@ pub async fn run(
                 token: token.unwrap_or_default(),
                 manifest,
                 registry_username: std::env::var("DCT_REGISTRY_USERNAME").unwrap_or_default(),
-                registry_password: std::env::var("DCT_REGISTRY_PASSWORD").unwrap_or_default(),
+                registry_password: String::new(),
                 tags,
+                sealed_registry_password,
             };
             let r = c
                 .call(|mut a| async move { a.trust_sign(req).await })
