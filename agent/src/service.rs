@@ -446,7 +446,7 @@ impl Agent for AgentService {
         let token = self.keys.token(&req.token)?;
         // An import is recorded like a generated key: none is put on a token while the
         // audit log cannot take its record.
-        if let Some(e) = self.keys.audit().state().error {
+        if let Some(e) = self.guard.audit().state().error {
             return Err(Error::Unavailable(format!(
                 "the audit log cannot be written ({e}); nothing is imported"
             ))
