@@ -908,18 +908,12 @@ async fn commit(
     keys: &[KeyEntry],
     edits: Vec<Edit>,
 ) -> Result<()> {
-    commit_with(
-        guard,
-        client,
-        gun,
-        repo,
-        keys,
-        Vec::new(),
-        Vec::new(),
-        edits,
-    )
-    .await
+    commit_with(guard, client, gun, repo, keys, Default::default(), edits).await
 }
+
+/// Files signed before a commit (e.g. a new root), and the receipts of the signatures the
+/// agent made for them.
+type Presigned = (Vec<(String, Vec<u8>)>, Vec<Receipt>);
 
 /// As [`commit`], publishing `signed` (already signed files, e.g. a new root) too.
 async fn commit_with(
@@ -928,8 +922,7 @@ async fn commit_with(
     gun: &str,
     repo: &Repo,
     keys: &[KeyEntry],
-    signed: Vec<(String, Vec<u8>)>,
-    mut receipts: Vec<Receipt>,
+    (signed, mut receipts): Presigned,
     edits: Vec<Edit>,
 ) -> Result<()> {
     let mut updates = signed;
@@ -1527,8 +1520,7 @@ pub async fn rotate(
         gun,
         &repo,
         &all,
-        vec![("root".into(), doc)],
-        receipts,
+        (vec![("root".into(), doc)], receipts),
         edits,
     )
     .await?;
@@ -2206,8 +2198,7 @@ pub async fn publish_root(
         gun,
         &repo,
         &keys,
-        vec![("root".into(), root_bytes.clone())],
-        Vec::new(),
+        (vec![("root".into(), root_bytes.clone())], Vec::new()),
         Vec::new(),
     )
     .await?;

@@ -188,7 +188,7 @@ fn a_publish_failed_halfway_can_be_retried_for_every_trust_operation() {
     let digest = format!("sha256:{}", hex(&Sha256::digest(b"one")));
 
     // Each operation: the server's answer to its publish is a 503; the retry succeeds.
-    let mut step = |name: &str, args: &[&str]| {
+    let step = |name: &str, args: &[&str]| {
         proxy.fail_next_posts(1);
         let failed = via(&agent, &proxy, args);
         assert_ne!(failed.code(), 0, "{name}: the 503 did not fail it");
