@@ -196,16 +196,8 @@ fn version_of(bytes: &[u8]) -> i64 {
 
 /// Writes through a new temporary file in the same directory, synced, then renamed.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let fail = |e: String| Error::Internal(format!("trust cache {}: {e}", path.display()));
-    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| fail(e.to_string()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| fail(e.to_string()))?;
-    tmp.persist(path).map_err(|e| fail(e.error.to_string()))?;
-    Ok(())
+    crate::util::write_atomic(path, bytes, 0o600)
+        .map_err(|e| Error::Internal(format!("trust cache {}: {e}", path.display())))
 }
 
 /// A repository as fetched and verified.

@@ -464,36 +464,6 @@ fn a_token_on_its_final_pin_try_is_not_tried_without_force() {
     assert!(outcomes[1].contains("one PIN try left"), "{outcomes:?}");
 }
 
-/// Occurrences of `needle` in the readable memory of process `pid` (what a core dump holds).
-fn memory_hits(pid: u32, needle: &[u8]) -> usize {
-    use std::io::{Read, Seek, SeekFrom};
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut hits = 0;
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        if !perms.starts_with('r') {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (a, b) = (
-            u64::from_str_radix(a, 16).unwrap(),
-            u64::from_str_radix(b, 16).unwrap(),
-        );
-        let mut buf = vec![0u8; (b - a) as usize];
-        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
-            continue;
-        }
-        hits += buf.windows(needle.len()).filter(|w| *w == needle).count();
-    }
-    hits
-}
-
 #[test]
 fn pins_and_passphrases_leave_no_trace_in_the_agents_memory() {
     if !nix::unistd::getuid().is_root() {
@@ -530,13 +500,13 @@ fn pins_and_passphrases_leave_no_trace_in_the_agents_memory() {
     let pid = agent.pid();
     for secret in [pin, "Wq8-wrong-PIN-0815", passphrase] {
         assert_eq!(
-            memory_hits(pid, secret.as_bytes()),
+            dct_tests::memory_hits(pid, secret.as_bytes()),
             0,
             "{secret} found in the agent's memory"
         );
     }
     // The check itself can find things: the key's label is there.
-    assert!(memory_hits(pid, b"dct:targets:") > 0);
+    assert!(dct_tests::memory_hits(pid, b"dct:targets:") > 0);
 }
 
 #[test]

@@ -388,36 +388,6 @@ fn credentials_go_to_the_registry_only_after_it_asks() {
     );
 }
 
-/// Occurrences of `needle` in the readable memory of process `pid` (what a core dump holds).
-fn memory_hits(pid: u32, needle: &[u8]) -> usize {
-    use std::io::{Read, Seek, SeekFrom};
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut hits = 0;
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        if !perms.starts_with('r') {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (a, b) = (
-            u64::from_str_radix(a, 16).unwrap(),
-            u64::from_str_radix(b, 16).unwrap(),
-        );
-        let mut buf = vec![0u8; (b - a) as usize];
-        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
-            continue;
-        }
-        hits += buf.windows(needle.len()).filter(|w| *w == needle).count();
-    }
-    hits
-}
-
 #[test]
 fn the_registry_password_leaves_no_trace_in_the_agents_memory() {
     if !nix::unistd::getuid().is_root() {
@@ -448,19 +418,19 @@ fn the_registry_password_leaves_no_trace_in_the_agents_memory() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let pid = agent.pid();
     assert_eq!(
-        memory_hits(pid, pass.as_bytes()),
+        dct_tests::memory_hits(pid, pass.as_bytes()),
         0,
         "the registry password is in the agent's memory"
     );
     // Nor the Basic header made of it.
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{pass}"));
     assert_eq!(
-        memory_hits(pid, basic.as_bytes()),
+        dct_tests::memory_hits(pid, basic.as_bytes()),
         0,
         "the registry credentials (base64) are in the agent's memory"
     );
     // The check itself can find things: the repository's name is there.
-    assert!(memory_hits(pid, gun.as_bytes()) > 0);
+    assert!(dct_tests::memory_hits(pid, gun.as_bytes()) > 0);
 }
 
 /// The notary 0.7 fixture's targets key file and its passphrase.
