@@ -1,7 +1,5 @@
-//! The agent's errors, each carrying what a user needs to act, and their one mapping to
-//! gRPC status codes.
-
-use tonic::{Code, Status};
+//! The agent's errors, each carrying what a user needs to act, and a machine-readable
+//! reason (the rpc layer maps both onto gRPC statuses).
 
 /// PIN state as a token reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,22 +55,23 @@ pub enum Error {
     Internal(String),
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<Error> for Status {
-    fn from(e: Error) -> Status {
-        let code = match &e {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) => Code::NotFound,
-            Error::Refused(_) => Code::PermissionDenied,
-            Error::WrongPin { .. } => Code::Unauthenticated,
-            Error::Locked { .. }
-            | Error::PinLocked { .. }
-            | Error::FinalTry { .. }
-            | Error::Unavailable(_) => Code::FailedPrecondition,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Internal(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
+impl Error {
+    /// The kind of error as a stable, machine-readable word, sent to clients beside the
+    /// message (see the rpc layer's status mapping).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NotFound(_) => "not_found",
+            Error::Refused(_) => "refused",
+            Error::Locked { .. } => "locked",
+            Error::WrongPin { .. } => "wrong_pin",
+            Error::PinLocked { .. } => "pin_locked",
+            Error::FinalTry { .. } => "final_try",
+            Error::Unavailable(_) => "unavailable",
+            Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::Internal(_) => "internal",
+        }
     }
 }
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

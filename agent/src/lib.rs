@@ -1,18 +1,31 @@
 //! dct-agent: a hardware-backed signing agent for Docker Content Trust (Notary v1 / TUF).
+//!
+//! The modules are layers; each imports only the ones before it in this list:
+//!
+//! | module   | job |
+//! |----------|-----|
+//! | `error`, `util` | leaves: the error type, durations, PIN files, atomic writes, HTTP bodies |
+//! | `tuf`    | Notary-dialect TUF: canonical JSON, key IDs, envelopes, certificates, verification |
+//! | `keys`   | the `KeyBackend` seam (PKCS#11, PIV, key files), token threads, unlock state |
+//! | `guard`  | the only path to a signature: parse, policy + version, confirm, token, audit, commit |
+//! | `trust`  | DCT operations on a notary-server: cache, fetch, publish, tags, signers, rotation, gate, ceremonies |
+//! | `oci`    | registries |
+//! | `rpc`    | the gRPC services (dct API, notary-signer API), limits, error -> status |
+//! | `daemon` | config file, listeners, start-up: the composition root, imported by nothing |
 #![forbid(unsafe_code)]
 
-pub mod config;
-pub mod confirm;
 pub mod error;
-pub mod guard;
-pub mod keys;
-pub mod notary;
-pub mod notary_signer;
-pub mod notices;
-pub mod registry;
-pub mod sealed;
-pub mod server;
-pub mod service;
-pub mod trust;
-pub mod tuf;
 pub mod util;
+
+pub mod tuf;
+
+pub mod keys;
+
+pub mod guard;
+
+pub mod oci;
+pub mod trust;
+
+pub mod rpc;
+
+pub mod daemon;

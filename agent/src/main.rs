@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use dct_agent::{config, server};
+use dct_agent::daemon::{self as server, config};
 
 /// Hardware-backed signing agent for Docker Content Trust (Notary v1).
 ///

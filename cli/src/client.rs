@@ -18,6 +18,9 @@ pub struct Failure {
     pub code: u8,
     pub message: String,
     pub hint: Option<String>,
+    /// The agent's machine-readable reason (`refused`, `locked`, ...; see
+    /// `dct_proto::REASON_KEY`), when the failure came from the agent.
+    pub reason: Option<String>,
 }
 
 impl Failure {
@@ -26,6 +29,7 @@ impl Failure {
             code: EXIT_FAILED,
             message: m.into(),
             hint: None,
+            reason: None,
         }
     }
     pub fn usage(m: impl Into<String>) -> Self {
@@ -33,6 +37,7 @@ impl Failure {
             code: EXIT_USAGE,
             message: m.into(),
             hint: None,
+            reason: None,
         }
     }
 }
@@ -61,6 +66,7 @@ impl Client {
             hint: Some(
                 "start it with `dct-agent` (or point --socket / DCT_SOCKET at its socket)".into(),
             ),
+            reason: None,
         };
         // The URI is required by the API but unused: the connector dials the socket.
         let endpoint = Endpoint::try_from("http://dct-agent.invalid")
@@ -129,32 +135,44 @@ async fn watch_notices(channel: Channel) {
     }
 }
 
-/// One mapping from agent status to a message and a next step.
+/// One mapping from agent status to a message and a next step, decided on the agent's
+/// machine-readable reason (never on message text).
 fn failure(s: Status) -> Failure {
     let msg = s.message().to_string();
-    let hint = match s.code() {
-        Code::OutOfRange if msg.contains("too large") => {
+    let reason = s
+        .metadata()
+        .get(dct_proto::REASON_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let hint = match (s.code(), reason.as_deref()) {
+        // Not the agent's: the transport refused a message over its size limit.
+        (Code::OutOfRange, None) => {
             return Failure {
                 code: EXIT_FAILED,
                 message: format!("request too large for the agent: {msg}"),
                 hint: Some("the agent's limit is max_request_bytes in agent.toml".into()),
+                reason: Some("too_large".into()),
             };
         }
         // The agent maps its own errors elsewhere: Unavailable is the transport.
-        Code::Unavailable => {
+        (Code::Unavailable, _) => {
             return Failure {
                 code: EXIT_UNREACHABLE,
                 message: format!("agent connection lost: {msg}"),
                 hint: Some("is dct-agent still running?".into()),
+                reason: Some("connection_lost".into()),
             };
         }
-        Code::FailedPrecondition if msg.contains("locked: run") => None,
-        Code::NotFound => Some("see `dct key list` and `dct status`".to_string()),
+        (_, Some("not_found")) => Some("see `dct key list` and `dct status`".to_string()),
+        (_, Some("resource_exhausted")) => {
+            Some("the agent is at max_concurrent_requests; try again shortly".to_string())
+        }
         _ => None,
     };
     Failure {
         code: EXIT_FAILED,
         message: msg,
         hint,
+        reason,
     }
 }

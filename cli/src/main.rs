@@ -319,12 +319,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = cli.json;
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("dct: {}", f.message);
             if let Some(hint) = &f.hint {
                 eprintln!("  {hint}");
+            }
+            if json {
+                // Scripts decide on `reason`, not on the message.
+                let error = serde_json::json!({"error": {
+                    "reason": f.reason.as_deref().unwrap_or("failed"),
+                    "message": f.message,
+                    "hint": f.hint,
+                }});
+                println!("{error}");
             }
             ExitCode::from(f.code)
         }

@@ -13,3 +13,9 @@ pub mod dct {
 pub mod notary {
     tonic::include_proto!("proto");
 }
+
+/// gRPC metadata key under which the agent names the kind of every error it returns
+/// (`invalid_argument`, `not_found`, `refused`, `locked`, `wrong_pin`, `pin_locked`,
+/// `final_try`, `unavailable`, `resource_exhausted`, `internal`): clients decide on it,
+/// never on the message text.
+pub const REASON_KEY: &str = "dct-reason";

@@ -111,12 +111,12 @@ fn a_two_of_three_root_made_signed_apart_and_published() {
     assert!(out.stdout.contains("1 of 2"), "{}", out.stdout);
     cer(&b, &["finish", ds]).fails(1, "1 of 2");
     let one_sig = std::fs::read(d.join("root.json")).unwrap();
-    let opts = dct_agent::notary::ServerOpts {
+    let opts = dct_agent::trust::notary::ServerOpts {
         url: stack.url.clone(),
         ca_pem: Some(std::fs::read(&stack.ca).unwrap()),
         trust_on_first_use: false,
     };
-    let client = dct_agent::notary::NotaryClient::new(&opts).unwrap();
+    let client = dct_agent::trust::notary::NotaryClient::new(&opts).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let refused = rt.block_on(client.publish(gun, vec![("root".into(), one_sig.clone())]));
     let err = refused
@@ -303,12 +303,12 @@ fn root_rotations_by_ceremony_keep_clients_that_trusted_the_old_root() {
     cer(&["sign", d1s, "--key", &new_keys[1]]).ok();
     // Signed only by the new keys: refused by us and by notary-server.
     cer(&["finish", d1s]).fails(1, "by the current root keys");
-    let opts = dct_agent::notary::ServerOpts {
+    let opts = dct_agent::trust::notary::ServerOpts {
         url: stack.url.clone(),
         ca_pem: Some(std::fs::read(&stack.ca).unwrap()),
         trust_on_first_use: false,
     };
-    let client = dct_agent::notary::NotaryClient::new(&opts).unwrap();
+    let client = dct_agent::trust::notary::NotaryClient::new(&opts).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let only_new = std::fs::read(d1.join("root.json")).unwrap();
     let err = rt
@@ -422,12 +422,12 @@ fn a_root_key_backed_up_wrapped_into_another_token_signs_as_the_original() {
     let d = work.path().join("ceremony");
     let ds = d.to_str().unwrap();
     // An offline ceremony: the server's timestamp and snapshot keys fetched beforehand.
-    let opts = dct_agent::notary::ServerOpts {
+    let opts = dct_agent::trust::notary::ServerOpts {
         url: stack.url.clone(),
         ca_pem: Some(std::fs::read(&stack.ca).unwrap()),
         trust_on_first_use: false,
     };
-    let client = dct_agent::notary::NotaryClient::new(&opts).unwrap();
+    let client = dct_agent::trust::notary::NotaryClient::new(&opts).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     for role in ["timestamp", "snapshot"] {
         let k = rt.block_on(client.get_server_key(gun, role)).unwrap();

@@ -16,14 +16,15 @@
 //! A failure at any step releases the reservation and is audited as a refusal.
 
 pub mod audit;
+pub mod confirm;
 pub mod document;
 pub mod ledger;
 pub mod policy;
 
 use std::sync::Arc;
 
-use crate::confirm::Confirmer;
 use crate::error::{Error, Result};
+use crate::guard::confirm::Confirmer;
 use crate::keys::{KeyEntry, Keyring, SigningRights};
 use audit::{Audit, Event};
 use document::Prepared;
@@ -460,7 +461,7 @@ impl Guard {
     /// Step 3 for one item: what the signature changes, shown by the agent's confirmation
     /// program; the answer is the user's, not the client's.
     async fn confirm(&self, it: &Item) -> Result<String> {
-        let subject = crate::confirm::Subject {
+        let subject = crate::guard::confirm::Subject {
             role: it.p.role.clone(),
             gun: it.p.gun.clone(),
             version: it.p.version,
@@ -472,7 +473,8 @@ impl Guard {
             .previous
             .as_deref()
             .and_then(|b| previous_signed_by(b, &it.key));
-        let lines = crate::confirm::summary(&subject, previous.as_ref(), &it.p.envelope.signed);
+        let lines =
+            crate::guard::confirm::summary(&subject, previous.as_ref(), &it.p.envelope.signed);
         let title = format!("dct-agent: sign {} of {}?", it.p.role, it.p.gun);
         let approval = self.0.confirmer.ask(&title, &lines).await?;
         Ok(approval.describe())

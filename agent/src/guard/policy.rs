@@ -76,7 +76,7 @@ pub fn parse_span(text: &str) -> std::result::Result<Duration, String> {
             .map_err(|_| format!("{text:?} is not a duration (e.g. 90d, 1y)"))?;
         return Ok(Duration::from_secs(n * 365 * 86400));
     }
-    crate::config::parse_duration(t)
+    crate::util::duration::parse_duration(t)
 }
 
 fn refuse(rule: &str, why: String) -> Error {
@@ -228,7 +228,7 @@ mod tests {
             backend: "pkcs11",
             token: "t".into(),
             handle: vec![],
-            detail: String::new(),
+            detail: crate::keys::KeyDetail::None,
         }
     }
 

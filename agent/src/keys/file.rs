@@ -118,7 +118,7 @@ impl FileBackend {
             backend: BACKEND,
             token: self.label.clone(),
             handle: l.id.clone().into_bytes(),
-            detail: String::new(),
+            detail: crate::keys::KeyDetail::None,
         }
     }
 }

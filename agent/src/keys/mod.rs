@@ -5,6 +5,8 @@
 //! open across requests.
 
 pub mod file;
+pub mod notices;
+pub mod options;
 pub mod piv;
 pub mod pkcs11;
 
@@ -38,8 +40,69 @@ pub struct KeyEntry {
     pub token: String,
     /// Backend-specific handle (PKCS#11 CKA_ID, PIV slot).
     pub handle: Vec<u8>,
-    /// Backend details for people (PIV: slot, PIN and touch policy, origin).
-    pub detail: String,
+    /// What the backend knows of the key beyond its ID (PIV: slot, PIN and touch policy,
+    /// origin), typed; [`KeyDetail::describe`] words it for people.
+    pub detail: KeyDetail,
+}
+
+/// Backend facts about a key, typed so that no caller parses a display string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KeyDetail {
+    #[default]
+    None,
+    /// A PKCS#11 key found by its certificate (a PIV card's slot certificate through
+    /// ykcs11 or OpenSC), not by the agent's label: the agent does not delete it.
+    CertificateNamed,
+    /// A key in a PIV slot. The policies and origin are known when the card reports its
+    /// slot metadata (YubiKey 5.3+).
+    Piv {
+        slot: String,
+        /// "never", "once" or "always".
+        pin_policy: Option<String>,
+        /// "never", "always" or "cached".
+        touch_policy: Option<String>,
+        /// Generated on the card (true) or imported (false).
+        generated: Option<bool>,
+    },
+}
+
+impl KeyDetail {
+    /// For people: "slot 9c, PIN always, touch always, generated on the card".
+    pub fn describe(&self) -> String {
+        match self {
+            KeyDetail::None => String::new(),
+            KeyDetail::CertificateNamed => "named by its certificate (PIV)".into(),
+            KeyDetail::Piv {
+                slot,
+                pin_policy,
+                touch_policy,
+                generated,
+            } => {
+                let mut s = format!("slot {slot}");
+                if let (Some(p), Some(t)) = (pin_policy, touch_policy) {
+                    s.push_str(&format!(", PIN {p}, touch {t}"));
+                }
+                s.push_str(match generated {
+                    Some(true) => ", generated on the card",
+                    Some(false) => ", imported",
+                    None => "",
+                });
+                s
+            }
+        }
+    }
+
+    /// (PIN policy, touch policy) of a PIV key whose card reported them.
+    pub fn piv_policies(&self) -> Option<(String, String)> {
+        match self {
+            KeyDetail::Piv {
+                pin_policy: Some(p),
+                touch_policy: Some(t),
+                ..
+            } => Some((p.clone(), t.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// Choices for a new key that only some backends have (PIV: slot, PIN and touch policy).
@@ -774,7 +837,7 @@ mod tests {
             backend: file::BACKEND,
             token: "t".into(),
             handle: Vec::new(),
-            detail: String::new(),
+            detail: KeyDetail::None,
         };
         let rights = SigningRights {
             _only_from_keyring: (),

@@ -24,9 +24,9 @@ use yubikey::piv::{self, AlgorithmId, ManagementSlotId, Origin, SlotAlgorithmId,
 use yubikey::{MgmAlgorithmId, MgmKey, PinPolicy, Serial, TouchPolicy, YubiKey};
 use zeroize::Zeroizing;
 
-use super::{KeyBackend, KeyEntry, KeyOptions, TokenInfo};
-use crate::config::ManagementKey;
+use super::{KeyBackend, KeyDetail, KeyEntry, KeyOptions, TokenInfo};
 use crate::error::{Error, PinState, Result};
+use crate::keys::options::ManagementKey;
 use crate::tuf::keys::{self as tufkeys, TufKey};
 
 pub const BACKEND: &str = "piv";
@@ -135,7 +135,7 @@ pub struct PivBackend {
 }
 
 impl PivBackend {
-    pub fn new(cfg: &crate::config::PivConfig) -> std::result::Result<Self, String> {
+    pub fn new(cfg: &crate::keys::options::PivConfig) -> std::result::Result<Self, String> {
         let mut slots = Vec::new();
         for s in cfg.slots() {
             slots.push(parse_slot(&s)?);
@@ -437,19 +437,11 @@ impl PivBackend {
         let key = TufKey::ecdsa(spki.clone());
         let id = key.key_id();
         let policy = self.policies.get(&u8::from(slot));
-        let detail = match policy {
-            Some(p) => format!(
-                "slot {}, PIN {}, touch {}{}",
-                slot_name(slot),
-                pin_policy_name(p.pin),
-                touch_policy_name(p.touch),
-                match p.generated {
-                    Some(true) => ", generated on the card",
-                    Some(false) => ", imported",
-                    None => "",
-                }
-            ),
-            None => format!("slot {}", slot_name(slot)),
+        let detail = KeyDetail::Piv {
+            slot: slot_name(slot),
+            pin_policy: policy.map(|p| pin_policy_name(p.pin).to_string()),
+            touch_policy: policy.map(|p| touch_policy_name(p.touch).to_string()),
+            generated: policy.and_then(|p| p.generated),
         };
         KeyEntry {
             key_id: id.clone(),
@@ -591,7 +583,7 @@ impl PivBackend {
             }
         }
         if matches!(policy.touch, TouchPolicy::Always | TouchPolicy::Cached) {
-            crate::notices::post(crate::notices::Notice {
+            crate::keys::notices::post(crate::keys::notices::Notice {
                 kind: "touch",
                 token: self.label.clone(),
                 key_id: key_id.into(),
@@ -679,23 +671,6 @@ fn default_policies(role: &str) -> (PinPolicy, TouchPolicy) {
     }
 }
 
-/// (PIN policy, touch policy) of a key this backend listed, from its detail.
-pub fn policies(key: &KeyEntry) -> Option<(String, String)> {
-    if key.backend != BACKEND {
-        return None;
-    }
-    let mut pin = None;
-    let mut touch = None;
-    for part in key.detail.split(", ") {
-        if let Some(p) = part.strip_prefix("PIN ") {
-            pin = Some(p.to_string());
-        } else if let Some(t) = part.strip_prefix("touch ") {
-            touch = Some(t.to_string());
-        }
-    }
-    Some((pin?, touch?))
-}
-
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -711,7 +686,7 @@ fn pin_state(tries: u8) -> PinState {
 
 /// A management key file: hex, owner-only.
 fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>> {
-    let text = crate::server::read_pin_file(path)
+    let text = crate::util::pin_file::read_pin_file(path)
         .map_err(|e| Error::InvalidArgument(e.replace("PIN file", "management key file")))?;
     let hex = text.expose_secret().trim();
     let bytes = tufkeys::unhex(hex).filter(|b| matches!(b.len(), 16 | 24 | 32));

@@ -22,7 +22,7 @@ use der::{Decode, Encode};
 use secrecy::SecretString;
 use x509_cert::Certificate;
 
-use super::{KeyBackend, KeyEntry, TokenInfo};
+use super::{KeyBackend, KeyDetail, KeyEntry, TokenInfo};
 use crate::error::{Error, PinState, Result};
 use crate::tuf::keys::{self as tufkeys, hex, TufKey};
 
@@ -221,7 +221,7 @@ impl Pkcs11Backend {
             backend: BACKEND,
             token: self.label.clone(),
             handle: id,
-            detail: String::new(),
+            detail: KeyDetail::None,
         }
     }
 
@@ -429,7 +429,7 @@ impl Pkcs11Backend {
             };
             let mut entry = self.entry(&role, gun.as_deref(), spki, id.clone());
             if named_by_cert {
-                entry.detail = CERT_NAMED.into();
+                entry.detail = KeyDetail::CertificateNamed;
             }
             if role == "root" && !certs.is_empty() {
                 for c in certs {
@@ -717,7 +717,7 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     fn delete(&mut self, key: &KeyEntry) -> Result<()> {
-        if key.detail == CERT_NAMED {
+        if key.detail == KeyDetail::CertificateNamed {
             return Err(Error::InvalidArgument(format!(
                 "key {} was not made by the agent; delete it with the token's own tool",
                 key.key_id
@@ -871,7 +871,7 @@ fn lookup_private(
     ];
     // A key named by its certificate has the module's own label (ykcs11: "Private key
     // for Digital Signature"); on a PIV card only the management key writes certificates.
-    let cert_named = key.detail == CERT_NAMED;
+    let cert_named = key.detail == KeyDetail::CertificateNamed;
     if !cert_named {
         template.push(Attribute::Label(private_label(key)));
     }
@@ -900,9 +900,6 @@ fn lookup_private(
         )))),
     }
 }
-
-/// The detail of keys found by their certificate rather than our label.
-const CERT_NAMED: &str = "named by its certificate (PIV)";
 
 /// (role, GUN) from a certificate of ours over `spki`.
 fn cert_named(der: &[u8], spki: &[u8]) -> Option<(String, Option<String>)> {

@@ -154,10 +154,12 @@ pub async fn resolve(
                 if let Some(c) = creds {
                     tr = tr.header("Authorization", c.basic()?);
                 }
-                let body =
-                    crate::notary::read_capped(tr.send().await.map_err(unreachable)?, 1024 * 1024)
-                        .await
-                        .map_err(|e| e.unwrap_or_else(unreachable))?;
+                let body = crate::util::http::read_capped(
+                    tr.send().await.map_err(unreachable)?,
+                    1024 * 1024,
+                )
+                .await
+                .map_err(|e| e.unwrap_or_else(unreachable))?;
                 let token: serde_json::Value = serde_json::from_slice(&body)
                     .map_err(|e| Error::Unavailable(format!("registry {host} token: {e}")))?;
                 let t = token["token"]
@@ -195,7 +197,7 @@ pub async fn resolve(
             "registry {host} answered {status} for {name}:{tag}"
         )));
     }
-    let bytes = crate::notary::read_capped(resp, MAX_MANIFEST)
+    let bytes = crate::util::http::read_capped(resp, MAX_MANIFEST)
         .await
         .map_err(|e| e.unwrap_or_else(unreachable))?;
     Ok((Sha256::digest(&bytes).into(), bytes.len() as u64))

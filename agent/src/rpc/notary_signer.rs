@@ -8,20 +8,34 @@
 //! content and refuses one whose `_type` is not the key's role.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use dct_proto::notary as pb;
 use dct_proto::notary::key_management_server::{KeyManagement, KeyManagementServer};
 use dct_proto::notary::signer_server::{Signer, SignerServer};
+use serde::Deserialize;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
-use crate::config::NotarySignerConfig;
 use crate::error::{Error, Result};
 use crate::guard::audit::Event;
 use crate::guard::{Guard, Request as SignRequest, Subject, Versioning};
 use crate::keys::{check_gun, KeyEntry, Keyring};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotarySignerConfig {
+    /// `host:port`; TCP, always with mutual TLS.
+    pub listen: std::net::SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// CA that client certificates must chain to; a client without one is refused.
+    pub client_ca: PathBuf,
+    /// Label of the token its keys are made on and served from.
+    pub token: String,
+}
 
 /// The only roles notary-server keeps keys for.
 const SERVER_ROLES: [&str; 2] = ["timestamp", "snapshot"];
@@ -228,7 +242,7 @@ pub fn tls_config(c: &NotarySignerConfig) -> std::result::Result<ServerTlsConfig
 /// Serves the API on `c.listen` until `shutdown` completes.
 pub async fn serve(
     c: &NotarySignerConfig,
-    builder: tonic::transport::server::Server<crate::server::Limits>,
+    builder: tonic::transport::server::Server<crate::rpc::limits::Limits>,
     guard: Guard,
     max_bytes: usize,
     shutdown: impl std::future::Future<Output = ()>,

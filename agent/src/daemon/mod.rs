@@ -1,5 +1,9 @@
-//! The Unix-socket listener: a private directory (0700), a socket (0600), a peer-uid check
-//! on every connection before any RPC runs, and a clean shutdown that removes the socket.
+//! The daemon: the composition root, imported by nothing. Reads the config, starts the
+//! token threads and the guard, and serves the Unix-socket listener: a private directory
+//! (0700), a socket (0600), a peer-uid check on every connection before any RPC runs, and a
+//! clean shutdown that removes the socket.
+
+pub mod config;
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -10,18 +14,21 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::config::{Config, Pkcs11Config};
+use crate::daemon::config::Config;
 use crate::guard::Guard;
+use crate::keys::options::Pkcs11Config;
 use crate::keys::pkcs11::{Modules, Pkcs11Backend, BACKEND};
 use crate::keys::{Keyring, Token};
-use crate::service::AgentService;
+use crate::rpc::limits::limits;
+use crate::rpc::service::AgentService;
+use crate::util::pin_file::read_pin_file;
 
 /// Starts one worker thread per configured token. A token that is absent now is not an
 /// error: requests say so, and it is picked up when it appears.
 pub fn start_tokens(
     config: &[Pkcs11Config],
-    files: &[crate::config::FileConfig],
-    cards: &[crate::config::PivConfig],
+    files: &[crate::keys::options::FileConfig],
+    cards: &[crate::keys::options::PivConfig],
 ) -> Result<Vec<Token>, String> {
     let mut modules = Modules::default();
     let mut tokens = Vec::new();
@@ -65,33 +72,8 @@ pub fn open_guard(config: &Config, tokens: Vec<Token>) -> Result<Guard, String> 
         config.accept_ledger_gap,
     )?;
     let (keys, rights) = Keyring::new(tokens);
-    let confirmer = crate::confirm::Confirmer::new(&config.confirm);
+    let confirmer = crate::guard::confirm::Confirmer::new(&config.confirm);
     Ok(Guard::new(keys, rights, policy, ledger, audit, confirmer))
-}
-
-/// The layers [`limits`] adds.
-pub type Limits = tower::layer::util::Stack<
-    tower::layer::util::Stack<
-        tower::limit::GlobalConcurrencyLimitLayer,
-        tower::layer::util::Stack<tower::load_shed::LoadShedLayer, tower::layer::util::Identity>,
-    >,
-    tower::layer::util::Identity,
->;
-
-/// Bounds every listener: requests at once (over all connections; the excess is refused
-/// with ResourceExhausted, not queued) and how long one may take.
-pub fn limits(
-    b: tonic::transport::Server,
-    config: &Config,
-) -> tonic::transport::server::Server<Limits> {
-    b.timeout(config.request_timeout()).layer(
-        tower::ServiceBuilder::new()
-            .layer(tower::load_shed::LoadShedLayer::new())
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                config.max_concurrent_requests(),
-            ))
-            .into_inner(),
-    )
 }
 
 /// Unlocks the tokens that have a `pin_file`: one attempt each, never repeated. A failure
@@ -162,34 +144,6 @@ async fn watch_ttls(guard: Guard) {
             }
         }
     }
-}
-
-/// Reads a PIN file that only we can read; the PIN is the first line.
-pub fn read_pin_file(path: &Path) -> Result<secrecy::SecretString, String> {
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).map_err(|e| format!("PIN file {}: {e}", path.display()))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| format!("PIN file {}: {e}", path.display()))?;
-    if meta.uid() != nix::unistd::getuid().as_raw() || meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "PIN file {} must belong to this user and not be readable by others (chmod 600)",
-            path.display()
-        ));
-    }
-    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(64));
-    (&mut f)
-        .take(1024)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("PIN file {}: {e}", path.display()))?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| format!("PIN file {} is not UTF-8", path.display()))?;
-    let pin = text.lines().next().unwrap_or_default();
-    if pin.is_empty() {
-        return Err(format!("PIN file {} is empty", path.display()));
-    }
-    Ok(secrecy::SecretString::from(pin.to_string()))
 }
 
 /// Makes the socket's directory (0700) or checks an existing one is ours and private.
@@ -284,10 +238,14 @@ impl Listener {
         let signer = match &config.notary_signer {
             Some(ns) => {
                 let (ns, keys, limit) = (ns.clone(), guard.clone(), config.max_request_bytes());
-                let builder = limits(tonic::transport::Server::builder(), config);
+                let builder = limits(
+                    tonic::transport::Server::builder(),
+                    config.request_timeout(),
+                    config.max_concurrent_requests(),
+                );
                 let stop = stopped(stop_rx.clone());
                 Some(tokio::spawn(async move {
-                    crate::notary_signer::serve(&ns, builder, keys, limit, stop).await
+                    crate::rpc::notary_signer::serve(&ns, builder, keys, limit, stop).await
                 }))
             }
             None => None,
@@ -364,11 +322,15 @@ impl Listener {
         let service = AgentServer::new(AgentService::new(guard, trust))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit.saturating_mul(2));
-        let result = limits(tonic::transport::Server::builder(), config)
-            .layer(crate::guard::audit::PeerLayer)
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let result = limits(
+            tonic::transport::Server::builder(),
+            config.request_timeout(),
+            config.max_concurrent_requests(),
+        )
+        .layer(crate::guard::audit::PeerLayer)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
         let _ = std::fs::remove_file(&self.path);
         result.map_err(|e| format!("server: {e}"))
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::tuf::keys::TufKey;
+use crate::util::http::read_capped;
 
 /// Largest metadata file accepted from a server (Notary's own cap is 100 MiB per file; a
 /// 100,000-tag targets role is about 10 MiB).
@@ -165,24 +166,6 @@ impl NotaryClient {
             Error::Unavailable(msg)
         })
     }
-}
-
-/// Reads a body chunk by chunk, refusing it as soon as it passes `cap` bytes (a missing or
-/// false Content-Length must not make the agent read without bound).
-pub(crate) async fn read_capped(
-    mut resp: reqwest::Response,
-    cap: usize,
-) -> std::result::Result<Vec<u8>, std::result::Result<Error, reqwest::Error>> {
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(Err)? {
-        if out.len() + chunk.len() > cap {
-            return Err(Ok(Error::Unavailable(format!(
-                "response over the {cap}-byte limit"
-            ))));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// notary-server's error body: `{"errors": [{"code", "message", "detail"}]}`.

@@ -24,7 +24,7 @@ pub struct AgentService {
     guard: Guard,
     keys: Keyring,
     trust: crate::trust::TrustContext,
-    channels: crate::sealed::Channels,
+    channels: crate::rpc::sealed::Channels,
 }
 
 impl AgentService {
@@ -104,7 +104,10 @@ fn token_pb(t: TokenInfo) -> pb::TokenStatus {
 }
 
 fn ceremony_key_pb(k: trust::CeremonyKey) -> pb::CeremonyKey {
-    let (pin_policy, touch_policy) = crate::keys::piv::policies(&k.key)
+    let (pin_policy, touch_policy) = k
+        .key
+        .detail
+        .piv_policies()
         .unwrap_or_else(|| ("token login (PKCS#11 user PIN)".into(), "none".into()));
     let origin = if k.backup_file.is_some() {
         "imported (made in the agent's memory for its backup file)"
@@ -156,7 +159,7 @@ fn key_pb(k: KeyEntry) -> pb::Key {
         keytype: k.keytype,
         public: k.public,
         uri: k.uri,
-        detail: k.detail,
+        detail: k.detail.describe(),
     }
 }
 
@@ -335,7 +338,7 @@ impl Agent for AgentService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         use tokio_stream::StreamExt;
         // Subscribed before the response goes out: a request sent after it is watched.
-        let notices = crate::notices::subscribe();
+        let notices = crate::keys::notices::subscribe();
         let stream = tokio_stream::wrappers::BroadcastStream::new(notices).filter_map(|n| {
             n.ok().map(|n| {
                 Ok(pb::Notice {
@@ -888,7 +891,7 @@ impl Agent for AgentService {
                 )
                 .into())
             }
-            (false, password) => Some(crate::registry::Credentials {
+            (false, password) => Some(crate::oci::registry::Credentials {
                 username: req.registry_username.clone(),
                 password: password.unwrap_or_else(|| SecretString::from(String::new())),
             }),
@@ -922,7 +925,7 @@ impl Agent for AgentService {
                     manifest.len() as u64,
                 )
             } else {
-                crate::registry::resolve(&req.gun, &tag, ca.as_deref(), creds.as_ref()).await?
+                crate::oci::registry::resolve(&req.gun, &tag, ca.as_deref(), creds.as_ref()).await?
             };
             tags.push(trust::TagTarget {
                 tag,
@@ -1137,8 +1140,8 @@ impl Agent for AgentService {
     }
 }
 
-fn server_opts(s: pb::TrustServer) -> crate::notary::ServerOpts {
-    crate::notary::ServerOpts {
+fn server_opts(s: pb::TrustServer) -> crate::trust::notary::ServerOpts {
+    crate::trust::notary::ServerOpts {
         url: s.url,
         ca_pem: (!s.ca_pem.is_empty()).then_some(s.ca_pem),
         trust_on_first_use: s.trust_on_first_use,

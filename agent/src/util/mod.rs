@@ -1,4 +1,9 @@
-//! Leaves every layer may use: durable file writes.
+//! Leaves every layer may use: durable file writes, durations, PIN files, bounded HTTP
+//! bodies.
+
+pub mod duration;
+pub mod http;
+pub mod pin_file;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

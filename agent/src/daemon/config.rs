@@ -27,6 +27,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::keys::options::{ttl, FileConfig, PivConfig, Pkcs11Config};
+use crate::rpc::notary_signer::NotarySignerConfig;
+use crate::trust::{Pinning, TrustConfig};
+use crate::util::duration::parse_duration;
+
 /// Requests larger than this are refused unless the config says otherwise. A 100,000-tag
 /// targets file is about 10 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
@@ -73,252 +78,10 @@ pub struct Config {
     /// `[confirm]`: the program that asks the user before a key whose policy says
     /// `confirm = true` signs (pinentry's Assuan protocol).
     #[serde(default)]
-    pub confirm: crate::confirm::ConfirmConfig,
+    pub confirm: crate::guard::confirm::ConfirmConfig,
     /// Set from the command line (`--accept-ledger-gap`), never from the file.
     #[serde(skip)]
     pub accept_ledger_gap: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotarySignerConfig {
-    /// `host:port`; TCP, always with mutual TLS.
-    pub listen: std::net::SocketAddr,
-    pub tls_cert: PathBuf,
-    pub tls_key: PathBuf,
-    /// CA that client certificates must chain to; a client without one is refused.
-    pub client_ca: PathBuf,
-    /// Label of the token its keys are made on and served from.
-    pub token: String,
-}
-
-/// `[trust]`: the default notary-server and root pinning.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct TrustConfig {
-    pub server: Option<String>,
-    /// A CA file for the server's TLS certificate.
-    pub tlscacert: Option<PathBuf>,
-    /// `[trust.pinning]`, as the notary client's `trust_pinning`: `certs` maps a GUN, or a
-    /// GUN prefix ending in `*`, to the root key IDs (certificate or canonical) its root
-    /// must be signed by.
-    #[serde(default)]
-    pub pinning: Pinning,
-    /// A notary client config file (JSON) whose `trust_pinning` block (certs, disable_tofu)
-    /// is added to `[trust.pinning]`, so existing setups carry over.
-    pub notary_config: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Pinning {
-    #[serde(default)]
-    pub certs: std::collections::BTreeMap<String, Vec<String>>,
-    /// Refuse a repository whose root no pin names, instead of trusting it on first use.
-    #[serde(default)]
-    pub disable_tofu: bool,
-    /// A GUN, or a prefix ending in `*`, mapped to a CA file (PEM): the root's certificates
-    /// must chain to it (Notary's CA pinning).
-    #[serde(default)]
-    pub ca: std::collections::BTreeMap<String, PathBuf>,
-}
-
-impl Pinning {
-    /// The CA file pinned for `gun`: an exact entry, else the longest matching `prefix*`.
-    pub fn ca_for_gun(&self, gun: &str) -> Option<PathBuf> {
-        if let Some(p) = self.ca.get(gun) {
-            return Some(p.clone());
-        }
-        self.ca
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
-            .filter(|(prefix, _)| gun.starts_with(prefix))
-            .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, v)| v.clone())
-    }
-
-    /// The pins for `gun`: an exact entry, else the longest matching `prefix*` entry.
-    pub fn for_gun(&self, gun: &str) -> Vec<String> {
-        if let Some(ids) = self.certs.get(gun) {
-            return ids.iter().map(|i| i.to_ascii_lowercase()).collect();
-        }
-        self.certs
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
-            .filter(|(prefix, _)| gun.starts_with(prefix))
-            .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, v)| v.iter().map(|i| i.to_ascii_lowercase()).collect())
-            .unwrap_or_default()
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// The key directory, e.g. "~/.docker/trust/private" (`~/` is the home directory).
-    pub dir: String,
-    /// As for [[pkcs11]]: forget the decrypted keys after this long unused / unlocked.
-    pub idle_ttl: Option<String>,
-    pub hard_ttl: Option<String>,
-}
-
-impl FileConfig {
-    pub fn ttl(&self) -> crate::keys::Ttl {
-        // Checked when the config was parsed.
-        ttl(&self.idle_ttl, &self.hard_ttl).unwrap_or_default()
-    }
-
-    pub fn path(&self) -> PathBuf {
-        match (self.dir.strip_prefix("~/"), std::env::var_os("HOME")) {
-            (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-            _ => PathBuf::from(&self.dir),
-        }
-    }
-
-    /// The token label the CLI names it by.
-    pub fn label(&self) -> String {
-        format!("file:{}", self.dir)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pkcs11Config {
-    /// Path of the PKCS#11 module (shared library).
-    pub module: PathBuf,
-    /// Token label.
-    pub token: String,
-    /// Sessions that sign in parallel (a pool of threads). Default: the number of CPUs, at
-    /// most 4. 1: everything on the token's one session.
-    pub sessions: Option<usize>,
-    /// A file holding the PIN, to unlock the token at start with no one at a terminal
-    /// (a server, CI). Must be owned by the agent's user and not readable by others. One
-    /// login attempt; a wrong PIN leaves the token locked and is never retried.
-    pub pin_file: Option<PathBuf>,
-    /// Lock the token after this long unused ("90s", "15m", "8h"). Default: never.
-    pub idle_ttl: Option<String>,
-    /// Lock the token this long after it was unlocked, used or not. Default: never.
-    pub hard_ttl: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PivConfig {
-    /// The card's serial number (`ykman list`, `yubico-piv-tool -a status`).
-    pub serial: u32,
-    /// The token label requests name it by. Default `piv:SERIAL`.
-    pub label: Option<String>,
-    /// Where the management key (needed to make keys and write certificates) comes from:
-    /// "protected" (default: the PIN-protected copy on the card, as `ykman piv access
-    /// change-management-key --protect` leaves it) or "default" (the factory key; only for
-    /// a test card). `management_key_file` instead: a file holding the key in hex.
-    pub management_key: Option<String>,
-    /// A file with the management key in hex (owner-only, like pin_file).
-    pub management_key_file: Option<PathBuf>,
-    /// The slot for root keys. Default "9c" (Digital Signature, where Notary keeps them).
-    pub root_slot: Option<String>,
-    /// Slots for other keys, first free one first. Default 9a, 9d, then the retired
-    /// slots 82..95.
-    pub slots: Option<Vec<String>>,
-    /// As for [[pkcs11]].
-    pub pin_file: Option<PathBuf>,
-    pub idle_ttl: Option<String>,
-    pub hard_ttl: Option<String>,
-}
-
-/// Where a card's management key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ManagementKey {
-    Protected,
-    Default,
-    File(PathBuf),
-}
-
-impl PivConfig {
-    pub fn label(&self) -> String {
-        self.label
-            .clone()
-            .unwrap_or_else(|| format!("piv:{}", self.serial))
-    }
-
-    pub fn ttl(&self) -> crate::keys::Ttl {
-        // Checked when the config was parsed.
-        ttl(&self.idle_ttl, &self.hard_ttl).unwrap_or_default()
-    }
-
-    pub fn management_key(&self) -> Result<ManagementKey, String> {
-        match (self.management_key.as_deref(), &self.management_key_file) {
-            (Some(_), Some(_)) => Err(format!(
-                "{}: management_key and management_key_file are exclusive",
-                self.label()
-            )),
-            (_, Some(f)) => Ok(ManagementKey::File(f.clone())),
-            (None | Some("protected"), None) => Ok(ManagementKey::Protected),
-            (Some("default"), None) => Ok(ManagementKey::Default),
-            (Some(other), None) => Err(format!(
-                "{}: management_key {other:?}: expected \"protected\" or \"default\" (or management_key_file)",
-                self.label()
-            )),
-        }
-    }
-
-    pub fn root_slot(&self) -> &str {
-        self.root_slot.as_deref().unwrap_or("9c")
-    }
-
-    pub fn slots(&self) -> Vec<String> {
-        self.slots.clone().unwrap_or_else(|| {
-            let mut s = vec!["9a".to_string(), "9d".to_string()];
-            s.extend((0x82..=0x95).map(|n| format!("{n:02x}")));
-            s
-        })
-    }
-}
-
-/// "90", "90s", "15m", "8h", "2d" -> a duration.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 90s, 15m, 8h)"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{text:?}: unit must be s, m, h or d")),
-    };
-    if secs == 0 {
-        return Err(format!("{text:?}: a TTL must be longer than zero"));
-    }
-    Ok(std::time::Duration::from_secs(secs))
-}
-
-fn ttl(idle: &Option<String>, hard: &Option<String>) -> Result<crate::keys::Ttl, String> {
-    Ok(crate::keys::Ttl {
-        idle: idle.as_deref().map(parse_duration).transpose()?,
-        hard: hard.as_deref().map(parse_duration).transpose()?,
-    })
-}
-
-impl Pkcs11Config {
-    pub fn ttl(&self) -> crate::keys::Ttl {
-        // Checked when the config was parsed.
-        ttl(&self.idle_ttl, &self.hard_ttl).unwrap_or_default()
-    }
-
-    pub fn sessions(&self) -> usize {
-        self.sessions.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(4)
-        })
-    }
 }
 
 impl Config {
@@ -410,7 +173,7 @@ impl Config {
     }
 
     /// The default trust server, with its CA read now so a bad path fails at start.
-    pub fn trust_server(&self) -> Result<Option<crate::notary::ServerOpts>, String> {
+    pub fn trust_server(&self) -> Result<Option<crate::trust::notary::ServerOpts>, String> {
         let Some(url) = &self.trust.server else {
             return Ok(None);
         };
@@ -420,7 +183,7 @@ impl Config {
             }
             None => None,
         };
-        Ok(Some(crate::notary::ServerOpts {
+        Ok(Some(crate::trust::notary::ServerOpts {
             url: url.clone(),
             ca_pem,
             trust_on_first_use: false,

@@ -1,0 +1,3 @@
+//! OCI registries: the registry client that resolves tags to digests.
+
+pub mod registry;

@@ -1,0 +1,301 @@
+//! Fetching a repository from notary-server and verifying it against the cached root or
+//! the pins (root rotations checked against the old root's keys).
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::cache::{version_of, TrustContext};
+use super::gate::check_ca_pin;
+use crate::error::{Error, Result};
+use crate::trust::notary::NotaryClient;
+use crate::tuf::keys::TufKey;
+use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Envelope, RootDoc, TargetsDoc};
+use crate::tuf::verify::{self, check_signatures, RepoFiles, VerifiedRepo};
+
+/// A repository as fetched and verified.
+pub struct Repo {
+    pub files: RepoFiles,
+    pub verified: VerifiedRepo,
+    /// The root was already trusted (cached from before, or pinned), not first seen now.
+    pub trusted: bool,
+}
+
+impl Repo {
+    /// Signing on trust data first seen now would let a malicious server choose what the
+    /// user's keys sign: ask for an explicit yes.
+    pub(crate) fn require_trusted(&self, client: &NotaryClient, gun: &str) -> Result<()> {
+        if self.trusted || client.trust_on_first_use {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "this agent has never seen {gun}'s root and none is pinned: signing now would trust whatever the server sent. \
+             Pin the root ([trust.pinning.certs] in agent.toml) or repeat with --trust-on-first-use"
+        )))
+    }
+}
+
+/// Most delegation files a snapshot may make the agent fetch.
+pub(crate) const MAX_DELEGATIONS: usize = 10_000;
+
+impl Repo {
+    pub(crate) fn doc(&self, role: &str) -> Result<Envelope> {
+        let bytes = self
+            .files
+            .get(role)
+            .ok_or_else(|| Error::Internal(format!("{role} not fetched")))?;
+        Envelope::parse(bytes).map_err(|e| Error::Internal(format!("{role}: {e}")))
+    }
+
+    pub(crate) fn root(&self) -> Result<RootDoc> {
+        serde_json::from_value(self.doc("root")?.signed).map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+/// A GUN as Docker names it: non-empty, no whitespace or control characters, no `..`.
+pub fn check_gun(gun: &str) -> Result<()> {
+    crate::keys::check_gun(gun)?;
+    if gun
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(Error::InvalidArgument(format!("invalid GUN {gun:?}")));
+    }
+    Ok(())
+}
+
+/// Fetches and verifies the repository, or None when the server has no trust data for it.
+pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Result<Option<Repo>> {
+    // One consistent view while others publish: the timestamp first, then every other file
+    // by the hash its parent pins (`<role>.<sha256>.json`), as TUF clients do.
+    let Some(timestamp) = client.get_role(gun, "timestamp").await? else {
+        return match client.get_role(gun, "root").await? {
+            None => Ok(None),
+            Some(_) => Err(Error::Unavailable(format!(
+                "trust server has root.json but no timestamp.json for {gun}"
+            ))),
+        };
+    };
+    let mut files = RepoFiles::new();
+    let snapshot = get_pinned(client, gun, "snapshot", &timestamp).await?;
+    for role in ["root", "targets"] {
+        files.insert(role.into(), get_pinned(client, gun, role, &snapshot).await?);
+    }
+    // Delegation files the snapshot lists.
+    let listed: Vec<String> = Envelope::parse(&snapshot)
+        .map_err(|e| Error::Unavailable(format!("snapshot: {e}")))?
+        .signed
+        .get("meta")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.keys()
+                .filter(|k| k.starts_with("targets/"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if listed.len() > MAX_DELEGATIONS {
+        return Err(Error::Unavailable(format!(
+            "snapshot lists {} delegations, over the {MAX_DELEGATIONS} this agent fetches",
+            listed.len()
+        )));
+    }
+    for role in listed {
+        if !valid_delegation_name(&role) {
+            return Err(Error::Unavailable(format!(
+                "snapshot lists an invalid role {role:?}"
+            )));
+        }
+        let bytes = get_pinned(client, gun, &role, &snapshot).await?;
+        files.insert(role, bytes);
+    }
+    files.insert("timestamp".into(), timestamp);
+    files.insert("snapshot".into(), snapshot);
+    let cached = ctx.cached_root(gun);
+    let pins = ctx.pinning.for_gun(gun);
+    let trusted = cached.is_some() || !pins.is_empty() || ctx.pinning.ca_for_gun(gun).is_some();
+    // A root newer than the cached one by several versions: the versions between must each
+    // have been signed by the one before (Notary keeps them as <N>.root.json).
+    let mut chain = Vec::new();
+    if let Some(old) = &cached {
+        let (from, to) = (version_of(old), version_of(&files["root"]));
+        if old != &files["root"] && to > from + 1 && check_rotation(old, &files["root"]).is_err() {
+            for v in from + 1..to {
+                let step = client
+                    .get_role(gun, &format!("{v}.root"))
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Refused(format!(
+                            "root version {v} of {gun} is missing on the server"
+                        ))
+                    })?;
+                chain.push(step);
+            }
+        }
+    }
+    let gun_owned = gun.to_string();
+    let (files, verified) =
+        tokio::task::spawn_blocking(move || -> Result<(RepoFiles, VerifiedRepo)> {
+            if let Some(old) = &cached {
+                if old != &files["root"] {
+                    let mut prev = old.clone();
+                    for step in chain.iter().chain(std::iter::once(&files["root"])) {
+                        check_rotation(&prev, step)?;
+                        check_self_signed(step)?;
+                        prev = step.clone();
+                    }
+                }
+            }
+            let v = verify::verify_repository(&gun_owned, &files, OffsetDateTime::now_utc(), &pins)
+                .map_err(|e| {
+                    Error::Refused(format!("trust data for {gun_owned} does not verify: {e}"))
+                })?;
+            Ok((files, v))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    check_ca_pin(
+        &ctx.pinning,
+        gun,
+        &files["root"],
+        &verified,
+        OffsetDateTime::now_utc(),
+    )?;
+    // Rollback protection: no role older than seen before, no delegation silently dropped.
+    let mut seen = ctx.versions(gun);
+    let delegated: Vec<String> = Envelope::parse(&files["targets"])
+        .ok()
+        .and_then(|e| serde_json::from_value::<TargetsDoc>(e.signed).ok())
+        .map(|t| t.delegations.roles.into_iter().map(|d| d.name).collect())
+        .unwrap_or_default();
+    for (role, &before) in &seen {
+        match files.get(role) {
+            Some(bytes) if version_of(bytes) < before => {
+                return Err(Error::Refused(format!(
+                    "the server's {role} of {gun} is version {}, older than version {before} seen before: refusing a rollback",
+                    version_of(bytes)
+                )))
+            }
+            None if delegated.contains(role) && before > 0 => {
+                return Err(Error::Refused(format!(
+                    "the server no longer lists {role} of {gun} (version {before} seen before): refusing a rollback"
+                )))
+            }
+            _ => {}
+        }
+    }
+    for (role, bytes) in &files {
+        let v = version_of(bytes);
+        let e = seen.entry(role.clone()).or_insert(v);
+        *e = (*e).max(v);
+    }
+    ctx.persist(gun, files["root"].clone(), Some(seen)).await?;
+    Ok(Some(Repo {
+        files,
+        verified,
+        trusted,
+    }))
+}
+
+/// `role` as pinned by `parent`'s meta: fetched by its sha256 (`<role>.<hex>.json`), else by
+/// name when the server keeps no such copy. Verification checks the bytes either way.
+pub(crate) async fn get_pinned(
+    client: &NotaryClient,
+    gun: &str,
+    role: &str,
+    parent: &[u8],
+) -> Result<Vec<u8>> {
+    let hex = Envelope::parse(parent)
+        .ok()
+        .and_then(|e| {
+            e.signed
+                .get("meta")?
+                .get(role)?
+                .get("hashes")?
+                .get("sha256")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .and_then(|b| B64.decode(b).ok())
+        .map(|h| crate::tuf::keys::hex(&h));
+    if let Some(hex) = hex {
+        if let Some(bytes) = client.get_role(gun, &format!("{role}.{hex}")).await? {
+            return Ok(bytes);
+        }
+    }
+    client
+        .get_role(gun, role)
+        .await?
+        .ok_or_else(|| Error::Unavailable(format!("trust server has no {role}.json for {gun}")))
+}
+
+/// The keys of a root document's root role, and its threshold.
+pub(crate) fn root_role_keys(
+    root: &RootDoc,
+) -> std::result::Result<(BTreeMap<String, TufKey>, i64), String> {
+    let keys = parse_key_map(&root.keys)?;
+    let role = root.roles.get("root").ok_or("root has no root role")?;
+    let own = role
+        .keyids
+        .iter()
+        .filter_map(|id| Some((id.clone(), keys.get(id)?.clone())))
+        .collect();
+    Ok((own, role.threshold))
+}
+
+/// The key IDs `root` gives `role`; a root without that role is refused, naming it.
+pub(crate) fn role_keyids<'a>(root: &'a RootDoc, role: &str) -> Result<&'a Vec<String>> {
+    root.roles
+        .get(role)
+        .map(|r| &r.keyids)
+        .ok_or_else(|| Error::InvalidArgument(format!("the root has no {role} role")))
+}
+
+/// A root must carry a threshold of signatures by its own root keys.
+pub(crate) fn check_self_signed(bytes: &[u8]) -> Result<()> {
+    let env = Envelope::parse(bytes).map_err(|e| Error::Refused(format!("root: {e}")))?;
+    let root: RootDoc = serde_json::from_value(env.signed.clone())
+        .map_err(|e| Error::Refused(format!("root: {e}")))?;
+    let (own, threshold) = root_role_keys(&root).map_err(Error::Refused)?;
+    check_signatures(&env, &own, threshold)
+        .map(|_| ())
+        .map_err(|e| {
+            Error::Refused(format!(
+                "root version {} is not signed by its own root keys: {e}",
+                root.common.version
+            ))
+        })
+}
+
+/// A root other than the cached one must be signed by a threshold of the cached root's
+/// root keys (Notary's rotation rule); its own threshold is checked with the repository.
+pub(crate) fn check_rotation(old: &[u8], new: &[u8]) -> Result<()> {
+    let refuse = |why: String| {
+        Error::Refused(format!(
+            "the server's root differs from the trusted one and {why}; refusing (possible attack, or the repository was re-created)"
+        ))
+    };
+    let old_env = Envelope::parse(old).map_err(|e| Error::Internal(format!("cached root: {e}")))?;
+    let old_root: RootDoc =
+        serde_json::from_value(old_env.signed).map_err(|e| Error::Internal(e.to_string()))?;
+    let (keys, threshold) =
+        root_role_keys(&old_root).map_err(|e| Error::Internal(format!("cached root: {e}")))?;
+    let new_env = Envelope::parse(new).map_err(|e| refuse(format!("is unreadable ({e})")))?;
+    check_signatures(&new_env, &keys, threshold)
+        .map_err(|e| refuse(format!("is not signed by the trusted root keys ({e})")))?;
+    let new_version = new_env
+        .signed
+        .get("version")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if new_version <= old_root.common.version {
+        return Err(refuse(format!(
+            "has version {new_version}, not above {}",
+            old_root.common.version
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! `[trust]` in agent.toml: the default notary-server and the root pins.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[trust]`: the default notary-server and root pinning.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    pub server: Option<String>,
+    /// A CA file for the server's TLS certificate.
+    pub tlscacert: Option<PathBuf>,
+    /// `[trust.pinning]`, as the notary client's `trust_pinning`: `certs` maps a GUN, or a
+    /// GUN prefix ending in `*`, to the root key IDs (certificate or canonical) its root
+    /// must be signed by.
+    #[serde(default)]
+    pub pinning: Pinning,
+    /// A notary client config file (JSON) whose `trust_pinning` block (certs, disable_tofu)
+    /// is added to `[trust.pinning]`, so existing setups carry over.
+    pub notary_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Pinning {
+    #[serde(default)]
+    pub certs: std::collections::BTreeMap<String, Vec<String>>,
+    /// Refuse a repository whose root no pin names, instead of trusting it on first use.
+    #[serde(default)]
+    pub disable_tofu: bool,
+    /// A GUN, or a prefix ending in `*`, mapped to a CA file (PEM): the root's certificates
+    /// must chain to it (Notary's CA pinning).
+    #[serde(default)]
+    pub ca: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl Pinning {
+    /// The CA file pinned for `gun`: an exact entry, else the longest matching `prefix*`.
+    pub fn ca_for_gun(&self, gun: &str) -> Option<PathBuf> {
+        if let Some(p) = self.ca.get(gun) {
+            return Some(p.clone());
+        }
+        self.ca
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
+            .filter(|(prefix, _)| gun.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The pins for `gun`: an exact entry, else the longest matching `prefix*` entry.
+    pub fn for_gun(&self, gun: &str) -> Vec<String> {
+        if let Some(ids) = self.certs.get(gun) {
+            return ids.iter().map(|i| i.to_ascii_lowercase()).collect();
+        }
+        self.certs
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
+            .filter(|(prefix, _)| gun.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, v)| v.iter().map(|i| i.to_ascii_lowercase()).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,253 @@
+//! Signing roles through the guard and publishing them: the typed edit of a role, the
+//! signatures, the atomic multipart update, and settling the versions once the server took it.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::cache::TrustContext;
+use super::fetch::{fetch, Repo};
+use super::init::init;
+use super::rotation::{held_root_keys, root_due, sign_next_root};
+use crate::error::{Error, Result};
+use crate::guard::{Guard, Receipt};
+use crate::keys::KeyEntry;
+use crate::trust::notary::NotaryClient;
+use crate::trust::TARGETS_LIFETIME;
+use crate::tuf::metadata::{Envelope, RootDoc};
+
+pub(crate) fn expires(lifetime: time::Duration) -> Result<String> {
+    (OffsetDateTime::now_utc() + lifetime)
+        .format(&Rfc3339)
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+pub(crate) fn unsigned(signed: Value) -> Vec<u8> {
+    // A Value of strings, numbers and objects always serialises.
+    serde_json::to_vec(&json!({"signed": signed, "signatures": []})).unwrap_or_default()
+}
+
+/// Keys of `role`/`gun` on the agent's tokens.
+pub(crate) fn held<'a>(
+    keys: &'a [KeyEntry],
+    role: &str,
+    gun: &str,
+) -> impl Iterator<Item = &'a KeyEntry> + 'a {
+    let (role, gun) = (role.to_string(), gun.to_string());
+    keys.iter().filter(move |k| {
+        k.role == role && (role == "root" || k.gun.as_deref() == Some(gun.as_str()))
+    })
+}
+
+/// All listings of the key with canonical ID `canonical`.
+pub(crate) fn listings(keys: &[KeyEntry], canonical: &str) -> Vec<KeyEntry> {
+    keys.iter()
+        .filter(|k| k.canonical_id == canonical)
+        .cloned()
+        .collect()
+}
+
+/// Signs `document` for a publish this agent makes (the guard holds its version as pending
+/// until [`publish`] settles it); the receipt joins `receipts`.
+pub(crate) async fn sign_doc(
+    guard: &Guard,
+    keys: Vec<KeyEntry>,
+    document: Vec<u8>,
+    role: &str,
+    gun: &str,
+    previous: Option<&[u8]>,
+    receipts: &mut Vec<Receipt>,
+) -> Result<crate::guard::Signed> {
+    let previous = previous.map(<[u8]>::to_vec);
+    // A root signed by an old root key names the key by the previous root's certificate.
+    let previous_root = if role == "root" {
+        previous.clone()
+    } else {
+        None
+    };
+    let s = guard
+        .sign_for_publish(keys, document, role, gun, previous_root, previous)
+        .await?;
+    receipts.push(s.receipt.clone());
+    Ok(s)
+}
+
+/// Publishes `files` in one update; once the server took them, the versions signed for them
+/// are settled in the ledger. A failed publish leaves them pending: a retry may sign those
+/// versions again.
+pub(crate) async fn publish(
+    guard: &Guard,
+    client: &NotaryClient,
+    gun: &str,
+    files: Vec<(String, Vec<u8>)>,
+    receipts: &[Receipt],
+) -> Result<()> {
+    client.publish(gun, files).await?;
+    if let Err(e) = guard.published(receipts).await {
+        // Published all the same; the versions stay pending (still never below them).
+        tracing::error!(gun, "published, but the ledger could not record it: {e}");
+    }
+    Ok(())
+}
+
+/// A new version of one role, to be signed by `key`.
+pub(crate) struct Edit {
+    pub(crate) role: String,
+    pub(crate) key: KeyEntry,
+    pub(crate) signed: Value,
+}
+
+impl Repo {
+    /// A role's current `signed`, or an empty targets role for a delegation with no file yet.
+    pub(crate) fn signed_or_new(&self, role: &str) -> Result<Value> {
+        Ok(match self.files.get(role) {
+            Some(_) => self.doc(role)?.signed,
+            None => {
+                json!({"_type": "Targets", "version": 0, "targets": {}, "delegations": {"keys": {}, "roles": []}})
+            }
+        })
+    }
+}
+
+/// The repository, initialised first when the server has no trust data for it (as docker
+/// trust does); the flag says whether it was.
+pub(crate) async fn fetch_or_init(
+    guard: &Guard,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    token: &str,
+) -> Result<(Repo, bool)> {
+    if let Some(r) = fetch(client, ctx, gun).await? {
+        return Ok((r, false));
+    }
+    init(guard, client, ctx, gun, "", token, false).await?;
+    let r = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?;
+    Ok((r, true))
+}
+
+/// Signs each edited role as its next version (Notary's default expiry) and publishes them
+/// in one update; a snapshot key held here (not server-managed) signs the new snapshot.
+pub(crate) async fn commit(
+    guard: &Guard,
+    client: &NotaryClient,
+    gun: &str,
+    repo: &Repo,
+    keys: &[KeyEntry],
+    edits: Vec<Edit>,
+) -> Result<()> {
+    commit_with(guard, client, gun, repo, keys, Default::default(), edits).await
+}
+
+/// Files signed before a commit (e.g. a new root), and the receipts of the signatures the
+/// agent made for them.
+pub(crate) type Presigned = (Vec<(String, Vec<u8>)>, Vec<Receipt>);
+
+/// As [`commit`], publishing `signed` (already signed files, e.g. a new root) too.
+pub(crate) async fn commit_with(
+    guard: &Guard,
+    client: &NotaryClient,
+    gun: &str,
+    repo: &Repo,
+    keys: &[KeyEntry],
+    (signed, mut receipts): Presigned,
+    edits: Vec<Edit>,
+) -> Result<()> {
+    let mut updates = signed;
+    // A root that expires within six months is re-signed with this publish when its keys
+    // are here, so the repository never expires under its users.
+    if !updates.iter().any(|(r, _)| r == "root") {
+        let current = repo.root()?;
+        let held = held_root_keys(&current, keys);
+        if !held.is_empty() && root_due(&current.common.expires, OffsetDateTime::now_utc()) {
+            match sign_next_root(
+                guard,
+                keys,
+                gun,
+                repo.doc("root")?.signed,
+                &held,
+                &repo.files["root"],
+                &mut receipts,
+            )
+            .await
+            {
+                Ok(doc) => {
+                    tracing::info!(gun, "root expires within six months: re-signed");
+                    updates.push(("root".into(), doc));
+                }
+                // The root key is here but locked: publish the rest, and say so.
+                Err(Error::Locked { token }) => {
+                    tracing::warn!(gun, %token, "root expires within six months; unlock its key to re-sign it")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    for Edit {
+        role,
+        key,
+        mut signed,
+    } in edits
+    {
+        let version = signed.get("version").and_then(Value::as_i64).unwrap_or(0);
+        signed["version"] = json!(version + 1);
+        signed["expires"] = json!(expires(TARGETS_LIFETIME)?);
+        let previous = repo.files.get(&role).map(Vec::as_slice);
+        let s = sign_doc(
+            guard,
+            listings(keys, &key.canonical_id),
+            unsigned(signed),
+            &role,
+            gun,
+            previous,
+            &mut receipts,
+        )
+        .await?;
+        updates.push((role, s.document));
+    }
+    // The snapshot key of the root being published, else of the current one.
+    let root: RootDoc = match updates.iter().find(|(r, _)| r == "root") {
+        Some((_, bytes)) => {
+            serde_json::from_value(Envelope::parse(bytes).map_err(Error::Internal)?.signed)
+                .map_err(|e| Error::Internal(e.to_string()))?
+        }
+        None => repo.root()?,
+    };
+    let snap_key = root.roles.get("snapshot").and_then(|r| {
+        r.keyids.iter().find_map(|id| {
+            keys.iter()
+                .find(|k| &k.key_id == id || &k.canonical_id == id)
+        })
+    });
+    if let Some(key) = snap_key {
+        let mut snap = repo.doc("snapshot")?.signed;
+        for (role, bytes) in &updates {
+            snap["meta"][role] =
+                json!({"hashes": {"sha256": B64.encode(sha2_256(bytes))}, "length": bytes.len()});
+        }
+        let version = snap.get("version").and_then(Value::as_i64).unwrap_or(0);
+        snap["version"] = json!(version + 1);
+        snap["expires"] = json!(expires(TARGETS_LIFETIME)?);
+        let s = sign_doc(
+            guard,
+            listings(keys, &key.canonical_id),
+            unsigned(snap),
+            "snapshot",
+            gun,
+            repo.files.get("snapshot").map(Vec::as_slice),
+            &mut receipts,
+        )
+        .await?;
+        updates.push(("snapshot".into(), s.document));
+    }
+    publish(guard, client, gun, updates, &receipts).await
+}
+
+pub(crate) fn sha2_256(b: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b).into()
+}

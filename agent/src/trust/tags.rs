@@ -1,0 +1,332 @@
+//! Tags: sign one or many (one published update), list them, revoke them.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::cache::TrustContext;
+use super::fetch::{check_gun, fetch, role_keyids, Repo};
+use super::publish::{commit, fetch_or_init, Edit};
+use crate::error::{Error, Result};
+use crate::guard::Guard;
+use crate::keys::KeyEntry;
+use crate::trust::notary::{NotaryClient, ServerOpts};
+use crate::tuf::metadata::{parse_key_map, TargetsDoc};
+
+pub struct SignResult {
+    pub roles: Vec<String>,
+    pub initialized: bool,
+}
+
+/// A tag to sign: the manifest's sha256 and size.
+pub struct TagTarget {
+    pub tag: String,
+    pub sha256: [u8; 32],
+    pub length: u64,
+}
+
+/// `dct trust sign`: adds each tag -> (sha256, length) to every delegation that is a
+/// direct child of targets, allows the tag and whose key the agent holds; else to targets.
+/// Every role changed is signed once, and all is published in one update (the server makes
+/// snapshot and timestamp; a snapshot key held here signs the snapshot).
+pub async fn sign_tags(
+    guard: &Guard,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    tags: &[TagTarget],
+    token: &str,
+) -> Result<SignResult> {
+    check_gun(gun)?;
+    let (repo, initialized) = fetch_or_init(guard, client, ctx, gun, token).await?;
+    repo.require_trusted(client, gun)?;
+    let (keys, _) = guard.keys().all_keys().await;
+    let by_id = |id: &str| {
+        keys.iter()
+            .find(|k| k.key_id == id || k.canonical_id == id)
+            .cloned()
+    };
+    // The targets role is parsed once and edited in place: a 100,000-tag role is large.
+    let mut targets_signed = Some(repo.doc("targets")?.signed);
+    let delegations: crate::tuf::metadata::Delegations = match targets_signed
+        .as_ref()
+        .and_then(|t| t.get("delegations"))
+    {
+        Some(d) => serde_json::from_value(d.clone()).map_err(|e| Error::Internal(e.to_string()))?,
+        None => Default::default(),
+    };
+
+    // Delegations we may sign: direct children of targets whose key we hold.
+    let held: Vec<(&crate::tuf::metadata::DelegationRole, KeyEntry)> = delegations
+        .roles
+        .iter()
+        .filter(|d| {
+            d.name
+                .strip_prefix("targets/")
+                .is_some_and(|rest| !rest.contains('/'))
+        })
+        .filter_map(|d| Some((d, d.keyids.iter().find_map(|id| by_id(id))?)))
+        .collect();
+    let targets_key = || {
+        let root = repo.root()?;
+        root.roles
+            .get("targets")
+            .and_then(|r| r.keyids.iter().find_map(|id| by_id(id)))
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "no key of this agent may sign {gun}: neither the targets key nor a delegation key is on its tokens"
+                ))
+            })
+    };
+
+    // Each role's new `signed`, with every tag it takes.
+    let mut edits: Vec<Edit> = Vec::new();
+    let mut add = |role: &str, key: &KeyEntry, t: &TagTarget| -> Result<()> {
+        let i = match edits.iter().position(|e| e.role == role) {
+            Some(i) => i,
+            None => {
+                let mut signed = match (role, targets_signed.take()) {
+                    ("targets", Some(t)) => t,
+                    (_, t) => {
+                        targets_signed = t;
+                        repo.signed_or_new(role)?
+                    }
+                };
+                if !signed["targets"].is_object() {
+                    signed["targets"] = json!({});
+                }
+                edits.push(Edit {
+                    role: role.to_string(),
+                    key: key.clone(),
+                    signed,
+                });
+                edits.len() - 1
+            }
+        };
+        edits[i].signed["targets"][t.tag.as_str()] =
+            json!({"hashes": {"sha256": B64.encode(t.sha256)}, "length": t.length});
+        Ok(())
+    };
+    let mut targets_key_cached: Option<KeyEntry> = None;
+    for t in tags {
+        let mut placed = false;
+        for (d, k) in &held {
+            if d.paths.iter().any(|p| t.tag.starts_with(p.as_str())) {
+                add(&d.name, k, t)?;
+                placed = true;
+            }
+        }
+        if !placed {
+            let k = match &targets_key_cached {
+                Some(k) => k.clone(),
+                None => {
+                    let k = targets_key()?;
+                    targets_key_cached = Some(k.clone());
+                    k
+                }
+            };
+            add("targets", &k, t)?;
+        }
+    }
+    let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
+    commit(guard, client, gun, &repo, &keys, edits).await?;
+    tracing::info!(gun, tags = tags.len(), roles = ?roles, "signed tags");
+    Ok(SignResult { roles, initialized })
+}
+
+/// A tag as `docker trust inspect` shows it.
+pub struct SignedTag {
+    pub tag: String,
+    pub sha256_hex: String,
+    pub length: u64,
+    pub signers: Vec<String>,
+}
+
+pub struct Inspection {
+    pub tags: Vec<SignedTag>,
+    /// Delegation signers (not `releases`) and their key IDs.
+    pub signers: Vec<(String, Vec<String>)>,
+    /// Root keys: (certificate key ID, canonical ID).
+    pub root_keys: Vec<(String, String)>,
+    pub repository_keys: Vec<String>,
+}
+
+/// `dct trust inspect`: the signed tags and who signed them, as docker resolves them (a tag
+/// in targets/releases, else in targets; signers are the roles holding the same digest).
+pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Result<Inspection> {
+    check_gun(gun)?;
+    let repo = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
+    let mut by_role: BTreeMap<&str, BTreeMap<&str, (&str, u64)>> = BTreeMap::new();
+    for r in &repo.verified.roles {
+        for t in &r.targets {
+            by_role
+                .entry(r.role.as_str())
+                .or_default()
+                .insert(t.name.as_str(), (t.sha256_hex.as_str(), t.length));
+        }
+    }
+    let empty = BTreeMap::new();
+    let released = by_role.get("targets/releases").unwrap_or(&empty);
+    let base = by_role.get("targets").unwrap_or(&empty);
+    let mut names: Vec<&str> = released.keys().chain(base.keys()).copied().collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut tags = Vec::new();
+    for name in names {
+        let Some(&(digest, length)) = released.get(name).or_else(|| base.get(name)) else {
+            continue;
+        };
+        let mut signers: Vec<String> = by_role
+            .iter()
+            .filter(|(role, t)| {
+                **role != "targets/releases" && t.get(name).map(|x| x.0) == Some(digest)
+            })
+            .map(|(role, _)| {
+                if *role == "targets" {
+                    "Repo Admin".to_string()
+                } else {
+                    role.trim_start_matches("targets/").to_string()
+                }
+            })
+            .collect();
+        signers.sort();
+        tags.push(SignedTag {
+            tag: name.into(),
+            sha256_hex: digest.into(),
+            length,
+            signers,
+        });
+    }
+    let targets: TargetsDoc = serde_json::from_value(repo.doc("targets")?.signed)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let signers = targets
+        .delegations
+        .roles
+        .iter()
+        .filter(|d| d.name != "targets/releases")
+        .map(|d| {
+            (
+                d.name.trim_start_matches("targets/").to_string(),
+                d.keyids.clone(),
+            )
+        })
+        .collect();
+    let root = repo.root()?;
+    let root_keys_map = parse_key_map(&root.keys).map_err(Error::Internal)?;
+    let root_keys = role_keyids(&root, "root")?
+        .iter()
+        .map(|id| {
+            let canonical = root_keys_map
+                .get(id)
+                .and_then(|k| k.canonical_id().ok())
+                .unwrap_or_default();
+            (id.clone(), canonical)
+        })
+        .collect();
+    let repository_keys = role_keyids(&root, "targets")?.clone();
+    Ok(Inspection {
+        tags,
+        signers,
+        root_keys,
+        repository_keys,
+    })
+}
+
+/// The client for a request's server options, falling back to the config's.
+pub fn client(req: Option<ServerOpts>, default: &Option<ServerOpts>) -> Result<NotaryClient> {
+    // The user's first-use choice holds whichever server is used.
+    let tofu = req.as_ref().is_some_and(|o| o.trust_on_first_use);
+    let mut opts = match req.filter(|o| !o.url.is_empty()) {
+        Some(mut o) => {
+            if o.ca_pem.is_none() {
+                o.ca_pem = default.as_ref().and_then(|d| d.ca_pem.clone());
+            }
+            o
+        }
+        None => default.clone().ok_or_else(|| {
+            Error::InvalidArgument(
+                "no trust server: pass --server URL (or DCT_SERVER / DOCKER_CONTENT_TRUST_SERVER), or set [trust] server in agent.toml".into(),
+            )
+        })?,
+    };
+    opts.trust_on_first_use = tofu;
+    NotaryClient::new(&opts)
+}
+
+/// The roles this agent can sign among targets and its direct-child delegations, with the
+/// key for each.
+pub(crate) fn signable(repo: &Repo, keys: &[KeyEntry]) -> Result<Vec<(String, KeyEntry)>> {
+    let by_id = |id: &String| {
+        keys.iter()
+            .find(|k| &k.key_id == id || &k.canonical_id == id)
+            .cloned()
+    };
+    let mut out = Vec::new();
+    if let Some(k) = repo
+        .root()?
+        .roles
+        .get("targets")
+        .and_then(|r| r.keyids.iter().find_map(by_id))
+    {
+        out.push(("targets".to_string(), k));
+    }
+    let targets: TargetsDoc = serde_json::from_value(repo.doc("targets")?.signed)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    for d in targets.delegations.roles {
+        if let Some(k) = d.keyids.iter().find_map(by_id) {
+            out.push((d.name, k));
+        }
+    }
+    Ok(out)
+}
+
+/// `dct trust revoke`: removes `tag` (or every tag) from the roles this agent can sign.
+pub async fn revoke(
+    guard: &Guard,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    tag: Option<&str>,
+) -> Result<Vec<String>> {
+    check_gun(gun)?;
+    let repo = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
+    let (keys, _) = guard.keys().all_keys().await;
+    repo.require_trusted(client, gun)?;
+    let mut edits = Vec::new();
+    for (role, key) in signable(&repo, &keys)? {
+        if !repo.files.contains_key(&role) {
+            continue;
+        }
+        let mut signed = repo.signed_or_new(&role)?;
+        let Some(targets) = signed.get_mut("targets").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let changed = match tag {
+            Some(t) => targets.remove(t).is_some(),
+            None => {
+                let had = !targets.is_empty();
+                targets.clear();
+                had
+            }
+        };
+        if changed {
+            edits.push(Edit { role, key, signed });
+        }
+    }
+    if edits.is_empty() {
+        return Err(Error::NotFound(match tag {
+            Some(t) => format!("{gun}:{t} is not signed in any role this agent can sign"),
+            None => format!("{gun} has no signed tags in roles this agent can sign"),
+        }));
+    }
+    let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
+    commit(guard, client, gun, &repo, &keys, edits).await?;
+    tracing::info!(gun, tag = tag.unwrap_or("*"), roles = ?roles, "revoked");
+    Ok(roles)
+}

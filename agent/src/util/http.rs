@@ -1,0 +1,21 @@
+//! HTTP bodies read with a bound.
+
+use crate::error::Error;
+
+/// Reads a body chunk by chunk, refusing it as soon as it passes `cap` bytes (a missing or
+/// false Content-Length must not make the agent read without bound).
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> std::result::Result<Vec<u8>, std::result::Result<Error, reqwest::Error>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Err)? {
+        if out.len() + chunk.len() > cap {
+            return Err(Ok(Error::Unavailable(format!(
+                "response over the {cap}-byte limit"
+            ))));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
