@@ -213,7 +213,12 @@ impl Audit {
     }
 
     pub fn state(&self) -> State {
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+        // A poisoned lock still holds the last state written (fail closed: an error seen
+        // is never forgotten because a thread panicked).
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Appends `events` (as the current peer's) and waits until they are on disk.
@@ -324,9 +329,9 @@ fn writer(
     ledger: Arc<Ledger>,
 ) {
     let set_state = |f: &dyn Fn(&mut State)| {
-        if let Ok(mut s) = state.lock() {
-            f(&mut s);
-        }
+        f(&mut state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
     };
     let (mut file, mut tail) = match opened {
         Ok(x) => (Some(x.0), x.1),

@@ -263,7 +263,12 @@ impl KeyBackend for FileBackend {
         )))
     }
 
-    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
+    fn sign_digest(
+        &mut self,
+        _grant: &super::SignGrant,
+        key: &KeyEntry,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>> {
         let sk = self
             .unlocked
             .get(&key.canonical_id)

@@ -187,8 +187,15 @@ pub trait KeyBackend: Send + 'static {
         gun: Option<&str>,
         key: &crate::tuf::keyfile::ImportedKey,
     ) -> Result<KeyEntry>;
-    /// Signs a SHA-256 digest; returns raw r||s.
-    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>>;
+    /// Signs a SHA-256 digest; returns raw r||s. Only code of this module can make the
+    /// [`SignGrant`] it takes: outside `keys`, the one way to a signature is
+    /// [`Token::sign_many`], which asks for the guard's [`SigningRights`].
+    fn sign_digest(
+        &mut self,
+        grant: &SignGrant,
+        key: &KeyEntry,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>>;
     /// Stores a certificate for `key` on the token; returns the key as it now lists.
     fn store_certificate(&mut self, key: &KeyEntry, gun: &str, cert_der: &[u8])
         -> Result<KeyEntry>;
@@ -247,8 +254,13 @@ pub trait KeyBackend: Send + 'static {
 
 /// A further session on a token, owned by one pool thread.
 pub trait SignSession: Send {
-    /// Signs a SHA-256 digest; returns raw r||s.
-    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>>;
+    /// Signs a SHA-256 digest; returns raw r||s (see [`KeyBackend::sign_digest`]).
+    fn sign_digest(
+        &mut self,
+        grant: &SignGrant,
+        key: &KeyEntry,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>>;
     /// False once the session is gone (device removed, closed): the pool opens a new one.
     fn usable(&self) -> bool;
 }
@@ -308,7 +320,7 @@ impl SignPool {
                         let sigs = job
                             .items
                             .iter()
-                            .map(|(key, digest)| s.sign_digest(key, digest))
+                            .map(|(key, digest)| s.sign_digest(&SignGrant(()), key, digest))
                             .collect();
                         let _ = job.reply.send(sigs);
                     }
@@ -479,7 +491,13 @@ impl Token {
         }
         let Some(pool) = &self.pool else {
             return self
-                .run(move |b| Ok(items.iter().map(|(k, d)| b.sign_digest(k, d)).collect()))
+                .run(move |b| {
+                    let grant = SignGrant(());
+                    Ok(items
+                        .iter()
+                        .map(|(k, d)| b.sign_digest(&grant, k, d))
+                        .collect())
+                })
                 .await;
         };
         let chunk = items.len().div_ceil(pool.threads).max(1);
@@ -568,7 +586,9 @@ pub fn make_root_cert<B: KeyBackend + ?Sized>(
         .map_err(|e| Error::Internal(e.to_string()))?;
     let tbs_der = tbs.to_der().map_err(|e| Error::Internal(e.to_string()))?;
     let digest: [u8; 32] = Sha256::digest(&tbs_der).into();
-    let sig = b.sign_digest(key, &digest)?;
+    // The key's own certificate, made with the key (audited as the key's creation): the
+    // one signature made here rather than through the guard.
+    let sig = b.sign_digest(&SignGrant(()), key, &digest)?;
     let der = cert::assemble(tbs, &sig).map_err(|e| Error::Internal(e.to_string()))?;
     b.store_certificate(key, gun, &der)
 }
@@ -614,6 +634,16 @@ pub struct SigningRights {
     _only_from_keyring: (),
 }
 
+/// Proof, inside a backend's signing call, that the call came through this module: its
+/// field is private to `keys`, so code elsewhere (a `Token::run` closure, say) cannot make
+/// one and cannot reach [`KeyBackend::sign_digest`] around the guard.
+///
+/// ```compile_fail
+/// // Outside `keys` no grant can be made, so no backend can be asked to sign directly.
+/// let grant = dct_agent::keys::SignGrant(());
+/// ```
+pub struct SignGrant(());
+
 struct Listing {
     at: std::time::Instant,
     keys: Arc<Vec<KeyEntry>>,
@@ -639,9 +669,11 @@ impl Keyring {
 
     /// Forgets the cached listing (after this agent changed a token).
     pub fn invalidate(&self) {
-        if let Ok(mut l) = self.listing.lock() {
-            *l = None;
-        }
+        // Never skipped on a poisoned lock: a stale listing could name a deleted key.
+        *self
+            .listing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     fn remember(&self, keys: &[KeyEntry], errors: &[String]) -> Arc<Vec<KeyEntry>> {

@@ -925,7 +925,12 @@ impl KeyBackend for PivBackend {
         self.certify(slot, role, gun, spki)
     }
 
-    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
+    fn sign_digest(
+        &mut self,
+        _grant: &super::SignGrant,
+        key: &KeyEntry,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>> {
         let slot = Self::slot_of(key)?;
         self.sign_slot(slot, &key.key_id, digest)
     }

@@ -525,9 +525,12 @@ impl KeyBackend for Pkcs11Backend {
 
     fn logout(&mut self) -> Result<()> {
         self.handles.clear();
-        if let Ok(mut p) = self.pin.lock() {
-            *p = None;
-        }
+        // Forgetting the PIN must not be skipped because another thread panicked while
+        // holding the lock (fail closed): clearing an Option is sound on poisoned data.
+        *self
+            .pin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         if self.session.is_none() || !self.logged_in() {
             return Ok(());
         }
@@ -753,7 +756,12 @@ impl KeyBackend for Pkcs11Backend {
         Some(Pkcs11Backend::session_factory(self))
     }
 
-    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
+    fn sign_digest(
+        &mut self,
+        _grant: &super::SignGrant,
+        key: &KeyEntry,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>> {
         let h = self.private_handle(key)?;
         let pin = self.pin.clone();
         let r = ecdsa(self.session()?, h, digest, &pin);
@@ -951,9 +959,9 @@ fn ecdsa(
                 _
             )
         ) {
-            if let Ok(mut p) = pin_holder.lock() {
-                *p = None;
-            }
+            *pin_holder
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         }
         return Err(e);
     }
@@ -1012,7 +1020,12 @@ impl SignSession {
 }
 
 impl super::SignSession for SignSession {
-    fn sign_digest(&mut self, key: &KeyEntry, digest: &[u8; 32]) -> Result<Vec<u8>> {
+    fn sign_digest(
+        &mut self,
+        _grant: &super::SignGrant,
+        key: &KeyEntry,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>> {
         let cache_key = (key.handle.clone(), private_label(key));
         for attempt in 0..2 {
             let h = match self.handles.get(&cache_key) {
