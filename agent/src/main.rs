@@ -73,29 +73,38 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
     runtime.block_on(async move {
+        // Handlers first: a SIGTERM during start-up (say, right after the socket appeared)
+        // is a clean shutdown, not the default death.
+        let shutdown = shutdown_signal()?;
         let tokens = server::start_tokens(&cfg.pkcs11, &cfg.file, &cfg.piv)?;
         for t in &tokens {
             tracing::info!(token = %t.label, backend = t.backend, "token configured");
         }
-        let listener = server::bind(&socket)?;
-        tracing::info!("listening on {}", socket.display());
-        listener.serve(&cfg, tokens, shutdown_signal()).await?;
-        tracing::info!("stopped; removed {}", socket.display());
+        let listener = match server::activation::passed_listener() {
+            Some(passed) => passed?,
+            None => {
+                let l = server::bind(&socket)?;
+                tracing::info!("listening on {}", socket.display());
+                l
+            }
+        };
+        listener.serve(&cfg, tokens, shutdown).await?;
+        tracing::info!("stopped");
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves on the first SIGINT or SIGTERM; the handlers are installed now.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-    }
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+    })
 }

@@ -1,6 +1,7 @@
 //! Shared harness for the end-to-end tests: a fresh SoftHSM2 token per test (its own
 //! `SOFTHSM2_CONF` and token directory), the real `dct-agent` daemon and `dct` CLI.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -222,6 +223,9 @@ pub struct Agent {
     /// Print each `dct` command and its output (for the demo).
     pub echo: bool,
     softhsm_conf: Option<PathBuf>,
+    /// Started by `systemd-socket-activate` on the first connection (the LISTEN_FDS
+    /// protocol) instead of binding its own socket.
+    socket_activated: bool,
 }
 
 impl Agent {
@@ -239,6 +243,17 @@ impl Agent {
     }
 
     pub fn start_with_config(hsm: Option<&SoftHsm>, config: &str) -> Agent {
+        Self::start_as(hsm, config, false)
+    }
+
+    /// As [`Agent::start_with_config`], but through `systemd-socket-activate` (Debian
+    /// `systemd`): it listens on the socket, and the agent starts, with that socket passed,
+    /// on the first connection. `run/` is made 0700 first, as systemd's DirectoryMode would.
+    pub fn start_socket_activated(hsm: Option<&SoftHsm>, config: &str) -> Agent {
+        Self::start_as(hsm, config, true)
+    }
+
+    fn start_as(hsm: Option<&SoftHsm>, config: &str, socket_activated: bool) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("agent.toml");
         // Each agent keeps its own TOFU cache.
@@ -268,6 +283,7 @@ impl Agent {
             socket,
             echo: false,
             softhsm_conf: hsm.map(|h| h.conf.clone()),
+            socket_activated,
         };
         agent.spawn(&cfg);
         agent
@@ -279,11 +295,26 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(bin("dct-agent"));
-        cmd.arg("--config")
-            .arg(cfg)
-            .arg("--socket")
-            .arg(&self.socket);
+        let mut cmd = if self.socket_activated {
+            let run = self.socket.parent().expect("socket dir");
+            std::fs::create_dir_all(run).unwrap();
+            std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o700)).unwrap();
+            // It passes no environment but what -E names.
+            let mut c = Command::new("systemd-socket-activate");
+            c.arg("-l").arg(&self.socket);
+            for var in ["HOME", "PATH", "NO_COLOR=1", "DCT_LOG=info"] {
+                c.arg("-E").arg(var);
+            }
+            if let Some(conf) = &self.softhsm_conf {
+                c.arg("-E").arg(format!("SOFTHSM2_CONF={}", conf.display()));
+            }
+            c.arg(bin("dct-agent")).arg("--config").arg(cfg);
+            c
+        } else {
+            let mut c = Command::new(bin("dct-agent"));
+            c.arg("--config").arg(cfg).arg("--socket").arg(&self.socket);
+            c
+        };
         cmd.env_remove("DCT_SOCKET")
             .env("NO_COLOR", "1")
             .env("DCT_LOG", "info");

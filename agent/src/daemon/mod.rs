@@ -3,6 +3,7 @@
 //! (0700), a socket (0600), a peer-uid check on every connection before any RPC runs, and a
 //! clean shutdown that removes the socket.
 
+pub mod activation;
 pub mod config;
 
 use std::future::Future;
@@ -167,6 +168,11 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
         }
         Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
     }
+    check_private_dir(dir)
+}
+
+/// The socket's directory belongs to the agent's user and nobody else may enter it.
+fn check_private_dir(dir: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let uid = nix::unistd::getuid().as_raw();
     if meta.uid() != uid {
@@ -190,6 +196,9 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
 pub struct Listener {
     path: PathBuf,
     listener: UnixListener,
+    /// Made by the agent (removed at shutdown), not passed by socket activation (whose
+    /// socket belongs to systemd and outlives the agent).
+    owned: bool,
 }
 
 /// Binds the socket, refusing to take over one where another agent answers.
@@ -214,8 +223,8 @@ pub fn bind(path: &Path) -> Result<Listener, String> {
     // or has the default mode.
     let tmp = dir.join(format!(".agent.sock.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)
-        .map_err(|e| format!("cannot listen on {}: {e}", tmp.display()))?;
+    let listener =
+        UnixListener::bind(&tmp).map_err(|e| format!("cannot listen on {}: {e}", tmp.display()))?;
     let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot chmod {}: {e}", tmp.display()))
         .and_then(|()| {
@@ -229,6 +238,7 @@ pub fn bind(path: &Path) -> Result<Listener, String> {
     Ok(Listener {
         path: path.to_path_buf(),
         listener,
+        owned: true,
     })
 }
 
@@ -295,6 +305,7 @@ impl Listener {
         let own_uid = nix::unistd::getuid().as_raw();
         let allowed = config.allowed_uids.clone();
         let audit = guard.audit().clone();
+        let (path, owned) = (self.path.clone(), self.owned);
         let incoming = UnixListenerStream::new(self.listener).filter(move |conn| match conn {
             Ok(stream) => match stream.peer_cred() {
                 Ok(cred) if cred.uid() == own_uid || allowed.contains(&cred.uid()) => true,
@@ -344,7 +355,9 @@ impl Listener {
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-        let _ = std::fs::remove_file(&self.path);
+        if owned {
+            let _ = std::fs::remove_file(&path);
+        }
         result.map_err(|e| format!("server: {e}"))
     }
 }
