@@ -5,6 +5,7 @@
 mod audit;
 mod ceremony;
 mod client;
+mod image;
 mod output;
 mod trust;
 
