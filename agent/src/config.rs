@@ -506,15 +506,10 @@ pub fn default_config_path() -> Option<PathBuf> {
     Some(base.join("dct").join("agent.toml"))
 }
 
-/// `$XDG_RUNTIME_DIR/dct-agent/agent.sock`, else `/tmp/dct-agent-<uid>/agent.sock`.
-/// The CLI computes the same path.
+/// `$XDG_RUNTIME_DIR/dct-agent/agent.sock`, else `/tmp/dct-agent-<uid>/agent.sock`: the
+/// CLI's default too (both from dct-wire).
 pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d).join("dct-agent").join("agent.sock"),
-        None => {
-            PathBuf::from(format!("/tmp/dct-agent-{}", nix::unistd::getuid())).join("agent.sock")
-        }
-    }
+    dct_wire::socket::default_socket_path(nix::unistd::getuid().as_raw())
 }
 
 #[cfg(test)]

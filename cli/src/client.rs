@@ -38,14 +38,9 @@ impl Failure {
 }
 
 /// `$XDG_RUNTIME_DIR/dct-agent/agent.sock`, else `/tmp/dct-agent-<uid>/agent.sock`: the
-/// agent's default.
+/// agent's default (both from dct-wire).
 pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d).join("dct-agent").join("agent.sock"),
-        None => {
-            PathBuf::from(format!("/tmp/dct-agent-{}", nix::unistd::getuid())).join("agent.sock")
-        }
-    }
+    dct_wire::socket::default_socket_path(nix::unistd::getuid().as_raw())
 }
 
 pub struct Client {

@@ -206,44 +206,25 @@ enum TufCmd {
 /// Seals a PIN or passphrase to a one-use key of the agent, so that it never travels (nor
 /// lingers in the agent's transport buffers) in plaintext.
 async fn seal(c: &mut Client, secret: &SecretString) -> Result<pb::SealedSecret, Failure> {
-    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-    use sha2::Digest;
     let ch = c
         .call(|mut a| async move { a.secret_channel(pb::SecretChannelRequest {}).await })
         .await?;
-    let agent: [u8; 32] = ch
-        .agent_public
-        .as_slice()
-        .try_into()
-        .map_err(|_| Failure::failed("the agent's channel key is not 32 bytes"))?;
-    let mine = x25519_dalek::EphemeralSecret::random_from_rng(rand_core::OsRng);
-    let client = x25519_dalek::PublicKey::from(&mine).to_bytes();
-    let shared = zeroize::Zeroizing::new(
-        mine.diffie_hellman(&x25519_dalek::PublicKey::from(agent))
-            .to_bytes(),
-    );
-    let mut h = sha2::Sha256::new();
-    h.update(b"dct-secret-v1");
-    h.update(shared.as_slice());
-    h.update(agent);
-    h.update(client);
-    let key = zeroize::Zeroizing::new(<[u8; 32]>::from(h.finalize()));
-    let mut nonce = [0u8; 12];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-    let ciphertext = chacha20poly1305::ChaCha20Poly1305::new(key.as_slice().into())
-        .encrypt(
-            (&nonce).into(),
-            Payload {
-                msg: secret.expose_secret().as_bytes(),
-                aad: &ch.channel.to_be_bytes(),
-            },
-        )
-        .map_err(|_| Failure::failed("cannot seal the secret"))?;
+    let sealed = dct_wire::seal::seal(
+        &ch.agent_public,
+        ch.channel,
+        secret.expose_secret().as_bytes(),
+    )
+    .map_err(|e| match e {
+        dct_wire::seal::SealError::BadPublicKey => {
+            Failure::failed("the agent's channel key is not 32 bytes")
+        }
+        other => Failure::failed(other.to_string()),
+    })?;
     Ok(pb::SealedSecret {
         channel: ch.channel,
-        client_public: client.to_vec(),
-        nonce: nonce.to_vec(),
-        ciphertext,
+        client_public: sealed.client_public.to_vec(),
+        nonce: sealed.nonce.to_vec(),
+        ciphertext: sealed.ciphertext,
     })
 }
 
