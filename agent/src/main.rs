@@ -77,7 +77,7 @@ fn run(args: Args) -> Result<(), String> {
         for t in &tokens {
             tracing::info!(token = %t.label, backend = t.backend, "token configured");
         }
-        let listener = server::bind(&socket)?;
+        let listener = server::bind(&socket, cfg.socket_access()?.as_ref())?;
         tracing::info!("listening on {}", socket.display());
         listener.serve(&cfg, tokens, shutdown_signal()).await?;
         tracing::info!("stopped; removed {}", socket.display());

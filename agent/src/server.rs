@@ -1,5 +1,7 @@
 //! The Unix-socket listener: a private directory (0700), a socket (0600), a peer-uid check
 //! on every connection before any RPC runs, and a clean shutdown that removes the socket.
+//! Shared with `socket_group` (for `allowed_uids`): the directory 0750 and the socket 0660,
+//! both of that group; never any access for others, and the peer-uid check all the same.
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -10,7 +12,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::config::{Config, Pkcs11Config};
+use crate::config::{Config, Pkcs11Config, SocketAccess};
 use crate::guard::Guard;
 use crate::keys::pkcs11::{Modules, Pkcs11Backend, BACKEND};
 use crate::keys::{Keyring, Token};
@@ -193,7 +195,14 @@ pub fn read_pin_file(path: &Path) -> Result<secrecy::SecretString, String> {
 }
 
 /// Makes the socket's directory (0700) or checks an existing one is ours and private.
-fn prepare_dir(dir: &Path) -> Result<(), String> {
+/// Shared (`access`): 0750 and of the socket's group; an existing one must be ours and not
+/// looser than that, and is then given that group and mode.
+fn prepare_dir(dir: &Path, access: Option<&SocketAccess>) -> Result<(), String> {
+    let want = if access.is_some() {
+        SocketAccess::DIR_MODE
+    } else {
+        0o700
+    };
     match std::fs::DirBuilder::new()
         .recursive(false)
         .mode(0o700)
@@ -223,14 +232,50 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
+    match access {
+        None if mode & 0o077 != 0 => Err(format!(
             "socket directory {} has mode {mode:o}; it must be private: chmod 700 {}",
             dir.display(),
             dir.display()
-        ));
+        )),
+        None => Ok(()),
+        Some(_) if mode & !want != 0 => Err(format!(
+            "socket directory {} has mode {mode:o}; shared with socket_group it may be at most \
+             {want:o} (no group write, nothing for others): chmod {want:o} {}",
+            dir.display(),
+            dir.display()
+        )),
+        Some(a) => {
+            // The group first, then its access: nobody else passes in between.
+            nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(a.gid)))
+                .map_err(|e| format!("cannot give {} to group {}: {e}", dir.display(), a.gid))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want))
+                .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
+            warn_unreachable(dir, a.gid);
+            Ok(())
+        }
     }
-    Ok(())
+}
+
+/// Warns when a directory above the shared socket's keeps the group out (e.g. a 0700
+/// $XDG_RUNTIME_DIR): the agent cannot fix that, the administrator can.
+fn warn_unreachable(dir: &Path, gid: u32) {
+    for d in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(d) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        let passes = mode & 0o001 != 0 || (meta.gid() == gid && mode & 0o010 != 0);
+        if !passes {
+            tracing::warn!(
+                "group {gid} cannot pass {} (mode {:o}): the users of allowed_uids will not reach \
+                 the socket; put it elsewhere (socket = ...)",
+                d.display(),
+                mode & 0o777
+            );
+            return;
+        }
+    }
 }
 
 pub struct Listener {
@@ -238,13 +283,14 @@ pub struct Listener {
     listener: UnixListener,
 }
 
-/// Binds the socket, refusing to take over one where another agent answers.
-pub fn bind(path: &Path) -> Result<Listener, String> {
+/// Binds the socket, refusing to take over one where another agent answers. `access`
+/// (`Config::socket_access`) shares it with a group; None keeps it private.
+pub fn bind(path: &Path, access: Option<&SocketAccess>) -> Result<Listener, String> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    prepare_dir(dir)?;
+    prepare_dir(dir, access)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(format!(
@@ -257,7 +303,20 @@ pub fn bind(path: &Path) -> Result<Listener, String> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    let mode = match access {
+        Some(a) => {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(a.gid)))
+                .map_err(|e| format!("cannot give {} to group {}: {e}", path.display(), a.gid))?;
+            tracing::info!(
+                "socket shared with group {} (mode {:o}; allowed_uids checked on every connection)",
+                a.gid,
+                a.mode
+            );
+            a.mode
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
     Ok(Listener {
         path: path.to_path_buf(),

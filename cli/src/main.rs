@@ -35,6 +35,10 @@ struct Cli {
     /// The agent's socket. Default: $XDG_RUNTIME_DIR/dct-agent/agent.sock.
     #[arg(long, global = true, env = "DCT_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Also accept an agent run by this uid (a shared agent whose `allowed_uids` names you).
+    /// Without it, dct talks only to an agent of your own uid.
+    #[arg(long, global = true, env = "DCT_AGENT_UID", value_name = "UID")]
+    agent_uid: Option<u32>,
     /// Print machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -229,11 +233,15 @@ async fn seal(c: &mut Client, secret: &SecretString) -> Result<pb::SealedSecret,
 }
 
 /// `dct audit verify [FILE]`.
-async fn audit_verify(socket: &Path, file: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+async fn audit_verify(
+    target: &client::Target,
+    file: Option<PathBuf>,
+    json: bool,
+) -> Result<(), Failure> {
     // The agent's own view of its log, when it is the agent's log being checked.
     let (path, agent) = match file {
         Some(f) => (f, None),
-        None => match Client::connect(socket).await {
+        None => match Client::try_connect(target).await {
             Ok(mut c) => {
                 let s = c
                     .call(|mut a| async move { a.status(pb::StatusRequest {}).await })
@@ -241,16 +249,9 @@ async fn audit_verify(socket: &Path, file: Option<PathBuf>, json: bool) -> Resul
                 let a = s.audit.unwrap_or_default();
                 (PathBuf::from(&a.path), Some(a))
             }
-            Err(_) => {
-                let base = std::env::var_os("XDG_STATE_HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-                    .or_else(|| {
-                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
-                    })
-                    .unwrap_or_else(|| PathBuf::from("."));
-                (base.join("dct").join("audit.log"), None)
-            }
+            // An agent we do not trust is not checked against, nor is its log taken for ours.
+            Err(client::Connect::Refused(f)) => return Err(f),
+            Err(client::Connect::Unreachable(_)) => (dct_wire::audit::default_path(), None),
         },
     };
     let text = std::fs::read(&path)
@@ -314,22 +315,25 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let socket = cli
-        .socket
-        .clone()
-        .unwrap_or_else(client::default_socket_path);
+    let target = client::Target {
+        socket: cli
+            .socket
+            .clone()
+            .unwrap_or_else(client::default_socket_path),
+        agent_uid: cli.agent_uid,
+    };
     let json = cli.json;
     match cli.command {
-        Command::Audit(AuditCmd::Verify { file }) => audit_verify(&socket, file, json).await,
+        Command::Audit(AuditCmd::Verify { file }) => audit_verify(&target, file, json).await,
         Command::Status => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let s = c
                 .call(|mut a| async move { a.status(pb::StatusRequest {}).await })
                 .await?;
             if json {
                 return print_json(&output::status_json(&s));
             }
-            println!("dct-agent {} at {}", s.version, socket.display());
+            println!("dct-agent {} at {}", s.version, target.socket.display());
             println!("backends: {}", s.backends.join(", "));
             if s.tokens.is_empty() {
                 println!("no tokens configured");
@@ -373,7 +377,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             pin_file,
             force,
         } => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let token = token.unwrap_or_default();
             // A key-file directory with no PIN source given: the passphrases notary and
             // docker read from the environment, one unlock per variable set.
@@ -436,7 +440,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Lock { token, all: _ } => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::LockRequest {
                 token: token.unwrap_or_default(),
             };
@@ -457,7 +461,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             pin_policy,
             touch_policy,
         }) => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::GenerateKeyRequest {
                 role,
                 gun: gun.unwrap_or_default(),
@@ -479,7 +483,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Key(KeyCmd::Attest { key, out }) => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::AttestKeyRequest { key_id: key };
             let r = c
                 .call(|mut a| async move { a.attest_key(req).await })
@@ -507,7 +511,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Key(KeyCmd::List { token }) => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::ListKeysRequest {
                 token: token.unwrap_or_default(),
             };
@@ -563,11 +567,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Trust { server, command } => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             trust::run(&mut c, &server, command, json).await
         }
         Command::Ceremony { server, command } => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             ceremony::run(&mut c, server.resolve()?, command, json).await
         }
         Command::Key(KeyCmd::Import {
@@ -588,7 +592,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 SecretString::from(String::new())
             };
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let sealed_passphrase = if passphrase.expose_secret().is_empty() {
                 None
             } else {
@@ -618,7 +622,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Key(KeyCmd::ExportPublic { key }) => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let r = c
                 .call(|mut a| async move {
                     a.list_keys(pb::ListKeysRequest {
@@ -658,7 +662,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(p) => read_input(p)?,
                 None => Vec::new(),
             };
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             // A key whose policy asks for confirmation waits here while the agent's own
             // confirmation program asks the user; no answer comes from this process.
             let req = pb::SignMetadataRequest {
@@ -695,7 +699,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             root_keys,
         }) => {
             let files = read_repo_dir(&dir)?;
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::VerifyRepositoryRequest {
                 gun: gun.clone(),
                 files,

@@ -2,6 +2,8 @@
 //! (`seq`) and names in `prev` the [`line_hash`] of the line before it, or [`ZERO_HASH`]
 //! for the first. The agent writes it; `dct audit verify` checks it.
 
+use std::path::PathBuf;
+
 use sha2::{Digest, Sha256};
 
 /// `prev` of the first record.
@@ -14,6 +16,18 @@ pub fn line_hash(line: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Where the agent keeps its log unless its config says otherwise, and where `dct audit
+/// verify` looks with no agent to ask: `$XDG_STATE_HOME/dct/audit.log`, else
+/// `~/.local/state/dct/audit.log`.
+pub fn default_path() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("dct").join("audit.log")
 }
 
 #[cfg(test)]

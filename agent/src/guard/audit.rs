@@ -481,14 +481,10 @@ fn replay(path: &Path, ledger: &Ledger, accept_gap: bool) -> std::result::Result
     Ok(())
 }
 
-/// `$XDG_STATE_HOME/dct/audit.log`, else `~/.local/state/dct/audit.log`.
+/// `$XDG_STATE_HOME/dct/audit.log`, else `~/.local/state/dct/audit.log` (dct-wire's: the
+/// CLI looks there too).
 pub fn default_path() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("dct").join("audit.log")
+    dct_wire::audit::default_path()
 }
 
 /// A tower layer that runs each request with [`PEER`] set from its connection: the Unix
