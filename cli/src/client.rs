@@ -94,10 +94,14 @@ impl Client {
         // The uid of a server refused for not being the agent we trust.
         let refused = std::sync::Arc::new(std::sync::OnceLock::<u32>::new());
         let refused_in = refused.clone();
+        // Set once a trusted agent's socket accepted us (a failure after is its doing).
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted_in = accepted.clone();
         let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let p = p.clone();
                 let refused = refused_in.clone();
+                let accepted = accepted_in.clone();
                 async move {
                     let stream = tokio::net::UnixStream::connect(&p).await?;
                     // Talk only to an agent of our own user, or of the user we were told to
@@ -113,6 +117,7 @@ impl Client {
                                 expected.map(|u| format!(" nor by --agent-uid {u}")).unwrap_or_default()),
                         ));
                     }
+                    accepted.store(true, std::sync::atomic::Ordering::SeqCst);
                     Ok(TokioIo::new(stream))
                 }
             }))
@@ -133,6 +138,9 @@ impl Client {
                              allowed_uids names you), say so: --agent-uid {peer} or DCT_AGENT_UID={peer}"
                         )),
                     }),
+                    None if accepted.load(std::sync::atomic::Ordering::SeqCst) => {
+                        Connect::Unreachable(closed(&msg))
+                    }
                     None => Connect::Unreachable(unreachable(msg)),
                 }
             })?;
@@ -171,6 +179,20 @@ async fn watch_notices(channel: Channel) {
     }
 }
 
+/// The agent closed a connection before answering: an agent refuses uids that are neither
+/// its own nor in its allowed_uids without a word.
+fn closed(why: &str) -> Failure {
+    Failure {
+        code: EXIT_UNREACHABLE,
+        message: format!("the agent closed the connection ({why})"),
+        hint: Some(format!(
+            "a shared agent serves only its own user and those its allowed_uids names \
+             (you are uid {}); or it stopped",
+            nix::unistd::getuid()
+        )),
+    }
+}
+
 /// One mapping from agent status to a message and a next step.
 fn failure(s: Status) -> Failure {
     let msg = s.message().to_string();
@@ -190,6 +212,8 @@ fn failure(s: Status) -> Failure {
                 hint: Some("is dct-agent still running?".into()),
             };
         }
+        // The connection closed before any answer.
+        Code::Unknown if msg == "transport error" => return closed(&msg),
         Code::FailedPrecondition if msg.contains("locked: run") => None,
         Code::NotFound => Some("see `dct key list` and `dct status`".to_string()),
         _ => None,
