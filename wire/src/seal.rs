@@ -174,6 +174,6 @@ mod tests {
         h.update([1u8; 32]);
         h.update([2u8; 32]);
         h.update([3u8; 32]);
-        assert_eq!(k.as_slice(), h.finalize().as_slice());
+        assert_eq!(k.as_slice(), &h.finalize()[..]);
     }
 }
