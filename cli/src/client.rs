@@ -111,10 +111,15 @@ impl Client {
                     let own = nix::unistd::getuid().as_raw();
                     if !trusted_peer(peer, own, expected) {
                         let _ = refused.set(peer);
+                        let named = expected
+                            .map(|u| format!(" nor by --agent-uid {u}"))
+                            .unwrap_or_default();
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::PermissionDenied,
-                            format!("the socket is served by uid {peer}, not by us (uid {own}){}; refusing to use it",
-                                expected.map(|u| format!(" nor by --agent-uid {u}")).unwrap_or_default()),
+                            format!(
+                                "the socket is served by uid {peer}, not by us (uid {own}){named}; \
+                                 refusing to use it"
+                            ),
                         ));
                     }
                     accepted.store(true, std::sync::atomic::Ordering::SeqCst);

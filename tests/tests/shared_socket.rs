@@ -297,3 +297,57 @@ fn a_shared_socket_directory_looser_than_0750_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod 750"), "{err}");
 }
+
+#[test]
+fn a_shared_socket_the_group_cannot_reach_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = dir.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = closed.join("run").join("agent.sock");
+    let gid = nix::unistd::getegid().as_raw();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "allowed_uids = [4242]\nsocket_group = {gid}\naudit_log = {:?}\ntrust_dir = {:?}\n",
+            dir.path().join("audit.log").display().to_string(),
+            dir.path().join("trust").display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("agent.log");
+    let mut child = Command::new(dct_tests::bin("dct-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&socket)
+        .env_remove("DCT_SOCKET")
+        .env("DCT_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("group {gid} cannot pass {}", closed.display())),
+        "{text}"
+    );
+}
