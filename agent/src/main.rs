@@ -80,10 +80,11 @@ fn run(args: Args) -> Result<(), String> {
         for t in &tokens {
             tracing::info!(token = %t.label, backend = t.backend, "token configured");
         }
-        let listener = match server::activation::passed_listener() {
+        let access = cfg.socket_access()?;
+        let listener = match server::activation::passed_listener(access.as_ref()) {
             Some(passed) => passed?,
             None => {
-                let l = server::bind(&socket)?;
+                let l = server::bind(&socket, access.as_ref())?;
                 tracing::info!("listening on {}", socket.display());
                 l
             }

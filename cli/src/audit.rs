@@ -1,20 +1,15 @@
 //! `dct audit verify`: checks the agent's audit log without the agent. Each line is a JSON
 //! record numbered from 1 that names the SHA-256 of the line before it (zeros for the
-//! first); a changed, removed, inserted or moved record breaks the chain at that line.
+//! first); a changed, removed, inserted or moved record breaks the chain at that line. The
+//! chain's hashing is dct-wire's, the agent's too.
 
-use sha2::{Digest, Sha256};
-
-const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+use dct_wire::audit::{line_hash, ZERO_HASH};
 
 /// What a sound log holds.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
     pub records: u64,
     pub last_hash: String,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Checks a whole log; the error names the first line that breaks it.
@@ -49,7 +44,7 @@ pub fn verify(text: &[u8]) -> Result<Verified, String> {
             ));
         }
         seq = got;
-        prev = hex(&Sha256::digest(line));
+        prev = line_hash(line);
     }
     Ok(Verified {
         records: seq,
@@ -66,7 +61,7 @@ mod tests {
         let mut prev = ZERO_HASH.to_string();
         for seq in 1..=n {
             let line = format!(r#"{{"seq":{seq},"action":"sign","prev":"{prev}"}}"#);
-            prev = hex(&Sha256::digest(line.as_bytes()));
+            prev = line_hash(line.as_bytes());
             out.extend_from_slice(line.as_bytes());
             out.push(b'\n');
         }

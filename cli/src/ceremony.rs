@@ -354,7 +354,7 @@ pub async fn run(
                 let pass = backup_passphrase(backup_passphrase_file.as_deref())?;
                 Some(crate::seal(c, &pass).await?)
             };
-            let gun = crate::trust::gun_of(&crate::trust::split_tag(&image).0);
+            let gun = crate::image::gun_of(&crate::image::split_tag(&image).0);
             new_dir(&dir)?;
             let req = pb::CeremonyRootInitRequest {
                 backup_files: file_tokens,
@@ -436,7 +436,7 @@ pub async fn run(
                     tokens.len()
                 )));
             }
-            let gun = crate::trust::gun_of(&crate::trust::split_tag(&image).0);
+            let gun = crate::image::gun_of(&crate::image::split_tag(&image).0);
             new_dir(&dir)?;
             let req = pb::CeremonyRootRotateRequest {
                 server: Some(server),
@@ -667,24 +667,4 @@ async fn check(c: &mut Client, dir: &Path) -> Result<pb::CeremonyCheckResponse, 
     };
     c.call(|mut a| async move { a.ceremony_check(req).await })
         .await
-}
-
-/// The finished root of a ceremony for `gun`.
-pub fn final_root(dir: &Path, gun: &str) -> Result<Vec<u8>, Failure> {
-    let ceremony: Value = serde_json::from_slice(&read(dir, "ceremony.json")?)
-        .map_err(|e| Failure::failed(format!("ceremony.json: {e}")))?;
-    if ceremony["gun"].as_str() != Some(gun) {
-        return Err(Failure::usage(format!(
-            "the ceremony in {} is for {}, not {gun}",
-            dir.display(),
-            ceremony["gun"]
-        )));
-    }
-    read(dir, "root.final.json").map_err(|_| {
-        Failure::failed(format!(
-            "{} has no root.final.json: run dct ceremony finish {} first",
-            dir.display(),
-            dir.display()
-        ))
-    })
 }

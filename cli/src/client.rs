@@ -2,7 +2,7 @@
 //! with a next step.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dct_proto::dct::v1::agent_client::AgentClient;
 use hyper_util::rt::TokioIo;
@@ -43,14 +43,31 @@ impl Failure {
 }
 
 /// `$XDG_RUNTIME_DIR/dct-agent/agent.sock`, else `/tmp/dct-agent-<uid>/agent.sock`: the
-/// agent's default.
+/// agent's default (both from dct-wire).
 pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d).join("dct-agent").join("agent.sock"),
-        None => {
-            PathBuf::from(format!("/tmp/dct-agent-{}", nix::unistd::getuid())).join("agent.sock")
-        }
-    }
+    dct_wire::socket::default_socket_path(nix::unistd::getuid().as_raw())
+}
+
+/// Which agent to talk to: its socket, and the user (besides our own) whose agent we trust
+/// there.
+pub struct Target {
+    pub socket: PathBuf,
+    /// `--agent-uid` / `DCT_AGENT_UID`: an agent run by this uid is accepted too (a shared
+    /// agent, its `allowed_uids` naming us). Without it only an agent of our own uid is.
+    pub agent_uid: Option<u32>,
+}
+
+/// Whether the socket's server may be talked to: our own uid, or the one we were told.
+pub fn trusted_peer(peer: u32, own: u32, expected: Option<u32>) -> bool {
+    peer == own || expected == Some(peer)
+}
+
+/// Why there is no connection.
+pub enum Connect {
+    /// Nothing answers at the socket.
+    Unreachable(Failure),
+    /// Something answers, served by a uid we do not trust.
+    Refused(Failure),
 }
 
 pub struct Client {
@@ -58,8 +75,16 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(socket: &Path) -> Result<Client, Failure> {
-        let path = socket.to_path_buf();
+    pub async fn connect(target: &Target) -> Result<Client, Failure> {
+        Self::try_connect(target).await.map_err(|e| match e {
+            Connect::Unreachable(f) | Connect::Refused(f) => f,
+        })
+    }
+
+    /// As [`Client::connect`], telling an agent that is not there from one refused.
+    pub async fn try_connect(target: &Target) -> Result<Client, Connect> {
+        let path = target.socket.clone();
+        let expected = target.agent_uid;
         let unreachable = |e: String| Failure {
             code: EXIT_UNREACHABLE,
             message: format!("agent not running at {} ({e})", path.display()),
@@ -70,23 +95,40 @@ impl Client {
         };
         // The URI is required by the API but unused: the connector dials the socket.
         let endpoint = Endpoint::try_from("http://dct-agent.invalid")
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| Connect::Unreachable(unreachable(e.to_string())))?;
         let p = path.clone();
+        // The uid of a server refused for not being the agent we trust.
+        let refused = std::sync::Arc::new(std::sync::OnceLock::<u32>::new());
+        let refused_in = refused.clone();
+        // Set once a trusted agent's socket accepted us (a failure after is its doing).
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted_in = accepted.clone();
         let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let p = p.clone();
+                let refused = refused_in.clone();
+                let accepted = accepted_in.clone();
                 async move {
                     let stream = tokio::net::UnixStream::connect(&p).await?;
-                    // Talk only to an agent of our own user: never send a PIN or trust a
-                    // signature from a listener someone else put at this path.
+                    // Talk only to an agent of our own user, or of the user we were told to
+                    // trust: never send a PIN or trust a signature from a listener someone
+                    // else put at this path. Checked on every (re)connection.
                     let peer = stream.peer_cred()?.uid();
                     let own = nix::unistd::getuid().as_raw();
-                    if peer != own {
+                    if !trusted_peer(peer, own, expected) {
+                        let _ = refused.set(peer);
+                        let named = expected
+                            .map(|u| format!(" nor by --agent-uid {u}"))
+                            .unwrap_or_default();
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::PermissionDenied,
-                            format!("the socket is served by uid {peer}, not by us (uid {own}); refusing to use it"),
+                            format!(
+                                "the socket is served by uid {peer}, not by us (uid {own}){named}; \
+                                 refusing to use it"
+                            ),
                         ));
                     }
+                    accepted.store(true, std::sync::atomic::Ordering::SeqCst);
                     Ok(TokioIo::new(stream))
                 }
             }))
@@ -98,7 +140,21 @@ impl Client {
                     msg = s.to_string();
                     src = s.source();
                 }
-                unreachable(msg)
+                match refused.get() {
+                    Some(peer) => Connect::Refused(Failure {
+                        code: EXIT_UNREACHABLE,
+                        message: format!("agent at {}: {msg}", path.display()),
+                        hint: Some(format!(
+                            "if the agent of uid {peer} is the one you mean to use (a shared agent whose \
+                             allowed_uids names you), say so: --agent-uid {peer} or DCT_AGENT_UID={peer}"
+                        )),
+                        reason: Some("unexpected_agent_uid".into()),
+                    }),
+                    None if accepted.load(std::sync::atomic::Ordering::SeqCst) => {
+                        Connect::Unreachable(closed(&msg))
+                    }
+                    None => Connect::Unreachable(unreachable(msg)),
+                }
             })?;
         watch_notices(channel.clone()).await;
         Ok(Client {
@@ -135,6 +191,21 @@ async fn watch_notices(channel: Channel) {
     }
 }
 
+/// The agent closed a connection before answering: an agent refuses uids that are neither
+/// its own nor in its allowed_uids without a word.
+fn closed(why: &str) -> Failure {
+    Failure {
+        code: EXIT_UNREACHABLE,
+        message: format!("the agent closed the connection ({why})"),
+        hint: Some(format!(
+            "a shared agent serves only its own user and those its allowed_uids names \
+             (you are uid {}); or it stopped",
+            nix::unistd::getuid()
+        )),
+        reason: Some("connection_closed".into()),
+    }
+}
+
 /// One mapping from agent status to a message and a next step, decided on the agent's
 /// machine-readable reason (never on message text).
 fn failure(s: Status) -> Failure {
@@ -163,6 +234,8 @@ fn failure(s: Status) -> Failure {
                 reason: Some("connection_lost".into()),
             };
         }
+        // Not the agent's: the connection closed before any answer (tonic's own status).
+        (Code::Unknown, None) if msg == "transport error" => return closed(&msg),
         (_, Some("not_found")) => Some("see `dct key list` and `dct status`".to_string()),
         (_, Some("resource_exhausted")) => {
             Some("the agent is at max_concurrent_requests; try again shortly".to_string())
@@ -174,5 +247,19 @@ fn failure(s: Status) -> Failure {
         message: msg,
         hint,
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_own_or_the_named_agent_uid_is_trusted() {
+        assert!(trusted_peer(1000, 1000, None));
+        assert!(!trusted_peer(0, 1000, None));
+        assert!(trusted_peer(0, 1000, Some(0)));
+        assert!(!trusted_peer(1001, 1000, Some(0)));
+        assert!(trusted_peer(1000, 1000, Some(0)));
     }
 }

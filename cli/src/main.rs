@@ -5,6 +5,7 @@
 mod audit;
 mod ceremony;
 mod client;
+mod image;
 mod output;
 mod trust;
 
@@ -34,6 +35,10 @@ struct Cli {
     /// The agent's socket. Default: $XDG_RUNTIME_DIR/dct-agent/agent.sock.
     #[arg(long, global = true, env = "DCT_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Also accept an agent run by this uid (a shared agent whose `allowed_uids` names you).
+    /// Without it, dct talks only to an agent of your own uid.
+    #[arg(long, global = true, env = "DCT_AGENT_UID", value_name = "UID")]
+    agent_uid: Option<u32>,
     /// Print machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -205,53 +210,38 @@ enum TufCmd {
 /// Seals a PIN or passphrase to a one-use key of the agent, so that it never travels (nor
 /// lingers in the agent's transport buffers) in plaintext.
 async fn seal(c: &mut Client, secret: &SecretString) -> Result<pb::SealedSecret, Failure> {
-    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-    use sha2::Digest;
     let ch = c
         .call(|mut a| async move { a.secret_channel(pb::SecretChannelRequest {}).await })
         .await?;
-    let agent: [u8; 32] = ch
-        .agent_public
-        .as_slice()
-        .try_into()
-        .map_err(|_| Failure::failed("the agent's channel key is not 32 bytes"))?;
-    let mine = x25519_dalek::EphemeralSecret::random_from_rng(rand_core::OsRng);
-    let client = x25519_dalek::PublicKey::from(&mine).to_bytes();
-    let shared = zeroize::Zeroizing::new(
-        mine.diffie_hellman(&x25519_dalek::PublicKey::from(agent))
-            .to_bytes(),
-    );
-    let mut h = sha2::Sha256::new();
-    h.update(b"dct-secret-v1");
-    h.update(shared.as_slice());
-    h.update(agent);
-    h.update(client);
-    let key = zeroize::Zeroizing::new(<[u8; 32]>::from(h.finalize()));
-    let mut nonce = [0u8; 12];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-    let ciphertext = chacha20poly1305::ChaCha20Poly1305::new(key.as_slice().into())
-        .encrypt(
-            (&nonce).into(),
-            Payload {
-                msg: secret.expose_secret().as_bytes(),
-                aad: &ch.channel.to_be_bytes(),
-            },
-        )
-        .map_err(|_| Failure::failed("cannot seal the secret"))?;
+    let sealed = dct_wire::seal::seal(
+        &ch.agent_public,
+        ch.channel,
+        secret.expose_secret().as_bytes(),
+    )
+    .map_err(|e| match e {
+        dct_wire::seal::SealError::BadPublicKey => {
+            Failure::failed("the agent's channel key is not 32 bytes")
+        }
+        other => Failure::failed(other.to_string()),
+    })?;
     Ok(pb::SealedSecret {
         channel: ch.channel,
-        client_public: client.to_vec(),
-        nonce: nonce.to_vec(),
-        ciphertext,
+        client_public: sealed.client_public.to_vec(),
+        nonce: sealed.nonce.to_vec(),
+        ciphertext: sealed.ciphertext,
     })
 }
 
 /// `dct audit verify [FILE]`.
-async fn audit_verify(socket: &Path, file: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+async fn audit_verify(
+    target: &client::Target,
+    file: Option<PathBuf>,
+    json: bool,
+) -> Result<(), Failure> {
     // The agent's own view of its log, when it is the agent's log being checked.
     let (path, agent) = match file {
         Some(f) => (f, None),
-        None => match Client::connect(socket).await {
+        None => match Client::try_connect(target).await {
             Ok(mut c) => {
                 let s = c
                     .call(|mut a| async move { a.status(pb::StatusRequest {}).await })
@@ -259,16 +249,9 @@ async fn audit_verify(socket: &Path, file: Option<PathBuf>, json: bool) -> Resul
                 let a = s.audit.unwrap_or_default();
                 (PathBuf::from(&a.path), Some(a))
             }
-            Err(_) => {
-                let base = std::env::var_os("XDG_STATE_HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-                    .or_else(|| {
-                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
-                    })
-                    .unwrap_or_else(|| PathBuf::from("."));
-                (base.join("dct").join("audit.log"), None)
-            }
+            // An agent we do not trust is not checked against, nor is its log taken for ours.
+            Err(client::Connect::Refused(f)) => return Err(f),
+            Err(client::Connect::Unreachable(_)) => (dct_wire::audit::default_path(), None),
         },
     };
     let text = std::fs::read(&path)
@@ -342,22 +325,25 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let socket = cli
-        .socket
-        .clone()
-        .unwrap_or_else(client::default_socket_path);
+    let target = client::Target {
+        socket: cli
+            .socket
+            .clone()
+            .unwrap_or_else(client::default_socket_path),
+        agent_uid: cli.agent_uid,
+    };
     let json = cli.json;
     match cli.command {
-        Command::Audit(AuditCmd::Verify { file }) => audit_verify(&socket, file, json).await,
+        Command::Audit(AuditCmd::Verify { file }) => audit_verify(&target, file, json).await,
         Command::Status => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let s = c
                 .call(|mut a| async move { a.status(pb::StatusRequest {}).await })
                 .await?;
             if json {
                 return print_json(&output::status_json(&s));
             }
-            println!("dct-agent {} at {}", s.version, socket.display());
+            println!("dct-agent {} at {}", s.version, target.socket.display());
             println!("backends: {}", s.backends.join(", "));
             if s.tokens.is_empty() {
                 println!("no tokens configured");
@@ -401,7 +387,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             pin_file,
             force,
         } => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let token = token.unwrap_or_default();
             // A key-file directory with no PIN source given: the passphrases notary and
             // docker read from the environment, one unlock per variable set.
@@ -464,7 +450,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Lock { token, all: _ } => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::LockRequest {
                 token: token.unwrap_or_default(),
             };
@@ -485,7 +471,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             pin_policy,
             touch_policy,
         }) => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::GenerateKeyRequest {
                 role,
                 gun: gun.unwrap_or_default(),
@@ -507,7 +493,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Key(KeyCmd::Attest { key, out }) => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::AttestKeyRequest { key_id: key };
             let r = c
                 .call(|mut a| async move { a.attest_key(req).await })
@@ -535,7 +521,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Key(KeyCmd::List { token }) => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::ListKeysRequest {
                 token: token.unwrap_or_default(),
             };
@@ -591,11 +577,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Trust { server, command } => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             trust::run(&mut c, &server, command, json).await
         }
         Command::Ceremony { server, command } => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             ceremony::run(&mut c, server.resolve()?, command, json).await
         }
         Command::Key(KeyCmd::Import {
@@ -616,7 +602,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 SecretString::from(String::new())
             };
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let sealed_passphrase = if passphrase.expose_secret().is_empty() {
                 None
             } else {
@@ -646,7 +632,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Key(KeyCmd::ExportPublic { key }) => {
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let r = c
                 .call(|mut a| async move {
                     a.list_keys(pb::ListKeysRequest {
@@ -686,7 +672,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(p) => read_input(p)?,
                 None => Vec::new(),
             };
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             // A key whose policy asks for confirmation waits here while the agent's own
             // confirmation program asks the user; no answer comes from this process.
             let req = pb::SignMetadataRequest {
@@ -723,7 +709,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             root_keys,
         }) => {
             let files = read_repo_dir(&dir)?;
-            let mut c = Client::connect(&socket).await?;
+            let mut c = Client::connect(&target).await?;
             let req = pb::VerifyRepositoryRequest {
                 gun: gun.clone(),
                 files,

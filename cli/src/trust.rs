@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use dct_proto::dct::v1 as pb;
 
 use crate::client::{Client, Failure};
+use crate::image::{gun_of, split_tag};
 use crate::output::{print_json, Table};
 
 #[derive(Args)]
@@ -152,33 +153,6 @@ pub enum SignerCmd {
     Remove { name: String, image: String },
 }
 
-/// Docker's repository name for `name`: a first component without `.` or `:` (and not
-/// `localhost`) is on Docker Hub, `docker.io/`, with `library/` for one-component names.
-pub fn gun_of(name: &str) -> String {
-    let first = name.split('/').next().unwrap_or_default();
-    let has_host =
-        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    if has_host {
-        name.to_string()
-    } else if name.contains('/') {
-        format!("docker.io/{name}")
-    } else {
-        format!("docker.io/library/{name}")
-    }
-}
-
-/// Splits `IMAGE[:TAG]` (a `:` after the last `/` starts the tag).
-pub fn split_tag(image: &str) -> (String, Option<String>) {
-    let slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
-    match image[slash..].rfind(':') {
-        Some(i) => (
-            image[..slash + i].to_string(),
-            Some(image[slash + i + 1..].to_string()),
-        ),
-        None => (image.to_string(), None),
-    }
-}
-
 /// Reads `IMAGE:TAG sha256:<hex> SIZE` lines (see `dct trust sign --from`).
 fn read_tag_list(path: &std::path::Path) -> Result<Vec<(String, pb::TagTarget)>, Failure> {
     let text = if path.as_os_str() == "-" {
@@ -264,7 +238,7 @@ pub async fn run(
             let (name, _) = split_tag(&image);
             let gun = gun_of(&name);
             let root_json = match &root_from {
-                Some(dir) => crate::ceremony::final_root(dir, &gun)?,
+                Some(dir) => crate::image::final_root(dir, &gun)?,
                 None => Vec::new(),
             };
             let req = pb::TrustInitRequest {
@@ -583,7 +557,7 @@ pub async fn run(
             let req = pb::TrustPublishRootRequest {
                 server: Some(srv),
                 gun: gun.clone(),
-                root_json: crate::ceremony::final_root(&dir, &gun)?,
+                root_json: crate::image::final_root(&dir, &gun)?,
             };
             let r = c
                 .call(|mut a| async move { a.trust_publish_root(req).await })
@@ -659,26 +633,5 @@ pub async fn run(
             println!("  Repository Key:\t{}", r.repository_keys.join(", "));
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn docker_names() {
-        assert_eq!(gun_of("alpine"), "docker.io/library/alpine");
-        assert_eq!(gun_of("me/app"), "docker.io/me/app");
-        assert_eq!(
-            gun_of("registry.example.com/app"),
-            "registry.example.com/app"
-        );
-        assert_eq!(gun_of("localhost:5000/app"), "localhost:5000/app");
-        assert_eq!(
-            split_tag("host:5000/app:v1"),
-            ("host:5000/app".into(), Some("v1".into()))
-        );
-        assert_eq!(split_tag("host:5000/app"), ("host:5000/app".into(), None));
     }
 }

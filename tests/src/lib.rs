@@ -397,6 +397,7 @@ impl Agent {
         cmd.args(args)
             .env("DCT_SOCKET", &self.socket)
             .env_remove("DCT_PIN")
+            .env_remove("DCT_AGENT_UID")
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
@@ -408,6 +409,43 @@ impl Agent {
             eprint!("{}", run.stderr());
         }
         run
+    }
+
+    /// Runs `dct` against this agent as `user` (root only): a copy of the binary in this
+    /// agent's directory, which becomes passable (0711; nothing in it is listed) so that the
+    /// user can reach it and the socket's directory. `HOME` is `home`.
+    pub fn dct_as(
+        &self,
+        user: &OtherUser,
+        home: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
+        use std::os::unix::fs::PermissionsExt;
+        let bin_dir = self.dir.path().join("bin");
+        let dct = bin_dir.join("dct");
+        if !dct.exists() {
+            std::fs::create_dir_all(&bin_dir).unwrap();
+            std::fs::copy(bin("dct"), &dct).unwrap();
+            std::fs::set_permissions(&bin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(&dct, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .arg("--init-groups")
+            .arg(&dct)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", home)
+            .env("DCT_SOCKET", &self.socket)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Run(cmd.output().expect("setpriv dct"))
     }
 
     /// `dct tuf sign PATH --key KEY EXTRA...`.
@@ -448,6 +486,78 @@ impl Agent {
             args.extend(["--gun", g]);
         }
         self.dct(&args).ok().stdout.trim().to_string()
+    }
+}
+
+/// A local user other than the test's (for tests that run as root).
+pub struct OtherUser {
+    pub name: String,
+    pub uid: u32,
+    /// Its primary group.
+    pub gid: u32,
+}
+
+/// One `useradd` / `groupadd` / `usermod` at a time in this process (they lock /etc/passwd
+/// and /etc/group; another process holding the lock is waited out by retrying).
+static ACCOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn account_tool(tool: &str, args: &[&str], done: impl Fn() -> bool) {
+    for _ in 0..50 {
+        if done() {
+            return;
+        }
+        let out = Command::new(tool).args(args).output().expect(tool);
+        if out.status.success() && done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(done(), "{tool} {args:?} did not take effect");
+}
+
+/// The gid of system group `name`, made if missing (root only; idempotent).
+pub fn system_group(name: &str) -> u32 {
+    let _lock = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let gid = || {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    };
+    account_tool("groupadd", &["--system", name], || gid().is_some());
+    gid().expect("group made")
+}
+
+/// System user `name` (no home directory, no login shell) and a member of `groups`, made
+/// if missing (root only; idempotent).
+pub fn system_user(name: &str, groups: &[&str]) -> OtherUser {
+    let _lock = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let user = || nix::unistd::User::from_name(name).ok().flatten();
+    account_tool(
+        "useradd",
+        &[
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ],
+        || user().is_some(),
+    );
+    for g in groups {
+        let member = || {
+            nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .is_some_and(|gr| gr.mem.iter().any(|m| m == name))
+        };
+        account_tool("usermod", &["--append", "--groups", g, name], member);
+    }
+    let u = user().expect("user made");
+    OtherUser {
+        name: name.into(),
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
     }
 }
 

@@ -11,11 +11,12 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
+use super::config::SocketAccess;
 use super::Listener;
 
 /// The passed listening socket, if the agent was started by socket activation; an error
 /// when a socket was passed that the agent must not serve on.
-pub fn passed_listener() -> Option<Result<Listener, String>> {
+pub fn passed_listener(access: Option<&SocketAccess>) -> Option<Result<Listener, String>> {
     let fds = std::env::var("LISTEN_FDS").ok()?;
     // The protocol: the variables are for the process whose pid they name; a child that
     // inherited them must not take fd 3 for a socket.
@@ -27,10 +28,10 @@ pub fn passed_listener() -> Option<Result<Listener, String>> {
         tracing::warn!("LISTEN_FDS is set for another process (LISTEN_PID); not socket-activated");
         return None;
     }
-    Some(take(&fds))
+    Some(take(&fds, access))
 }
 
-fn take(fds: &str) -> Result<Listener, String> {
+fn take(fds: &str, access: Option<&SocketAccess>) -> Result<Listener, String> {
     if fds.trim() != "1" {
         return Err(format!(
             "socket activation passed {fds} sockets; the agent serves exactly one (ListenStream= once in dct-agent.socket)"
@@ -48,7 +49,7 @@ fn take(fds: &str) -> Result<Listener, String> {
         .ok()
         .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
         .ok_or("socket activation: the passed socket has no path (abstract or unnamed sockets are refused: their access cannot be checked)")?;
-    check_path(&path)?;
+    check_path(&path, access)?;
     std_listener
         .set_nonblocking(true)
         .map_err(|e| format!("socket activation: {e}"))?;
@@ -63,13 +64,13 @@ fn take(fds: &str) -> Result<Listener, String> {
 }
 
 /// The socket's owner, mode and directory, as for a socket the agent makes.
-fn check_path(path: &std::path::Path) -> Result<(), String> {
+fn check_path(path: &std::path::Path, access: Option<&SocketAccess>) -> Result<(), String> {
     let uid = nix::unistd::getuid().as_raw();
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .ok_or_else(|| format!("socket {} has no directory", path.display()))?;
-    super::check_private_dir(dir)?;
+    super::check_dir(dir, access)?;
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| format!("passed socket {}: {e}", path.display()))?;
     if meta.uid() != uid {
@@ -78,6 +79,14 @@ fn check_path(path: &std::path::Path) -> Result<(), String> {
             path.display(),
             meta.uid()
         ));
+    }
+    // Shared with a group (socket_group): its group and mode as for a socket of the
+    // agent's own; else private.
+    if let Some(a) = access {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(a.gid)))
+            .map_err(|e| format!("cannot give {} to group {}: {e}", path.display(), a.gid))?;
+        return std::fs::set_permissions(path, std::fs::Permissions::from_mode(a.mode))
+            .map_err(|e| format!("cannot chmod {}: {e}", path.display()));
     }
     if meta.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {

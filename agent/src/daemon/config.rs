@@ -3,6 +3,9 @@
 //! ```toml
 //! socket = "/run/user/1000/dct-agent/agent.sock"   # optional
 //! max_request_bytes = 33554432                      # optional
+//! allowed_uids = [1001]                             # optional: other users of the socket
+//! socket_group = "dctusers"                         # optional: their group reaches it
+//! socket_mode = "0660"                              # optional (with socket_group)
 //!
 //! [[pkcs11]]
 //! module = "/usr/lib/softhsm/libsofthsm2.so"
@@ -64,10 +67,17 @@ pub struct Config {
     /// `[[policy]]`: what each key may sign (see the policy module).
     #[serde(default)]
     pub policy: Vec<crate::guard::policy::Rule>,
-    /// Users (uids) besides the agent's own that may use its socket. The socket and its
-    /// directory stay private to the agent's user: grant access with a group or ACL too.
+    /// Users (uids) besides the agent's own that may use its socket (checked on every
+    /// connection). They also need to reach the socket: see `socket_group`.
     #[serde(default)]
     pub allowed_uids: Vec<u32>,
+    /// The group (name or gid) that may reach the socket, for the users of `allowed_uids`:
+    /// the socket's directory becomes 0750 and the socket `socket_mode` (default 0660), both
+    /// of this group. Only with `allowed_uids`. Default: no group access (0700 / 0600).
+    pub socket_group: Option<SocketGroup>,
+    /// The socket's mode when it is shared with `socket_group` (default "0660"; the
+    /// agent's own group if `socket_group` is not given). Never any access for others.
+    pub socket_mode: Option<String>,
     /// The audit log. Default: $XDG_STATE_HOME/dct/audit.log, else
     /// ~/.local/state/dct/audit.log.
     pub audit_log: Option<PathBuf>,
@@ -82,6 +92,52 @@ pub struct Config {
     /// Set from the command line (`--accept-ledger-gap`), never from the file.
     #[serde(skip)]
     pub accept_ledger_gap: bool,
+}
+
+/// `socket_group = "dctusers"` or `socket_group = 1001`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SocketGroup {
+    Gid(u32),
+    Name(String),
+}
+
+/// How the socket is shared with a group (see `socket_group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    pub gid: u32,
+    /// The socket's mode (group access, none for others).
+    pub mode: u32,
+}
+
+impl SocketAccess {
+    /// The socket directory's mode: the group may pass, not write.
+    pub const DIR_MODE: u32 = 0o750;
+}
+
+/// "0660", "660" or "0o660": a socket mode that gives its owner read and write, its group
+/// at least write (connecting needs it), and others nothing.
+pub fn parse_socket_mode(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("socket_mode {text:?} is not an octal mode such as \"0660\""))?;
+    if mode & !0o777 != 0 {
+        return Err(format!(
+            "socket_mode {text:?}: only permission bits (at most 0777)"
+        ));
+    }
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "socket_mode {text:?} gives others access: the socket is never world-accessible (use 0660)"
+        ));
+    }
+    if mode & 0o600 != 0o600 || mode & 0o020 == 0 {
+        return Err(format!(
+            "socket_mode {text:?}: the agent's user needs read and write, the group write (use 0660)"
+        ));
+    }
+    Ok(mode)
 }
 
 impl Config {
@@ -127,6 +183,21 @@ impl Config {
             p.management_key()?;
             for slot in std::iter::once(p.root_slot().to_string()).chain(p.slots()) {
                 crate::keys::piv::parse_slot(&slot).map_err(|e| format!("{label}: {e}"))?;
+            }
+        }
+        if c.socket_group.is_some() || c.socket_mode.is_some() {
+            if c.allowed_uids.is_empty() {
+                return Err(
+                    "socket_group / socket_mode share the socket with other users: \
+                            they need allowed_uids naming those users"
+                        .into(),
+                );
+            }
+            if let Some(m) = &c.socket_mode {
+                parse_socket_mode(m)?;
+            }
+            if c.socket_group == Some(SocketGroup::Name(String::new())) {
+                return Err("socket_group is empty".into());
             }
         }
         if let Some(ns) = &c.notary_signer {
@@ -243,6 +314,31 @@ impl Config {
         Ok(p)
     }
 
+    /// How the socket is shared: None (the default) keeps it private to the agent's user.
+    /// Resolves `socket_group`'s name, so an unknown group fails at start.
+    pub fn socket_access(&self) -> Result<Option<SocketAccess>, String> {
+        if self.socket_group.is_none() && self.socket_mode.is_none() {
+            return Ok(None);
+        }
+        let gid = match &self.socket_group {
+            None => nix::unistd::getegid().as_raw(),
+            Some(SocketGroup::Gid(g)) => *g,
+            Some(SocketGroup::Name(n)) => match nix::unistd::Group::from_name(n) {
+                Ok(Some(g)) => g.gid.as_raw(),
+                Ok(None) => match n.parse::<u32>() {
+                    Ok(g) => g,
+                    Err(_) => return Err(format!("socket_group {n:?}: no such group")),
+                },
+                Err(e) => return Err(format!("socket_group {n:?}: {e}")),
+            },
+        };
+        let mode = match &self.socket_mode {
+            Some(m) => parse_socket_mode(m)?,
+            None => 0o660,
+        };
+        Ok(Some(SocketAccess { gid, mode }))
+    }
+
     pub fn max_concurrent_requests(&self) -> usize {
         self.max_concurrent_requests.unwrap_or(256).max(1)
     }
@@ -269,15 +365,10 @@ pub fn default_config_path() -> Option<PathBuf> {
     Some(base.join("dct").join("agent.toml"))
 }
 
-/// `$XDG_RUNTIME_DIR/dct-agent/agent.sock`, else `/tmp/dct-agent-<uid>/agent.sock`.
-/// The CLI computes the same path.
+/// `$XDG_RUNTIME_DIR/dct-agent/agent.sock`, else `/tmp/dct-agent-<uid>/agent.sock`: the
+/// CLI's default too (both from dct-wire).
 pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d).join("dct-agent").join("agent.sock"),
-        None => {
-            PathBuf::from(format!("/tmp/dct-agent-{}", nix::unistd::getuid())).join("agent.sock")
-        }
-    }
+    dct_wire::socket::default_socket_path(nix::unistd::getuid().as_raw())
 }
 
 #[cfg(test)]
@@ -309,5 +400,59 @@ mod tests {
         );
         let twice = "[[pkcs11]]\nmodule = \"/m\"\ntoken = \"a\"\n[[pkcs11]]\nmodule = \"/m\"\ntoken = \"a\"\n";
         assert!(Config::parse(twice).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn a_shared_socket_needs_allowed_uids_and_is_never_world_accessible() {
+        let shared = "allowed_uids = [1001]\nsocket_group = \"dctusers\"\n";
+        let c = Config::parse(shared).unwrap();
+        assert_eq!(c.socket_group, Some(SocketGroup::Name("dctusers".into())));
+        let c = Config::parse("allowed_uids = [1001]\nsocket_group = 4242\n").unwrap();
+        assert_eq!(
+            c.socket_access().unwrap(),
+            Some(SocketAccess {
+                gid: 4242,
+                mode: 0o660
+            })
+        );
+        let c =
+            Config::parse("allowed_uids = [1001]\nsocket_group = 4242\nsocket_mode = \"0620\"\n")
+                .unwrap();
+        assert_eq!(c.socket_access().unwrap().map(|a| a.mode), Some(0o620));
+        // Without the options: private, as before.
+        assert_eq!(
+            Config::parse("allowed_uids = [1001]\n")
+                .unwrap()
+                .socket_access(),
+            Ok(None)
+        );
+        // Without allowed_uids the group would reach a socket that refuses it.
+        assert!(Config::parse("socket_group = \"dctusers\"\n")
+            .unwrap_err()
+            .contains("allowed_uids"));
+        assert!(Config::parse("socket_mode = \"0660\"\n")
+            .unwrap_err()
+            .contains("allowed_uids"));
+        for (mode, why) in [
+            ("0666", "never world-accessible"),
+            ("0661", "never world-accessible"),
+            ("0664", "never world-accessible"),
+            ("4660", "only permission bits"),
+            ("0640", "the group write"),
+            ("0460", "read and write"),
+            ("rw-rw----", "octal"),
+        ] {
+            let text = format!("allowed_uids = [1001]\nsocket_mode = \"{mode}\"\n");
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.contains(why), "{mode}: {err}");
+        }
+        assert!(Config::parse("allowed_uids = [1]\nsocket_group = \"\"\n").is_err());
+        assert!(
+            Config::parse("allowed_uids = [1]\nsocket_group = \"no-such-group-dct\"\n")
+                .unwrap()
+                .socket_access()
+                .unwrap_err()
+                .contains("no such group")
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The daemon: the composition root, imported by nothing. Reads the config, starts the
 //! token threads and the guard, and serves the Unix-socket listener: a private directory
 //! (0700), a socket (0600), a peer-uid check on every connection before any RPC runs, and a
-//! clean shutdown that removes the socket.
+//! clean shutdown that removes the socket. Shared with `socket_group` (for
+//! `allowed_uids`): the directory 0750 and the socket 0660, both of that group; never any
+//! access for others, and the peer-uid check all the same.
 
 pub mod activation;
 pub mod config;
@@ -15,7 +17,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::daemon::config::Config;
+use crate::daemon::config::{Config, SocketAccess};
 use crate::guard::Guard;
 use crate::keys::options::Pkcs11Config;
 use crate::keys::pkcs11::{Modules, Pkcs11Backend, BACKEND};
@@ -148,7 +150,9 @@ async fn watch_ttls(guard: Guard) {
 }
 
 /// Makes the socket's directory (0700) or checks an existing one is ours and private.
-fn prepare_dir(dir: &Path) -> Result<(), String> {
+/// Shared (`access`): 0750 and of the socket's group; an existing one must be ours and not
+/// looser than that, and is then given that group and mode.
+fn prepare_dir(dir: &Path, access: Option<&SocketAccess>) -> Result<(), String> {
     match std::fs::DirBuilder::new()
         .recursive(false)
         .mode(0o700)
@@ -168,11 +172,17 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
         }
         Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
     }
-    check_private_dir(dir)
+    check_dir(dir, access)
 }
 
-/// The socket's directory belongs to the agent's user and nobody else may enter it.
-fn check_private_dir(dir: &Path) -> Result<(), String> {
+/// The socket's directory belongs to the agent's user and nobody else may enter it (with
+/// `access`: only its group may pass, and the directory is given to that group).
+fn check_dir(dir: &Path, access: Option<&SocketAccess>) -> Result<(), String> {
+    let want = if access.is_some() {
+        SocketAccess::DIR_MODE
+    } else {
+        0o700
+    };
     let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let uid = nix::unistd::getuid().as_raw();
     if meta.uid() != uid {
@@ -183,14 +193,50 @@ fn check_private_dir(dir: &Path) -> Result<(), String> {
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
+    match access {
+        None if mode & 0o077 != 0 => Err(format!(
             "socket directory {} has mode {mode:o}; it must be private: chmod 700 {}",
             dir.display(),
             dir.display()
-        ));
+        )),
+        None => Ok(()),
+        Some(_) if mode & !want != 0 => Err(format!(
+            "socket directory {} has mode {mode:o}; shared with socket_group it may be at most \
+             {want:o} (no group write, nothing for others): chmod {want:o} {}",
+            dir.display(),
+            dir.display()
+        )),
+        Some(a) => {
+            // The group first, then its access: nobody else passes in between.
+            nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(a.gid)))
+                .map_err(|e| format!("cannot give {} to group {}: {e}", dir.display(), a.gid))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want))
+                .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
+            warn_unreachable(dir, a.gid);
+            Ok(())
+        }
     }
-    Ok(())
+}
+
+/// Warns when a directory above the shared socket's keeps the group out (e.g. a 0700
+/// $XDG_RUNTIME_DIR): the agent cannot fix that, the administrator can.
+fn warn_unreachable(dir: &Path, gid: u32) {
+    for d in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(d) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        let passes = mode & 0o001 != 0 || (meta.gid() == gid && mode & 0o010 != 0);
+        if !passes {
+            tracing::warn!(
+                "group {gid} cannot pass {} (mode {:o}): the users of allowed_uids will not reach \
+                 the socket; put it elsewhere (socket = ...)",
+                d.display(),
+                mode & 0o777
+            );
+            return;
+        }
+    }
 }
 
 pub struct Listener {
@@ -201,13 +247,14 @@ pub struct Listener {
     owned: bool,
 }
 
-/// Binds the socket, refusing to take over one where another agent answers.
-pub fn bind(path: &Path) -> Result<Listener, String> {
+/// Binds the socket, refusing to take over one where another agent answers. `access`
+/// (`Config::socket_access`) shares it with a group; None keeps it private.
+pub fn bind(path: &Path, access: Option<&SocketAccess>) -> Result<Listener, String> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    prepare_dir(dir)?;
+    prepare_dir(dir, access)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(format!(
@@ -218,19 +265,14 @@ pub fn bind(path: &Path) -> Result<Listener, String> {
         std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
-    // Bound, listening and 0600 under a temporary name first, then renamed into place:
+    // Bound, listening and private under a temporary name first, then renamed into place:
     // the path never names a socket that refuses connections (bound, not yet listening)
     // or has the default mode.
     let tmp = dir.join(format!(".agent.sock.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let listener =
         UnixListener::bind(&tmp).map_err(|e| format!("cannot listen on {}: {e}", tmp.display()))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot chmod {}: {e}", tmp.display()))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path)
-                .map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))
-        });
+    let placed = place_socket(&tmp, path, access.copied());
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -240,6 +282,27 @@ pub fn bind(path: &Path) -> Result<Listener, String> {
         listener,
         owned: true,
     })
+}
+
+/// Gives the new socket its group and mode, then moves it to `path`.
+fn place_socket(tmp: &Path, path: &Path, access: Option<SocketAccess>) -> Result<(), String> {
+    let mode = match access {
+        Some(a) => {
+            nix::unistd::chown(tmp, None, Some(nix::unistd::Gid::from_raw(a.gid)))
+                .map_err(|e| format!("cannot give {} to group {}: {e}", tmp.display(), a.gid))?;
+            tracing::info!(
+                "socket shared with group {} (mode {:o}; allowed_uids checked on every connection)",
+                a.gid,
+                a.mode
+            );
+            a.mode
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot chmod {}: {e}", tmp.display()))?;
+    std::fs::rename(tmp, path)
+        .map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))
 }
 
 impl Listener {

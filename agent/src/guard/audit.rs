@@ -1,5 +1,6 @@
 //! The audit log: every key use and every refusal, one JSON line each, each line carrying the
-//! SHA-256 of the line before it, so a changed, removed or reordered record breaks the chain.
+//! SHA-256 of the line before it, so a changed, removed or reordered record breaks the chain
+//! (the chain is dct-wire's `dct_wire::audit`, which `dct audit verify` checks too).
 //!
 //! One writer thread owns the file. Records queued while it writes are written together and
 //! made durable with one `fdatasync` (group commit), and each caller is answered only after
@@ -11,8 +12,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 
+use dct_wire::audit::{line_hash, ZERO_HASH};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -154,8 +155,6 @@ struct Tail {
     seq: u64,
     hash: String,
 }
-
-const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Records queued before callers are refused.
 const QUEUE: usize = 65536;
@@ -313,12 +312,8 @@ fn last_record(f: &mut std::fs::File, len: u64) -> std::result::Result<Tail, Str
         .ok_or("the last record has no seq".to_string())?;
     Ok(Tail {
         seq,
-        hash: hex(&Sha256::digest(line)),
+        hash: line_hash(line),
     })
-}
-
-fn hex(b: &[u8]) -> String {
-    crate::tuf::keys::hex(b)
 }
 
 fn writer(
@@ -385,7 +380,7 @@ fn writer(
                 };
                 next = Tail {
                     seq: next.seq + 1,
-                    hash: hex(&Sha256::digest(&line)),
+                    hash: line_hash(&line),
                 };
                 out.extend_from_slice(&line);
                 out.push(b'\n');
@@ -451,7 +446,7 @@ fn replay(path: &Path, ledger: &Ledger, accept_gap: bool) -> std::result::Result
             continue;
         };
         let seq = v.get("seq").and_then(serde_json::Value::as_u64);
-        if !found && seq == Some(covered.records) && hex(&Sha256::digest(line)) == covered.hash {
+        if !found && seq == Some(covered.records) && line_hash(line.as_bytes()) == covered.hash {
             found = true;
         }
         let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("");
@@ -491,14 +486,10 @@ fn replay(path: &Path, ledger: &Ledger, accept_gap: bool) -> std::result::Result
     Ok(())
 }
 
-/// `$XDG_STATE_HOME/dct/audit.log`, else `~/.local/state/dct/audit.log`.
+/// `$XDG_STATE_HOME/dct/audit.log`, else `~/.local/state/dct/audit.log` (dct-wire's: the
+/// CLI looks there too).
 pub fn default_path() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("dct").join("audit.log")
+    dct_wire::audit::default_path()
 }
 
 /// A tower layer that runs each request with [`PEER`] set from its connection: the Unix

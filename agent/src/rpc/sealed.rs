@@ -3,18 +3,16 @@
 //! shared secret), and the agent opens it straight into zeroizing memory. The plaintext never
 //! passes through the transport's buffers, which are freed without being wiped; and since the
 //! agent's half of each channel is dropped (and zeroized) at first use or after a minute, the
-//! ciphertext left in those buffers cannot be opened later either.
+//! ciphertext left in those buffers cannot be opened later either. The format and the key
+//! derivation are dct-wire's (`dct_wire::seal`), shared with the CLI; this module keeps the
+//! open channels.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::ChaCha20Poly1305;
+use dct_wire::seal::{ChannelKey, SealError};
 use secrecy::SecretString;
-use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey, StaticSecret};
-use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
@@ -24,24 +22,14 @@ const MAX_OPEN: usize = 256;
 
 #[derive(Default)]
 pub struct Channels {
-    open: Mutex<HashMap<u64, (StaticSecret, Instant)>>,
-}
-
-/// The key both sides derive.
-pub fn derive_key(shared: &[u8; 32], agent: &[u8; 32], client: &[u8; 32]) -> Zeroizing<[u8; 32]> {
-    let mut h = Sha256::new();
-    h.update(b"dct-secret-v1");
-    h.update(shared);
-    h.update(agent);
-    h.update(client);
-    Zeroizing::new(h.finalize().into())
+    open: Mutex<HashMap<u64, (ChannelKey, Instant)>>,
 }
 
 impl Channels {
     /// A new channel: its number and the agent's public key.
     pub fn open(&self) -> Result<(u64, [u8; 32])> {
-        let secret = StaticSecret::random_from_rng(rand_core::OsRng);
-        let public = PublicKey::from(&secret).to_bytes();
+        let key = ChannelKey::generate();
+        let public = key.public();
         let mut id = [0u8; 8];
         getrandom::getrandom(&mut id).map_err(|e| Error::Internal(e.to_string()))?;
         let id = u64::from_be_bytes(id);
@@ -55,14 +43,14 @@ impl Channels {
                 open.remove(&oldest);
             }
         }
-        open.insert(id, (secret, Instant::now()));
+        open.insert(id, (key, Instant::now()));
         Ok((id, public))
     }
 
     /// Opens a sealed secret; the channel is gone afterwards, whatever the outcome.
     pub fn unseal(&self, s: &dct_proto::dct::v1::SealedSecret) -> Result<SecretString> {
         let bad = |why: &str| Error::InvalidArgument(format!("sealed secret: {why}"));
-        let (secret, at) = self
+        let (key, at) = self
             .open
             .lock()
             .map_err(|_| Error::Internal("secret channels poisoned".into()))?
@@ -71,29 +59,12 @@ impl Channels {
         if at.elapsed() >= LIFETIME {
             return Err(bad("the channel expired"));
         }
-        let client: [u8; 32] = s
-            .client_public
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("client key is not 32 bytes"))?;
-        if s.nonce.len() != 12 {
-            return Err(bad("nonce is not 12 bytes"));
-        }
-        let shared = Zeroizing::new(secret.diffie_hellman(&PublicKey::from(client)).to_bytes());
-        let agent = PublicKey::from(&secret).to_bytes();
-        let key = derive_key(&shared, &agent, &client);
-        let cipher = ChaCha20Poly1305::new(key.as_slice().into());
-        let plain = Zeroizing::new(
-            cipher
-                .decrypt(
-                    s.nonce.as_slice().into(),
-                    Payload {
-                        msg: &s.ciphertext,
-                        aad: &s.channel.to_be_bytes(),
-                    },
-                )
-                .map_err(|_| bad("does not open (tampered, or sealed to another key)"))?,
-        );
+        let plain = key
+            .open(s.channel, &s.client_public, &s.nonce, &s.ciphertext)
+            .map_err(|e| match e {
+                SealError::BadPublicKey => bad("client key is not 32 bytes"),
+                other => bad(&other.to_string()),
+            })?;
         let text = std::str::from_utf8(&plain).map_err(|_| bad("not UTF-8"))?;
         Ok(SecretString::from(text.to_string()))
     }
