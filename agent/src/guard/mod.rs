@@ -474,7 +474,7 @@ impl Guard {
             .and_then(|b| previous_signed_by(b, &it.key));
         let lines = crate::confirm::summary(&subject, previous.as_ref(), &it.p.envelope.signed);
         let title = format!("dct-agent: sign {} of {}?", it.p.role, it.p.gun);
-        let approval = self.0.confirmer.ask(&title, &lines).await?;
+        let approval = self.0.confirmer.ask(&it.key, &title, &lines).await?;
         Ok(approval.describe())
     }
 
