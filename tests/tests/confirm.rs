@@ -570,3 +570,73 @@ fn the_agent_refuses_to_start_without_a_working_confirmation_program() {
     assert!(!st.success());
     assert!(err.contains("[confirm] timeout"), "{err}");
 }
+
+#[test]
+fn without_a_program_a_yubikey_touch_on_every_signature_is_the_approval() {
+    use dct_tests::piv::{CardOptions, VirtualPiv};
+    let card = VirtualPiv::start(CardOptions::default());
+    let token = format!("piv:{}", card.serial());
+    // No [confirm] program: only the card's own touch can approve.
+    let agent = Agent::start_with_config(
+        None,
+        &format!(
+            "[[piv]]\nserial = {}\nmanagement_key = \"default\"\n\n[[policy]]\nrole = \"targets\"\nconfirm = true\n",
+            card.serial()
+        ),
+    );
+    agent.unlock_token(&token, "123456", &[]).ok();
+    let generate = |slot: &str, touch: &str| {
+        agent
+            .dct(&[
+                "key",
+                "generate",
+                "--role",
+                "targets",
+                "--gun",
+                GUN,
+                "--token",
+                &token,
+                "--slot",
+                slot,
+                "--touch-policy",
+                touch,
+            ])
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let always = generate("82", "always");
+    let cached = generate("83", "cached");
+    let doc = |name: &str| {
+        write_doc(
+            agent.dir.path(),
+            name,
+            &targets(1, json!({"v1": file()}), no_delegations()),
+        )
+    };
+
+    agent
+        .tuf_sign(&doc("a.json"), &always, &["--gun", GUN])
+        .ok();
+    // A touch that may have been given for another signature is no approval of this one.
+    agent
+        .tuf_sign(&doc("c.json"), &cached, &["--gun", GUN])
+        .fails(1, "none is configured");
+    let recs = audit(&agent);
+    let signed: Vec<&Value> = recs.iter().filter(|r| r["action"] == "sign").collect();
+    assert_eq!(signed.len(), 1, "{recs:#?}");
+    assert_eq!(signed[0]["key_id"], always.as_str());
+    assert_eq!(
+        signed[0]["outcome"],
+        format!(
+            "ok, confirmed by a touch of YubiKey serial {} (touch policy always)",
+            card.serial()
+        )
+    );
+    assert!(recs.iter().any(|r| r["action"] == "refuse"
+        && r["key_id"] == cached.as_str()
+        && r["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("policy (confirm)"))));
+}
