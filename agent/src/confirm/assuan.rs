@@ -34,6 +34,19 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// [`escape`] of the longest prefix of `text` that escapes to at most `max` bytes.
+fn escape_within(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        let e = escape(c.encode_utf8(&mut [0; 4]));
+        if out.len() + e.len() > max {
+            break;
+        }
+        out.push_str(&e);
+    }
+    out
+}
+
 /// The inverse of [`escape`] (for tests and the test program).
 pub fn unescape(text: &str) -> String {
     let b = text.as_bytes();
@@ -258,7 +271,11 @@ where
             // An option the program does not know is no reason to stop.
             conn.command(&o).await?;
         }
-        conn.must(&format!("SETTITLE {}", escape(d.title))).await?;
+        conn.must(&format!(
+            "SETTITLE {}",
+            escape_within(d.title, LINE_MAX - 10)
+        ))
+        .await?;
         conn.must(&format!("SETOK {}", escape("_Sign"))).await?;
         conn.must(&format!("SETCANCEL {}", escape("Do _not sign")))
             .await?;
@@ -327,13 +344,21 @@ pub async fn confirm(program: &Path, args: &[String], d: &Dialog<'_>) -> Answer 
         let name = name.clone();
         let limit = d.timeout.saturating_mul(2) + Duration::from_secs(10);
         tokio::spawn(async move {
+            // Drained to the end (the program never blocks on a full pipe), a few lines
+            // shown, each bounded and escaped.
             let drain = async {
-                let mut lines = BufReader::new(stderr.take(64 * 1024)).lines();
+                let mut r = BufReader::new(stderr);
                 let mut shown = 0;
-                while let Ok(Some(line)) = lines.next_line().await {
+                loop {
+                    let mut buf = Vec::new();
+                    match (&mut r).take(1024).read_until(b'\n', &mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
                     if shown < STDERR_LINES {
                         shown += 1;
-                        let line: String = line.chars().take(200).collect();
+                        let line = String::from_utf8_lossy(&buf);
+                        let line: String = line.trim_end().chars().take(200).collect();
                         tracing::debug!(program = %name, "stderr: {}", super::summary::printable(&line));
                     }
                 }
@@ -372,6 +397,10 @@ mod tests {
             assert_eq!(unescape(&escape(s)), s);
         }
         assert_eq!(unescape("%4"), "%4");
+        let long = "%a".repeat(1000);
+        let cut = escape_within(&long, 990);
+        assert!(cut.len() <= 990 && cut.len() > 980, "{}", cut.len());
+        assert!(long.starts_with(&unescape(&cut)));
     }
 
     #[test]

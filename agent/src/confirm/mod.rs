@@ -5,6 +5,11 @@
 //! page. No client can approve on the user's behalf: the program, its arguments and its
 //! environment are the agent's alone.
 //!
+//! The program runs with the agent's environment: a terminal pinentry (pinentry-curses,
+//! pinentry-tty) is told the terminal to use by `OPTION ttyname` from the agent's own
+//! `GPG_TTY` (and `ttytype` from `TERM`), or by its own `--ttyname` in `args`; a graphical
+//! one uses the agent's `DISPLAY` / `WAYLAND_DISPLAY`.
+//!
 //! Without a program, a key on a YubiKey whose touch policy is "always" is approved by the
 //! touch the card itself demands for that signature; any other key whose policy asks for
 //! confirmation signs nothing.
@@ -23,6 +28,8 @@ pub use summary::{printable, summary, Subject};
 
 /// How long the user has to answer a page, unless `[confirm] timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Characters of the dialog's title (role and GUN) before it is cut.
+const MAX_TITLE: usize = 200;
 /// The longest `[confirm] timeout` accepted.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -168,7 +175,8 @@ impl Confirmer {
             ));
         };
         let pages = assuan::pages(lines);
-        let title = printable(title);
+        // Escaped, and cut (role and GUN come from the request).
+        let title = printable(&title.chars().take(MAX_TITLE).collect::<String>());
         let dialog = assuan::Dialog {
             title: &title,
             pages: &pages,
