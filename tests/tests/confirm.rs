@@ -640,3 +640,51 @@ fn without_a_program_a_yubikey_touch_on_every_signature_is_the_approval() {
             .as_str()
             .is_some_and(|o| o.contains("policy (confirm)"))));
 }
+
+#[test]
+fn a_client_that_gives_up_ends_the_dialog() {
+    let s = setup("confirm-gone", "hang", "60s");
+    let k = s.agent.generate("targets", Some(GUN));
+    let doc = write_doc(
+        s.agent.dir.path(),
+        "t.json",
+        &targets(1, json!({"v1": file()}), no_delegations()),
+    );
+    let before = std::fs::read(&doc).unwrap();
+    let mut client = Command::new(bin("dct"))
+        .args([
+            "tuf",
+            "sign",
+            doc.to_str().unwrap(),
+            "--key",
+            &k,
+            "--gun",
+            GUN,
+        ])
+        .env("DCT_SOCKET", &s.agent.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The dialog is up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        let rec = record(&s.record);
+        if rec.iter().any(|r| r["cmd"] == "CONFIRM") {
+            break rec.iter().find_map(|r| r["start"].as_u64()).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no dialog: {rec:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    client.kill().unwrap();
+    client.wait().unwrap();
+    // The agent stops waiting for the user: the program is killed long before its 60s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "test-pinentry {pid} still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(&doc).unwrap(), before);
+    assert!(!audit(&s.agent).iter().any(|r| r["action"] == "sign"));
+}
