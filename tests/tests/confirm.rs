@@ -688,3 +688,77 @@ fn a_client_that_gives_up_ends_the_dialog() {
     assert_eq!(std::fs::read(&doc).unwrap(), before);
     assert!(!audit(&s.agent).iter().any(|r| r["action"] == "sign"));
 }
+
+#[test]
+fn one_dialog_at_a_time() {
+    let s = setup("confirm-one", "slow", "20s");
+    // Three keys (the ledger lets each sign its version 1).
+    let ks: Vec<String> = (0..3)
+        .map(|_| s.agent.generate("targets", Some(GUN)))
+        .collect();
+    let docs: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            write_doc(
+                s.agent.dir.path(),
+                &format!("t{i}.json"),
+                &targets(1, json!({format!("v{i}"): file()}), no_delegations()),
+            )
+        })
+        .collect();
+    // Three clients at once.
+    let clients: Vec<std::process::Child> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Command::new(bin("dct"))
+                .args([
+                    "tuf",
+                    "sign",
+                    d.to_str().unwrap(),
+                    "--key",
+                    &ks[i],
+                    "--gun",
+                    GUN,
+                ])
+                .env("DCT_SOCKET", &s.agent.socket)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in clients {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Each program's whole dialog (start .. BYE) before the next one starts.
+    let rec = record(&s.record);
+    let pids: Vec<u64> = rec.iter().filter_map(|r| r["start"].as_u64()).collect();
+    assert_eq!(pids.len(), 3, "{rec:#?}");
+    let mut current = None;
+    for r in &rec {
+        let pid = r["pid"].as_u64().unwrap();
+        if r.get("start").is_some() {
+            assert_eq!(
+                current, None,
+                "a second dialog started during one: {rec:#?}"
+            );
+            current = Some(pid);
+        } else {
+            assert_eq!(current, Some(pid), "{rec:#?}");
+            if r["cmd"] == "BYE" {
+                current = None;
+            }
+        }
+    }
+    let ok = audit(&s.agent)
+        .iter()
+        .filter(|r| r["action"] == "sign")
+        .count();
+    assert_eq!(ok, 3);
+}

@@ -3,10 +3,11 @@
 //!
 //! `test-pinentry --answer yes|no|hang|exit|err[,...] [--record FILE]`
 //!
-//! `--answer` gives one answer per CONFIRM in order (the last repeats): `yes` is `OK`, `no`
+//! `--answer` gives one answer per CONFIRM in order (the last repeats): `yes` is `OK`,
+//! `slow` is `OK` after a second, `no`
 //! is `ERR 83886179 Operation cancelled`, `err` another ERR, `hang` never answers, `exit`
-//! exits without answering. `--record` appends one JSON line per event to FILE: its start
-//! (pid), every command with its argument unescaped, and any protocol violation seen (a line
+//! exits without answering. `--record` appends one JSON line per event to FILE, each with
+//! the program's pid: its start, every command with its argument unescaped, and any protocol violation seen (a line
 //! over Assuan's 1000 bytes, a raw control character, a bad percent escape).
 
 use std::io::{BufRead, Write};
@@ -35,7 +36,8 @@ fn unescape(s: &str) -> Result<String, String> {
 struct Recorder(Option<std::fs::File>);
 
 impl Recorder {
-    fn write(&mut self, v: serde_json::Value) {
+    fn write(&mut self, mut v: serde_json::Value) {
+        v["pid"] = std::process::id().into();
         if let Some(f) = &mut self.0 {
             let _ = writeln!(f, "{v}");
             let _ = f.flush();
@@ -64,6 +66,7 @@ fn main() {
             .create(true)
             .append(true)
             .open(f)
+            // A test helper: a record file it cannot open is a broken test set-up.
             .expect("record file")
     }));
     rec.write(serde_json::json!({"start": std::process::id()}));
@@ -117,6 +120,10 @@ fn main() {
                 confirms += 1;
                 match answer.as_str() {
                     "yes" => reply(&mut out, "OK"),
+                    "slow" => {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        reply(&mut out, "OK")
+                    }
                     "no" => reply(&mut out, "ERR 83886179 Operation cancelled <Pinentry>"),
                     "hang" => loop {
                         std::thread::sleep(std::time::Duration::from_secs(3600));
