@@ -67,6 +67,7 @@ pub fn start_tokens(
 /// log after it), the audit log, the confirmation program. Refuses to start rather than
 /// sign without its memory of what was signed.
 pub fn open_guard(config: &Config, tokens: Vec<Token>) -> Result<Guard, String> {
+    let confirmer = crate::guard::confirm::Confirmer::new(&config.confirm)?;
     let policy = crate::guard::policy::Policy::new(config.policy.clone())?;
     let ledger = std::sync::Arc::new(crate::guard::ledger::Ledger::open(&config.ledger())?);
     let audit = crate::guard::audit::Audit::open(
@@ -75,7 +76,6 @@ pub fn open_guard(config: &Config, tokens: Vec<Token>) -> Result<Guard, String> 
         config.accept_ledger_gap,
     )?;
     let (keys, rights) = Keyring::new(tokens);
-    let confirmer = crate::guard::confirm::Confirmer::new(&config.confirm);
     Ok(Guard::new(keys, rights, policy, ledger, audit, confirmer))
 }
 

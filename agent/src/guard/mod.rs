@@ -476,7 +476,7 @@ impl Guard {
         let lines =
             crate::guard::confirm::summary(&subject, previous.as_ref(), &it.p.envelope.signed);
         let title = format!("dct-agent: sign {} of {}?", it.p.role, it.p.gun);
-        let approval = self.0.confirmer.ask(&title, &lines).await?;
+        let approval = self.0.confirmer.ask(&it.key, &title, &lines).await?;
         Ok(approval.describe())
     }
 

@@ -56,6 +56,8 @@ pub enum KeyDetail {
     /// A key in a PIV slot. The policies and origin are known when the card reports its
     /// slot metadata (YubiKey 5.3+).
     Piv {
+        /// The card's serial number.
+        serial: u32,
         slot: String,
         /// "never", "once" or "always".
         pin_policy: Option<String>,
@@ -74,6 +76,7 @@ impl KeyDetail {
             KeyDetail::CertificateNamed => "named by its certificate (PIV)".into(),
             KeyDetail::Piv {
                 slot,
+                serial: _,
                 pin_policy,
                 touch_policy,
                 generated,

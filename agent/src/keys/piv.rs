@@ -438,6 +438,7 @@ impl PivBackend {
         let id = key.key_id();
         let policy = self.policies.get(&u8::from(slot));
         let detail = KeyDetail::Piv {
+            serial: self.serial,
             slot: slot_name(slot),
             pin_policy: policy.map(|p| pin_policy_name(p.pin).to_string()),
             touch_policy: policy.map(|p| touch_policy_name(p.touch).to_string()),
