@@ -6,12 +6,13 @@ use time::OffsetDateTime;
 
 use super::cache::TrustContext;
 use super::fetch::{check_gun, fetch};
-use super::publish::{commit_with, expires, listings, sign_doc, unsigned, Edit};
+use super::publish::{commit_with, listings, malformed, next_version, sign_doc, unsigned, Edit};
 use crate::error::{Error, Result};
 use crate::guard::{Guard, Receipt};
 use crate::keys::KeyEntry;
 use crate::trust::notary::NotaryClient;
 use crate::trust::ROOT_LIFETIME;
+use crate::tuf::edit;
 use crate::tuf::keys::TufKey;
 use crate::tuf::metadata::{parse_key_map, RootDoc};
 
@@ -43,9 +44,7 @@ pub(crate) async fn sign_next_root(
     previous: &[u8],
     receipts: &mut Vec<Receipt>,
 ) -> Result<Vec<u8>> {
-    let version = root["version"].as_i64().unwrap_or(0);
-    root["version"] = json!(version + 1);
-    root["expires"] = json!(expires(ROOT_LIFETIME)?);
+    next_version(&mut root, "root", ROOT_LIFETIME)?;
     let mut doc = unsigned(root);
     for id in signers {
         let canonical = all
@@ -66,6 +65,28 @@ pub(crate) async fn sign_next_root(
         .document;
     }
     Ok(doc)
+}
+
+/// The new root: `role` lists only `new_id` (threshold 1); keys no role uses any more are
+/// dropped.
+fn replace_role_key(root: &mut Value, role: &str, new_id: &str, new_key: &TufKey) -> Result<()> {
+    let bad = malformed("root");
+    edit::set(root, &["roles", role, "keyids"], json!([new_id])).map_err(&bad)?;
+    edit::set(root, &["roles", role, "threshold"], json!(1)).map_err(&bad)?;
+    edit::set(root, &["keys", new_id], new_key.to_value()).map_err(&bad)?;
+    let used: Vec<Value> = ["root", "targets", "snapshot", "timestamp"]
+        .iter()
+        .flat_map(|r| {
+            edit::get(root, &["roles", r, "keyids"])
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    edit::object_mut(root, &["keys"])
+        .map_err(&bad)?
+        .retain(|id, _| used.contains(&json!(id)));
+    Ok(())
 }
 
 /// Whether a root expiring at `expires` must be re-signed now: within six months, as the
@@ -151,22 +172,7 @@ pub async fn rotate(
             )))
         }
     };
-    // The new root: the role lists only the new key; keys no role uses any more are dropped.
-    root["roles"][role]["keyids"] = json!([&new_id]);
-    root["roles"][role]["threshold"] = json!(1);
-    root["keys"][&new_id] = new_key.to_value();
-    let used: Vec<Value> = ["root", "targets", "snapshot", "timestamp"]
-        .iter()
-        .flat_map(|r| {
-            root["roles"][r]["keyids"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect();
-    if let Some(k) = root["keys"].as_object_mut() {
-        k.retain(|id, _| used.contains(&json!(id)));
-    }
+    replace_role_key(&mut root, role, &new_id, &new_key)?;
     let (all, _) = guard.keys().all_keys().await;
     let mut signers: Vec<String> = root_signers.clone();
     if role == "root" {
@@ -179,7 +185,7 @@ pub async fn rotate(
         gun,
         root,
         &signers,
-        &repo.files["root"],
+        repo.file("root")?,
         &mut receipts,
     )
     .await?;

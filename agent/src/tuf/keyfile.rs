@@ -158,20 +158,24 @@ fn decrypt_legacy(
         key.extend_from_slice(&d);
         prev = Some(d);
     }
+    // The rounds make 16 or 32 bytes; the cipher takes the first `key_len`. (The cut tail
+    // stays in the capacity, which Zeroizing clears with the rest.)
+    key.truncate(key_len);
+    let key = key.as_slice();
     let mut buf = Zeroizing::new(der.to_vec());
     let bad = |_| KeyFileError::WrongPassphrase;
     let n = match key_len {
-        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key[..16], &iv)
+        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, &iv)
             .map_err(|_| KeyFileError::WrongPassphrase)?
             .decrypt_padded_mut::<Pkcs7>(&mut buf)
             .map(|p| p.len())
             .map_err(bad)?,
-        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key[..24], &iv)
+        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, &iv)
             .map_err(|_| KeyFileError::WrongPassphrase)?
             .decrypt_padded_mut::<Pkcs7>(&mut buf)
             .map(|p| p.len())
             .map_err(bad)?,
-        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key[..32], &iv)
+        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, &iv)
             .map_err(|_| KeyFileError::WrongPassphrase)?
             .decrypt_padded_mut::<Pkcs7>(&mut buf)
             .map(|p| p.len())
