@@ -564,3 +564,37 @@ fn peer_of(ext: &tonic::codegen::http::Extensions) -> Peer {
     }
     Peer::Agent
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(content: &[u8]) -> std::result::Result<Tail, String> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(content).unwrap();
+        last_record(&mut f, content.len() as u64)
+    }
+
+    #[test]
+    fn last_record_reads_the_final_line() {
+        let t = tail_of(b"{\"seq\":1}\n{\"seq\":2}\n").unwrap();
+        assert_eq!(t.seq, 2);
+        assert_eq!(t.hash, hex(&Sha256::digest(b"{\"seq\":2}")));
+        assert_eq!(tail_of(b"{\"seq\":7}\n").unwrap().seq, 7);
+        assert_eq!(tail_of(b"").unwrap().seq, 0);
+    }
+
+    #[test]
+    fn last_record_refuses_odd_tails_without_panicking() {
+        assert_eq!(
+            tail_of(b"{\"seq\":1}").err().unwrap(),
+            "the last record is incomplete"
+        );
+        assert!(tail_of(b"\n").is_err());
+        assert!(tail_of(b"{\"seq\":1}\n\n").is_err());
+        assert_eq!(
+            tail_of(b"[1]\n").err().unwrap(),
+            "the last record has no seq"
+        );
+    }
+}

@@ -487,3 +487,60 @@ pub(crate) async fn import_with_backup_file(
         .await?;
     Ok((key, file))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_root_keys_swaps_the_root_role() {
+        let mut root = json!({
+            "keys": {"old": {}, "t": {}},
+            "roles": {"root": {"keyids": ["old"], "threshold": 1}, "targets": {"keyids": ["t"], "threshold": 1}},
+        });
+        let new = [
+            ("a".to_string(), json!({"n": 1})),
+            ("b".to_string(), json!({"n": 2})),
+        ];
+        replace_root_keys(&mut root, &new, 2).unwrap();
+        assert_eq!(
+            root,
+            json!({
+                "keys": {"a": {"n": 1}, "b": {"n": 2}, "t": {}},
+                "roles": {"root": {"keyids": ["a", "b"], "threshold": 2}, "targets": {"keyids": ["t"], "threshold": 1}},
+            })
+        );
+    }
+
+    #[test]
+    fn replace_root_keys_refuses_a_malformed_root() {
+        let new = [("a".to_string(), json!({}))];
+        for bad in [
+            json!({"keys": [], "roles": {"root": {"keyids": []}}}),
+            json!({"keys": {}, "roles": ["root"]}),
+            json!(4),
+        ] {
+            let mut root = bad.clone();
+            let e = replace_root_keys(&mut root, &new, 1);
+            assert!(matches!(e, Err(Error::Refused(_))), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn next_version_needs_a_version_below_the_last() {
+        let mut root = json!({"version": 4});
+        next_version(&mut root, "root", ROOT_LIFETIME).unwrap();
+        assert_eq!(root["version"], json!(5));
+        assert!(root["expires"].is_string());
+        for bad in [
+            json!({}),
+            json!({"version": "4"}),
+            json!({"version": i64::MAX}),
+            json!([]),
+        ] {
+            let mut doc = bad.clone();
+            let e = next_version(&mut doc, "root", ROOT_LIFETIME);
+            assert!(matches!(e, Err(Error::Refused(_))), "{bad}: {e:?}");
+        }
+    }
+}

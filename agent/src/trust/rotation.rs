@@ -216,4 +216,48 @@ mod tests {
         assert!(root_due("2026-01-01T00:00:00Z", now));
         assert!(root_due("not a time", now));
     }
+
+    fn key(byte: u8) -> TufKey {
+        TufKey {
+            keytype: "ed25519".into(),
+            public: vec![byte; 32],
+        }
+    }
+
+    #[test]
+    fn replace_role_key_lists_only_the_new_key() {
+        let mut root = json!({
+            "keys": {"r": {}, "t": {}, "s": {}, "ts": {}},
+            "roles": {
+                "root": {"keyids": ["r"], "threshold": 1},
+                "targets": {"keyids": ["t"], "threshold": 1},
+                "snapshot": {"keyids": ["s"], "threshold": 1},
+                "timestamp": {"keyids": ["ts"], "threshold": 1},
+            },
+        });
+        let k = key(7);
+        replace_role_key(&mut root, "targets", "t2", &k).unwrap();
+        assert_eq!(
+            root["roles"]["targets"],
+            json!({"keyids": ["t2"], "threshold": 1})
+        );
+        let ids: Vec<&String> = root["keys"].as_object().unwrap().keys().collect();
+        assert_eq!(ids, ["r", "s", "t2", "ts"]);
+        assert_eq!(root["keys"]["t2"], k.to_value());
+    }
+
+    #[test]
+    fn replace_role_key_refuses_a_malformed_root() {
+        for bad in [
+            json!({"keys": {}, "roles": ["root"]}),
+            json!({"keys": {}, "roles": {"targets": []}}),
+            json!({"keys": [], "roles": {}}),
+            json!({"keys": "x", "roles": {}}),
+            json!("root"),
+        ] {
+            let mut root = bad.clone();
+            let e = replace_role_key(&mut root, "targets", "t2", &key(1));
+            assert!(matches!(e, Err(Error::Refused(_))), "{bad}: {e:?}");
+        }
+    }
 }

@@ -181,3 +181,79 @@ pub async fn signer_remove(
     tracing::info!(gun, signer = name, "removed signer");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_signer_lays_out_as_docker_does() {
+        let mut signed = json!({"_type": "Targets", "version": 3});
+        add_signer(&mut signed, "alice", "k1", json!({"keytype": "ecdsa"})).unwrap();
+        add_signer(&mut signed, "bob", "k2", json!({"keytype": "ecdsa"})).unwrap();
+        add_signer(&mut signed, "alice", "k1", json!({"keytype": "ecdsa"})).unwrap();
+        let all = json!([""]);
+        assert_eq!(
+            signed["delegations"],
+            json!({
+                "keys": {"k1": {"keytype": "ecdsa"}, "k2": {"keytype": "ecdsa"}},
+                "roles": [
+                    {"name": "targets/alice", "keyids": ["k1"], "threshold": 1, "paths": all},
+                    {"name": "targets/releases", "keyids": ["k1", "k2"], "threshold": 1, "paths": all},
+                    {"name": "targets/bob", "keyids": ["k2"], "threshold": 1, "paths": all},
+                ]
+            })
+        );
+        remove_signer(&mut signed, "gun", "alice").unwrap();
+        assert_eq!(
+            signed["delegations"],
+            json!({
+                "keys": {"k2": {"keytype": "ecdsa"}},
+                "roles": [
+                    {"name": "targets/releases", "keyids": ["k2"], "threshold": 1, "paths": all},
+                    {"name": "targets/bob", "keyids": ["k2"], "threshold": 1, "paths": all},
+                ]
+            })
+        );
+        remove_signer(&mut signed, "gun", "bob").unwrap();
+        assert_eq!(signed["delegations"], json!({"keys": {}, "roles": []}));
+    }
+
+    #[test]
+    fn malformed_delegations_are_refused_not_panicked_on() {
+        let key = json!({"keytype": "ecdsa"});
+        for bad in [
+            json!({"delegations": {"keys": ["k0"], "roles": []}}),
+            json!({"delegations": {"keys": "x", "roles": []}}),
+            json!({"delegations": {"keys": {}, "roles": {"targets/alice": {}}}}),
+            json!({"delegations": {"keys": {}, "roles": [{"name": "targets/releases"}]}}),
+            json!({"delegations": ["targets/alice"]}),
+            json!({"delegations": 1}),
+            json!([]),
+        ] {
+            let mut signed = bad.clone();
+            assert!(
+                add_signer(&mut signed, "alice", "k1", key.clone()).is_err(),
+                "{bad}"
+            );
+            let mut signed = bad.clone();
+            assert!(remove_signer(&mut signed, "gun", "alice").is_err(), "{bad}");
+        }
+        let e = add_signer(&mut json!({"delegations": {"keys": []}}), "a", "k1", key)
+            .map_err(malformed("targets"))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "refused: cannot edit targets: \"delegations\".\"keys\" is an array, not an object"
+        );
+    }
+
+    #[test]
+    fn removing_an_unknown_signer_is_not_found() {
+        let mut signed = json!({"delegations": {"keys": {}, "roles": [{"name": 5}]}});
+        let e = remove_signer(&mut signed, "gun", "alice").unwrap_err();
+        assert_eq!(e.to_string(), "gun has no signer alice");
+        let e = remove_signer(&mut json!({}), "gun", "alice").unwrap_err();
+        assert_eq!(e.to_string(), "gun has no signers");
+    }
+}

@@ -451,4 +451,12 @@ mod tests {
         assert_eq!(time_tag(&first), 0x18);
         assert_eq!(first.to_der().unwrap()[2..17], *b"20500101000000Z");
     }
+
+    #[test]
+    fn an_empty_chain_leads_nowhere() {
+        assert_eq!(
+            chains_to(&[], &[], SystemTime::now()),
+            Err("no certificate".to_string())
+        );
+    }
 }

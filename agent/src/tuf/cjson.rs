@@ -116,6 +116,12 @@ mod tests {
             enc(json!("a\"b\\c\n<&>\u{1}é")),
             "\"a\\\"b\\\\c\n<&>\u{1}é\""
         );
+        // Specials first, last, in a row, alone; the empty string.
+        assert_eq!(enc(json!("\"x\\")), r#""\"x\\""#);
+        assert_eq!(enc(json!("\\\"\\")), r#""\\\"\\""#);
+        assert_eq!(enc(json!("\"")), r#""\"""#);
+        assert_eq!(enc(json!("")), r#""""#);
+        assert_eq!(enc(json!("é\"")), r#""é\"""#);
     }
 
     #[test]
