@@ -13,6 +13,10 @@
 //! | `rpc`    | the gRPC services (dct API, notary-signer API), limits, error -> status |
 //! | `daemon` | config file, listeners, start-up: the composition root, imported by nothing |
 #![forbid(unsafe_code)]
+// No panics on any input: parsed data is read with `.get(..)`, never indexed or sliced
+// unchecked (issue 13). Tests may index what they just built.
+#![deny(clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod error;
 pub mod util;

@@ -1,5 +1,8 @@
 //! `dct-agent`: the daemon. Holds the tokens, serves the dct API on a Unix socket.
 #![forbid(unsafe_code)]
+// As the library: no unchecked indexing or slicing (issue 13).
+#![deny(clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

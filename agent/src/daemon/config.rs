@@ -287,7 +287,8 @@ impl Config {
             .map_err(|e| format!("notary client config {}: {e}", path.display()))?;
         let v: serde_json::Value = serde_json::from_slice(&text)
             .map_err(|e| format!("notary client config {}: {e}", path.display()))?;
-        let tp = &v["trust_pinning"];
+        let none = serde_json::Value::Null;
+        let tp = v.get("trust_pinning").unwrap_or(&none);
         if let Some(cas) = tp.get("ca").and_then(|c| c.as_object()) {
             for (gun, file) in cas {
                 if let Some(f) = file.as_str() {

@@ -296,19 +296,21 @@ fn last_record(f: &mut std::fs::File, len: u64) -> std::result::Result<Tail, Str
     f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    if buf.last() != Some(&b'\n') {
+    let Some((b'\n', body)) = buf.split_last() else {
         return Err("the last record is incomplete".into());
-    }
-    let body = &buf[..buf.len() - 1];
-    let line = match body.iter().rposition(|&b| b == b'\n') {
-        Some(i) => &body[i + 1..],
-        None if start == 0 => body,
-        None => return Err("the last record is too long".into()),
+    };
+    // The part after the body's last newline, if it has one.
+    let mut parts = body.rsplitn(2, |&b| b == b'\n');
+    let line = match (parts.next(), parts.next()) {
+        (Some(line), Some(_)) => line,
+        _ if start == 0 => body,
+        _ => return Err("the last record is too long".into()),
     };
     let v: serde_json::Value =
         serde_json::from_slice(line).map_err(|e| format!("the last record is not JSON: {e}"))?;
-    let seq = v["seq"]
-        .as_u64()
+    let seq = v
+        .get("seq")
+        .and_then(serde_json::Value::as_u64)
         .ok_or("the last record has no seq".to_string())?;
     Ok(Tail {
         seq,
@@ -557,4 +559,38 @@ fn peer_of(ext: &tonic::codegen::http::Extensions) -> Peer {
         return Peer::Tls { subject };
     }
     Peer::Agent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(content: &[u8]) -> std::result::Result<Tail, String> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(content).unwrap();
+        last_record(&mut f, content.len() as u64)
+    }
+
+    #[test]
+    fn last_record_reads_the_final_line() {
+        let t = tail_of(b"{\"seq\":1}\n{\"seq\":2}\n").unwrap();
+        assert_eq!(t.seq, 2);
+        assert_eq!(t.hash, line_hash(b"{\"seq\":2}"));
+        assert_eq!(tail_of(b"{\"seq\":7}\n").unwrap().seq, 7);
+        assert_eq!(tail_of(b"").unwrap().seq, 0);
+    }
+
+    #[test]
+    fn last_record_refuses_odd_tails_without_panicking() {
+        assert_eq!(
+            tail_of(b"{\"seq\":1}").err().unwrap(),
+            "the last record is incomplete"
+        );
+        assert!(tail_of(b"\n").is_err());
+        assert!(tail_of(b"{\"seq\":1}\n\n").is_err());
+        assert_eq!(
+            tail_of(b"[1]\n").err().unwrap(),
+            "the last record has no seq"
+        );
+    }
 }

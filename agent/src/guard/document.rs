@@ -211,7 +211,7 @@ pub fn prepare_after(
     }
     let keyid = if key.role == "root" {
         let previous = previous.and_then(|p| Envelope::parse(p).ok());
-        root_keyid(&envelope, previous.as_ref(), keys, &gun)?
+        root_keyid(&envelope, previous.as_ref(), key, keys, &gun)?
     } else {
         if let Some(kg) = &key.gun {
             if !gun.is_empty() && &gun != kg {
@@ -239,14 +239,15 @@ pub fn prepare_after(
 
 /// The keyid a root key signs a root document with: the certificate the document lists for
 /// this key; else, for a new root signed by an old key, the one the previous root lists; else
-/// this key's own certificate for the GUN.
+/// this key's own certificate for the GUN. `key` is the first of `keys`, its entries.
 fn root_keyid(
     envelope: &Envelope,
     previous: Option<&Envelope>,
+    key: &KeyEntry,
     keys: &[KeyEntry],
     gun: &str,
 ) -> Result<String> {
-    let spki = &keys[0].spki;
+    let spki = &key.spki;
     let listed = |env: &Envelope| -> Option<String> {
         let map = env.signed.get("keys")?.as_object()?;
         map.iter().find_map(|(id, v)| {
@@ -268,7 +269,7 @@ fn root_keyid(
         .ok_or_else(|| {
             Error::Refused(format!(
                 "root key {} has no certificate for {gun:?} and the document does not list it",
-                keys[0].canonical_id
+                key.canonical_id
             ))
         })
 }

@@ -162,9 +162,9 @@ pub async fn resolve(
                 .map_err(|e| e.unwrap_or_else(unreachable))?;
                 let token: serde_json::Value = serde_json::from_slice(&body)
                     .map_err(|e| Error::Unavailable(format!("registry {host} token: {e}")))?;
-                let t = token["token"]
-                    .as_str()
-                    .or(token["access_token"].as_str())
+                let field = |name: &str| token.get(name).and_then(serde_json::Value::as_str);
+                let t = field("token")
+                    .or_else(|| field("access_token"))
                     .ok_or_else(|| {
                         Error::Refused(format!("registry {host} gave no pull token for {name}"))
                     })?;

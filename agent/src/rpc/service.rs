@@ -571,7 +571,10 @@ impl Agent for AgentService {
         }
         let signed = self.guard.sign_all(items).await;
         for (place, s) in places.into_iter().zip(signed) {
-            results[place] = Some(s);
+            // Every place was pushed above; a missing one would report "not signed".
+            if let Some(slot) = results.get_mut(place) {
+                *slot = Some(s);
+            }
         }
         let results = results
             .into_iter()
@@ -754,10 +757,14 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::CeremonySignResponse>, Status> {
         let req = req.into_inner();
         let keys = self.keys.find_key(&req.key_id).await?;
-        if keys[0].role != "root" {
+        let role = keys
+            .first()
+            .map(|k| k.role.as_str())
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        if role != "root" {
             return Err(Error::InvalidArgument(format!(
-                "key {} is a {} key, not a root key",
-                req.key_id, keys[0].role
+                "key {} is a {role} key, not a root key",
+                req.key_id
             ))
             .into());
         }

@@ -8,12 +8,15 @@ use super::fetch::{
     check_gun, check_rotation, check_self_signed, fetch, role_keyids, root_role_keys,
 };
 use super::init::InitResult;
-use super::publish::{commit_with, expires, listings, publish, sha2_256, sign_doc, unsigned};
+use super::publish::{
+    commit_with, expires, listings, malformed, next_version, publish, sha2_256, sign_doc, unsigned,
+};
 use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::keys::{make_root_cert, KeyEntry};
 use crate::trust::notary::NotaryClient;
 use crate::trust::{ROOT_LIFETIME, TARGETS_LIFETIME};
+use crate::tuf::edit;
 use crate::tuf::keys::TufKey;
 use crate::tuf::metadata::{parse_key_map, Envelope, RootDoc};
 use crate::tuf::verify::{self};
@@ -74,6 +77,12 @@ pub async fn ceremony_root_init(
 ) -> Result<CeremonyInit> {
     check_gun(gun)?;
     check_root_size(threshold, tokens.len())?;
+    // The targets key goes on the first root token unless another is named.
+    let targets_label = match (targets_token, tokens.first()) {
+        ("", Some(first)) => first.as_str(),
+        ("", None) => return Err(Error::InvalidArgument("no token for the root keys".into())),
+        (named, _) => named,
+    };
     let mut distinct = tokens.to_vec();
     distinct.sort();
     distinct.dedup();
@@ -139,11 +148,6 @@ pub async fn ceremony_root_init(
         }
     };
     let root_keys = make_root_keys(guard, gun, tokens, backups).await?;
-    let targets_label = if targets_token.is_empty() {
-        &tokens[0]
-    } else {
-        targets_token
-    };
     let targets = guard
         .keys()
         .token(targets_label)?
@@ -291,33 +295,45 @@ pub async fn ceremony_root_rotate(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
     repo.require_trusted(client, gun)?;
-    let current = repo.files["root"].clone();
+    let current = repo.file("root")?.clone();
     let mut root = repo.doc("root")?.signed;
     let new_keys = make_root_keys(guard, gun, tokens, &RootBackups::default()).await?;
     guard.keys().invalidate();
-    // The old root keys leave the key map (the previous root keeps them for the chain).
-    let old_ids: Vec<String> = root["roles"]["root"]["keyids"]
-        .as_array()
+    let listed: Vec<(String, Value)> = new_keys
+        .iter()
+        .map(|k| (k.key.key_id.clone(), k.key.tuf_key().to_value()))
+        .collect();
+    replace_root_keys(&mut root, &listed, threshold)?;
+    next_version(&mut root, "root", ROOT_LIFETIME)?;
+    Ok((current, unsigned(root), new_keys))
+}
+
+/// The next root's root role: `new` keys (ID, key) with `threshold`. The old root keys
+/// leave the key map (the previous root keeps them for the chain).
+fn replace_root_keys(root: &mut Value, new: &[(String, Value)], threshold: usize) -> Result<()> {
+    let bad = malformed("root");
+    let old_ids: Vec<String> = edit::get(root, &["roles", "root", "keyids"])
+        .and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(|v| v.as_str().map(str::to_string))
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(map) = root["keys"].as_object_mut() {
-        for id in &old_ids {
-            map.remove(id);
-        }
-        for k in &new_keys {
-            map.insert(k.key.key_id.clone(), k.key.tuf_key().to_value());
-        }
+    let map = edit::object_mut(root, &["keys"]).map_err(&bad)?;
+    for id in &old_ids {
+        map.remove(id);
     }
-    let ids: Vec<&String> = new_keys.iter().map(|k| &k.key.key_id).collect();
-    root["roles"]["root"] = json!({"keyids": ids, "threshold": threshold});
-    let version = root["version"].as_i64().unwrap_or(0);
-    root["version"] = json!(version + 1);
-    root["expires"] = json!(expires(ROOT_LIFETIME)?);
-    Ok((current, unsigned(root), new_keys))
+    for (id, key) in new {
+        map.insert(id.clone(), key.clone());
+    }
+    let ids: Vec<&String> = new.iter().map(|(id, _)| id).collect();
+    edit::set(
+        root,
+        &["roles", "root"],
+        json!({"keyids": ids, "threshold": threshold}),
+    )
+    .map_err(&bad)
 }
 
 /// Signatures on `new` by the root keys of `previous` (a rotation needs a threshold of
@@ -351,13 +367,14 @@ pub async fn publish_root(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
     repo.require_trusted(client, gun)?;
-    check_rotation(&repo.files["root"], &root_bytes)?;
+    let current = repo.file("root")?;
+    check_rotation(current, &root_bytes)?;
     check_self_signed(&root_bytes)?;
-    if version_of(&root_bytes) != version_of(&repo.files["root"]) + 1 {
+    if version_of(&root_bytes) != version_of(current).saturating_add(1) {
         return Err(Error::Refused(format!(
             "the new root is version {}, the server's is {}: make it from the current root",
             version_of(&root_bytes),
-            version_of(&repo.files["root"])
+            version_of(current)
         )));
     }
     let (keys, _) = guard.keys().all_keys().await;
@@ -469,4 +486,61 @@ pub(crate) async fn import_with_backup_file(
         })
         .await?;
     Ok((key, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_root_keys_swaps_the_root_role() {
+        let mut root = json!({
+            "keys": {"old": {}, "t": {}},
+            "roles": {"root": {"keyids": ["old"], "threshold": 1}, "targets": {"keyids": ["t"], "threshold": 1}},
+        });
+        let new = [
+            ("a".to_string(), json!({"n": 1})),
+            ("b".to_string(), json!({"n": 2})),
+        ];
+        replace_root_keys(&mut root, &new, 2).unwrap();
+        assert_eq!(
+            root,
+            json!({
+                "keys": {"a": {"n": 1}, "b": {"n": 2}, "t": {}},
+                "roles": {"root": {"keyids": ["a", "b"], "threshold": 2}, "targets": {"keyids": ["t"], "threshold": 1}},
+            })
+        );
+    }
+
+    #[test]
+    fn replace_root_keys_refuses_a_malformed_root() {
+        let new = [("a".to_string(), json!({}))];
+        for bad in [
+            json!({"keys": [], "roles": {"root": {"keyids": []}}}),
+            json!({"keys": {}, "roles": ["root"]}),
+            json!(4),
+        ] {
+            let mut root = bad.clone();
+            let e = replace_root_keys(&mut root, &new, 1);
+            assert!(matches!(e, Err(Error::Refused(_))), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn next_version_needs_a_version_below_the_last() {
+        let mut root = json!({"version": 4});
+        next_version(&mut root, "root", ROOT_LIFETIME).unwrap();
+        assert_eq!(root["version"], json!(5));
+        assert!(root["expires"].is_string());
+        for bad in [
+            json!({}),
+            json!({"version": "4"}),
+            json!({"version": i64::MAX}),
+            json!([]),
+        ] {
+            let mut doc = bad.clone();
+            let e = next_version(&mut doc, "root", ROOT_LIFETIME);
+            assert!(matches!(e, Err(Error::Refused(_))), "{bad}: {e:?}");
+        }
+    }
 }

@@ -42,17 +42,26 @@ impl Repo {
 pub(crate) const MAX_DELEGATIONS: usize = 10_000;
 
 impl Repo {
+    /// The bytes of `role` as fetched.
+    pub(crate) fn file(&self, role: &str) -> Result<&Vec<u8>> {
+        file(&self.files, role)
+    }
+
     pub(crate) fn doc(&self, role: &str) -> Result<Envelope> {
-        let bytes = self
-            .files
-            .get(role)
-            .ok_or_else(|| Error::Internal(format!("{role} not fetched")))?;
-        Envelope::parse(bytes).map_err(|e| Error::Internal(format!("{role}: {e}")))
+        Envelope::parse(self.file(role)?).map_err(|e| Error::Internal(format!("{role}: {e}")))
     }
 
     pub(crate) fn root(&self) -> Result<RootDoc> {
         serde_json::from_value(self.doc("root")?.signed).map_err(|e| Error::Internal(e.to_string()))
     }
+}
+
+/// The bytes of `role` in `files`, which the agent fetched or loaded itself (so a missing
+/// role is an internal error, named).
+pub(crate) fn file<'a>(files: &'a RepoFiles, role: &str) -> Result<&'a Vec<u8>> {
+    files
+        .get(role)
+        .ok_or_else(|| Error::Internal(format!("{role} not fetched")))
 }
 
 /// A GUN as Docker names it: non-empty, no whitespace or control characters, no `..`.
@@ -121,9 +130,10 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
     // have been signed by the one before (Notary keeps them as <N>.root.json).
     let mut chain = Vec::new();
     if let Some(old) = &cached {
-        let (from, to) = (version_of(old), version_of(&files["root"]));
-        if old != &files["root"] && to > from + 1 && check_rotation(old, &files["root"]).is_err() {
-            for v in from + 1..to {
+        let root = file(&files, "root")?;
+        let (from, to) = (version_of(old), version_of(root));
+        if old != root && to > from.saturating_add(1) && check_rotation(old, root).is_err() {
+            for v in from.saturating_add(1)..to {
                 let step = client
                     .get_role(gun, &format!("{v}.root"))
                     .await?
@@ -140,9 +150,10 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
     let (files, verified) =
         tokio::task::spawn_blocking(move || -> Result<(RepoFiles, VerifiedRepo)> {
             if let Some(old) = &cached {
-                if old != &files["root"] {
+                let root = file(&files, "root")?;
+                if old != root {
                     let mut prev = old.clone();
-                    for step in chain.iter().chain(std::iter::once(&files["root"])) {
+                    for step in chain.iter().chain(std::iter::once(root)) {
                         check_rotation(&prev, step)?;
                         check_self_signed(step)?;
                         prev = step.clone();
@@ -160,13 +171,13 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
     check_ca_pin(
         &ctx.pinning,
         gun,
-        &files["root"],
+        file(&files, "root")?,
         &verified,
         OffsetDateTime::now_utc(),
     )?;
     // Rollback protection: no role older than seen before, no delegation silently dropped.
     let mut seen = ctx.versions(gun);
-    let delegated: Vec<String> = Envelope::parse(&files["targets"])
+    let delegated: Vec<String> = Envelope::parse(file(&files, "targets")?)
         .ok()
         .and_then(|e| serde_json::from_value::<TargetsDoc>(e.signed).ok())
         .map(|t| t.delegations.roles.into_iter().map(|d| d.name).collect())
@@ -192,7 +203,8 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
         let e = seen.entry(role.clone()).or_insert(v);
         *e = (*e).max(v);
     }
-    ctx.persist(gun, files["root"].clone(), Some(seen)).await?;
+    ctx.persist(gun, file(&files, "root")?.clone(), Some(seen))
+        .await?;
     Ok(Some(Repo {
         files,
         verified,

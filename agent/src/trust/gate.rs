@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use time::OffsetDateTime;
 
 use super::cache::{cache_name, read_cached, write_atomic, TrustContext};
-use super::fetch::{check_gun, fetch};
+use super::fetch::{check_gun, fetch, file};
 use crate::error::{Error, Result};
 use crate::trust::notary::NotaryClient;
 use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Envelope, RootDoc};
@@ -194,7 +194,7 @@ pub async fn verify_tag(
     let verified = if opts.offline {
         // The cache is a handful of small files; read once, verified off the runtime.
         let files = ctx.load_metadata(gun)?;
-        let root = files["root"].clone();
+        let root = file(&files, "root")?.clone();
         let at = opts.at.unwrap_or_else(OffsetDateTime::now_utc);
         let gun_owned = gun.to_string();
         let pins2 = pins.clone();

@@ -50,10 +50,13 @@ pub async fn init(
     // Root: the named key, else a root key with a certificate for this GUN, else a new one.
     let root = if !root_key.is_empty() {
         let found = guard.keys().find_key(root_key).await?;
-        if found[0].role != "root" {
+        let role = found
+            .first()
+            .map(|k| k.role.as_str())
+            .ok_or_else(|| Error::NotFound(format!("no key {root_key}")))?;
+        if role != "root" {
             return Err(Error::InvalidArgument(format!(
-                "key {root_key} is a {} key, not a root key",
-                found[0].role
+                "key {root_key} is a {role} key, not a root key"
             )));
         }
         found
@@ -162,9 +165,14 @@ pub async fn init(
     if let Some(sk) = &local_snap {
         let meta =
             |b: &[u8]| json!({"hashes": {"sha256": B64.encode(sha2_256(b))}, "length": b.len()});
+        // The meta of root and targets, the files so far.
+        let metas: serde_json::Map<String, serde_json::Value> = files
+            .iter()
+            .map(|(role, b)| (role.clone(), meta(b)))
+            .collect();
         let snap = json!({
             "_type": "Snapshot", "expires": expires(TARGETS_LIFETIME)?, "version": 1,
-            "meta": {"root": meta(&files[0].1), "targets": meta(&files[1].1)},
+            "meta": metas,
         });
         let s = sign_doc(
             guard,

@@ -191,7 +191,8 @@ fn server_reason(body: &[u8]) -> String {
         });
     match parsed {
         Some(v) if !v.is_empty() => v.join("; "),
-        _ => String::from_utf8_lossy(&body[..body.len().min(300)])
+        // The first 300 bytes, or all of a shorter body.
+        _ => String::from_utf8_lossy(body.get(..300).unwrap_or(body))
             .trim()
             .to_string(),
     }

@@ -16,12 +16,32 @@ use crate::guard::{Guard, Receipt};
 use crate::keys::KeyEntry;
 use crate::trust::notary::NotaryClient;
 use crate::trust::TARGETS_LIFETIME;
+use crate::tuf::edit;
 use crate::tuf::metadata::{Envelope, RootDoc};
 
 pub(crate) fn expires(lifetime: time::Duration) -> Result<String> {
     (OffsetDateTime::now_utc() + lifetime)
         .format(&Rfc3339)
         .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// The error for an edit of `role`'s document that its shape does not allow (a member that
+/// must be an object or a list is not): the document came from the server.
+pub(crate) fn malformed(role: &str) -> impl Fn(String) -> Error + '_ {
+    move |e| Error::Refused(format!("cannot edit {role}: {e}"))
+}
+
+/// Makes `signed` (a document of `role`) its next version, expiring `lifetime` from now.
+pub(crate) fn next_version(signed: &mut Value, role: &str, lifetime: time::Duration) -> Result<()> {
+    let version = signed
+        .get("version")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| Error::Refused(format!("cannot edit {role}: it has no version")))?;
+    let next = version.checked_add(1).ok_or_else(|| {
+        Error::Refused(format!("cannot edit {role}: version {version} is the last"))
+    })?;
+    edit::set(signed, &["version"], json!(next)).map_err(malformed(role))?;
+    edit::set(signed, &["expires"], json!(expires(lifetime)?)).map_err(malformed(role))
 }
 
 pub(crate) fn unsigned(signed: Value) -> Vec<u8> {
@@ -170,7 +190,7 @@ pub(crate) async fn commit_with(
                 gun,
                 repo.doc("root")?.signed,
                 &held,
-                &repo.files["root"],
+                repo.file("root")?,
                 &mut receipts,
             )
             .await
@@ -193,9 +213,7 @@ pub(crate) async fn commit_with(
         mut signed,
     } in edits
     {
-        let version = signed.get("version").and_then(Value::as_i64).unwrap_or(0);
-        signed["version"] = json!(version + 1);
-        signed["expires"] = json!(expires(TARGETS_LIFETIME)?);
+        next_version(&mut signed, &role, TARGETS_LIFETIME)?;
         let previous = repo.files.get(&role).map(Vec::as_slice);
         let s = sign_doc(
             guard,
@@ -226,12 +244,11 @@ pub(crate) async fn commit_with(
     if let Some(key) = snap_key {
         let mut snap = repo.doc("snapshot")?.signed;
         for (role, bytes) in &updates {
-            snap["meta"][role] =
+            let meta =
                 json!({"hashes": {"sha256": B64.encode(sha2_256(bytes))}, "length": bytes.len()});
+            edit::set(&mut snap, &["meta", role], meta).map_err(malformed("snapshot"))?;
         }
-        let version = snap.get("version").and_then(Value::as_i64).unwrap_or(0);
-        snap["version"] = json!(version + 1);
-        snap["expires"] = json!(expires(TARGETS_LIFETIME)?);
+        next_version(&mut snap, "snapshot", TARGETS_LIFETIME)?;
         let s = sign_doc(
             guard,
             listings(keys, &key.canonical_id),

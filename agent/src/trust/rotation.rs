@@ -6,12 +6,13 @@ use time::OffsetDateTime;
 
 use super::cache::TrustContext;
 use super::fetch::{check_gun, fetch};
-use super::publish::{commit_with, expires, listings, sign_doc, unsigned, Edit};
+use super::publish::{commit_with, listings, malformed, next_version, sign_doc, unsigned, Edit};
 use crate::error::{Error, Result};
 use crate::guard::{Guard, Receipt};
 use crate::keys::KeyEntry;
 use crate::trust::notary::NotaryClient;
 use crate::trust::ROOT_LIFETIME;
+use crate::tuf::edit;
 use crate::tuf::keys::TufKey;
 use crate::tuf::metadata::{parse_key_map, RootDoc};
 
@@ -43,9 +44,7 @@ pub(crate) async fn sign_next_root(
     previous: &[u8],
     receipts: &mut Vec<Receipt>,
 ) -> Result<Vec<u8>> {
-    let version = root["version"].as_i64().unwrap_or(0);
-    root["version"] = json!(version + 1);
-    root["expires"] = json!(expires(ROOT_LIFETIME)?);
+    next_version(&mut root, "root", ROOT_LIFETIME)?;
     let mut doc = unsigned(root);
     for id in signers {
         let canonical = all
@@ -66,6 +65,28 @@ pub(crate) async fn sign_next_root(
         .document;
     }
     Ok(doc)
+}
+
+/// The new root: `role` lists only `new_id` (threshold 1); keys no role uses any more are
+/// dropped.
+fn replace_role_key(root: &mut Value, role: &str, new_id: &str, new_key: &TufKey) -> Result<()> {
+    let bad = malformed("root");
+    edit::set(root, &["roles", role, "keyids"], json!([new_id])).map_err(&bad)?;
+    edit::set(root, &["roles", role, "threshold"], json!(1)).map_err(&bad)?;
+    edit::set(root, &["keys", new_id], new_key.to_value()).map_err(&bad)?;
+    let used: Vec<Value> = ["root", "targets", "snapshot", "timestamp"]
+        .iter()
+        .flat_map(|r| {
+            edit::get(root, &["roles", r, "keyids"])
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    edit::object_mut(root, &["keys"])
+        .map_err(&bad)?
+        .retain(|id, _| used.contains(&json!(id)));
+    Ok(())
 }
 
 /// Whether a root expiring at `expires` must be re-signed now: within six months, as the
@@ -151,22 +172,7 @@ pub async fn rotate(
             )))
         }
     };
-    // The new root: the role lists only the new key; keys no role uses any more are dropped.
-    root["roles"][role]["keyids"] = json!([&new_id]);
-    root["roles"][role]["threshold"] = json!(1);
-    root["keys"][&new_id] = new_key.to_value();
-    let used: Vec<Value> = ["root", "targets", "snapshot", "timestamp"]
-        .iter()
-        .flat_map(|r| {
-            root["roles"][r]["keyids"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect();
-    if let Some(k) = root["keys"].as_object_mut() {
-        k.retain(|id, _| used.contains(&json!(id)));
-    }
+    replace_role_key(&mut root, role, &new_id, &new_key)?;
     let (all, _) = guard.keys().all_keys().await;
     let mut signers: Vec<String> = root_signers.clone();
     if role == "root" {
@@ -179,7 +185,7 @@ pub async fn rotate(
         gun,
         root,
         &signers,
-        &repo.files["root"],
+        repo.file("root")?,
         &mut receipts,
     )
     .await?;
@@ -209,5 +215,49 @@ mod tests {
         assert!(!root_due("2027-07-01T00:00:00Z", now));
         assert!(root_due("2026-01-01T00:00:00Z", now));
         assert!(root_due("not a time", now));
+    }
+
+    fn key(byte: u8) -> TufKey {
+        TufKey {
+            keytype: "ed25519".into(),
+            public: vec![byte; 32],
+        }
+    }
+
+    #[test]
+    fn replace_role_key_lists_only_the_new_key() {
+        let mut root = json!({
+            "keys": {"r": {}, "t": {}, "s": {}, "ts": {}},
+            "roles": {
+                "root": {"keyids": ["r"], "threshold": 1},
+                "targets": {"keyids": ["t"], "threshold": 1},
+                "snapshot": {"keyids": ["s"], "threshold": 1},
+                "timestamp": {"keyids": ["ts"], "threshold": 1},
+            },
+        });
+        let k = key(7);
+        replace_role_key(&mut root, "targets", "t2", &k).unwrap();
+        assert_eq!(
+            root["roles"]["targets"],
+            json!({"keyids": ["t2"], "threshold": 1})
+        );
+        let ids: Vec<&String> = root["keys"].as_object().unwrap().keys().collect();
+        assert_eq!(ids, ["r", "s", "t2", "ts"]);
+        assert_eq!(root["keys"]["t2"], k.to_value());
+    }
+
+    #[test]
+    fn replace_role_key_refuses_a_malformed_root() {
+        for bad in [
+            json!({"keys": {}, "roles": ["root"]}),
+            json!({"keys": {}, "roles": {"targets": []}}),
+            json!({"keys": [], "roles": {}}),
+            json!({"keys": "x", "roles": {}}),
+            json!("root"),
+        ] {
+            let mut root = bad.clone();
+            let e = replace_role_key(&mut root, "targets", "t2", &key(1));
+            assert!(matches!(e, Err(Error::Refused(_))), "{bad}: {e:?}");
+        }
     }
 }

@@ -8,11 +8,12 @@ use serde_json::{json, Value};
 
 use super::cache::TrustContext;
 use super::fetch::{check_gun, fetch, role_keyids, Repo};
-use super::publish::{commit, fetch_or_init, Edit};
+use super::publish::{commit, fetch_or_init, malformed, Edit};
 use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::keys::KeyEntry;
 use crate::trust::notary::{NotaryClient, ServerOpts};
+use crate::tuf::edit;
 use crate::tuf::metadata::{parse_key_map, TargetsDoc};
 
 pub struct SignResult {
@@ -94,9 +95,7 @@ pub async fn sign_tags(
                         repo.signed_or_new(role)?
                     }
                 };
-                if !signed["targets"].is_object() {
-                    signed["targets"] = json!({});
-                }
+                edit::object_mut(&mut signed, &["targets"]).map_err(malformed(role))?;
                 edits.push(Edit {
                     role: role.to_string(),
                     key: key.clone(),
@@ -105,9 +104,11 @@ pub async fn sign_tags(
                 edits.len() - 1
             }
         };
-        edits[i].signed["targets"][t.tag.as_str()] =
-            json!({"hashes": {"sha256": B64.encode(t.sha256)}, "length": t.length});
-        Ok(())
+        let e = edits
+            .get_mut(i)
+            .ok_or_else(|| Error::Internal(format!("no edit of {role}")))?;
+        let target = json!({"hashes": {"sha256": B64.encode(t.sha256)}, "length": t.length});
+        edit::set(&mut e.signed, &["targets", t.tag.as_str()], target).map_err(malformed(role))
     };
     let mut targets_key_cached: Option<KeyEntry> = None;
     for t in tags {

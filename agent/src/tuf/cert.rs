@@ -340,7 +340,7 @@ fn valid_at(c: &Certificate, at: SystemTime) -> bool {
 /// Whether `chain` (leaf first, then intermediates) leads to one of `cas`, every
 /// certificate valid at `at` (Notary's CA trust pinning).
 pub fn chains_to(chain: &[Certificate], cas: &[Certificate], at: SystemTime) -> Result<(), String> {
-    let mut current = chain.first().ok_or("no certificate")?;
+    let (mut current, issuers) = chain.split_first().ok_or("no certificate")?;
     for _ in 0..8 {
         if !valid_at(current, at) {
             return Err(format!(
@@ -357,10 +357,7 @@ pub fn chains_to(chain: &[Certificate], cas: &[Certificate], at: SystemTime) -> 
             }
             return Ok(());
         }
-        match chain[1..]
-            .iter()
-            .find(|i| verify_issued(current, i).is_ok())
-        {
+        match issuers.iter().find(|i| verify_issued(current, i).is_ok()) {
             Some(next) => current = next,
             None => {
                 return Err(format!(
@@ -453,5 +450,13 @@ mod tests {
         let first = rfc5280_time(y2050).unwrap();
         assert_eq!(time_tag(&first), 0x18);
         assert_eq!(first.to_der().unwrap()[2..17], *b"20500101000000Z");
+    }
+
+    #[test]
+    fn an_empty_chain_leads_nowhere() {
+        assert_eq!(
+            chains_to(&[], &[], SystemTime::now()),
+            Err("no certificate".to_string())
+        );
     }
 }

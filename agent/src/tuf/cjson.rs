@@ -78,17 +78,18 @@ pub fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), CjsonError> {
 fn write_str(s: &str, out: &mut Vec<u8>) {
     out.reserve(s.len() + 2);
     out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'"' || b == b'\\' {
-            out.extend_from_slice(&bytes[start..i]);
-            out.push(b'\\');
-            out.push(b);
-            start = i + 1;
+    let special = |b: &u8| *b == b'"' || *b == b'\\';
+    // Runs that end in `"` or `\` (escaped), and a last run without either.
+    for run in s.as_bytes().split_inclusive(special) {
+        match run.split_last() {
+            Some((last, head)) if special(last) => {
+                out.extend_from_slice(head);
+                out.push(b'\\');
+                out.push(*last);
+            }
+            _ => out.extend_from_slice(run),
         }
     }
-    out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
 
@@ -115,6 +116,12 @@ mod tests {
             enc(json!("a\"b\\c\n<&>\u{1}é")),
             "\"a\\\"b\\\\c\n<&>\u{1}é\""
         );
+        // Specials first, last, in a row, alone; the empty string.
+        assert_eq!(enc(json!("\"x\\")), r#""\"x\\""#);
+        assert_eq!(enc(json!("\\\"\\")), r#""\\\"\\""#);
+        assert_eq!(enc(json!("\"")), r#""\"""#);
+        assert_eq!(enc(json!("")), r#""""#);
+        assert_eq!(enc(json!("é\"")), r#""é\"""#);
     }
 
     #[test]

@@ -158,20 +158,24 @@ fn decrypt_legacy(
         key.extend_from_slice(&d);
         prev = Some(d);
     }
+    // The rounds make 16 or 32 bytes; the cipher takes the first `key_len`. (The cut tail
+    // stays in the capacity, which Zeroizing clears with the rest.)
+    key.truncate(key_len);
+    let key = key.as_slice();
     let mut buf = Zeroizing::new(der.to_vec());
     let bad = |_| KeyFileError::WrongPassphrase;
     let n = match key_len {
-        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key[..16], &iv)
+        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, &iv)
             .map_err(|_| KeyFileError::WrongPassphrase)?
             .decrypt_padded_mut::<Pkcs7>(&mut buf)
             .map(|p| p.len())
             .map_err(bad)?,
-        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key[..24], &iv)
+        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, &iv)
             .map_err(|_| KeyFileError::WrongPassphrase)?
             .decrypt_padded_mut::<Pkcs7>(&mut buf)
             .map(|p| p.len())
             .map_err(bad)?,
-        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key[..32], &iv)
+        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, &iv)
             .map_err(|_| KeyFileError::WrongPassphrase)?
             .decrypt_padded_mut::<Pkcs7>(&mut buf)
             .map(|p| p.len())
@@ -302,4 +306,30 @@ pub fn write(
     // Go puts the headers right after the BEGIN line.
     let (first, rest) = body.split_once('\n').unwrap_or((&body, ""));
     Ok(Zeroizing::new(format!("{first}\n{headers}{rest}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ciphertexts from `openssl enc -aes-N-cbc -K <EVP_BytesToKey(md5, pass, iv[..8])>`.
+    #[test]
+    fn legacy_aes_cbc_of_every_key_length_decrypts() {
+        let iv = "00112233445566778899AABBCCDDEEFF";
+        let plain = b"sixteen-byte-msg and more text..";
+        for (cipher, hex) in [
+            ("AES-128-CBC", "d93ce73672d3a3a6fcd9bb17e88233e46cb3c5c1e5382a758e37d3c94db608598835f3984617978c419dcbc21e6aade8"),
+            ("AES-192-CBC", "60e59089d2cb112cb78c6306d13605aed783df5b1a9cdd2ce8702a2da95d5d17a42c3eb81ad669b9f6e8f398c49152e6"),
+            ("AES-256-CBC", "8aada39be9bfeed527aea3d1aafb38bbae9ad0b5d33c15752fb07de456b075eab64c82f9386541145c3f8c92a19dd153"),
+        ] {
+            let der = crate::tuf::keys::unhex(hex).unwrap();
+            let dek = format!("{cipher},{iv}");
+            let out = decrypt_legacy(&der, &dek, b"legacy-pass").unwrap();
+            assert_eq!(out.as_slice(), plain, "{cipher}");
+            assert!(matches!(
+                decrypt_legacy(&der, &dek, b"wrong-pass"),
+                Err(KeyFileError::WrongPassphrase)
+            ));
+        }
+    }
 }

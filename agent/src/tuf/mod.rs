@@ -3,6 +3,7 @@
 
 pub mod cert;
 pub mod cjson;
+pub mod edit;
 pub mod keyfile;
 pub mod keys;
 pub mod metadata;

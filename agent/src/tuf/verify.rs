@@ -85,17 +85,16 @@ pub fn verify_repository(
     check_common("root", &root.common, at)?;
     let root_keys = parse_key_map(&root.keys).map_err(|e| fail("root", e))?;
     for name in ["root", "targets", "snapshot", "timestamp"] {
-        let r = root
-            .roles
-            .get(name)
-            .ok_or_else(|| fail("root", format!("no {name} role")))?;
-        check_role_keys("root", name, r, &root_keys)?;
+        check_role_keys("root", name, role_of(&root, name)?, &root_keys)?;
     }
-    let root_role = &root.roles["root"];
+    let root_role = role_of(&root, "root")?;
     let mut cert_problems = Vec::new();
     let mut usable_root_keys = BTreeMap::new();
     for id in &root_role.keyids {
-        let key = &root_keys[id];
+        // check_role_keys above made sure every root key ID is listed.
+        let key = root_keys
+            .get(id)
+            .ok_or_else(|| fail("root", format!("root names key {id}, which is not listed")))?;
         let pinned = pins.is_empty()
             || pins
                 .iter()
@@ -299,6 +298,13 @@ pub(crate) fn check_role_keys(
     Ok(())
 }
 
+/// The keys and threshold `root` gives the top-level role `name`.
+fn role_of<'a>(root: &'a RootDoc, name: &str) -> Result<&'a RoleKeys, VerifyError> {
+    root.roles
+        .get(name)
+        .ok_or_else(|| fail("root", format!("no {name} role")))
+}
+
 /// Verifies a top-level role's signatures against the keys root gives it.
 fn check_role_signatures(
     role: &str,
@@ -306,7 +312,7 @@ fn check_role_signatures(
     root: &RootDoc,
     root_keys: &BTreeMap<String, TufKey>,
 ) -> Result<Vec<String>, VerifyError> {
-    let r = &root.roles[role];
+    let r = role_of(root, role)?;
     let keys: BTreeMap<String, TufKey> = r
         .keyids
         .iter()

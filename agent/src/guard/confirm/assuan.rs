@@ -52,14 +52,18 @@ pub fn unescape(text: &str) -> String {
     let b = text.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    while i < b.len() {
-        let hex = |x: u8| (x as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied(), b.get(i + 2).copied()) {
-            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+    let hex = |x: u8| (x as char).to_digit(16);
+    while let Some(&c) = b.get(i) {
+        match (
+            c,
+            b.get(i + 1).and_then(|&h| hex(h)),
+            b.get(i + 2).and_then(|&l| hex(l)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
                 i += 3;
             }
-            (c, _, _) => {
+            _ => {
                 out.push(c);
                 i += 1;
             }
