@@ -102,6 +102,14 @@ pub(crate) struct Edit {
 impl Repo {
     /// A role's current `signed`, or an empty targets role for a delegation with no file yet.
     pub(crate) fn signed_or_new(&self, role: &str) -> Result<Value> {
+        // A skipped delegation's content is unverified: signing over it would vouch for
+        // whatever the server put there.
+        if let Some(s) = self.verified.skipped_role(role) {
+            return Err(Error::Refused(format!(
+                "{role} does not verify ({}): refusing to sign over it",
+                s.reason
+            )));
+        }
         Ok(match self.files.get(role) {
             Some(_) => self.doc(role)?.signed,
             None => {
