@@ -359,3 +359,248 @@ fn ca_pinning_accepts_roots_the_ca_issued_and_nothing_else() {
     sign(&signer, &stack, &format!("{own}:v1"), b"x\n");
     trust(&good, &stack, &["verify", &format!("{own}:v1")]).fails(1, "pinned CA");
 }
+
+/// A repository signed with test keys, served over HTTP by a stand-in server
+/// (dct_tests::replay) from `dir`, for a gate on `gun`.
+fn serve(
+    gun: &str,
+    r: &dct_tests::mutate::Repo,
+    k: &[dct_tests::mutate::Key],
+) -> (tempfile::TempDir, dct_tests::replay::Replay) {
+    let dir = tempfile::tempdir().unwrap();
+    r.write(k, dir.path());
+    let replay = dct_tests::replay::Replay::start(gun, dir.path().to_path_buf());
+    (dir, replay)
+}
+
+#[test]
+fn the_gate_refuses_unusable_targets_and_never_prints_them_as_digests() {
+    use dct_tests::mutate::{self, Repo};
+    use serde_json::json;
+    let g = gate("");
+    let short = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 16]);
+    let d2 = format!("sha256:{}", hex(&Sha256::digest(b"two\n")));
+    for (n, (role, entry, why)) in [
+        ("targets", json!({"hashes": {}, "length": 4}), "no sha256"),
+        ("targets", json!({"length": 4}), "no sha256"),
+        ("targets", json!({"hashes": {"sha256": short}, "length": 4}), "16 bytes, not 32"),
+        ("targets", json!({"hashes": {"sha256": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32])}}), "no length"),
+        // Docker takes the tag from targets/releases: a valid entry in targets does not
+        // stand in for an unusable one there.
+        ("targets/releases", json!({"hashes": {}, "length": 4}), "no sha256"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let gun = format!("registry.example.com/unusable{n}");
+        let k = mutate::keys(&gun, 60);
+        let mut r = Repo::new(&k);
+        r.role(role)["targets"]["v1"] = entry;
+        let (_dir, server) = serve(&gun, &r, &k);
+        let image = format!("{gun}:v1");
+        let online = |extra: &[&str]| {
+            let mut args = vec!["trust", "--server", &server.url, "verify", &image];
+            args.extend_from_slice(extra);
+            g.dct(&args)
+        };
+        for run in [
+            online(&[]),
+            online(&["--print-digest"]),
+            g.dct(&["trust", "verify", &image, "--offline", "--print-digest"]),
+        ] {
+            let err = run.fails(1, &format!("tag: {gun}:v1 in {role} is unusable"));
+            assert!(err.contains(why), "{err}");
+            assert_eq!(run.stdout(), "", "printed as a digest");
+        }
+        // The other tags are unaffected.
+        let v2 = format!("{gun}:v2");
+        let printed = g
+            .dct(&["trust", "--server", &server.url, "verify", &v2, "--print-digest"])
+            .ok();
+        assert_eq!(printed.stdout.trim(), d2);
+    }
+}
+
+#[test]
+fn a_failing_delegation_untrusts_only_its_own_tags_at_the_gate() {
+    use dct_tests::mutate::{self, Repo, STRANGER};
+    use serde_json::json;
+    let g = gate("");
+    let d1 = format!("sha256:{}", hex(&Sha256::digest(b"one\n")));
+    let d2 = format!("sha256:{}", hex(&Sha256::digest(b"two\n")));
+    type Edit = dyn Fn(&mut Repo);
+    let cases: [(&str, &Edit, &str); 4] = [
+        (
+            "expired",
+            &|r| r.role("targets/alice")["expires"] = json!(dct_tests::expires_in(-1)),
+            "expired at",
+        ),
+        (
+            "stranger",
+            &|r| {
+                r.signers.insert("targets/alice".into(), vec![STRANGER]);
+            },
+            "0 valid signature(s) of the 1 required",
+        ),
+        (
+            "threshold",
+            &|r| r.role("targets")["delegations"]["roles"][1]["threshold"] = json!(2),
+            "1 valid signature(s) of the 2 required",
+        ),
+        (
+            "keyless",
+            &|r| r.role("targets")["delegations"]["roles"][1]["keyids"] = json!([]),
+            "it has no keys",
+        ),
+    ];
+    for (name, edit, why) in cases {
+        let gun = format!("registry.example.com/skip-{name}");
+        let k = mutate::keys(&gun, 70);
+        let mut r = Repo::new(&k);
+        edit(&mut r);
+        let (_dir, server) = serve(&gun, &r, &k);
+        let verify = |tag: &str, extra: &[&str]| {
+            let image = format!("{gun}:{tag}");
+            let mut args = vec!["trust", "--server", &server.url, "verify", &image];
+            args.extend_from_slice(extra);
+            let online = g.dct(&args);
+            let mut args = vec!["trust", "verify", &image, "--offline"];
+            args.extend_from_slice(extra);
+            (online, g.dct(&args))
+        };
+        // Tags of other roles pass, the output naming the skipped delegation and why.
+        let (online, offline) = verify("v1", &[]);
+        for run in [&online, &offline] {
+            let out = run.ok();
+            assert!(out.stdout.contains(&d1), "{}", out.stdout);
+            assert!(
+                out.stderr.contains("warning: targets/alice skipped") && out.stderr.contains(why),
+                "{name}: {}",
+                out.stderr
+            );
+        }
+        let j = g
+            .dct(&[
+                "--json",
+                "trust",
+                "--server",
+                &server.url,
+                "verify",
+                &format!("{gun}:v2"),
+            ])
+            .json();
+        assert_eq!(j["digest"], d2.as_str());
+        assert_eq!(j["role"], "targets/releases");
+        assert_eq!(j["skipped"][0]["role"], "targets/alice");
+        // v2 is in releases and in the skipped targets/alice: alice does not count.
+        let (online, offline) = verify("v2", &["--signer", "alice"]);
+        for run in [online, offline] {
+            let err = run.fails(1, "signer: ");
+            assert!(
+                err.contains("not by alice (targets/alice lists it but is skipped: ")
+                    && err.contains(why),
+                "{name}: {err}"
+            );
+        }
+        // a1 is signed only in the skipped delegation: not signed, with the reason.
+        let (online, offline) = verify("a1", &[]);
+        for run in [online, offline] {
+            let err = run.fails(1, "tag: ");
+            assert!(
+                err.contains(
+                    "is not signed by a trusted role (targets/alice lists it but is skipped: "
+                ) && err.contains(why),
+                "{name}: {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+    }
+
+    // targets/releases skipped: a tag it lists is refused, never taken from elsewhere;
+    // tags in targets pass.
+    let gun = "registry.example.com/skip-releases";
+    let k = mutate::keys(gun, 80);
+    let mut r = Repo::new(&k);
+    r.role("targets/releases")["expires"] = json!(dct_tests::expires_in(-1));
+    r.role("targets")["targets"]["v2"] = mutate::meta(b"older two\n");
+    let (_dir, server) = serve(gun, &r, &k);
+    g.dct(&[
+        "trust",
+        "--server",
+        &server.url,
+        "verify",
+        &format!("{gun}:v1"),
+    ])
+    .ok();
+    let err = g
+        .dct(&[
+            "trust",
+            "--server",
+            &server.url,
+            "verify",
+            &format!("{gun}:v2"),
+        ])
+        .fails(1, "tag: ");
+    assert!(
+        err.contains("targets/releases, where docker takes it from, is skipped: expired at"),
+        "{err}"
+    );
+
+    // targets itself failing still fails everything.
+    let gun = "registry.example.com/skip-targets";
+    let k = mutate::keys(gun, 90);
+    let mut r = Repo::new(&k);
+    r.role("targets")["expires"] = json!(dct_tests::expires_in(-1));
+    let (_dir, server) = serve(gun, &r, &k);
+    g.dct(&[
+        "trust",
+        "--server",
+        &server.url,
+        "verify",
+        &format!("{gun}:v1"),
+    ])
+    .fails(1, "targets: expired at");
+}
+
+/// notary accepts a delegation rolled back to an older version under a newer snapshot;
+/// the gate, having seen the newer one, refuses the repository.
+#[test]
+fn stricter_than_notary_a_rolled_back_delegation_is_refused() {
+    use dct_tests::mutate::{self, Repo};
+    let g = gate("");
+    let gun = "registry.example.com/rolled-back";
+    let k = mutate::keys(gun, 100);
+    let mut r = Repo::new(&k);
+    r.role("targets/releases")["version"] = serde_json::json!(2);
+    r.snapshot_version = 2;
+    let (dir, server) = serve(gun, &r, &k);
+    let image = format!("{gun}:v2");
+    g.dct(&["trust", "--server", &server.url, "verify", &image])
+        .ok();
+    // The same repository with releases back at version 1, under a newer snapshot.
+    r.role("targets/releases")["version"] = serde_json::json!(1);
+    r.snapshot_version = 3;
+    r.write(&k, dir.path());
+    g.dct(&["trust", "--server", &server.url, "verify", &image])
+        .fails(1, "refusing a rollback");
+}
+
+/// notary falls back to targets when the snapshot stops listing a delegation; the gate,
+/// having seen it, refuses the repository.
+#[test]
+fn stricter_than_notary_a_snapshot_that_stops_listing_a_seen_delegation_is_refused() {
+    use dct_tests::mutate::{self, Repo};
+    let g = gate("");
+    let gun = "registry.example.com/unlisted";
+    let k = mutate::keys(gun, 110);
+    let mut r = Repo::new(&k);
+    let (dir, server) = serve(gun, &r, &k);
+    let image = format!("{gun}:v1");
+    g.dct(&["trust", "--server", &server.url, "verify", &image])
+        .ok();
+    r.unlisted.push("targets/releases".into());
+    r.snapshot_version = 2;
+    r.write(&k, dir.path());
+    g.dct(&["trust", "--server", &server.url, "verify", &image])
+        .fails(1, "no longer lists targets/releases");
+}

@@ -285,7 +285,7 @@ pub async fn verify_tag(
             return Err(check_failed(
                 "tag",
                 format!(
-                    "{gun}:{tag} in {role} is unusable: {}; docker refuses it too",
+                    "{gun}:{tag} in {role} is unusable: {} (docker refuses it too)",
                     u.reason
                 ),
             ));

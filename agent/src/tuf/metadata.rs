@@ -159,10 +159,7 @@ impl FileMeta {
     /// What a target entry points at, as docker takes it: a sha256 of exactly 32 bytes and
     /// a non-negative length, else why the target cannot be used.
     pub fn usable_target(&self) -> Result<(String, u64), String> {
-        let b64 = self
-            .hashes
-            .get("sha256")
-            .ok_or("no sha256 hash (docker: no valid hash, expecting sha256)")?;
+        let b64 = self.hashes.get("sha256").ok_or("no sha256 hash")?;
         let raw = B64
             .decode(b64)
             .map_err(|_| "sha256 hash is not base64".to_string())?;
