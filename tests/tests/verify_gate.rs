@@ -604,3 +604,104 @@ fn stricter_than_notary_a_snapshot_that_stops_listing_a_seen_delegation_is_refus
     g.dct(&["trust", "--server", &server.url, "verify", &image])
         .fails(1, "no longer lists targets/releases");
 }
+
+/// The real notary client removes a signer's key, leaving targets/alice with no keys on the
+/// real notary-server: notary and the gate skip it, every other tag still passes.
+#[test]
+fn a_delegation_whose_keys_notary_removed_is_skipped_as_notary_skips_it() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/keyless";
+    let ndir = tempfile::tempdir().unwrap();
+    let d = ndir.path();
+    let notary = |args: &[&str]| {
+        let out = stack.notary(d, args, None);
+        assert!(
+            out.status.success(),
+            "notary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    std::fs::write(d.join("v1.txt"), b"v1 by admin\n").unwrap();
+    std::fs::write(d.join("a1.txt"), b"a1 by alice\n").unwrap();
+    p256_key(d, "alice.key");
+    openssl(
+        d,
+        &["ec", "-in", "alice.key", "-pubout", "-out", "alice.pub"],
+    );
+    notary(&["init", gun]);
+    notary(&["add", gun, "v1", d.join("v1.txt").to_str().unwrap()]);
+    notary(&["publish", gun]);
+    notary(&[
+        "key",
+        "import",
+        d.join("alice.key").to_str().unwrap(),
+        "--role",
+        "targets/alice",
+        "--gun",
+        gun,
+    ]);
+    let added = notary(&[
+        "delegation",
+        "add",
+        gun,
+        "targets/alice",
+        d.join("alice.pub").to_str().unwrap(),
+        "--all-paths",
+    ]);
+    notary(&["publish", gun]);
+    notary(&[
+        "add",
+        gun,
+        "a1",
+        d.join("a1.txt").to_str().unwrap(),
+        "--roles",
+        "targets/alice",
+    ]);
+    notary(&["publish", gun]);
+    let g = gate("");
+    trust(
+        &g,
+        &stack,
+        &["verify", &format!("{gun}:a1"), "--signer", "alice"],
+    )
+    .fails(1, "signed only in targets/alice");
+    // The signer's key is removed: notary rewrites targets with targets/alice keyless.
+    let key_id = added
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .find(|w| w.len() == 64)
+        .unwrap_or_else(|| panic!("no key ID in {added:?}"))
+        .to_string();
+    notary(&["delegation", "remove", gun, "targets/alice", &key_id]);
+    notary(&["publish", gun]);
+
+    // notary lists v1 (and not a1); so does the gate, naming targets/alice and why.
+    let rows = dct_tests::notary::notary_list(&stack, gun, &[]);
+    assert!(rows.iter().any(|r| r.0 == "v1"), "{rows:?}");
+    assert!(rows.iter().all(|r| r.0 != "a1"), "{rows:?}");
+    let d1 = format!("sha256:{}", hex(&Sha256::digest(b"v1 by admin\n")));
+    let v1 = format!("{gun}:v1");
+    let out = trust(&g, &stack, &["verify", &v1]).ok();
+    assert!(out.stdout.contains(&d1), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("warning: targets/alice skipped, its tags untrusted: it has no keys"),
+        "{}",
+        out.stderr
+    );
+    let a1 = format!("{gun}:a1");
+    for run in [
+        trust(&g, &stack, &["verify", &a1]),
+        g.dct(&["trust", "verify", &a1, "--offline"]),
+    ] {
+        let err = run.fails(1, "tag: ");
+        assert!(
+            err.contains("is not signed by a trusted role (targets/alice lists it but is skipped: it has no keys"),
+            "{err}"
+        );
+    }
+    g.dct(&["trust", "verify", &v1, "--offline"]).ok();
+    if let Some(shown) = dct_tests::notary::docker_inspect(&stack, &v1) {
+        assert!(shown.contains(&d1[7..]), "{shown}");
+    }
+}

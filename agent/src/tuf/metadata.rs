@@ -233,10 +233,21 @@ impl FileMeta {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DelegationRole {
     pub name: String,
+    /// Notary writes `null` for a delegation whose keys were all removed (a nil Go slice).
+    #[serde(deserialize_with = "null_as_empty")]
     pub keyids: Vec<String>,
     pub threshold: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub paths: Vec<String>,
+}
+
+/// A JSON `null` read as the empty value, as Go reads it into a nil slice.
+fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
