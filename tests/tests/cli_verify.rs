@@ -375,7 +375,7 @@ fn mutated_repositories_decide_as_notary_offline() {
         assert!(out.stdout.contains("sha256:"), "{}", out.stdout);
         assert!(
             out.stderr
-                .contains(&format!("targets/alice skipped, its targets untrusted: ")),
+                .contains("targets/alice skipped, its targets untrusted: "),
             "{}",
             out.stderr
         );

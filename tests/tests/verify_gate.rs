@@ -705,3 +705,84 @@ fn a_delegation_whose_keys_notary_removed_is_skipped_as_notary_skips_it() {
         assert!(shown.contains(&d1[7..]), "{shown}");
     }
 }
+
+/// A root certificate whose CN is a wildcard of the GUN (`registry.example.com/*`), made with
+/// openssl and published by the real notary client: notary and the gate both accept it.
+#[test]
+fn a_root_certificate_for_a_wildcard_of_the_gun_passes_as_in_notary() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/wild";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    p256_key(d, "root.key");
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "root.key",
+            "-subj",
+            "/CN=registry.example.com\\/*",
+            "-out",
+            "root.csr",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509", "-req", "-in", "root.csr", "-signkey", "root.key", "-days", "20", "-extfile",
+            "ext.cnf", "-out", "root.crt",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "root.key",
+            "-out",
+            "root-enc.key",
+            "-v2",
+            "aes-256-cbc",
+            "-v2prf",
+            "hmacWithSHA1",
+            "-passout",
+            "pass:test-root-passphrase",
+        ],
+    );
+    let ndir = tempfile::tempdir().unwrap();
+    let content = d.join("v1.txt");
+    std::fs::write(&content, b"under a wildcard root\n").unwrap();
+    for args in [
+        vec![
+            "init",
+            gun,
+            "--rootkey",
+            d.join("root-enc.key").to_str().unwrap(),
+            "--rootcert",
+            d.join("root.crt").to_str().unwrap(),
+        ],
+        vec!["add", gun, "v1", content.to_str().unwrap()],
+        vec!["publish", gun],
+    ] {
+        let out = stack.notary(ndir.path(), &args, None);
+        assert!(out.status.success(), "notary {args:?}: {out:?}");
+    }
+    let rows = dct_tests::notary::notary_list(&stack, gun, &[]);
+    assert!(rows.iter().any(|r| r.0 == "v1"), "{rows:?}");
+    let g = gate("");
+    let out = trust(&g, &stack, &["verify", &format!("{gun}:v1")]).ok();
+    assert!(
+        out.stdout
+            .contains(&hex(&Sha256::digest(b"under a wildcard root\n"))),
+        "{}",
+        out.stdout
+    );
+}
