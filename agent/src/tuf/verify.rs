@@ -677,6 +677,10 @@ mod tests {
         method: String,
         /// Roles left out of the snapshot's meta.
         unlisted: Vec<String>,
+        /// (role, from, to): text replaced in a role's file after it was signed.
+        served: Vec<(String, String, String)>,
+        /// (role, delta): added to the length the snapshot gives a role.
+        length_delta: Vec<(String, i64)>,
     }
 
     /// root, targets (v1, delegating releases and alice), targets/releases (v2),
@@ -729,6 +733,8 @@ mod tests {
             signers,
             method: "ecdsa".into(),
             unlisted: Vec::new(),
+            served: Vec::new(),
+            length_delta: Vec::new(),
         }
     }
 
@@ -762,12 +768,22 @@ mod tests {
         fn files(&self, k: &[K]) -> RepoFiles {
             let mut files = RepoFiles::new();
             for (role, signed) in &self.signed {
-                files.insert(role.clone(), self.sign(k, role, signed));
+                let mut bytes = self.sign(k, role, signed);
+                for (_, from, to) in self.served.iter().filter(|(r, _, _)| r == role) {
+                    let text = String::from_utf8(bytes).unwrap();
+                    assert!(text.contains(from.as_str()), "{from} not in {role}");
+                    bytes = text.replace(from.as_str(), to).into_bytes();
+                }
+                files.insert(role.clone(), bytes);
             }
             let mut snap_meta = serde_json::Map::new();
             for (role, bytes) in &files {
                 if !self.unlisted.contains(role) {
-                    snap_meta.insert(role.clone(), meta(bytes));
+                    let mut m = meta(bytes);
+                    for (_, d) in self.length_delta.iter().filter(|(r, _)| r == role) {
+                        m["length"] = json!(bytes.len() as i64 + d);
+                    }
+                    snap_meta.insert(role.clone(), m);
                 }
             }
             let snap =
@@ -1063,5 +1079,43 @@ mod tests {
         let mut r = repo(&k);
         r.unlisted.push("targets".into());
         assert_eq!(verify(&r.files(&k)).unwrap_err().role, "snapshot");
+    }
+
+    #[test]
+    fn stricter_than_notary_snapshot_meta_lengths_must_be_exact() {
+        let k = keys_with_root_cn(GUN);
+        for (role, d) in [("targets/alice", 1), ("targets", 1), ("root", -1)] {
+            let mut r = repo(&k);
+            r.length_delta.push((role.into(), d));
+            let e = verify(&r.files(&k)).unwrap_err();
+            assert_eq!(e.role, "snapshot", "{role}: {e}");
+            assert!(e.reason.contains("length is"), "{role}: {e}");
+        }
+    }
+
+    /// Go reads numbers as float64: a served integer above 2^53 that rounds to the signed
+    /// one verifies in notary; here the signature covers the exact integer.
+    #[test]
+    fn stricter_than_notary_an_integer_above_2_53_served_other_than_signed_is_refused() {
+        let k = keys_with_root_cn(GUN);
+        let mut r = repo(&k);
+        r.role("targets/alice")["targets"]["big"] = json!({"hashes": {"sha256": B64.encode([1u8; 32])}, "length": 9_007_199_254_740_992_i64});
+        r.served.push((
+            "targets/alice".into(),
+            "9007199254740992".into(),
+            "9007199254740993".into(),
+        ));
+        let v = verify(&r.files(&k)).unwrap();
+        let s = v.skipped_role("targets/alice").unwrap();
+        assert!(s.reason.contains("0 valid signature(s)"), "{}", s.reason);
+        // The same in targets fails the repository.
+        let mut r = repo(&k);
+        r.role("targets")["targets"]["big"] = json!({"hashes": {"sha256": B64.encode([1u8; 32])}, "length": 9_007_199_254_740_992_i64});
+        r.served.push((
+            "targets".into(),
+            "9007199254740992".into(),
+            "9007199254740993".into(),
+        ));
+        assert_eq!(verify(&r.files(&k)).unwrap_err().role, "targets");
     }
 }
