@@ -545,6 +545,17 @@ fn a_failing_delegation_untrusts_only_its_own_tags_at_the_gate() {
         err.contains("targets/releases, where docker takes it from, is skipped: expired at"),
         "{err}"
     );
+    // inspect resolves tags the same way: v2 is not shown with targets' digest.
+    let ins = g
+        .dct(&["--json", "trust", "--server", &server.url, "inspect", gun])
+        .json();
+    let shown: Vec<&str> = ins["signed_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["tag"].as_str())
+        .collect();
+    assert_eq!(shown, ["v1"], "{ins}");
 
     // targets itself failing still fails everything.
     let gun = "registry.example.com/skip-targets";
