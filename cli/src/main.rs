@@ -752,6 +752,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 if any {
                     t.print();
                 }
+                for role in &r.roles {
+                    for u in &role.unusable {
+                        eprintln!(
+                            "warning: {} lists {} without a usable digest: {}",
+                            role.role, u.name, u.reason
+                        );
+                    }
+                }
+                for s in &r.skipped {
+                    eprintln!(
+                        "warning: {} skipped, its targets untrusted: {}",
+                        s.role, s.reason
+                    );
+                }
                 for w in &r.warnings {
                     eprintln!("warning: {w}");
                 }

@@ -146,10 +146,20 @@ pub fn verify_json(gun: &str, r: &pb::VerifyRepositoryResponse) -> Value {
                 .iter()
                 .map(|t| json!({"name": t.name, "digest": format!("sha256:{}", t.sha256), "length": t.length}))
                 .collect();
-            json!({"role": role.role, "version": role.version, "expires": role.expires, "signed_by": role.signed_by, "targets": targets})
+            let unusable: Vec<Value> = role
+                .unusable
+                .iter()
+                .map(|u| json!({"name": u.name, "reason": u.reason}))
+                .collect();
+            json!({"role": role.role, "version": role.version, "expires": role.expires, "signed_by": role.signed_by, "targets": targets, "unusable": unusable})
         })
         .collect();
-    json!({"gun": gun, "valid": true, "roles": roles, "warnings": r.warnings})
+    let skipped: Vec<Value> = r
+        .skipped
+        .iter()
+        .map(|s| json!({"role": s.role, "reason": s.reason, "targets": s.targets}))
+        .collect();
+    json!({"gun": gun, "valid": true, "roles": roles, "skipped": skipped, "warnings": r.warnings})
 }
 
 /// PEM of one DER object, 64 columns.

@@ -527,16 +527,35 @@ pub async fn run(
             let r = c
                 .call(|mut a| async move { a.trust_verify(req).await })
                 .await?;
-            if print_digest {
-                println!("sha256:{}", r.sha256);
-                return Ok(());
+            // The agent passes a tag only with a 32-byte sha256; never print anything else
+            // as a digest.
+            if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Failure::failed(format!(
+                    "tag: {gun}:{tag} has no usable sha256 digest"
+                )));
             }
+            let skipped: Vec<serde_json::Value> = r
+                .skipped
+                .iter()
+                .map(|s| serde_json::json!({"role": s.role, "reason": s.reason}))
+                .collect();
             if json {
                 return print_json(&serde_json::json!({
                     "gun": gun, "tag": tag, "digest": format!("sha256:{}", r.sha256),
                     "size": r.length, "role": r.role, "signers": r.signers,
                     "root_key_ids": r.root_key_ids, "trust": r.trust, "verified": true,
+                    "skipped": skipped,
                 }));
+            }
+            for s in &r.skipped {
+                eprintln!(
+                    "warning: {} skipped, its tags untrusted: {}",
+                    s.role, s.reason
+                );
+            }
+            if print_digest {
+                println!("sha256:{}", r.sha256);
+                return Ok(());
             }
             println!(
                 "{gun}:{tag} is signed: sha256:{} ({} bytes) in {} by {} (root trusted: {})",

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod faulty;
+pub mod mutate;
 pub mod notary;
 pub mod piv;
 pub mod piv_card;

@@ -272,3 +272,178 @@ fn root_pinning_by_certificate_or_canonical_id() {
         .fails(1, "root: ");
     assert!(err.contains("is not pinned"), "{err}");
 }
+
+/// Repositories signed in the test with test keys (targets: v1; targets/releases: v2;
+/// targets/alice: v2, a1), mutated, verified offline as notary and docker decide.
+#[test]
+fn mutated_repositories_decide_as_notary_offline() {
+    use dct_tests::mutate::{self, Repo, STRANGER};
+    use serde_json::json;
+    let agent = Agent::start(None);
+    let gun = "example.com/mutated";
+    let k = mutate::keys(gun, 40);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("repo");
+    let tuf_verify = |json: bool| {
+        let mut args = vec!["tuf", "verify", d.to_str().unwrap(), "--gun", gun];
+        if json {
+            args.insert(0, "--json");
+        }
+        agent.dct(&args)
+    };
+    let role = |out: &serde_json::Value, name: &str| {
+        out["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["role"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .clone()
+    };
+
+    // A target with no sha256, or a short one: unusable, never printed as a digest.
+    let mut r = Repo::new(&k);
+    let short = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 16]);
+    r.role("targets")["targets"]["v1"] = json!({"hashes": {}, "length": 4});
+    r.role("targets")["targets"]["v3"] = json!({"hashes": {"sha256": short}, "length": 4});
+    r.write(&k, &d);
+    let out = tuf_verify(false).ok();
+    // Table rows: ROLE TARGET DIGEST SIZE.
+    let digests: Vec<(&str, &str)> = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[2].starts_with("sha256:")).then(|| (f[1], f[2]))
+        })
+        .collect();
+    assert!(
+        digests.iter().all(|(t, _)| *t != "v1" && *t != "v3"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("targets lists v1 without a usable digest: no sha256"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("sha256 hash is 16 bytes, not 32"),
+        "{}",
+        out.stderr
+    );
+    let j = tuf_verify(true).json();
+    let t = role(&j, "targets");
+    assert_eq!(t["targets"].as_array().unwrap().len(), 0, "{t}");
+    assert_eq!(t["unusable"][0]["name"], "v1");
+    assert_eq!(t["unusable"][1]["name"], "v3");
+    assert_eq!(role(&j, "targets/releases")["targets"][0]["name"], "v2");
+
+    // Not base64: notary fails the repository, and so does this.
+    let mut r = Repo::new(&k);
+    r.role("targets")["targets"]["v1"] = json!({"hashes": {"sha256": "%%%"}, "length": 4});
+    r.write(&k, &d);
+    tuf_verify(false).fails(
+        1,
+        "targets: malformed: target \"v1\": sha256 hash is not base64",
+    );
+
+    // An expired delegation, or one signed by a key it does not list: skipped with its
+    // reason, the other roles verify.
+    for (edit, why) in [
+        (
+            &(|r: &mut Repo| r.role("targets/alice")["expires"] = json!(dct_tests::expires_in(-1)))
+                as &dyn Fn(&mut Repo),
+            "expired at",
+        ),
+        (
+            &|r: &mut Repo| {
+                r.signers.insert("targets/alice".into(), vec![STRANGER]);
+            },
+            "0 valid signature(s) of the 1 required",
+        ),
+        (
+            &|r: &mut Repo| r.role("targets")["delegations"]["roles"][1]["keyids"] = json!([]),
+            "it has no keys",
+        ),
+    ] {
+        let mut r = Repo::new(&k);
+        edit(&mut r);
+        r.write(&k, &d);
+        let out = tuf_verify(false).ok();
+        assert!(out.stdout.contains("sha256:"), "{}", out.stdout);
+        assert!(
+            out.stderr
+                .contains("targets/alice skipped, its targets untrusted: "),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(why), "{why}: {}", out.stderr);
+        let j = tuf_verify(true).json();
+        assert_eq!(j["valid"], true);
+        assert_eq!(j["skipped"][0]["role"], "targets/alice");
+        assert_eq!(j["skipped"][0]["targets"], json!(["a1", "v2"]));
+        assert_eq!(role(&j, "targets")["targets"][0]["name"], "v1");
+        assert_eq!(role(&j, "targets/releases")["targets"][0]["name"], "v2");
+        assert!(j["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["role"] != "targets/alice"));
+    }
+
+    // targets itself expired: everything fails.
+    let mut r = Repo::new(&k);
+    r.role("targets")["expires"] = json!(dct_tests::expires_in(-1));
+    r.write(&k, &d);
+    tuf_verify(false).fails(1, "targets: expired at");
+
+    // A role file published but neither listed in the snapshot nor delegated: ignored.
+    let mut r = Repo::new(&k);
+    r.signed.insert(
+        "targets/stray".into(),
+        json!({"_type": "Targets", "expires": dct_tests::expires_in(30), "version": 1,
+            "targets": {"v1": mutate::meta(b"stray\n")}, "delegations": {"keys": {}, "roles": []}}),
+    );
+    r.unlisted.push("targets/stray".into());
+    r.write(&k, &d);
+    let out = tuf_verify(false).ok();
+    assert!(
+        out.stderr.contains(
+            "targets/stray is published but neither listed in the snapshot nor delegated: ignored"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    // A root certificate for a wildcard of the GUN (as notary's pinning accepts it).
+    let kw = mutate::keys("example.com/*", 40);
+    Repo::new(&kw).write(&kw, &d);
+    tuf_verify(false).ok();
+    let kw = mutate::keys("*", 40);
+    Repo::new(&kw).write(&kw, &d);
+    tuf_verify(false).fails(1, "is not the GUN");
+}
+
+#[test]
+fn signature_methods_in_another_case_verify_as_in_notary() {
+    let agent = Agent::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    copy_repo(dir.path());
+    let p = dir.path().join("timestamp.json");
+    let s = std::fs::read_to_string(&p).unwrap();
+    assert!(s.contains("\"method\":\"ecdsa\""));
+    std::fs::write(
+        &p,
+        s.replace("\"method\":\"ecdsa\"", "\"method\":\"ECDSA\""),
+    )
+    .unwrap();
+    verify(&agent, dir.path(), AT).ok();
+    std::fs::write(
+        &p,
+        s.replace("\"method\":\"ecdsa\"", "\"method\":\"rsapss\""),
+    )
+    .unwrap();
+    verify(&agent, dir.path(), AT).fails(1, "timestamp: ");
+}

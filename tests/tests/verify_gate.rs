@@ -359,3 +359,441 @@ fn ca_pinning_accepts_roots_the_ca_issued_and_nothing_else() {
     sign(&signer, &stack, &format!("{own}:v1"), b"x\n");
     trust(&good, &stack, &["verify", &format!("{own}:v1")]).fails(1, "pinned CA");
 }
+
+/// A repository signed with test keys, served over HTTP by a stand-in server
+/// (dct_tests::replay) from `dir`, for a gate on `gun`.
+fn serve(
+    gun: &str,
+    r: &dct_tests::mutate::Repo,
+    k: &[dct_tests::mutate::Key],
+) -> (tempfile::TempDir, dct_tests::replay::Replay) {
+    let dir = tempfile::tempdir().unwrap();
+    r.write(k, dir.path());
+    let replay = dct_tests::replay::Replay::start(gun, dir.path().to_path_buf());
+    (dir, replay)
+}
+
+#[test]
+fn the_gate_refuses_unusable_targets_and_never_prints_them_as_digests() {
+    use dct_tests::mutate::{self, Repo};
+    use serde_json::json;
+    let g = gate("");
+    let short = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 16]);
+    let d2 = format!("sha256:{}", hex(&Sha256::digest(b"two\n")));
+    for (n, (role, entry, why)) in [
+        ("targets", json!({"hashes": {}, "length": 4}), "no sha256"),
+        ("targets", json!({"length": 4}), "no sha256"),
+        ("targets", json!({"hashes": {"sha256": short}, "length": 4}), "16 bytes, not 32"),
+        ("targets", json!({"hashes": {"sha256": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32])}}), "no length"),
+        // Docker takes the tag from targets/releases: a valid entry in targets does not
+        // stand in for an unusable one there.
+        ("targets/releases", json!({"hashes": {}, "length": 4}), "no sha256"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let gun = format!("registry.example.com/unusable{n}");
+        let k = mutate::keys(&gun, 60);
+        let mut r = Repo::new(&k);
+        r.role(role)["targets"]["v1"] = entry;
+        let (_dir, server) = serve(&gun, &r, &k);
+        let image = format!("{gun}:v1");
+        let online = |extra: &[&str]| {
+            let mut args = vec!["trust", "--server", &server.url, "verify", &image];
+            args.extend_from_slice(extra);
+            g.dct(&args)
+        };
+        for run in [
+            online(&[]),
+            online(&["--print-digest"]),
+            g.dct(&["trust", "verify", &image, "--offline", "--print-digest"]),
+        ] {
+            let err = run.fails(1, &format!("tag: {gun}:v1 in {role} is unusable"));
+            assert!(err.contains(why), "{err}");
+            assert_eq!(run.stdout(), "", "printed as a digest");
+        }
+        // The other tags are unaffected.
+        let v2 = format!("{gun}:v2");
+        let printed = g
+            .dct(&["trust", "--server", &server.url, "verify", &v2, "--print-digest"])
+            .ok();
+        assert_eq!(printed.stdout.trim(), d2);
+    }
+}
+
+#[test]
+fn a_failing_delegation_untrusts_only_its_own_tags_at_the_gate() {
+    use dct_tests::mutate::{self, Repo, STRANGER};
+    use serde_json::json;
+    let g = gate("");
+    let d1 = format!("sha256:{}", hex(&Sha256::digest(b"one\n")));
+    let d2 = format!("sha256:{}", hex(&Sha256::digest(b"two\n")));
+    type Edit = dyn Fn(&mut Repo);
+    let cases: [(&str, &Edit, &str); 4] = [
+        (
+            "expired",
+            &|r| r.role("targets/alice")["expires"] = json!(dct_tests::expires_in(-1)),
+            "expired at",
+        ),
+        (
+            "stranger",
+            &|r| {
+                r.signers.insert("targets/alice".into(), vec![STRANGER]);
+            },
+            "0 valid signature(s) of the 1 required",
+        ),
+        (
+            "threshold",
+            &|r| r.role("targets")["delegations"]["roles"][1]["threshold"] = json!(2),
+            "1 valid signature(s) of the 2 required",
+        ),
+        (
+            "keyless",
+            &|r| r.role("targets")["delegations"]["roles"][1]["keyids"] = json!([]),
+            "it has no keys",
+        ),
+    ];
+    for (name, edit, why) in cases {
+        let gun = format!("registry.example.com/skip-{name}");
+        let k = mutate::keys(&gun, 70);
+        let mut r = Repo::new(&k);
+        edit(&mut r);
+        let (_dir, server) = serve(&gun, &r, &k);
+        let verify = |tag: &str, extra: &[&str]| {
+            let image = format!("{gun}:{tag}");
+            let mut args = vec!["trust", "--server", &server.url, "verify", &image];
+            args.extend_from_slice(extra);
+            let online = g.dct(&args);
+            let mut args = vec!["trust", "verify", &image, "--offline"];
+            args.extend_from_slice(extra);
+            (online, g.dct(&args))
+        };
+        // Tags of other roles pass, the output naming the skipped delegation and why.
+        let (online, offline) = verify("v1", &[]);
+        for run in [&online, &offline] {
+            let out = run.ok();
+            assert!(out.stdout.contains(&d1), "{}", out.stdout);
+            assert!(
+                out.stderr.contains("warning: targets/alice skipped") && out.stderr.contains(why),
+                "{name}: {}",
+                out.stderr
+            );
+        }
+        let j = g
+            .dct(&[
+                "--json",
+                "trust",
+                "--server",
+                &server.url,
+                "verify",
+                &format!("{gun}:v2"),
+            ])
+            .json();
+        assert_eq!(j["digest"], d2.as_str());
+        assert_eq!(j["role"], "targets/releases");
+        assert_eq!(j["skipped"][0]["role"], "targets/alice");
+        // v2 is in releases and in the skipped targets/alice: alice does not count.
+        let (online, offline) = verify("v2", &["--signer", "alice"]);
+        for run in [online, offline] {
+            let err = run.fails(1, "signer: ");
+            assert!(
+                err.contains("not by alice (targets/alice lists it but is skipped: ")
+                    && err.contains(why),
+                "{name}: {err}"
+            );
+        }
+        // a1 is signed only in the skipped delegation: not signed, with the reason.
+        let (online, offline) = verify("a1", &[]);
+        for run in [online, offline] {
+            let err = run.fails(1, "tag: ");
+            assert!(
+                err.contains(
+                    "is not signed by a trusted role (targets/alice lists it but is skipped: "
+                ) && err.contains(why),
+                "{name}: {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+    }
+
+    // targets/releases skipped: a tag it lists is refused, never taken from elsewhere;
+    // tags in targets pass.
+    let gun = "registry.example.com/skip-releases";
+    let k = mutate::keys(gun, 80);
+    let mut r = Repo::new(&k);
+    r.role("targets/releases")["expires"] = json!(dct_tests::expires_in(-1));
+    r.role("targets")["targets"]["v2"] = mutate::meta(b"older two\n");
+    let (_dir, server) = serve(gun, &r, &k);
+    g.dct(&[
+        "trust",
+        "--server",
+        &server.url,
+        "verify",
+        &format!("{gun}:v1"),
+    ])
+    .ok();
+    let err = g
+        .dct(&[
+            "trust",
+            "--server",
+            &server.url,
+            "verify",
+            &format!("{gun}:v2"),
+        ])
+        .fails(1, "tag: ");
+    assert!(
+        err.contains("targets/releases, where docker takes it from, is skipped: expired at"),
+        "{err}"
+    );
+    // inspect resolves tags the same way: v2 is not shown with targets' digest.
+    let ins = g
+        .dct(&["--json", "trust", "--server", &server.url, "inspect", gun])
+        .json();
+    let shown: Vec<&str> = ins["signed_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["tag"].as_str())
+        .collect();
+    assert_eq!(shown, ["v1"], "{ins}");
+
+    // targets itself failing still fails everything.
+    let gun = "registry.example.com/skip-targets";
+    let k = mutate::keys(gun, 90);
+    let mut r = Repo::new(&k);
+    r.role("targets")["expires"] = json!(dct_tests::expires_in(-1));
+    let (_dir, server) = serve(gun, &r, &k);
+    g.dct(&[
+        "trust",
+        "--server",
+        &server.url,
+        "verify",
+        &format!("{gun}:v1"),
+    ])
+    .fails(1, "targets: expired at");
+}
+
+/// notary accepts a delegation rolled back to an older version under a newer snapshot;
+/// the gate, having seen the newer one, refuses the repository.
+#[test]
+fn stricter_than_notary_a_rolled_back_delegation_is_refused() {
+    use dct_tests::mutate::{self, Repo};
+    let g = gate("");
+    let gun = "registry.example.com/rolled-back";
+    let k = mutate::keys(gun, 100);
+    let mut r = Repo::new(&k);
+    r.role("targets/releases")["version"] = serde_json::json!(2);
+    r.snapshot_version = 2;
+    let (dir, server) = serve(gun, &r, &k);
+    let image = format!("{gun}:v2");
+    g.dct(&["trust", "--server", &server.url, "verify", &image])
+        .ok();
+    // The same repository with releases back at version 1, under a newer snapshot.
+    r.role("targets/releases")["version"] = serde_json::json!(1);
+    r.snapshot_version = 3;
+    r.write(&k, dir.path());
+    g.dct(&["trust", "--server", &server.url, "verify", &image])
+        .fails(1, "refusing a rollback");
+}
+
+/// notary falls back to targets when the snapshot stops listing a delegation; the gate,
+/// having seen it, refuses the repository.
+#[test]
+fn stricter_than_notary_a_snapshot_that_stops_listing_a_seen_delegation_is_refused() {
+    use dct_tests::mutate::{self, Repo};
+    let g = gate("");
+    let gun = "registry.example.com/unlisted";
+    let k = mutate::keys(gun, 110);
+    let mut r = Repo::new(&k);
+    let (dir, server) = serve(gun, &r, &k);
+    let image = format!("{gun}:v1");
+    g.dct(&["trust", "--server", &server.url, "verify", &image])
+        .ok();
+    r.unlisted.push("targets/releases".into());
+    r.snapshot_version = 2;
+    r.write(&k, dir.path());
+    g.dct(&["trust", "--server", &server.url, "verify", &image])
+        .fails(1, "no longer lists targets/releases");
+}
+
+/// The real notary client removes a signer's key, leaving targets/alice with no keys on the
+/// real notary-server: notary and the gate skip it, every other tag still passes.
+#[test]
+fn a_delegation_whose_keys_notary_removed_is_skipped_as_notary_skips_it() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/keyless";
+    let ndir = tempfile::tempdir().unwrap();
+    let d = ndir.path();
+    let notary = |args: &[&str]| {
+        let out = stack.notary(d, args, None);
+        assert!(
+            out.status.success(),
+            "notary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    std::fs::write(d.join("v1.txt"), b"v1 by admin\n").unwrap();
+    std::fs::write(d.join("a1.txt"), b"a1 by alice\n").unwrap();
+    p256_key(d, "alice.key");
+    openssl(
+        d,
+        &["ec", "-in", "alice.key", "-pubout", "-out", "alice.pub"],
+    );
+    notary(&["init", gun]);
+    notary(&["add", gun, "v1", d.join("v1.txt").to_str().unwrap()]);
+    notary(&["publish", gun]);
+    notary(&[
+        "key",
+        "import",
+        d.join("alice.key").to_str().unwrap(),
+        "--role",
+        "targets/alice",
+        "--gun",
+        gun,
+    ]);
+    let added = notary(&[
+        "delegation",
+        "add",
+        gun,
+        "targets/alice",
+        d.join("alice.pub").to_str().unwrap(),
+        "--all-paths",
+    ]);
+    notary(&["publish", gun]);
+    notary(&[
+        "add",
+        gun,
+        "a1",
+        d.join("a1.txt").to_str().unwrap(),
+        "--roles",
+        "targets/alice",
+    ]);
+    notary(&["publish", gun]);
+    let g = gate("");
+    trust(
+        &g,
+        &stack,
+        &["verify", &format!("{gun}:a1"), "--signer", "alice"],
+    )
+    .fails(1, "signed only in targets/alice");
+    // The signer's key is removed: notary rewrites targets with targets/alice keyless.
+    let key_id = added
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .find(|w| w.len() == 64)
+        .unwrap_or_else(|| panic!("no key ID in {added:?}"))
+        .to_string();
+    notary(&["delegation", "remove", gun, "targets/alice", &key_id]);
+    notary(&["publish", gun]);
+
+    // notary lists v1 (and not a1); so does the gate, naming targets/alice and why.
+    let rows = dct_tests::notary::notary_list(&stack, gun, &[]);
+    assert!(rows.iter().any(|r| r.0 == "v1"), "{rows:?}");
+    assert!(rows.iter().all(|r| r.0 != "a1"), "{rows:?}");
+    let d1 = format!("sha256:{}", hex(&Sha256::digest(b"v1 by admin\n")));
+    let v1 = format!("{gun}:v1");
+    let out = trust(&g, &stack, &["verify", &v1]).ok();
+    assert!(out.stdout.contains(&d1), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("warning: targets/alice skipped, its tags untrusted: it has no keys"),
+        "{}",
+        out.stderr
+    );
+    let a1 = format!("{gun}:a1");
+    for run in [
+        trust(&g, &stack, &["verify", &a1]),
+        g.dct(&["trust", "verify", &a1, "--offline"]),
+    ] {
+        let err = run.fails(1, "tag: ");
+        assert!(
+            err.contains("is not signed by a trusted role (targets/alice lists it but is skipped: it has no keys"),
+            "{err}"
+        );
+    }
+    g.dct(&["trust", "verify", &v1, "--offline"]).ok();
+    if let Some(shown) = dct_tests::notary::docker_inspect(&stack, &v1) {
+        assert!(shown.contains(&d1[7..]), "{shown}");
+    }
+}
+
+/// A root certificate whose CN is a wildcard of the GUN (`registry.example.com/*`), made with
+/// openssl and published by the real notary client: notary and the gate both accept it.
+#[test]
+fn a_root_certificate_for_a_wildcard_of_the_gun_passes_as_in_notary() {
+    let stack = NotaryStack::start();
+    let gun = "registry.example.com/wild";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    p256_key(d, "root.key");
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "root.key",
+            "-subj",
+            "/CN=registry.example.com\\/*",
+            "-out",
+            "root.csr",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509", "-req", "-in", "root.csr", "-signkey", "root.key", "-days", "20", "-extfile",
+            "ext.cnf", "-out", "root.crt",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "root.key",
+            "-out",
+            "root-enc.key",
+            "-v2",
+            "aes-256-cbc",
+            "-v2prf",
+            "hmacWithSHA1",
+            "-passout",
+            "pass:test-root-passphrase",
+        ],
+    );
+    let ndir = tempfile::tempdir().unwrap();
+    let content = d.join("v1.txt");
+    std::fs::write(&content, b"under a wildcard root\n").unwrap();
+    for args in [
+        vec![
+            "init",
+            gun,
+            "--rootkey",
+            d.join("root-enc.key").to_str().unwrap(),
+            "--rootcert",
+            d.join("root.crt").to_str().unwrap(),
+        ],
+        vec!["add", gun, "v1", content.to_str().unwrap()],
+        vec!["publish", gun],
+    ] {
+        let out = stack.notary(ndir.path(), &args, None);
+        assert!(out.status.success(), "notary {args:?}: {out:?}");
+    }
+    let rows = dct_tests::notary::notary_list(&stack, gun, &[]);
+    assert!(rows.iter().any(|r| r.0 == "v1"), "{rows:?}");
+    let g = gate("");
+    let out = trust(&g, &stack, &["verify", &format!("{gun}:v1")]).ok();
+    assert!(
+        out.stdout
+            .contains(&hex(&Sha256::digest(b"under a wildcard root\n"))),
+        "{}",
+        out.stdout
+    );
+}

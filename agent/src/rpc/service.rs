@@ -646,6 +646,23 @@ impl Agent for AgentService {
                                 length: t.length,
                             })
                             .collect(),
+                        unusable: r
+                            .unusable
+                            .into_iter()
+                            .map(|u| pb::UnusableTarget {
+                                name: u.name,
+                                reason: u.reason,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                skipped: repo
+                    .skipped
+                    .into_iter()
+                    .map(|s| pb::SkippedRole {
+                        role: s.role,
+                        reason: s.reason,
+                        targets: s.targets,
                     })
                     .collect(),
                 warnings: repo.warnings,
@@ -1058,6 +1075,15 @@ impl Agent for AgentService {
             signers: v.signers,
             root_key_ids: v.root_keys.into_iter().map(|(id, _)| id).collect(),
             trust: v.trust.into(),
+            skipped: v
+                .skipped
+                .into_iter()
+                .map(|(role, reason)| pb::SkippedRole {
+                    role,
+                    reason,
+                    targets: Vec::new(),
+                })
+                .collect(),
         }))
     }
 

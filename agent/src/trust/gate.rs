@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use time::OffsetDateTime;
 
 use super::cache::{cache_name, read_cached, write_atomic, TrustContext};
-use super::fetch::{check_gun, fetch, file};
+use super::fetch::{check_gun, fetch};
 use crate::error::{Error, Result};
 use crate::trust::notary::NotaryClient;
 use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Envelope, RootDoc};
@@ -97,6 +97,8 @@ pub struct Verdict {
     pub root_keys: Vec<(String, String)>,
     /// How the root is trusted: "pinned", "cached" (trusted earlier) or "first use".
     pub trust: &'static str,
+    /// Delegations left out because they do not verify: (role, why).
+    pub skipped: Vec<(String, String)>,
 }
 
 pub(crate) fn check_failed(check: &str, why: String) -> Error {
@@ -194,7 +196,10 @@ pub async fn verify_tag(
     let verified = if opts.offline {
         // The cache is a handful of small files; read once, verified off the runtime.
         let files = ctx.load_metadata(gun)?;
-        let root = file(&files, "root")?.clone();
+        let root = files
+            .get("root")
+            .cloned()
+            .ok_or_else(|| check_failed("offline", format!("no cached root for {gun}")))?;
         let at = opts.at.unwrap_or_else(OffsetDateTime::now_utc);
         let gun_owned = gun.to_string();
         let pins2 = pins.clone();
@@ -236,35 +241,81 @@ pub async fn verify_tag(
         "first use"
     };
 
-    // Where each role signs the tag.
+    // Where each verified role signs the tag.
+    let tag = opts.tag.as_str();
     let signed_in: Vec<(&str, &verify::SignedTarget)> = verified
         .roles
         .iter()
         .filter_map(|r| {
             r.targets
                 .iter()
-                .find(|t| t.name == opts.tag)
+                .find(|t| t.name == tag)
                 .map(|t| (r.role.as_str(), t))
         })
         .collect();
-    let resolved = signed_in
+    // Skipped delegations that list the tag: they vouch for nothing.
+    let skipped_with: Vec<&verify::SkippedRole> = verified
+        .skipped
         .iter()
-        .find(|(r, _)| *r == "targets/releases")
-        .or_else(|| signed_in.iter().find(|(r, _)| *r == "targets"));
+        .filter(|s| s.targets.iter().any(|t| t == tag))
+        .collect();
+    let why_skipped = |roles: &[&verify::SkippedRole]| {
+        roles
+            .iter()
+            .map(|s| format!("{} lists it but is skipped: {}", s.role, s.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    // Docker takes the tag from targets/releases, else targets. Where the role it would take
+    // it from is skipped, or lists it without a usable digest, the tag is refused: never a
+    // fall back to what another role says.
+    let mut resolved = None;
+    for role in ["targets/releases", "targets"] {
+        if let Some(found) = signed_in.iter().find(|(r, _)| *r == role) {
+            resolved = Some(*found);
+            break;
+        }
+        let unusable = verified
+            .roles
+            .iter()
+            .filter(|r| r.role == role)
+            .flat_map(|r| r.unusable.iter())
+            .find(|u| u.name == tag);
+        if let Some(u) = unusable {
+            return Err(check_failed(
+                "tag",
+                format!(
+                    "{gun}:{tag} in {role} is unusable: {} (docker refuses it too)",
+                    u.reason
+                ),
+            ));
+        }
+        if let Some(s) = skipped_with.iter().find(|s| s.role == role) {
+            return Err(check_failed(
+                "tag",
+                format!(
+                    "{gun}:{tag} is not signed by a trusted role: {role}, where docker takes it from, is skipped: {}",
+                    s.reason
+                ),
+            ));
+        }
+    }
     let Some((role, target)) = resolved else {
         let elsewhere: Vec<&str> = signed_in.iter().map(|(r, _)| *r).collect();
-        return Err(check_failed(
-            "tag",
-            if elsewhere.is_empty() {
-                format!("{gun}:{} is not signed", opts.tag)
-            } else {
-                format!(
-                    "{gun}:{} is signed only in {}, which docker does not resolve (targets/releases or targets)",
-                    opts.tag,
-                    elsewhere.join(", ")
-                )
-            },
-        ));
+        let mut why = if !elsewhere.is_empty() {
+            format!(
+                "{gun}:{tag} is signed only in {}, which docker does not resolve (targets/releases or targets)",
+                elsewhere.join(", ")
+            )
+        } else if !skipped_with.is_empty() {
+            format!("{gun}:{tag} is not signed by a trusted role")
+        } else {
+            format!("{gun}:{tag} is not signed")
+        };
+        if !skipped_with.is_empty() {
+            why.push_str(&format!(" ({})", why_skipped(&skipped_with)));
+        }
+        return Err(check_failed("tag", why));
     };
     let signer_name = |r: &str| {
         if r == "targets" {
@@ -286,17 +337,27 @@ pub async fn verify_tag(
             })
         };
         if !signers.iter().any(wanted) {
+            // A wanted signer whose delegation is skipped: say why it does not count.
+            let skipped_wanted: Vec<&verify::SkippedRole> = skipped_with
+                .iter()
+                .copied()
+                .filter(|s| wanted(&signer_name(&s.role)))
+                .collect();
             return Err(check_failed(
                 "signer",
                 format!(
-                    "{gun}:{} is signed by {}, not by {}",
-                    opts.tag,
+                    "{gun}:{tag} is signed by {}, not by {}{}",
                     if signers.is_empty() {
                         "no named signer".to_string()
                     } else {
                         signers.join(", ")
                     },
-                    opts.signers.join(" or ")
+                    opts.signers.join(" or "),
+                    if skipped_wanted.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", why_skipped(&skipped_wanted))
+                    }
                 ),
             ));
         }
@@ -306,8 +367,8 @@ pub async fn verify_tag(
             return Err(check_failed(
                 "digest",
                 format!(
-                    "{gun}:{} is signed for sha256:{}, not sha256:{}",
-                    opts.tag, target.sha256_hex, want
+                    "{gun}:{tag} is signed for sha256:{}, not sha256:{}",
+                    target.sha256_hex, want
                 ),
             ));
         }
@@ -330,5 +391,10 @@ pub async fn verify_tag(
         signers,
         root_keys,
         trust,
+        skipped: verified
+            .skipped
+            .iter()
+            .map(|s| (s.role.clone(), s.reason.clone()))
+            .collect(),
     })
 }

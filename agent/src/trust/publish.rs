@@ -122,6 +122,14 @@ pub(crate) struct Edit {
 impl Repo {
     /// A role's current `signed`, or an empty targets role for a delegation with no file yet.
     pub(crate) fn signed_or_new(&self, role: &str) -> Result<Value> {
+        // A skipped delegation's content is unverified: signing over it would vouch for
+        // whatever the server put there.
+        if let Some(s) = self.verified.skipped_role(role) {
+            return Err(Error::Refused(format!(
+                "{role} does not verify ({}): refusing to sign over it",
+                s.reason
+            )));
+        }
         Ok(match self.files.get(role) {
             Some(_) => self.doc(role)?.signed,
             None => {
@@ -267,4 +275,39 @@ pub(crate) async fn commit_with(
 pub(crate) fn sha2_256(b: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(b).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tuf::verify::{RepoFiles, SkippedRole, VerifiedRepo};
+
+    /// A skipped delegation's file is unverified: the agent will not sign a new version of
+    /// it (which would vouch for whatever the server put there).
+    #[test]
+    fn a_skipped_delegation_is_never_signed_over() {
+        let alice = br#"{"signed":{"_type":"Targets","version":1,"expires":"2020-01-01T00:00:00Z","targets":{}},"signatures":[]}"#;
+        let mut files = RepoFiles::new();
+        files.insert("targets/alice".into(), alice.to_vec());
+        files.insert("targets/bob".into(), alice.to_vec());
+        let repo = Repo {
+            files,
+            verified: VerifiedRepo {
+                skipped: vec![SkippedRole {
+                    role: "targets/alice".into(),
+                    reason: "expired at 2020-01-01T00:00:00Z".into(),
+                    targets: Vec::new(),
+                }],
+                ..Default::default()
+            },
+            trusted: true,
+        };
+        let err = repo.signed_or_new("targets/alice").unwrap_err().to_string();
+        assert!(
+            err.contains("targets/alice does not verify (expired at"),
+            "{err}"
+        );
+        assert!(repo.signed_or_new("targets/bob").is_ok());
+        assert!(repo.signed_or_new("targets/new").is_ok());
+    }
 }

@@ -177,8 +177,25 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
     names.sort_unstable();
     names.dedup();
     let mut tags = Vec::new();
+    // As the gate: a tag targets/releases lists without a usable digest, or lists while it
+    // is skipped, is not taken from targets instead.
+    let releases_blocks = |name: &str| {
+        repo.verified
+            .roles
+            .iter()
+            .filter(|r| r.role == "targets/releases")
+            .any(|r| r.unusable.iter().any(|u| u.name == name))
+            || repo
+                .verified
+                .skipped_role("targets/releases")
+                .is_some_and(|s| s.targets.iter().any(|t| t == name))
+    };
     for name in names {
-        let Some(&(digest, length)) = released.get(name).or_else(|| base.get(name)) else {
+        let from_releases = released.get(name);
+        if from_releases.is_none() && releases_blocks(name) {
+            continue;
+        }
+        let Some(&(digest, length)) = from_releases.or_else(|| base.get(name)) else {
             continue;
         };
         let mut signers: Vec<String> = by_role

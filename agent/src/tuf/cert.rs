@@ -245,10 +245,24 @@ pub fn subject_cn(cert: &Certificate) -> Option<String> {
     found
 }
 
-/// The checks Notary makes on a root certificate: CN equals the GUN, valid at `at`, no SHA-1.
+/// Notary's rule (trustpinning `MatchCNToGun`): the CN is the GUN, or ends in `*` and what
+/// comes before the stars is a prefix of the GUN (`example.com/*`). Stricter than Notary,
+/// a CN of stars alone, which would name every GUN, is refused.
+pub fn cn_matches_gun(cn: &str, gun: &str) -> bool {
+    match cn.strip_suffix('*') {
+        Some(prefix) => {
+            let prefix = prefix.trim_end_matches('*');
+            !prefix.is_empty() && gun.starts_with(prefix)
+        }
+        None => cn == gun,
+    }
+}
+
+/// The checks Notary makes on a root certificate: CN matches the GUN ([`cn_matches_gun`]),
+/// valid at `at`, no SHA-1.
 pub fn check_root_cert(cert: &Certificate, gun: &str, at: SystemTime) -> Result<(), String> {
     match subject_cn(cert) {
-        Some(cn) if cn == gun => {}
+        Some(cn) if cn_matches_gun(&cn, gun) => {}
         Some(cn) => return Err(format!("certificate CN {cn:?} is not the GUN {gun:?}")),
         None => return Err("certificate has no single CN".into()),
     }

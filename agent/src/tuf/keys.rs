@@ -160,12 +160,15 @@ impl TufKey {
     }
 
     /// Verifies `sig` over `msg` with `method`, with Notary's rules.
+    /// The method name is compared lower-cased, as Notary lower-cases it when it reads a
+    /// signature (`"ECDSA"` is `"ecdsa"`).
     pub fn verify(&self, method: &str, msg: &[u8], sig: &[u8]) -> Result<(), KeyError> {
         let mismatch = || KeyError::MethodMismatch {
             method: method.into(),
             keytype: self.keytype.clone(),
         };
-        match method {
+        let lower = method.to_ascii_lowercase();
+        match lower.as_str() {
             "ecdsa" => {
                 if self.keytype != ECDSA && self.keytype != ECDSA_X509 {
                     return Err(mismatch());
@@ -176,7 +179,7 @@ impl TufKey {
                 if self.keytype != RSA && self.keytype != RSA_X509 {
                     return Err(mismatch());
                 }
-                verify_rsa(&self.spki_der()?, method == "rsapss", msg, sig)
+                verify_rsa(&self.spki_der()?, lower == "rsapss", msg, sig)
             }
             "eddsa" => {
                 if self.keytype != ED25519 {
@@ -184,7 +187,7 @@ impl TufKey {
                 }
                 verify_ed25519(&self.public, msg, sig)
             }
-            other => Err(KeyError::UnknownMethod(other.to_string())),
+            _ => Err(KeyError::UnknownMethod(method.to_string())),
         }
     }
 }

@@ -138,7 +138,13 @@ pub struct RootDoc {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct FileMeta {
-    pub length: i64,
+    /// Absent in a target entry makes that target unusable (Notary reads it as 0); the
+    /// snapshot and timestamp meta must give the exact length.
+    #[serde(default)]
+    pub length: Option<i64>,
+    /// Absent in a target entry makes that target unusable, as docker refuses a target
+    /// without sha256.
+    #[serde(default)]
     pub hashes: BTreeMap<String, String>,
     #[serde(default)]
     pub custom: Option<Value>,
@@ -148,6 +154,32 @@ impl FileMeta {
     pub fn sha256_hex(&self) -> Option<String> {
         let raw = B64.decode(self.hashes.get("sha256")?).ok()?;
         Some(super::keys::hex(&raw))
+    }
+
+    /// What a target entry points at, as docker takes it: a sha256 of exactly 32 bytes and
+    /// a non-negative length, else why the target cannot be used.
+    pub fn usable_target(&self) -> Result<(String, u64), String> {
+        let b64 = self.hashes.get("sha256").ok_or("no sha256 hash")?;
+        let raw = B64
+            .decode(b64)
+            .map_err(|_| "sha256 hash is not base64".to_string())?;
+        if raw.len() != 32 {
+            return Err(format!("sha256 hash is {} bytes, not 32", raw.len()));
+        }
+        let length = self.length.ok_or("no length")?;
+        let length = u64::try_from(length).map_err(|_| format!("length {length} is negative"))?;
+        Ok((super::keys::hex(&raw), length))
+    }
+
+    /// Every hash must be base64, as Notary decodes each into bytes when it reads the file
+    /// (it fails the role, and so the repository, otherwise).
+    pub fn check_base64(&self) -> Result<(), String> {
+        for (alg, v) in &self.hashes {
+            if B64.decode(v).is_err() {
+                return Err(format!("{alg} hash is not base64"));
+            }
+        }
+        Ok(())
     }
 
     /// Checks `bytes` against the length and every hash this code knows (sha256, sha512);
@@ -167,10 +199,12 @@ impl FileMeta {
             return Err("no sha256 hash".into());
         }
         use sha2::{Digest, Sha256, Sha512};
-        if self.length != bytes.len() as i64 {
+        let Some(length) = self.length else {
+            return Err("no length".into());
+        };
+        if length != bytes.len() as i64 {
             return Err(format!(
-                "length is {} but the file has {} bytes",
-                self.length,
+                "length is {length} but the file has {} bytes",
                 bytes.len()
             ));
         }
@@ -199,10 +233,21 @@ impl FileMeta {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DelegationRole {
     pub name: String,
+    /// Notary writes `null` for a delegation whose keys were all removed (a nil Go slice).
+    #[serde(deserialize_with = "null_as_empty")]
     pub keyids: Vec<String>,
     pub threshold: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub paths: Vec<String>,
+}
+
+/// A JSON `null` read as the empty value, as Go reads it into a nil slice.
+fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
