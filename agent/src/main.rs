@@ -27,10 +27,59 @@ struct Args {
     /// checkpoint after a crash (signatures made in between may be forgotten).
     #[arg(long)]
     accept_ledger_gap: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Checks a config file and lists every problem in it (unknown keys, bad durations,
+    /// unreadable or writable-by-others PKCS#11 modules, PIN and key files others can
+    /// read, ...), without loading a module or touching a token. Exits 1 on any problem.
+    CheckConfig {
+        /// The file; default: --config, else $XDG_CONFIG_HOME/dct/agent.toml.
+        file: Option<PathBuf>,
+    },
+}
+
+/// `dct-agent check-config`: one problem a line on stderr; exit 1 if any.
+fn check_config(file: Option<PathBuf>) -> ExitCode {
+    let Some(path) = file.or_else(config::default_config_path) else {
+        eprintln!("dct-agent: no config file named and no default path (HOME unset)");
+        return ExitCode::from(2);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("dct-agent: cannot read config {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let problems = config::check(&text);
+    for p in &problems {
+        for line in p.lines() {
+            eprintln!("{}: {line}", path.display());
+        }
+    }
+    if problems.is_empty() {
+        println!("{}: no problems", path.display());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "{} problem{} in {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            path.display()
+        );
+        ExitCode::FAILURE
+    }
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::CheckConfig { file }) = args.command.take() {
+        return check_config(file.or(args.config));
+    }
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use dct_agent::keys::KeyEntry;
-use dct_agent::signing;
+use dct_agent::guard::document as signing;
 use dct_agent::tuf::metadata::{parse_key_map, Envelope, RootDoc};
 use dct_agent::tuf::verify::{self, RepoFiles};
 use serde::Deserialize;
@@ -53,7 +53,7 @@ pub fn keys() -> &'static [KeyEntry] {
                 backend: "fuzz",
                 token: "fuzz".into(),
                 handle: id.as_bytes().to_vec(),
-                detail: String::new(),
+                detail: dct_agent::keys::KeyDetail::None,
             }
         };
         let mut out = Vec::new();

@@ -44,12 +44,12 @@ fn sign_metadata(req: &pb::SignMetadataRequest) {
     }
     let key = common::find_key(&req.key_id).unwrap_or_else(|| common::key_for_role(&req.role));
     let keys = std::slice::from_ref(key);
-    let res = dct_agent::signing::prepare(&req.document, keys, &req.role, &req.gun);
+    let res = dct_agent::guard::document::prepare(&req.document, keys, &req.role, &req.gun);
     if common::debug() {
         eprintln!("sign {:?}: {:?}", req.role, res.as_ref().map(|p| &p.keyid).map_err(|e| e.to_string()));
     }
     if let Ok(p) = res {
-        dct_agent::signing::finish(p, vec![7; 64]).expect("finish after prepare");
+        dct_agent::guard::document::finish(p, vec![7; 64]).expect("finish after prepare");
     }
     common::check_envelope(&req.document);
 }

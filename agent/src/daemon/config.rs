@@ -40,7 +40,6 @@ use crate::util::duration::parse_duration;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     pub socket: Option<PathBuf>,
     pub max_request_bytes: Option<usize>,
@@ -141,75 +140,114 @@ pub fn parse_socket_mode(text: &str) -> Result<u32, String> {
 }
 
 impl Config {
+    /// Parses and checks `text`; an error lists every problem found, one a line.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let (c, problems) = Self::parse_all(text)?;
+        if problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// Parses `text` and lists every problem in it, not only the first: unknown keys (all
+    /// of them), then each table's checks. An error only when it is not TOML of the
+    /// right shape at all.
+    pub fn parse_all(text: &str) -> Result<(Self, Vec<String>), String> {
+        let mut problems = Vec::new();
+        let de = toml::Deserializer::new(text);
+        let c: Config = serde_ignored::deserialize(de, |path| {
+            problems.push(format!("unknown key {path}"));
+        })
+        .map_err(|e| e.to_string())?;
+        problems.extend(c.problems());
+        Ok((c, problems))
+    }
+
+    /// The checks of a parsed config that need nothing but the config itself.
+    fn problems(&self) -> Vec<String> {
+        let c = self;
+        let mut out = Vec::new();
         let mut labels = std::collections::BTreeSet::<String>::new();
         for t in &c.pkcs11 {
             if t.token.is_empty() {
-                return Err("a [[pkcs11]] table has an empty token label".into());
-            }
-            if !labels.insert(t.token.clone()) {
-                return Err(format!("token {:?} is configured twice", t.token));
+                out.push("a [[pkcs11]] table has an empty token label".into());
+            } else if !labels.insert(t.token.clone()) {
+                out.push(format!("token {:?} is configured twice", t.token));
             }
             if t.sessions == Some(0) || t.sessions.is_some_and(|n| n > 64) {
-                return Err(format!(
+                out.push(format!(
                     "token {:?}: sessions must be between 1 and 64",
                     t.token
                 ));
             }
             if !t.module.is_absolute() {
-                return Err(format!(
+                out.push(format!(
                     "PKCS#11 module path {:?} must be absolute",
                     t.module
                 ));
             }
+            if let Err(e) = ttl(&t.idle_ttl, &t.hard_ttl) {
+                out.push(format!("token {:?}: {e}", t.token));
+            }
         }
-        crate::guard::policy::Policy::new(c.policy.clone())?;
+        if let Err(e) = crate::guard::policy::Policy::new(c.policy.clone()) {
+            out.push(e);
+        }
         if let Some(t) = &c.request_timeout {
-            parse_duration(t).map_err(|e| format!("request_timeout: {e}"))?;
-        }
-        for t in &c.pkcs11 {
-            ttl(&t.idle_ttl, &t.hard_ttl).map_err(|e| format!("token {:?}: {e}", t.token))?;
+            if let Err(e) = parse_duration(t) {
+                out.push(format!("request_timeout: {e}"));
+            }
         }
         for f in &c.file {
-            ttl(&f.idle_ttl, &f.hard_ttl).map_err(|e| format!("{}: {e}", f.label()))?;
+            if let Err(e) = ttl(&f.idle_ttl, &f.hard_ttl) {
+                out.push(format!("{}: {e}", f.label()));
+            }
         }
         for p in &c.piv {
             let label = p.label();
             if label.is_empty() || !labels.insert(label.clone()) {
-                return Err(format!("token {label:?} is configured twice (or empty)"));
+                out.push(format!("token {label:?} is configured twice (or empty)"));
             }
-            ttl(&p.idle_ttl, &p.hard_ttl).map_err(|e| format!("{label}: {e}"))?;
-            p.management_key()?;
+            if let Err(e) = ttl(&p.idle_ttl, &p.hard_ttl) {
+                out.push(format!("{label}: {e}"));
+            }
+            if let Err(e) = p.management_key() {
+                out.push(e);
+            }
             for slot in std::iter::once(p.root_slot().to_string()).chain(p.slots()) {
-                crate::keys::piv::parse_slot(&slot).map_err(|e| format!("{label}: {e}"))?;
+                if let Err(e) = crate::keys::piv::parse_slot(&slot) {
+                    out.push(format!("{label}: {e}"));
+                }
             }
         }
         if c.socket_group.is_some() || c.socket_mode.is_some() {
             if c.allowed_uids.is_empty() {
-                return Err(
+                out.push(
                     "socket_group / socket_mode share the socket with other users: \
-                            they need allowed_uids naming those users"
+                     they need allowed_uids naming those users"
                         .into(),
                 );
             }
             if let Some(m) = &c.socket_mode {
-                parse_socket_mode(m)?;
+                if let Err(e) = parse_socket_mode(m) {
+                    out.push(e);
+                }
             }
             if c.socket_group == Some(SocketGroup::Name(String::new())) {
-                return Err("socket_group is empty".into());
+                out.push("socket_group is empty".into());
             }
         }
         if let Some(ns) = &c.notary_signer {
             let files: Vec<String> = c.file.iter().map(FileConfig::label).collect();
             if !labels.contains(ns.token.as_str()) && !files.contains(&ns.token) {
-                return Err(format!(
+                out.push(format!(
                     "[notary_signer] token {:?} is not a configured token ([[pkcs11]] token, or file:DIR of a [[file]])",
                     ns.token
                 ));
             }
         }
-        Ok(c)
+        out
     }
 
     /// Reads `path`; a missing file at the default path means an empty config.
@@ -355,6 +393,103 @@ impl Config {
     pub fn max_request_bytes(&self) -> usize {
         self.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES)
     }
+}
+
+/// `dct-agent check-config`: every problem of the config `text`, including the files it
+/// names (modules readable and not writable by others, PIN and key files owner-only, TLS
+/// files readable, the confirmation program runnable, the socket group known), without
+/// loading a PKCS#11 module or touching a token.
+pub fn check(text: &str) -> Vec<String> {
+    let (c, mut out) = match Config::parse_all(text) {
+        Ok(x) => x,
+        Err(e) => return vec![e],
+    };
+    out.extend(c.file_problems());
+    out
+}
+
+impl Config {
+    fn file_problems(&self) -> Vec<String> {
+        use crate::util::pin_file::check_owner_only;
+        let mut out = Vec::new();
+        let mut push = |r: Result<(), String>| {
+            if let Err(e) = r {
+                out.push(e);
+            }
+        };
+        for t in &self.pkcs11 {
+            push(check_module(&t.module));
+            if let Some(f) = &t.pin_file {
+                push(check_owner_only(
+                    f,
+                    &format!("token {:?}: PIN file", t.token),
+                ));
+            }
+        }
+        for p in &self.piv {
+            if let Some(f) = &p.pin_file {
+                push(check_owner_only(f, &format!("{}: PIN file", p.label())));
+            }
+            if let Some(f) = &p.management_key_file {
+                push(check_owner_only(
+                    f,
+                    &format!("{}: management key file", p.label()),
+                ));
+            }
+        }
+        for f in &self.file {
+            let dir = f.path();
+            push(match std::fs::metadata(&dir) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(format!(
+                    "{}: {} is not a directory",
+                    f.label(),
+                    dir.display()
+                )),
+                Err(e) => Err(format!("{}: {}: {e}", f.label(), dir.display())),
+            });
+        }
+        if let Some(ns) = &self.notary_signer {
+            push(readable(&ns.tls_cert, "[notary_signer] tls_cert"));
+            push(check_owner_only(&ns.tls_key, "[notary_signer] tls_key"));
+            push(readable(&ns.client_ca, "[notary_signer] client_ca"));
+        }
+        push(self.trust_server().map(drop));
+        push(self.pinning().map(drop));
+        push(self.socket_access().map(drop));
+        push(crate::guard::confirm::Confirmer::new(&self.confirm).map(drop));
+        out
+    }
+}
+
+fn readable(path: &Path, what: &str) -> Result<(), String> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+/// A PKCS#11 module runs inside the agent: it must be a readable file that no one but its
+/// owner (root or the agent's user) can change, nor its directory.
+fn check_module(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("PKCS#11 module {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("PKCS#11 module {shown} is not a file"));
+    }
+    readable(path, "PKCS#11 module")?;
+    let uid = nix::unistd::getuid().as_raw();
+    let dir_meta = path.parent().and_then(|d| std::fs::metadata(d).ok());
+    for (m, what) in [(Some(meta), "it"), (dir_meta, "its directory")] {
+        let Some(m) = m else { continue };
+        if m.permissions().mode() & 0o022 != 0 || (m.uid() != 0 && m.uid() != uid) {
+            return Err(format!(
+                "PKCS#11 module {shown}: {what} can be changed by other users, who would run \
+                 code inside the agent (chmod go-w, owner root)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `$XDG_CONFIG_HOME/dct/agent.toml`, else `~/.config/dct/agent.toml`.

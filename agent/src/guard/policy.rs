@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::keys::KeyEntry;
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+// Unknown keys are reported, all at once, by the config parser (serde_ignored).
 pub struct Rule {
     /// A key ID, canonical ID or unique prefix (hex).
     pub key: Option<String>,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::util::duration::parse_duration;
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Unknown keys are reported, all at once, by the config parser (serde_ignored).
 pub struct FileConfig {
     /// The key directory, e.g. "~/.docker/trust/private" (`~/` is the home directory).
     pub dir: String,
@@ -36,7 +36,7 @@ impl FileConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Unknown keys are reported, all at once, by the config parser (serde_ignored).
 pub struct Pkcs11Config {
     /// Path of the PKCS#11 module (shared library).
     pub module: PathBuf,
@@ -56,7 +56,7 @@ pub struct Pkcs11Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Unknown keys are reported, all at once, by the config parser (serde_ignored).
 pub struct PivConfig {
     /// The card's serial number (`ykman list`, `yubico-piv-tool -a status`).
     pub serial: u32,

@@ -25,7 +25,7 @@ use crate::guard::{Guard, Request as SignRequest, Subject, Versioning};
 use crate::keys::{check_gun, KeyEntry, Keyring};
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Unknown keys are reported, all at once, by the config parser (serde_ignored).
 pub struct NotarySignerConfig {
     /// `host:port`; TCP, always with mutual TLS.
     pub listen: std::net::SocketAddr,

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 /// `[trust]`: the default notary-server and root pinning.
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+// Unknown keys are reported, all at once, by the config parser (serde_ignored).
 pub struct TrustConfig {
     pub server: Option<String>,
     /// A CA file for the server's TLS certificate.
@@ -22,7 +22,7 @@ pub struct TrustConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+// Unknown keys are reported, all at once, by the config parser (serde_ignored).
 pub struct Pinning {
     #[serde(default)]
     pub certs: std::collections::BTreeMap<String, Vec<String>>,

@@ -34,7 +34,7 @@ const MAX_TITLE: usize = 200;
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[derive(Deserialize, Clone, Debug, Default)]
-#[serde(deny_unknown_fields)]
+// Unknown keys are reported, all at once, by the config parser (serde_ignored).
 pub struct ConfirmConfig {
     pub program: Option<PathBuf>,
     #[serde(default)]
