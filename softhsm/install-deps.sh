@@ -12,13 +12,15 @@
 #   libpcsclite-dev - PC/SC headers and library for building the agent's PIV backend
 #   yubico-piv-tool, ykcs11 - Yubico's PIV tool and PKCS#11 module, independent clients
 #               of the virtual card (and the PKCS#11 backend's module on YubiKeys)
+#   python3-prometheus-client - an independent parser of the agent's metrics (OpenMetrics)
 #   systemd   - systemd-socket-activate (the agent started on demand) and systemd-analyze
 #               (the shipped units verified)
 # Runs apt-get as root (directly, or through sudo when not root).
 set -euo pipefail
 
 packages=(softhsm2 opensc openssl notary docker-registry skopeo apache2-utils
-          pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool ykcs11 systemd)
+          pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool ykcs11 systemd
+          python3-prometheus-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -37,6 +37,10 @@ pub enum Error {
     /// The key's role, GUN or document does not fit the request.
     #[error("refused: {0}")]
     Refused(String),
+    /// A rule of the policy refused (the guard's checks): `rule` names it for metrics and
+    /// scripts; shown as "refused: policy (RULE): WHY".
+    #[error("refused: policy ({rule}): {why}")]
+    Policy { rule: &'static str, why: String },
     #[error("token {token:?} is locked: run dct unlock --token {token}")]
     Locked { token: String },
     #[error("wrong PIN for token {token:?} ({}); not retried", state.describe())]
@@ -62,7 +66,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::NotFound(_) => "not_found",
-            Error::Refused(_) => "refused",
+            Error::Refused(_) | Error::Policy { .. } => "refused",
             Error::Locked { .. } => "locked",
             Error::WrongPin { .. } => "wrong_pin",
             Error::PinLocked { .. } => "pin_locked",
@@ -70,6 +74,16 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::ResourceExhausted(_) => "resource_exhausted",
             Error::Internal(_) => "internal",
+        }
+    }
+}
+
+impl Error {
+    /// The policy rule that refused, for a policy refusal.
+    pub fn policy_rule(&self) -> Option<&'static str> {
+        match self {
+            Error::Policy { rule, .. } => Some(rule),
+            _ => None,
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct Config {
     pub trust: TrustConfig,
     /// `[notary_signer]`: serve notary-signer's gRPC API (mutual TLS) for notary-server.
     pub notary_signer: Option<NotarySignerConfig>,
+    /// `[metrics]`: serve Prometheus metrics and a health check over HTTP.
+    pub metrics: Option<super::metrics::MetricsConfig>,
     /// Requests served at once, over all connections; more are refused (ResourceExhausted).
     /// Default 256.
     pub max_concurrent_requests: Option<usize>,

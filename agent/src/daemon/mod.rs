@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod config;
+pub mod metrics;
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -336,6 +337,12 @@ impl Listener {
             }
             None => None,
         };
+        let metrics = match &config.metrics {
+            Some(m) => Some(tokio::spawn(
+                metrics::serve(m, guard.clone(), stopped(stop_rx.clone())).await?,
+            )),
+            None => None,
+        };
         let main = self.serve_agent(config, guard.clone(), stopped(stop_rx.clone()));
         tokio::pin!(main);
         let result = tokio::select! {
@@ -347,6 +354,9 @@ impl Listener {
         };
         let _ = stop_tx.send(true);
         ttl_watch.abort();
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
         if let Some(signer) = signer {
             match signer.await {
                 Ok(Err(e)) => return Err(e),

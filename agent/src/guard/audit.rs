@@ -388,9 +388,14 @@ fn writer(
                 out.push(b'\n');
             }
         }
+        let write_started = std::time::Instant::now();
         let written = f.write_all(&out).and_then(|()| f.sync_data());
+        let m = crate::util::metrics::metrics();
         match written {
             Ok(()) => {
+                m.audit_write_seconds
+                    .observe(write_started.elapsed().as_secs_f64());
+                m.audit_records.inc_by(next.seq.saturating_sub(tail.seq));
                 // Durable: the ledger takes the signatures before anyone hears of them.
                 for (batch, _) in &jobs {
                     for (_, event) in batch {
@@ -415,6 +420,7 @@ fn writer(
                 }
             }
             Err(e) => {
+                m.audit_failures.inc();
                 // The file may now end in part of a record: stop writing to it.
                 tracing::error!("audit log {}: {e}; signing stops", path.display());
                 let why = format!("cannot write: {e}");

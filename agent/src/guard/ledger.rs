@@ -135,10 +135,13 @@ struct Checkpoint {
 fn refuse(slot: &Slot, version: u64, known: &Mark, what: &str) -> Error {
     let (key, gun, role) = slot;
     let gun = if gun.is_empty() { "(no GUN)" } else { gun };
-    Error::Refused(format!(
-        "policy (version): key {key} already signed {role} version {} of {gun}; version {version} {what}",
-        known.version
-    ))
+    Error::Policy {
+        rule: "version",
+        why: format!(
+            "key {key} already signed {role} version {} of {gun}; version {version} {what}",
+            known.version
+        ),
+    }
 }
 
 impl Ledger {

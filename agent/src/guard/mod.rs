@@ -132,6 +132,55 @@ fn subject_size(r: &Request) -> usize {
 }
 
 /// The audit record of a request refused before it could be parsed.
+/// The metrics' name of the API a request came through.
+fn api_label(v: Versioning) -> &'static str {
+    match v {
+        Versioning::Final => "dct",
+        Versioning::Publish => "trust",
+        Versioning::ServerManaged => "notary_signer",
+    }
+}
+
+/// The role a request asks for (the document's, else its key's), as a metric label.
+fn role_of(r: &Request) -> &'static str {
+    let role = match &r.subject {
+        Subject::Metadata { role, .. } if !role.is_empty() => role.as_str(),
+        _ => r.keys.first().map(|k| k.role.as_str()).unwrap_or_default(),
+    };
+    crate::util::metrics::role_label(role)
+}
+
+/// Counts the outcome of each request, and the time the batch took.
+fn count(
+    labels: &[(&'static str, &'static str)],
+    results: &[Result<Signed>],
+    took: std::time::Duration,
+) {
+    use crate::util::metrics::{metrics, role_label, ApiLabels, RefusalLabels, SignLabels};
+    let m = metrics();
+    for (&(api, asked_role), r) in labels.iter().zip(results) {
+        let (role, outcome) = match r {
+            Ok(s) => (role_label(&s.role), "ok"),
+            Err(e) => {
+                let rule = e.policy_rule().unwrap_or_else(|| e.reason());
+                m.refusals.get_or_create(&RefusalLabels { rule }).inc();
+                let outcome = if e.reason() == "refused" {
+                    "refused"
+                } else {
+                    "error"
+                };
+                (asked_role, outcome)
+            }
+        };
+        m.signatures
+            .get_or_create(&SignLabels { api, role, outcome })
+            .inc();
+        m.sign_seconds
+            .get_or_create(&ApiLabels { api })
+            .observe(crate::util::metrics::seconds(took));
+    }
+}
+
 fn attempt_event(r: &Request) -> Event {
     let key = r.keys.first();
     let (role, gun) = match &r.subject {
@@ -315,6 +364,17 @@ impl Guard {
     /// (spread over its signing sessions), one audit write, all finished in one pass. One
     /// result per request, in order.
     pub async fn sign_all(&self, requests: Vec<Request>) -> Vec<Result<Signed>> {
+        let started = std::time::Instant::now();
+        let labels: Vec<(&'static str, &'static str)> = requests
+            .iter()
+            .map(|r| (api_label(r.versioning), role_of(r)))
+            .collect();
+        let results = self.sign_all_inner(requests).await;
+        count(&labels, &results, started.elapsed());
+        results
+    }
+
+    async fn sign_all_inner(&self, requests: Vec<Request>) -> Vec<Result<Signed>> {
         let n = requests.len();
         let size: usize = requests.iter().map(subject_size).sum();
         let attempts: Vec<Event> = requests.iter().map(attempt_event).collect();
@@ -516,11 +576,12 @@ impl Guard {
     /// A client offered its own approval of a signature (an old `dct` sending a
     /// confirmation ticket): refused and audited as such.
     pub async fn refuse_self_approval(&self, keys: &[KeyEntry]) -> Error {
-        let e = Error::Refused(
-            "policy (confirm): a client cannot approve its own signature; confirmation comes only \
-             from the agent's confirmation program"
+        let e = Error::Policy {
+            rule: "confirm",
+            why: "a client cannot approve its own signature; confirmation comes only from the \
+                  agent's confirmation program"
                 .into(),
-        );
+        };
         let event = Event {
             key_id: keys.first().map(|k| k.key_id.clone()).unwrap_or_default(),
             outcome: "client tried to approve its own signature".into(),

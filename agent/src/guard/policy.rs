@@ -79,8 +79,8 @@ pub fn parse_span(text: &str) -> std::result::Result<Duration, String> {
     crate::util::duration::parse_duration(t)
 }
 
-fn refuse(rule: &str, why: String) -> Error {
-    Error::Refused(format!("policy ({rule}): {why}"))
+fn refuse(rule: &'static str, why: String) -> Error {
+    Error::Policy { rule, why }
 }
 
 fn matches_pattern(pattern: &str, value: &str) -> bool {

@@ -259,13 +259,18 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let keys = guard.keys().clone();
+    let audit = guard.audit().clone();
     let signer = NotarySigner::new(guard, c.token.clone());
-    // Healthy while the token is there and unlocked, as notary-server's checks expect.
+    // Healthy while the token is there and unlocked, as notary-server's checks expect, and
+    // the audit log can be written (without it nothing is signed).
     let token = keys.token(&c.token).map_err(|e| e.to_string())?.clone();
     let watch = tokio::spawn(async move {
         let mut last = None;
         loop {
-            let ok = matches!(token.run(|b| Ok(b.info())).await, Ok(i) if i.present && i.unlocked);
+            let token_ok =
+                matches!(token.run(|b| Ok(b.info())).await, Ok(i) if i.present && i.unlocked);
+            let audit_ok = audit.state().error.is_none();
+            let ok = token_ok && audit_ok;
             if last != Some(ok) {
                 let status = if ok {
                     ServingStatus::Serving
@@ -275,8 +280,12 @@ pub async fn serve(
                 for s in [HEALTH_KEY_MANAGEMENT, HEALTH_SIGNER] {
                     health.set_service_status(s, status).await;
                 }
-                if !ok {
+                if !token_ok {
                     tracing::warn!(token = %token.label, "notary-signer: token absent or locked; reporting NOT_SERVING");
+                } else if !audit_ok {
+                    tracing::warn!(
+                        "notary-signer: the audit log cannot be written; reporting NOT_SERVING"
+                    );
                 }
                 last = Some(ok);
             }

@@ -15,7 +15,7 @@ impl From<Error> for Status {
         let code = match &e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
-            Error::Refused(_) => Code::PermissionDenied,
+            Error::Refused(_) | Error::Policy { .. } => Code::PermissionDenied,
             Error::WrongPin { .. } => Code::Unauthenticated,
             Error::Locked { .. }
             | Error::PinLocked { .. }

@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod http;
+pub mod metrics;
 pub mod pin_file;
 
 use std::io::Write;

@@ -165,12 +165,13 @@ impl Confirmer {
                 tracing::info!(key_id = %key.key_id, serial, "confirmation by the YubiKey's touch");
                 return Ok(Approval::Touch { serial });
             }
-            return Err(Error::Refused(
-                "policy (confirm): this key signs only after the user confirmed through the \
-                 agent's confirmation program, and none is configured ([confirm] program in \
-                 agent.toml); nothing is signed"
+            return Err(Error::Policy {
+                rule: "confirm",
+                why: "this key signs only after the user confirmed through the agent's \
+                      confirmation program, and none is configured ([confirm] program in \
+                      agent.toml); nothing is signed"
                     .into(),
-            ));
+            });
         };
         let pages = assuan::pages(lines);
         // Escaped, and cut (role and GUN come from the request).
@@ -188,12 +189,14 @@ impl Confirmer {
             assuan::Answer::Yes => Ok(Approval::Program {
                 program: p.name.clone(),
             }),
-            assuan::Answer::Declined(why) => Err(Error::Refused(format!(
-                "policy (confirm): the user declined ({why}); nothing is signed"
-            ))),
-            assuan::Answer::NoAnswer(why) => Err(Error::Refused(format!(
-                "policy (confirm): no confirmation from the user ({why}); nothing is signed"
-            ))),
+            assuan::Answer::Declined(why) => Err(Error::Policy {
+                rule: "confirm",
+                why: format!("the user declined ({why}); nothing is signed"),
+            }),
+            assuan::Answer::NoAnswer(why) => Err(Error::Policy {
+                rule: "confirm",
+                why: format!("no confirmation from the user ({why}); nothing is signed"),
+            }),
         }
     }
 }
