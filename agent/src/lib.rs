@@ -8,8 +8,8 @@
 //! | `tuf`    | Notary-dialect TUF: canonical JSON, key IDs, envelopes, certificates, verification |
 //! | `keys`   | the `KeyBackend` seam (PKCS#11, PIV, key files), token threads, unlock state |
 //! | `guard`  | the only path to a signature: parse, policy + version, confirm, token, audit, commit |
+//! | `oci`    | registries: resolve a tag to its manifest's digest |
 //! | `trust`  | DCT operations on a notary-server: cache, fetch, publish, tags, signers, rotation, gate, ceremonies |
-//! | `oci`    | registries |
 //! | `rpc`    | the gRPC services (dct API, notary-signer API), limits, error -> status |
 //! | `daemon` | config file, listeners, start-up: the composition root, imported by nothing |
 #![forbid(unsafe_code)]
@@ -28,6 +28,7 @@ pub mod keys;
 pub mod guard;
 
 pub mod oci;
+
 pub mod trust;
 
 pub mod rpc;

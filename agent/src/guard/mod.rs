@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod confirm;
 pub mod document;
+pub mod keyadmin;
 pub mod ledger;
 pub mod policy;
 

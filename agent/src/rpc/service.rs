@@ -29,25 +29,6 @@ pub struct AgentService {
 
 impl AgentService {
     /// Audits a successful `action` on `key` of token `token`.
-    async fn audit_key(
-        &self,
-        action: &'static str,
-        key: &KeyEntry,
-        token: &str,
-    ) -> Result<(), Status> {
-        self.guard
-            .audit()
-            .record(Event {
-                key_id: key.key_id.clone(),
-                role: key.role.clone(),
-                gun: key.gun.clone().unwrap_or_default(),
-                outcome: format!("ok, token {token}"),
-                ..Event::new(action)
-            })
-            .await?;
-        Ok(())
-    }
-
     /// Records the root keys a ceremony made.
     async fn audit_root_keys(
         &self,
@@ -322,7 +303,9 @@ impl Agent for AgentService {
         let key = token.generate_with(req.role, gun, opts).await?;
         self.keys.invalidate();
         tracing::info!(token = %token.label, key_id = %key.key_id, role = %key.role, "generated key");
-        self.audit_key("create_key", &key, &token.label).await?;
+        self.guard
+            .record_key("create_key", &key, &token.label)
+            .await?;
         Ok(Response::new(pb::GenerateKeyResponse {
             key: Some(key_pb(key)),
         }))
@@ -367,7 +350,7 @@ impl Agent for AgentService {
         let token = self.keys.token(&key.token)?;
         let k = key.clone();
         let (attestation, intermediate) = token.run(move |b| b.attest(&k)).await?;
-        self.audit_key("attest", &key, &token.label).await?;
+        self.guard.record_key("attest", &key, &token.label).await?;
         Ok(Response::new(pb::AttestKeyResponse {
             attestation,
             intermediate,
@@ -420,69 +403,16 @@ impl Agent for AgentService {
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-        let role = if req.role.is_empty() {
-            key.role.clone().unwrap_or_default()
-        } else {
-            req.role
-        };
-        if role.is_empty() {
-            return Err(
-                Error::InvalidArgument("the key file names no role: pass --role".into()).into(),
-            );
-        }
-        check_role(&role)?;
-        let gun = if req.gun.is_empty() {
-            key.gun.clone()
-        } else {
-            Some(req.gun)
-        };
-        let gun = if role == "root" { None } else { gun };
-        match &gun {
-            Some(g) => check_gun(g)?,
-            None if role != "root" => {
-                return Err(
-                    Error::InvalidArgument(format!("a {role} key needs a GUN: pass --gun")).into(),
-                )
-            }
-            None => {}
-        }
         let token = self.keys.token(&req.token)?;
-        // An import is recorded like a generated key: none is put on a token while the
-        // audit log cannot take its record.
-        if let Some(e) = self.guard.audit().state().error {
-            return Err(Error::Unavailable(format!(
-                "the audit log cannot be written ({e}); nothing is imported"
-            ))
-            .into());
-        }
-        let entry = token
-            .run(move |b| b.import(&role, gun.as_deref(), &key))
+        let entry = self
+            .guard
+            .import_key(
+                token,
+                key,
+                Some(req.role).filter(|r| !r.is_empty()),
+                Some(req.gun).filter(|g| !g.is_empty()),
+            )
             .await?;
-        self.keys.invalidate();
-        tracing::info!(token = %token.label, key_id = %entry.key_id, role = %entry.role, "imported key");
-        if let Err(e) = self.audit_key("import_key", &entry, &token.label).await {
-            // Unrecorded, the key must not stay: take it off the token again.
-            let k = entry.clone();
-            let removed = token.run(move |b| b.delete(&k)).await;
-            self.keys.invalidate();
-            return Err(match removed {
-                Ok(()) => {
-                    tracing::warn!(key_id = %entry.key_id, "import not recorded: key removed again");
-                    e
-                }
-                Err(d) => {
-                    tracing::error!(key_id = %entry.key_id, "import not recorded, and the key could not be removed: {d}");
-                    Status::new(
-                        e.code(),
-                        format!(
-                            "{}; and the imported key {} could not be removed again: {d}",
-                            e.message(),
-                            entry.key_id
-                        ),
-                    )
-                }
-            });
-        }
         Ok(Response::new(pb::ImportKeyResponse {
             key: Some(key_pb(entry)),
         }))
@@ -926,37 +856,16 @@ impl Agent for AgentService {
             .filter(|s| !s.ca_pem.is_empty())
             .map(|s| s.ca_pem.clone())
             .or_else(|| self.trust.server.as_ref().and_then(|s| s.ca_pem.clone()));
-        let mut tags = Vec::with_capacity(wanted.len());
-        let mut seen = std::collections::HashSet::new();
-        for (tag, sha256, length, manifest) in wanted {
-            check_tag(&tag)?;
-            if !seen.insert(tag.clone()) {
-                return Err(Error::InvalidArgument(format!("tag {tag:?} is given twice")).into());
-            }
-            let (digest, length) = if !sha256.is_empty() {
-                let d: [u8; 32] = crate::tuf::keys::unhex(&sha256)
-                    .and_then(|d| d.try_into().ok())
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "digest {sha256:?} of tag {tag:?} is not 64 hex characters"
-                        ))
-                    })?;
-                (d, length)
-            } else if !manifest.is_empty() {
-                use sha2::Digest;
-                (
-                    sha2::Sha256::digest(&manifest).into(),
-                    manifest.len() as u64,
-                )
-            } else {
-                crate::oci::registry::resolve(&req.gun, &tag, ca.as_deref(), creds.as_ref()).await?
-            };
-            tags.push(trust::TagTarget {
+        let wanted = wanted
+            .into_iter()
+            .map(|(tag, sha256, length, manifest)| trust::WantedTag {
                 tag,
-                sha256: digest,
+                sha256,
                 length,
-            });
-        }
+                manifest,
+            })
+            .collect();
+        let tags = trust::resolve_tags(&req.gun, wanted, ca.as_deref(), creds.as_ref()).await?;
         // Resolved: the registry password is not kept while signing and publishing.
         drop(creds);
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
@@ -1029,7 +938,7 @@ impl Agent for AgentService {
         req: Request<pb::TrustVerifyRequest>,
     ) -> Result<Response<pb::TrustVerifyResponse>, Status> {
         let req = req.into_inner();
-        check_tag(&req.tag)?;
+        trust::check_tag(&req.tag)?;
         if !req.sha256.is_empty()
             && (req.sha256.len() != 64 || !req.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
         {
@@ -1093,7 +1002,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::TrustRevokeResponse>, Status> {
         let req = req.into_inner();
         if !req.tag.is_empty() {
-            check_tag(&req.tag)?;
+            trust::check_tag(&req.tag)?;
         }
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let tag = (!req.tag.is_empty()).then_some(req.tag.as_str());
@@ -1178,25 +1087,5 @@ fn server_opts(s: pb::TrustServer) -> crate::trust::notary::ServerOpts {
         url: s.url,
         ca_pem: (!s.ca_pem.is_empty()).then_some(s.ca_pem),
         trust_on_first_use: s.trust_on_first_use,
-    }
-}
-
-/// A tag Docker accepts: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn check_tag(tag: &str) -> Result<()> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 128
-        && tag
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "invalid tag {tag:?}: Docker tags are [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
-        )))
     }
 }

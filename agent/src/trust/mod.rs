@@ -42,7 +42,10 @@ pub use init::{init, InitResult};
 pub use pinning::{Pinning, TrustConfig};
 pub use rotation::rotate;
 pub use signers::{signer_add, signer_remove};
-pub use tags::{client, inspect, revoke, sign_tags, Inspection, SignResult, SignedTag, TagTarget};
+pub use tags::{
+    check_tag, client, inspect, resolve_tags, revoke, sign_tags, Inspection, SignResult, SignedTag,
+    TagTarget, WantedTag,
+};
 
 /// Default lifetimes Notary gives new versions of each role.
 pub(crate) const ROOT_LIFETIME: time::Duration = time::Duration::days(10 * 365);

@@ -21,6 +21,82 @@ pub struct SignResult {
     pub initialized: bool,
 }
 
+/// A tag as asked for: its digest and length in hex, or the manifest itself, or neither
+/// (then the registry is asked).
+pub struct WantedTag {
+    pub tag: String,
+    pub sha256: String,
+    pub length: u64,
+    pub manifest: Vec<u8>,
+}
+
+/// A Docker tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn check_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid tag {tag:?}: Docker tags are [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+        )))
+    }
+}
+
+/// Each wanted tag as a target to sign: checked, no tag twice, its digest from the request
+/// (hex), from the manifest given, or resolved in the registry (with `creds` only if it
+/// asks).
+pub async fn resolve_tags(
+    gun: &str,
+    wanted: Vec<WantedTag>,
+    ca_pem: Option<&[u8]>,
+    creds: Option<&crate::oci::registry::Credentials>,
+) -> Result<Vec<TagTarget>> {
+    let mut tags = Vec::with_capacity(wanted.len());
+    let mut seen = std::collections::HashSet::new();
+    for w in wanted {
+        check_tag(&w.tag)?;
+        if !seen.insert(w.tag.clone()) {
+            return Err(Error::InvalidArgument(format!(
+                "tag {:?} is given twice",
+                w.tag
+            )));
+        }
+        let (digest, length) = if !w.sha256.is_empty() {
+            let d: [u8; 32] = crate::tuf::keys::unhex(&w.sha256)
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "digest {:?} of tag {:?} is not 64 hex characters",
+                        w.sha256, w.tag
+                    ))
+                })?;
+            (d, w.length)
+        } else if !w.manifest.is_empty() {
+            use sha2::Digest;
+            (
+                sha2::Sha256::digest(&w.manifest).into(),
+                w.manifest.len() as u64,
+            )
+        } else {
+            crate::oci::registry::resolve(gun, &w.tag, ca_pem, creds).await?
+        };
+        tags.push(TagTarget {
+            tag: w.tag,
+            sha256: digest,
+            length,
+        });
+    }
+    Ok(tags)
+}
+
 /// A tag to sign: the manifest's sha256 and size.
 pub struct TagTarget {
     pub tag: String,
