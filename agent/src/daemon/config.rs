@@ -240,6 +240,22 @@ impl Config {
                 out.push("socket_group is empty".into());
             }
         }
+        if c.confirm.program.is_some() {
+            let confirm = c
+                .confirm
+                .timeout
+                .as_deref()
+                .and_then(|t| parse_duration(t).ok())
+                .unwrap_or(crate::guard::confirm::DEFAULT_TIMEOUT);
+            if confirm >= c.request_timeout() {
+                out.push(format!(
+                    "[confirm] timeout ({}s) is not shorter than request_timeout ({}s): the \
+                     request would be cut off while the user reads the confirmation",
+                    confirm.as_secs(),
+                    c.request_timeout().as_secs()
+                ));
+            }
+        }
         if let Some(ns) = &c.notary_signer {
             let files: Vec<String> = c.file.iter().map(FileConfig::label).collect();
             if !labels.contains(ns.token.as_str()) && !files.contains(&ns.token) {

@@ -329,6 +329,31 @@ where
 /// its stderr goes (escaped, a few lines) to the debug log, and it is killed if the agent
 /// stops waiting for any reason.
 pub async fn confirm(program: &Path, args: &[String], d: &Dialog<'_>) -> Answer {
+    // The dialog runs in a task of its own, so that a requester that goes away (its client
+    // gave up) does not drop the program mid-dialog: the task sees the cancellation, stops
+    // the program and reaps it.
+    let (program, args) = (program.to_path_buf(), args.to_vec());
+    let (title, pages, timeout) = (d.title.to_string(), d.pages.to_vec(), d.timeout);
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let d = Dialog {
+            title: &title,
+            pages: &pages,
+            timeout,
+        };
+        run(&program, &args, &d, cancelled).await
+    });
+    let answer = task.await;
+    drop(cancel);
+    answer.unwrap_or_else(|e| Answer::NoAnswer(format!("the dialog failed: {e}")))
+}
+
+async fn run(
+    program: &Path,
+    args: &[String],
+    d: &Dialog<'_>,
+    cancelled: tokio::sync::oneshot::Receiver<()>,
+) -> Answer {
     let name = program.display().to_string();
     let mut child = match tokio::process::Command::new(program)
         .args(args)
@@ -374,7 +399,11 @@ pub async fn confirm(program: &Path, args: &[String], d: &Dialog<'_>) -> Answer 
         r: BufReader::new(stdout),
         w: stdin,
     };
-    let answer = converse(&mut conn, d, &name).await;
+    let answer = tokio::select! {
+        a = converse(&mut conn, d, &name) => a,
+        // The requester went away (the sender was dropped with it).
+        _ = cancelled => Answer::NoAnswer("the request was given up".into()),
+    };
     // A polite goodbye, then the program is stopped and reaped whatever it does.
     let _ = tokio::time::timeout(Duration::from_millis(500), conn.command("BYE")).await;
     drop(conn);
