@@ -57,6 +57,13 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// An internal failure that keeps the error that caused it as its `source()` (shown as
+    /// `Internal` is).
+    #[error("internal error: {source}")]
+    Caused {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 impl Error {
@@ -73,12 +80,19 @@ impl Error {
             Error::FinalTry { .. } => "final_try",
             Error::Unavailable(_) => "unavailable",
             Error::ResourceExhausted(_) => "resource_exhausted",
-            Error::Internal(_) => "internal",
+            Error::Internal(_) | Error::Caused { .. } => "internal",
         }
     }
 }
 
 impl Error {
+    /// An internal failure caused by `source`, which the error keeps (`map_err(Error::internal)`).
+    pub fn internal<E: std::error::Error + Send + Sync + 'static>(source: E) -> Error {
+        Error::Caused {
+            source: Box::new(source),
+        }
+    }
+
     /// The policy rule that refused, for a policy refusal.
     pub fn policy_rule(&self) -> Option<&'static str> {
         match self {
@@ -89,3 +103,23 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_keep_their_source_and_reason() {
+        let e = Error::internal(std::io::Error::other("disk full"));
+        assert_eq!(e.to_string(), "internal error: disk full");
+        assert_eq!(e.reason(), "internal");
+        let source = std::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("disk full"));
+        let p = Error::Policy {
+            rule: "guns",
+            why: "not this one".into(),
+        };
+        assert_eq!(p.to_string(), "refused: policy (guns): not this one");
+        assert_eq!((p.reason(), p.policy_rule()), ("refused", Some("guns")));
+    }
+}

@@ -121,7 +121,7 @@ where
     } else {
         tokio::task::spawn_blocking(f)
             .await
-            .map_err(|e| Error::Internal(e.to_string()))
+            .map_err(Error::internal)
     }
 }
 

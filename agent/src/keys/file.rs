@@ -182,8 +182,7 @@ impl KeyBackend for FileBackend {
                 continue;
             };
             // The file name must be the key's canonical ID, or it is not the key it claims.
-            let spki =
-                p256_spki_from_point(&k.point).map_err(|e| Error::Internal(e.to_string()))?;
+            let spki = p256_spki_from_point(&k.point).map_err(Error::internal)?;
             if TufKey::ecdsa(spki).key_id() != l.id {
                 tracing::warn!(file = %l.path.display(), "key file name is not its key's ID: skipped");
                 continue;
@@ -226,15 +225,13 @@ impl KeyBackend for FileBackend {
         })?;
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
         let sk = loop {
-            getrandom::getrandom(secret.as_mut_slice())
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            getrandom::getrandom(secret.as_mut_slice()).map_err(Error::internal)?;
             if let Ok(k) = p256::ecdsa::SigningKey::from_slice(secret.as_slice()) {
                 break k;
             }
         };
         let point = sk.verifying_key().to_encoded_point(false);
-        let spki =
-            p256_spki_from_point(point.as_bytes()).map_err(|e| Error::Internal(e.to_string()))?;
+        let spki = p256_spki_from_point(point.as_bytes()).map_err(Error::internal)?;
         let id = TufKey::ecdsa(spki).key_id();
         // As notary: only the canonical non-root roles carry a gun header.
         let gun = if matches!(role, "targets" | "snapshot" | "timestamp") {
@@ -243,7 +240,7 @@ impl KeyBackend for FileBackend {
             None
         };
         let pem = keyfile::write(&secret, role, gun, pass.expose_secret().as_bytes())
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(Error::internal)?;
         let path = self.dir.join(format!("{id}.key"));
         write_new_private(&path, pem.as_bytes())?;
         self.unlocked.insert(id.clone(), sk);

@@ -585,14 +585,13 @@ pub fn make_root_cert<B: KeyBackend + ?Sized>(
     key: &KeyEntry,
     gun: &str,
 ) -> Result<KeyEntry> {
-    let tbs = cert::root_tbs(gun, &key.spki, SystemTime::now())
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let tbs_der = tbs.to_der().map_err(|e| Error::Internal(e.to_string()))?;
+    let tbs = cert::root_tbs(gun, &key.spki, SystemTime::now()).map_err(Error::internal)?;
+    let tbs_der = tbs.to_der().map_err(Error::internal)?;
     let digest: [u8; 32] = Sha256::digest(&tbs_der).into();
     // The key's own certificate, made with the key (audited as the key's creation): the
     // one signature made here rather than through the guard.
     let sig = b.sign_digest(&SignGrant(()), key, &digest)?;
-    let der = cert::assemble(tbs, &sig).map_err(|e| Error::Internal(e.to_string()))?;
+    let der = cert::assemble(tbs, &sig).map_err(Error::internal)?;
     b.store_certificate(key, gun, &der)
 }
 

@@ -475,7 +475,7 @@ impl PivBackend {
             .tbs_certificate
             .subject_public_key_info
             .to_der()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(Error::internal)?;
         if tufkeys::p256_spki_from_point(spki_point(&cert))
             .ok()
             .as_ref()
@@ -641,12 +641,11 @@ impl PivBackend {
                 std::time::SystemTime::now(),
             ),
         }
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let tbs_der = tbs.to_der().map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(Error::internal)?;
+        let tbs_der = tbs.to_der().map_err(Error::internal)?;
         let digest: [u8; 32] = Sha256::digest(&tbs_der).into();
         let sig = self.sign_slot(slot, &key.key_id, &digest)?;
-        let der =
-            crate::tuf::cert::assemble(tbs, &sig).map_err(|e| Error::Internal(e.to_string()))?;
+        let der = crate::tuf::cert::assemble(tbs, &sig).map_err(Error::internal)?;
         // The certificate is written with the management key; authenticate again in case
         // the signature's PIN check reset the card's authentication state.
         self.authenticate()?;

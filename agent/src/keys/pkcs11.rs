@@ -290,7 +290,7 @@ impl Pkcs11Backend {
         self.require_login()?;
         let label = key_label(role, gun);
         let mut tmp_id = [0u8; 32];
-        getrandom::getrandom(&mut tmp_id).map_err(|e| Error::Internal(e.to_string()))?;
+        getrandom::getrandom(&mut tmp_id).map_err(Error::internal)?;
         let public = [
             Attribute::Token(true),
             Attribute::Private(false),
@@ -325,8 +325,7 @@ impl Pkcs11Backend {
                 ))
             }
         };
-        let spki = tufkeys::p256_spki_from_point(ec_point(&point))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let spki = tufkeys::p256_spki_from_point(ec_point(&point)).map_err(Error::internal)?;
         // CKA_ID becomes the canonical key ID, so other PKCS#11 tools show the same ID.
         let canonical = tufkeys::unhex(&TufKey::ecdsa(spki.clone()).key_id()).unwrap_or_default();
         // Private first; if the public object then refuses, put the private one back, so
@@ -668,8 +667,7 @@ impl KeyBackend for Pkcs11Backend {
         let ec = session.unwrap_key(&Mechanism::AesKeyWrapPad, aes, wrapped_key, &private);
         let _ = session.destroy_object(aes);
         let priv_h = ec.map_err(|e| self.map_err(e))?;
-        let spki = spki::SubjectPublicKeyInfoRef::from_der(&key.spki)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(&key.spki).map_err(Error::internal)?;
         let public = public_half(
             spki.subject_public_key.raw_bytes(),
             label,
@@ -680,7 +678,7 @@ impl KeyBackend for Pkcs11Backend {
         // A root key's certificates travel with it.
         if key.role == "root" && key.keytype == crate::tuf::keys::ECDSA_X509 {
             if let (Ok(cert), Some(g)) = (key.tuf_key().certificate(), key.gun.as_deref()) {
-                let der = der::Encode::to_der(&cert).map_err(|e| Error::Internal(e.to_string()))?;
+                let der = der::Encode::to_der(&cert).map_err(Error::internal)?;
                 return self.store_certificate(&entry, g, &der);
             }
         }
@@ -790,12 +788,12 @@ impl KeyBackend for Pkcs11Backend {
         let mut base = key.clone();
         base.gun = None;
         let listed = self.with_cert(base, cert_der)?;
-        let cert = Certificate::from_der(cert_der).map_err(|e| Error::Internal(e.to_string()))?;
+        let cert = Certificate::from_der(cert_der).map_err(Error::internal)?;
         let subject = cert
             .tbs_certificate
             .subject
             .to_der()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(Error::internal)?;
         let template = [
             Attribute::Class(ObjectClass::CERTIFICATE),
             Attribute::CertificateType(CertificateType::X_509),

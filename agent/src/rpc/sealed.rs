@@ -31,7 +31,7 @@ impl Channels {
         let key = ChannelKey::generate();
         let public = key.public();
         let mut id = [0u8; 8];
-        getrandom::getrandom(&mut id).map_err(|e| Error::Internal(e.to_string()))?;
+        getrandom::getrandom(&mut id).map_err(Error::internal)?;
         let id = u64::from_be_bytes(id);
         let mut open = self
             .open

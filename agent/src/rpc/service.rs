@@ -402,7 +402,7 @@ impl Agent for AgentService {
                 .map_err(|e| Error::InvalidArgument(format!("key file: {e}")))
         })
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        .map_err(Error::internal)??;
         let token = self.keys.token(&req.token)?;
         let entry = self
             .guard
@@ -555,7 +555,7 @@ impl Agent for AgentService {
         let result =
             tokio::task::spawn_blocking(move || verify::verify_repository(&gun, &files, at, &pins))
                 .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
+                .map_err(Error::internal)?;
         let resp = match result {
             Ok(repo) => pb::VerifyRepositoryResponse {
                 valid: true,

@@ -22,7 +22,7 @@ impl From<Error> for Status {
             | Error::FinalTry { .. }
             | Error::Unavailable(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Internal(_) => Code::Internal,
+            Error::Internal(_) | Error::Caused { .. } => Code::Internal,
         };
         let reason = e.reason();
         let mut status = Status::new(code, e.to_string());

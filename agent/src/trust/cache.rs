@@ -104,7 +104,7 @@ impl TrustContext {
             }
         })
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(Error::internal)?
     }
 
     pub(crate) fn versions_path(&self, gun: &str) -> PathBuf {
@@ -122,7 +122,7 @@ impl TrustContext {
     }
 
     pub(crate) fn save_versions(&self, gun: &str, v: &BTreeMap<String, i64>) -> Result<()> {
-        let bytes = serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))?;
+        let bytes = serde_json::to_vec(v).map_err(Error::internal)?;
         write_atomic(&self.versions_path(gun), &bytes)
     }
 }

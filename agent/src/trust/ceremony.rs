@@ -437,11 +437,8 @@ pub(crate) async fn make_root_keys(
             crate::keys::backup_key(&token, &dest, &key).await?;
         }
         let info = token.run(|b| Ok(b.info())).await?;
-        let cert = key
-            .tuf_key()
-            .certificate()
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let der = der::Encode::to_der(&cert).map_err(|e| Error::Internal(e.to_string()))?;
+        let cert = key.tuf_key().certificate().map_err(Error::internal)?;
+        let der = der::Encode::to_der(&cert).map_err(Error::internal)?;
         out.push(CeremonyKey {
             key,
             token: info,
@@ -477,7 +474,7 @@ pub(crate) async fn import_with_backup_file(
         Ok::<_, Error>((imported, file.as_bytes().to_vec()))
     })
     .await
-    .map_err(|e| Error::Internal(e.to_string()))??;
+    .map_err(Error::internal)??;
     let g = gun.to_string();
     let key = token
         .run(move |b| {

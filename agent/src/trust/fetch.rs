@@ -52,7 +52,7 @@ impl Repo {
     }
 
     pub(crate) fn root(&self) -> Result<RootDoc> {
-        serde_json::from_value(self.doc("root")?.signed).map_err(|e| Error::Internal(e.to_string()))
+        serde_json::from_value(self.doc("root")?.signed).map_err(Error::internal)
     }
 }
 
@@ -167,7 +167,7 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
             Ok((files, v))
         })
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        .map_err(Error::internal)??;
     check_ca_pin(
         &ctx.pinning,
         gun,
@@ -291,8 +291,7 @@ pub(crate) fn check_rotation(old: &[u8], new: &[u8]) -> Result<()> {
         ))
     };
     let old_env = Envelope::parse(old).map_err(|e| Error::Internal(format!("cached root: {e}")))?;
-    let old_root: RootDoc =
-        serde_json::from_value(old_env.signed).map_err(|e| Error::Internal(e.to_string()))?;
+    let old_root: RootDoc = serde_json::from_value(old_env.signed).map_err(Error::internal)?;
     let (keys, threshold) =
         root_role_keys(&old_root).map_err(|e| Error::Internal(format!("cached root: {e}")))?;
     let new_env = Envelope::parse(new).map_err(|e| refuse(format!("is unreadable ({e})")))?;

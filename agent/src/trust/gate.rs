@@ -126,7 +126,7 @@ impl TrustContext {
             Ok(())
         })
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(Error::internal)?
     }
 
     /// The trust data saved by the last online check of `gun`.
@@ -207,7 +207,7 @@ pub async fn verify_tag(
             verify::verify_repository(&gun_owned, &files, at, &pins2)
         })
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(Error::internal)?
         .map_err(|e| {
             check_failed(
                 "trust data",

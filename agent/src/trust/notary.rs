@@ -129,7 +129,7 @@ impl NotaryClient {
             let part = reqwest::multipart::Part::bytes(bytes)
                 .file_name(role)
                 .mime_str("application/octet-stream")
-                .map_err(|e| Error::Internal(e.to_string()))?;
+                .map_err(Error::internal)?;
             form = form.part("files", part);
         }
         let resp = self

@@ -22,7 +22,7 @@ use crate::tuf::metadata::{Envelope, RootDoc};
 pub(crate) fn expires(lifetime: time::Duration) -> Result<String> {
     (OffsetDateTime::now_utc() + lifetime)
         .format(&Rfc3339)
-        .map_err(|e| Error::Internal(e.to_string()))
+        .map_err(Error::internal)
 }
 
 /// The error for an edit of `role`'s document that its shape does not allow (a member that
@@ -239,7 +239,7 @@ pub(crate) async fn commit_with(
     let root: RootDoc = match updates.iter().find(|(r, _)| r == "root") {
         Some((_, bytes)) => {
             serde_json::from_value(Envelope::parse(bytes).map_err(Error::Internal)?.signed)
-                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(Error::internal)?
         }
         None => repo.root()?,
     };

@@ -127,13 +127,11 @@ pub async fn sign_tags(
     };
     // The targets role is parsed once and edited in place: a 100,000-tag role is large.
     let mut targets_signed = Some(repo.doc("targets")?.signed);
-    let delegations: crate::tuf::metadata::Delegations = match targets_signed
-        .as_ref()
-        .and_then(|t| t.get("delegations"))
-    {
-        Some(d) => serde_json::from_value(d.clone()).map_err(|e| Error::Internal(e.to_string()))?,
-        None => Default::default(),
-    };
+    let delegations: crate::tuf::metadata::Delegations =
+        match targets_signed.as_ref().and_then(|t| t.get("delegations")) {
+            Some(d) => serde_json::from_value(d.clone()).map_err(Error::internal)?,
+            None => Default::default(),
+        };
 
     // Delegations we may sign: direct children of targets whose key we hold.
     let held: Vec<(&crate::tuf::metadata::DelegationRole, KeyEntry)> = delegations
@@ -295,8 +293,8 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
             signers,
         });
     }
-    let targets: TargetsDoc = serde_json::from_value(repo.doc("targets")?.signed)
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let targets: TargetsDoc =
+        serde_json::from_value(repo.doc("targets")?.signed).map_err(Error::internal)?;
     let signers = targets
         .delegations
         .roles
@@ -368,8 +366,8 @@ pub(crate) fn signable(repo: &Repo, keys: &[KeyEntry]) -> Result<Vec<(String, Ke
     {
         out.push(("targets".to_string(), k));
     }
-    let targets: TargetsDoc = serde_json::from_value(repo.doc("targets")?.signed)
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let targets: TargetsDoc =
+        serde_json::from_value(repo.doc("targets")?.signed).map_err(Error::internal)?;
     for d in targets.delegations.roles {
         if let Some(k) = d.keyids.iter().find_map(by_id) {
             out.push((d.name, k));
