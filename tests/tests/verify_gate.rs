@@ -305,41 +305,7 @@ fn ca_pinning_accepts_roots_the_ca_issued_and_nothing_else() {
         ],
     );
     // The notary client imports only encrypted root keys (PKCS#8, PBES2 with SHA-1 PRF).
-    openssl(
-        d,
-        &[
-            "pkcs8",
-            "-topk8",
-            "-in",
-            "root.key",
-            "-out",
-            "root-enc.key",
-            "-v2",
-            "aes-256-cbc",
-            "-v2prf",
-            "hmacWithSHA1",
-            "-passout",
-            "pass:test-root-passphrase",
-        ],
-    );
-    let ndir = tempfile::tempdir().unwrap();
-    let content = d.join("v1.txt");
-    std::fs::write(&content, b"released under the CA\n").unwrap();
-    for args in [
-        vec![
-            "init",
-            gun,
-            "--rootkey",
-            d.join("root-enc.key").to_str().unwrap(),
-            "--rootcert",
-            d.join("root.crt").to_str().unwrap(),
-        ],
-        vec!["add", gun, "v1", content.to_str().unwrap()],
-        vec!["publish", gun],
-    ] {
-        let out = stack.notary(ndir.path(), &args, None);
-        assert!(out.status.success(), "notary {args:?}: {out:?}");
-    }
+    let _notary_dir = publish_with_root_cert(&stack, d, gun, b"released under the CA\n");
     let image = format!("{gun}:v1");
     let pin = |ca: &str, g: &str| {
         gate(&format!(
@@ -751,6 +717,28 @@ fn a_root_certificate_for_a_wildcard_of_the_gun_passes_as_in_notary() {
             "ext.cnf", "-out", "root.crt",
         ],
     );
+    let _notary_dir = publish_with_root_cert(&stack, d, gun, b"under a wildcard root\n");
+    let rows = dct_tests::notary::notary_list(&stack, gun, &[]);
+    assert!(rows.iter().any(|r| r.0 == "v1"), "{rows:?}");
+    let g = gate("");
+    let out = trust(&g, &stack, &["verify", &format!("{gun}:v1")]).ok();
+    assert!(
+        out.stdout
+            .contains(&hex(&Sha256::digest(b"under a wildcard root\n"))),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Encrypts `d/root.key` as the notary client imports root keys (PKCS#8, PBES2 with a
+/// SHA-1 PRF), then has the real notary client init `gun` with it and `d/root.crt`, add
+/// tag v1 with `content` and publish. Returns the notary client's trust directory.
+fn publish_with_root_cert(
+    stack: &NotaryStack,
+    d: &std::path::Path,
+    gun: &str,
+    content: &[u8],
+) -> tempfile::TempDir {
     openssl(
         d,
         &[
@@ -769,8 +757,8 @@ fn a_root_certificate_for_a_wildcard_of_the_gun_passes_as_in_notary() {
         ],
     );
     let ndir = tempfile::tempdir().unwrap();
-    let content = d.join("v1.txt");
-    std::fs::write(&content, b"under a wildcard root\n").unwrap();
+    let file = d.join("v1.txt");
+    std::fs::write(&file, content).unwrap();
     for args in [
         vec![
             "init",
@@ -780,20 +768,11 @@ fn a_root_certificate_for_a_wildcard_of_the_gun_passes_as_in_notary() {
             "--rootcert",
             d.join("root.crt").to_str().unwrap(),
         ],
-        vec!["add", gun, "v1", content.to_str().unwrap()],
+        vec!["add", gun, "v1", file.to_str().unwrap()],
         vec!["publish", gun],
     ] {
         let out = stack.notary(ndir.path(), &args, None);
         assert!(out.status.success(), "notary {args:?}: {out:?}");
     }
-    let rows = dct_tests::notary::notary_list(&stack, gun, &[]);
-    assert!(rows.iter().any(|r| r.0 == "v1"), "{rows:?}");
-    let g = gate("");
-    let out = trust(&g, &stack, &["verify", &format!("{gun}:v1")]).ok();
-    assert!(
-        out.stdout
-            .contains(&hex(&Sha256::digest(b"under a wildcard root\n"))),
-        "{}",
-        out.stdout
-    );
+    ndir
 }
