@@ -316,6 +316,15 @@ impl Drop for NotaryStack {
 /// A SoftHSM2 token, an agent unlocking it from a PIN file and serving notary-signer's API
 /// on a free port with the certificates in `pki`.
 pub fn signer_agent(pki: &Path, label: &str) -> (crate::SoftHsm, crate::Agent, u16) {
+    signer_agent_with(pki, label, "")
+}
+
+/// As [`signer_agent`], with `top` (top-level keys) at the head of agent.toml.
+pub fn signer_agent_with(
+    pki: &Path,
+    label: &str,
+    top: &str,
+) -> (crate::SoftHsm, crate::Agent, u16) {
     let hsm = crate::SoftHsm::new(label, "signer-pin-2468");
     let pin_file = hsm.dir.path().join("pin");
     std::fs::write(&pin_file, format!("{}\n", hsm.pin)).unwrap();
@@ -327,7 +336,7 @@ pub fn signer_agent(pki: &Path, label: &str) -> (crate::SoftHsm, crate::Agent, u
     let port = free_port();
     let p = |f: &str| pki.join(f).display().to_string();
     let config = format!(
-        "{}pin_file = {:?}\n\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {:?}\n",
+        "{top}{}pin_file = {:?}\n\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {:?}\n",
         hsm.agent_config(),
         pin_file.display().to_string(),
         p("leaf.crt"),

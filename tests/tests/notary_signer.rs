@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use dct_proto::notary as pb;
-use dct_tests::notary::{pki, signer_agent, wait_listening, NotaryStack, SignerAt};
+use dct_tests::notary::{
+    pki, signer_agent, signer_agent_with, wait_listening, NotaryStack, SignerAt,
+};
 use dct_tests::signer_client::{channel, clients};
 use dct_tests::Agent;
 use p256::ecdsa::signature::Verifier;
@@ -325,4 +327,45 @@ fn notary_signer_api_refuses_strangers_and_signs_only_what_fits() {
         assert_eq!(e.code(), Code::NotFound);
         km.delete_key(pb::KeyId { id }).await.expect("idempotent delete");
     });
+}
+
+/// notary-server asks the signer's health before using it: with an audit log that cannot
+/// be written nothing would be signed, so the agent says NOT_SERVING (a healthy agent says
+/// SERVING in `the_api_checks_its_callers_and_what_it_signs`).
+#[test]
+fn health_is_not_serving_while_the_audit_log_cannot_be_written() {
+    let pki = pki();
+    // A full disk: the log opens, every write fails (the PIN file's unlock is the first).
+    let (_hsm, agent, port) =
+        signer_agent_with(pki.path(), "audit-health", "audit_log = \"/dev/full\"\n");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = channel(port, pki.path(), true).await.expect("mTLS channel");
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let r = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "grpc.health.v1.Health.Signer".into(),
+                })
+                .await
+                .expect("health")
+                .into_inner();
+            if r.status == 2 {
+                break; // NOT_SERVING
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still status {} with a failing audit log",
+                r.status
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    // For the audit log's sake, not the token's: the token is unlocked and present.
+    let log = agent.log_text();
+    assert!(
+        log.contains("the audit log cannot be written; reporting NOT_SERVING"),
+        "{log}"
+    );
 }

@@ -289,7 +289,7 @@ pub async fn serve(
                 }
                 last = Some(ok);
             }
-            tokio::time::sleep(Duration::from_secs(if ok { 10 } else { 2 })).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
     let result = builder
