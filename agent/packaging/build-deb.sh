@@ -11,7 +11,7 @@
 # builds (CI tests the package that way without a release build). Output: DIR (default
 # target/debian)/dct-agent_VERSION_ARCH.deb, its path printed last.
 #
-# Needs: cargo, dpkg-deb, help2man (the man pages, from --help), gzip, strip (binutils);
+# Needs: cargo, dpkg-deb, help2man (the man pages, from --help), awk, gzip, strip (binutils);
 # dpkg-shlibdeps (dpkg-dev) computes Depends when present, else a hand list is used.
 # DEB_MAINTAINER overrides the Maintainer field; SOURCE_DATE_EPOCH (default: the last commit's
 # time) dates the man pages and the changelog, and clamps the file times in the package.
@@ -92,14 +92,36 @@ install -m 0644 agent/packaging/copyright "$doc/copyright"
 install -m 0644 "$work/changelog" "$doc/changelog"
 gzip -9n "$doc/changelog"
 
-# Man pages from the binaries' own --help and --version (help2man), with the sections
-# --help lacks (files, environment, see also) from agent/packaging/*.h2m.
+# Man pages from the binaries' own --help and --version (help2man), with a COMMANDS section
+# holding every subcommand's -h (help2roff.awk; options already described higher up are not
+# repeated) and the sections --help lacks (files, environment, see also) from *.h2m.
+h2roff=agent/packaging/help2roff.awk
+# walk BIN NAME "SUBCOMMAND WORDS" " OPTIONS ALREADY DESCRIBED ": one .SS per subcommand.
+walk() {
+  local bin=$1 name=$2 path=$3 skip=$4 help sub
+  local -a words=()
+  read -ra words <<<"$path"
+  help=$("$bin" "${words[@]}" -h)
+  if [ -n "$path" ]; then
+    printf '%s\n' "$help" | awk -v title="$name $path" -v skip="$skip" -f "$h2roff"
+  fi
+  skip="$skip$(printf '%s\n' "$help" | awk -v mode=opts -f "$h2roff" | tr '\n' ' ')"
+  for sub in $(printf '%s\n' "$help" |
+    awk '/^Commands:$/ { c = 1; next } /^[^ ]/ { c = 0 } c && /^  [a-z]/ && $1 != "help" { print $1 }'); do
+    walk "$bin" "$name" "${path:+$path }$sub" "$skip"
+  done
+}
+for m in dct dct-agent; do
+  { echo '[COMMANDS]'; walk "$pkg/usr/bin/$m" "$m" "" " "; } >"$work/$m-commands.h2m"
+done
 help2man --no-info --section 1 --version-string "$version" \
   --name "the command line of dct-agent, a signing agent for Docker Content Trust" \
-  --include agent/packaging/dct.h2m --output "$work/dct.1" "$pkg/usr/bin/dct"
+  --include "$work/dct-commands.h2m" --include agent/packaging/dct.h2m \
+  --output "$work/dct.1" "$pkg/usr/bin/dct"
 help2man --no-info --section 1 --version-string "$version" \
   --name "hardware-backed signing agent for Docker Content Trust (Notary v1)" \
-  --include agent/packaging/dct-agent.h2m --output "$work/dct-agent.1" "$pkg/usr/bin/dct-agent"
+  --include "$work/dct-agent-commands.h2m" --include agent/packaging/dct-agent.h2m \
+  --output "$work/dct-agent.1" "$pkg/usr/bin/dct-agent"
 for m in dct dct-agent; do
   gzip -9n -c "$work/$m.1" >"$pkg/usr/share/man/man1/$m.1.gz"
   chmod 0644 "$pkg/usr/share/man/man1/$m.1.gz"
