@@ -13,8 +13,7 @@
 #
 # Prints `N passed, N failed` last; exits non-zero on any failure.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
+cd "$(dirname "$0")/.." || exit 1
 
 deb=
 case "${1:-}" in
