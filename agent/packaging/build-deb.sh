@@ -172,6 +172,9 @@ Description: hardware-backed signing agent for Docker Content Trust
  notary-server), man pages, shell completions and an example configuration.
 CONTROL
 chmod 0644 "$pkg/DEBIAN/control"
+# Maintainer scripts: systemd told of the units, the signer service stopped on removal;
+# nothing enabled or started.
+install -m 0755 agent/packaging/postinst agent/packaging/prerm agent/packaging/postrm "$pkg/DEBIAN/"
 (cd "$pkg" && find usr -type f | LC_ALL=C sort | xargs md5sum) >"$pkg/DEBIAN/md5sums"
 chmod 0644 "$pkg/DEBIAN/md5sums"
 
