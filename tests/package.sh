@@ -118,6 +118,25 @@ if [ "$(printf '%s\n' "$modes" | grep -cE '^root:root (755 /usr/bin/|644 /usr/sh
 else
   bad "owners/modes: $modes"
 fi
+# What a fresh machine needs: every shared library the binaries load belongs to a package
+# that Depends names (dpkg -i refuses the package while one of those is missing).
+depends_ok() {
+  local depends lib pkg
+  depends=$(dpkg-query -W -f='${Depends}' dct-agent)
+  echo "Depends: $depends"
+  for lib in $(ldd /usr/bin/dct /usr/bin/dct-agent | awk '$2 == "=>" { print $3 } $1 ~ /^\// && $2 ~ /^\(0x/ { print $1 }' | sort -u); do
+    pkg=$(dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null) || {
+      echo "$lib: no package owns it"
+      return 1
+    }
+    pkg=${pkg%%:*}
+    case ", $depends," in
+      *", $pkg "* | *", $pkg,"*) echo "$lib: $pkg" ;;
+      *) echo "$lib: $pkg is not in Depends"; return 1 ;;
+    esac
+  done
+}
+check "Depends names every shared library's package" depends_ok
 check "dct --version is the package's version" sh -c "/usr/bin/dct --version | grep -qx 'dct $version'"
 check "dct-agent --version" sh -c "/usr/bin/dct-agent --version | grep -qx 'dct-agent $version'"
 
