@@ -15,12 +15,17 @@
 #   python3-prometheus-client - an independent parser of the agent's metrics (OpenMetrics)
 #   systemd   - systemd-socket-activate (the agent started on demand) and systemd-analyze
 #               (the shipped units verified)
+#   dpkg-dev, help2man, binutils - the Debian package (agent/packaging/build-deb.sh):
+#               dpkg-shlibdeps for its Depends, help2man for the man pages from --help,
+#               strip; tests/package.sh installs it and runs the flow against it
+#   man-db    - `man`, to find and render the installed man pages (tests/package.sh)
+#   python3   - tests/package.sh turns a TUF signature into DER for openssl
 # Runs apt-get as root (directly, or through sudo when not root).
 set -euo pipefail
 
 packages=(softhsm2 opensc openssl notary docker-registry skopeo apache2-utils
           pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool ykcs11 systemd
-          python3-prometheus-client)
+          python3-prometheus-client dpkg-dev help2man binutils man-db python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

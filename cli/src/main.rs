@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use dct_proto::dct::v1 as pb;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -30,7 +30,7 @@ Exit codes:
 /// Sign Docker Content Trust (Notary v1) metadata with keys on hardware tokens, through
 /// a running dct-agent.
 #[derive(Parser)]
-#[command(version, after_help = EXIT_HELP)]
+#[command(name = "dct", version, after_help = EXIT_HELP)]
 struct Cli {
     /// The agent's socket. Default: $XDG_RUNTIME_DIR/dct-agent/agent.sock.
     #[arg(long, global = true, env = "DCT_SOCKET", value_name = "PATH")]
@@ -93,6 +93,13 @@ enum Command {
         server: trust::ServerArgs,
         #[command(subcommand)]
         command: trust::TrustCmd,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) on
+    /// standard output; the Debian package installs them. Needs no agent.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -334,6 +341,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     let json = cli.json;
     match cli.command {
+        Command::Completions { shell } => {
+            // Generated into memory first: clap_complete panics on a failed write (a closed
+            // pipe); a Vec never fails one, and stdout's error is then reported as usual.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dct", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)
+                .map_err(|e| Failure::failed(format!("cannot write the completions: {e}")))
+        }
         Command::Audit(AuditCmd::Verify { file }) => audit_verify(&target, file, json).await,
         Command::Status => {
             let mut c = Client::connect(&target).await?;
