@@ -235,7 +235,10 @@ fn failure(s: Status) -> Failure {
             };
         }
         // Not the agent's: the connection closed before any answer (tonic's own status).
+        // Which of the two the client sees depends on when the close lands (before or
+        // during the first request); neither carries an agent's reason.
         (Code::Unknown, None) if msg == "transport error" => return closed(&msg),
+        (Code::Cancelled, None) => return closed(&msg),
         (_, Some("not_found")) => Some("see `dct key list` and `dct status`".to_string()),
         (_, Some("resource_exhausted")) => {
             Some("the agent is at max_concurrent_requests; try again shortly".to_string())
