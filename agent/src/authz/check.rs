@@ -41,8 +41,7 @@ impl Judge {
             Some(url) => {
                 let ca_pem = match &cfg.config.trust.tlscacert {
                     Some(p) => Some(
-                        std::fs::read(p)
-                            .map_err(|e| format!("tlscacert {}: {e}", p.display()))?,
+                        std::fs::read(p).map_err(|e| format!("tlscacert {}: {e}", p.display()))?,
                     ),
                     None => None,
                 };
@@ -187,7 +186,11 @@ impl Judge {
         };
         match online {
             Ok(ins) => {
-                if ins.tags.iter().any(|t| t.sha256_hex.eq_ignore_ascii_case(digest)) {
+                if ins
+                    .tags
+                    .iter()
+                    .any(|t| t.sha256_hex.eq_ignore_ascii_case(digest))
+                {
                     Decision::Allow
                 } else {
                     unsigned()
@@ -252,7 +255,9 @@ impl Judge {
             Ok(Some(i)) => i,
             // dockerd itself answers "No such image" (and `docker run` pulls, judged then).
             Ok(None) => return Decision::Allow,
-            Err(e) => return Decision::Deny(format!("{name}: cannot inspect the local image: {e}")),
+            Err(e) => {
+                return Decision::Deny(format!("{name}: cannot inspect the local image: {e}"))
+            }
         };
         let by_id = {
             let n = name.strip_prefix("sha256:").unwrap_or(name);

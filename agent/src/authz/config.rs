@@ -136,8 +136,8 @@ pub fn load(path: &Path, daemon_json: Option<&Path>) -> Result<Effective, String
     let mut pinning = config.trust.pinning.clone();
     let mut mode = config.mode;
     if let Some(p) = &config.daemon_json {
-        let json = std::fs::read_to_string(p)
-            .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let json =
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
         if let Some(ct) = content_trust(&json).map_err(|e| format!("{}: {e}", p.display()))? {
             ct.add_to(&mut pinning);
             mode = mode.or(ct.mode);

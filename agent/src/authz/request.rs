@@ -12,7 +12,7 @@ pub struct AuthzRequest {
     pub user: String,
     #[serde(default)]
     pub request_method: String,
-    #[serde(default, rename = "RequestURI")]
+    #[serde(default, rename = "RequestUri", alias = "RequestURI")]
     pub request_uri: String,
     /// base64 (Go's []byte); dockerd sends JSON bodies under 1 MiB only.
     #[serde(default)]
@@ -93,7 +93,10 @@ pub fn parse_image(s: &str) -> Result<ImageRef, String> {
         }
         None => (name, None),
     };
-    if tag.as_deref().is_some_and(|t| t.is_empty() || t.len() > 128) {
+    if tag
+        .as_deref()
+        .is_some_and(|t| t.is_empty() || t.len() > 128)
+    {
         return Err(bad());
     }
     let (domain, path) = match name.split_once('/') {
@@ -158,10 +161,12 @@ fn unescape(s: &str) -> String {
 /// The API path without its `/vX.Y` version prefix, and the query's pairs.
 pub fn split_uri(uri: &str) -> (String, Vec<(String, String)>) {
     let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
-    let path = match path.strip_prefix("/v").and_then(|rest| rest.split_once('/')) {
+    let path = match path
+        .strip_prefix("/v")
+        .and_then(|rest| rest.split_once('/'))
+    {
         Some((version, rest))
-            if !version.is_empty()
-                && version.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
+            if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
         {
             format!("/{rest}")
         }
@@ -248,12 +253,18 @@ mod tests {
     #[test]
     fn names_map_to_guns_as_docker_normalizes_them() {
         let d = "a".repeat(64);
-        assert_eq!(parse_image("alpine").unwrap(), r("docker.io/library/alpine", None, None));
+        assert_eq!(
+            parse_image("alpine").unwrap(),
+            r("docker.io/library/alpine", None, None)
+        );
         assert_eq!(
             parse_image("alpine:3.19").unwrap(),
             r("docker.io/library/alpine", Some("3.19"), None)
         );
-        assert_eq!(parse_image("me/app:v1").unwrap(), r("docker.io/me/app", Some("v1"), None));
+        assert_eq!(
+            parse_image("me/app:v1").unwrap(),
+            r("docker.io/me/app", Some("v1"), None)
+        );
         assert_eq!(
             parse_image("127.0.0.1:5000/team/app:v1").unwrap(),
             r("127.0.0.1:5000/team/app", Some("v1"), None)
@@ -285,11 +296,21 @@ mod tests {
         };
         let d = "b".repeat(64);
         assert_eq!(
-            action(&req("POST", "/v1.41/images/create?fromImage=127.0.0.1%3A5000%2Fapp&tag=v1", None)).unwrap(),
+            action(&req(
+                "POST",
+                "/v1.41/images/create?fromImage=127.0.0.1%3A5000%2Fapp&tag=v1",
+                None
+            ))
+            .unwrap(),
             Action::Pull(r("127.0.0.1:5000/app", Some("v1"), None))
         );
         assert_eq!(
-            action(&req("POST", &format!("/v1.41/images/create?fromImage=app&tag=sha256%3A{d}"), None)).unwrap(),
+            action(&req(
+                "POST",
+                &format!("/v1.41/images/create?fromImage=app&tag=sha256%3A{d}"),
+                None
+            ))
+            .unwrap(),
             Action::Pull(r("docker.io/library/app", None, Some(&d)))
         );
         assert_eq!(
@@ -297,14 +318,25 @@ mod tests {
             Action::PullAll("docker.io/library/app".into())
         );
         assert_eq!(
-            action(&req("POST", "/v1.41/containers/create?name=x", Some(r#"{"Image":"app:v1"}"#))).unwrap(),
+            action(&req(
+                "POST",
+                "/v1.41/containers/create?name=x",
+                Some(r#"{"Image":"app:v1"}"#)
+            ))
+            .unwrap(),
             Action::Create("app:v1".into())
         );
         assert_eq!(
             action(&req("POST", "/v1.41/containers/create", None)).unwrap(),
             Action::CreateUnreadable
         );
-        assert_eq!(action(&req("GET", "/v1.41/images/json", None)).unwrap(), Action::Other);
-        assert_eq!(action(&req("POST", "/v1.41/images/create?fromSrc=-", None)).unwrap(), Action::Other);
+        assert_eq!(
+            action(&req("GET", "/v1.41/images/json", None)).unwrap(),
+            Action::Other
+        );
+        assert_eq!(
+            action(&req("POST", "/v1.41/images/create?fromSrc=-", None)).unwrap(),
+            Action::Other
+        );
     }
 }

@@ -109,7 +109,10 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let listener = bind(socket)?;
-    tracing::info!("dct-authz serving the Docker plugin API on {}", socket.display());
+    tracing::info!(
+        "dct-authz serving the Docker plugin API on {}",
+        socket.display()
+    );
     tokio::pin!(stop);
     loop {
         let conn = tokio::select! {
@@ -187,6 +190,7 @@ async fn answer(
             )
         }
     };
+    tracing::debug!(path, "plugin call");
     match path.as_str() {
         "/Plugin.Activate" => reply(StatusCode::OK, json!({"Implements": ["authz"]})),
         "/AuthZPlugin.AuthZReq" => {
@@ -208,6 +212,9 @@ async fn answer(
         }
         // Answers are not judged: what runs was judged on the way in.
         "/AuthZPlugin.AuthZRes" => reply(StatusCode::OK, json!({"Allow": true})),
-        _ => reply(StatusCode::NOT_FOUND, json!({"Err": format!("{path}: not implemented")})),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            json!({"Err": format!("{path}: not implemented")}),
+        ),
     }
 }
