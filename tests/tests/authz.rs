@@ -201,6 +201,7 @@ impl Dockerd {
             "docker {args:?}: {err}"
         );
         assert_eq!(err.trim().lines().count(), 1, "{err}");
+        eprintln!("refused: docker {}: {}", args.join(" "), err.trim());
         err
     }
 }
@@ -379,12 +380,31 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
     );
     dockerd.ok(&["pull", &v1]);
     dockerd.ok(&["create", "--network", "none", &v1]);
+    // By image ID (dockerd takes any ID prefix): its repository digest must be signed.
+    let id_of = |image: &str| {
+        dockerd
+            .ok(&["image", "inspect", "-f", "{{.Id}}", image])
+            .trim()
+            .to_string()
+    };
+    let signed_id = id_of(&v1);
+    dockerd.ok(&["create", "--network", "none", &signed_id]);
+    let unsigned_id = id_of(&format!("{gun}:v2"));
+    let short = &unsigned_id.trim_start_matches("sha256:")[..6];
+    dockerd.refused(
+        &["create", "--network", "none", short],
+        &name,
+        "(by ID) is not signed",
+    );
 
     // The trust server down: cached trust data decides; none cached fails closed.
     stack.stop();
     dockerd.ok(&["pull", &v1]);
+    dockerd.ok(&["pull", &format!("{gun}@{d1}")]);
+    dockerd.refused(&["pull", &format!("{gun}@{d2}")], &name, "no signed tag of");
     dockerd.ok(&["create", "--network", "none", &v1]);
-    dockerd.refused(&["pull", &format!("{gun}:v2")], &name, "is not signed");
+    let err = dockerd.refused(&["pull", &format!("{gun}:v2")], &name, "is not signed");
+    assert!(err.contains("judged from cached trust data"), "{err}");
     drop(plugin);
     std::fs::remove_dir_all(w.join("cache")).unwrap();
     let _plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);

@@ -163,9 +163,21 @@ impl Judge {
         let v = match online {
             Err(Error::Unavailable(down)) => {
                 tracing::warn!(gun, tag, "{down}: judging from cached trust data");
-                verify_tag(None, &self.ctx, gun, &opts(true))
-                    .await
-                    .map_err(|e| format!("{gun}:{tag} cannot be checked: {down}; {e}"))?
+                match verify_tag(None, &self.ctx, gun, &opts(true)).await {
+                    Ok(v) => v,
+                    // Nothing cached: fail closed.
+                    Err(e) if e.to_string().starts_with("refused: offline:") => {
+                        return Err(format!(
+                            "{gun}:{tag} cannot be checked: the trust server is unreachable and no trust data for {gun} is cached"
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "{} (judged from cached trust data: the trust server is unreachable)",
+                            refusal(gun, tag, e)
+                        ))
+                    }
+                }
             }
             Err(e) => return Err(refusal(gun, tag, e)),
             Ok(v) => v,
@@ -202,7 +214,7 @@ impl Judge {
                 let names = self.cached_tag_names(gun);
                 if names.is_empty() {
                     return Decision::Deny(format!(
-                        "{gun}@sha256:{digest} cannot be checked: {down}; no cached trust data for {gun}"
+                        "{gun}@sha256:{digest} cannot be checked: the trust server is unreachable and no trust data for {gun} is cached"
                     ));
                 }
                 for tag in names {
@@ -259,9 +271,13 @@ impl Judge {
                 return Decision::Deny(format!("{name}: cannot inspect the local image: {e}"))
             }
         };
+        // dockerd falls back to an ID prefix of any length when no image has the name: then
+        // the name says nothing about where the image came from.
         let by_id = {
             let n = name.strip_prefix("sha256:").unwrap_or(name);
-            n.len() >= 12 && local.id.trim_start_matches("sha256:").starts_with(n)
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_hexdigit())
+                && local.id.trim_start_matches("sha256:").starts_with(n)
         };
         let repo_digests: Vec<ImageRef> = local
             .repo_digests
