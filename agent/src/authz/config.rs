@@ -130,6 +130,13 @@ pub fn load(path: &Path, daemon_json: Option<&Path>) -> Result<Effective, String
         .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
     let mut config: AuthzConfig =
         toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+    if let Some(n) = &config.trust.notary_config {
+        return Err(format!(
+            "config {}: [trust] notary_config ({}) is not read by dct-authz: put its pins in [trust.pinning]",
+            path.display(),
+            n.display()
+        ));
+    }
     if let Some(p) = daemon_json {
         config.daemon_json = Some(p.to_path_buf());
     }
