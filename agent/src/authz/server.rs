@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -145,11 +145,13 @@ fn bind(socket: &Path) -> Result<tokio::net::UnixListener, String> {
             .create(&dir)
             .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
     }
+    // dockerd (root) is the only client: the directory is its owner's alone.
     let meta = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if meta.permissions().mode() & 0o022 != 0 {
+    if meta.permissions().mode() & 0o077 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(format!(
-            "{} is writable by others: the plugin's socket needs a directory only root can change",
-            dir.display()
+            "{} must be a directory of this user's with mode 0700 (it is {:o}): the plugin's socket is for dockerd alone",
+            dir.display(),
+            meta.permissions().mode() & 0o7777
         ));
     }
     // A socket left by an earlier run; anything else there is not ours to remove.
