@@ -397,6 +397,25 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
         "(by ID) is not signed",
     );
 
+    // unpinned = allow: repositories no pin covers pass; pinned ones are still checked.
+    drop(plugin);
+    plugin = Plugin::start(
+        w,
+        &dockerd.sock,
+        &enforced.replace("unpinned = \"deny\"", "unpinned = \"allow\""),
+        &[],
+    );
+    dockerd.ok(&["pull", &format!("{host}/outside/app:v1")]);
+    dockerd.ok(&[
+        "create",
+        "--network",
+        "none",
+        &format!("{host}/outside/app:v1"),
+    ]);
+    dockerd.refused(&["pull", &format!("{gun}:v2")], &name, "is not signed");
+    drop(plugin);
+    plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);
+
     // The trust server down: cached trust data decides; none cached fails closed.
     stack.stop();
     dockerd.ok(&["pull", &v1]);
