@@ -13,6 +13,8 @@
 #   yubico-piv-tool, ykcs11 - Yubico's PIV tool and PKCS#11 module, independent clients
 #               of the virtual card (and the PKCS#11 backend's module on YubiKeys)
 #   python3-prometheus-client - an independent parser of the agent's metrics (OpenMetrics)
+#   docker.io - the real dockerd (and containerd, runc) that tests/tests/authz.rs runs with
+#               dct-authz as its authorization plugin
 #   systemd   - systemd-socket-activate (the agent started on demand) and systemd-analyze
 #               (the shipped units verified)
 #   dpkg-dev, help2man, binutils - the Debian package (agent/packaging/build-deb.sh):
@@ -25,7 +27,7 @@ set -euo pipefail
 
 packages=(softhsm2 opensc openssl notary docker-registry skopeo apache2-utils
           pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool ykcs11 systemd
-          python3-prometheus-client dpkg-dev help2man binutils man-db python3)
+          python3-prometheus-client dpkg-dev help2man binutils man-db python3 docker.io)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -100,9 +100,10 @@ fi
 # What it installs, as dpkg records it, with owners and modes.
 dpkg -L dct-agent >"$tmp/list"
 missing=()
-for f in /usr/bin/dct /usr/bin/dct-agent \
+for f in /usr/bin/dct /usr/bin/dct-agent /usr/bin/dct-authz \
   /usr/lib/systemd/user/dct-agent.socket /usr/lib/systemd/user/dct-agent.service \
-  /usr/lib/systemd/system/dct-agent-signer.service \
+  /usr/lib/systemd/system/dct-agent-signer.service /usr/lib/systemd/system/dct-authz.service \
+  /usr/share/man/man1/dct-authz.1.gz \
   /usr/share/doc/dct-agent/examples/agent.toml /usr/share/doc/dct-agent/README.md.gz \
   /usr/share/doc/dct-agent/copyright /usr/share/doc/dct-agent/changelog.gz \
   /usr/share/man/man1/dct.1.gz /usr/share/man/man1/dct-agent.1.gz \
@@ -124,7 +125,7 @@ depends_ok() {
   local depends lib pkg
   depends=$(dpkg-query -W -f='${Depends}' dct-agent)
   echo "Depends: $depends"
-  for lib in $(ldd /usr/bin/dct /usr/bin/dct-agent | awk '$2 == "=>" { print $3 } $1 ~ /^\// && $2 ~ /^\(0x/ { print $1 }' | sort -u); do
+  for lib in $(ldd /usr/bin/dct /usr/bin/dct-agent /usr/bin/dct-authz | awk '$2 == "=>" { print $3 } $1 ~ /^\// && $2 ~ /^\(0x/ { print $1 }' | sort -u); do
     pkg=$(dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null) || {
       echo "$lib: no package owns it"
       return 1
@@ -139,6 +140,7 @@ depends_ok() {
 check "Depends names every shared library's package" depends_ok
 check "dct --version is the package's version" sh -c "/usr/bin/dct --version | grep -qx 'dct $version'"
 check "dct-agent --version" sh -c "/usr/bin/dct-agent --version | grep -qx 'dct-agent $version'"
+check "dct-authz --version" sh -c "/usr/bin/dct-authz --version | grep -qx 'dct-authz $version'"
 
 # A user's environment in temporary directories, nothing of the caller's.
 home=$tmp/home
@@ -257,8 +259,8 @@ fi
 # The units as installed: user units need a runtime directory (for %t).
 check "systemd-analyze verify (user units)" systemd-analyze --user --man=no verify \
   /usr/lib/systemd/user/dct-agent.socket /usr/lib/systemd/user/dct-agent.service
-check "systemd-analyze verify (system unit)" systemd-analyze --man=no verify \
-  /usr/lib/systemd/system/dct-agent-signer.service
+check "systemd-analyze verify (system units)" systemd-analyze --man=no verify \
+  /usr/lib/systemd/system/dct-agent-signer.service /usr/lib/systemd/system/dct-authz.service
 
 # Removal leaves nothing behind.
 if "${sudo[@]}" dpkg --purge dct-agent >"$tmp/out" 2>&1; then

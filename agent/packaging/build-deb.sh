@@ -70,7 +70,7 @@ install -d -m 0755 "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/usr/share/man/man1" \
   "$pkg/usr/share/fish/vendor_completions.d"
 
 # Binaries, stripped of debug info and symbols as Debian ships them.
-for b in dct dct-agent; do
+for b in dct dct-agent dct-authz; do
   install -m 0755 "$bin_dir/$b" "$pkg/usr/bin/$b"
   strip --strip-unneeded --remove-section=.comment --remove-section=.note "$pkg/usr/bin/$b"
 done
@@ -78,7 +78,8 @@ done
 # Units, the example config, the README, the copyright and changelog.
 install -m 0644 agent/systemd/user/dct-agent.socket agent/systemd/user/dct-agent.service \
   "$pkg/usr/lib/systemd/user/"
-install -m 0644 agent/systemd/system/dct-agent-signer.service "$pkg/usr/lib/systemd/system/"
+install -m 0644 agent/systemd/system/dct-agent-signer.service agent/systemd/system/dct-authz.service \
+  "$pkg/usr/lib/systemd/system/"
 install -m 0644 agent/agent.toml.example "$doc/examples/agent.toml"
 install -m 0644 README.md "$doc/README.md"
 gzip -9n "$doc/README.md"
@@ -122,7 +123,10 @@ help2man --no-info --section 1 --version-string "$version" \
   --name "hardware-backed signing agent for Docker Content Trust (Notary v1)" \
   --include "$work/dct-agent-commands.h2m" --include agent/packaging/dct-agent.h2m \
   --output "$work/dct-agent.1" "$pkg/usr/bin/dct-agent"
-for m in dct dct-agent; do
+help2man --no-info --section 1 --version-string "$version" \
+  --name "Docker authorization plugin: dockerd pulls and runs only images signed under pinned roots" \
+  --output "$work/dct-authz.1" "$pkg/usr/bin/dct-authz"
+for m in dct dct-agent dct-authz; do
   gzip -9n -c "$work/$m.1" >"$pkg/usr/share/man/man1/$m.1.gz"
   chmod 0644 "$pkg/usr/share/man/man1/$m.1.gz"
 done
@@ -141,7 +145,7 @@ depends="libc6 (>= 2.34), libgcc-s1 (>= 4.2), libpcsclite1 (>= 1.3.0)"
 if command -v dpkg-shlibdeps >/dev/null; then
   mkdir -p "$work/src/debian"
   printf 'Source: dct-agent\n\nPackage: dct-agent\nArchitecture: any\n' >"$work/src/debian/control"
-  if found=$(cd "$work/src" && dpkg-shlibdeps -O "$pkg/usr/bin/dct" "$pkg/usr/bin/dct-agent" 2>"$work/shlibdeps.err"); then
+  if found=$(cd "$work/src" && dpkg-shlibdeps -O "$pkg/usr/bin/dct" "$pkg/usr/bin/dct-agent" "$pkg/usr/bin/dct-authz" 2>"$work/shlibdeps.err"); then
     depends=$(printf '%s\n' "$found" | sed -n 's/^shlibs:Depends=//p')
   else
     echo "build-deb.sh: dpkg-shlibdeps failed, using the hand list:" >&2

@@ -11,6 +11,7 @@
 //! | `oci`    | registries: resolve a tag to its manifest's digest |
 //! | `trust`  | DCT operations on a notary-server: cache, fetch, publish, tags, signers, rotation, gate, ceremonies |
 //! | `rpc`    | the gRPC services (dct API, notary-signer API), limits, error -> status |
+//! | `authz`  | dct-authz, the Docker authorization plugin: dockerd pulls and runs signed images only |
 //! | `daemon` | config file, listeners, start-up: the composition root, imported by nothing |
 #![forbid(unsafe_code)]
 // No panics on any input: parsed data is read with `.get(..)`, never indexed or sliced
@@ -32,5 +33,7 @@ pub mod oci;
 pub mod trust;
 
 pub mod rpc;
+
+pub mod authz;
 
 pub mod daemon;

@@ -99,7 +99,23 @@ impl Registry {
     /// Pushes a one-layer OCI image as `name:tag`; returns the manifest bytes the registry
     /// serves for it.
     pub fn push(&self, name: &str, tag: &str, layer_text: &str) -> Vec<u8> {
-        let layout = self.dir.path().join(format!("layout-{tag}"));
+        let mut layer = layer_text.as_bytes().to_vec();
+        layer.resize(1024, 0);
+        self.push_layer(name, tag, &layer, "")
+    }
+
+    /// Pushes an image dockerd can pull and create containers from: one real tar layer
+    /// holding `/hello.txt` (`text`), and a config with a command. Returns the manifest.
+    pub fn push_runnable(&self, name: &str, tag: &str, text: &str) -> Vec<u8> {
+        let layer = tar_one_file("hello.txt", text.as_bytes());
+        self.push_layer(name, tag, &layer, r#","config":{"Cmd":["/hello.txt"]}"#)
+    }
+
+    fn push_layer(&self, name: &str, tag: &str, layer: &[u8], config_extra: &str) -> Vec<u8> {
+        let layout = self
+            .dir
+            .path()
+            .join(format!("layout-{}-{tag}", name.replace('/', "_")));
         let blobs = layout.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).unwrap();
         let blob = |b: &[u8]| {
@@ -107,11 +123,9 @@ impl Registry {
             std::fs::write(blobs.join(&d), b).unwrap();
             (format!("sha256:{d}"), b.len())
         };
-        let mut layer = layer_text.as_bytes().to_vec();
-        layer.resize(1024, 0);
-        let (ld, ls) = blob(&layer);
+        let (ld, ls) = blob(layer);
         let config = format!(
-            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{ld}"]}}}}"#
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{ld}"]}}{config_extra}}}"#
         );
         let (cd, cs) = blob(config.as_bytes());
         let manifest = format!(
@@ -159,6 +173,28 @@ impl Registry {
         );
         out.stdout
     }
+}
+
+/// A ustar archive of one regular file.
+fn tar_one_file(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    let mut put = |at: usize, field: &[u8]| h[at..at + field.len()].copy_from_slice(field);
+    put(0, name.as_bytes());
+    put(100, b"0000644\0");
+    put(108, b"0000000\0");
+    put(116, b"0000000\0");
+    put(124, format!("{:011o}\0", content.len()).as_bytes());
+    put(136, b"00000000000\0");
+    put(148, b"        ");
+    put(156, b"0");
+    put(257, b"ustar\0");
+    put(263, b"00");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(content);
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
 }
 
 impl Drop for Registry {

@@ -145,11 +145,12 @@ fn the_systemd_units_verify() {
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/systemd");
     let tmp = tempfile::tempdir().unwrap();
     let agent_bin = bin("dct-agent");
+    let authz_bin = bin("dct-authz");
     let copy = |rel: &str| {
         let text = std::fs::read_to_string(units.join(rel)).unwrap();
         if rel.ends_with(".service") {
             assert!(
-                text.contains("/usr/bin/dct-agent"),
+                text.contains("/usr/bin/dct-agent") || text.contains("/usr/bin/dct-authz"),
                 "{rel} runs the packaged binary"
             );
         }
@@ -157,17 +158,22 @@ fn the_systemd_units_verify() {
         let to = tmp.path().join(name);
         std::fs::write(
             &to,
-            text.replace("/usr/bin/dct-agent", agent_bin.to_str().unwrap()),
+            text.replace("/usr/bin/dct-agent", agent_bin.to_str().unwrap())
+                .replace("/usr/bin/dct-authz", authz_bin.to_str().unwrap()),
         )
         .unwrap();
         to
     };
     let system = copy("system/dct-agent-signer.service");
+    let authz = copy("system/dct-authz.service");
     let socket = copy("user/dct-agent.socket");
     let service = copy("user/dct-agent.service");
     let runtime = tempfile::tempdir().unwrap();
     std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    for (user, files) in [(false, vec![&system]), (true, vec![&socket, &service])] {
+    for (user, files) in [
+        (false, vec![&system, &authz]),
+        (true, vec![&socket, &service]),
+    ] {
         let mut c = Command::new("systemd-analyze");
         if user {
             c.arg("--user").env("XDG_RUNTIME_DIR", runtime.path());

@@ -1,0 +1,431 @@
+//! Engine enforcement (issue 19): the real dockerd (Debian docker.io) with dct-authz as its
+//! authorization plugin pulls and creates containers from signed images only. Images are
+//! pushed to a real registry by skopeo and signed by the agent on a SoftHSM2 token against
+//! the real notary stack.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dct_tests::notary::{trust, NotaryStack};
+use dct_tests::registry::Registry;
+use dct_tests::{bin, hex, Agent};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+const DOCKERD: &str = "/usr/sbin/dockerd";
+
+fn digest(manifest: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(manifest)))
+}
+
+fn wait_for(path: &Path, what: &str, mut alive: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        if let Some(why) = alive() {
+            panic!("{what} exited: {why}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
+/// dct-authz on a socket in `dir`, with `config` (TOML) after the socket, cache, dockerd
+/// and audit lines.
+struct Plugin {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Plugin {
+    fn start(dir: &Path, docker_sock: &Path, extra: &str, args: &[&str]) -> Plugin {
+        let socket = dir.join("plugin").join("authz.sock");
+        let _ = std::fs::remove_file(&socket);
+        let cfg = dir.join("authz.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "socket = {:?}\ndocker_socket = {:?}\ncache_dir = {:?}\naudit_log = {:?}\n{extra}",
+                socket.display().to_string(),
+                docker_sock.display().to_string(),
+                dir.join("cache").display().to_string(),
+                dir.join("audit.jsonl").display().to_string(),
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("authz-{}.log", std::process::id()));
+        let mut child = Command::new(bin("dct-authz"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for(&socket, "dct-authz", || {
+            child.try_wait().unwrap().map(|st| {
+                format!(
+                    "{st}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+        });
+        let meta = std::fs::metadata(&socket).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(socket.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        Plugin { child, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// dockerd as root in a temp dir, with `name` as its authorization plugin (the spec file in
+/// /etc/docker/plugins, removed on drop). Stopped by PID.
+struct Dockerd {
+    dir: TempDir,
+    sock: PathBuf,
+    child: Option<Child>,
+    spec: PathBuf,
+}
+
+impl Dockerd {
+    /// `dir`: its own directory (the API socket is `dir/docker.sock`).
+    fn start(dir: TempDir, plugin_name: &str, plugin_sock: &Path, registry: &str) -> Dockerd {
+        let d = dir.path();
+        std::fs::create_dir_all("/etc/docker/plugins").unwrap();
+        let spec = PathBuf::from(format!("/etc/docker/plugins/{plugin_name}.spec"));
+        std::fs::write(&spec, format!("unix://{}\n", plugin_sock.display())).unwrap();
+        // Not the machine's /etc/docker/daemon.json.
+        std::fs::write(d.join("daemon.json"), "{}").unwrap();
+        std::fs::create_dir(d.join("cli")).unwrap();
+        let sock = d.join("docker.sock");
+        let log = d.join("dockerd.log");
+        let mut child = Command::new(DOCKERD)
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--iptables=false", "--bridge=none", "--storage-driver=vfs"])
+            .arg(format!("--authorization-plugin={plugin_name}"))
+            .arg(format!("--insecure-registry={registry}"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("dockerd (Debian docker.io; softhsm/install-deps.sh)");
+        let mut me = Dockerd {
+            sock: sock.clone(),
+            child: None,
+            spec,
+            dir,
+        };
+        wait_for(&sock, "dockerd", || {
+            child.try_wait().unwrap().map(|st| {
+                format!(
+                    "{st}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+        });
+        me.child = Some(child);
+        // Up when it answers.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !me.docker(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "dockerd does not answer");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        me
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.path().join("cli"))
+            .env_remove("DOCKER_CONTENT_TRUST")
+            .stdin(Stdio::null())
+            .output()
+            .expect("docker CLI")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Refused by the plugin: one line on stderr, naming the plugin and `needle`.
+    fn refused(&self, args: &[&str], plugin: &str, needle: &str) -> String {
+        let out = self.docker(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "docker {args:?} passed");
+        assert!(
+            err.contains(&format!("authorization denied by plugin {plugin}: "))
+                && err.contains(needle),
+            "docker {args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        eprintln!("refused: docker {}: {}", args.join(" "), err.trim());
+        err
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c);
+        }
+        let _ = std::fs::remove_file(&self.spec);
+    }
+}
+
+fn audit(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
+    if !Path::new(DOCKERD).exists() {
+        panic!("{DOCKERD} missing: run softhsm/install-deps.sh (docker.io)");
+    }
+    let mut stack = NotaryStack::start();
+    let registry = Registry::start(&stack);
+    let host = registry.host.clone();
+    let (_hsm, signer) = Agent::on_fresh_token("authz-signer", "2222");
+    let m1 = registry.push_runnable("team/app", "v1", "app v1");
+    let m2 = registry.push_runnable("team/app", "v2", "app v2, never signed");
+    registry.push_runnable("outside/app", "v1", "outside the pins");
+    let gun = format!("{host}/team/app");
+    let init = trust(&signer, &stack, &["--json", "init", &gun]).json();
+    let root_id = init["root_key_id"].as_str().unwrap().to_string();
+    trust(&signer, &stack, &["sign", &format!("{gun}:v1")]).ok();
+    let (d1, d2) = (digest(&m1), digest(&m2));
+
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let name = format!(
+        "dct-test-{}-{}",
+        std::process::id(),
+        &hex(&Sha256::digest(w.to_str().unwrap().as_bytes()))[..8]
+    );
+    let trust_cfg = format!(
+        "[trust]\nserver = {:?}\ntlscacert = {:?}\n",
+        stack.url,
+        stack.ca.display().to_string()
+    );
+    let pins = format!("[trust.pinning.certs]\n\"{host}/team/*\" = [\"{root_id}\"]\n");
+    let enforced = format!("mode = \"enforced\"\nunpinned = \"deny\"\n{trust_cfg}{pins}");
+    let plugin_sock = w.join("plugin").join("authz.sock");
+    let docker_dir = tempfile::tempdir().unwrap();
+    let docker_sock = docker_dir.path().join("docker.sock");
+    let mut plugin = Plugin::start(w, &docker_sock, &enforced, &[]);
+    let dockerd = Dockerd::start(docker_dir, &name, &plugin_sock, &host);
+
+    // Enforced, unpinned = deny.
+    let v1 = format!("{gun}:v1");
+    dockerd.ok(&["pull", &v1]);
+    let err = dockerd.refused(&["pull", &format!("{gun}:v2")], &name, "is not signed");
+    assert!(err.contains(&format!("{gun}:v2")), "{err}");
+    dockerd.refused(
+        &["pull", &format!("{host}/outside/app:v1")],
+        &name,
+        "outside every pinned repository",
+    );
+    dockerd.refused(&["pull", &format!("{gun}@{d2}")], &name, "no signed tag of");
+    dockerd.ok(&["pull", &format!("{gun}@{d1}")]);
+    let id = dockerd.ok(&["create", "--network", "none", &v1]);
+    assert!(!id.trim().is_empty());
+    // Requests it does not judge pass.
+    dockerd.ok(&["images"]);
+    dockerd.ok(&["image", "inspect", &v1]);
+    let log = plugin.log_text();
+    assert!(log.contains("denied"), "{log}");
+    let a = audit(w);
+    assert!(
+        a.iter().any(|l| l["decision"] == "deny"
+            && l["method"] == "POST"
+            && l["image"] == format!("{gun}:v2")
+            && l.get("user").is_some()),
+        "{a:?}"
+    );
+    assert!(
+        a.iter()
+            .any(|l| l["decision"] == "allow" && l["image"] == v1),
+        "{a:?}"
+    );
+
+    // Permissive, from MCR's daemon.json block as it is: what enforced denies is allowed,
+    // and logged.
+    drop(plugin);
+    let daemon_json = w.join("mcr-daemon.json");
+    std::fs::write(
+        &daemon_json,
+        serde_json::json!({
+            "debug": false,
+            "content-trust": {
+                "trust-pinning": {
+                    "root-keys": {format!("{host}/team/*"): [root_id]},
+                    "library-images": []
+                },
+                "mode": "permissive"
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let cfg_file = w.join("authz.toml");
+    let check = Command::new(bin("dct-authz"))
+        .args([
+            "--config",
+            cfg_file.to_str().unwrap(),
+            "--daemon-json",
+            daemon_json.to_str().unwrap(),
+            "--check",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let eff: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    // The file still says enforced: the config's mode wins over daemon.json's.
+    assert_eq!(eff["mode"], "enforced", "{eff}");
+    plugin = Plugin::start(
+        w,
+        &dockerd.sock,
+        &format!("unpinned = \"deny\"\n{trust_cfg}"),
+        &["--daemon-json", daemon_json.to_str().unwrap()],
+    );
+    dockerd.ok(&["pull", &format!("{gun}:v2")]);
+    dockerd.ok(&["pull", &format!("{host}/outside/app:v1")]);
+    let log = plugin.log_text();
+    assert!(
+        log.contains("permissive: enforced mode would deny"),
+        "{log}"
+    );
+    let a = audit(w);
+    assert!(
+        a.iter()
+            .any(|l| l["decision"] == "would deny" && l["image"] == format!("{gun}:v2")),
+        "{a:?}"
+    );
+
+    // Enforced again: an image re-tagged locally to a signed name does not run; the
+    // signed one does.
+    drop(plugin);
+    plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);
+    dockerd.ok(&["tag", &format!("{gun}:v2"), &v1]);
+    dockerd.refused(
+        &["create", "--network", "none", &v1],
+        &name,
+        "digest differs from the signed one",
+    );
+    dockerd.ok(&["tag", &format!("{host}/outside/app:v1"), &v1]);
+    dockerd.refused(
+        &["create", "--network", "none", &v1],
+        &name,
+        "digest differs from the signed one",
+    );
+    dockerd.refused(
+        &[
+            "create",
+            "--network",
+            "none",
+            &format!("{host}/outside/app:v1"),
+        ],
+        &name,
+        "outside every pinned repository",
+    );
+    dockerd.ok(&["pull", &v1]);
+    dockerd.ok(&["create", "--network", "none", &v1]);
+    // By image ID (dockerd takes any ID prefix): its repository digest must be signed.
+    let id_of = |image: &str| {
+        dockerd
+            .ok(&["image", "inspect", "-f", "{{.Id}}", image])
+            .trim()
+            .to_string()
+    };
+    let signed_id = id_of(&v1);
+    dockerd.ok(&["create", "--network", "none", &signed_id]);
+    let unsigned_id = id_of(&format!("{gun}:v2"));
+    let short = &unsigned_id.trim_start_matches("sha256:")[..6];
+    dockerd.refused(
+        &["create", "--network", "none", short],
+        &name,
+        "(by ID) is not signed",
+    );
+
+    // unpinned = allow: repositories no pin covers pass; pinned ones are still checked.
+    drop(plugin);
+    plugin = Plugin::start(
+        w,
+        &dockerd.sock,
+        &enforced.replace("unpinned = \"deny\"", "unpinned = \"allow\""),
+        &[],
+    );
+    dockerd.ok(&["pull", &format!("{host}/outside/app:v1")]);
+    dockerd.ok(&[
+        "create",
+        "--network",
+        "none",
+        &format!("{host}/outside/app:v1"),
+    ]);
+    dockerd.refused(&["pull", &format!("{gun}:v2")], &name, "is not signed");
+    drop(plugin);
+    plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);
+
+    // The trust server down: cached trust data decides; none cached fails closed.
+    stack.stop();
+    dockerd.ok(&["pull", &v1]);
+    dockerd.ok(&["pull", &format!("{gun}@{d1}")]);
+    dockerd.refused(&["pull", &format!("{gun}@{d2}")], &name, "no signed tag of");
+    dockerd.ok(&["create", "--network", "none", &v1]);
+    let err = dockerd.refused(&["pull", &format!("{gun}:v2")], &name, "is not signed");
+    assert!(err.contains("judged from cached trust data"), "{err}");
+    drop(plugin);
+    std::fs::remove_dir_all(w.join("cache")).unwrap();
+    let _plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);
+    dockerd.refused(&["pull", &v1], &name, "cannot be checked");
+}
