@@ -239,6 +239,9 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
     let init = trust(&signer, &stack, &["--json", "init", &gun]).json();
     let root_id = init["root_key_id"].as_str().unwrap().to_string();
     trust(&signer, &stack, &["sign", &format!("{gun}:v1")]).ok();
+    // v3: signed, then re-pointed in the registry (below).
+    registry.push_runnable("team/app", "v3", "app v3");
+    trust(&signer, &stack, &["sign", &format!("{gun}:v3")]).ok();
     let (d1, d2) = (digest(&m1), digest(&m2));
 
     let work = tempfile::tempdir().unwrap();
@@ -415,6 +418,27 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
     dockerd.refused(&["pull", &format!("{gun}:v2")], &name, "is not signed");
     drop(plugin);
     plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);
+
+    // A signed tag re-pointed in the registry after signing: refused at pull (the plugin
+    // asks the registry which digest it serves for the tag), so nothing is stored; a
+    // create, which pulls, is refused the same way.
+    let v3 = format!("{gun}:v3");
+    let moved = registry.push_runnable("team/app", "v3", "app v3, re-pointed after signing");
+    let err = dockerd.refused(&["pull", &v3], &name, "digest differs from the signed one");
+    assert!(err.contains(&digest(&moved)), "{err}");
+    assert!(!dockerd.docker(&["image", "inspect", &v3]).status.success());
+    let out = dockerd.docker(&["create", "--network", "none", &v3]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("digest differs from the signed one"),
+        "{stderr}"
+    );
+    assert!(
+        audit(w)
+            .iter()
+            .any(|l| l["decision"] == "deny" && l["image"] == v3),
+        "the refused answer is audited"
+    );
 
     // The trust server down: cached trust data decides; none cached fails closed.
     stack.stop();

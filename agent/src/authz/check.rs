@@ -139,10 +139,39 @@ impl Judge {
         match (&image.tag, &image.digest) {
             (_, Some(digest)) => self.digest_signed(&image.gun, digest).await,
             (Some(tag), None) => match self.signed_digest(&image.gun, tag).await {
-                Ok(_) => Decision::Allow,
+                Ok(signed) => self.registry_serves(image, tag, &signed).await,
                 Err(why) => Decision::Deny(why),
             },
             (None, None) => Decision::Deny(format!("{}: no tag or digest", image.gun)),
+        }
+    }
+
+    /// The registry must serve the signed digest for the tag now: a tag re-pointed after it
+    /// was signed is refused before dockerd pulls it. A registry the plugin cannot ask
+    /// (credentials, network) leaves it to the create check, which refuses the image's
+    /// digest if it is not the signed one.
+    async fn registry_serves(&self, image: &ImageRef, tag: &str, signed: &str) -> Decision {
+        let ca = self.ctx.server.as_ref().and_then(|s| s.ca_pem.as_deref());
+        match crate::oci::registry::resolve(&image.gun, tag, ca, None).await {
+            Ok((d, _)) => {
+                let served = crate::tuf::keys::hex(&d);
+                if served == signed {
+                    Decision::Allow
+                } else {
+                    Decision::Deny(format!(
+                        "{}: the registry now serves sha256:{served} for this tag, but the digest \
+                         signed for it is sha256:{signed} (digest differs from the signed one)",
+                        image.display()
+                    ))
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    image = image.display(),
+                    "cannot ask the registry which digest it serves ({e}); the create check decides"
+                );
+                Decision::Allow
+            }
         }
     }
 

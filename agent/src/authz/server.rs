@@ -212,7 +212,10 @@ async fn answer(
                 reply(StatusCode::OK, json!({"Allow": false, "Msg": msg}))
             }
         }
-        // Answers are not judged: what runs was judged on the way in.
+        // Answers are not judged: dockerd streams a pull's progress (flushed as it goes),
+        // so its answer could no longer be refused. A pull by tag was checked on the way in
+        // against the digest the registry serves, and whatever is stored runs only if its
+        // repository digest is the signed one (the create check).
         "/AuthZPlugin.AuthZRes" => reply(StatusCode::OK, json!({"Allow": true})),
         _ => reply(
             StatusCode::NOT_FOUND,
