@@ -417,6 +417,18 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
     ]);
     dockerd.refused(&["pull", &format!("{gun}:v2")], &name, "is not signed");
     drop(plugin);
+    // Named signers required for the repository: v1, signed in targets by the owner only,
+    // is refused by tag and by digest, naming the missing signer.
+    plugin = Plugin::start(
+        w,
+        &dockerd.sock,
+        &format!("{enforced}[signers]\n\"{host}/team/*\" = [\"alice\"]\n"),
+        &[],
+    );
+    let err = dockerd.refused(&["pull", &v1], &name, "alice");
+    assert!(err.contains(&v1), "{err}");
+    dockerd.refused(&["pull", &format!("{gun}@{d1}")], &name, "alice");
+    drop(plugin);
     plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);
 
     // A signed tag re-pointed in the registry after signing: refused at pull (the plugin

@@ -33,6 +33,7 @@ pub struct Judge {
     pub mode: Mode,
     unpinned: Unpinned,
     docker_socket: PathBuf,
+    config: crate::authz::config::AuthzConfig,
 }
 
 impl Judge {
@@ -63,6 +64,7 @@ impl Judge {
             mode: cfg.mode,
             unpinned: cfg.config.unpinned,
             docker_socket: cfg.config.docker_socket.clone(),
+            config: cfg.config.clone(),
         })
     }
 
@@ -181,7 +183,7 @@ impl Judge {
         let opts = |offline| VerifyOpts {
             tag: tag.to_string(),
             digest: None,
-            signers: Vec::new(),
+            signers: self.config.signers_for(gun),
             offline,
             at: None,
         };
@@ -227,15 +229,35 @@ impl Judge {
         };
         match online {
             Ok(ins) => {
-                if ins
+                let naming: Vec<String> = ins
                     .tags
                     .iter()
-                    .any(|t| t.sha256_hex.eq_ignore_ascii_case(digest))
-                {
-                    Decision::Allow
-                } else {
-                    unsigned()
+                    .filter(|t| t.sha256_hex.eq_ignore_ascii_case(digest))
+                    .map(|t| t.tag.clone())
+                    .collect();
+                let signers = self.config.signers_for(gun);
+                if naming.is_empty() {
+                    return unsigned();
                 }
+                if signers.is_empty() {
+                    return Decision::Allow;
+                }
+                // Named signers required: some tag naming the digest must carry them all.
+                let mut why = Vec::new();
+                for tag in naming {
+                    let opts = VerifyOpts {
+                        tag: tag.clone(),
+                        digest: Some(digest.to_string()),
+                        signers: signers.clone(),
+                        offline: false,
+                        at: None,
+                    };
+                    match verify_tag(self.client.as_ref(), &self.ctx, gun, &opts).await {
+                        Ok(_) => return Decision::Allow,
+                        Err(e) => why.push(refusal(gun, &tag, e)),
+                    }
+                }
+                Decision::Deny(why.join("; "))
             }
             Err(Error::Unavailable(down)) => {
                 tracing::warn!(gun, "{down}: judging from cached trust data");
@@ -250,7 +272,7 @@ impl Judge {
                     let opts = VerifyOpts {
                         tag,
                         digest: Some(digest.to_string()),
-                        signers: Vec::new(),
+                        signers: self.config.signers_for(gun),
                         offline: true,
                         at: None,
                     };

@@ -48,6 +48,27 @@ pub struct AuthzConfig {
     /// `server`, `tlscacert`, `[trust.pinning]`, as agent.toml has them.
     #[serde(default)]
     pub trust: TrustConfig,
+    /// `[signers]`: a repository, or a pattern ending in `*`, -> the delegation names
+    /// (`alice` for `targets/alice`) that must each have signed a tag for it to pass, as
+    /// `dct trust verify --signer` checks.
+    #[serde(default)]
+    pub signers: BTreeMap<String, Vec<String>>,
+}
+
+impl AuthzConfig {
+    /// The signers required for `gun`: an exact entry, else the longest matching `prefix*`.
+    pub fn signers_for(&self, gun: &str) -> Vec<String> {
+        if let Some(s) = self.signers.get(gun) {
+            return s.clone();
+        }
+        self.signers
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
+            .filter(|(prefix, _)| gun.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
 }
 
 fn default_docker_socket() -> PathBuf {
