@@ -431,6 +431,54 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
     drop(plugin);
     plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);
 
+    // Trust data made by the real notary client (the target is the manifest's bytes, as
+    // docker signs a tag), pinned to the root the notary client made.
+    let m4 = registry.push_runnable("team/by-notary", "v1", "signed by the notary client");
+    let ngun = format!("{host}/team/by-notary");
+    let ndir = tempfile::tempdir().unwrap();
+    let manifest = ndir.path().join("manifest.json");
+    std::fs::write(&manifest, &m4).unwrap();
+    for args in [
+        vec!["init", ngun.as_str()],
+        vec!["add", ngun.as_str(), "v1", manifest.to_str().unwrap()],
+        vec!["publish", ngun.as_str()],
+    ] {
+        let out = stack.notary(ndir.path(), &args, None);
+        assert!(out.status.success(), "notary {args:?}: {out:?}");
+    }
+    let root: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            ndir.path()
+                .join("tuf")
+                .join(&ngun)
+                .join("metadata")
+                .join("root.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let notary_root = root["signed"]["roles"]["root"]["keyids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(plugin);
+    // The exact entry wins over the team/* pattern (the agent's root).
+    plugin = Plugin::start(
+        w,
+        &dockerd.sock,
+        &format!("{enforced}\"{ngun}\" = [\"{notary_root}\"]\n"),
+        &[],
+    );
+    let nv1 = format!("{ngun}:v1");
+    dockerd.ok(&["pull", &nv1]);
+    dockerd.ok(&["create", "--network", "none", &nv1]);
+    dockerd.refused(&["pull", &format!("{ngun}:v2")], &name, "is not signed");
+    drop(plugin);
+    plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);
+    // Pinned to the agent's root instead (the team/* pattern): the notary client's root is
+    // not the pinned one, so its tag is refused.
+    dockerd.refused(&["pull", &nv1], &name, "is not pinned");
+
     // A signed tag re-pointed in the registry after signing: refused at pull (the plugin
     // asks the registry which digest it serves for the tag), so nothing is stored; a
     // create, which pulls, is refused the same way.
