@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod dockerd;
 pub mod faulty;
 pub mod mutate;
 pub mod notary;

@@ -137,6 +137,12 @@ fn main() {
         "(not run)\n".into()
     };
 
+    eprintln!("dockerd with and without dct-authz ...");
+    let authz = if run("authz") {
+        authz_overhead(quick)
+    } else {
+        "(not run)\n".into()
+    };
     eprintln!("end to end ...");
     let e2e = if run("e2e") {
         end_to_end(&stack, quick)
@@ -187,7 +193,8 @@ JSON, the hop to a signing thread and PKCS#11; the agent signs on a pool of sess
 the floor on one.\n\n\
 ## notary-signer's API (mutual TLS over TCP), one load generator for all three\n\n{stable}\n\
 ## End to end against a local notary-server (real notary-signer)\n\n{e2e}\n\
-## A YubiKey: the virtual PIV card (tests/src/piv_card) behind a real pcscd\n\n{piv}\n",
+## A YubiKey: the virtual PIV card (tests/src/piv_card) behind a real pcscd\n\n{piv}\n\
+## dockerd with dct-authz (engine enforcement): requests it does not judge\n\n{authz}\n",
         now_utc(),
         if quick { " --quick" } else { "" }
     );
@@ -934,4 +941,155 @@ fn agent_key(agent: &Agent, i: usize) -> p256::ecdsa::VerifyingKey {
         .decode(b64)
         .expect("base64");
     p256::ecdsa::VerifyingKey::from_public_key_der(&spki).expect("P-256 key")
+}
+
+/// One HTTP/1.1 GET on a kept-alive connection to dockerd's API socket; the body length.
+fn docker_get(conn: &mut std::io::BufReader<std::os::unix::net::UnixStream>, path: &str) -> usize {
+    use std::io::{BufRead, Read, Write};
+    write!(
+        conn.get_mut(),
+        "GET {path} HTTP/1.1\r\nHost: docker\r\n\r\n"
+    )
+    .expect("request");
+    let mut status = String::new();
+    conn.read_line(&mut status).expect("status line");
+    assert!(status.contains(" 200 "), "GET {path}: {status}");
+    let mut len = None;
+    let mut chunked = false;
+    loop {
+        let mut h = String::new();
+        conn.read_line(&mut h).expect("header");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse::<usize>().ok();
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    if chunked {
+        let mut total = 0;
+        loop {
+            let mut size = String::new();
+            conn.read_line(&mut size).expect("chunk size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            let mut buf = vec![0; n + 2];
+            conn.read_exact(&mut buf).expect("chunk");
+            total += n;
+            if n == 0 {
+                return total;
+            }
+        }
+    }
+    let n = len.expect("content-length");
+    let mut buf = vec![0; n];
+    conn.read_exact(&mut buf).expect("body");
+    n
+}
+
+/// Requests/s (and p50/p99) of `paths` in turn, `c` clients of `n` requests each.
+fn docker_load(
+    sock: &std::path::Path,
+    paths: &[&str],
+    c: usize,
+    n: usize,
+) -> (f64, Duration, Duration) {
+    let start = Instant::now();
+    let lats: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..c)
+            .map(|_| {
+                s.spawn(move || {
+                    let stream = std::os::unix::net::UnixStream::connect(sock).expect("dockerd");
+                    let mut conn = std::io::BufReader::new(stream);
+                    (0..n)
+                        .map(|i| {
+                            let t = Instant::now();
+                            docker_get(&mut conn, paths[i % paths.len()]);
+                            t.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client"))
+            .collect()
+    });
+    let took = start.elapsed();
+    let mut l = lats;
+    l.sort();
+    let q = |f: f64| l[((l.len() as f64 * f) as usize).min(l.len() - 1)];
+    ((c * n) as f64 / took.as_secs_f64(), q(0.5), q(0.99))
+}
+
+/// The same requests dockerd answers without judging them (ping, version, image list,
+/// image inspect), through dockerd alone and through dockerd with dct-authz.
+fn authz_overhead(quick: bool) -> String {
+    use dct_tests::dockerd::{Dockerd, Plugin, DOCKERD};
+    if !std::path::Path::new(DOCKERD).exists() {
+        return format!("({DOCKERD} not installed)\n");
+    }
+    let n = if quick { 200 } else { 1000 };
+    let paths = ["/_ping", "/v1.41/version", "/v1.41/images/json"];
+    let mut rows = Vec::new();
+    for with_plugin in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("docker.sock");
+        let work = tempfile::tempdir().expect("tempdir");
+        let plugin = with_plugin.then(|| {
+            Plugin::start(
+                work.path(),
+                &sock,
+                "mode = \"enforced\"\nunpinned = \"deny\"\n",
+                &[],
+            )
+        });
+        let name = format!("dct-bench-{}", std::process::id());
+        let plugin_sock = work.path().join("plugin").join("authz.sock");
+        let dockerd = Dockerd::start_with(
+            dir,
+            plugin
+                .as_ref()
+                .map(|_| (name.as_str(), plugin_sock.as_path())),
+            "127.0.0.1:1",
+        );
+        for c in [1usize, 4] {
+            let runs: Vec<(f64, Duration, Duration)> = (0..RUNS)
+                .map(|_| docker_load(&dockerd.sock, &paths, c, n))
+                .collect();
+            let rate = median(runs.iter().map(|r| r.0).collect());
+            let p50 = median_d(runs.iter().map(|r| r.1).collect());
+            let p99 = median_d(runs.iter().map(|r| r.2).collect());
+            rows.push((with_plugin, c, rate, p50, p99));
+        }
+        drop(dockerd);
+        drop(plugin);
+    }
+    let mut t = String::from(
+        "| clients | dockerd alone: requests/s | with dct-authz: requests/s | with / alone | p50 alone / with | p99 alone / with |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for c in [1usize, 4] {
+        let get = |p: bool| rows.iter().find(|r| r.0 == p && r.1 == c).copied();
+        if let (Some(a), Some(b)) = (get(false), get(true)) {
+            t.push_str(&format!(
+                "| {c} | {:.0} | {:.0} | {:.2} | {} / {} µs | {} / {} µs |\n",
+                a.2,
+                b.2,
+                b.2 / a.2,
+                a.3.as_micros(),
+                b.3.as_micros(),
+                a.4.as_micros(),
+                b.4.as_micros()
+            ));
+        }
+    }
+    t.push_str(&format!(
+        "\n`GET /_ping`, `/version`, `/images/json` in turn on kept-alive connections, {n} per client, median of {RUNS} runs; dockerd 20.10 (Debian), vfs, its own roots. dockerd asks the plugin about every request (AuthZReq and AuthZRes over its Unix socket): this is that round trip, with the plugin answering at once for requests it does not judge.\n"
+    ));
+    t
 }
