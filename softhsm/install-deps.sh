@@ -10,6 +10,7 @@
 #   pcscd, vsmartcard-vpcd - a real PC/SC daemon with a virtual reader driver, where the
 #               tests plug their virtual PIV card (tests/src/piv_card, a YubiKey stand-in)
 #   libpcsclite-dev - PC/SC headers and library for building the agent's PIV backend
+#   libssl-dev, pkg-config - OpenSSL for building the agent (software keys sign with it)
 #   yubico-piv-tool, ykcs11 - Yubico's PIV tool and PKCS#11 module, independent clients
 #               of the virtual card (and the PKCS#11 backend's module on YubiKeys)
 #   python3-prometheus-client - an independent parser of the agent's metrics (OpenMetrics)
@@ -26,7 +27,7 @@
 set -euo pipefail
 
 packages=(softhsm2 opensc openssl notary docker-registry skopeo apache2-utils
-          pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool ykcs11 systemd
+          pcscd vsmartcard-vpcd libpcsclite-dev libssl-dev pkg-config yubico-piv-tool ykcs11 systemd
           python3-prometheus-client dpkg-dev help2man binutils man-db python3 docker.io)
 missing=()
 for p in "${packages[@]}"; do

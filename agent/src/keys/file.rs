@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use p256::ecdsa::signature::hazmat::PrehashSigner;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{KeyBackend, KeyEntry, TokenInfo};
@@ -24,10 +23,50 @@ pub const BACKEND: &str = "file";
 pub struct FileBackend {
     dir: PathBuf,
     label: String,
-    /// Unlocked keys by canonical ID. p256's SigningKey zeroizes itself on drop.
-    unlocked: HashMap<String, p256::ecdsa::SigningKey>,
+    /// Unlocked keys by canonical ID.
+    unlocked: HashMap<String, Unlocked>,
     /// The passphrase new key files are encrypted with: the last one that unlocked.
     passphrase: Option<SecretString>,
+}
+
+/// An unlocked key: p256's `SigningKey` (zeroized on drop) for what the key is, and the
+/// same key in OpenSSL for signing. OpenSSL's constant-time P-256 (its nistz256 code) signs a
+/// digest several times faster than RustCrypto's generic arithmetic, which made software
+/// keys the slowest signer here; ring, already in the build for TLS, cannot sign a digest
+/// it did not hash itself. OpenSSL clears a key's scalar when the key is freed.
+struct Unlocked {
+    sk: p256::ecdsa::SigningKey,
+    ossl: openssl::ec::EcKey<openssl::pkey::Private>,
+}
+
+impl Unlocked {
+    fn new(sk: p256::ecdsa::SigningKey) -> Result<Unlocked> {
+        use openssl::bn::{BigNum, BigNumContext};
+        use openssl::ec::{EcGroup, EcKey, EcPoint};
+        use openssl::nid::Nid;
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(Error::internal)?;
+        let mut ctx = BigNumContext::new().map_err(Error::internal)?;
+        let mut scalar = zeroize::Zeroizing::new([0u8; 32]);
+        scalar.copy_from_slice(&sk.to_bytes());
+        let mut d = BigNum::from_slice(scalar.as_slice()).map_err(Error::internal)?;
+        let point = sk.verifying_key().to_encoded_point(false);
+        let public =
+            EcPoint::from_bytes(&group, point.as_bytes(), &mut ctx).map_err(Error::internal)?;
+        let ossl = EcKey::from_private_components(&group, &d, &public);
+        // The temporary copy of the scalar is zeroed before it is freed.
+        d.clear();
+        let ossl = ossl.map_err(Error::internal)?;
+        ossl.check_key().map_err(Error::internal)?;
+        Ok(Unlocked { sk, ossl })
+    }
+
+    /// Raw r||s over a SHA-256 digest.
+    fn sign(&self, digest: &[u8; 32]) -> Result<Vec<u8>> {
+        let sig = openssl::ecdsa::EcdsaSig::sign(digest, &self.ossl).map_err(Error::internal)?;
+        let mut out = sig.r().to_vec_padded(32).map_err(Error::internal)?;
+        out.extend(sig.s().to_vec_padded(32).map_err(Error::internal)?);
+        Ok(out)
+    }
 }
 
 /// A key file as listed: canonical ID, role, GUN, path.
@@ -101,7 +140,7 @@ impl FileBackend {
             .unlocked
             .get(&l.id)
             .and_then(|k| {
-                let point = k.verifying_key().to_encoded_point(false);
+                let point = k.sk.verifying_key().to_encoded_point(false);
                 p256_spki_from_point(point.as_bytes()).ok()
             })
             .unwrap_or_default();
@@ -187,7 +226,7 @@ impl KeyBackend for FileBackend {
                 tracing::warn!(file = %l.path.display(), "key file name is not its key's ID: skipped");
                 continue;
             }
-            self.unlocked.insert(l.id, sk);
+            self.unlocked.insert(l.id, Unlocked::new(sk)?);
             opened += 1;
         }
         // An empty directory takes the first passphrase for the keys it will hold.
@@ -243,7 +282,7 @@ impl KeyBackend for FileBackend {
             .map_err(Error::internal)?;
         let path = self.dir.join(format!("{id}.key"));
         write_new_private(&path, pem.as_bytes())?;
-        self.unlocked.insert(id.clone(), sk);
+        self.unlocked.insert(id.clone(), Unlocked::new(sk)?);
         let listed = Listed {
             id,
             role: role.into(),
@@ -272,10 +311,7 @@ impl KeyBackend for FileBackend {
             .ok_or_else(|| Error::Locked {
                 token: self.label.clone(),
             })?;
-        let sig: p256::ecdsa::Signature = sk
-            .sign_prehash(digest)
-            .map_err(|e| Error::Internal(format!("signing: {e}")))?;
-        Ok(sig.to_bytes().to_vec())
+        sk.sign(digest)
     }
 
     fn store_certificate(&mut self, _: &KeyEntry, _: &str, _: &[u8]) -> Result<KeyEntry> {
