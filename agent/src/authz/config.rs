@@ -58,15 +58,8 @@ pub struct AuthzConfig {
 impl AuthzConfig {
     /// The signers required for `gun`: an exact entry, else the longest matching `prefix*`.
     pub fn signers_for(&self, gun: &str) -> Vec<String> {
-        if let Some(s) = self.signers.get(gun) {
-            return s.clone();
-        }
-        self.signers
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
-            .filter(|(prefix, _)| gun.starts_with(prefix))
-            .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, v)| v.clone())
+        crate::trust::pinning::by_gun(&self.signers, gun)
+            .cloned()
             .unwrap_or_default()
     }
 }

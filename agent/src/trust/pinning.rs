@@ -35,31 +35,29 @@ pub struct Pinning {
     pub ca: std::collections::BTreeMap<String, PathBuf>,
 }
 
+/// The entry of `map` for `gun`: an exact key, else the longest matching `prefix*` key (as
+/// the notary client's trust_pinning matches GUNs).
+pub fn by_gun<'a, V>(map: &'a std::collections::BTreeMap<String, V>, gun: &str) -> Option<&'a V> {
+    if let Some(v) = map.get(gun) {
+        return Some(v);
+    }
+    map.iter()
+        .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
+        .filter(|(prefix, _)| gun.starts_with(prefix))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, v)| v)
+}
+
 impl Pinning {
     /// The CA file pinned for `gun`: an exact entry, else the longest matching `prefix*`.
     pub fn ca_for_gun(&self, gun: &str) -> Option<PathBuf> {
-        if let Some(p) = self.ca.get(gun) {
-            return Some(p.clone());
-        }
-        self.ca
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
-            .filter(|(prefix, _)| gun.starts_with(prefix))
-            .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, v)| v.clone())
+        by_gun(&self.ca, gun).cloned()
     }
 
     /// The pins for `gun`: an exact entry, else the longest matching `prefix*` entry.
     pub fn for_gun(&self, gun: &str) -> Vec<String> {
-        if let Some(ids) = self.certs.get(gun) {
-            return ids.iter().map(|i| i.to_ascii_lowercase()).collect();
-        }
-        self.certs
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_suffix('*')?, v)))
-            .filter(|(prefix, _)| gun.starts_with(prefix))
-            .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, v)| v.iter().map(|i| i.to_ascii_lowercase()).collect())
+        by_gun(&self.certs, gun)
+            .map(|ids| ids.iter().map(|i| i.to_ascii_lowercase()).collect())
             .unwrap_or_default()
     }
 }
