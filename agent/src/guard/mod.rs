@@ -178,7 +178,7 @@ fn count(
             .inc();
         m.sign_seconds
             .get_or_create(&ApiLabels { api })
-            .observe(crate::util::metrics::seconds(took));
+            .observe(took.as_secs_f64());
     }
 }
 

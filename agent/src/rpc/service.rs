@@ -354,7 +354,7 @@ impl Agent for AgentService {
         Ok(Response::new(pb::AttestKeyResponse {
             attestation,
             intermediate,
-            slot: key.handle.iter().map(|b| format!("{b:02x}")).collect(),
+            slot: crate::tuf::keys::hex(&key.handle),
             key_id: key.key_id,
             token: key.token,
         }))

@@ -4,7 +4,6 @@
 //! `delegation`.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -144,8 +143,4 @@ pub fn role_label(role: &str) -> &'static str {
         "" => "unknown",
         _ => "other",
     }
-}
-
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
