@@ -4,9 +4,7 @@
 
 mod audit;
 mod ceremony;
-mod client;
 mod image;
-mod output;
 mod trust;
 
 use std::io::Read;
@@ -18,6 +16,7 @@ use dct_proto::dct::v1 as pb;
 use secrecy::{ExposeSecret, SecretString};
 
 use client::{Client, Failure};
+use dct_cli::{client, output};
 use output::{print_json, Table};
 
 const EXIT_HELP: &str = "\

@@ -10,6 +10,7 @@ use tempfile::TempDir;
 
 pub mod dockerd;
 pub mod faulty;
+pub mod gotools;
 pub mod mutate;
 pub mod notary;
 pub mod piv;

@@ -64,6 +64,11 @@ pub struct Event {
     /// How the version ledger takes this signature (see [`Event::update`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger: Option<MarkState>,
+    /// For an OCI signature: the kind and the digest it vouches for
+    /// (`cosign-simplesigning sha256:...`); `role` holds the policy word, `gun` the
+    /// repository.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub artifact: String,
 }
 
 impl Event {

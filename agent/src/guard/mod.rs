@@ -20,6 +20,7 @@ pub mod confirm;
 pub mod document;
 pub mod keyadmin;
 pub mod ledger;
+pub mod oci;
 pub mod policy;
 
 use std::sync::Arc;
@@ -51,6 +52,11 @@ pub enum Subject {
     /// The canonical `signed` part of a role notary-server manages, as it sends it to its
     /// signer; the signature is returned raw.
     ServerRole { content: Vec<u8> },
+    /// A Notation or cosign signing input ([`oci`]); the signature is returned raw.
+    Oci {
+        profile: oci::Profile,
+        payload: Vec<u8>,
+    },
 }
 
 /// One signature to make.
@@ -70,6 +76,8 @@ pub struct Signed {
     pub version: u64,
     /// What to acknowledge with [`Guard::published`] once the server took it.
     pub receipt: Receipt,
+    /// For [`Subject::Oci`]: what the payload was found to be.
+    pub oci: Option<oci::Parsed>,
 }
 
 /// A signature as the ledger knows it.
@@ -104,6 +112,8 @@ struct Item {
     previous: Option<Vec<u8>>,
     /// How the user confirmed, when the policy asked.
     approval: Option<String>,
+    /// For an OCI payload: what it vouches for (no version, no ledger).
+    oci: Option<oci::Parsed>,
 }
 
 /// Documents up to this size are parsed and canonicalised in place (tens of microseconds);
@@ -129,6 +139,7 @@ fn subject_size(r: &Request) -> usize {
     match &r.subject {
         Subject::Metadata { document, .. } => document.len(),
         Subject::ServerRole { content } => content.len(),
+        Subject::Oci { payload, .. } => payload.len(),
     }
 }
 
@@ -186,7 +197,7 @@ fn attempt_event(r: &Request) -> Event {
     let key = r.keys.first();
     let (role, gun) = match &r.subject {
         Subject::Metadata { role, gun, .. } => (role.clone(), gun.clone()),
-        Subject::ServerRole { .. } => (String::new(), String::new()),
+        Subject::ServerRole { .. } | Subject::Oci { .. } => (String::new(), String::new()),
     };
     Event {
         key_id: key.map(|k| k.key_id.clone()).unwrap_or_default(),
@@ -228,6 +239,7 @@ fn parse(r: Request) -> Result<Item> {
                 raw: false,
                 previous,
                 approval: None,
+                oci: None,
             })
         }
         Subject::ServerRole { content } => {
@@ -254,6 +266,32 @@ fn parse(r: Request) -> Result<Item> {
                 raw: true,
                 previous: None,
                 approval: None,
+                oci: None,
+            })
+        }
+        Subject::Oci { profile, payload } => {
+            let parsed = oci::parse(profile, &payload)?;
+            use sha2::Digest;
+            let p = Prepared {
+                envelope: crate::tuf::metadata::Envelope {
+                    signed: serde_json::Value::Null,
+                    signatures: Vec::new(),
+                },
+                role: parsed.kind.policy_word().to_string(),
+                version: 0,
+                digest: sha2::Sha256::digest(&payload).into(),
+                keyid: key.canonical_id.clone(),
+                gun: parsed.repository.clone(),
+                expires: parsed.expires.unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            };
+            Ok(Item {
+                key,
+                p,
+                versioning: r.versioning,
+                raw: true,
+                previous: None,
+                approval: None,
+                oci: Some(parsed),
             })
         }
     }
@@ -276,14 +314,20 @@ fn slot(p: &Prepared) -> ledger::Slot {
     (p.keyid.clone(), p.gun.clone(), p.role.clone())
 }
 
-/// The audit record of signing `p`.
-fn sign_event(p: &Prepared) -> Event {
+/// The audit record of signing `it`.
+fn sign_event(it: &Item) -> Event {
+    let p = &it.p;
     Event {
         key_id: p.keyid.clone(),
         role: p.role.clone(),
         gun: p.gun.clone(),
         sha256: crate::tuf::keys::hex(&p.digest),
-        version: Some(p.version),
+        version: it.oci.is_none().then_some(p.version),
+        artifact: it
+            .oci
+            .as_ref()
+            .map(|o| format!("{} {}", o.kind.name(), o.artifact))
+            .unwrap_or_default(),
         ..Event::new("sign")
     }
 }
@@ -471,8 +515,8 @@ impl Guard {
             .zip(items.iter().zip(&sigs))
             .map(|(attempt, (item, sig))| match (item, sig) {
                 (Ok(it), Some(Ok(_))) => self.signed_event(it),
-                (Ok(it), Some(Err(e))) => refusal(sign_event(&it.p), e),
-                (Ok(it), None) => refusal(sign_event(&it.p), &Error::Internal("not signed".into())),
+                (Ok(it), Some(Err(e))) => refusal(sign_event(it), e),
+                (Ok(it), None) => refusal(sign_event(it), &Error::Internal("not signed".into())),
                 (Err(e), _) => refusal(attempt, e),
             })
             .collect();
@@ -505,6 +549,11 @@ impl Guard {
     /// Step 2 for one item: the policy's rules, then the version held in the ledger (None
     /// when the key's rule turns version checks off).
     fn admit(&self, it: &Item) -> Result<Option<Reservation<'_>>> {
+        if let Some(o) = &it.oci {
+            // An OCI signature has no version: the policy alone decides.
+            self.0.policy.check_oci(&it.key, o)?;
+            return Ok(None);
+        }
         self.0.policy.check(&policy_view(&it.key, &it.p))?;
         if !self.0.policy.checks_versions(&it.key) {
             return Ok(None);
@@ -522,6 +571,24 @@ impl Guard {
     /// Step 3 for one item: what the signature changes, shown by the agent's confirmation
     /// program; the answer is the user's, not the client's.
     async fn confirm(&self, it: &Item) -> Result<String> {
+        if let Some(o) = &it.oci {
+            let mut lines = o.lines.clone();
+            lines.push(format!("Key: {}", it.p.keyid));
+            lines.push(format!(
+                "SHA-256 of the payload: {}",
+                crate::tuf::keys::hex(&it.p.digest)
+            ));
+            let title = match o.kind {
+                oci::Kind::Blob => "dct-agent: sign a blob?".to_string(),
+                k => format!(
+                    "dct-agent: sign a {} signature for {}?",
+                    k.policy_word(),
+                    o.repository
+                ),
+            };
+            let approval = self.0.confirmer.ask(&it.key, &title, &lines).await?;
+            return Ok(approval.describe());
+        }
         let subject = crate::guard::confirm::Subject {
             role: it.p.role.clone(),
             gun: it.p.gun.clone(),
@@ -542,15 +609,18 @@ impl Guard {
     }
 
     fn signed_event(&self, it: &Item) -> Event {
-        let mut e = sign_event(&it.p);
-        e.ledger = Some(if !self.0.policy.checks_versions(&it.key) {
-            MarkState::Untracked
-        } else {
-            match it.versioning {
-                Versioning::Publish => MarkState::Pending,
-                Versioning::Final | Versioning::ServerManaged => MarkState::Published,
-            }
-        });
+        let mut e = sign_event(it);
+        // An OCI signature has no version for the ledger to hold.
+        e.ledger = Some(
+            if it.oci.is_some() || !self.0.policy.checks_versions(&it.key) {
+                MarkState::Untracked
+            } else {
+                match it.versioning {
+                    Versioning::Publish => MarkState::Pending,
+                    Versioning::Final | Versioning::ServerManaged => MarkState::Published,
+                }
+            },
+        );
         if let Some(how) = &it.approval {
             e.outcome = format!("ok, {how}");
         }
@@ -623,6 +693,7 @@ fn finish(it: Item, sig: Vec<u8>) -> Result<Signed> {
         digest: it.p.digest,
     };
     let (keyid, role, version) = (it.p.keyid.clone(), it.p.role.clone(), it.p.version);
+    let oci = it.oci;
     tracing::debug!(key_id = %keyid, role = %role, version, "signed");
     let document = if it.raw {
         sig
@@ -635,5 +706,6 @@ fn finish(it: Item, sig: Vec<u8>) -> Result<Signed> {
         role,
         version,
         receipt,
+        oci,
     })
 }

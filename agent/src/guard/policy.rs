@@ -47,6 +47,15 @@ pub struct Rule {
     /// confirmation program (`[confirm] program`), never through the requesting client.
     #[serde(default)]
     pub confirm: bool,
+    /// OCI signatures the key may make: `notation`, `cosign` (image signatures, for the
+    /// repositories in `guns`, else the key's own GUN) and `blob` (any bytes, through
+    /// `cosign sign-blob`: a key that signs anything signs images too, so never by
+    /// default). Default: `["notation", "cosign"]` for targets and delegation keys, none
+    /// for the others.
+    pub oci: Option<Vec<String>>,
+    /// The longest a Notation signature of this key may stay valid ("90d", "1y"); with it,
+    /// a signature must carry an expiry. Default: no limit.
+    pub max_signature_lifetime: Option<String>,
 }
 
 /// What is about to be signed.
@@ -109,6 +118,18 @@ impl Policy {
             }
             if let Some(m) = &r.max_expiry {
                 parse_span(m).map_err(|e| format!("[[policy]] #{}: {e}", i + 1))?;
+            }
+            if let Some(m) = &r.max_signature_lifetime {
+                parse_span(m).map_err(|e| format!("[[policy]] #{}: {e}", i + 1))?;
+            }
+            for word in r.oci.iter().flatten() {
+                if !OCI_WORDS.contains(&word.as_str()) {
+                    return Err(format!(
+                        "[[policy]] #{}: oci: {word:?} is not one of {}",
+                        i + 1,
+                        OCI_WORDS.join(", ")
+                    ));
+                }
             }
         }
         Ok(Policy { rules })
@@ -195,6 +216,115 @@ impl Policy {
                     s.key.key_id
                 ),
             ));
+        }
+        Ok(())
+    }
+}
+
+/// What a rule's `oci` list may name.
+const OCI_WORDS: [&str; 3] = ["notation", "cosign", "blob"];
+
+/// The same repository, however its registry is spelled (Docker Hub has three names).
+fn normal_repository(name: &str) -> &str {
+    for hub in ["index.docker.io/", "registry-1.docker.io/"] {
+        if let Some(rest) = name.strip_prefix(hub) {
+            return rest;
+        }
+    }
+    name.strip_prefix("docker.io/").unwrap_or(name)
+}
+
+impl Policy {
+    /// Checks an OCI signature (Notation, cosign) against the key's rule: the kind, the
+    /// repository, the signature's lifetime.
+    pub fn check_oci(&self, key: &KeyEntry, o: &crate::guard::oci::Parsed) -> Result<()> {
+        let rule = self.rule(key);
+        let whose = match rule {
+            Some(Rule { key: Some(k), .. }) => format!("rule for key {k}"),
+            Some(Rule { role: Some(r), .. }) => format!("rule for {r} keys"),
+            _ => "default".to_string(),
+        };
+        let word = o.kind.policy_word();
+        let allowed: Vec<&str> = match rule.and_then(|r| r.oci.as_ref()) {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None if key.role == "targets" || key.role.starts_with("targets/") => {
+                vec!["notation", "cosign"]
+            }
+            None => Vec::new(),
+        };
+        if !allowed.contains(&word) {
+            let how = if word == "blob" {
+                "a key that signs any bytes signs images too; allow it explicitly with \
+                 oci = [\"blob\"] in the key's [[policy]] rule"
+            } else {
+                "allow it with oci = [...] in the key's [[policy]] rule"
+            };
+            return Err(refuse(
+                "oci",
+                format!(
+                    "key {} may not make {word} signatures ({whose}); {how}",
+                    key.key_id
+                ),
+            ));
+        }
+        if o.kind != crate::guard::oci::Kind::Blob {
+            let repo = normal_repository(&o.repository);
+            let fits = match rule.and_then(|r| r.guns.as_ref()) {
+                Some(guns) => guns
+                    .iter()
+                    .any(|p| matches_pattern(normal_repository(p), repo)),
+                None => key
+                    .gun
+                    .as_deref()
+                    .is_some_and(|g| normal_repository(g) == repo),
+            };
+            if !fits {
+                let may = match (rule.and_then(|r| r.guns.as_ref()), key.gun.as_deref()) {
+                    (Some(guns), _) => guns.join(", "),
+                    (None, Some(g)) => g.to_string(),
+                    (None, None) => {
+                        "no repository (the key has no GUN and its rule no guns)".into()
+                    }
+                };
+                return Err(refuse(
+                    "guns",
+                    format!(
+                        "key {} may sign for {may} ({whose}), not {}",
+                        key.key_id, o.repository
+                    ),
+                ));
+            }
+        }
+        let notation = word == "notation";
+        if let Some(max) = rule
+            .and_then(|r| r.max_signature_lifetime.as_deref())
+            .filter(|_| notation)
+        {
+            let limit = OffsetDateTime::now_utc() + parse_span(max).unwrap_or_default();
+            match o.expires {
+                None => {
+                    return Err(refuse(
+                        "max_signature_lifetime",
+                        format!(
+                            "signatures of key {} must expire within {max} ({whose}); this one \
+                             never expires (notation sign --expiry)",
+                            key.key_id
+                        ),
+                    ))
+                }
+                Some(e) if e > limit => {
+                    return Err(refuse(
+                        "max_signature_lifetime",
+                        format!(
+                            "the signature expires {}, beyond the {max} a signature of key {} \
+                             may last ({whose})",
+                            e.date(),
+                            key.key_id
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -290,5 +420,93 @@ mod tests {
         let mut s = signing(&k, "timestamp", "a.com/x", 1, &d);
         s.expires = OffsetDateTime::now_utc() + Duration::from_secs(30 * 86400);
         assert!(p.check(&s).unwrap_err().to_string().contains("14 days"));
+    }
+
+    fn oci(kind: crate::guard::oci::Kind, repo: &str) -> crate::guard::oci::Parsed {
+        crate::guard::oci::Parsed {
+            kind,
+            repository: repo.into(),
+            artifact: format!("sha256:{}", "ab".repeat(32)),
+            expires: None,
+            lines: vec![],
+        }
+    }
+
+    #[test]
+    fn oci_defaults_and_rules() {
+        use crate::guard::oci::Kind;
+        let p = Policy::new(vec![]).unwrap();
+        let t = key("targets");
+        // Targets keys sign image signatures for their own repository, however Docker
+        // Hub's name is spelled; no blobs; no other repository; no other role.
+        assert!(p
+            .check_oci(&t, &oci(Kind::CosignSimpleSigning, "a.com/x"))
+            .is_ok());
+        assert!(p.check_oci(&t, &oci(Kind::NotationJws, "a.com/x")).is_ok());
+        let e = p.check_oci(&t, &oci(Kind::Blob, "")).unwrap_err();
+        assert!(e.to_string().contains("policy (oci)"), "{e}");
+        assert!(e.to_string().contains("oci = [\"blob\"]"), "{e}");
+        let e = p
+            .check_oci(&t, &oci(Kind::CosignDsse, "a.com/other"))
+            .unwrap_err();
+        assert!(e.to_string().contains("policy (guns)"), "{e}");
+        let e = p
+            .check_oci(&key("timestamp"), &oci(Kind::CosignDsse, "a.com/x"))
+            .unwrap_err();
+        assert!(e.to_string().contains("policy (oci)"), "{e}");
+        let mut hub = key("targets/releases");
+        hub.gun = Some("docker.io/library/alpine".into());
+        assert!(p
+            .check_oci(
+                &hub,
+                &oci(Kind::CosignDsse, "index.docker.io/library/alpine")
+            )
+            .is_ok());
+
+        let p = Policy::new(vec![Rule {
+            key: Some("abcd".into()),
+            guns: Some(vec!["example.com/app*".into()]),
+            oci: Some(vec!["cosign".into(), "blob".into()]),
+            max_signature_lifetime: Some("30d".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert!(p.check_oci(&t, &oci(Kind::Blob, "")).is_ok());
+        assert!(p
+            .check_oci(&t, &oci(Kind::CosignSimpleSigning, "example.com/app2"))
+            .is_ok());
+        let e = p
+            .check_oci(&t, &oci(Kind::CosignSimpleSigning, "example.com/other"))
+            .unwrap_err();
+        assert!(e.to_string().contains("example.com/app*"), "{e}");
+        let mut n = oci(Kind::NotationCose, "example.com/app");
+        let e = p.check_oci(&t, &n).unwrap_err();
+        assert!(e.to_string().contains("policy (oci)"), "{e}");
+        let p = Policy::new(vec![Rule {
+            role: Some("targets".into()),
+            max_signature_lifetime: Some("30d".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        n.repository = "a.com/x".into();
+        assert!(p
+            .check_oci(&t, &n)
+            .unwrap_err()
+            .to_string()
+            .contains("never expires"));
+        n.expires = Some(OffsetDateTime::now_utc() + Duration::from_secs(60 * 86400));
+        assert!(p
+            .check_oci(&t, &n)
+            .unwrap_err()
+            .to_string()
+            .contains("max_signature_lifetime"));
+        n.expires = Some(OffsetDateTime::now_utc() + Duration::from_secs(20 * 86400));
+        assert!(p.check_oci(&t, &n).is_ok());
+        assert!(Policy::new(vec![Rule {
+            role: Some("targets".into()),
+            oci: Some(vec!["anything".into()]),
+            ..Default::default()
+        }])
+        .is_err());
     }
 }

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::{Error, PinState, Result};
 use crate::guard::audit::Event;
+use crate::guard::oci::Profile as OciProfile;
 use crate::guard::{Guard, Request as SignRequest, Signed, Subject, Versioning};
 use crate::keys::{check_gun, check_role, KeyEntry, Keyring, Token, TokenInfo};
 use crate::trust;
@@ -357,6 +358,59 @@ impl Agent for AgentService {
             slot: crate::tuf::keys::hex(&key.handle),
             key_id: key.key_id,
             token: key.token,
+        }))
+    }
+
+    async fn sign_payload(
+        &self,
+        req: Request<pb::SignPayloadRequest>,
+    ) -> Result<Response<pb::SignPayloadResponse>, Status> {
+        let req = req.into_inner();
+        let profile = match pb::PayloadProfile::try_from(req.profile) {
+            Ok(pb::PayloadProfile::Notation) => OciProfile::Notation,
+            Ok(pb::PayloadProfile::Cosign) => OciProfile::Cosign,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "profile: name the payload's format (notation or cosign)".into(),
+                )
+                .into())
+            }
+        };
+        let keys = self.keys.find_key(&req.key_id).await?;
+        let key = keys
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        if !key.keytype.starts_with("ecdsa") {
+            return Err(Error::InvalidArgument(format!(
+                "key {} is {}: OCI signatures need an ECDSA P-256 key",
+                key.key_id, key.keytype
+            ))
+            .into());
+        }
+        let s = self
+            .guard
+            .sign(SignRequest {
+                keys,
+                subject: Subject::Oci {
+                    profile,
+                    payload: req.payload,
+                },
+                versioning: Versioning::Final,
+            })
+            .await?;
+        let oci = s
+            .oci
+            .ok_or_else(|| Error::Internal("an OCI signature without its parse".into()))?;
+        Ok(Response::new(pb::SignPayloadResponse {
+            signature: s.document,
+            key_id: s.keyid,
+            kind: oci.kind.name().into(),
+            algorithm: "ECDSA-SHA-256".into(),
+            public_key: key.spki,
+            certificate_chain: Vec::new(),
+            repository: oci.repository,
+            artifact: oci.artifact,
         }))
     }
 
