@@ -44,6 +44,15 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
     registry.push_runnable("team/app", "v3", "app v3");
     trust(&signer, &stack, &["sign", &format!("{gun}:v3")]).ok();
     let (d1, d2) = (digest(&m1), digest(&m2));
+    // team/short: its own root, pinned by its exact name; its trust data is made to expire
+    // soon (below), to be refused once expired while the server is down.
+    registry.push_runnable("team/short", "v1", "short-lived trust data");
+    let short_gun = format!("{host}/team/short");
+    let short_root = trust(&signer, &stack, &["--json", "init", &short_gun]).json()["root_key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    trust(&signer, &stack, &["sign", &format!("{short_gun}:v1")]).ok();
 
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
@@ -57,7 +66,9 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
         stack.url,
         stack.ca.display().to_string()
     );
-    let pins = format!("[trust.pinning.certs]\n\"{host}/team/*\" = [\"{root_id}\"]\n");
+    let pins = format!(
+        "[trust.pinning.certs]\n\"{host}/team/*\" = [\"{root_id}\"]\n\"{short_gun}\" = [\"{short_root}\"]\n"
+    );
     let enforced = format!("mode = \"enforced\"\nunpinned = \"deny\"\n{trust_cfg}{pins}");
     let plugin_sock = w.join("plugin").join("authz.sock");
     let docker_dir = tempfile::tempdir().unwrap();
@@ -301,8 +312,25 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
         "the refused answer is audited"
     );
 
-    // The trust server down: cached trust data decides; none cached fails closed.
+    // team/short's targets re-signed to expire in 20 s, published, pulled (and cached).
+    let short_v1 = format!("{short_gun}:v1");
+    let expiry = expire_soon(&signer, &stack, &short_gun, 20);
+    dockerd.ok(&["pull", &short_v1]);
+
+    // The trust server down: cached trust data decides while unexpired; expired or none
+    // cached fails closed.
     stack.stop();
+    dockerd.ok(&["pull", &short_v1]);
+    let wait = expiry.saturating_duration_since(std::time::Instant::now());
+    std::thread::sleep(wait + std::time::Duration::from_secs(2));
+    let err = dockerd.refused(&["pull", &short_v1], &name, "expired");
+    assert!(err.contains("targets"), "{err}");
+    assert!(
+        audit(w)
+            .iter()
+            .any(|l| l["decision"] == "deny" && l["image"] == short_v1),
+        "the expired refusal is audited"
+    );
     dockerd.ok(&["pull", &v1]);
     dockerd.ok(&["pull", &format!("{gun}@{d1}")]);
     dockerd.refused(&["pull", &format!("{gun}@{d2}")], &name, "no signed tag of");
@@ -313,4 +341,75 @@ fn dockerd_pulls_and_creates_only_signed_images_through_dct_authz() {
     std::fs::remove_dir_all(w.join("cache")).unwrap();
     let _plugin = Plugin::start(w, &dockerd.sock, &enforced, &[]);
     dockerd.refused(&["pull", &v1], &name, "cannot be checked");
+}
+
+/// Re-signs `gun`'s targets with the agent's targets key (`dct tuf sign`), made to expire
+/// `secs` from now, and publishes it to the notary-server (which signs a new snapshot and
+/// timestamp); returns when it expires.
+fn expire_soon(agent: &Agent, stack: &NotaryStack, gun: &str, secs: u64) -> std::time::Instant {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("targets");
+    let base = format!("{}/v2/{gun}/_trust/tuf", stack.url);
+    let ca = stack.ca.to_str().unwrap();
+    let get = Command::new("curl")
+        .args(["-sSf", "--cacert", ca, "-o"])
+        .arg(&file)
+        .arg(format!("{base}/targets.json"))
+        .output()
+        .unwrap();
+    assert!(
+        get.status.success(),
+        "GET {base}/targets.json: {}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let version = doc["signed"]["version"].as_u64().unwrap();
+    let at = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs as i64);
+    doc["signed"]["version"] = (version + 1).into();
+    doc["signed"]["expires"] = expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .into();
+    doc["signatures"] = serde_json::json!([]);
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
+    let key = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "targets" && k["gun"] == gun)
+        .unwrap_or_else(|| panic!("no targets key for {gun}: {keys}"));
+    let id = key["key_id"].as_str().unwrap();
+    agent
+        .dct(&[
+            "tuf",
+            "sign",
+            file.to_str().unwrap(),
+            "--key",
+            id,
+            "--role",
+            "targets",
+            "--gun",
+            gun,
+        ])
+        .ok();
+    let post = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca,
+            "-F",
+        ])
+        .arg(format!("files=@{};filename=targets", file.display()))
+        .arg(format!("{base}/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&post.stdout), "200", "publish");
+    at
 }
