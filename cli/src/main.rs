@@ -197,8 +197,10 @@ enum TufCmd {
         previous: Option<PathBuf>,
     },
     /// Verify a directory of metadata as a notary-server serves it (root.json, targets.json,
-    /// targets/<name>.json, snapshot.json, timestamp.json) and print the signed targets.
+    /// targets/<name>.json, snapshot.json, timestamp.json), or a trust archive file (`dct
+    /// trust export`), and print the signed targets.
     Verify {
+        /// The directory, or the archive file.
         dir: PathBuf,
         #[arg(long)]
         gun: String,
@@ -941,6 +943,9 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 
 /// root/targets/snapshot/timestamp.json and targets/**/*.json of a repository directory.
 fn read_repo_dir(dir: &Path) -> Result<Vec<pb::MetadataFile>, Failure> {
+    if dir.is_file() {
+        return read_archive(dir);
+    }
     if !dir.is_dir() {
         return Err(Failure::failed(format!(
             "{} is not a directory",
@@ -978,4 +983,30 @@ fn read_repo_dir(dir: &Path) -> Result<Vec<pb::MetadataFile>, Failure> {
         }
     }
     Ok(files)
+}
+
+/// The role files of a trust archive (`dct trust export`; the agent checks them as any
+/// others, and its root chain with `dct trust verify --from`).
+fn read_archive(path: &Path) -> Result<Vec<pb::MetadataFile>, Failure> {
+    use base64::Engine as _;
+    let bad = |why: String| Failure::failed(format!("{}: {why}", path.display()));
+    let archive: serde_json::Value = serde_json::from_slice(&read_input(path)?)
+        .map_err(|e| bad(format!("neither a directory nor a trust archive: {e}")))?;
+    let files = archive
+        .get("files")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| bad("not a trust archive (no files)".into()))?;
+    files
+        .iter()
+        .map(|(role, b64)| {
+            let content = b64
+                .as_str()
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .ok_or_else(|| bad(format!("{role} is not base64")))?;
+            Ok(pb::MetadataFile {
+                role: role.clone(),
+                content,
+            })
+        })
+        .collect()
 }

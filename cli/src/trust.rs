@@ -87,12 +87,25 @@ pub enum TrustCmd {
         /// Use the trust data cached by the last online check; no network.
         #[arg(long)]
         offline: bool,
-        /// With --offline: check expiry as of this RFC 3339 time.
-        #[arg(long, value_name = "RFC3339", requires = "offline")]
+        /// Verify against a trust archive (`dct trust export`) instead: no network, no
+        /// cache; expiry as of the export unless --at says otherwise.
+        #[arg(long, value_name = "FILE", conflicts_with = "offline")]
+        from: Option<PathBuf>,
+        /// With --offline or --from: check expiry as of this RFC 3339 time.
+        #[arg(long, value_name = "RFC3339")]
         at: Option<String>,
         /// Print only the signed digest (sha256:HEX), for `docker pull IMAGE@$(...)`.
         #[arg(long)]
         print_digest: bool,
+    },
+    /// Write everything needed to verify IMAGE's DCT signatures later without a server:
+    /// every role file, every root version from the first, the pins. Verified first, under
+    /// the pins or the cached root (never on first use).
+    Export {
+        image: String,
+        /// The archive file to write (`-` for standard output).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Publish the next root a rotation ceremony finished (DIR/root.final.json, signed by a
     /// threshold of the current root keys and of its own).
@@ -500,9 +513,19 @@ pub async fn run(
             digest,
             signers,
             offline,
+            from,
             at,
             print_digest,
         } => {
+            if at.is_some() && !offline && from.is_none() {
+                return Err(Failure::usage(
+                    "--at checks cached or archived trust data: use it with --offline or --from",
+                ));
+            }
+            let archive = match &from {
+                Some(f) => crate::read_input(f)?,
+                None => Vec::new(),
+            };
             let (name, tag) = split_tag(&image);
             let tag =
                 tag.ok_or_else(|| Failure::usage(format!("{image} has no tag: verify IMAGE:TAG")))?;
@@ -516,13 +539,14 @@ pub async fn run(
             };
             let gun = gun_of(&name);
             let req = pb::TrustVerifyRequest {
-                server: (!offline).then_some(srv),
+                server: (!offline && from.is_none()).then_some(srv),
                 gun: gun.clone(),
                 tag: tag.clone(),
                 sha256,
                 signers,
                 offline,
                 at: at.unwrap_or_default(),
+                archive,
             };
             let r = c
                 .call(|mut a| async move { a.trust_verify(req).await })
@@ -568,6 +592,33 @@ pub async fn run(
                     r.signers.join(", ")
                 },
                 r.trust
+            );
+            Ok(())
+        }
+        TrustCmd::Export { image, out } => {
+            let gun = gun_of(&split_tag(&image).0);
+            let req = pb::TrustExportRequest {
+                server: Some(srv),
+                gun: gun.clone(),
+            };
+            let r = c
+                .call(|mut a| async move { a.trust_export(req).await })
+                .await?;
+            crate::write_output(&out, &r.archive)?;
+            if json {
+                return print_json(&serde_json::json!({
+                    "gun": gun, "out": out.display().to_string(), "roles": r.roles,
+                    "root_versions": r.root_versions, "bytes": r.archive.len(),
+                }));
+            }
+            eprintln!(
+                "{gun}: {} role files and {} root version(s) archived in {} ({} bytes); \
+                 verify later with `dct trust verify {gun}:TAG --from {}`",
+                r.roles,
+                r.root_versions,
+                out.display(),
+                r.archive.len(),
+                out.display()
             );
             Ok(())
         }

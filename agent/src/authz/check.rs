@@ -186,6 +186,7 @@ impl Judge {
             signers: self.config.signers_for(gun),
             offline,
             at: None,
+            archive: None,
         };
         let online = match &self.client {
             Some(c) => verify_tag(Some(c), &self.ctx, gun, &opts(false)).await,
@@ -251,6 +252,7 @@ impl Judge {
                         signers: signers.clone(),
                         offline: false,
                         at: None,
+                        archive: None,
                     };
                     match verify_tag(self.client.as_ref(), &self.ctx, gun, &opts).await {
                         Ok(_) => return Decision::Allow,
@@ -275,6 +277,7 @@ impl Judge {
                         signers: self.config.signers_for(gun),
                         offline: true,
                         at: None,
+                        archive: None,
                     };
                     if verify_tag(None, &self.ctx, gun, &opts).await.is_ok() {
                         return Decision::Allow;

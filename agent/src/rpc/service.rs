@@ -987,6 +987,22 @@ impl Agent for AgentService {
         }))
     }
 
+    async fn trust_export(
+        &self,
+        req: Request<pb::TrustExportRequest>,
+    ) -> Result<Response<pb::TrustExportResponse>, Status> {
+        let req = req.into_inner();
+        trust::check_gun(&req.gun)?;
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let _held = self.trust.lock(&req.gun).await;
+        let e = trust::archive::export(&client, &self.trust, &req.gun).await?;
+        Ok(Response::new(pb::TrustExportResponse {
+            archive: e.archive,
+            roles: e.roles as u32,
+            root_versions: e.root_versions as u32,
+        }))
+    }
+
     async fn trust_verify(
         &self,
         req: Request<pb::TrustVerifyRequest>,
@@ -1002,12 +1018,14 @@ impl Agent for AgentService {
             ))
             .into());
         }
+        let from_archive = !req.archive.is_empty();
         let at = if req.at.is_empty() {
             None
         } else {
-            if !req.offline {
+            if !req.offline && !from_archive {
                 return Err(Error::InvalidArgument(
-                    "--at checks cached trust data: use it with --offline".into(),
+                    "--at checks cached or archived trust data: use it with --offline or --from"
+                        .into(),
                 )
                 .into());
             }
@@ -1015,7 +1033,7 @@ impl Agent for AgentService {
                 Error::InvalidArgument(format!("--at {:?} is not RFC 3339: {e}", req.at))
             })?)
         };
-        let client = if req.offline {
+        let client = if req.offline || from_archive {
             None
         } else {
             Some(trust::client(
@@ -1029,6 +1047,7 @@ impl Agent for AgentService {
             signers: req.signers,
             offline: req.offline,
             at,
+            archive: from_archive.then_some(req.archive),
         };
         let v = trust::verify_tag(client.as_ref(), &self.trust, &req.gun, &opts).await?;
         Ok(Response::new(pb::TrustVerifyResponse {

@@ -82,8 +82,11 @@ pub struct VerifyOpts {
     pub signers: Vec<String>,
     /// From the trust data cached by an earlier online check, not the server.
     pub offline: bool,
-    /// Check expiry as of this time (offline only); default now.
+    /// Check expiry as of this time (offline only); default now (for an archive: when it
+    /// was exported).
     pub at: Option<OffsetDateTime>,
+    /// From this trust archive (`dct trust export`), not the cache or the server.
+    pub archive: Option<Vec<u8>>,
 }
 
 /// A tag that passed.
@@ -183,6 +186,25 @@ pub async fn verify_tag(
     opts: &VerifyOpts,
 ) -> Result<Verdict> {
     check_gun(gun)?;
+    if let Some(bytes) = &opts.archive {
+        let opened = super::archive::open(ctx, gun, bytes)?;
+        let at = opts.at.unwrap_or(opened.exported_at);
+        let root = opened.files.get("root").cloned().unwrap_or_default();
+        let (gun_owned, files, pins) = (gun.to_string(), opened.files, opened.pins);
+        let v = tokio::task::spawn_blocking(move || {
+            verify::verify_repository(&gun_owned, &files, at, &pins)
+        })
+        .await
+        .map_err(Error::internal)?
+        .map_err(|e| {
+            check_failed(
+                "trust data",
+                format!("the archive of {gun} does not verify: {e}"),
+            )
+        })?;
+        check_ca_pin(&ctx.pinning, gun, &root, &v, at)?;
+        return judge(gun, v, opened.trust, opts);
+    }
     let pins = ctx.pinning.for_gun(gun);
     let tofu = !ctx.pinning.disable_tofu;
     let was_cached = ctx.cached_root(gun).is_some();
@@ -240,7 +262,17 @@ pub async fn verify_tag(
     } else {
         "first use"
     };
+    judge(gun, verified, trust, opts)
+}
 
+/// The tag in trust data that verified: resolved as docker does, its signers and digest
+/// checked against `opts`.
+fn judge(
+    gun: &str,
+    verified: VerifiedRepo,
+    trust: &'static str,
+    opts: &VerifyOpts,
+) -> Result<Verdict> {
     // Where each verified role signs the tag.
     let tag = opts.tag.as_str();
     let signed_in: Vec<(&str, &verify::SignedTarget)> = verified

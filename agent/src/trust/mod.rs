@@ -19,6 +19,7 @@
 //! first use, as the notary client does); a later root must be the same or be signed by a
 //! threshold of the cached root's keys.
 
+pub mod archive;
 pub mod cache;
 pub mod ceremony;
 pub mod fetch;

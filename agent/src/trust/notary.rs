@@ -80,6 +80,11 @@ impl NotaryClient {
 
     /// A role's current metadata (`root`, `targets`, `targets/releases`, ...), or None when
     /// the server has none.
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     pub async fn get_role(&self, gun: &str, role: &str) -> Result<Option<Vec<u8>>> {
         let resp = self
             .http
