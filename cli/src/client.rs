@@ -208,7 +208,7 @@ fn closed(why: &str) -> Failure {
 
 /// One mapping from agent status to a message and a next step, decided on the agent's
 /// machine-readable reason (never on message text).
-fn failure(s: Status) -> Failure {
+pub fn failure(s: Status) -> Failure {
     let msg = s.message().to_string();
     let reason = s
         .metadata()

@@ -86,6 +86,29 @@ enum Command {
         #[command(subcommand)]
         command: ceremony::CeremonyCmd,
     },
+    /// Re-sign what DCT vouched for as OCI signatures: every signed tag of IMAGE (verified
+    /// under a pinned or cached root; a tag the registry moved since is reported, never
+    /// signed; one already signed is skipped) gets a cosign signature made with --key,
+    /// written to the registry by the agent (HTTPS with --tlscacert; DCT_REGISTRY_USERNAME /
+    /// DCT_REGISTRY_PASSWORD when it asks). Progress on standard error, a summary at the end.
+    Migrate {
+        #[command(flatten)]
+        server: trust::ServerArgs,
+        /// The repository, e.g. registry.example.com/app.
+        image: String,
+        /// Formats to write, comma-separated: cosign.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// The key that signs (its policy must allow the format for this repository).
+        #[arg(long = "key", value_name = "KEYID")]
+        key: String,
+        /// Only tags this signer signed (a delegation name, or "Repo Admin"); repeat for any.
+        #[arg(long = "signer", value_name = "NAME")]
+        signers: Vec<String>,
+        /// Report what would be signed; sign and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Docker Content Trust against a notary-server: init, sign, inspect.
     Trust {
         #[command(flatten)]
@@ -595,6 +618,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trust { server, command } => {
             let mut c = Client::connect(&target).await?;
             trust::run(&mut c, &server, command, json).await
+        }
+        Command::Migrate {
+            server,
+            image,
+            to,
+            key,
+            signers,
+            dry_run,
+        } => {
+            let mut c = Client::connect(&target).await?;
+            let m = trust::Migrate {
+                image,
+                to,
+                key,
+                signers,
+                dry_run,
+            };
+            trust::migrate(&mut c, &server, m, json).await
         }
         Command::Ceremony { server, command } => {
             let mut c = Client::connect(&target).await?;

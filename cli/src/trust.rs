@@ -705,3 +705,96 @@ pub async fn run(
         }
     }
 }
+
+/// `dct migrate`: what to migrate.
+pub struct Migrate {
+    pub image: String,
+    pub to: Vec<String>,
+    pub key: String,
+    pub signers: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Runs a migration in the agent, printing each tag as it is settled and a summary.
+pub async fn migrate(
+    c: &mut Client,
+    server: &ServerArgs,
+    m: Migrate,
+    json: bool,
+) -> Result<(), Failure> {
+    let srv = server.resolve()?;
+    let gun = gun_of(&split_tag(&m.image).0);
+    // The registry password (from the environment only) goes to the agent sealed.
+    let password =
+        secrecy::SecretString::from(std::env::var("DCT_REGISTRY_PASSWORD").unwrap_or_default());
+    let sealed_registry_password = if secrecy::ExposeSecret::expose_secret(&password).is_empty() {
+        None
+    } else {
+        Some(crate::seal(c, &password).await?)
+    };
+    drop(password);
+    let req = pb::MigrateRequest {
+        server: Some(srv),
+        gun: gun.clone(),
+        to: m.to,
+        key_id: m.key,
+        signers: m.signers,
+        dry_run: m.dry_run,
+        registry_username: std::env::var("DCT_REGISTRY_USERNAME").unwrap_or_default(),
+        sealed_registry_password,
+    };
+    let mut stream = c.call(|mut a| async move { a.migrate(req).await }).await?;
+    let mut rows: Vec<pb::MigrateProgress> = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(p)) => {
+                eprintln!(
+                    "[{}/{}] {gun}:{} sha256:{} {}: {}{}",
+                    rows.len() + 1,
+                    p.total,
+                    p.tag,
+                    p.sha256,
+                    p.format,
+                    p.outcome,
+                    if p.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", p.detail)
+                    }
+                );
+                rows.push(p);
+            }
+            Ok(None) => break,
+            Err(s) => return Err(crate::client::failure(s)),
+        }
+    }
+    let count = |o: &str| rows.iter().filter(|r| r.outcome == o).count();
+    let failed = count("failed");
+    if json {
+        print_json(&serde_json::json!({
+            "gun": gun,
+            "dry_run": m.dry_run,
+            "tags": rows.iter().map(|r| serde_json::json!({
+                "tag": r.tag, "digest": format!("sha256:{}", r.sha256), "format": r.format,
+                "outcome": r.outcome, "detail": (!r.detail.is_empty()).then_some(&r.detail),
+            })).collect::<Vec<_>>(),
+            "summary": {
+                "signed": count("signed"), "already_signed": count("already signed"),
+                "moved": count("moved"), "would_sign": count("would sign"), "failed": failed,
+            },
+        }))?;
+    } else {
+        let mut t = Table::new(&["outcome", "tags"]);
+        for o in ["signed", "already signed", "would sign", "moved", "failed"] {
+            t.row(vec![o.to_string(), count(o).to_string()]);
+        }
+        t.print();
+    }
+    if failed > 0 {
+        return Err(Failure::failed(format!(
+            "{failed} of {} tags failed; run again to retry them (signed tags are skipped)",
+            rows.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,3 +1,4 @@
 //! OCI registries: the registry client that resolves tags to digests.
 
+pub mod cosign;
 pub mod registry;

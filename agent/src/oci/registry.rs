@@ -1,6 +1,7 @@
-//! Resolving a tag to the digest Docker Content Trust signs: the sha256 and length of the
-//! exact manifest bytes a registry serves (`GET /v2/<name>/manifests/<tag>`), with
-//! anonymous, basic or bearer-token auth and the same TLS options as the trust server.
+//! A registry client: resolving a tag to the digest Docker Content Trust signs (the sha256
+//! and length of the exact manifest bytes a registry serves), and writing blobs and
+//! manifests (OCI signatures), with anonymous, basic or bearer-token auth and the same TLS
+//! options as the trust server.
 //!
 //! The first request is anonymous. Credentials go out only after the registry asks for
 //! them (a 401 with a `WWW-Authenticate` challenge), only over HTTPS, and only to the
@@ -89,6 +90,295 @@ pub fn locate(gun: &str) -> Result<(String, String)> {
     Ok((host.to_string(), name.to_string()))
 }
 
+/// A manifest as a registry serves it.
+pub struct Manifest {
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+}
+
+/// One repository of one registry, with the auth it asked for, kept for the requests that
+/// follow (many tags in one run, not a token per request).
+pub struct Session {
+    http: reqwest::Client,
+    host: String,
+    /// The repository path (`team/app`).
+    pub name: String,
+    creds: Option<Credentials>,
+    /// `pull` or `pull,push`: the scope a bearer token is asked for.
+    scope: &'static str,
+    auth: tokio::sync::Mutex<Option<HeaderValue>>,
+}
+
+impl Session {
+    /// A session with `gun`'s registry over HTTPS (trusting `ca_pem` too); `push` asks for
+    /// write access when the registry wants a token.
+    pub fn open(
+        gun: &str,
+        ca_pem: Option<&[u8]>,
+        creds: Option<Credentials>,
+        push: bool,
+    ) -> Result<Session> {
+        let (host, name) = locate(gun)?;
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
+            .user_agent(concat!("dct-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            for c in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::InvalidArgument(format!("TLS CA file: {e}")))?
+            {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b
+            .build()
+            .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
+        Ok(Session {
+            http,
+            host,
+            name,
+            creds,
+            scope: if push { "pull,push" } else { "pull" },
+            auth: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn unreachable(&self) -> impl Fn(reqwest::Error) -> Error + '_ {
+        move |e| Error::Unavailable(format!("registry {} unreachable: {e}", self.host))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}/v2/{}/{path}", self.host, self.name)
+    }
+
+    /// Sends the request `make` builds, anonymously or with the auth obtained before; on a
+    /// 401, answers the registry's challenge once and sends it again.
+    async fn send(
+        &self,
+        make: impl Fn(Option<&HeaderValue>) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let held = self.auth.lock().await.clone();
+        let resp = make(held.as_ref())
+            .send()
+            .await
+            .map_err(self.unreachable())?;
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let asked = resp
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(challenge);
+        let auth = match asked {
+            Some(Challenge::Basic) => match &self.creds {
+                Some(c) => c.basic()?,
+                None => return Ok(resp),
+            },
+            Some(Challenge::Bearer(realm, service)) => self.token(&realm, service).await?,
+            None => return Ok(resp),
+        };
+        *self.auth.lock().await = Some(auth.clone());
+        make(Some(&auth)).send().await.map_err(self.unreachable())
+    }
+
+    /// Token auth: a token for this repository from the realm the registry names.
+    /// Credentials go only to an HTTPS token service.
+    async fn token(&self, realm: &str, service: Option<String>) -> Result<HeaderValue> {
+        let (host, name) = (&self.host, &self.name);
+        if !realm.starts_with("https://") {
+            return Err(Error::Refused(format!(
+                "registry {host} names a token service that is not HTTPS: {realm}"
+            )));
+        }
+        let mut q = vec![(
+            "scope".to_string(),
+            format!("repository:{name}:{}", self.scope),
+        )];
+        if let Some(s) = service {
+            q.push(("service".into(), s));
+        }
+        let mut tr = self.http.get(realm).query(&q);
+        if let Some(c) = &self.creds {
+            tr = tr.header("Authorization", c.basic()?);
+        }
+        let body = crate::util::http::read_capped(
+            tr.send().await.map_err(self.unreachable())?,
+            1024 * 1024,
+        )
+        .await
+        .map_err(|e| e.unwrap_or_else(self.unreachable()))?;
+        let token: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::Unavailable(format!("registry {host} token: {e}")))?;
+        let field = |k: &str| token.get(k).and_then(serde_json::Value::as_str);
+        let t = field("token")
+            .or_else(|| field("access_token"))
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "registry {host} gave no {} token for {name}",
+                    self.scope
+                ))
+            })?;
+        let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| Error::Unavailable(format!("registry {host} gave a malformed token")))?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+
+    /// The error for an answer other than success, naming what was asked.
+    fn refused(&self, status: reqwest::StatusCode, what: &str) -> Error {
+        let host = &self.host;
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            let why = if self.creds.is_some() {
+                "the credentials were not accepted"
+            } else {
+                "it wants credentials (DCT_REGISTRY_USERNAME / DCT_REGISTRY_PASSWORD)"
+            };
+            return Error::Refused(format!(
+                "registry {host} answered {status} for {what}: {why}"
+            ));
+        }
+        Error::Refused(format!("registry {host} answered {status} for {what}"))
+    }
+
+    /// The manifest `reference` (a tag or `sha256:...`) names, or None when there is none.
+    pub async fn manifest(&self, reference: &str) -> Result<Option<Manifest>> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let resp = self
+            .send(|auth| {
+                let r = self.http.get(&url).header("Accept", ACCEPT);
+                match auth {
+                    Some(a) => r.header("Authorization", a.clone()),
+                    None => r,
+                }
+            })
+            .await?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.refused(status, &format!("{}:{reference}", self.name)));
+        }
+        let media_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = crate::util::http::read_capped(resp, MAX_MANIFEST)
+            .await
+            .map_err(|e| e.unwrap_or_else(self.unreachable()))?;
+        Ok(Some(Manifest { bytes, media_type }))
+    }
+
+    /// Uploads `bytes` as a blob unless the registry has it; its digest (`sha256:HEX`).
+    pub async fn put_blob(&self, bytes: &[u8]) -> Result<String> {
+        let digest = format!("sha256:{}", crate::tuf::keys::hex(&Sha256::digest(bytes)));
+        let blob_url = self.url(&format!("blobs/{digest}"));
+        let head = self
+            .send(|auth| {
+                let r = self.http.head(&blob_url);
+                match auth {
+                    Some(a) => r.header("Authorization", a.clone()),
+                    None => r,
+                }
+            })
+            .await?;
+        if head.status().is_success() {
+            return Ok(digest);
+        }
+        let start_url = self.url("blobs/uploads/");
+        let started = self
+            .send(|auth| {
+                let r = self.http.post(&start_url).header("Content-Length", "0");
+                match auth {
+                    Some(a) => r.header("Authorization", a.clone()),
+                    None => r,
+                }
+            })
+            .await?;
+        if started.status() != reqwest::StatusCode::ACCEPTED {
+            return Err(self.refused(started.status(), &format!("an upload to {}", self.name)));
+        }
+        let location = started
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Error::Unavailable(format!("registry {} gave no upload location", self.host))
+            })?;
+        // The location may be relative to the registry, and may carry a query already.
+        let mut put_url = if location.starts_with("https://") {
+            location.to_string()
+        } else if location.starts_with('/') {
+            format!("https://{}{location}", self.host)
+        } else {
+            return Err(Error::Unavailable(format!(
+                "registry {} gave an upload location off HTTPS: {location}",
+                self.host
+            )));
+        };
+        if !put_url.starts_with(&format!("https://{}/", self.host)) {
+            return Err(Error::Refused(format!(
+                "registry {} sent the upload to another host: {put_url}",
+                self.host
+            )));
+        }
+        put_url.push(if put_url.contains('?') { '&' } else { '?' });
+        put_url.push_str(&format!("digest={digest}"));
+        let body = bytes.to_vec();
+        let put = self
+            .send(|auth| {
+                let r = self
+                    .http
+                    .put(&put_url)
+                    .header("Content-Type", "application/octet-stream")
+                    .body(body.clone());
+                match auth {
+                    Some(a) => r.header("Authorization", a.clone()),
+                    None => r,
+                }
+            })
+            .await?;
+        if put.status() != reqwest::StatusCode::CREATED {
+            return Err(self.refused(put.status(), &format!("blob {digest} of {}", self.name)));
+        }
+        Ok(digest)
+    }
+
+    /// Stores `bytes` as the manifest `reference` (a tag) names.
+    pub async fn put_manifest(
+        &self,
+        reference: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<()> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let body = bytes.to_vec();
+        let put = self
+            .send(|auth| {
+                let r = self
+                    .http
+                    .put(&url)
+                    .header("Content-Type", media_type)
+                    .body(body.clone());
+                match auth {
+                    Some(a) => r.header("Authorization", a.clone()),
+                    None => r,
+                }
+            })
+            .await?;
+        if put.status() != reqwest::StatusCode::CREATED {
+            return Err(self.refused(put.status(), &format!("{}:{reference}", self.name)));
+        }
+        Ok(())
+    }
+}
+
 /// (sha256, length) of the manifest `gun:tag` points at.
 pub async fn resolve(
     gun: &str,
@@ -96,111 +386,16 @@ pub async fn resolve(
     ca_pem: Option<&[u8]>,
     creds: Option<&Credentials>,
 ) -> Result<([u8; 32], u64)> {
-    let (host, name) = locate(gun)?;
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::none())
-        .https_only(true)
-        .user_agent(concat!("dct-agent/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = ca_pem {
-        for c in reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| Error::InvalidArgument(format!("TLS CA file: {e}")))?
-        {
-            b = b.add_root_certificate(c);
-        }
-    }
-    let http = b
-        .build()
-        .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
-    let url = format!("https://{host}/v2/{name}/manifests/{tag}");
-    let unreachable =
-        |e: reqwest::Error| Error::Unavailable(format!("registry {host} unreachable: {e}"));
-    let get = |auth: Option<HeaderValue>| {
-        let mut r = http.get(&url).header("Accept", ACCEPT);
-        if let Some(a) = auth {
-            r = r.header("Authorization", a);
-        }
-        r.send()
-    };
-    // Anonymous first: a public image needs no credentials, and none are offered unasked.
-    let mut resp = get(None).await.map_err(unreachable)?;
-    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-        let asked = resp
-            .headers()
-            .get_all("www-authenticate")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(challenge);
-        match asked {
-            Some(Challenge::Basic) => {
-                if let Some(c) = creds {
-                    resp = get(Some(c.basic()?)).await.map_err(unreachable)?;
-                }
-            }
-            Some(Challenge::Bearer(realm, service)) => {
-                // Token auth: ask the realm the registry names for a pull token, then retry.
-                // Credentials go only to an HTTPS token service.
-                if !realm.starts_with("https://") {
-                    return Err(Error::Refused(format!(
-                        "registry {host} names a token service that is not HTTPS: {realm}"
-                    )));
-                }
-                let mut q = vec![("scope".to_string(), format!("repository:{name}:pull"))];
-                if let Some(s) = service {
-                    q.push(("service".into(), s));
-                }
-                let mut tr = http.get(&realm).query(&q);
-                if let Some(c) = creds {
-                    tr = tr.header("Authorization", c.basic()?);
-                }
-                let body = crate::util::http::read_capped(
-                    tr.send().await.map_err(unreachable)?,
-                    1024 * 1024,
-                )
-                .await
-                .map_err(|e| e.unwrap_or_else(unreachable))?;
-                let token: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|e| Error::Unavailable(format!("registry {host} token: {e}")))?;
-                let field = |name: &str| token.get(name).and_then(serde_json::Value::as_str);
-                let t = field("token")
-                    .or_else(|| field("access_token"))
-                    .ok_or_else(|| {
-                        Error::Refused(format!("registry {host} gave no pull token for {name}"))
-                    })?;
-                let bearer = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
-                    Error::Unavailable(format!("registry {host} gave a malformed token"))
-                })?;
-                resp = get(Some(bearer)).await.map_err(unreachable)?;
-            }
-            None => {}
-        }
-    }
-    let status = resp.status();
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Err(Error::NotFound(format!(
-            "{gun}:{tag} is not in the registry"
-        )));
-    }
-    if status == reqwest::StatusCode::UNAUTHORIZED {
-        let why = if creds.is_some() {
-            "the credentials were not accepted"
-        } else {
-            "it wants credentials (DCT_REGISTRY_USERNAME / DCT_REGISTRY_PASSWORD)"
-        };
-        return Err(Error::Refused(format!(
-            "registry {host} answered {status} for {name}:{tag}: {why}"
-        )));
-    }
-    if !status.is_success() {
-        return Err(Error::Refused(format!(
-            "registry {host} answered {status} for {name}:{tag}"
-        )));
-    }
-    let bytes = crate::util::http::read_capped(resp, MAX_MANIFEST)
-        .await
-        .map_err(|e| e.unwrap_or_else(unreachable))?;
-    Ok((Sha256::digest(&bytes).into(), bytes.len() as u64))
+    let creds = creds.map(|c| Credentials {
+        username: c.username.clone(),
+        password: c.password.clone(),
+    });
+    let session = Session::open(gun, ca_pem, creds, false)?;
+    let m = session
+        .manifest(tag)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("{gun}:{tag} is not in the registry")))?;
+    Ok((Sha256::digest(&m.bytes).into(), m.bytes.len() as u64))
 }
 
 #[cfg(test)]

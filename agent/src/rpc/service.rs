@@ -120,6 +120,38 @@ fn ceremony_key_pb(k: trust::CeremonyKey) -> pb::CeremonyKey {
     }
 }
 
+impl AgentService {
+    /// Registry credentials from a request: a username, and the password sealed like a PIN.
+    fn registry_creds(
+        &self,
+        username: &str,
+        sealed: Option<&pb::SealedSecret>,
+    ) -> Result<Option<crate::oci::registry::Credentials>> {
+        let password = match sealed {
+            Some(sealed) => Some(self.channels.unseal(sealed)?),
+            None => None,
+        };
+        match (username.is_empty(), password) {
+            (true, None) => Ok(None),
+            (true, Some(_)) => Err(Error::InvalidArgument(
+                "a registry password needs a registry username".into(),
+            )),
+            (false, password) => Ok(Some(crate::oci::registry::Credentials {
+                username: username.to_string(),
+                password: password.unwrap_or_else(|| SecretString::from(String::new())),
+            })),
+        }
+    }
+
+    /// The CA a registry is checked with: the request's trust server CA, else the config's.
+    fn registry_ca(&self, server: Option<&pb::TrustServer>) -> Option<Vec<u8>> {
+        server
+            .filter(|s| !s.ca_pem.is_empty())
+            .map(|s| s.ca_pem.clone())
+            .or_else(|| self.trust.server.as_ref().and_then(|s| s.ca_pem.clone()))
+    }
+}
+
 fn signed_pb(s: Signed) -> pb::SignMetadataResponse {
     pb::SignMetadataResponse {
         document: s.document,
@@ -887,29 +919,11 @@ impl Agent for AgentService {
             .into());
         }
         drop(plain);
-        let password = match &req.sealed_registry_password {
-            Some(sealed) => Some(self.channels.unseal(sealed)?),
-            None => None,
-        };
-        let creds = match (req.registry_username.is_empty(), password) {
-            (true, None) => None,
-            (true, Some(_)) => {
-                return Err(Error::InvalidArgument(
-                    "a registry password needs a registry username".into(),
-                )
-                .into())
-            }
-            (false, password) => Some(crate::oci::registry::Credentials {
-                username: req.registry_username.clone(),
-                password: password.unwrap_or_else(|| SecretString::from(String::new())),
-            }),
-        };
-        let ca = req
-            .server
-            .as_ref()
-            .filter(|s| !s.ca_pem.is_empty())
-            .map(|s| s.ca_pem.clone())
-            .or_else(|| self.trust.server.as_ref().and_then(|s| s.ca_pem.clone()));
+        let creds = self.registry_creds(
+            &req.registry_username,
+            req.sealed_registry_password.as_ref(),
+        )?;
+        let ca = self.registry_ca(req.server.as_ref());
         let wanted = wanted
             .into_iter()
             .map(|(tag, sha256, length, manifest)| trust::WantedTag {
@@ -985,6 +999,74 @@ impl Agent for AgentService {
                 .collect(),
             repository_keys: r.repository_keys,
         }))
+    }
+
+    type MigrateStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::MigrateProgress, Status>> + Send + 'static>,
+    >;
+
+    async fn migrate(
+        &self,
+        req: Request<pb::MigrateRequest>,
+    ) -> Result<Response<Self::MigrateStream>, Status> {
+        let req = req.into_inner();
+        trust::check_gun(&req.gun)?;
+        for f in &req.to {
+            if f != "cosign" {
+                return Err(Error::InvalidArgument(format!(
+                    "--to {f}: this agent migrates to cosign (notation: not yet)"
+                ))
+                .into());
+            }
+        }
+        if req.to.is_empty() {
+            return Err(Error::InvalidArgument("--to: name a format (cosign)".into()).into());
+        }
+        let keys = self.keys.find_key(&req.key_id).await?;
+        let creds = self.registry_creds(
+            &req.registry_username,
+            req.sealed_registry_password.as_ref(),
+        )?;
+        let ca = self.registry_ca(req.server.as_ref());
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (guard, ctx) = (self.guard.clone(), self.trust.clone());
+        tokio::spawn(async move {
+            let opts = trust::migrate::MigrateOpts {
+                signers: req.signers,
+                dry_run: req.dry_run,
+            };
+            let _repo_lock = ctx.lock(&req.gun).await;
+            let sent = tx.clone();
+            let r = trust::migrate::migrate_cosign(
+                &guard,
+                &client,
+                &ctx,
+                &req.gun,
+                keys,
+                &opts,
+                (ca.as_deref(), creds),
+                |total, t| {
+                    // Unbounded (one message per tag): none is dropped for a slow reader. A
+                    // client that went away stops hearing; the run finishes regardless.
+                    let _ = sent.send(Ok(pb::MigrateProgress {
+                        tag: t.tag.clone(),
+                        sha256: t.sha256_hex.clone(),
+                        format: "cosign".into(),
+                        outcome: t.outcome.name().into(),
+                        detail: t.detail.clone(),
+                        total: total as u32,
+                    }));
+                },
+            )
+            .await;
+            if let Err(e) = r {
+                let _ = tx.send(Err(Status::from(e)));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
     }
 
     async fn trust_export(

@@ -25,6 +25,7 @@ pub mod ceremony;
 pub mod fetch;
 pub mod gate;
 pub mod init;
+pub mod migrate;
 pub mod notary;
 pub mod pinning;
 pub mod publish;

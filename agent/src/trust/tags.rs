@@ -235,6 +235,45 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
     let repo = fetch(client, ctx, gun)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
+    let tags = signed_tags(&repo);
+    let targets: TargetsDoc =
+        serde_json::from_value(repo.doc("targets")?.signed).map_err(Error::internal)?;
+    let signers = targets
+        .delegations
+        .roles
+        .iter()
+        .filter(|d| d.name != "targets/releases")
+        .map(|d| {
+            (
+                d.name.trim_start_matches("targets/").to_string(),
+                d.keyids.clone(),
+            )
+        })
+        .collect();
+    let root = repo.root()?;
+    let root_keys_map = parse_key_map(&root.keys).map_err(Error::Internal)?;
+    let root_keys = role_keyids(&root, "root")?
+        .iter()
+        .map(|id| {
+            let canonical = root_keys_map
+                .get(id)
+                .and_then(|k| k.canonical_id().ok())
+                .unwrap_or_default();
+            (id.clone(), canonical)
+        })
+        .collect();
+    let repository_keys = role_keyids(&root, "targets")?.clone();
+    Ok(Inspection {
+        tags,
+        signers,
+        root_keys,
+        repository_keys,
+    })
+}
+
+/// The signed tags of a verified repository as docker resolves them (a tag in
+/// targets/releases, else in targets; signers are the roles holding the same digest).
+pub(crate) fn signed_tags(repo: &Repo) -> Vec<SignedTag> {
     let mut by_role: BTreeMap<&str, BTreeMap<&str, (&str, u64)>> = BTreeMap::new();
     for r in &repo.verified.roles {
         for t in &r.targets {
@@ -293,39 +332,7 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
             signers,
         });
     }
-    let targets: TargetsDoc =
-        serde_json::from_value(repo.doc("targets")?.signed).map_err(Error::internal)?;
-    let signers = targets
-        .delegations
-        .roles
-        .iter()
-        .filter(|d| d.name != "targets/releases")
-        .map(|d| {
-            (
-                d.name.trim_start_matches("targets/").to_string(),
-                d.keyids.clone(),
-            )
-        })
-        .collect();
-    let root = repo.root()?;
-    let root_keys_map = parse_key_map(&root.keys).map_err(Error::Internal)?;
-    let root_keys = role_keyids(&root, "root")?
-        .iter()
-        .map(|id| {
-            let canonical = root_keys_map
-                .get(id)
-                .and_then(|k| k.canonical_id().ok())
-                .unwrap_or_default();
-            (id.clone(), canonical)
-        })
-        .collect();
-    let repository_keys = role_keyids(&root, "targets")?.clone();
-    Ok(Inspection {
-        tags,
-        signers,
-        root_keys,
-        repository_keys,
-    })
+    tags
 }
 
 /// The client for a request's server options, falling back to the config's.

@@ -1,0 +1,207 @@
+//! `dct migrate`: what DCT vouched for, re-signed as OCI signatures by a key the agent
+//! holds. The repository's trust data is verified under a pinned or cached root (never on
+//! first use); every tag is resolved as docker resolves it; the registry must still serve
+//! the digest DCT signed for it (a moved tag is reported and skipped, never signed); a tag
+//! already carrying the key's signature is skipped, so a second run signs nothing. The
+//! signatures go through the guard like every other (the cosign payload parsed, the key's
+//! policy checked, audited), all in one pass, and the agent writes them to the registry
+//! itself.
+
+use super::cache::TrustContext;
+use super::fetch::fetch;
+use super::tags::signed_tags;
+use crate::error::{Error, Result};
+use crate::guard::oci::Profile;
+use crate::guard::{Guard, Request, Subject, Versioning};
+use crate::keys::KeyEntry;
+use crate::oci::registry::{Credentials, Session};
+use crate::trust::notary::NotaryClient;
+
+/// What a migration does.
+pub struct MigrateOpts {
+    /// Only tags these signers signed (delegation names, or "Repo Admin"); empty: all.
+    pub signers: Vec<String>,
+    /// Report what would be signed; sign and write nothing.
+    pub dry_run: bool,
+}
+
+/// What became of one tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Signed,
+    /// The image already carries this key's signature.
+    Already,
+    /// The registry serves another digest for the tag than DCT signed: not signed.
+    Moved,
+    /// Dry run: it would be signed.
+    WouldSign,
+    Failed,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Signed => "signed",
+            Outcome::Already => "already signed",
+            Outcome::Moved => "moved",
+            Outcome::WouldSign => "would sign",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// One tag's result.
+#[derive(Debug, Clone)]
+pub struct TagResult {
+    pub tag: String,
+    /// The digest DCT signed (hex).
+    pub sha256_hex: String,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+/// A tag to sign: its payload, once parsed and signed.
+struct Pending {
+    tag: String,
+    digest: String,
+    payload: Vec<u8>,
+}
+
+/// Migrates `gun`'s signed tags to cosign signatures made with `keys` (every listing of one
+/// key); `progress` hears of each tag as it is settled, with the number of tags.
+#[allow(clippy::too_many_arguments)]
+pub async fn migrate_cosign(
+    guard: &Guard,
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    keys: Vec<KeyEntry>,
+    opts: &MigrateOpts,
+    registry: (Option<&[u8]>, Option<Credentials>),
+    mut progress: impl FnMut(usize, &TagResult),
+) -> Result<Vec<TagResult>> {
+    let key = keys
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::NotFound("no such key".into()))?;
+    let repo = fetch(client, ctx, gun)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("{gun} has no trust data on the trust server")))?;
+    if !repo.trusted {
+        return Err(Error::Refused(format!(
+            "{gun}'s root is neither pinned nor cached: migrating it would re-sign whatever the \
+             server sent. Pin the root ([trust.pinning.certs]) or verify it once first"
+        )));
+    }
+    let wanted = |signers: &[String]| {
+        opts.signers.is_empty()
+            || opts.signers.iter().any(|w| {
+                signers
+                    .iter()
+                    .any(|s| s == w || (s == "Repo Admin" && w == "targets"))
+            })
+    };
+    let tags: Vec<_> = signed_tags(&repo)
+        .into_iter()
+        .filter(|t| wanted(&t.signers))
+        .collect();
+    let total = tags.len();
+    let (ca, creds) = registry;
+    let session = Session::open(gun, ca, creds, !opts.dry_run)?;
+    let mut results = Vec::with_capacity(total);
+    let mut pending = Vec::new();
+    let mut settle = |results: &mut Vec<TagResult>, r: TagResult| {
+        progress(total, &r);
+        results.push(r);
+    };
+    for t in tags {
+        let result = |outcome, detail: String| TagResult {
+            tag: t.tag.clone(),
+            sha256_hex: t.sha256_hex.clone(),
+            outcome,
+            detail,
+        };
+        let served = match session.manifest(&t.tag).await {
+            Ok(Some(m)) => crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&m.bytes)),
+            Ok(None) => {
+                settle(
+                    &mut results,
+                    result(Outcome::Moved, "the registry no longer has the tag".into()),
+                );
+                continue;
+            }
+            Err(e) => {
+                settle(&mut results, result(Outcome::Failed, e.to_string()));
+                continue;
+            }
+        };
+        if served != t.sha256_hex {
+            settle(
+                &mut results,
+                result(
+                    Outcome::Moved,
+                    format!("the registry now serves sha256:{served}, not the signed digest"),
+                ),
+            );
+            continue;
+        }
+        let payload = crate::oci::cosign::payload(gun, &t.sha256_hex);
+        match crate::oci::cosign::already_signed(&session, &t.sha256_hex, &payload, &key.spki).await
+        {
+            Ok(true) => {
+                settle(&mut results, result(Outcome::Already, String::new()));
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                settle(&mut results, result(Outcome::Failed, e.to_string()));
+                continue;
+            }
+        }
+        if opts.dry_run {
+            settle(&mut results, result(Outcome::WouldSign, String::new()));
+            continue;
+        }
+        pending.push(Pending {
+            tag: t.tag.clone(),
+            digest: t.sha256_hex.clone(),
+            payload,
+        });
+    }
+    // One pass through the guard for every signature, then the writes.
+    let requests = pending
+        .iter()
+        .map(|p| Request {
+            keys: keys.clone(),
+            subject: Subject::Oci {
+                profile: Profile::Cosign,
+                payload: p.payload.clone(),
+            },
+            versioning: Versioning::Final,
+        })
+        .collect();
+    let signed = guard.sign_all(requests).await;
+    for (p, s) in pending.into_iter().zip(signed) {
+        let written = match s {
+            Ok(s) => match crate::oci::cosign::der_base64(&s.document) {
+                Ok(sig) => crate::oci::cosign::attach(&session, &p.digest, &p.payload, &sig).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let (outcome, detail) = match written {
+            Ok(()) => (Outcome::Signed, String::new()),
+            Err(e) => (Outcome::Failed, e.to_string()),
+        };
+        settle(
+            &mut results,
+            TagResult {
+                tag: p.tag,
+                sha256_hex: p.digest,
+                outcome,
+                detail,
+            },
+        );
+    }
+    Ok(results)
+}

@@ -1,0 +1,199 @@
+//! `dct migrate` (issue 17): a DCT repository signed by the agent against the real
+//! notary-server, its images in a real registry (pushed by skopeo), migrated to cosign
+//! signatures written by the agent and checked by the real cosign CLI.
+
+use std::process::{Command, Output};
+
+use dct_tests::notary::{trust, NotaryStack};
+use dct_tests::registry::Registry;
+use dct_tests::{gotools, hex, Agent};
+use sha2::{Digest, Sha256};
+
+fn digest(manifest: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(manifest)))
+}
+
+/// The PEM public key of the agent's targets key for `gun`, and its ID.
+fn targets_key(agent: &Agent, gun: &str) -> (String, String) {
+    use base64::Engine as _;
+    let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
+    let k = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "targets" && k["gun"] == gun)
+        .unwrap_or_else(|| panic!("no targets key for {gun}: {keys}"))
+        .clone();
+    let b64 = k["tuf_key"]["keyval"]["public"].as_str().unwrap();
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let wrapped = base64::engine::general_purpose::STANDARD.encode(body);
+    let lines: Vec<&str> = wrapped
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    );
+    (k["key_id"].as_str().unwrap().to_string(), pem)
+}
+
+fn cosign_verify(stack: &NotaryStack, pubkey: &std::path::Path, image: &str) -> Output {
+    Command::new(gotools::cosign())
+        .args(["verify", "--insecure-ignore-tlog", "--key"])
+        .arg(pubkey)
+        .arg("--registry-cacert")
+        .arg(&stack.ca)
+        .arg(image)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn migrate_signs_what_dct_signed_skips_moved_tags_and_resumes() {
+    let stack = NotaryStack::start();
+    let registry = Registry::start(&stack);
+    let host = registry.host.clone();
+    let (_hsm, agent) = Agent::on_fresh_token("migrate", "2222");
+    let gun = format!("{host}/team/app");
+    let tags = ["v1", "v2", "v3", "v4", "v5", "v6"];
+    let manifests: Vec<Vec<u8>> = tags
+        .iter()
+        .map(|t| registry.push_runnable("team/app", t, &format!("app {t}")))
+        .collect();
+    let images: Vec<String> = tags.iter().map(|t| format!("{gun}:{t}")).collect();
+    let mut args = vec!["sign"];
+    args.extend(images.iter().map(String::as_str));
+    trust(&agent, &stack, &["init", &gun]).ok();
+    trust(&agent, &stack, &args).ok();
+    // v5 and v6 move in the registry after they were signed.
+    let moved5 = registry.push_runnable("team/app", "v5", "app v5, moved");
+    registry.push_runnable("team/app", "v6", "app v6, moved");
+    let (key_id, pem) = targets_key(&agent, &gun);
+    let dir = tempfile::tempdir().unwrap();
+    let pubkey = dir.path().join("targets.pub");
+    std::fs::write(&pubkey, pem).unwrap();
+    let srv = [
+        "--server",
+        &stack.url,
+        "--tlscacert",
+        stack.ca.to_str().unwrap(),
+    ];
+    let migrate = |extra: &[&str]| {
+        let mut a = vec![
+            "--json", "migrate", &gun, "--to", "cosign", "--key", &key_id,
+        ];
+        a.extend_from_slice(&srv);
+        a.extend_from_slice(extra);
+        agent.dct(&a)
+    };
+
+    // A dry run signs nothing.
+    let dry = migrate(&["--dry-run"]).json();
+    assert_eq!(dry["summary"]["would_sign"], 4, "{dry}");
+    assert_eq!(dry["summary"]["moved"], 2, "{dry}");
+    assert!(
+        !cosign_verify(&stack, &pubkey, &format!("{gun}@{}", digest(&manifests[0])))
+            .status
+            .success()
+    );
+
+    let run = migrate(&[]);
+    let out = run.json();
+    assert_eq!(out["summary"]["signed"], 4, "{out}");
+    assert_eq!(out["summary"]["moved"], 2, "{out}");
+    let stderr = run.stderr();
+    assert!(stderr.contains("[6/6]"), "progress: {stderr}");
+    assert!(
+        stderr.contains("moved (the registry now serves"),
+        "{stderr}"
+    );
+
+    // The real cosign accepts every migrated digest with the targets key ...
+    for (t, m) in tags.iter().zip(&manifests).take(4) {
+        let v = cosign_verify(&stack, &pubkey, &format!("{gun}@{}", digest(m)));
+        assert!(
+            v.status.success(),
+            "{t}: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+        assert!(String::from_utf8_lossy(&v.stdout).contains(&digest(m)));
+    }
+    // ... and refuses the moved tags (no signature for what they serve now), and another key.
+    let v = cosign_verify(&stack, &pubkey, &format!("{gun}:v5"));
+    assert!(!v.status.success());
+    assert!(
+        !cosign_verify(&stack, &pubkey, &format!("{gun}@{}", digest(&moved5)))
+            .status
+            .success()
+    );
+    let other = dir.path().join("other.pub");
+    let (_h2, stranger) = Agent::on_fresh_token("migrate-other", "3333");
+    trust(&stranger, &stack, &["init", &format!("{host}/team/other")]).ok();
+    std::fs::write(
+        &other,
+        targets_key(&stranger, &format!("{host}/team/other")).1,
+    )
+    .unwrap();
+    assert!(
+        !cosign_verify(&stack, &other, &format!("{gun}@{}", digest(&manifests[0])))
+            .status
+            .success()
+    );
+
+    // A second run signs nothing again.
+    let again = migrate(&[]).json();
+    assert_eq!(again["summary"]["already_signed"], 4, "{again}");
+    assert_eq!(again["summary"]["signed"], 0, "{again}");
+
+    // An agent that never saw the repository's root refuses to migrate it.
+    let (other_id, _) = targets_key(&stranger, &format!("{host}/team/other"));
+    let mut a = vec!["migrate", &gun, "--to", "cosign", "--key", &other_id];
+    a.extend_from_slice(&srv);
+    let refused = stranger.dct(&a);
+    assert_eq!(refused.code(), 1, "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("neither pinned nor cached"),
+        "{}",
+        refused.stderr()
+    );
+    // A key whose policy does not allow cosign signatures (the root key) is refused per
+    // tag, and nothing is written for a new tag.
+    let m7 = registry.push_runnable("team/app", "v7", "app v7");
+    trust(&agent, &stack, &["sign", &format!("{gun}:v7")]).ok();
+    let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
+    let root_id = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "root")
+        .unwrap()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut a = vec!["migrate", &gun, "--to", "cosign", "--key", &root_id];
+    a.extend_from_slice(&srv);
+    let refused = agent.dct(&a);
+    assert_eq!(refused.code(), 1, "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("policy (oci)"),
+        "{}",
+        refused.stderr()
+    );
+    assert!(
+        !cosign_verify(&stack, &pubkey, &format!("{gun}@{}", digest(&m7)))
+            .status
+            .success()
+    );
+    let audit = std::fs::read_to_string(agent.audit_path()).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"refuse\"") && l.contains("policy (oci)")),
+        "the refusal is audited"
+    );
+}
