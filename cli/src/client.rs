@@ -12,6 +12,8 @@ use tonic::{Code, Response, Status};
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// The reason of a [`Failure::partial`].
+pub const PARTIAL: &str = "partial";
 
 #[derive(Debug)]
 pub struct Failure {
@@ -30,6 +32,16 @@ impl Failure {
             message: m.into(),
             hint: None,
             reason: None,
+        }
+    }
+    /// A partial success whose `--json` document is already printed (it says what
+    /// failed): only the message goes to standard error, and the exit status says it.
+    pub fn partial(m: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_FAILED,
+            message: m.into(),
+            hint: None,
+            reason: Some(PARTIAL.into()),
         }
     }
     pub fn usage(m: impl Into<String>) -> Self {

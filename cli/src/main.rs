@@ -341,7 +341,7 @@ fn main() -> ExitCode {
             if let Some(hint) = &f.hint {
                 eprintln!("  {hint}");
             }
-            if json {
+            if json && f.reason.as_deref() != Some(client::PARTIAL) {
                 // Scripts decide on `reason`, not on the message.
                 let error = serde_json::json!({"error": {
                     "reason": f.reason.as_deref().unwrap_or("failed"),

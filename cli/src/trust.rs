@@ -69,6 +69,11 @@ pub enum TrustCmd {
         manifest: Option<PathBuf>,
         #[arg(long)]
         token: Option<String>,
+        /// Dual signing: once published in DCT, also write these OCI signatures of each
+        /// tag's digest (comma-separated: cosign), made by the key(s) that signed it in
+        /// DCT and written to the registry by the agent.
+        #[arg(long, value_delimiter = ',', value_name = "FORMATS")]
+        also: Vec<String>,
     },
     /// The deploy gate: exit 0 only if IMAGE:TAG is signed (in targets/releases, else
     /// targets, as docker resolves it) under a trusted root, every role unexpired, by one of
@@ -294,6 +299,7 @@ pub async fn run(
             size,
             manifest,
             token,
+            also,
         } => {
             let mut entries: Vec<(String, pb::TagTarget)> = Vec::new();
             for image in &images {
@@ -376,10 +382,38 @@ pub async fn run(
                 registry_password: String::new(),
                 tags,
                 sealed_registry_password,
+                also,
             };
             let r = c
                 .call(|mut a| async move { a.trust_sign(req).await })
                 .await?;
+            let also_failed: Vec<&pb::OciSignature> = r.also.iter().filter(|a| !a.ok).collect();
+            let also_done = || -> Result<(), Failure> {
+                for a in &r.also {
+                    if a.ok {
+                        eprintln!(
+                            "{gun}:{}: {} signature written (key {})",
+                            a.tag, a.format, a.key_id
+                        );
+                    } else {
+                        eprintln!(
+                            "{gun}:{}: {} signature failed: {}",
+                            a.tag, a.format, a.detail
+                        );
+                    }
+                }
+                match also_failed.first() {
+                    None => Ok(()),
+                    Some(a) => Err(Failure::partial(format!(
+                        "signed in DCT, but {} of {} {} signature(s) failed; `dct migrate {gun} --to {} --key {}` writes what is missing",
+                        also_failed.len(),
+                        r.also.len(),
+                        a.format,
+                        a.format,
+                        a.key_id
+                    ))),
+                }
+            };
             if json {
                 let tags: Vec<_> = r
                     .tags
@@ -392,7 +426,15 @@ pub async fn run(
                     out["digest"] = format!("sha256:{}", r.sha256).into();
                     out["size"] = r.length.into();
                 }
-                return print_json(&out);
+                if !r.also.is_empty() {
+                    out["also"] = r
+                        .also
+                        .iter()
+                        .map(|a| serde_json::json!({"tag": a.tag, "format": a.format, "key_id": a.key_id, "ok": a.ok, "detail": (!a.detail.is_empty()).then_some(&a.detail)}))
+                        .collect();
+                }
+                print_json(&out)?;
+                return also_done();
             }
             if r.initialized {
                 eprintln!("initialised trust data for {gun}");
@@ -411,7 +453,7 @@ pub async fn run(
                     r.roles.join(", ")
                 );
             }
-            Ok(())
+            also_done()
         }
         TrustCmd::Revoke { image } => {
             let (name, tag) = split_tag(&image);
@@ -791,7 +833,7 @@ pub async fn migrate(
         t.print();
     }
     if failed > 0 {
-        return Err(Failure::failed(format!(
+        return Err(Failure::partial(format!(
             "{failed} of {} tags failed; run again to retry them (signed tags are skipped)",
             rows.len()
         )));

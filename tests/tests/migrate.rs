@@ -197,3 +197,76 @@ fn migrate_signs_what_dct_signed_skips_moved_tags_and_resumes() {
         "the refusal is audited"
     );
 }
+
+#[test]
+fn dual_signing_publishes_dct_and_writes_cosign_in_one_operation() {
+    let stack = NotaryStack::start();
+    let registry = Registry::start(&stack);
+    let host = registry.host.clone();
+    let (_hsm, agent) = Agent::on_fresh_token("dual", "2222");
+    let gun = format!("{host}/team/dual");
+    let no_oci = format!("{host}/team/dct-only");
+    // Another agent whose targets keys may not make OCI signatures.
+    let hsm2 = dct_tests::SoftHsm::new("dual-no-oci", "3333");
+    let config = format!(
+        "{}[[policy]]\nrole = \"targets\"\noci = []\n",
+        hsm2.agent_config()
+    );
+    let strict = Agent::start_with_config(Some(&hsm2), &config);
+    strict.unlock(&hsm2);
+    let m1 = registry.push_runnable("team/dual", "v1", "dual v1");
+    let srv = [
+        "--server",
+        &stack.url,
+        "--tlscacert",
+        stack.ca.to_str().unwrap(),
+    ];
+    let sign_with = |agent: &Agent, image: &str| {
+        let mut a = vec!["--json", "trust", "sign", image, "--also", "cosign"];
+        a.extend_from_slice(&srv);
+        agent.dct(&a)
+    };
+    let sign = |image: &str| sign_with(&agent, image);
+    let out = sign(&format!("{gun}:v1")).json();
+    assert_eq!(out["also"][0]["ok"], true, "{out}");
+    assert_eq!(out["also"][0]["format"], "cosign", "{out}");
+    // The notary client sees the DCT signature, cosign the OCI one, for the same digest.
+    let listed = dct_tests::notary::notary_list(&stack, &gun, &[]);
+    assert!(
+        listed
+            .iter()
+            .any(|(t, d, _, _)| t == "v1" && format!("sha256:{d}") == digest(&m1)),
+        "{listed:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pubkey = dir.path().join("t.pub");
+    std::fs::write(&pubkey, targets_key(&agent, &gun).1).unwrap();
+    let v = cosign_verify(&stack, &pubkey, &format!("{gun}:v1"));
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+
+    // A refused OCI signature leaves DCT published and says how to finish.
+    let m2 = registry.push_runnable("team/dct-only", "v1", "dct only");
+    let run = sign_with(&strict, &format!("{no_oci}:v1"));
+    let err = run.fails(1, "signed in DCT, but 1 of 1 cosign signature(s) failed");
+    assert!(err.contains("dct migrate"), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    assert_eq!(j["also"][0]["ok"], false, "{j}");
+    assert!(
+        j["also"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("policy (oci)"),
+        "{j}"
+    );
+    let listed = dct_tests::notary::notary_list(&stack, &no_oci, &[]);
+    assert!(
+        listed
+            .iter()
+            .any(|(t, d, _, _)| t == "v1" && format!("sha256:{d}") == digest(&m2)),
+        "{listed:?}"
+    );
+    std::fs::write(&pubkey, targets_key(&strict, &no_oci).1).unwrap();
+    assert!(!cosign_verify(&stack, &pubkey, &format!("{no_oci}:v1"))
+        .status
+        .success());
+}

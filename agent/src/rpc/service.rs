@@ -933,9 +933,27 @@ impl Agent for AgentService {
                 manifest,
             })
             .collect();
+        for f in &req.also {
+            if f != "cosign" {
+                return Err(Error::InvalidArgument(format!(
+                    "--also {f}: this agent writes cosign signatures (notation: not yet)"
+                ))
+                .into());
+            }
+        }
         let tags = trust::resolve_tags(&req.gun, wanted, ca.as_deref(), creds.as_ref()).await?;
-        // Resolved: the registry password is not kept while signing and publishing.
-        drop(creds);
+        // Resolved: the registry password is kept only for the OCI signatures' writes.
+        let registry = if req.also.is_empty() {
+            drop(creds);
+            None
+        } else {
+            Some(crate::oci::registry::Session::open(
+                &req.gun,
+                ca.as_deref(),
+                creds,
+                true,
+            )?)
+        };
         let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
         let _repo_lock = self.trust.lock(&req.gun).await;
         let r = trust::sign_tags(
@@ -947,8 +965,45 @@ impl Agent for AgentService {
             &req.token,
         )
         .await?;
+        // Dual signing: DCT is published; each OCI signature now, a failure reported per
+        // tag (`dct migrate` retries what is missing, skipping what is there).
+        let mut also = Vec::new();
+        if let Some(session) = &registry {
+            let by_digest: std::collections::HashMap<&str, String> = tags
+                .iter()
+                .map(|t| (t.tag.as_str(), crate::tuf::keys::hex(&t.sha256)))
+                .collect();
+            let items: Vec<trust::migrate::CosignItem> = r
+                .signed_by
+                .iter()
+                .flat_map(|(tag, keys)| {
+                    let digest = by_digest.get(tag.as_str()).cloned().unwrap_or_default();
+                    keys.iter().map(move |k| trust::migrate::CosignItem {
+                        tag: tag.clone(),
+                        digest: digest.clone(),
+                        keys: vec![k.clone()],
+                    })
+                })
+                .collect();
+            let written =
+                trust::migrate::sign_and_write_cosign(&self.guard, session, &req.gun, &items).await;
+            for (item, w) in items.iter().zip(written) {
+                also.push(pb::OciSignature {
+                    tag: item.tag.clone(),
+                    format: "cosign".into(),
+                    key_id: item
+                        .keys
+                        .first()
+                        .map(|k| k.key_id.clone())
+                        .unwrap_or_default(),
+                    ok: w.is_ok(),
+                    detail: w.err().map(|e| e.to_string()).unwrap_or_default(),
+                });
+            }
+        }
         let first = tags.first();
         Ok(Response::new(pb::TrustSignResponse {
+            also,
             roles: r.roles,
             initialized: r.initialized,
             sha256: first

@@ -60,11 +60,49 @@ pub struct TagResult {
     pub detail: String,
 }
 
-/// A tag to sign: its payload, once parsed and signed.
-struct Pending {
-    tag: String,
-    digest: String,
-    payload: Vec<u8>,
+/// An image digest to sign with a key, for a tag.
+pub struct CosignItem {
+    pub tag: String,
+    /// The manifest digest (hex).
+    pub digest: String,
+    /// Every listing of the key that signs.
+    pub keys: Vec<KeyEntry>,
+}
+
+/// Signs each item's cosign payload (one pass through the guard for all of them) and adds
+/// each signature to the image's `.sig` manifest; one result per item, in order.
+pub async fn sign_and_write_cosign(
+    guard: &Guard,
+    session: &Session,
+    gun: &str,
+    items: &[CosignItem],
+) -> Vec<Result<()>> {
+    let payloads: Vec<Vec<u8>> = items
+        .iter()
+        .map(|i| crate::oci::cosign::payload(gun, &i.digest))
+        .collect();
+    let requests = items
+        .iter()
+        .zip(&payloads)
+        .map(|(i, p)| Request {
+            keys: i.keys.clone(),
+            subject: Subject::Oci {
+                profile: Profile::Cosign,
+                payload: p.clone(),
+            },
+            versioning: Versioning::Final,
+        })
+        .collect();
+    let signed = guard.sign_all(requests).await;
+    let mut out = Vec::with_capacity(items.len());
+    for ((item, payload), s) in items.iter().zip(&payloads).zip(signed) {
+        let sig = s.and_then(|s| crate::oci::cosign::der_base64(&s.document));
+        out.push(match sig {
+            Ok(sig) => crate::oci::cosign::attach(session, &item.digest, payload, &sig).await,
+            Err(e) => Err(e),
+        });
+    }
+    out
 }
 
 /// Migrates `gun`'s signed tags to cosign signatures made with `keys` (every listing of one
@@ -162,34 +200,16 @@ pub async fn migrate_cosign(
             settle(&mut results, result(Outcome::WouldSign, String::new()));
             continue;
         }
-        pending.push(Pending {
+        pending.push(CosignItem {
             tag: t.tag.clone(),
             digest: t.sha256_hex.clone(),
-            payload,
+            keys: keys.clone(),
         });
     }
     // One pass through the guard for every signature, then the writes.
-    let requests = pending
-        .iter()
-        .map(|p| Request {
-            keys: keys.clone(),
-            subject: Subject::Oci {
-                profile: Profile::Cosign,
-                payload: p.payload.clone(),
-            },
-            versioning: Versioning::Final,
-        })
-        .collect();
-    let signed = guard.sign_all(requests).await;
-    for (p, s) in pending.into_iter().zip(signed) {
-        let written = match s {
-            Ok(s) => match crate::oci::cosign::der_base64(&s.document) {
-                Ok(sig) => crate::oci::cosign::attach(&session, &p.digest, &p.payload, &sig).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        let (outcome, detail) = match written {
+    let written = sign_and_write_cosign(guard, &session, gun, &pending).await;
+    for (p, w) in pending.into_iter().zip(written) {
+        let (outcome, detail) = match w {
             Ok(()) => (Outcome::Signed, String::new()),
             Err(e) => (Outcome::Failed, e.to_string()),
         };

@@ -19,6 +19,8 @@ use crate::tuf::metadata::{parse_key_map, TargetsDoc};
 pub struct SignResult {
     pub roles: Vec<String>,
     pub initialized: bool,
+    /// Each tag and the keys that signed it (one listing each, in role order).
+    pub signed_by: Vec<(String, Vec<KeyEntry>)>,
 }
 
 /// A tag as asked for: its digest and length in hex, or the manifest itself, or neither
@@ -206,9 +208,30 @@ pub async fn sign_tags(
         }
     }
     let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
+    let signed_by = tags
+        .iter()
+        .map(|t| {
+            let mut by: Vec<KeyEntry> = Vec::new();
+            for e in &edits {
+                let has = e
+                    .signed
+                    .get("targets")
+                    .and_then(|m| m.get(t.tag.as_str()))
+                    .is_some();
+                if has && !by.iter().any(|k| k.key_id == e.key.key_id) {
+                    by.push(e.key.clone());
+                }
+            }
+            (t.tag.clone(), by)
+        })
+        .collect();
     commit(guard, client, gun, &repo, &keys, edits).await?;
     tracing::info!(gun, tags = tags.len(), roles = ?roles, "signed tags");
-    Ok(SignResult { roles, initialized })
+    Ok(SignResult {
+        roles,
+        initialized,
+        signed_by,
+    })
 }
 
 /// A tag as `docker trust inspect` shows it.
