@@ -4,6 +4,7 @@
 
 mod audit;
 mod ceremony;
+mod gate;
 mod image;
 mod trust;
 
@@ -85,6 +86,29 @@ enum Command {
         server: trust::ServerArgs,
         #[command(subcommand)]
         command: ceremony::CeremonyCmd,
+    },
+    /// The deploy gate across formats: exit 0 only if IMAGE (IMAGE:TAG or IMAGE@sha256:...)
+    /// is vouched for by `require` of the signers the policy names for its repository: DCT
+    /// under pinned roots (named signers optional), cosign public keys. Prints the verified
+    /// digest; a refusal is one line naming the check. With no agent running, a keyless one
+    /// is started for the check and stopped after.
+    Verify {
+        #[command(flatten)]
+        server: trust::ServerArgs,
+        image: String,
+        /// The policy (TOML, or JSON for a .json file): [[scope]] repositories, require,
+        /// [[scope.signer]] name with dct = { root_keys, signers } or cosign = { public_key }.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// The digest the image must have, sha256:<64 hex>.
+        #[arg(long)]
+        digest: Option<String>,
+        /// DCT from the trust data cached by an earlier check; no trust server.
+        #[arg(long)]
+        offline: bool,
+        /// Print only the verified digest (sha256:HEX), for `docker pull IMAGE@$(...)`.
+        #[arg(long)]
+        print_digest: bool,
     },
     /// Re-sign what DCT vouched for as OCI signatures: every signed tag of IMAGE (verified
     /// under a pinned or cached root; a tag the registry moved since is reported, never
@@ -618,6 +642,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trust { server, command } => {
             let mut c = Client::connect(&target).await?;
             trust::run(&mut c, &server, command, json).await
+        }
+        Command::Verify {
+            server,
+            image,
+            policy,
+            digest,
+            offline,
+            print_digest,
+        } => {
+            let v = gate::Verify {
+                image,
+                policy,
+                digest,
+                offline,
+                print_digest,
+            };
+            gate::run(&target, &server, v, json).await
         }
         Command::Migrate {
             server,

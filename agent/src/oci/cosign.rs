@@ -145,6 +145,71 @@ pub async fn attach(
         .await
 }
 
+/// Whether the image `digest_hex` in `repository` carries a classic cosign signature that
+/// `spki_der` verifies, over a payload naming that digest and repository. The reason when
+/// not.
+pub async fn verify(
+    session: &Session,
+    repository: &str,
+    digest_hex: &str,
+    spki_der: &[u8],
+) -> Result<()> {
+    use base64::Engine as _;
+    let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der)
+        .map_err(|e| Error::InvalidArgument(format!("the cosign key is not P-256: {e}")))?;
+    let layers = existing_layers(session, digest_hex).await?;
+    if layers.is_empty() {
+        return Err(Error::Refused(format!(
+            "no cosign signature of sha256:{digest_hex} ({})",
+            signature_tag(digest_hex)
+        )));
+    }
+    let mut why = Vec::new();
+    for layer in &layers {
+        let (Some(digest), Some(sig)) = (
+            layer.get("digest").and_then(Value::as_str),
+            layer
+                .get("annotations")
+                .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+                .and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let Some(sig) = base64::engine::general_purpose::STANDARD
+            .decode(sig)
+            .ok()
+            .and_then(|d| p256::ecdsa::Signature::from_der(&d).ok())
+        else {
+            why.push("a signature that is not DER ECDSA".to_string());
+            continue;
+        };
+        let payload = session.blob(digest, 64 * 1024).await?;
+        if key.verify(&payload, &sig).is_err() {
+            why.push("a signature by another key".to_string());
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+        let field = |p: &str| v.pointer(p).and_then(Value::as_str);
+        let names_digest = field("/critical/image/docker-manifest-digest")
+            == Some(format!("sha256:{digest_hex}").as_str());
+        let reference = field("/critical/identity/docker-reference").unwrap_or_default();
+        if field("/critical/type") != Some("cosign container image signature") || !names_digest {
+            why.push("a payload for another image".to_string());
+            continue;
+        }
+        if reference != repository {
+            why.push(format!("a signature for {reference}"));
+            continue;
+        }
+        return Ok(());
+    }
+    why.dedup();
+    Err(Error::Refused(format!(
+        "no cosign signature of sha256:{digest_hex} verifies with the key ({})",
+        why.join(", ")
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

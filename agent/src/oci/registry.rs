@@ -275,6 +275,35 @@ impl Session {
         Ok(Some(Manifest { bytes, media_type }))
     }
 
+    /// The blob `digest` (`sha256:HEX`) names, at most `cap` bytes, checked against its
+    /// digest.
+    pub async fn blob(&self, digest: &str, cap: usize) -> Result<Vec<u8>> {
+        let url = self.url(&format!("blobs/{digest}"));
+        let resp = self
+            .send(|auth| {
+                let r = self.http.get(&url);
+                match auth {
+                    Some(a) => r.header("Authorization", a.clone()),
+                    None => r,
+                }
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.refused(resp.status(), &format!("blob {digest} of {}", self.name)));
+        }
+        let bytes = crate::util::http::read_capped(resp, cap)
+            .await
+            .map_err(|e| e.unwrap_or_else(self.unreachable()))?;
+        let got = format!("sha256:{}", crate::tuf::keys::hex(&Sha256::digest(&bytes)));
+        if got != digest {
+            return Err(Error::Refused(format!(
+                "registry {} served {got} for blob {digest}",
+                self.host
+            )));
+        }
+        Ok(bytes)
+    }
+
     /// Uploads `bytes` as a blob unless the registry has it; its digest (`sha256:HEX`).
     pub async fn put_blob(&self, bytes: &[u8]) -> Result<String> {
         let digest = format!("sha256:{}", crate::tuf::keys::hex(&Sha256::digest(bytes)));

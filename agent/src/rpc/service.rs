@@ -1124,6 +1124,67 @@ impl Agent for AgentService {
         )))
     }
 
+    async fn verify_image(
+        &self,
+        req: Request<pb::VerifyImageRequest>,
+    ) -> Result<Response<pb::VerifyImageResponse>, Status> {
+        let req = req.into_inner();
+        trust::check_gun(&req.gun)?;
+        if !req.tag.is_empty() {
+            trust::check_tag(&req.tag)?;
+        }
+        if !req.sha256.is_empty()
+            && (req.sha256.len() != 64 || !req.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "digest {:?} is not 64 hex characters",
+                req.sha256
+            ))
+            .into());
+        }
+        let policy = trust::combined::GatePolicy::parse(&req.policy_json)?;
+        let creds = self.registry_creds(
+            &req.registry_username,
+            req.sealed_registry_password.as_ref(),
+        )?;
+        let ca = self.registry_ca(req.server.as_ref());
+        let client = if req.offline {
+            None
+        } else {
+            Some(trust::client(
+                req.server.map(server_opts),
+                &self.trust.server,
+            )?)
+        };
+        let v = trust::combined::verify_image(
+            client.as_ref(),
+            &self.trust,
+            &policy,
+            trust::combined::GateInput {
+                gun: &req.gun,
+                tag: (!req.tag.is_empty()).then_some(req.tag.as_str()),
+                digest: (!req.sha256.is_empty()).then_some(req.sha256.as_str()),
+                offline: req.offline,
+                registry_ca: ca.as_deref(),
+                registry_creds: creds,
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::VerifyImageResponse {
+            sha256: v.sha256_hex,
+            required: v.required as u32,
+            signers: v
+                .signers
+                .into_iter()
+                .map(|(name, passed, reason)| pb::GateSigner {
+                    name,
+                    passed,
+                    reason,
+                })
+                .collect(),
+        }))
+    }
+
     async fn trust_export(
         &self,
         req: Request<pb::TrustExportRequest>,

@@ -22,6 +22,7 @@
 pub mod archive;
 pub mod cache;
 pub mod ceremony;
+pub mod combined;
 pub mod fetch;
 pub mod gate;
 pub mod init;

@@ -1,0 +1,260 @@
+//! One deploy gate for DCT, cosign (and later Notation) signatures: `dct verify IMAGE:TAG
+//! --policy FILE`. A policy names, per repository scope, the signers a deployment may
+//! trust, each a DCT repository under pinned roots (named delegations optional) or a cosign
+//! public key, and how many of them must vouch for the image (`require`, m of n across
+//! formats). The image's digest is the one the registry serves for the tag; a DCT signer
+//! counts only if DCT signed that same digest.
+//!
+//! The policy arrives as JSON with every file it names already read (the CLI reads them);
+//! unknown fields are refused, so a misspelt rule never silently passes.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::cache::TrustContext;
+use super::gate::{check_failed, verify_tag, VerifyOpts};
+use crate::error::{Error, Result};
+use crate::oci::registry::{Credentials, Session};
+use crate::trust::notary::NotaryClient;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatePolicy {
+    pub scope: Vec<Scope>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    /// Repositories (`registry/name`), or prefixes ending in `*`.
+    pub repositories: Vec<String>,
+    /// How many of the signers must vouch for the image (default 1).
+    #[serde(default = "one")]
+    pub require: usize,
+    pub signer: Vec<SignerSpec>,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerSpec {
+    pub name: String,
+    pub dct: Option<DctSpec>,
+    pub cosign: Option<CosignSpec>,
+}
+
+/// DCT: the repository's trust data under these root keys (certificate or canonical IDs),
+/// the tag signed as docker resolves it, by one of `signers` when given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DctSpec {
+    pub root_keys: Vec<String>,
+    #[serde(default)]
+    pub signers: Vec<String>,
+}
+
+/// cosign: a signature by this P-256 public key (PEM), over a payload naming the image.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosignSpec {
+    pub public_key_pem: String,
+}
+
+impl GatePolicy {
+    pub fn parse(json: &[u8]) -> Result<GatePolicy> {
+        let p: GatePolicy = serde_json::from_slice(json)
+            .map_err(|e| Error::InvalidArgument(format!("policy: {e}")))?;
+        for (i, s) in p.scope.iter().enumerate() {
+            let at = || format!("policy: scope #{}", i + 1);
+            if s.repositories.is_empty() || s.signer.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: name repositories and at least one signer",
+                    at()
+                )));
+            }
+            if s.require == 0 || s.require > s.signer.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: require = {} of {} signers",
+                    at(),
+                    s.require,
+                    s.signer.len()
+                )));
+            }
+            for sg in &s.signer {
+                let kinds = usize::from(sg.dct.is_some()) + usize::from(sg.cosign.is_some());
+                if kinds != 1 {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: signer {:?} must be exactly one of dct or cosign",
+                        at(),
+                        sg.name
+                    )));
+                }
+                if let Some(d) = &sg.dct {
+                    if d.root_keys.is_empty() {
+                        return Err(Error::InvalidArgument(format!(
+                            "{}: signer {:?}: dct needs root_keys (no trust on first use)",
+                            at(),
+                            sg.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// The scope for `gun`: an exact repository, else the longest matching prefix.
+    fn scope(&self, gun: &str) -> Option<&Scope> {
+        let mut by: BTreeMap<String, &Scope> = BTreeMap::new();
+        for s in &self.scope {
+            for r in &s.repositories {
+                by.entry(r.clone()).or_insert(s);
+            }
+        }
+        super::pinning::by_gun(&by, gun).copied()
+    }
+}
+
+/// What passed.
+pub struct GateVerdict {
+    pub sha256_hex: String,
+    pub required: usize,
+    /// (signer, passed, why not)
+    pub signers: Vec<(String, bool, String)>,
+}
+
+/// Where to look.
+pub struct GateInput<'a> {
+    pub gun: &'a str,
+    pub tag: Option<&'a str>,
+    /// The digest asked for (`IMAGE@sha256:...`, or --digest), hex.
+    pub digest: Option<&'a str>,
+    pub offline: bool,
+    pub registry_ca: Option<&'a [u8]>,
+    pub registry_creds: Option<Credentials>,
+}
+
+/// Checks the image against the policy's scope for its repository.
+pub async fn verify_image(
+    client: Option<&NotaryClient>,
+    ctx: &TrustContext,
+    policy: &GatePolicy,
+    input: GateInput<'_>,
+) -> Result<GateVerdict> {
+    let gun = input.gun;
+    let scope = policy
+        .scope(gun)
+        .ok_or_else(|| check_failed("policy", format!("no scope of the policy covers {gun}")))?;
+    let session = Session::open(gun, input.registry_ca, input.registry_creds, false)?;
+    // The digest: asked for, else what the registry serves for the tag.
+    let served = match (input.digest, input.tag) {
+        (Some(d), _) => Ok(d.to_ascii_lowercase()),
+        (None, Some(tag)) => match session.manifest(tag).await {
+            Ok(Some(m)) => Ok(crate::tuf::keys::hex(
+                &<sha2::Sha256 as sha2::Digest>::digest(&m.bytes),
+            )),
+            Ok(None) => Err(format!("the registry has no {gun}:{tag}")),
+            Err(e) => Err(e.to_string()),
+        },
+        (None, None) => {
+            return Err(Error::InvalidArgument(
+                "name a tag (IMAGE:TAG) or a digest (IMAGE@sha256:...)".into(),
+            ))
+        }
+    };
+    let mut results = Vec::new();
+    let mut dct_digest: Option<String> = None;
+    for s in &scope.signer {
+        let outcome: std::result::Result<(), String> = if let Some(d) = &s.dct {
+            match input.tag {
+                None => Err("DCT signs tags: name IMAGE:TAG".into()),
+                Some(tag) => {
+                    let mut pinned = ctx.clone();
+                    pinned.pinning = crate::trust::Pinning {
+                        certs: [(gun.to_string(), d.root_keys.clone())].into(),
+                        disable_tofu: true,
+                        ca: Default::default(),
+                    };
+                    let opts = VerifyOpts {
+                        tag: tag.to_string(),
+                        digest: served.as_ref().ok().cloned(),
+                        signers: d.signers.clone(),
+                        offline: input.offline,
+                        at: None,
+                        archive: None,
+                    };
+                    match verify_tag(client, &pinned, gun, &opts).await {
+                        Ok(v) => {
+                            dct_digest = Some(v.sha256_hex);
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            }
+        } else if let Some(c) = &s.cosign {
+            match &served {
+                Err(e) => Err(e.clone()),
+                Ok(digest) => match spki_of(&c.public_key_pem) {
+                    Err(e) => Err(e),
+                    Ok(spki) => crate::oci::cosign::verify(&session, gun, digest, &spki)
+                        .await
+                        .map_err(|e| e.to_string()),
+                },
+            }
+        } else {
+            Err("no kind".into())
+        };
+        let (ok, why) = match outcome {
+            Ok(()) => (true, String::new()),
+            Err(why) => (false, why),
+        };
+        results.push((s.name.clone(), ok, why));
+    }
+    let passed = results.iter().filter(|r| r.1).count();
+    let digest = served.ok().or(dct_digest);
+    if passed < scope.require {
+        let detail: Vec<String> = results
+            .iter()
+            .map(|(n, ok, why)| {
+                if *ok {
+                    format!("{n} passed")
+                } else {
+                    format!("{n}: {why}")
+                }
+            })
+            .collect();
+        return Err(check_failed(
+            "signers",
+            format!(
+                "{passed} of the {} required signers vouch for {gun}{} ({})",
+                scope.require,
+                digest
+                    .as_deref()
+                    .map(|d| format!("@sha256:{d}"))
+                    .unwrap_or_default(),
+                detail.join("; ")
+            ),
+        ));
+    }
+    let sha256_hex = digest.ok_or_else(|| Error::Internal("passed with no digest".into()))?;
+    Ok(GateVerdict {
+        sha256_hex,
+        required: scope.require,
+        signers: results,
+    })
+}
+
+/// The DER SubjectPublicKeyInfo of a PEM public key.
+fn spki_of(pem: &str) -> std::result::Result<Vec<u8>, String> {
+    use p256::pkcs8::{DecodePublicKey as _, EncodePublicKey as _};
+    let key = p256::PublicKey::from_public_key_pem(pem.trim())
+        .map_err(|e| format!("the cosign public key is not a P-256 PEM key: {e}"))?;
+    key.to_public_key_der()
+        .map(|d| d.as_bytes().to_vec())
+        .map_err(|e| e.to_string())
+}
