@@ -270,3 +270,160 @@ fn dual_signing_publishes_dct_and_writes_cosign_in_one_operation() {
         .status
         .success());
 }
+
+/// `n` distinct manifests of one runnable image (an annotation each), pushed as tags
+/// t0..t{n-1}.
+fn push_many(registry: &Registry, name: &str, n: usize) -> Vec<Vec<u8>> {
+    let base = registry.push_runnable(name, "t0", "many");
+    let mut v: serde_json::Value = serde_json::from_slice(&base).unwrap();
+    let mut out = vec![base];
+    for i in 1..n {
+        v["annotations"] = serde_json::json!({"dct.test.n": i.to_string()});
+        let bytes = serde_json::to_vec(&v).unwrap();
+        out.push(registry.put_manifest(name, &format!("t{i}"), &bytes));
+    }
+    out
+}
+
+#[test]
+fn a_notary_client_repository_of_200_tags_migrates_but_for_its_moved_tags() {
+    let stack = NotaryStack::start();
+    let registry = Registry::start(&stack);
+    let host = registry.host.clone();
+    let gun = format!("{host}/legacy/app");
+    let manifests = push_many(&registry, "legacy/app", 200);
+
+    // The real notary client signs all 200 tags (the manifests' digests and sizes).
+    let ndir = tempfile::tempdir().unwrap();
+    let out = stack.notary(ndir.path(), &["init", &gun], None);
+    assert!(out.status.success(), "notary init: {out:?}");
+    for (i, m) in manifests.iter().enumerate() {
+        let (size, sha) = (m.len().to_string(), hex(&Sha256::digest(m)));
+        let tag = format!("t{i}");
+        let out = stack.notary(
+            ndir.path(),
+            &["addhash", &gun, &tag, &size, "--sha256", &sha],
+            None,
+        );
+        assert!(out.status.success(), "notary addhash: {out:?}");
+    }
+    let out = stack.notary(ndir.path(), &["publish", &gun], None);
+    assert!(out.status.success(), "notary publish: {out:?}");
+    // Two tags move in the registry afterwards.
+    let moved = [7usize, 142];
+    for i in moved {
+        let mut v: serde_json::Value = serde_json::from_slice(&manifests[i]).unwrap();
+        v["annotations"] = serde_json::json!({"dct.test.moved": "yes"});
+        registry.put_manifest(
+            "legacy/app",
+            &format!("t{i}"),
+            &serde_json::to_vec(&v).unwrap(),
+        );
+    }
+
+    // The agent: the notary client's root pinned, its targets key imported into SoftHSM2.
+    let root: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            ndir.path()
+                .join("tuf")
+                .join(&gun)
+                .join("metadata")
+                .join("root.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let root_id = root["signed"]["roles"]["root"]["keyids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hsm = dct_tests::SoftHsm::new("legacy", "2222");
+    let agent = Agent::start_with_config(
+        Some(&hsm),
+        &format!(
+            "{}[trust.pinning.certs]\n\"{gun}\" = [\"{root_id}\"]\n",
+            hsm.agent_config()
+        ),
+    );
+    agent.unlock(&hsm);
+    let targets_file = std::fs::read_dir(ndir.path().join("private"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .contains("role: targets")
+        })
+        .unwrap();
+    let key_id = agent
+        .dct_env(
+            &["key", "import", targets_file.to_str().unwrap()],
+            &[("NOTARY_TARGETS_PASSPHRASE", "test-targets-passphrase")],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let (_, pem) = targets_key(&agent, &gun);
+    let dir = tempfile::tempdir().unwrap();
+    let pubkey = dir.path().join("targets.pub");
+    std::fs::write(&pubkey, pem).unwrap();
+
+    let srv = [
+        "--server",
+        &stack.url,
+        "--tlscacert",
+        stack.ca.to_str().unwrap(),
+    ];
+    let migrate = || {
+        let mut a = vec![
+            "--json", "migrate", &gun, "--to", "cosign", "--key", &key_id,
+        ];
+        a.extend_from_slice(&srv);
+        agent.dct(&a).json()
+    };
+    let out = migrate();
+    assert_eq!(out["summary"]["signed"], 198, "{}", out["summary"]);
+    assert_eq!(out["summary"]["moved"], 2, "{}", out["summary"]);
+    let moved_tags: Vec<&str> = out["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["outcome"] == "moved")
+        .map(|t| t["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(moved_tags, ["t142", "t7"]);
+
+    // The real cosign accepts every migrated digest (four at a time) and refuses the
+    // moved tags.
+    let ok: Vec<usize> = (0..200).filter(|i| !moved.contains(i)).collect();
+    std::thread::scope(|s| {
+        for chunk in ok.chunks(50) {
+            let (stack, pubkey, gun, manifests) = (&stack, &pubkey, &gun, &manifests);
+            s.spawn(move || {
+                for &i in chunk {
+                    let image = format!("{gun}@{}", digest(&manifests[i]));
+                    let v = cosign_verify(stack, pubkey, &image);
+                    assert!(
+                        v.status.success(),
+                        "t{i}: {}",
+                        String::from_utf8_lossy(&v.stderr)
+                    );
+                }
+            });
+        }
+    });
+    for i in moved {
+        assert!(!cosign_verify(&stack, &pubkey, &format!("{gun}:t{i}"))
+            .status
+            .success());
+    }
+    // A second run does nothing.
+    let again = migrate();
+    assert_eq!(
+        again["summary"]["already_signed"], 198,
+        "{}",
+        again["summary"]
+    );
+    assert_eq!(again["summary"]["signed"], 0);
+}
