@@ -7,6 +7,8 @@
 //! policy checked, audited), all in one pass, and the agent writes them to the registry
 //! itself.
 
+use futures_util::StreamExt as _;
+
 use super::cache::TrustContext;
 use super::fetch::fetch;
 use super::tags::signed_tags;
@@ -94,16 +96,30 @@ pub async fn sign_and_write_cosign(
         })
         .collect();
     let signed = guard.sign_all(requests).await;
-    let mut out = Vec::with_capacity(items.len());
+    // Collected first: a stream over a closure's futures is not Send here (rustc #102211).
+    let mut writes = Vec::with_capacity(items.len());
     for ((item, payload), s) in items.iter().zip(&payloads).zip(signed) {
-        let sig = s.and_then(|s| crate::oci::cosign::der_base64(&s.document));
-        out.push(match sig {
-            Ok(sig) => crate::oci::cosign::attach(session, &item.digest, payload, &sig).await,
-            Err(e) => Err(e),
-        });
+        writes.push(write_one(session, item, payload, s));
     }
-    out
+    futures_util::stream::iter(writes)
+        .buffered(IN_FLIGHT)
+        .collect()
+        .await
 }
+
+/// Adds one signature made by the guard to its image's `.sig`.
+async fn write_one(
+    session: &Session,
+    item: &CosignItem,
+    payload: &[u8],
+    signed: Result<crate::guard::Signed>,
+) -> Result<()> {
+    let sig = crate::oci::cosign::der_base64(&signed?.document)?;
+    crate::oci::cosign::attach(session, &item.digest, payload, &sig).await
+}
+
+/// Registry requests a migration keeps in flight (different images; results in order).
+const IN_FLIGHT: usize = 8;
 
 /// Migrates `gun`'s signed tags to cosign signatures made with `keys` (every listing of one
 /// key); `progress` hears of each tag as it is settled, with the number of tags.
@@ -152,59 +168,34 @@ pub async fn migrate_cosign(
         progress(total, &r);
         results.push(r);
     };
-    for t in tags {
+    // Where each tag stands, several tags at a time.
+    let mut checks = Vec::with_capacity(tags.len());
+    for t in &tags {
+        checks.push(check_tag(&session, gun, t, &key.spki));
+    }
+    let states: Vec<std::result::Result<(), (Outcome, String)>> =
+        futures_util::stream::iter(checks)
+            .buffered(IN_FLIGHT)
+            .collect()
+            .await;
+    for (t, state) in tags.iter().zip(states) {
         let result = |outcome, detail: String| TagResult {
             tag: t.tag.clone(),
             sha256_hex: t.sha256_hex.clone(),
             outcome,
             detail,
         };
-        let served = match session.manifest(&t.tag).await {
-            Ok(Some(m)) => crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&m.bytes)),
-            Ok(None) => {
-                settle(
-                    &mut results,
-                    result(Outcome::Moved, "the registry no longer has the tag".into()),
-                );
-                continue;
+        match state {
+            Err((outcome, detail)) => settle(&mut results, result(outcome, detail)),
+            Ok(()) if opts.dry_run => {
+                settle(&mut results, result(Outcome::WouldSign, String::new()))
             }
-            Err(e) => {
-                settle(&mut results, result(Outcome::Failed, e.to_string()));
-                continue;
-            }
-        };
-        if served != t.sha256_hex {
-            settle(
-                &mut results,
-                result(
-                    Outcome::Moved,
-                    format!("the registry now serves sha256:{served}, not the signed digest"),
-                ),
-            );
-            continue;
+            Ok(()) => pending.push(CosignItem {
+                tag: t.tag.clone(),
+                digest: t.sha256_hex.clone(),
+                keys: keys.clone(),
+            }),
         }
-        let payload = crate::oci::cosign::payload(gun, &t.sha256_hex);
-        match crate::oci::cosign::already_signed(&session, &t.sha256_hex, &payload, &key.spki).await
-        {
-            Ok(true) => {
-                settle(&mut results, result(Outcome::Already, String::new()));
-                continue;
-            }
-            Ok(false) => {}
-            Err(e) => {
-                settle(&mut results, result(Outcome::Failed, e.to_string()));
-                continue;
-            }
-        }
-        if opts.dry_run {
-            settle(&mut results, result(Outcome::WouldSign, String::new()));
-            continue;
-        }
-        pending.push(CosignItem {
-            tag: t.tag.clone(),
-            digest: t.sha256_hex.clone(),
-            keys: keys.clone(),
-        });
     }
     // One pass through the guard for every signature, then the writes.
     let written = sign_and_write_cosign(guard, &session, gun, &pending).await;
@@ -224,4 +215,31 @@ pub async fn migrate_cosign(
         );
     }
     Ok(results)
+}
+
+/// Ok when `t` is to be signed; else its outcome: moved (the registry serves another
+/// digest, or none), already signed by the key, or failed.
+async fn check_tag(
+    session: &Session,
+    gun: &str,
+    t: &super::tags::SignedTag,
+    spki: &[u8],
+) -> std::result::Result<(), (Outcome, String)> {
+    let served = match session.manifest(&t.tag).await {
+        Ok(Some(m)) => crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&m.bytes)),
+        Ok(None) => return Err((Outcome::Moved, "the registry no longer has the tag".into())),
+        Err(e) => return Err((Outcome::Failed, e.to_string())),
+    };
+    if served != t.sha256_hex {
+        return Err((
+            Outcome::Moved,
+            format!("the registry now serves sha256:{served}, not the signed digest"),
+        ));
+    }
+    let payload = crate::oci::cosign::payload(gun, &t.sha256_hex);
+    match crate::oci::cosign::already_signed(session, &t.sha256_hex, &payload, spki).await {
+        Ok(true) => Err((Outcome::Already, String::new())),
+        Ok(false) => Ok(()),
+        Err(e) => Err((Outcome::Failed, e.to_string())),
+    }
 }
