@@ -96,15 +96,63 @@ pub async fn sign_and_write_cosign(
         })
         .collect();
     let signed = guard.sign_all(requests).await;
-    // Collected first: a stream over a closure's futures is not Send here (rustc #102211).
-    let mut writes = Vec::with_capacity(items.len());
-    for ((item, payload), s) in items.iter().zip(&payloads).zip(signed) {
-        writes.push(write_one(session, item, payload, s));
+    // One image's signatures are written one after the other (each write reads the
+    // `.sig` and adds a layer: two at once would lose one); different images at once.
+    let mut by_digest: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match by_digest.iter_mut().find(|(d, _)| *d == item.digest) {
+            Some((_, v)) => v.push(i),
+            None => by_digest.push((&item.digest, vec![i])),
+        }
     }
-    futures_util::stream::iter(writes)
+    let mut signed: Vec<Option<Result<crate::guard::Signed>>> =
+        signed.into_iter().map(Some).collect();
+    // Collected first: a stream over a closure's futures is not Send here (rustc #102211).
+    let mut writes = Vec::with_capacity(by_digest.len());
+    for (_, idx) in &by_digest {
+        let group: Vec<(usize, Result<crate::guard::Signed>)> = idx
+            .iter()
+            .map(|&i| {
+                let s = signed
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| Err(Error::Internal("not signed".into())));
+                (i, s)
+            })
+            .collect();
+        writes.push(write_group(session, items, &payloads, group));
+    }
+    let done: Vec<Vec<(usize, Result<()>)>> = futures_util::stream::iter(writes)
         .buffered(IN_FLIGHT)
         .collect()
-        .await
+        .await;
+    let mut out: Vec<Result<()>> = (0..items.len())
+        .map(|_| Err(Error::Internal("not written".into())))
+        .collect();
+    for (i, r) in done.into_iter().flatten() {
+        if let Some(slot) = out.get_mut(i) {
+            *slot = r;
+        }
+    }
+    out
+}
+
+/// Writes the signatures of one image, in turn.
+async fn write_group(
+    session: &Session,
+    items: &[CosignItem],
+    payloads: &[Vec<u8>],
+    group: Vec<(usize, Result<crate::guard::Signed>)>,
+) -> Vec<(usize, Result<()>)> {
+    let mut out = Vec::with_capacity(group.len());
+    for (i, signed) in group {
+        let r = match (items.get(i), payloads.get(i)) {
+            (Some(item), Some(payload)) => write_one(session, item, payload, signed).await,
+            _ => Err(Error::Internal("no such item".into())),
+        };
+        out.push((i, r));
+    }
+    out
 }
 
 /// Adds one signature made by the guard to its image's `.sig`.
