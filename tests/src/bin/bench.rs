@@ -9,6 +9,10 @@
 //! - a YubiKey (the virtual PIV card behind a real pcscd): the `yubikey` crate in-process
 //!   (the floor), Yubico's PKCS#11 module in-process, and the agent over PIV and over ykcs11.
 //!
+//! - migration: `dct migrate --to cosign` of 1,000 DCT-signed tags in one run, against the
+//!   real cosign signing each tag through the `sigstore-kms-dct` plugin (same agent, key,
+//!   registry).
+//!
 //! Every signing figure is the median of several runs; sample signatures of every run are
 //! verified so the numbers are honest. Prints a table and writes BENCHMARKS.md.
 //!
@@ -26,7 +30,7 @@ use dct_proto::dct::v1 as pb;
 use dct_proto::dct::v1::agent_client::AgentClient;
 use dct_proto::notary as notary_pb;
 use dct_tests::notary::{self, NotaryStack, SignerAt};
-use dct_tests::{signer_client, Agent, SoftHsm, SOFTHSM_MODULE};
+use dct_tests::{hex, signer_client, Agent, SoftHsm, SOFTHSM_MODULE};
 use hyper_util::rt::TokioIo;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::DecodePublicKey;
@@ -143,6 +147,12 @@ fn main() {
     } else {
         "(not run)\n".into()
     };
+    eprintln!("migration to cosign ...");
+    let migrate = if run("migrate") {
+        migration(&stack, quick)
+    } else {
+        "(not run)\n".into()
+    };
     eprintln!("end to end ...");
     let e2e = if run("e2e") {
         end_to_end(&stack, quick)
@@ -194,7 +204,8 @@ the floor on one.\n\n\
 ## notary-signer's API (mutual TLS over TCP), one load generator for all three\n\n{stable}\n\
 ## End to end against a local notary-server (real notary-signer)\n\n{e2e}\n\
 ## A YubiKey: the virtual PIV card (tests/src/piv_card) behind a real pcscd\n\n{piv}\n\
-## dockerd with dct-authz (engine enforcement): requests it does not judge\n\n{authz}\n",
+## dockerd with dct-authz (engine enforcement): requests it does not judge\n\n{authz}\n\
+## Carrying a DCT repository to cosign: `dct migrate` against `cosign sign` per tag\n\n{migrate}\n",
         now_utc(),
         if quick { " --quick" } else { "" }
     );
@@ -1092,4 +1103,146 @@ fn authz_overhead(quick: bool) -> String {
         "\n`GET /_ping`, `/version`, `/images/json` in turn on kept-alive connections, {n} per client, median of {RUNS} runs; dockerd 20.10 (Debian), vfs, its own roots. dockerd asks the plugin about every request (AuthZReq and AuthZRes over its Unix socket): this is that round trip, with the plugin answering at once for requests it does not judge.\n"
     ));
     t
+}
+
+/// `dct migrate --to cosign` of many DCT-signed tags, against the real cosign signing the
+/// same digests one process at a time through the plugin (same agent, key and registry;
+/// classic format, no transparency log).
+fn migration(stack: &NotaryStack, quick: bool) -> String {
+    let n = if quick { 200 } else { 1000 };
+    let registry = dct_tests::registry::Registry::start(stack);
+    let hsm = SoftHsm::new("bench-migrate", "bench-pin-1234");
+    let agent = Agent::start(Some(&hsm));
+    agent.unlock(&hsm);
+    let ca = stack.ca.to_str().expect("utf-8").to_string();
+    let srv = ["--server", stack.url.as_str(), "--tlscacert", ca.as_str()];
+    let dct = |args: &[&str]| {
+        let mut c = Command::new(dct_tests::bin("dct"));
+        c.env("DCT_SOCKET", &agent.socket).args(args).args(srv);
+        c
+    };
+    // n distinct images (one pushed by skopeo, the others its manifest with an annotation),
+    // for two repositories: one migrated by dct, one signed by cosign.
+    let push = |name: &str| -> Vec<(String, String, usize)> {
+        let base = registry.push_runnable(name, "t0", "bench");
+        let mut v: serde_json::Value = serde_json::from_slice(&base).expect("manifest");
+        (0..n)
+            .map(|i| {
+                let bytes = if i == 0 {
+                    base.clone()
+                } else {
+                    v["annotations"] = serde_json::json!({"n": i.to_string()});
+                    let b = serde_json::to_vec(&v).expect("json");
+                    registry.put_manifest(name, &format!("t{i}"), &b)
+                };
+                (format!("t{i}"), hex(&Sha256::digest(&bytes)), bytes.len())
+            })
+            .collect()
+    };
+    let host = registry.host.clone();
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut key = String::new();
+    let mut tags_of = Vec::new();
+    for name in ["bench/migrated", "bench/cosigned"] {
+        let gun = format!("{host}/{name}");
+        let tags = push(name);
+        let list = work.path().join("tags");
+        let lines: String = tags
+            .iter()
+            .map(|(t, d, s)| format!("{gun}:{t} sha256:{d} {s}\n"))
+            .collect();
+        std::fs::write(&list, lines).expect("write");
+        timed(&mut dct(&["trust", "init", &gun]));
+        timed(&mut dct(&[
+            "trust",
+            "sign",
+            "--from",
+            list.to_str().expect("utf-8"),
+        ]));
+        tags_of.push((gun, tags));
+    }
+    let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
+    let key_of = |gun: &str| {
+        keys.as_array()
+            .and_then(|a| a.iter().find(|k| k["role"] == "targets" && k["gun"] == gun))
+            .and_then(|k| k["key_id"].as_str())
+            .expect("targets key")
+            .to_string()
+    };
+    // dct migrate: every tag of the first repository, one run.
+    let (gun, _) = &tags_of[0];
+    key.push_str(&key_of(gun));
+    let (ours, _) = timed(&mut dct(&["migrate", gun, "--to", "cosign", "--key", &key]));
+    // cosign sign through the plugin, one process per tag, the second repository.
+    let (gun2, tags2) = &tags_of[1];
+    let key2 = key_of(gun2);
+    let bin_dir = dct_tests::bin("sigstore-kms-dct")
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cosign = dct_tests::gotools::cosign();
+    let dct_key = format!("dct://{key2}");
+    let t0 = Instant::now();
+    for (_, digest, _) in tags2 {
+        let image = format!("{gun2}@sha256:{digest}");
+        timed(
+            Command::new(&cosign)
+                .args(["sign", "--key", &dct_key, "--use-signing-config=false"])
+                .args([
+                    "--tlog-upload=false",
+                    "-y",
+                    "--new-bundle-format=false",
+                    &image,
+                ])
+                .env("PATH", &path)
+                .env("HOME", work.path())
+                .env("DCT_SOCKET", &agent.socket)
+                .env("SSL_CERT_FILE", &ca),
+        );
+    }
+    let theirs = t0.elapsed();
+    // Both wrote what cosign verifies: a sample of each.
+    for (g, tags) in &tags_of {
+        let pem = work.path().join("k.pub");
+        let k = key_of(g);
+        let out = agent.dct(&[
+            "cosign",
+            "public-key",
+            &k,
+            "--out",
+            pem.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(out.code(), 0, "{}", out.stderr());
+        for (_, digest, _) in tags.iter().step_by(n / 4) {
+            let image = format!("{g}@sha256:{digest}");
+            let v = Command::new(&cosign)
+                .args(["verify", "--insecure-ignore-tlog=true", "--key"])
+                .arg(&pem)
+                .arg(&image)
+                .env("HOME", work.path())
+                .env("SSL_CERT_FILE", &ca)
+                .output()
+                .expect("cosign verify");
+            assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+        }
+    }
+    let per = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3 / n as f64);
+    format!(
+        "| work ({n} tags, keys on SoftHSM2) | total | per tag | vs dct migrate |\n|---|---:|---:|---:|\n\
+| `dct migrate --to cosign` (one run) | {:.1} s | {} | 1.0x |\n\
+| `cosign sign --key dct://KEYID` per tag (cosign v3.1.3, the plugin) | {:.1} s | {} | {:.1}x slower |\n\n\
+Both sign through the same agent and guard (payload parsed, policy, audit) and write the classic `.sig`; \
+a sample of each is checked by `cosign verify`. dct checks every tag against DCT and the registry, signs \
+all in one guard pass and writes eight images at a time.\n",
+        ours.as_secs_f64(),
+        per(ours),
+        theirs.as_secs_f64(),
+        per(theirs),
+        theirs.as_secs_f64() / ours.as_secs_f64(),
+    )
 }
