@@ -583,7 +583,11 @@ impl Guard {
                 k => format!(
                     "dct-agent: sign a {} signature for {}?",
                     k.policy_word(),
-                    o.repository
+                    if o.repository.is_empty() {
+                        &o.artifact
+                    } else {
+                        &o.repository
+                    }
                 ),
             };
             let approval = self.0.confirmer.ask(&it.key, &title, &lines).await?;

@@ -267,7 +267,15 @@ impl Policy {
                 ),
             ));
         }
-        if o.kind != crate::guard::oci::Kind::Blob {
+        // A Notation payload names no repository (see `oci::notation`): its key's rule and
+        // the digest it shows bind it, not `guns`.
+        let named = !matches!(
+            o.kind,
+            crate::guard::oci::Kind::Blob
+                | crate::guard::oci::Kind::NotationJws
+                | crate::guard::oci::Kind::NotationCose
+        );
+        if named {
             let repo = normal_repository(&o.repository);
             let fits = match rule.and_then(|r| r.guns.as_ref()) {
                 Some(guns) => guns
@@ -501,6 +509,15 @@ mod tests {
             .to_string()
             .contains("max_signature_lifetime"));
         n.expires = Some(OffsetDateTime::now_utc() + Duration::from_secs(20 * 86400));
+        assert!(p.check_oci(&t, &n).is_ok());
+        // Notation payloads name no repository: the key's rule binds them, not its guns.
+        n.repository = String::new();
+        let p = Policy::new(vec![Rule {
+            role: Some("targets".into()),
+            guns: Some(vec!["example.com/app*".into()]),
+            ..Default::default()
+        }])
+        .unwrap();
         assert!(p.check_oci(&t, &n).is_ok());
         assert!(Policy::new(vec![Rule {
             role: Some("targets".into()),
