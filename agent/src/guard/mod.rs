@@ -57,6 +57,11 @@ pub enum Subject {
         profile: oci::Profile,
         payload: Vec<u8>,
     },
+    /// The DER `TBSCertificate` of a certificate the agent built itself, for a Notation
+    /// signing CA's key ([`crate::keys::chains::NOTATION_CA_ROLE`]) to sign: its own
+    /// self-signed CA certificate or a signing leaf for another key. The signature is
+    /// returned raw.
+    Certificate { tbs: Vec<u8> },
 }
 
 /// One signature to make.
@@ -114,6 +119,8 @@ struct Item {
     approval: Option<String>,
     /// For an OCI payload: what it vouches for (no version, no ledger).
     oci: Option<oci::Parsed>,
+    /// For a certificate: what it says (no version, no ledger).
+    cert: Option<Vec<String>>,
 }
 
 /// Documents up to this size are parsed and canonicalised in place (tens of microseconds);
@@ -140,6 +147,7 @@ fn subject_size(r: &Request) -> usize {
         Subject::Metadata { document, .. } => document.len(),
         Subject::ServerRole { content } => content.len(),
         Subject::Oci { payload, .. } => payload.len(),
+        Subject::Certificate { tbs } => tbs.len(),
     }
 }
 
@@ -197,7 +205,9 @@ fn attempt_event(r: &Request) -> Event {
     let key = r.keys.first();
     let (role, gun) = match &r.subject {
         Subject::Metadata { role, gun, .. } => (role.clone(), gun.clone()),
-        Subject::ServerRole { .. } | Subject::Oci { .. } => (String::new(), String::new()),
+        Subject::ServerRole { .. } | Subject::Oci { .. } | Subject::Certificate { .. } => {
+            (String::new(), String::new())
+        }
     };
     Event {
         key_id: key.map(|k| k.key_id.clone()).unwrap_or_default(),
@@ -222,6 +232,24 @@ fn parse(r: Request) -> Result<Item> {
         .first()
         .cloned()
         .ok_or_else(|| Error::NotFound("no such key".into()))?;
+    let ca_key = key.role == crate::keys::chains::NOTATION_CA_ROLE;
+    if ca_key != matches!(r.subject, Subject::Certificate { .. }) {
+        return Err(Error::Policy {
+            rule: "role",
+            why: if ca_key {
+                format!(
+                    "key {} is a Notation signing CA: it signs certificates only",
+                    key.key_id
+                )
+            } else {
+                format!(
+                    "key {} is not a Notation signing CA ({} key): only a CA key made with \
+                     `dct notation ca init` signs certificates",
+                    key.key_id, key.role
+                )
+            },
+        });
+    }
     match r.subject {
         Subject::Metadata {
             document,
@@ -240,6 +268,7 @@ fn parse(r: Request) -> Result<Item> {
                 previous,
                 approval: None,
                 oci: None,
+                cert: None,
             })
         }
         Subject::ServerRole { content } => {
@@ -267,6 +296,7 @@ fn parse(r: Request) -> Result<Item> {
                 previous: None,
                 approval: None,
                 oci: None,
+                cert: None,
             })
         }
         Subject::Oci { profile, payload } => {
@@ -292,6 +322,42 @@ fn parse(r: Request) -> Result<Item> {
                 previous: None,
                 approval: None,
                 oci: Some(parsed),
+                cert: None,
+            })
+        }
+        Subject::Certificate { tbs } => {
+            use der::Decode;
+            let parsed = x509_cert::TbsCertificate::from_der(&tbs)
+                .map_err(|e| Error::InvalidArgument(format!("not a TBSCertificate: {e}")))?;
+            let lines =
+                crate::tuf::cert::describe_notation_tbs(&parsed, &key.spki).map_err(|why| {
+                    Error::Policy {
+                        rule: "certificate",
+                        why: format!("key {} does not sign this certificate: {why}", key.key_id),
+                    }
+                })?;
+            use sha2::Digest;
+            let p = Prepared {
+                envelope: crate::tuf::metadata::Envelope {
+                    signed: serde_json::Value::Null,
+                    signatures: Vec::new(),
+                },
+                role: key.role.clone(),
+                version: 0,
+                digest: sha2::Sha256::digest(&tbs).into(),
+                keyid: key.canonical_id.clone(),
+                gun: String::new(),
+                expires: time::OffsetDateTime::from(parsed.validity.not_after.to_system_time()),
+            };
+            Ok(Item {
+                key,
+                p,
+                versioning: r.versioning,
+                raw: true,
+                previous: None,
+                approval: None,
+                oci: None,
+                cert: Some(lines),
             })
         }
     }
@@ -323,11 +389,11 @@ fn sign_event(it: &Item) -> Event {
         gun: p.gun.clone(),
         sha256: crate::tuf::keys::hex(&p.digest),
         version: it.oci.is_none().then_some(p.version),
-        artifact: it
-            .oci
-            .as_ref()
-            .map(|o| format!("{} {}", o.kind.name(), o.artifact))
-            .unwrap_or_default(),
+        artifact: match (&it.oci, &it.cert) {
+            (Some(o), _) => format!("{} {}", o.kind.name(), o.artifact),
+            (None, Some(lines)) => lines.join("; "),
+            (None, None) => String::new(),
+        },
         ..Event::new("sign")
     }
 }
@@ -549,6 +615,10 @@ impl Guard {
     /// Step 2 for one item: the policy's rules, then the version held in the ledger (None
     /// when the key's rule turns version checks off).
     fn admit(&self, it: &Item) -> Result<Option<Reservation<'_>>> {
+        if it.cert.is_some() {
+            // A certificate has no version; the parse checked the key and what it signs.
+            return Ok(None);
+        }
         if let Some(o) = &it.oci {
             // An OCI signature has no version: the policy alone decides.
             self.0.policy.check_oci(&it.key, o)?;
@@ -571,6 +641,13 @@ impl Guard {
     /// Step 3 for one item: what the signature changes, shown by the agent's confirmation
     /// program; the answer is the user's, not the client's.
     async fn confirm(&self, it: &Item) -> Result<String> {
+        if let Some(lines) = &it.cert {
+            let mut lines = lines.clone();
+            lines.push(format!("CA key: {}", it.p.keyid));
+            let title = "dct-agent: sign a certificate with the Notation signing CA?";
+            let approval = self.0.confirmer.ask(&it.key, title, &lines).await?;
+            return Ok(approval.describe());
+        }
         if let Some(o) = &it.oci {
             let mut lines = o.lines.clone();
             lines.push(format!("Key: {}", it.p.keyid));
@@ -616,7 +693,7 @@ impl Guard {
         let mut e = sign_event(it);
         // An OCI signature has no version for the ledger to hold.
         e.ledger = Some(
-            if it.oci.is_some() || !self.0.policy.checks_versions(&it.key) {
+            if it.oci.is_some() || it.cert.is_some() || !self.0.policy.checks_versions(&it.key) {
                 MarkState::Untracked
             } else {
                 match it.versioning {
