@@ -1,0 +1,260 @@
+//! `dct notation`: a signing CA on a token, certificates for signing keys, what Notation
+//! verifiers need, and the `notation-dct` plugin's installation.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use dct_proto::dct::v1 as pb;
+use serde_json::json;
+
+use crate::{output, print_json, Client, Failure, Table};
+use dct_cli::client::Target;
+
+#[derive(Subcommand)]
+pub enum NotationCmd {
+    /// The signing CA: a key made on a token and its self-signed CA certificate, signed
+    /// there (through the agent's guard, audited). A transcript is written beside it.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Signing certificates for keys.
+    #[command(subcommand)]
+    Cert(CertCmd),
+    /// Write a Notation trust store (`truststore/x509/ca/NAME/`) holding the signing CA
+    /// certificates, and a trust policy trusting them for the scopes
+    /// (`trustpolicy.oci.json`, and the same as `trustpolicy.json`, the name notation 1.3
+    /// reads), into DIR (e.g. $XDG_CONFIG_HOME/notation).
+    ExportTrust {
+        dir: PathBuf,
+        /// A registry scope the policy covers (`registry/repository`, or `*`). Repeatable.
+        #[arg(long = "scope", value_name = "REPO", required = true)]
+        scopes: Vec<String>,
+        /// Only this signing CA (its key ID). Default: every signing CA of this agent.
+        #[arg(long, value_name = "KEYID")]
+        ca: Option<String>,
+        /// The trust store's name (`ca:NAME` in the policy).
+        #[arg(long, default_value = "dct")]
+        name: String,
+    },
+    /// Copy the `notation-dct` plugin (installed beside `dct`) into Notation's plugin
+    /// directory, $XDG_CONFIG_HOME/notation/plugins/dct/. Needs no agent.
+    Install {
+        /// The plugin binary to install. Default: `notation-dct` beside this `dct`.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Make a signing CA: a P-256 key on the token (role notation-ca), which signs its own
+    /// CA certificate (basicConstraints cA, keyUsage keyCertSign).
+    Init {
+        /// The CA certificate's common name.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        token: Option<String>,
+        /// Lifetime of the CA certificate.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CertCmd {
+    /// Issue a signing certificate for KEYID (on any token), signed by the CA's key on its
+    /// token; kept by the agent with the key, returned to Notation with each signature.
+    Issue {
+        #[arg(value_name = "KEYID")]
+        key: String,
+        /// The signing CA's key ID.
+        #[arg(long, value_name = "KEYID")]
+        ca: String,
+        /// Lifetime (never beyond the CA's).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// The certificate's common name. Default: "dct-agent <key ID prefix>".
+        #[arg(long)]
+        cn: Option<String>,
+    },
+}
+
+pub async fn run(target: &Target, cmd: NotationCmd, json: bool) -> Result<(), Failure> {
+    match cmd {
+        NotationCmd::Install { from } => install(from, json),
+        NotationCmd::Ca(CaCmd::Init { name, token, days }) => {
+            let mut c = Client::connect(target).await?;
+            let req = pb::NotationCaInitRequest {
+                token: token.unwrap_or_default(),
+                name,
+                days,
+            };
+            let r = c
+                .call(|mut a| async move { a.notation_ca_init(req).await })
+                .await?;
+            let key = r.key.unwrap_or_default();
+            if json {
+                return print_json(&json!({
+                    "key": output::key_json(&key),
+                    "certificate": output::pem("CERTIFICATE", &r.certificate),
+                    "transcript": r.transcript,
+                }));
+            }
+            println!("signing CA key {} on token {}", key.key_id, key.token);
+            println!("transcript: {}", r.transcript);
+            print!("{}", output::pem("CERTIFICATE", &r.certificate));
+            Ok(())
+        }
+        NotationCmd::Cert(CertCmd::Issue { key, ca, days, cn }) => {
+            let mut c = Client::connect(target).await?;
+            let req = pb::NotationCertIssueRequest {
+                key_id: key,
+                ca_key_id: ca,
+                days,
+                common_name: cn.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.notation_cert_issue(req).await })
+                .await?;
+            let pems: Vec<String> = r
+                .certificate_chain
+                .iter()
+                .map(|d| output::pem("CERTIFICATE", d))
+                .collect();
+            if json {
+                return print_json(&json!({"key_id": r.key_id, "certificate_chain": pems}));
+            }
+            eprintln!(
+                "certificate issued for key {} ({} certificates, leaf first)",
+                r.key_id,
+                pems.len()
+            );
+            print!("{}", pems.concat());
+            Ok(())
+        }
+        NotationCmd::ExportTrust {
+            dir,
+            scopes,
+            ca,
+            name,
+        } => {
+            let mut c = Client::connect(target).await?;
+            let req = pb::NotationTrustRequest {
+                ca_key_id: ca.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.notation_trust(req).await })
+                .await?;
+            let written = export_trust(&dir, &name, &scopes, &r.ca_certificates)?;
+            if json {
+                return print_json(&json!({
+                    "trust_store": format!("ca:{name}"),
+                    "files": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                }));
+            }
+            let mut t = Table::new(&["FILE"]);
+            for p in &written {
+                t.row(vec![p.display().to_string()]);
+            }
+            t.print();
+            Ok(())
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Failure> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Failure::failed(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    std::fs::write(path, text)
+        .map_err(|e| Failure::failed(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Trust store and policy, as Notation reads them from its configuration directory.
+fn export_trust(
+    dir: &Path,
+    name: &str,
+    scopes: &[String],
+    cas: &[Vec<u8>],
+) -> Result<Vec<PathBuf>, Failure> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(Failure::usage(format!(
+            "--name {name:?}: letters, digits, '-', '_' and '.' only"
+        )));
+    }
+    let mut written = Vec::new();
+    let store = dir.join("truststore").join("x509").join("ca").join(name);
+    for (i, der) in cas.iter().enumerate() {
+        let p = store.join(format!("dct-ca-{}.pem", i + 1));
+        write(&p, &output::pem("CERTIFICATE", der))?;
+        written.push(p);
+    }
+    let policy = json!({
+        "version": "1.0",
+        "trustPolicies": [{
+            "name": format!("{name}-signing-ca"),
+            "registryScopes": scopes,
+            "signatureVerification": {"level": "strict"},
+            "trustStores": [format!("ca:{name}")],
+            "trustedIdentities": ["*"],
+        }],
+    });
+    let text = serde_json::to_string_pretty(&policy)
+        .map_err(|e| Failure::failed(format!("trust policy: {e}")))?;
+    // The OCI policy's name in the Notary Project's specification, and the name notation
+    // v1.3 (notation-go v1.3.2, `dir.PathTrustPolicy`) reads it under: the same document.
+    for file in ["trustpolicy.oci.json", "trustpolicy.json"] {
+        let p = dir.join(file);
+        write(&p, &format!("{text}\n"))?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+/// Notation's plugin directory for `dct`: `$XDG_CONFIG_HOME/notation/plugins/dct`.
+fn plugin_dir() -> Result<PathBuf, Failure> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| Failure::failed("neither XDG_CONFIG_HOME nor HOME is set"))?;
+    Ok(config.join("notation").join("plugins").join("dct"))
+}
+
+fn install(from: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let from = match from {
+        Some(f) => f,
+        None => std::env::current_exe()
+            .map_err(|e| Failure::failed(format!("cannot find this dct: {e}")))?
+            .with_file_name("notation-dct"),
+    };
+    if !from.is_file() {
+        return Err(Failure::failed(format!(
+            "{} is missing; install dct-agent's notation-dct beside dct, or name it with --from",
+            from.display()
+        )));
+    }
+    let dir = plugin_dir()?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::failed(format!("cannot create {}: {e}", dir.display())))?;
+    let dest = dir.join("notation-dct");
+    // Notation wants a regular file, not a symlink: copy, then rename into place.
+    let tmp = dir.join(".notation-dct.tmp");
+    std::fs::copy(&from, &tmp)
+        .map_err(|e| Failure::failed(format!("cannot copy {}: {e}", from.display())))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .and_then(|_| std::fs::rename(&tmp, &dest))
+        .map_err(|e| Failure::failed(format!("cannot install {}: {e}", dest.display())))?;
+    if json {
+        return print_json(&json!({"installed": dest.display().to_string()}));
+    }
+    println!("installed {}", dest.display());
+    println!("next: notation key add NAME --plugin dct --id KEYID");
+    Ok(())
+}

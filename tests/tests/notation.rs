@@ -1,0 +1,410 @@
+//! Notation signatures from keys on SoftHSM2 tokens, end to end with the real `notation`
+//! CLI (v1.3.2, tests/go-tools.sh) and a real registry (docker-registry 2.8, the image
+//! pushed by skopeo): a signing CA made on one token, a leaf issued for a key on another,
+//! `notation sign` through the `notation-dct` plugin, `notation verify` with the exported
+//! trust store and policy, `notation inspect`; and the failures users meet.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dct_tests::registry::Registry;
+use dct_tests::{gotools, notary, Agent, SoftHsm, SOFTHSM_MODULE};
+use sha2::{Digest, Sha256};
+
+fn sha(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// One user's Notation: its own configuration directory, the registry's CA trusted.
+struct Notation {
+    config: PathBuf,
+    ca: PathBuf,
+    socket: PathBuf,
+}
+
+impl Notation {
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(gotools::notation())
+            .args(args)
+            .env("XDG_CONFIG_HOME", &self.config)
+            .env("HOME", &self.config)
+            .env("SSL_CERT_FILE", &self.ca)
+            .env("DCT_SOCKET", &self.socket)
+            .env_remove("DCT_AGENT_UID")
+            .output()
+            .expect("notation");
+        eprintln!(
+            "$ notation {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "notation {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Asserts failure; returns stdout and stderr together.
+    #[track_caller]
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "notation {args:?} succeeded");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.config.join("notation")
+    }
+}
+
+/// Two tokens, the agent over both, both unlocked.
+fn two_tokens() -> (SoftHsm, Agent) {
+    let hsm = SoftHsm::new("ca-token", "1234");
+    hsm.add_token("sign-token");
+    let config = format!(
+        "[[pkcs11]]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"ca-token\"\n\n\
+         [[pkcs11]]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"sign-token\"\n\n\
+         [[policy]]\nrole = \"targets\"\nmax_signature_lifetime = \"30d\"\n"
+    );
+    let agent = Agent::start_with_config(Some(&hsm), &config);
+    agent.unlock_token("ca-token", "1234", &[]).ok();
+    agent.unlock_token("sign-token", "1234", &[]).ok();
+    (hsm, agent)
+}
+
+fn audit(agent: &Agent) -> String {
+    std::fs::read_to_string(agent.audit_path()).unwrap()
+}
+
+fn notation_for(agent: &Agent, pki: &Path) -> (tempfile::TempDir, Notation) {
+    let home = tempfile::tempdir().unwrap();
+    let n = Notation {
+        config: home.path().to_path_buf(),
+        ca: pki.join("ca.crt"),
+        socket: agent.socket.clone(),
+    };
+    (home, n)
+}
+
+#[test]
+fn notation_signs_and_verifies_with_keys_on_tokens() {
+    let (_hsm, agent) = two_tokens();
+    let pki = notary::pki();
+    let registry = Registry::start_with_pki(pki.path());
+    let repo = format!("{}/app", registry.host);
+    let image = format!("{repo}@sha256:{}", sha(&registry.push("app", "v1", "one")));
+    let other = format!("{repo}@sha256:{}", sha(&registry.push("app", "v2", "two")));
+
+    // The signing CA on one token, the signing key on the other.
+    let ca = agent.dct(&[
+        "--json",
+        "notation",
+        "ca",
+        "init",
+        "--name",
+        "Test Signing CA",
+        "--token",
+        "ca-token",
+    ]);
+    let ca = ca.json();
+    let ca_key = ca["key"]["key_id"].as_str().unwrap().to_string();
+    assert_eq!(ca["key"]["role"], "notation-ca");
+    assert_eq!(ca["key"]["token"], "ca-token");
+    let transcript = std::fs::read_to_string(ca["transcript"].as_str().unwrap()).unwrap();
+    assert!(transcript.contains(&ca_key), "{transcript}");
+    assert!(transcript.contains("Certificate SHA-256: "), "{transcript}");
+    let key = agent
+        .dct(&[
+            "key",
+            "generate",
+            "--role",
+            "targets",
+            "--gun",
+            &repo,
+            "--token",
+            "sign-token",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    // Before its certificate, Notation cannot use the key.
+    let (_home0, n0) = notation_for(&agent, pki.path());
+    agent
+        .dct_env(
+            &["notation", "install"],
+            &[("XDG_CONFIG_HOME", n0.config.to_str().unwrap())],
+        )
+        .ok();
+    let out = n0.fails(&["sign", "--plugin", "dct", "--id", &key, &image]);
+    assert!(out.contains("has no certificate chain"), "{out}");
+
+    let issued = agent
+        .dct(&[
+            "--json",
+            "notation",
+            "cert",
+            "issue",
+            &key,
+            "--ca",
+            &ca_key,
+            "--days",
+            "30",
+            "--cn",
+            "Release signing",
+        ])
+        .json();
+    assert_eq!(issued["certificate_chain"].as_array().unwrap().len(), 2);
+    let listed = agent.dct(&["--json", "key", "list"]).json();
+    let entry = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == key.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        entry["notation_certificate"]["subject"],
+        "CN=Release signing"
+    );
+    let table = agent.dct(&["key", "list"]).ok().stdout;
+    assert!(table.contains("NOTATION CERTIFICATE"), "{table}");
+    assert!(table.contains("CN=Release signing"), "{table}");
+
+    // The plugin, installed as Notation wants it: a regular executable file.
+    let (_home, n) = notation_for(&agent, pki.path());
+    let installed = agent
+        .dct_env(
+            &["notation", "install"],
+            &[("XDG_CONFIG_HOME", n.config.to_str().unwrap())],
+        )
+        .ok()
+        .stdout;
+    let plugin = n.dir().join("plugins/dct/notation-dct");
+    assert!(installed.contains(plugin.to_str().unwrap()), "{installed}");
+    let meta = std::fs::symlink_metadata(&plugin).unwrap();
+    assert!(meta.file_type().is_file());
+    let plugins = n.ok(&["plugin", "ls"]);
+    assert!(plugins.contains("SIGNATURE_GENERATOR.RAW"), "{plugins}");
+
+    // Sign in both envelopes. docker-registry 2.8 has no referrers API: notation 1.3
+    // falls back to the referrers tag schema by itself (no flag needed).
+    n.ok(&["key", "add", "hw", "--plugin", "dct", "--id", &key]);
+    n.ok(&["sign", "--key", "hw", "--expiry", "24h", &image]);
+    n.ok(&[
+        "sign",
+        "--key",
+        "hw",
+        "--signature-format",
+        "cose",
+        "--expiry",
+        "24h",
+        &image,
+    ]);
+    let log = audit(&agent);
+    let digest = image.rsplit('@').next().unwrap();
+    assert!(log.contains(&format!("notation-jws {digest}")), "{log}");
+    assert!(log.contains(&format!("notation-cose {digest}")), "{log}");
+    assert!(
+        log.contains("signing leaf"),
+        "the leaf's signing is audited: {log}"
+    );
+
+    // The policy's lifetime: a signature without expiry, or longer than 30 days, refused.
+    let out = n.fails(&["sign", "--key", "hw", &image]);
+    assert!(out.contains("never expires"), "{out}");
+    assert!(out.contains("max_signature_lifetime"), "{out}");
+
+    // Verify with the exported trust store and policy.
+    let export = agent
+        .dct(&[
+            "--json",
+            "notation",
+            "export-trust",
+            n.dir().to_str().unwrap(),
+            "--scope",
+            &repo,
+        ])
+        .json();
+    assert_eq!(export["trust_store"], "ca:dct");
+    let policy = std::fs::read_to_string(n.dir().join("trustpolicy.oci.json")).unwrap();
+    assert!(policy.contains(&repo), "{policy}");
+    let verified = n.ok(&["verify", &image]);
+    assert!(verified.contains("Successfully verified"), "{verified}");
+    let inspect = n.ok(&["inspect", "--output", "json", &image]);
+    assert!(inspect.contains("CN=Release signing"), "{inspect}");
+    assert!(inspect.contains("CN=Test Signing CA"), "{inspect}");
+    assert!(inspect.contains("application/jose+json"), "{inspect}");
+    assert!(inspect.contains("application/cose"), "{inspect}");
+
+    // Not for a digest the signatures do not cover.
+    let out = n.fails(&["verify", &other]);
+    assert!(out.contains("no signature is associated"), "{out}");
+
+    // Not against another CA's trust store.
+    let other_ca = agent
+        .dct(&[
+            "--json", "notation", "ca", "init", "--name", "Other CA", "--token", "ca-token",
+        ])
+        .json();
+    let (_home2, n2) = notation_for(&agent, pki.path());
+    agent
+        .dct(&[
+            "notation",
+            "export-trust",
+            n2.dir().to_str().unwrap(),
+            "--scope",
+            &repo,
+            "--ca",
+            other_ca["key"]["key_id"].as_str().unwrap(),
+        ])
+        .ok();
+    let out = n2.fails(&["verify", &image]);
+    assert!(out.contains("signature verification failed"), "{out}");
+
+    // A CA key signs certificates only.
+    let out = n.fails(&["sign", "--plugin", "dct", "--id", &ca_key, &image]);
+    assert!(
+        out.contains("no certificate chain") || out.contains("signs certificates only"),
+        "{out}"
+    );
+}
+
+#[test]
+fn notation_failures_are_plugin_errors_and_audited() {
+    let (_hsm, agent) = two_tokens();
+    let pki = notary::pki();
+    let registry = Registry::start_with_pki(pki.path());
+    let repo = format!("{}/web", registry.host);
+    let image = format!("{repo}@sha256:{}", sha(&registry.push("web", "v1", "web")));
+    let ca_key = agent
+        .dct(&[
+            "--json", "notation", "ca", "init", "--name", "CA", "--token", "ca-token",
+        ])
+        .json()["key"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = agent
+        .dct(&[
+            "key",
+            "generate",
+            "--role",
+            "targets",
+            "--gun",
+            &repo,
+            "--token",
+            "sign-token",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    agent
+        .dct(&["notation", "cert", "issue", &key, "--ca", &ca_key])
+        .ok();
+    // A snapshot key: the default policy lets it make no OCI signatures.
+    let snapshot = agent
+        .dct(&[
+            "key",
+            "generate",
+            "--role",
+            "snapshot",
+            "--gun",
+            &repo,
+            "--token",
+            "sign-token",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    agent
+        .dct(&["notation", "cert", "issue", &snapshot, "--ca", &ca_key])
+        .ok();
+    let (_home, n) = notation_for(&agent, pki.path());
+    agent
+        .dct_env(
+            &["notation", "install"],
+            &[("XDG_CONFIG_HOME", n.config.to_str().unwrap())],
+        )
+        .ok();
+
+    // Unknown key: a validation error naming it, audited as a refusal.
+    let out = n.fails(&["sign", "--plugin", "dct", "--id", "feedbeef00", &image]);
+    assert!(
+        out.contains("VALIDATION_ERROR") || out.contains("no key feedbeef00"),
+        "{out}"
+    );
+    assert!(out.contains("feedbeef00"), "{out}");
+    let log = audit(&agent);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"refuse\"") && l.contains("feedbeef00")),
+        "{log}"
+    );
+
+    // Refused by policy: the rule named, nothing signed, audited.
+    let out = n.fails(&[
+        "sign", "--plugin", "dct", "--id", &snapshot, "--expiry", "1h", &image,
+    ]);
+    assert!(out.contains("policy (oci)"), "{out}");
+    let log = audit(&agent);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"refuse\"") && l.contains(&snapshot[..16]) && l.contains("oci")),
+        "{log}"
+    );
+
+    // A locked token: the message says to unlock it; audited.
+    agent.dct(&["lock", "--token", "sign-token"]).ok();
+    let out = n.fails(&[
+        "sign", "--plugin", "dct", "--id", &key, "--expiry", "1h", &image,
+    ]);
+    assert!(out.contains("dct unlock --token sign-token"), "{out}");
+    let log = audit(&agent);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"refuse\"") && l.contains("locked") && l.contains(&key[..16])),
+        "{log}"
+    );
+    // Nothing was signed: no signature in the registry.
+    agent.unlock_token("sign-token", "1234", &[]).ok();
+    let listed = n.ok(&["ls", &image]);
+    assert!(
+        !listed.contains("application/vnd.cncf.notary.signature"),
+        "{listed}"
+    );
+
+    // After its expiry, the signature no longer verifies.
+    agent
+        .dct(&[
+            "notation",
+            "export-trust",
+            n.dir().to_str().unwrap(),
+            "--scope",
+            &repo,
+        ])
+        .ok();
+    let signed = std::time::Instant::now();
+    n.ok(&[
+        "sign", "--plugin", "dct", "--id", &key, "--expiry", "6s", &image,
+    ]);
+    n.ok(&["verify", &image]);
+    std::thread::sleep(std::time::Duration::from_secs(7).saturating_sub(signed.elapsed()));
+    let out = n.fails(&["verify", "--verbose", &image]);
+    assert!(out.contains("signature verification failed"), "{out}");
+    assert!(out.contains("expired"), "{out}");
+}
