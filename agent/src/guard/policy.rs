@@ -47,8 +47,9 @@ pub struct Rule {
     /// confirmation program (`[confirm] program`), never through the requesting client.
     #[serde(default)]
     pub confirm: bool,
-    /// OCI signatures the key may make: `notation`, `cosign` (image signatures, for the
-    /// repositories in `guns`, else the key's own GUN) and `blob` (any bytes, through
+    /// OCI signatures the key may make: `notation`, `cosign` (image signatures; cosign's
+    /// for the repositories in `guns`, else the key's own GUN; Notation's payload names no
+    /// repository, so `guns` do not bind it) and `blob` (any bytes, through
     /// `cosign sign-blob`: a key that signs anything signs images too, so never by
     /// default). Default: `["notation", "cosign"]` for targets and delegation keys, none
     /// for the others.
