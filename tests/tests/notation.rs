@@ -408,3 +408,157 @@ fn notation_failures_are_plugin_errors_and_audited() {
     assert!(out.contains("signature verification failed"), "{out}");
     assert!(out.contains("expired"), "{out}");
 }
+
+/// A key on a YubiKey (the virtual PIV card behind a real pcscd), its leaf issued by a CA
+/// whose key is on SoftHSM2: signed over PIV, then through Yubico's PKCS#11 module.
+#[test]
+fn notation_signs_with_a_key_on_the_card_over_piv_and_ykcs11() {
+    use dct_tests::piv::{CardOptions, VirtualPiv, YKCS11_MODULE};
+    const CARD_PIN: &str = "123456";
+    let card = VirtualPiv::start(CardOptions::default());
+    let hsm = SoftHsm::new("dct", "7777");
+    let piv = format!("piv:{}", card.serial());
+    let agent = Agent::start_with_config(
+        Some(&hsm),
+        &format!(
+            "{}[[piv]]\nserial = {}\nmanagement_key = \"default\"\n",
+            hsm.agent_config(),
+            card.serial()
+        ),
+    );
+    agent.unlock_token("dct", &hsm.pin, &[]).ok();
+    agent.unlock_token(&piv, CARD_PIN, &[]).ok();
+    let pki = notary::pki();
+    let registry = Registry::start_with_pki(pki.path());
+    let repo = format!("{}/card", registry.host);
+    let image = format!(
+        "{repo}@sha256:{}",
+        sha(&registry.push("card", "v1", "card"))
+    );
+
+    let ca_key = agent
+        .dct(&[
+            "--json", "notation", "ca", "init", "--name", "Card CA", "--token", "dct",
+        ])
+        .json()["key"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = agent
+        .dct(&[
+            "key",
+            "generate",
+            "--role",
+            "targets",
+            "--gun",
+            &repo,
+            "--token",
+            &piv,
+            "--touch-policy",
+            "never",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    agent
+        .dct(&[
+            "notation", "cert", "issue", &key, "--ca", &ca_key, "--cn", "Card key",
+        ])
+        .ok();
+    let (_home, n) = notation_for(&agent, pki.path());
+    agent
+        .dct_env(
+            &["notation", "install"],
+            &[("XDG_CONFIG_HOME", n.config.to_str().unwrap())],
+        )
+        .ok();
+    agent
+        .dct(&[
+            "notation",
+            "export-trust",
+            n.dir().to_str().unwrap(),
+            "--scope",
+            &repo,
+        ])
+        .ok();
+    n.ok(&[
+        "sign", "--plugin", "dct", "--id", &key, "--expiry", "1h", &image,
+    ]);
+    let verified = n.ok(&["verify", &image]);
+    assert!(verified.contains("Successfully verified"), "{verified}");
+    let log = audit(&agent);
+    assert!(
+        log.lines().any(|l| l.contains("notation-jws")
+            && l.contains(&key[..16])
+            && l.contains("\"sign\"")),
+        "{log}"
+    );
+    // The agent's state (its Notation chains) kept, as on the machine, past this agent.
+    let kept = tempfile::tempdir().unwrap();
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(agent.dir.path().join("notation"))
+        .arg(kept.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let state = kept.path().join("notation");
+    drop(agent);
+
+    // Through ykcs11: the agent finds the card's key by its slot certificate; the chain
+    // kept in the state directory (carried over) goes with it.
+    let label = {
+        let out = Command::new("pkcs11-tool")
+            .args(["--module", YKCS11_MODULE, "-L"])
+            .output()
+            .expect("pkcs11-tool");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("token label")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .expect("a ykcs11 token")
+    };
+    let agent = Agent::start_with_config(
+        Some(&hsm),
+        &format!(
+            "{}[[pkcs11]]\nmodule = \"{YKCS11_MODULE}\"\ntoken = \"{label}\"\n",
+            hsm.agent_config()
+        ),
+    );
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(&state)
+        .arg(agent.dir.path())
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    agent.unlock_token(&label, CARD_PIN, &[]).ok();
+    let listed = agent.dct(&["key", "list"]).ok().stdout;
+    assert!(listed.contains("CN=Card key"), "{listed}");
+    let n = Notation {
+        socket: agent.socket.clone(),
+        ..n
+    };
+    n.ok(&[
+        "sign",
+        "--plugin",
+        "dct",
+        "--id",
+        &key,
+        "--signature-format",
+        "cose",
+        "--expiry",
+        "1h",
+        &image,
+    ]);
+    let inspect = n.ok(&["inspect", "--output", "json", &image]);
+    assert!(inspect.contains("application/cose"), "{inspect}");
+    n.ok(&["verify", &image]);
+    let digest = image.rsplit('@').next().unwrap();
+    assert!(audit(&agent).contains(&format!("notation-cose {digest}")));
+}
