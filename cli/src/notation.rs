@@ -77,6 +77,47 @@ pub enum CertCmd {
         #[arg(long)]
         cn: Option<String>,
     },
+    /// A PKCS#10 certificate request for KEYID, signed on its token (proof of possession),
+    /// for a company CA; PEM on standard output.
+    Request {
+        #[arg(value_name = "KEYID")]
+        key: String,
+        /// The request's common name. Default: "dct-agent <key ID prefix>".
+        #[arg(long)]
+        cn: Option<String>,
+    },
+    /// Import the chain a CA returned for KEYID: PEM certificates, leaf first (`-` reads
+    /// standard input). The leaf must be the key's and each certificate issued by the next.
+    Import {
+        #[arg(value_name = "KEYID")]
+        key: String,
+        file: PathBuf,
+    },
+}
+
+/// The DER of each `CERTIFICATE` in PEM text, in order.
+fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, Failure> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    let mut body: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        match (line, body.as_mut()) {
+            ("-----BEGIN CERTIFICATE-----", None) => body = Some(String::new()),
+            ("-----END CERTIFICATE-----", Some(b)) => {
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(b.as_bytes())
+                    .map_err(|e| Failure::failed(format!("bad PEM certificate: {e}")))?;
+                out.push(der);
+                body = None;
+            }
+            (l, Some(b)) => b.push_str(l),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        return Err(Failure::failed("no PEM CERTIFICATE found"));
+    }
+    Ok(out)
 }
 
 pub async fn run(target: &Target, cmd: NotationCmd, json: bool) -> Result<(), Failure> {
@@ -130,6 +171,52 @@ pub async fn run(target: &Target, cmd: NotationCmd, json: bool) -> Result<(), Fa
                 pems.len()
             );
             print!("{}", pems.concat());
+            Ok(())
+        }
+        NotationCmd::Cert(CertCmd::Request { key, cn }) => {
+            let mut c = Client::connect(target).await?;
+            let req = pb::NotationCertRequestRequest {
+                key_id: key,
+                common_name: cn.unwrap_or_default(),
+            };
+            let r = c
+                .call(|mut a| async move { a.notation_cert_request(req).await })
+                .await?;
+            let pem = output::pem("CERTIFICATE REQUEST", &r.csr);
+            if json {
+                return print_json(&json!({"key_id": r.key_id, "csr": pem}));
+            }
+            print!("{pem}");
+            Ok(())
+        }
+        NotationCmd::Cert(CertCmd::Import { key, file }) => {
+            let text = if file.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                    .map_err(|e| Failure::failed(format!("cannot read standard input: {e}")))?;
+                t
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| Failure::failed(format!("cannot read {}: {e}", file.display())))?
+            };
+            let chain = pem_certificates(&text)?;
+            let mut c = Client::connect(target).await?;
+            let req = pb::NotationCertImportRequest {
+                key_id: key,
+                certificate_chain: chain,
+            };
+            let r = c
+                .call(|mut a| async move { a.notation_cert_import(req).await })
+                .await?;
+            if json {
+                return print_json(&json!({
+                    "key_id": r.key_id, "subject": r.subject, "expires": r.expires,
+                }));
+            }
+            println!(
+                "certificate chain imported for key {}: {} until {}",
+                r.key_id, r.subject, r.expires
+            );
             Ok(())
         }
         NotationCmd::ExportTrust {

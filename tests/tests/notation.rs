@@ -562,3 +562,185 @@ fn notation_signs_with_a_key_on_the_card_over_piv_and_ykcs11() {
     let digest = image.rsplit('@').next().unwrap();
     assert!(audit(&agent).contains(&format!("notation-cose {digest}")));
 }
+
+/// A company CA (openssl here) issues the signing certificate from a PKCS#10 request made
+/// on the token; the returned chain, imported, is what Notation gets and verifies.
+#[test]
+fn notation_csr_from_the_token_signed_by_an_openssl_ca() {
+    let (_hsm, agent) = two_tokens();
+    let pki = notary::pki();
+    let registry = Registry::start_with_pki(pki.path());
+    let repo = format!("{}/corp", registry.host);
+    let image = format!(
+        "{repo}@sha256:{}",
+        sha(&registry.push("corp", "v1", "corp"))
+    );
+    let key = agent
+        .dct(&[
+            "key",
+            "generate",
+            "--role",
+            "targets",
+            "--gun",
+            &repo,
+            "--token",
+            "sign-token",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let other = agent
+        .dct(&[
+            "key",
+            "generate",
+            "--role",
+            "targets",
+            "--gun",
+            &repo,
+            "--token",
+            "sign-token",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+
+    let ca = tempfile::tempdir().unwrap();
+    let d = ca.path();
+    let csr = agent
+        .dct(&[
+            "notation",
+            "cert",
+            "request",
+            &key,
+            "--cn",
+            "Corp release key",
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{csr}"
+    );
+    std::fs::write(d.join("key.csr"), &csr).unwrap();
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[req]\ndistinguished_name = dn\n[dn]\n\
+         [ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+         subjectKeyIdentifier = hash\n\
+         [leaf]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+         extendedKeyUsage = codeSigning\n",
+    )
+    .unwrap();
+    // The request's signature (made on the token) checks.
+    notary::openssl(d, &["req", "-verify", "-in", "key.csr", "-noout"]);
+    notary::openssl(
+        d,
+        &[
+            "ecparam",
+            "-genkey",
+            "-name",
+            "prime256v1",
+            "-noout",
+            "-out",
+            "ca.key",
+        ],
+    );
+    notary::openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=Corp CA",
+            "-days",
+            "30",
+            "-config",
+            "ca.cnf",
+            "-extensions",
+            "ca",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    notary::openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "key.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "10",
+            "-extfile",
+            "ca.cnf",
+            "-extensions",
+            "leaf",
+            "-out",
+            "leaf.crt",
+        ],
+    );
+    let chain = format!(
+        "{}{}",
+        std::fs::read_to_string(d.join("leaf.crt")).unwrap(),
+        std::fs::read_to_string(d.join("ca.crt")).unwrap()
+    );
+    std::fs::write(d.join("chain.pem"), &chain).unwrap();
+    let chain_path = d.join("chain.pem");
+    let chain_path = chain_path.to_str().unwrap();
+
+    // The chain is for `key`, not for `other`.
+    agent
+        .dct(&["notation", "cert", "import", &other, chain_path])
+        .fails(1, "is not for key");
+    let imported = agent
+        .dct(&["--json", "notation", "cert", "import", &key, chain_path])
+        .json();
+    assert_eq!(imported["subject"], "CN=Corp release key");
+    assert!(audit(&agent).contains("import_cert"));
+
+    let (_home, n) = notation_for(&agent, pki.path());
+    agent
+        .dct_env(
+            &["notation", "install"],
+            &[("XDG_CONFIG_HOME", n.config.to_str().unwrap())],
+        )
+        .ok();
+    n.ok(&[
+        "sign", "--plugin", "dct", "--id", &key, "--expiry", "1h", &image,
+    ]);
+    // The verifier trusts the company CA, as its administrators would set it up.
+    n.ok(&[
+        "cert",
+        "add",
+        "--type",
+        "ca",
+        "--store",
+        "corp",
+        d.join("ca.crt").to_str().unwrap(),
+    ]);
+    let policy = serde_json::json!({
+        "version": "1.0",
+        "trustPolicies": [{
+            "name": "corp",
+            "registryScopes": [repo],
+            "signatureVerification": {"level": "strict"},
+            "trustStores": ["ca:corp"],
+            "trustedIdentities": ["*"],
+        }],
+    });
+    std::fs::write(n.dir().join("trustpolicy.json"), policy.to_string()).unwrap();
+    let verified = n.ok(&["verify", &image]);
+    assert!(verified.contains("Successfully verified"), "{verified}");
+    let inspect = n.ok(&["inspect", "--output", "json", &image]);
+    assert!(inspect.contains("CN=Corp CA"), "{inspect}");
+}

@@ -62,6 +62,10 @@ pub enum Subject {
     /// self-signed CA certificate or a signing leaf for another key. The signature is
     /// returned raw.
     Certificate { tbs: Vec<u8> },
+    /// The DER `CertificationRequestInfo` of a PKCS#10 request the agent built for the
+    /// signing key's own public key (proof of possession, for a company CA). The signature
+    /// is returned raw.
+    CertRequest { info: Vec<u8> },
 }
 
 /// One signature to make.
@@ -148,6 +152,7 @@ fn subject_size(r: &Request) -> usize {
         Subject::ServerRole { content } => content.len(),
         Subject::Oci { payload, .. } => payload.len(),
         Subject::Certificate { tbs } => tbs.len(),
+        Subject::CertRequest { info } => info.len(),
     }
 }
 
@@ -205,9 +210,10 @@ fn attempt_event(r: &Request) -> Event {
     let key = r.keys.first();
     let (role, gun) = match &r.subject {
         Subject::Metadata { role, gun, .. } => (role.clone(), gun.clone()),
-        Subject::ServerRole { .. } | Subject::Oci { .. } | Subject::Certificate { .. } => {
-            (String::new(), String::new())
-        }
+        Subject::ServerRole { .. }
+        | Subject::Oci { .. }
+        | Subject::Certificate { .. }
+        | Subject::CertRequest { .. } => (String::new(), String::new()),
     };
     Event {
         key_id: key.map(|k| k.key_id.clone()).unwrap_or_default(),
@@ -233,7 +239,10 @@ fn parse(r: Request) -> Result<Item> {
         .cloned()
         .ok_or_else(|| Error::NotFound("no such key".into()))?;
     let ca_key = key.role == crate::keys::chains::NOTATION_CA_ROLE;
-    if ca_key != matches!(r.subject, Subject::Certificate { .. }) {
+    // A request for its own certificate is the one thing any key but a CA's may sign
+    // besides its documents; a CA key signs certificates only, and only a CA key does.
+    let own_request = matches!(r.subject, Subject::CertRequest { .. }) && !ca_key;
+    if !own_request && ca_key != matches!(r.subject, Subject::Certificate { .. }) {
         return Err(Error::Policy {
             rule: "role",
             why: if ca_key {
@@ -323,6 +332,41 @@ fn parse(r: Request) -> Result<Item> {
                 approval: None,
                 oci: Some(parsed),
                 cert: None,
+            })
+        }
+        Subject::CertRequest { info } => {
+            use der::Decode;
+            let parsed = x509_cert::request::CertReqInfo::from_der(&info).map_err(|e| {
+                Error::InvalidArgument(format!("not a CertificationRequestInfo: {e}"))
+            })?;
+            let lines = crate::tuf::cert::describe_csr_info(&parsed, &key.spki).map_err(|why| {
+                Error::Policy {
+                    rule: "certificate",
+                    why: format!("key {} does not sign this request: {why}", key.key_id),
+                }
+            })?;
+            use sha2::Digest;
+            let p = Prepared {
+                envelope: crate::tuf::metadata::Envelope {
+                    signed: serde_json::Value::Null,
+                    signatures: Vec::new(),
+                },
+                role: key.role.clone(),
+                version: 0,
+                digest: sha2::Sha256::digest(&info).into(),
+                keyid: key.canonical_id.clone(),
+                gun: String::new(),
+                expires: time::OffsetDateTime::UNIX_EPOCH,
+            };
+            Ok(Item {
+                key,
+                p,
+                versioning: r.versioning,
+                raw: true,
+                previous: None,
+                approval: None,
+                oci: None,
+                cert: Some(lines),
             })
         }
         Subject::Certificate { tbs } => {
@@ -644,7 +688,14 @@ impl Guard {
         if let Some(lines) = &it.cert {
             let mut lines = lines.clone();
             lines.push(format!("CA key: {}", it.p.keyid));
-            let title = "dct-agent: sign a certificate with the Notation signing CA?";
+            let title = if lines
+                .first()
+                .is_some_and(|l| l.starts_with("Certificate request"))
+            {
+                "dct-agent: sign a certificate request?"
+            } else {
+                "dct-agent: sign a certificate with the Notation signing CA?"
+            };
             let approval = self.0.confirmer.ask(&it.key, title, &lines).await?;
             return Ok(approval.describe());
         }

@@ -571,6 +571,76 @@ impl Agent for AgentService {
         }))
     }
 
+    async fn notation_cert_request(
+        &self,
+        req: Request<pb::NotationCertRequestRequest>,
+    ) -> Result<Response<pb::NotationCertRequestResponse>, Status> {
+        use der::Encode;
+        let req = req.into_inner();
+        let keys = self.keys.find_key(&req.key_id).await?;
+        let key = keys
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        notation_key_spec(&key)?;
+        let cn = if req.common_name.trim().is_empty() {
+            format!("dct-agent {}", key.key_id.get(..16).unwrap_or(&key.key_id))
+        } else {
+            req.common_name.trim().to_string()
+        };
+        let info = crate::tuf::cert::csr_info(&cn, &key.spki).map_err(Error::internal)?;
+        let info_der = info.to_der().map_err(Error::internal)?;
+        let s = self
+            .guard
+            .sign(SignRequest {
+                keys,
+                subject: Subject::CertRequest { info: info_der },
+                versioning: Versioning::Final,
+            })
+            .await?;
+        let csr = crate::tuf::cert::assemble_csr(info, &s.document).map_err(Error::internal)?;
+        Ok(Response::new(pb::NotationCertRequestResponse {
+            csr,
+            key_id: key.key_id,
+        }))
+    }
+
+    async fn notation_cert_import(
+        &self,
+        req: Request<pb::NotationCertImportRequest>,
+    ) -> Result<Response<pb::NotationCertImportResponse>, Status> {
+        let req = req.into_inner();
+        let key = self
+            .keys
+            .find_key(&req.key_id)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        let chains = self.chains();
+        chains.save(&key, &req.certificate_chain)?;
+        let chain = chains.for_signing(&key)?;
+        self.guard
+            .audit()
+            .record(Event {
+                key_id: key.key_id.clone(),
+                role: key.role.clone(),
+                artifact: format!(
+                    "certificate chain {} until {}",
+                    chain.subject(),
+                    chain.expires()
+                ),
+                outcome: "ok".into(),
+                ..Event::new("import_cert")
+            })
+            .await?;
+        Ok(Response::new(pb::NotationCertImportResponse {
+            key_id: key.key_id,
+            subject: chain.subject(),
+            expires: chain.expires(),
+        }))
+    }
+
     async fn notation_describe_key(
         &self,
         req: Request<pb::NotationDescribeKeyRequest>,

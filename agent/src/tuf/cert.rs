@@ -234,6 +234,53 @@ pub fn notation_leaf_tbs(
     })
 }
 
+/// The `CertificationRequestInfo` of a PKCS#10 request (`CN=<cn>`) for the key
+/// `spki_der`, for a company CA to issue its Notation signing certificate.
+pub fn csr_info(cn: &str, spki_der: &[u8]) -> Result<x509_cert::request::CertReqInfo, CertError> {
+    Ok(x509_cert::request::CertReqInfo {
+        version: x509_cert::request::Version::V1,
+        subject: name(&[(OID_CN, cn)])?,
+        public_key: SubjectPublicKeyInfoOwned::from_der(spki_der)?,
+        attributes: Default::default(),
+    })
+}
+
+/// The PKCS#10 request from its info and a raw r||s P-256 signature over the SHA-256 of
+/// the info's DER (made by the requested key: proof of possession).
+pub fn assemble_csr(
+    info: x509_cert::request::CertReqInfo,
+    raw_sig: &[u8],
+) -> Result<Vec<u8>, CertError> {
+    let sig = p256::ecdsa::Signature::from_slice(raw_sig)
+        .map_err(|_| CertError::Invalid("token returned a malformed P-256 signature".into()))?;
+    let req = x509_cert::request::CertReq {
+        info,
+        algorithm: ecdsa_sha256(),
+        signature: BitString::from_bytes(sig.to_der().as_bytes())?,
+    };
+    Ok(req.to_der()?)
+}
+
+/// What a certificate request about to be signed says; only a request for the signing
+/// key's own public key is signed.
+pub fn describe_csr_info(
+    info: &x509_cert::request::CertReqInfo,
+    signer_spki: &[u8],
+) -> Result<Vec<String>, String> {
+    let spki = info.public_key.to_der().map_err(|e| e.to_string())?;
+    if spki != signer_spki {
+        return Err("a key signs a certificate request for its own public key only".into());
+    }
+    Ok(vec![
+        "Certificate request (PKCS#10) for this key".to_string(),
+        format!("Subject: {}", info.subject),
+        format!(
+            "Subject key SHA-256: {}",
+            crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&spki))
+        ),
+    ])
+}
+
 /// What a certificate about to be signed says, for a confirmation and the audit log, and
 /// whether it is one the agent makes: a Notation CA certificate of the signing key itself,
 /// or a Notation leaf (never a CA) for another key. Anything else is refused.
