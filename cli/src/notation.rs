@@ -34,6 +34,11 @@ pub enum NotationCmd {
         /// The trust store's name (`ca:NAME` in the policy).
         #[arg(long, default_value = "dct")]
         name: String,
+        /// A trusted identity, e.g. "x509.subject: C=US, ST=WA, O=Example, CN=Release"
+        /// (Notation wants C, ST and O in it). Repeatable. Default: "*", any leaf the CA
+        /// issued.
+        #[arg(long = "identity", value_name = "IDENTITY")]
+        identities: Vec<String>,
     },
     /// Copy the `notation-dct` plugin (installed beside `dct`) into Notation's plugin
     /// directory, $XDG_CONFIG_HOME/notation/plugins/dct/. Needs no agent.
@@ -49,7 +54,7 @@ pub enum CaCmd {
     /// Make a signing CA: a P-256 key on the token (role notation-ca), which signs its own
     /// CA certificate (basicConstraints cA, keyUsage keyCertSign).
     Init {
-        /// The CA certificate's common name.
+        /// The CA certificate's subject: a common name or an RFC 4514 name.
         #[arg(long)]
         name: String,
         #[arg(long)]
@@ -73,8 +78,10 @@ pub enum CertCmd {
         /// Lifetime (never beyond the CA's).
         #[arg(long, default_value_t = 365)]
         days: u32,
-        /// The certificate's common name. Default: "dct-agent <key ID prefix>".
-        #[arg(long)]
+        /// The certificate's subject: a common name, or an RFC 4514 name such as
+        /// "CN=Release,O=Example,ST=WA,C=US" (what Notation's trustedIdentities can name).
+        /// Default: "dct-agent <key ID prefix>".
+        #[arg(long, alias = "subject")]
         cn: Option<String>,
     },
     /// A PKCS#10 certificate request for KEYID, signed on its token (proof of possession),
@@ -82,8 +89,9 @@ pub enum CertCmd {
     Request {
         #[arg(value_name = "KEYID")]
         key: String,
-        /// The request's common name. Default: "dct-agent <key ID prefix>".
-        #[arg(long)]
+        /// The request's subject: a common name or an RFC 4514 name. Default: "dct-agent
+        /// <key ID prefix>".
+        #[arg(long, alias = "subject")]
         cn: Option<String>,
     },
     /// Import the chain a CA returned for KEYID: PEM certificates, leaf first (`-` reads
@@ -224,6 +232,7 @@ pub async fn run(target: &Target, cmd: NotationCmd, json: bool) -> Result<(), Fa
             scopes,
             ca,
             name,
+            identities,
         } => {
             let mut c = Client::connect(target).await?;
             let req = pb::NotationTrustRequest {
@@ -232,7 +241,7 @@ pub async fn run(target: &Target, cmd: NotationCmd, json: bool) -> Result<(), Fa
             let r = c
                 .call(|mut a| async move { a.notation_trust(req).await })
                 .await?;
-            let written = export_trust(&dir, &name, &scopes, &r.ca_certificates)?;
+            let written = export_trust(&dir, &name, &scopes, &identities, &r.ca_certificates)?;
             if json {
                 return print_json(&json!({
                     "trust_store": format!("ca:{name}"),
@@ -263,8 +272,14 @@ fn export_trust(
     dir: &Path,
     name: &str,
     scopes: &[String],
+    identities: &[String],
     cas: &[Vec<u8>],
 ) -> Result<Vec<PathBuf>, Failure> {
+    let identities = if identities.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        identities.to_vec()
+    };
     if name.is_empty()
         || !name
             .chars()
@@ -288,7 +303,7 @@ fn export_trust(
             "registryScopes": scopes,
             "signatureVerification": {"level": "strict"},
             "trustStores": [format!("ca:{name}")],
-            "trustedIdentities": ["*"],
+            "trustedIdentities": identities,
         }],
     });
     let text = serde_json::to_string_pretty(&policy)

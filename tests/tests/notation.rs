@@ -313,7 +313,16 @@ fn notation_failures_are_plugin_errors_and_audited() {
         .trim()
         .to_string();
     agent
-        .dct(&["notation", "cert", "issue", &key, "--ca", &ca_key])
+        .dct(&[
+            "notation",
+            "cert",
+            "issue",
+            &key,
+            "--ca",
+            &ca_key,
+            "--subject",
+            "CN=Web release,O=Example,ST=WA,C=US",
+        ])
         .ok();
     // A snapshot key: the default policy lets it make no OCI signatures.
     let snapshot = agent
@@ -389,6 +398,7 @@ fn notation_failures_are_plugin_errors_and_audited() {
     );
 
     // After its expiry, the signature no longer verifies.
+    // Trusted by its subject, as Notation's trustedIdentities name it.
     agent
         .dct(&[
             "notation",
@@ -396,6 +406,8 @@ fn notation_failures_are_plugin_errors_and_audited() {
             n.dir().to_str().unwrap(),
             "--scope",
             &repo,
+            "--identity",
+            "x509.subject: C=US, ST=WA, O=Example, CN=Web release",
         ])
         .ok();
     let signed = std::time::Instant::now();

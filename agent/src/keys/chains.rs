@@ -304,3 +304,100 @@ impl Chains {
         Ok(chain)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::{Decode, Encode};
+    use p256::ecdsa::{signature::hazmat::PrehashSigner, Signature, SigningKey};
+    use p256::pkcs8::EncodePublicKey;
+    use sha2::Digest;
+    use std::time::Duration;
+
+    fn entry(sk: &SigningKey, id: &str) -> KeyEntry {
+        let spki = sk
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        KeyEntry {
+            key_id: id.repeat(32),
+            canonical_id: id.repeat(32),
+            role: "targets".into(),
+            gun: None,
+            keytype: "ecdsa".into(),
+            public: spki.clone(),
+            spki,
+            uri: String::new(),
+            backend: "pkcs11",
+            token: "t".into(),
+            handle: vec![],
+            detail: super::super::KeyDetail::None,
+        }
+    }
+
+    fn sign(sk: &SigningKey, tbs: x509_cert::TbsCertificate) -> Certificate {
+        let sig: Signature = sk
+            .sign_prehash(&sha2::Sha256::digest(tbs.to_der().unwrap()))
+            .unwrap();
+        Certificate::from_der(&crate::tuf::cert::assemble(tbs, &sig.to_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn chains_checked_when_kept_and_before_signing() {
+        let dir = tempfile::tempdir().unwrap();
+        let chains = Chains::new(dir.path());
+        let ca_sk = SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let sk = SigningKey::from_slice(&[8u8; 32]).unwrap();
+        let other_sk = SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let (ca_key, key, other) = (
+            entry(&ca_sk, "0c"),
+            entry(&sk, "1e"),
+            entry(&other_sk, "2f"),
+        );
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86400);
+        let ca = sign(
+            &ca_sk,
+            crate::tuf::cert::notation_ca_tbs("CA", &ca_key.spki, now - 30 * day, 365 * day)
+                .unwrap(),
+        );
+        chains.save_ca(&ca_key, &ca).unwrap();
+        assert!(chains.save_ca(&key, &ca).is_err());
+        assert_eq!(chains.all_cas().unwrap().len(), 1);
+
+        let e = chains.for_signing(&key).err().unwrap().to_string();
+        assert!(e.contains("has no certificate chain"), "{e}");
+
+        let leaf = |from: SystemTime, to: SystemTime| {
+            let c = sign(
+                &ca_sk,
+                crate::tuf::cert::notation_leaf_tbs("Leaf", &ca, &key.spki, from, to).unwrap(),
+            );
+            vec![c.to_der().unwrap(), ca.to_der().unwrap()]
+        };
+        // Not the key's: refused when kept.
+        let e = chains
+            .save(&other, &leaf(now, now + day))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not for key"), "{e}");
+        // A broken link: refused.
+        let mut broken = leaf(now, now + day);
+        broken[1] = broken[0].clone();
+        assert!(chains.save(&key, &broken).is_err());
+
+        chains.save(&key, &leaf(now - 2 * day, now + day)).unwrap();
+        let c = chains.for_signing(&key).unwrap();
+        assert_eq!(c.subject(), "CN=Leaf");
+        assert_eq!(c.der.len(), 2);
+
+        chains
+            .save(&key, &leaf(now - 20 * day, now - 10 * day))
+            .unwrap();
+        let e = chains.for_signing(&key).err().unwrap().to_string();
+        assert!(e.contains("expired"), "{e}");
+        assert!(chains.find(&key).unwrap().is_some(), "listed all the same");
+    }
+}

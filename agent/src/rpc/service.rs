@@ -474,9 +474,9 @@ impl Agent for AgentService {
         use der::Encode;
         let req = req.into_inner();
         let name = req.name.trim().to_string();
-        if name.is_empty() || name.len() > 64 {
+        if name.is_empty() || name.len() > 256 {
             return Err(Error::InvalidArgument(
-                "--name: the CA's common name (1 to 64 characters)".into(),
+                "--name: the CA's common name or RFC 4514 subject (1 to 256 characters)".into(),
             )
             .into());
         }
@@ -493,7 +493,7 @@ impl Agent for AgentService {
             std::time::SystemTime::now(),
             std::time::Duration::from_secs(days * 86400),
         )
-        .map_err(Error::internal)?;
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let ca = self.sign_certificate(vec![key.clone()], tbs).await?;
         crate::tuf::cert::verify_issued(&ca, &ca).map_err(Error::Internal)?;
         let chains = self.chains();
@@ -588,7 +588,8 @@ impl Agent for AgentService {
         } else {
             req.common_name.trim().to_string()
         };
-        let info = crate::tuf::cert::csr_info(&cn, &key.spki).map_err(Error::internal)?;
+        let info = crate::tuf::cert::csr_info(&cn, &key.spki)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let info_der = info.to_der().map_err(Error::internal)?;
         let s = self
             .guard

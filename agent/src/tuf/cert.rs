@@ -114,6 +114,22 @@ fn self_signed_tbs(
     })
 }
 
+/// A certificate subject from what the user gave: a distinguished name in RFC 4514 form
+/// (`CN=Release,O=Example,ST=WA,C=US`, which Notation's `trustedIdentities` can name: it
+/// wants C, ST and O), or else a bare common name.
+pub fn subject_name(s: &str) -> Result<Name, CertError> {
+    if !s.contains('=') {
+        return name(&[(OID_CN, s)]);
+    }
+    use std::str::FromStr;
+    let n = RdnSequence::from_str(s)
+        .map_err(|e| CertError::Invalid(format!("subject {s:?}: not an RFC 4514 name ({e})")))?;
+    if n.0.is_empty() {
+        return Err(CertError::Invalid(format!("subject {s:?} is empty")));
+    }
+    Ok(n)
+}
+
 /// A random positive 128-bit serial, minimally encoded.
 fn random_serial() -> Result<SerialNumber, CertError> {
     let mut serial = [0u8; 16];
@@ -144,7 +160,7 @@ pub fn notation_ca_tbs(
     not_before: SystemTime,
     validity: Duration,
 ) -> Result<TbsCertificate, CertError> {
-    let name = name(&[(OID_CN, cn)])?;
+    let name = subject_name(cn)?;
     let start = whole_seconds(not_before);
     let extensions = vec![
         extension(
@@ -226,7 +242,7 @@ pub fn notation_leaf_tbs(
             not_before: rfc5280_time(start)?,
             not_after: rfc5280_time(end)?,
         },
-        subject: name(&[(OID_CN, cn)])?,
+        subject: subject_name(cn)?,
         subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki_der)?,
         issuer_unique_id: None,
         subject_unique_id: None,
@@ -239,7 +255,7 @@ pub fn notation_leaf_tbs(
 pub fn csr_info(cn: &str, spki_der: &[u8]) -> Result<x509_cert::request::CertReqInfo, CertError> {
     Ok(x509_cert::request::CertReqInfo {
         version: x509_cert::request::Version::V1,
-        subject: name(&[(OID_CN, cn)])?,
+        subject: subject_name(cn)?,
         public_key: SubjectPublicKeyInfoOwned::from_der(spki_der)?,
         attributes: Default::default(),
     })
