@@ -62,6 +62,14 @@ pub enum CaCmd {
         /// Lifetime of the CA certificate.
         #[arg(long, default_value_t = 3650)]
         days: u32,
+        /// A ceremony directory (e.g. on removable media, the CA's machine offline): the CA
+        /// certificate is written there as notation-ca.pem and the step appended to its
+        /// transcript.json / transcript.md, as root-key ceremonies do.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Who performs the ceremony (recorded in the transcript).
+        #[arg(long, default_value = "")]
+        operator: String,
     },
 }
 
@@ -94,6 +102,19 @@ pub enum CertCmd {
         #[arg(long, alias = "subject")]
         cn: Option<String>,
     },
+    /// Issue a signing certificate for a PKCS#10 request made elsewhere (`cert request` on
+    /// the signing key's agent), signed by the CA's key here: the request's signature is
+    /// checked first. The chain (PEM, leaf first) goes to standard output, for
+    /// `cert import` there.
+    Sign {
+        /// The request (PEM or DER; `-` reads standard input).
+        csr: PathBuf,
+        /// The signing CA's key ID.
+        #[arg(long, value_name = "KEYID")]
+        ca: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Import the chain a CA returned for KEYID: PEM certificates, leaf first (`-` reads
     /// standard input). The leaf must be the key's and each certificate issued by the next.
     Import {
@@ -105,16 +126,25 @@ pub enum CertCmd {
 
 /// The DER of each `CERTIFICATE` in PEM text, in order.
 fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, Failure> {
+    pem_blocks(text, "CERTIFICATE")
+}
+
+/// The DER of each PEM block labelled `label`, in order.
+fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, Failure> {
     use base64::Engine;
+    let (begin, end) = (
+        format!("-----BEGIN {label}-----"),
+        format!("-----END {label}-----"),
+    );
     let mut out = Vec::new();
     let mut body: Option<String> = None;
     for line in text.lines().map(str::trim) {
         match (line, body.as_mut()) {
-            ("-----BEGIN CERTIFICATE-----", None) => body = Some(String::new()),
-            ("-----END CERTIFICATE-----", Some(b)) => {
+            (l, None) if l == begin => body = Some(String::new()),
+            (l, Some(b)) if l == end => {
                 let der = base64::engine::general_purpose::STANDARD
                     .decode(b.as_bytes())
-                    .map_err(|e| Failure::failed(format!("bad PEM certificate: {e}")))?;
+                    .map_err(|e| Failure::failed(format!("bad PEM {label}: {e}")))?;
                 out.push(der);
                 body = None;
             }
@@ -123,7 +153,7 @@ fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, Failure> {
         }
     }
     if out.is_empty() {
-        return Err(Failure::failed("no PEM CERTIFICATE found"));
+        return Err(Failure::failed(format!("no PEM {label} found")));
     }
     Ok(out)
 }
@@ -131,7 +161,13 @@ fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, Failure> {
 pub async fn run(target: &Target, cmd: NotationCmd, json: bool) -> Result<(), Failure> {
     match cmd {
         NotationCmd::Install { from } => install(from, json),
-        NotationCmd::Ca(CaCmd::Init { name, token, days }) => {
+        NotationCmd::Ca(CaCmd::Init {
+            name,
+            token,
+            days,
+            dir,
+            operator,
+        }) => {
             let mut c = Client::connect(target).await?;
             let req = pb::NotationCaInitRequest {
                 token: token.unwrap_or_default(),
@@ -142,6 +178,26 @@ pub async fn run(target: &Target, cmd: NotationCmd, json: bool) -> Result<(), Fa
                 .call(|mut a| async move { a.notation_ca_init(req).await })
                 .await?;
             let key = r.key.unwrap_or_default();
+            if let Some(dir) = &dir {
+                write(
+                    &dir.join("notation-ca.pem"),
+                    &output::pem("CERTIFICATE", &r.certificate),
+                )?;
+                let agent_transcript = std::fs::read_to_string(&r.transcript).unwrap_or_default();
+                crate::ceremony::record_titled(
+                    dir,
+                    "Notation signing CA ceremony transcript",
+                    "notation-ca init",
+                    &operator,
+                    json!({
+                        "ca_key_id": key.key_id,
+                        "token": key.token,
+                        "backend": key.backend,
+                        "made": agent_transcript.lines().collect::<Vec<_>>(),
+                    }),
+                    &["notation-ca.pem"],
+                )?;
+            }
             if json {
                 return print_json(&json!({
                     "key": output::key_json(&key),
@@ -195,6 +251,45 @@ pub async fn run(target: &Target, cmd: NotationCmd, json: bool) -> Result<(), Fa
                 return print_json(&json!({"key_id": r.key_id, "csr": pem}));
             }
             print!("{pem}");
+            Ok(())
+        }
+        NotationCmd::Cert(CertCmd::Sign { csr, ca, days }) => {
+            let bytes = if csr.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .map_err(|e| Failure::failed(format!("cannot read standard input: {e}")))?;
+                b
+            } else {
+                std::fs::read(&csr)
+                    .map_err(|e| Failure::failed(format!("cannot read {}: {e}", csr.display())))?
+            };
+            let der = match std::str::from_utf8(&bytes) {
+                Ok(text) if text.contains("-----BEGIN CERTIFICATE REQUEST-----") => {
+                    pem_blocks(text, "CERTIFICATE REQUEST")?
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| Failure::failed("no PEM CERTIFICATE REQUEST found"))?
+                }
+                _ => bytes,
+            };
+            let mut c = Client::connect(target).await?;
+            let req = pb::NotationCertSignRequest {
+                csr: der,
+                ca_key_id: ca,
+                days,
+            };
+            let r = c
+                .call(|mut a| async move { a.notation_cert_sign(req).await })
+                .await?;
+            let pems: Vec<String> = r
+                .certificate_chain
+                .iter()
+                .map(|d| output::pem("CERTIFICATE", d))
+                .collect();
+            if json {
+                return print_json(&json!({"certificate_chain": pems}));
+            }
+            print!("{}", pems.concat());
             Ok(())
         }
         NotationCmd::Cert(CertCmd::Import { key, file }) => {

@@ -756,3 +756,152 @@ fn notation_csr_from_the_token_signed_by_an_openssl_ca() {
     let inspect = n.ok(&["inspect", "--output", "json", &image]);
     assert!(inspect.contains("CN=Corp CA"), "{inspect}");
 }
+
+/// The signing CA made in a ceremony on its own (offline) agent, its transcript in the
+/// ceremony directory; a request made on another agent's token travels to it and the
+/// chain travels back.
+#[test]
+fn notation_offline_ca_ceremony_signs_requests_from_another_agent() {
+    let ca_hsm = SoftHsm::new("offline-ca", "1234");
+    let offline = Agent::start(Some(&ca_hsm));
+    offline.unlock(&ca_hsm);
+    let (hsm, online) = Agent::on_fresh_token("online", "5678");
+    let _ = &hsm;
+    let pki = notary::pki();
+    let registry = Registry::start_with_pki(pki.path());
+    let repo = format!("{}/rel", registry.host);
+    let image = format!("{repo}@sha256:{}", sha(&registry.push("rel", "v1", "rel")));
+
+    let ceremony = tempfile::tempdir().unwrap();
+    let d = ceremony.path();
+    let ca = offline
+        .dct(&[
+            "--json",
+            "notation",
+            "ca",
+            "init",
+            "--name",
+            "CN=Offline CA,O=Example,ST=WA,C=US",
+            "--dir",
+            d.to_str().unwrap(),
+            "--operator",
+            "alice",
+        ])
+        .json();
+    let ca_key = ca["key"]["key_id"].as_str().unwrap().to_string();
+    let md = std::fs::read_to_string(d.join("transcript.md")).unwrap();
+    assert!(
+        md.starts_with("# Notation signing CA ceremony transcript"),
+        "{md}"
+    );
+    assert!(md.contains("alice") && md.contains(&ca_key), "{md}");
+    let steps: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("transcript.json")).unwrap()).unwrap();
+    let pem = std::fs::read(d.join("notation-ca.pem")).unwrap();
+    assert_eq!(steps[0]["files"]["notation-ca.pem"], sha(&pem));
+
+    let key = online
+        .dct(&["key", "generate", "--role", "targets", "--gun", &repo])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let csr = online
+        .dct(&[
+            "notation",
+            "cert",
+            "request",
+            &key,
+            "--subject",
+            "CN=Online release,O=Example,ST=WA,C=US",
+        ])
+        .ok()
+        .stdout;
+    std::fs::write(d.join("key.csr"), &csr).unwrap();
+    // A request changed on the way is refused: its signature, made on the token, fails.
+    let der = {
+        use base64::Engine;
+        let b64: String = csr.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    };
+    let at = der
+        .windows(14)
+        .position(|w| w == b"Online release")
+        .unwrap();
+    let mut forged = der.clone();
+    forged[at + 5] = b'f';
+    std::fs::write(d.join("forged.der"), &forged).unwrap();
+    offline
+        .dct(&[
+            "notation",
+            "cert",
+            "sign",
+            d.join("forged.der").to_str().unwrap(),
+            "--ca",
+            &ca_key,
+        ])
+        .fails(1, "does not verify");
+
+    let chain = offline
+        .dct(&[
+            "notation",
+            "cert",
+            "sign",
+            d.join("key.csr").to_str().unwrap(),
+            "--ca",
+            &ca_key,
+            "--days",
+            "30",
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        audit(&offline).contains("Online release"),
+        "the CA's signature is audited"
+    );
+    std::fs::write(d.join("chain.pem"), &chain).unwrap();
+    online
+        .dct(&[
+            "notation",
+            "cert",
+            "import",
+            &key,
+            d.join("chain.pem").to_str().unwrap(),
+        ])
+        .ok();
+
+    let (_home, n) = notation_for(&online, pki.path());
+    online
+        .dct_env(
+            &["notation", "install"],
+            &[("XDG_CONFIG_HOME", n.config.to_str().unwrap())],
+        )
+        .ok();
+    n.ok(&[
+        "sign", "--plugin", "dct", "--id", &key, "--expiry", "1h", &image,
+    ]);
+    n.ok(&[
+        "cert",
+        "add",
+        "--type",
+        "ca",
+        "--store",
+        "offline",
+        d.join("notation-ca.pem").to_str().unwrap(),
+    ]);
+    let policy = serde_json::json!({
+        "version": "1.0",
+        "trustPolicies": [{
+            "name": "offline",
+            "registryScopes": [repo],
+            "signatureVerification": {"level": "strict"},
+            "trustStores": ["ca:offline"],
+            "trustedIdentities": ["x509.subject: C=US, ST=WA, O=Example, CN=Online release"],
+        }],
+    });
+    std::fs::write(n.dir().join("trustpolicy.json"), policy.to_string()).unwrap();
+    let verified = n.ok(&["verify", &image]);
+    assert!(verified.contains("Successfully verified"), "{verified}");
+}

@@ -205,6 +205,17 @@ pub fn notation_leaf_tbs(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> Result<TbsCertificate, CertError> {
+    notation_leaf_tbs_named(subject_name(cn)?, issuer, spki_der, not_before, not_after)
+}
+
+/// As [`notation_leaf_tbs`], for a subject already made (a request's).
+pub fn notation_leaf_tbs_named(
+    subject: Name,
+    issuer: &Certificate,
+    spki_der: &[u8],
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<TbsCertificate, CertError> {
     let start = whole_seconds(not_before);
     let ca_end = issuer.tbs_certificate.validity.not_after.to_system_time();
     let end = whole_seconds(not_after.min(ca_end));
@@ -242,12 +253,34 @@ pub fn notation_leaf_tbs(
             not_before: rfc5280_time(start)?,
             not_after: rfc5280_time(end)?,
         },
-        subject: subject_name(cn)?,
+        subject,
         subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki_der)?,
         issuer_unique_id: None,
         subject_unique_id: None,
         extensions: Some(extensions),
     })
+}
+
+/// Checks a PKCS#10 request's signature (ECDSA P-256 with SHA-256, by the key it asks a
+/// certificate for: proof of possession); returns its subject and the key's DER SPKI.
+pub fn check_csr(der: &[u8]) -> Result<(Name, Vec<u8>), String> {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    use sha2::Digest;
+    let req = x509_cert::request::CertReq::from_der(der)
+        .map_err(|e| format!("not a PKCS#10 request: {e}"))?;
+    if req.algorithm.oid != OID_ECDSA_SHA256 {
+        return Err("the request is not signed ecdsa-with-SHA256 (P-256 keys only)".into());
+    }
+    let spki = req.info.public_key.to_der().map_err(|e| e.to_string())?;
+    let key = p256::PublicKey::from_sec1_bytes(req.info.public_key.subject_public_key.raw_bytes())
+        .map_err(|_| "the request's key is not a P-256 key".to_string())?;
+    let info = req.info.to_der().map_err(|e| e.to_string())?;
+    let sig = p256::ecdsa::Signature::from_der(req.signature.raw_bytes())
+        .map_err(|_| "the request's signature is malformed".to_string())?;
+    p256::ecdsa::VerifyingKey::from(key)
+        .verify_prehash(&sha2::Sha256::digest(&info), &sig)
+        .map_err(|_| "the request's signature does not verify".to_string())?;
+    Ok((req.info.subject, spki))
 }
 
 /// The `CertificationRequestInfo` of a PKCS#10 request (`CN=<cn>`) for the key
