@@ -274,12 +274,32 @@ fn notation_signs_and_verifies_with_keys_on_tokens() {
     let out = n2.fails(&["verify", &image]);
     assert!(out.contains("signature verification failed"), "{out}");
 
-    // A CA key signs certificates only.
-    let out = n.fails(&["sign", "--plugin", "dct", "--id", &ca_key, &image]);
+    // A CA key signs certificates only: even with its own certificate kept as its chain,
+    // the guard refuses it an image signature, and audits the refusal.
+    let ca_pem = n.dir().join("truststore/x509/ca/dct/dct-ca-1.pem");
+    agent
+        .dct(&[
+            "notation",
+            "cert",
+            "import",
+            &ca_key,
+            ca_pem.to_str().unwrap(),
+        ])
+        .ok();
+    let out = n.fails(&[
+        "sign", "--plugin", "dct", "--id", &ca_key, "--expiry", "1h", &image,
+    ]);
+    assert!(out.contains("signs certificates only"), "{out}");
     assert!(
-        out.contains("no certificate chain") || out.contains("signs certificates only"),
-        "{out}"
+        audit(&agent)
+            .lines()
+            .any(|l| l.contains("\"refuse\"") && l.contains("signs certificates only")),
+        "refusal audited"
     );
+    // And a key that is not a CA's signs no certificate.
+    agent
+        .dct(&["notation", "cert", "issue", &ca_key, "--ca", &key])
+        .fails(1, "not a Notation signing CA");
 }
 
 #[test]
