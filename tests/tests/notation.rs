@@ -925,3 +925,77 @@ fn notation_offline_ca_ceremony_signs_requests_from_another_agent() {
     let verified = n.ok(&["verify", &image]);
     assert!(verified.contains("Successfully verified"), "{verified}");
 }
+
+/// A key whose policy asks for confirmation: the agent's own confirmation program is shown
+/// what the Notation payload says (artifact, media type, size, expiry), and the audit
+/// record says who approved (a no is tests/tests/confirm.rs's).
+#[test]
+fn notation_confirmation_shows_the_artifact() {
+    let hsm = SoftHsm::new("confirm", "2468");
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("pinentry.jsonl");
+    let config = format!(
+        "{}\n[[policy]]\nrole = \"targets\"\nconfirm = true\n\n\
+         [confirm]\nprogram = {:?}\nargs = [\"--answer\", \"yes\", \"--record\", {:?}]\n",
+        hsm.agent_config(),
+        dct_tests::bin("test-pinentry").display().to_string(),
+        record.display().to_string(),
+    );
+    let agent = Agent::start_with_config(Some(&hsm), &config);
+    agent.unlock(&hsm);
+    let pki = notary::pki();
+    let registry = Registry::start_with_pki(pki.path());
+    let repo = format!("{}/ok", registry.host);
+    let manifest = registry.push("ok", "v1", "ok");
+    let digest = format!("sha256:{}", sha(&manifest));
+    let image = format!("{repo}@{digest}");
+    let ca_key = agent
+        .dct(&["--json", "notation", "ca", "init", "--name", "CA"])
+        .json()["key"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = agent
+        .dct(&["key", "generate", "--role", "targets", "--gun", &repo])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    agent
+        .dct(&["notation", "cert", "issue", &key, "--ca", &ca_key])
+        .ok();
+    let (_home, n) = notation_for(&agent, pki.path());
+    agent
+        .dct_env(
+            &["notation", "install"],
+            &[("XDG_CONFIG_HOME", n.config.to_str().unwrap())],
+        )
+        .ok();
+    n.ok(&[
+        "sign", "--plugin", "dct", "--id", &key, "--expiry", "2h", &image,
+    ]);
+    let shown: Vec<String> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["cmd"] == "SETDESC")
+        .map(|r| r["arg"].as_str().unwrap().to_string())
+        .collect();
+    let all = shown.join("\n");
+    assert!(all.contains(&format!("Artifact: {digest}")), "{all}");
+    assert!(
+        all.contains("Media type: application/vnd.oci.image.manifest.v1+json"),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!("Size: {} bytes", manifest.len())),
+        "{all}"
+    );
+    assert!(all.contains("Envelope: JWS"), "{all}");
+    assert!(all.contains("Expires: "), "{all}");
+    assert!(
+        audit(&agent).contains("ok, confirmed by"),
+        "{}",
+        audit(&agent)
+    );
+}
