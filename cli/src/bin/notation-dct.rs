@@ -35,7 +35,8 @@ fn validation(m: impl Into<String>) -> PluginError {
 /// The agent's failure in Notation's terms, chosen on the agent's machine-readable reason.
 fn from_failure(f: Failure) -> PluginError {
     let mut message = f.message;
-    if let Some(h) = f.hint {
+    // The agent's own messages already say what to run; the CLI's hint is for the rest.
+    if let Some(h) = f.hint.filter(|_| !message.contains("dct ")) {
         message.push_str(&format!(" ({h})"));
     }
     let code = match f.reason.as_deref() {
@@ -197,5 +198,72 @@ async fn run(command: &str, req: &Value) -> Result<Value, PluginError> {
              Notation runs it",
         )),
         other => Err(validation(format!("unsupported command {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(reason: Option<&str>, message: &str) -> Failure {
+        Failure {
+            code: 1,
+            message: message.into(),
+            hint: Some("see `dct key list`".into()),
+            reason: reason.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn agent_reasons_become_plugin_error_codes() {
+        let e = from_failure(failure(
+            Some("locked"),
+            "token \"t\" is locked: run dct unlock --token t",
+        ));
+        assert_eq!(e.code, "ACCESS_DENIED");
+        assert!(e.message.contains("dct unlock --token t"), "{}", e.message);
+        let e = from_failure(failure(Some("refused"), "refused: policy (oci): ..."));
+        assert_eq!(e.code, "ACCESS_DENIED");
+        assert!(e.message.contains("policy (oci)"));
+        assert_eq!(
+            from_failure(failure(Some("not_found"), "no key x")).code,
+            "VALIDATION_ERROR"
+        );
+        assert_eq!(
+            from_failure(failure(Some("invalid_argument"), "bad")).code,
+            "VALIDATION_ERROR"
+        );
+        let e = from_failure(failure(None, "agent not running at /x"));
+        assert_eq!(e.code, "ERROR");
+        assert!(e.message.contains("see `dct key list`"));
+    }
+
+    #[tokio::test]
+    async fn metadata_and_contract_version() {
+        let m = run("get-plugin-metadata", &json!({})).await.ok().unwrap();
+        assert_eq!(m["name"], "dct");
+        assert_eq!(m["supportedContractVersions"], json!(["1.0"]));
+        assert_eq!(m["capabilities"], json!(["SIGNATURE_GENERATOR.RAW"]));
+        let e = run(
+            "describe-key",
+            &json!({"contractVersion": "2.0", "keyId": "k"}),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.code, "UNSUPPORTED_CONTRACT_VERSION");
+        let e = run(
+            "generate-signature",
+            &json!({"contractVersion": "1.0", "keyId": "k", "keySpec": "RSA-2048",
+                    "hashAlgorithm": "SHA-256", "payload": ""}),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.code, "VALIDATION_ERROR");
+        assert_eq!(
+            run("sign", &json!({})).await.err().unwrap().code,
+            "VALIDATION_ERROR"
+        );
     }
 }
