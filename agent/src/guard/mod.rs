@@ -661,6 +661,9 @@ impl Guard {
     fn admit(&self, it: &Item) -> Result<Option<Reservation<'_>>> {
         if it.cert.is_some() {
             // A certificate has no version; the parse checked the key and what it signs.
+            if matches!(it.key.role.as_str(), crate::keys::chains::NOTATION_CA_ROLE) {
+                self.0.policy.check_certificate(&it.key, it.p.expires)?;
+            }
             return Ok(None);
         }
         if let Some(o) = &it.oci {

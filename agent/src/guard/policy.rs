@@ -339,6 +339,29 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Checks a certificate a Notation signing CA's key is about to sign: where the key's
+    /// rule has `max_expiry`, the certificate may not be valid beyond it.
+    pub fn check_certificate(&self, key: &KeyEntry, not_after: OffsetDateTime) -> Result<()> {
+        let Some(max) = self.rule(key).and_then(|r| r.max_expiry.as_deref()) else {
+            return Ok(());
+        };
+        let limit = OffsetDateTime::now_utc() + parse_span(max).unwrap_or_default();
+        if not_after > limit {
+            return Err(refuse(
+                "max_expiry",
+                format!(
+                    "the certificate would be valid until {}, beyond the {max} key {} may \
+                     certify",
+                    not_after.date(),
+                    key.key_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Notary's default lifetimes, with a day of slack.
 fn default_max(role: &str) -> (Duration, String) {
     const DAY: u64 = 86400;
@@ -520,6 +543,20 @@ mod tests {
         }])
         .unwrap();
         assert!(p.check_oci(&t, &n).is_ok());
+        // A CA key's max_expiry bounds the certificates it signs.
+        let ca = key("notation-ca");
+        let p = Policy::new(vec![Rule {
+            role: Some("notation-ca".into()),
+            max_expiry: Some("90d".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        let soon = OffsetDateTime::now_utc() + Duration::from_secs(30 * 86400);
+        assert!(p.check_certificate(&ca, soon).is_ok());
+        let e = p
+            .check_certificate(&ca, soon + Duration::from_secs(365 * 86400))
+            .unwrap_err();
+        assert!(e.to_string().contains("policy (max_expiry)"), "{e}");
         assert!(Policy::new(vec![Rule {
             role: Some("targets".into()),
             oci: Some(vec!["anything".into()]),
