@@ -276,33 +276,57 @@ impl Chains {
                 key.key_id, key.key_id
             ))
         })?;
-        if spki_der(&chain.leaf)? != key.spki {
-            return Err(Error::InvalidArgument(format!(
-                "the certificate kept for key {} ({}) does not match the key; issue a new one \
-                 with `dct notation cert issue`",
-                key.key_id,
-                chain.subject()
-            )));
-        }
-        let v = &chain.leaf.tbs_certificate.validity;
-        let now = SystemTime::now();
-        if now > v.not_after.to_system_time() {
-            return Err(Error::InvalidArgument(format!(
-                "the certificate of key {} ({}) expired at {}; issue a new one with \
-                 `dct notation cert issue`",
-                key.key_id,
-                chain.subject(),
-                chain.expires()
-            )));
-        }
-        if now < v.not_before.to_system_time() {
-            return Err(Error::InvalidArgument(format!(
-                "the certificate of key {} is not valid before {}",
-                key.key_id, v.not_before
-            )));
-        }
+        usable(key, &chain)?;
         Ok(chain)
     }
+
+    /// Keeps `chain` for `key` as [`Chains::save`] does, refusing one the key could not
+    /// sign with now (expired, not yet valid, not the key's); returns it.
+    pub fn import(&self, key: &KeyEntry, chain: &[Vec<u8>]) -> Result<Chain> {
+        let leaf = chain
+            .first()
+            .map(|d| Certificate::from_der(d))
+            .transpose()
+            .map_err(|e| Error::InvalidArgument(format!("certificate chain: {e}")))?
+            .ok_or_else(|| Error::InvalidArgument("an empty certificate chain".into()))?;
+        let c = Chain {
+            der: chain.to_vec(),
+            leaf,
+        };
+        usable(key, &c)?;
+        self.save(key, chain)?;
+        Ok(c)
+    }
+}
+
+/// Whether `key` can sign with `chain` now: the leaf is the key's and in its validity.
+fn usable(key: &KeyEntry, chain: &Chain) -> Result<()> {
+    if spki_der(&chain.leaf)? != key.spki {
+        return Err(Error::InvalidArgument(format!(
+            "the certificate ({}) is not for key {}: its public key differs; issue one for \
+             the key with `dct notation cert issue`",
+            chain.subject(),
+            key.key_id
+        )));
+    }
+    let v = &chain.leaf.tbs_certificate.validity;
+    let now = SystemTime::now();
+    if now > v.not_after.to_system_time() {
+        return Err(Error::InvalidArgument(format!(
+            "the certificate of key {} ({}) expired at {}; issue a new one with \
+             `dct notation cert issue`",
+            key.key_id,
+            chain.subject(),
+            chain.expires()
+        )));
+    }
+    if now < v.not_before.to_system_time() {
+        return Err(Error::InvalidArgument(format!(
+            "the certificate of key {} is not valid before {}",
+            key.key_id, v.not_before
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -393,6 +417,13 @@ mod tests {
         assert_eq!(c.subject(), "CN=Leaf");
         assert_eq!(c.der.len(), 2);
 
+        let e = chains
+            .import(&key, &leaf(now - 20 * day, now - 10 * day))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("expired"), "{e}");
+        assert_eq!(chains.for_signing(&key).unwrap().subject(), "CN=Leaf");
         chains
             .save(&key, &leaf(now - 20 * day, now - 10 * day))
             .unwrap();

@@ -660,9 +660,7 @@ impl Agent for AgentService {
             .into_iter()
             .next()
             .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
-        let chains = self.chains();
-        chains.save(&key, &req.certificate_chain)?;
-        let chain = chains.for_signing(&key)?;
+        let chain = self.chains().import(&key, &req.certificate_chain)?;
         self.guard
             .audit()
             .record(Event {
