@@ -74,6 +74,10 @@ for b in dct dct-agent dct-authz; do
   install -m 0755 "$bin_dir/$b" "$pkg/usr/bin/$b"
   strip --strip-unneeded --remove-section=.comment --remove-section=.note "$pkg/usr/bin/$b"
 done
+# The Notation plugin, beside dct: `dct notation install` copies it into Notation's
+# plugin directory from there.
+install -m 0755 "$bin_dir/notation-dct" "$pkg/usr/bin/notation-dct"
+strip --strip-unneeded --remove-section=.comment --remove-section=.note "$pkg/usr/bin/notation-dct"
 
 # Units, the example config, the README, the copyright and changelog.
 install -m 0644 agent/systemd/user/dct-agent.socket agent/systemd/user/dct-agent.service \

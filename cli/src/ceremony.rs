@@ -228,6 +228,25 @@ fn record(
     details: Value,
     files: &[&str],
 ) -> Result<(), Failure> {
+    record_titled(
+        dir,
+        "Root-key ceremony transcript",
+        step,
+        operator,
+        details,
+        files,
+    )
+}
+
+/// As [`record`], for a ceremony of another kind (the title of a new transcript.md).
+pub(crate) fn record_titled(
+    dir: &Path,
+    title: &str,
+    step: &str,
+    operator: &str,
+    details: Value,
+    files: &[&str],
+) -> Result<(), Failure> {
     let mut transcript: Vec<Value> = match std::fs::read(dir.join("transcript.json")) {
         Ok(b) => serde_json::from_slice(&b)
             .map_err(|e| Failure::failed(format!("transcript.json: {e}")))?,
@@ -269,7 +288,7 @@ fn record(
         serde_json::to_vec_pretty(&transcript).map_err(|e| Failure::failed(e.to_string()))?;
     write(dir, "transcript.json", &json_bytes)?;
     let mut all = std::fs::read_to_string(dir.join("transcript.md"))
-        .unwrap_or_else(|_| "# Root-key ceremony transcript\n\n".into());
+        .unwrap_or_else(|_| format!("# {title}\n\n"));
     all.push_str(&md);
     write(dir, "transcript.md", all.as_bytes())
 }

@@ -6,6 +6,7 @@ mod audit;
 mod ceremony;
 mod gate;
 mod image;
+mod notation;
 mod trust;
 
 use std::io::Read;
@@ -140,6 +141,10 @@ enum Command {
         #[command(subcommand)]
         command: trust::TrustCmd,
     },
+    /// Notation signatures from the agent's keys: a signing CA on a token, certificates for
+    /// signing keys, a trust store and policy for verifiers, the notation-dct plugin.
+    #[command(subcommand)]
+    Notation(notation::NotationCmd),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) on
     /// standard output; the Debian package installs them. Needs no agent.
     #[command(hide = true)]
@@ -398,6 +403,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure::failed(format!("cannot write the completions: {e}")))
         }
         Command::Audit(AuditCmd::Verify { file }) => audit_verify(&target, file, json).await,
+        Command::Notation(cmd) => notation::run(&target, cmd, json).await,
         Command::Status => {
             let mut c = Client::connect(&target).await?;
             let s = c
@@ -632,6 +638,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if r.keys.is_empty() {
                 println!("no keys");
             } else {
+                t.print();
+            }
+            let certs: Vec<_> = r
+                .keys
+                .iter()
+                .filter(|k| !k.cert_subject.is_empty())
+                .collect();
+            if !certs.is_empty() {
+                println!();
+                let mut t = Table::new(&["KEY ID", "NOTATION CERTIFICATE", "EXPIRES"]);
+                for k in certs {
+                    t.row(vec![
+                        k.key_id.clone(),
+                        k.cert_subject.clone(),
+                        k.cert_expires.clone(),
+                    ]);
+                }
                 t.print();
             }
             for e in &r.errors {

@@ -108,12 +108,16 @@ pub fn print_new_key(key: Option<pb::Key>, json: bool) -> Result<pb::Key, Failur
 pub fn key_json(k: &pb::Key) -> Value {
     use base64::Engine as _;
     let public = base64::engine::general_purpose::STANDARD.encode(&k.public);
-    json!({
+    let mut v = json!({
         "key_id": k.key_id, "canonical_id": k.canonical_id, "role": k.role,
         "gun": (!k.gun.is_empty()).then_some(&k.gun), "backend": k.backend, "token": k.token, "uri": k.uri,
         "detail": (!k.detail.is_empty()).then_some(&k.detail),
         "tuf_key": {"keytype": k.keytype, "keyval": {"private": null, "public": public}},
-    })
+    });
+    if !k.cert_subject.is_empty() {
+        v["notation_certificate"] = json!({"subject": k.cert_subject, "expires": k.cert_expires});
+    }
+    v
 }
 
 /// A key's public part as docker writes it: `PUBLIC KEY` with a role header, or the

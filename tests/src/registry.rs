@@ -37,14 +37,27 @@ impl Registry {
         Self::start_with(stack, Some((user, pass)))
     }
 
+    /// An anonymous registry with TLS from `pki` (`ca.crt`, `leaf.crt`, `leaf.key`, as
+    /// [`crate::notary::pki`] makes), without a notary stack.
+    pub fn start_with_pki(pki: &std::path::Path) -> Registry {
+        Self::start_on(pki, &pki.join("ca.crt"), None)
+    }
+
     fn start_with(stack: &NotaryStack, auth: Option<(&str, &str)>) -> Registry {
+        Self::start_on(stack.dir.path(), &stack.ca, auth)
+    }
+
+    fn start_on(
+        sd: &std::path::Path,
+        ca: &std::path::Path,
+        auth: Option<(&str, &str)>,
+    ) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let sd = stack.dir.path();
         let cfg = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {}\n    key: {}\n",
             dir.path().join("data").display(),
@@ -67,7 +80,7 @@ impl Registry {
         std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
         // skopeo reads CAs from a directory.
         std::fs::create_dir(dir.path().join("certs")).unwrap();
-        std::fs::copy(&stack.ca, dir.path().join("certs").join("ca.crt")).unwrap();
+        std::fs::copy(ca, dir.path().join("certs").join("ca.crt")).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
         let mut child = Command::new("docker-registry")
             .arg("serve")

@@ -57,6 +57,15 @@ pub enum Subject {
         profile: oci::Profile,
         payload: Vec<u8>,
     },
+    /// The DER `TBSCertificate` of a certificate the agent built itself, for a Notation
+    /// signing CA's key ([`crate::keys::chains::NOTATION_CA_ROLE`]) to sign: its own
+    /// self-signed CA certificate or a signing leaf for another key. The signature is
+    /// returned raw.
+    Certificate { tbs: Vec<u8> },
+    /// The DER `CertificationRequestInfo` of a PKCS#10 request the agent built for the
+    /// signing key's own public key (proof of possession, for a company CA). The signature
+    /// is returned raw.
+    CertRequest { info: Vec<u8> },
 }
 
 /// One signature to make.
@@ -114,6 +123,8 @@ struct Item {
     approval: Option<String>,
     /// For an OCI payload: what it vouches for (no version, no ledger).
     oci: Option<oci::Parsed>,
+    /// For a certificate: what it says (no version, no ledger).
+    cert: Option<Vec<String>>,
 }
 
 /// Documents up to this size are parsed and canonicalised in place (tens of microseconds);
@@ -140,6 +151,8 @@ fn subject_size(r: &Request) -> usize {
         Subject::Metadata { document, .. } => document.len(),
         Subject::ServerRole { content } => content.len(),
         Subject::Oci { payload, .. } => payload.len(),
+        Subject::Certificate { tbs } => tbs.len(),
+        Subject::CertRequest { info } => info.len(),
     }
 }
 
@@ -197,7 +210,10 @@ fn attempt_event(r: &Request) -> Event {
     let key = r.keys.first();
     let (role, gun) = match &r.subject {
         Subject::Metadata { role, gun, .. } => (role.clone(), gun.clone()),
-        Subject::ServerRole { .. } | Subject::Oci { .. } => (String::new(), String::new()),
+        Subject::ServerRole { .. }
+        | Subject::Oci { .. }
+        | Subject::Certificate { .. }
+        | Subject::CertRequest { .. } => (String::new(), String::new()),
     };
     Event {
         key_id: key.map(|k| k.key_id.clone()).unwrap_or_default(),
@@ -222,6 +238,27 @@ fn parse(r: Request) -> Result<Item> {
         .first()
         .cloned()
         .ok_or_else(|| Error::NotFound("no such key".into()))?;
+    let ca_key = key.role == crate::keys::chains::NOTATION_CA_ROLE;
+    // A request for its own certificate is the one thing any key but a CA's may sign
+    // besides its documents; a CA key signs certificates only, and only a CA key does.
+    let own_request = matches!(r.subject, Subject::CertRequest { .. }) && !ca_key;
+    if !own_request && ca_key != matches!(r.subject, Subject::Certificate { .. }) {
+        return Err(Error::Policy {
+            rule: "role",
+            why: if ca_key {
+                format!(
+                    "key {} is a Notation signing CA: it signs certificates only",
+                    key.key_id
+                )
+            } else {
+                format!(
+                    "key {} is not a Notation signing CA ({} key): only a CA key made with \
+                     `dct notation ca init` signs certificates",
+                    key.key_id, key.role
+                )
+            },
+        });
+    }
     match r.subject {
         Subject::Metadata {
             document,
@@ -240,6 +277,7 @@ fn parse(r: Request) -> Result<Item> {
                 previous,
                 approval: None,
                 oci: None,
+                cert: None,
             })
         }
         Subject::ServerRole { content } => {
@@ -267,6 +305,7 @@ fn parse(r: Request) -> Result<Item> {
                 previous: None,
                 approval: None,
                 oci: None,
+                cert: None,
             })
         }
         Subject::Oci { profile, payload } => {
@@ -292,6 +331,77 @@ fn parse(r: Request) -> Result<Item> {
                 previous: None,
                 approval: None,
                 oci: Some(parsed),
+                cert: None,
+            })
+        }
+        Subject::CertRequest { info } => {
+            use der::Decode;
+            let parsed = x509_cert::request::CertReqInfo::from_der(&info).map_err(|e| {
+                Error::InvalidArgument(format!("not a CertificationRequestInfo: {e}"))
+            })?;
+            let lines = crate::tuf::cert::describe_csr_info(&parsed, &key.spki).map_err(|why| {
+                Error::Policy {
+                    rule: "certificate",
+                    why: format!("key {} does not sign this request: {why}", key.key_id),
+                }
+            })?;
+            use sha2::Digest;
+            let p = Prepared {
+                envelope: crate::tuf::metadata::Envelope {
+                    signed: serde_json::Value::Null,
+                    signatures: Vec::new(),
+                },
+                role: key.role.clone(),
+                version: 0,
+                digest: sha2::Sha256::digest(&info).into(),
+                keyid: key.canonical_id.clone(),
+                gun: String::new(),
+                expires: time::OffsetDateTime::UNIX_EPOCH,
+            };
+            Ok(Item {
+                key,
+                p,
+                versioning: r.versioning,
+                raw: true,
+                previous: None,
+                approval: None,
+                oci: None,
+                cert: Some(lines),
+            })
+        }
+        Subject::Certificate { tbs } => {
+            use der::Decode;
+            let parsed = x509_cert::TbsCertificate::from_der(&tbs)
+                .map_err(|e| Error::InvalidArgument(format!("not a TBSCertificate: {e}")))?;
+            let lines =
+                crate::tuf::cert::describe_notation_tbs(&parsed, &key.spki).map_err(|why| {
+                    Error::Policy {
+                        rule: "certificate",
+                        why: format!("key {} does not sign this certificate: {why}", key.key_id),
+                    }
+                })?;
+            use sha2::Digest;
+            let p = Prepared {
+                envelope: crate::tuf::metadata::Envelope {
+                    signed: serde_json::Value::Null,
+                    signatures: Vec::new(),
+                },
+                role: key.role.clone(),
+                version: 0,
+                digest: sha2::Sha256::digest(&tbs).into(),
+                keyid: key.canonical_id.clone(),
+                gun: String::new(),
+                expires: time::OffsetDateTime::from(parsed.validity.not_after.to_system_time()),
+            };
+            Ok(Item {
+                key,
+                p,
+                versioning: r.versioning,
+                raw: true,
+                previous: None,
+                approval: None,
+                oci: None,
+                cert: Some(lines),
             })
         }
     }
@@ -323,11 +433,11 @@ fn sign_event(it: &Item) -> Event {
         gun: p.gun.clone(),
         sha256: crate::tuf::keys::hex(&p.digest),
         version: it.oci.is_none().then_some(p.version),
-        artifact: it
-            .oci
-            .as_ref()
-            .map(|o| format!("{} {}", o.kind.name(), o.artifact))
-            .unwrap_or_default(),
+        artifact: match (&it.oci, &it.cert) {
+            (Some(o), _) => format!("{} {}", o.kind.name(), o.artifact),
+            (None, Some(lines)) => lines.join("; "),
+            (None, None) => String::new(),
+        },
         ..Event::new("sign")
     }
 }
@@ -549,6 +659,13 @@ impl Guard {
     /// Step 2 for one item: the policy's rules, then the version held in the ledger (None
     /// when the key's rule turns version checks off).
     fn admit(&self, it: &Item) -> Result<Option<Reservation<'_>>> {
+        if it.cert.is_some() {
+            // A certificate has no version; the parse checked the key and what it signs.
+            if matches!(it.key.role.as_str(), crate::keys::chains::NOTATION_CA_ROLE) {
+                self.0.policy.check_certificate(&it.key, it.p.expires)?;
+            }
+            return Ok(None);
+        }
         if let Some(o) = &it.oci {
             // An OCI signature has no version: the policy alone decides.
             self.0.policy.check_oci(&it.key, o)?;
@@ -571,6 +688,20 @@ impl Guard {
     /// Step 3 for one item: what the signature changes, shown by the agent's confirmation
     /// program; the answer is the user's, not the client's.
     async fn confirm(&self, it: &Item) -> Result<String> {
+        if let Some(lines) = &it.cert {
+            let mut lines = lines.clone();
+            lines.push(format!("CA key: {}", it.p.keyid));
+            let title = if lines
+                .first()
+                .is_some_and(|l| l.starts_with("Certificate request"))
+            {
+                "dct-agent: sign a certificate request?"
+            } else {
+                "dct-agent: sign a certificate with the Notation signing CA?"
+            };
+            let approval = self.0.confirmer.ask(&it.key, title, &lines).await?;
+            return Ok(approval.describe());
+        }
         if let Some(o) = &it.oci {
             let mut lines = o.lines.clone();
             lines.push(format!("Key: {}", it.p.keyid));
@@ -583,7 +714,11 @@ impl Guard {
                 k => format!(
                     "dct-agent: sign a {} signature for {}?",
                     k.policy_word(),
-                    o.repository
+                    if o.repository.is_empty() {
+                        &o.artifact
+                    } else {
+                        &o.repository
+                    }
                 ),
             };
             let approval = self.0.confirmer.ask(&it.key, &title, &lines).await?;
@@ -612,7 +747,7 @@ impl Guard {
         let mut e = sign_event(it);
         // An OCI signature has no version for the ledger to hold.
         e.ledger = Some(
-            if it.oci.is_some() || !self.0.policy.checks_versions(&it.key) {
+            if it.oci.is_some() || it.cert.is_some() || !self.0.policy.checks_versions(&it.key) {
                 MarkState::Untracked
             } else {
                 match it.versioning {

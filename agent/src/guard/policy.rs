@@ -47,8 +47,9 @@ pub struct Rule {
     /// confirmation program (`[confirm] program`), never through the requesting client.
     #[serde(default)]
     pub confirm: bool,
-    /// OCI signatures the key may make: `notation`, `cosign` (image signatures, for the
-    /// repositories in `guns`, else the key's own GUN) and `blob` (any bytes, through
+    /// OCI signatures the key may make: `notation`, `cosign` (image signatures; cosign's
+    /// for the repositories in `guns`, else the key's own GUN; Notation's payload names no
+    /// repository, so `guns` do not bind it) and `blob` (any bytes, through
     /// `cosign sign-blob`: a key that signs anything signs images too, so never by
     /// default). Default: `["notation", "cosign"]` for targets and delegation keys, none
     /// for the others.
@@ -267,7 +268,15 @@ impl Policy {
                 ),
             ));
         }
-        if o.kind != crate::guard::oci::Kind::Blob {
+        // A Notation payload names no repository (see `oci::notation`): its key's rule and
+        // the digest it shows bind it, not `guns`.
+        let named = !matches!(
+            o.kind,
+            crate::guard::oci::Kind::Blob
+                | crate::guard::oci::Kind::NotationJws
+                | crate::guard::oci::Kind::NotationCose
+        );
+        if named {
             let repo = normal_repository(&o.repository);
             let fits = match rule.and_then(|r| r.guns.as_ref()) {
                 Some(guns) => guns
@@ -325,6 +334,29 @@ impl Policy {
                 }
                 Some(_) => {}
             }
+        }
+        Ok(())
+    }
+}
+
+impl Policy {
+    /// Checks a certificate a Notation signing CA's key is about to sign: where the key's
+    /// rule has `max_expiry`, the certificate may not be valid beyond it.
+    pub fn check_certificate(&self, key: &KeyEntry, not_after: OffsetDateTime) -> Result<()> {
+        let Some(max) = self.rule(key).and_then(|r| r.max_expiry.as_deref()) else {
+            return Ok(());
+        };
+        let limit = OffsetDateTime::now_utc() + parse_span(max).unwrap_or_default();
+        if not_after > limit {
+            return Err(refuse(
+                "max_expiry",
+                format!(
+                    "the certificate would be valid until {}, beyond the {max} key {} may \
+                     certify",
+                    not_after.date(),
+                    key.key_id
+                ),
+            ));
         }
         Ok(())
     }
@@ -502,6 +534,29 @@ mod tests {
             .contains("max_signature_lifetime"));
         n.expires = Some(OffsetDateTime::now_utc() + Duration::from_secs(20 * 86400));
         assert!(p.check_oci(&t, &n).is_ok());
+        // Notation payloads name no repository: the key's rule binds them, not its guns.
+        n.repository = String::new();
+        let p = Policy::new(vec![Rule {
+            role: Some("targets".into()),
+            guns: Some(vec!["example.com/app*".into()]),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert!(p.check_oci(&t, &n).is_ok());
+        // A CA key's max_expiry bounds the certificates it signs.
+        let ca = key("notation-ca");
+        let p = Policy::new(vec![Rule {
+            role: Some("notation-ca".into()),
+            max_expiry: Some("90d".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        let soon = OffsetDateTime::now_utc() + Duration::from_secs(30 * 86400);
+        assert!(p.check_certificate(&ca, soon).is_ok());
+        let e = p
+            .check_certificate(&ca, soon + Duration::from_secs(365 * 86400))
+            .unwrap_err();
+        assert!(e.to_string().contains("policy (max_expiry)"), "{e}");
         assert!(Policy::new(vec![Rule {
             role: Some("targets".into()),
             oci: Some(vec!["anything".into()]),

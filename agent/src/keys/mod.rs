@@ -4,6 +4,7 @@
 //! calls block, so they never run on the async runtime, and a backend keeps its session
 //! open across requests.
 
+pub mod chains;
 pub mod file;
 pub mod notices;
 pub mod options;

@@ -1123,7 +1123,9 @@ fn key_label(role: &str, gun: Option<&str>) -> Vec<u8> {
 fn parse_label(label: &str) -> Option<(String, Option<String>)> {
     let rest = label.strip_prefix(LABEL_PREFIX)?;
     let (role, gun) = rest.split_once(':')?;
-    if role == "cert" || !crate::tuf::metadata::valid_role_name(role) {
+    let ours =
+        crate::tuf::metadata::valid_role_name(role) || role == super::chains::NOTATION_CA_ROLE;
+    if role == "cert" || !ours {
         return None;
     }
     Some((role.to_string(), (!gun.is_empty()).then(|| gun.to_string())))

@@ -11,6 +11,7 @@ use crate::error::{Error, PinState, Result};
 use crate::guard::audit::Event;
 use crate::guard::oci::Profile as OciProfile;
 use crate::guard::{Guard, Request as SignRequest, Signed, Subject, Versioning};
+use crate::keys::chains::{Chains, NOTATION_CA_ROLE};
 use crate::keys::{check_gun, check_role, KeyEntry, Keyring, Token, TokenInfo};
 use crate::trust;
 use crate::tuf::verify;
@@ -48,6 +49,32 @@ impl AgentService {
             })
             .collect();
         self.guard.audit().record_many(events).await
+    }
+
+    /// The Notation certificates the agent keeps.
+    fn chains(&self) -> Chains {
+        Chains::new(&self.trust.state_dir())
+    }
+
+    /// Has a Notation signing CA's key sign `tbs` through the guard (parsed, policy,
+    /// confirmation, audit like any signature); returns the certificate.
+    async fn sign_certificate(
+        &self,
+        ca_keys: Vec<KeyEntry>,
+        tbs: x509_cert::TbsCertificate,
+    ) -> Result<x509_cert::Certificate> {
+        use der::{Decode, Encode};
+        let tbs_der = tbs.to_der().map_err(Error::internal)?;
+        let s = self
+            .guard
+            .sign(SignRequest {
+                keys: ca_keys,
+                subject: Subject::Certificate { tbs: tbs_der },
+                versioning: Versioning::Final,
+            })
+            .await?;
+        let der = crate::tuf::cert::assemble(tbs, &s.document).map_err(Error::internal)?;
+        x509_cert::Certificate::from_der(&der).map_err(Error::internal)
     }
 
     pub fn new(guard: Guard, trust: crate::trust::TrustContext) -> Self {
@@ -174,6 +201,26 @@ fn key_pb(k: KeyEntry) -> pb::Key {
         public: k.public,
         uri: k.uri,
         detail: k.detail.describe(),
+        cert_subject: String::new(),
+        cert_expires: String::new(),
+    }
+}
+
+/// Notation's name for a key's type and size.
+fn notation_key_spec(key: &KeyEntry) -> Result<&'static str> {
+    use der::Decode;
+    let spki = spki::SubjectPublicKeyInfoRef::from_der(&key.spki).map_err(Error::internal)?;
+    let curve = spki
+        .algorithm
+        .parameters
+        .and_then(|p| p.decode_as::<der::oid::ObjectIdentifier>().ok())
+        .map(|o| o.to_string());
+    match curve.as_deref() {
+        Some("1.2.840.10045.3.1.7") => Ok("EC-256"),
+        _ => Err(Error::InvalidArgument(format!(
+            "key {} is {}: Notation signatures through the agent need an ECDSA P-256 key",
+            key.key_id, key.keytype
+        ))),
     }
 }
 
@@ -420,6 +467,12 @@ impl Agent for AgentService {
             ))
             .into());
         }
+        // Notation checks the signature against the chain's leaf: without a valid chain
+        // for this key, nothing is signed.
+        let chain = match profile {
+            OciProfile::Notation => self.chains().for_signing(&key)?.der,
+            OciProfile::Cosign => Vec::new(),
+        };
         let s = self
             .guard
             .sign(SignRequest {
@@ -440,9 +493,297 @@ impl Agent for AgentService {
             kind: oci.kind.name().into(),
             algorithm: "ECDSA-SHA-256".into(),
             public_key: key.spki,
-            certificate_chain: Vec::new(),
+            certificate_chain: chain,
             repository: oci.repository,
             artifact: oci.artifact,
+        }))
+    }
+
+    async fn notation_ca_init(
+        &self,
+        req: Request<pb::NotationCaInitRequest>,
+    ) -> Result<Response<pb::NotationCaInitResponse>, Status> {
+        use der::Encode;
+        let req = req.into_inner();
+        let name = req.name.trim().to_string();
+        if name.is_empty() || name.len() > 256 {
+            return Err(Error::InvalidArgument(
+                "--name: the CA's common name or RFC 4514 subject (1 to 256 characters)".into(),
+            )
+            .into());
+        }
+        let days = u64::from(if req.days == 0 { 3650 } else { req.days });
+        let token = self.keys.token(&req.token)?;
+        let key = token.generate(NOTATION_CA_ROLE.into(), None).await?;
+        self.keys.invalidate();
+        self.guard
+            .record_key("create_key", &key, &token.label)
+            .await?;
+        let tbs = crate::tuf::cert::notation_ca_tbs(
+            &name,
+            &key.spki,
+            std::time::SystemTime::now(),
+            std::time::Duration::from_secs(days * 86400),
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let ca = self.sign_certificate(vec![key.clone()], tbs).await?;
+        crate::tuf::cert::verify_issued(&ca, &ca).map_err(Error::Internal)?;
+        let chains = self.chains();
+        chains.save_ca(&key, &ca)?;
+        let der = ca.to_der().map_err(Error::internal)?;
+        let info = token.run(|b| Ok(b.info())).await?;
+        let transcript = chains.write_ca_transcript(&key, &ca, &info)?;
+        tracing::info!(key_id = %key.key_id, token = %token.label, "made a Notation signing CA");
+        Ok(Response::new(pb::NotationCaInitResponse {
+            key: Some(key_pb(key)),
+            certificate: der,
+            transcript: transcript.display().to_string(),
+        }))
+    }
+
+    async fn notation_cert_issue(
+        &self,
+        req: Request<pb::NotationCertIssueRequest>,
+    ) -> Result<Response<pb::NotationCertIssueResponse>, Status> {
+        use der::Encode;
+        let req = req.into_inner();
+        let key = self
+            .keys
+            .find_key(&req.key_id)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        let ca_keys = self.keys.find_key(&req.ca_key_id).await?;
+        let ca_key = ca_keys
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.ca_key_id)))?;
+        if ca_key.role != NOTATION_CA_ROLE {
+            return Err(Error::InvalidArgument(format!(
+                "key {} is a {} key, not a Notation signing CA (`dct notation ca init`)",
+                ca_key.key_id, ca_key.role
+            ))
+            .into());
+        }
+        if key.role == NOTATION_CA_ROLE {
+            return Err(Error::InvalidArgument(format!(
+                "key {} is a signing CA: it signs certificates, not images",
+                key.key_id
+            ))
+            .into());
+        }
+        notation_key_spec(&key)?;
+        let chains = self.chains();
+        let ca = chains.ca(&ca_key)?;
+        let days = u64::from(if req.days == 0 { 365 } else { req.days });
+        let cn = if req.common_name.trim().is_empty() {
+            format!("dct-agent {}", key.key_id.get(..16).unwrap_or(&key.key_id))
+        } else {
+            req.common_name.trim().to_string()
+        };
+        let now = std::time::SystemTime::now();
+        let tbs = crate::tuf::cert::notation_leaf_tbs(
+            &cn,
+            &ca,
+            &key.spki,
+            now,
+            now + std::time::Duration::from_secs(days * 86400),
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let leaf = self.sign_certificate(ca_keys, tbs).await?;
+        let chain = vec![
+            leaf.to_der().map_err(Error::internal)?,
+            ca.to_der().map_err(Error::internal)?,
+        ];
+        chains.save(&key, &chain)?;
+        Ok(Response::new(pb::NotationCertIssueResponse {
+            certificate_chain: chain,
+            key_id: key.key_id,
+        }))
+    }
+
+    async fn notation_cert_request(
+        &self,
+        req: Request<pb::NotationCertRequestRequest>,
+    ) -> Result<Response<pb::NotationCertRequestResponse>, Status> {
+        use der::Encode;
+        let req = req.into_inner();
+        let keys = self.keys.find_key(&req.key_id).await?;
+        let key = keys
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        notation_key_spec(&key)?;
+        let cn = if req.common_name.trim().is_empty() {
+            format!("dct-agent {}", key.key_id.get(..16).unwrap_or(&key.key_id))
+        } else {
+            req.common_name.trim().to_string()
+        };
+        let info = crate::tuf::cert::csr_info(&cn, &key.spki)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let info_der = info.to_der().map_err(Error::internal)?;
+        let s = self
+            .guard
+            .sign(SignRequest {
+                keys,
+                subject: Subject::CertRequest { info: info_der },
+                versioning: Versioning::Final,
+            })
+            .await?;
+        let csr = crate::tuf::cert::assemble_csr(info, &s.document).map_err(Error::internal)?;
+        Ok(Response::new(pb::NotationCertRequestResponse {
+            csr,
+            key_id: key.key_id,
+        }))
+    }
+
+    async fn notation_cert_sign(
+        &self,
+        req: Request<pb::NotationCertSignRequest>,
+    ) -> Result<Response<pb::NotationCertIssueResponse>, Status> {
+        use der::Encode;
+        let req = req.into_inner();
+        let (subject, spki) =
+            crate::tuf::cert::check_csr(&req.csr).map_err(Error::InvalidArgument)?;
+        let ca_keys = self.keys.find_key(&req.ca_key_id).await?;
+        let ca_key = ca_keys
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.ca_key_id)))?;
+        if ca_key.role != NOTATION_CA_ROLE {
+            return Err(Error::InvalidArgument(format!(
+                "key {} is a {} key, not a Notation signing CA (`dct notation ca init`)",
+                ca_key.key_id, ca_key.role
+            ))
+            .into());
+        }
+        let ca = self.chains().ca(&ca_key)?;
+        let days = u64::from(if req.days == 0 { 365 } else { req.days });
+        let now = std::time::SystemTime::now();
+        let tbs = crate::tuf::cert::notation_leaf_tbs_named(
+            subject,
+            &ca,
+            &spki,
+            now,
+            now + std::time::Duration::from_secs(days * 86400),
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let leaf = self.sign_certificate(ca_keys, tbs).await?;
+        Ok(Response::new(pb::NotationCertIssueResponse {
+            certificate_chain: vec![
+                leaf.to_der().map_err(Error::internal)?,
+                ca.to_der().map_err(Error::internal)?,
+            ],
+            // The key is another agent's: it names it when the chain is imported there.
+            key_id: String::new(),
+        }))
+    }
+
+    async fn notation_cert_import(
+        &self,
+        req: Request<pb::NotationCertImportRequest>,
+    ) -> Result<Response<pb::NotationCertImportResponse>, Status> {
+        let req = req.into_inner();
+        let key = self
+            .keys
+            .find_key(&req.key_id)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        let chain = self.chains().import(&key, &req.certificate_chain)?;
+        self.guard
+            .audit()
+            .record(Event {
+                key_id: key.key_id.clone(),
+                role: key.role.clone(),
+                artifact: format!(
+                    "certificate chain {} until {}",
+                    chain.subject(),
+                    chain.expires()
+                ),
+                outcome: "ok".into(),
+                ..Event::new("import_cert")
+            })
+            .await?;
+        Ok(Response::new(pb::NotationCertImportResponse {
+            key_id: key.key_id,
+            subject: chain.subject(),
+            expires: chain.expires(),
+        }))
+    }
+
+    async fn notation_describe_key(
+        &self,
+        req: Request<pb::NotationDescribeKeyRequest>,
+    ) -> Result<Response<pb::NotationDescribeKeyResponse>, Status> {
+        let req = req.into_inner();
+        // Notation's first step of `notation sign`: a refusal here is a refused signature,
+        // and audited as one.
+        let described = async {
+            let key = self
+                .keys
+                .find_key(&req.key_id)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+            let key_spec = notation_key_spec(&key)?;
+            let chain = self.chains().for_signing(&key)?;
+            Ok::<_, Error>((key, key_spec, chain))
+        }
+        .await;
+        let (key, key_spec, chain) = match described {
+            Ok(d) => d,
+            Err(e) => {
+                let event = Event {
+                    key_id: req.key_id.clone(),
+                    artifact: "notation describe-key".into(),
+                    ..Event::new("sign")
+                };
+                self.guard.audit().refused(event, &e).await;
+                return Err(e.into());
+            }
+        };
+        Ok(Response::new(pb::NotationDescribeKeyResponse {
+            key_id: key.key_id,
+            key_spec: key_spec.into(),
+            certificate_chain: chain.der,
+        }))
+    }
+
+    async fn notation_trust(
+        &self,
+        req: Request<pb::NotationTrustRequest>,
+    ) -> Result<Response<pb::NotationTrustResponse>, Status> {
+        use der::Encode;
+        let req = req.into_inner();
+        let chains = self.chains();
+        let cas = if req.ca_key_id.is_empty() {
+            chains.all_cas()?
+        } else {
+            let key = self
+                .keys
+                .find_key(&req.ca_key_id)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotFound(format!("no key {}", req.ca_key_id)))?;
+            vec![chains.ca(&key)?]
+        };
+        if cas.is_empty() {
+            return Err(Error::NotFound(
+                "this agent has made no Notation signing CA; make one with `dct notation ca init`"
+                    .into(),
+            )
+            .into());
+        }
+        Ok(Response::new(pb::NotationTrustResponse {
+            ca_certificates: cas
+                .iter()
+                .map(|c| c.to_der().map_err(Error::internal))
+                .collect::<Result<_>>()?,
         }))
     }
 
@@ -460,7 +801,21 @@ impl Agent for AgentService {
             )
         };
         Ok(Response::new(pb::ListKeysResponse {
-            keys: keys.into_iter().map(key_pb).collect(),
+            keys: {
+                let chains = self.chains();
+                keys.into_iter()
+                    .map(|k| {
+                        // A chain that cannot be read lists as none; signing says why.
+                        let chain = chains.find(&k).ok().flatten();
+                        let mut p = key_pb(k);
+                        if let Some(c) = chain {
+                            p.cert_subject = c.subject();
+                            p.cert_expires = c.expires();
+                        }
+                        p
+                    })
+                    .collect()
+            },
             errors,
         }))
     }

@@ -27,6 +27,15 @@ pub(crate) type GunLocks =
     std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>;
 
 impl TrustContext {
+    /// The agent's state directory: the trust cache's parent, where the version ledger
+    /// and the Notation certificates ([`crate::keys::chains`]) are kept.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| self.dir.clone())
+    }
+
     pub fn new(dir: PathBuf, server: Option<ServerOpts>, pinning: crate::trust::Pinning) -> Self {
         TrustContext {
             dir,

@@ -114,6 +114,280 @@ fn self_signed_tbs(
     })
 }
 
+/// A certificate subject from what the user gave: a distinguished name in RFC 4514 form
+/// (`CN=Release,O=Example,ST=WA,C=US`, which Notation's `trustedIdentities` can name: it
+/// wants C, ST and O), or else a bare common name.
+pub fn subject_name(s: &str) -> Result<Name, CertError> {
+    if !s.contains('=') {
+        return name(&[(OID_CN, s)]);
+    }
+    use std::str::FromStr;
+    let n = RdnSequence::from_str(s)
+        .map_err(|e| CertError::Invalid(format!("subject {s:?}: not an RFC 4514 name ({e})")))?;
+    if n.0.is_empty() {
+        return Err(CertError::Invalid(format!("subject {s:?} is empty")));
+    }
+    Ok(n)
+}
+
+/// A random positive 128-bit serial, minimally encoded.
+fn random_serial() -> Result<SerialNumber, CertError> {
+    let mut serial = [0u8; 16];
+    getrandom::getrandom(&mut serial).map_err(|e| CertError::Rng(e.to_string()))?;
+    serial[0] &= 0x7f; // positive
+    if serial[0] == 0 {
+        serial[0] = 1; // keep 128 bits, minimally encoded
+    }
+    Ok(SerialNumber::new(&serial)?)
+}
+
+/// `t` cut to whole seconds, as X.509 times carry no fractions.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::from_secs(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
+}
+
+/// The to-be-signed part of a Notation signing CA's self-signed certificate (`CN=<cn>`):
+/// basicConstraints critical cA true, keyUsage critical keyCertSign and cRLSign, what
+/// Notation requires of a CA certificate in its trust store.
+pub fn notation_ca_tbs(
+    cn: &str,
+    spki_der: &[u8],
+    not_before: SystemTime,
+    validity: Duration,
+) -> Result<TbsCertificate, CertError> {
+    let name = subject_name(cn)?;
+    let start = whole_seconds(not_before);
+    let extensions = vec![
+        extension(
+            OID_BASIC_CONSTRAINTS,
+            true,
+            &BasicConstraints {
+                ca: true,
+                path_len_constraint: Some(0),
+            },
+        )?,
+        extension(
+            OID_KEY_USAGE,
+            true,
+            &KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+        )?,
+    ];
+    Ok(TbsCertificate {
+        version: Version::V3,
+        serial_number: random_serial()?,
+        signature: ecdsa_sha256(),
+        issuer: name.clone(),
+        validity: Validity {
+            not_before: rfc5280_time(start)?,
+            not_after: rfc5280_time(start + validity)?,
+        },
+        subject: name,
+        subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki_der)?,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions),
+    })
+}
+
+/// The to-be-signed part of a Notation signing certificate (`CN=<cn>`) for the key
+/// `spki_der`, issued by `issuer`: keyUsage critical digitalSignature, extendedKeyUsage
+/// codeSigning, basicConstraints cA false (Notation's leaf rules). Its validity ends at
+/// `not_after` or at the issuer's, whichever comes first.
+pub fn notation_leaf_tbs(
+    cn: &str,
+    issuer: &Certificate,
+    spki_der: &[u8],
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<TbsCertificate, CertError> {
+    notation_leaf_tbs_named(subject_name(cn)?, issuer, spki_der, not_before, not_after)
+}
+
+/// As [`notation_leaf_tbs`], for a subject already made (a request's).
+pub fn notation_leaf_tbs_named(
+    subject: Name,
+    issuer: &Certificate,
+    spki_der: &[u8],
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<TbsCertificate, CertError> {
+    let start = whole_seconds(not_before);
+    let ca_end = issuer.tbs_certificate.validity.not_after.to_system_time();
+    let end = whole_seconds(not_after.min(ca_end));
+    if end <= start {
+        return Err(CertError::Invalid(
+            "the signing CA's certificate has expired".into(),
+        ));
+    }
+    let extensions = vec![
+        extension(
+            OID_KEY_USAGE,
+            true,
+            &KeyUsage(KeyUsages::DigitalSignature.into()),
+        )?,
+        extension(
+            OID_EXT_KEY_USAGE,
+            false,
+            &ExtendedKeyUsage(vec![OID_CODE_SIGNING]),
+        )?,
+        extension(
+            OID_BASIC_CONSTRAINTS,
+            true,
+            &BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            },
+        )?,
+    ];
+    Ok(TbsCertificate {
+        version: Version::V3,
+        serial_number: random_serial()?,
+        signature: ecdsa_sha256(),
+        issuer: issuer.tbs_certificate.subject.clone(),
+        validity: Validity {
+            not_before: rfc5280_time(start)?,
+            not_after: rfc5280_time(end)?,
+        },
+        subject,
+        subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki_der)?,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions),
+    })
+}
+
+/// Checks a PKCS#10 request's signature (ECDSA P-256 with SHA-256, by the key it asks a
+/// certificate for: proof of possession); returns its subject and the key's DER SPKI.
+pub fn check_csr(der: &[u8]) -> Result<(Name, Vec<u8>), String> {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    use sha2::Digest;
+    let req = x509_cert::request::CertReq::from_der(der)
+        .map_err(|e| format!("not a PKCS#10 request: {e}"))?;
+    if req.algorithm.oid != OID_ECDSA_SHA256 {
+        return Err("the request is not signed ecdsa-with-SHA256 (P-256 keys only)".into());
+    }
+    let spki = req.info.public_key.to_der().map_err(|e| e.to_string())?;
+    let key = p256::PublicKey::from_sec1_bytes(req.info.public_key.subject_public_key.raw_bytes())
+        .map_err(|_| "the request's key is not a P-256 key".to_string())?;
+    let info = req.info.to_der().map_err(|e| e.to_string())?;
+    let sig = p256::ecdsa::Signature::from_der(req.signature.raw_bytes())
+        .map_err(|_| "the request's signature is malformed".to_string())?;
+    p256::ecdsa::VerifyingKey::from(key)
+        .verify_prehash(&sha2::Sha256::digest(&info), &sig)
+        .map_err(|_| "the request's signature does not verify".to_string())?;
+    Ok((req.info.subject, spki))
+}
+
+/// The `CertificationRequestInfo` of a PKCS#10 request (`CN=<cn>`) for the key
+/// `spki_der`, for a company CA to issue its Notation signing certificate.
+pub fn csr_info(cn: &str, spki_der: &[u8]) -> Result<x509_cert::request::CertReqInfo, CertError> {
+    Ok(x509_cert::request::CertReqInfo {
+        version: x509_cert::request::Version::V1,
+        subject: subject_name(cn)?,
+        public_key: SubjectPublicKeyInfoOwned::from_der(spki_der)?,
+        attributes: Default::default(),
+    })
+}
+
+/// The PKCS#10 request from its info and a raw r||s P-256 signature over the SHA-256 of
+/// the info's DER (made by the requested key: proof of possession).
+pub fn assemble_csr(
+    info: x509_cert::request::CertReqInfo,
+    raw_sig: &[u8],
+) -> Result<Vec<u8>, CertError> {
+    let sig = p256::ecdsa::Signature::from_slice(raw_sig)
+        .map_err(|_| CertError::Invalid("token returned a malformed P-256 signature".into()))?;
+    let req = x509_cert::request::CertReq {
+        info,
+        algorithm: ecdsa_sha256(),
+        signature: BitString::from_bytes(sig.to_der().as_bytes())?,
+    };
+    Ok(req.to_der()?)
+}
+
+/// What a certificate request about to be signed says; only a request for the signing
+/// key's own public key is signed.
+pub fn describe_csr_info(
+    info: &x509_cert::request::CertReqInfo,
+    signer_spki: &[u8],
+) -> Result<Vec<String>, String> {
+    let spki = info.public_key.to_der().map_err(|e| e.to_string())?;
+    if spki != signer_spki {
+        return Err("a key signs a certificate request for its own public key only".into());
+    }
+    Ok(vec![
+        "Certificate request (PKCS#10) for this key".to_string(),
+        format!("Subject: {}", info.subject),
+        format!(
+            "Subject key SHA-256: {}",
+            crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&spki))
+        ),
+    ])
+}
+
+/// What a certificate about to be signed says, for a confirmation and the audit log, and
+/// whether it is one the agent makes: a Notation CA certificate of the signing key itself,
+/// or a Notation leaf (never a CA) for another key. Anything else is refused.
+pub fn describe_notation_tbs(
+    tbs: &TbsCertificate,
+    signer_spki: &[u8],
+) -> Result<Vec<String>, String> {
+    if tbs.signature.oid != OID_ECDSA_SHA256 {
+        return Err("certificates are signed ecdsa-with-SHA256".into());
+    }
+    let ext = |oid| tbs.extensions.iter().flatten().find(|e| e.extn_id == oid);
+    let bc = ext(OID_BASIC_CONSTRAINTS)
+        .filter(|e| e.critical)
+        .and_then(|e| BasicConstraints::from_der(e.extn_value.as_bytes()).ok())
+        .ok_or("no critical basicConstraints")?;
+    let ku = ext(OID_KEY_USAGE)
+        .filter(|e| e.critical)
+        .and_then(|e| KeyUsage::from_der(e.extn_value.as_bytes()).ok())
+        .ok_or("no critical keyUsage")?;
+    let own = tbs
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| e.to_string())?
+        == signer_spki;
+    let kind = if own {
+        if !bc.ca || tbs.issuer != tbs.subject || !ku.key_cert_sign() {
+            return Err(
+                "a certificate for the CA's own key must be its self-signed CA certificate".into(),
+            );
+        }
+        "signing CA (self-signed)"
+    } else {
+        if bc.ca || ku.key_cert_sign() || ku.crl_sign() || !ku.digital_signature() {
+            return Err(
+                "a certificate for another key must be a signing leaf (digitalSignature, not a CA)"
+                    .into(),
+            );
+        }
+        "signing leaf (digitalSignature, codeSigning)"
+    };
+    let spki = tbs
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    Ok(vec![
+        format!("Certificate: {kind}"),
+        format!("Subject: {}", tbs.subject),
+        format!("Issuer: {}", tbs.issuer),
+        format!("Serial: {}", tbs.serial_number),
+        format!("Not before: {}", tbs.validity.not_before),
+        format!("Not after: {}", tbs.validity.not_after),
+        format!(
+            "Subject key SHA-256: {}",
+            crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&spki))
+        ),
+    ])
+}
+
 /// `at` as RFC 5280 section 4.1.2.5 wants it: UTCTime for dates through 2049,
 /// GeneralizedTime from 2050 on (as Go, hence Notary, encodes them). `Time::try_from`
 /// always picks GeneralizedTime.
@@ -417,6 +691,93 @@ mod tests {
             .unwrap_err()
             .contains("expired"));
         assert!(cert.tbs_certificate.serial_number.as_bytes().len() <= 17);
+    }
+
+    fn spki_of(sk: &SigningKey) -> Vec<u8> {
+        sk.verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    }
+
+    fn sign(sk: &SigningKey, tbs: TbsCertificate) -> Certificate {
+        let sig: Signature = sk
+            .sign_prehash(&Sha256::digest(tbs.to_der().unwrap()))
+            .unwrap();
+        Certificate::from_der(&assemble(tbs, &sig.to_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn notation_ca_and_leaf_as_notation_wants_them() {
+        let ca_sk = SigningKey::from_slice(&[5u8; 32]).unwrap();
+        let leaf_sk = SigningKey::from_slice(&[6u8; 32]).unwrap();
+        let (ca_spki, leaf_spki) = (spki_of(&ca_sk), spki_of(&leaf_sk));
+        let now = SystemTime::now();
+        let year = Duration::from_secs(365 * 86400);
+        let tbs = notation_ca_tbs("Signing CA", &ca_spki, now, 10 * year).unwrap();
+        let lines = describe_notation_tbs(&tbs, &ca_spki).unwrap();
+        assert!(lines[0].contains("signing CA"), "{lines:?}");
+        // The CA's own certificate is not one another key may get signed.
+        assert!(describe_notation_tbs(&tbs, &leaf_spki).is_err());
+        let ca = sign(&ca_sk, tbs);
+        verify_issued(&ca, &ca).unwrap();
+        let ext = |c: &Certificate, oid| {
+            c.tbs_certificate
+                .extensions
+                .iter()
+                .flatten()
+                .find(|e| e.extn_id == oid)
+                .cloned()
+                .unwrap()
+        };
+        let bc = ext(&ca, OID_BASIC_CONSTRAINTS);
+        assert!(bc.critical);
+        assert!(
+            BasicConstraints::from_der(bc.extn_value.as_bytes())
+                .unwrap()
+                .ca
+        );
+        let ku = ext(&ca, OID_KEY_USAGE);
+        assert!(ku.critical);
+        let ku = KeyUsage::from_der(ku.extn_value.as_bytes()).unwrap();
+        assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
+        assert_eq!(time_tag(&ca.tbs_certificate.validity.not_before), 0x17);
+
+        // A leaf asked to outlive its CA ends with it.
+        let tbs = notation_leaf_tbs("Release", &ca, &leaf_spki, now, now + 20 * year).unwrap();
+        let lines = describe_notation_tbs(&tbs, &ca_spki).unwrap();
+        assert!(lines[0].contains("signing leaf"), "{lines:?}");
+        assert!(
+            lines.contains(&"Subject: CN=Release".to_string()),
+            "{lines:?}"
+        );
+        let leaf = sign(&ca_sk, tbs);
+        verify_issued(&leaf, &ca).unwrap();
+        assert_eq!(
+            leaf.tbs_certificate.validity.not_after,
+            ca.tbs_certificate.validity.not_after
+        );
+        let ku = ext(&leaf, OID_KEY_USAGE);
+        assert!(ku.critical);
+        let ku = KeyUsage::from_der(ku.extn_value.as_bytes()).unwrap();
+        assert!(ku.digital_signature() && !ku.key_cert_sign());
+        let eku = ext(&leaf, OID_EXT_KEY_USAGE);
+        assert_eq!(
+            ExtendedKeyUsage::from_der(eku.extn_value.as_bytes())
+                .unwrap()
+                .0,
+            vec![OID_CODE_SIGNING]
+        );
+        assert!(
+            !BasicConstraints::from_der(ext(&leaf, OID_BASIC_CONSTRAINTS).extn_value.as_bytes())
+                .unwrap()
+                .ca
+        );
+        chains_to(std::slice::from_ref(&leaf), std::slice::from_ref(&ca), now).unwrap();
+        // A Notary root certificate (a key's own, not a CA) is not signed by a CA key.
+        let root = root_tbs("example.com/app", &ca_spki, now).unwrap();
+        assert!(describe_notation_tbs(&root, &ca_spki).is_err());
     }
 
     /// The DER tag of a validity time as encoded: 0x17 UTCTime, 0x18 GeneralizedTime.
