@@ -113,7 +113,8 @@ enum Command {
     },
     /// Re-sign what DCT vouched for as OCI signatures: every signed tag of IMAGE (verified
     /// under a pinned or cached root; a tag the registry moved since is reported, never
-    /// signed; one already signed is skipped) gets a cosign signature made with --key,
+    /// signed; one already signed is skipped) gets a cosign and/or Notation signature made
+    /// with --key,
     /// written to the registry by the agent (HTTPS with --tlscacert; DCT_REGISTRY_USERNAME /
     /// DCT_REGISTRY_PASSWORD when it asks). Progress on standard error, a summary at the end.
     Migrate {
@@ -121,7 +122,8 @@ enum Command {
         server: trust::ServerArgs,
         /// The repository, e.g. registry.example.com/app.
         image: String,
-        /// Formats to write, comma-separated: cosign.
+        /// Formats to write, comma-separated: cosign, notation (the key needs a certificate
+        /// chain: `dct notation cert issue`).
         #[arg(long, value_delimiter = ',', required = true)]
         to: Vec<String>,
         /// The key that signs (its policy must allow the format for this repository).

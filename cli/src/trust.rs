@@ -70,7 +70,7 @@ pub enum TrustCmd {
         #[arg(long)]
         token: Option<String>,
         /// Dual signing: once published in DCT, also write these OCI signatures of each
-        /// tag's digest (comma-separated: cosign), made by the key(s) that signed it in
+        /// tag's digest (comma-separated: cosign, notation), made by the key(s) that signed it in
         /// DCT and written to the registry by the agent.
         #[arg(long, value_delimiter = ',', value_name = "FORMATS")]
         also: Vec<String>,

@@ -427,3 +427,144 @@ fn a_notary_client_repository_of_200_tags_migrates_but_for_its_moved_tags() {
     );
     assert_eq!(again["summary"]["signed"], 0);
 }
+
+/// The real notation CLI with its own configuration directory.
+fn notation(config: &std::path::Path, stack: &NotaryStack, args: &[&str]) -> Output {
+    Command::new(gotools::notation())
+        .args(args)
+        .env("XDG_CONFIG_HOME", config)
+        .env("HOME", config)
+        .env("SSL_CERT_FILE", &stack.ca)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn migrate_and_dual_sign_to_notation_verified_by_notation_and_cosign() {
+    let stack = NotaryStack::start();
+    let registry = Registry::start(&stack);
+    let host = registry.host.clone();
+    let (_hsm, agent) = Agent::on_fresh_token("migrate-notation", "2222");
+    let gun = format!("{host}/team/notated");
+    let m1 = registry.push_runnable("team/notated", "t1", "one");
+    let m2 = registry.push_runnable("team/notated", "t2", "two");
+    trust(&agent, &stack, &["init", &gun]).ok();
+    trust(
+        &agent,
+        &stack,
+        &["sign", &format!("{gun}:t1"), &format!("{gun}:t2")],
+    )
+    .ok();
+    let (key_id, pem) = targets_key(&agent, &gun);
+    let srv = [
+        "--server",
+        &stack.url,
+        "--tlscacert",
+        stack.ca.to_str().unwrap(),
+    ];
+    let migrate = || {
+        let mut a = vec![
+            "--json",
+            "migrate",
+            &gun,
+            "--to",
+            "notation,cosign",
+            "--key",
+            &key_id,
+        ];
+        a.extend_from_slice(&srv);
+        agent.dct(&a)
+    };
+    // Without a certificate chain, Notation signatures are refused per tag, cosign's made.
+    let run = migrate();
+    assert_eq!(run.code(), 1);
+    let out: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    assert_eq!(out["summary"]["failed"], 2, "{out}");
+    assert_eq!(out["summary"]["signed"], 2, "{out}");
+    assert!(
+        run.stdout().contains("no certificate chain"),
+        "{}",
+        run.stdout()
+    );
+
+    // A signing CA on the token, a leaf for the targets key; then Notation too.
+    let ca = agent
+        .dct(&["--json", "notation", "ca", "init", "--name", "Migration CA"])
+        .json();
+    let ca_key = ca["key"]["key_id"].as_str().unwrap().to_string();
+    agent
+        .dct(&["notation", "cert", "issue", &key_id, "--ca", &ca_key])
+        .ok();
+    let out = migrate().json();
+    assert_eq!(out["summary"]["signed"], 2, "{out}");
+    assert_eq!(out["summary"]["already_signed"], 2, "{out}");
+
+    // The real notation verifies with the exported trust store and policy.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    agent
+        .dct(&[
+            "notation",
+            "export-trust",
+            config.join("notation").to_str().unwrap(),
+            "--scope",
+            &gun,
+        ])
+        .ok();
+    for m in [&m1, &m2] {
+        let v = notation(
+            &config,
+            &stack,
+            &["verify", &format!("{gun}@{}", digest(m))],
+        );
+        assert!(
+            v.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    // A second run does nothing in either format.
+    let again = migrate().json();
+    assert_eq!(again["summary"]["already_signed"], 4, "{again}");
+
+    // Dual signing in both formats: DCT, Notation and cosign all verify the new tag.
+    let m3 = registry.push_runnable("team/notated", "t3", "three");
+    let mut a = vec![
+        "--json",
+        "trust",
+        "sign",
+        &format!("{gun}:t3"),
+        "--also",
+        "notation,cosign",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    a.extend(srv.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = agent.dct(&a).json();
+    let also = out["also"].as_array().unwrap();
+    assert_eq!(also.len(), 2, "{out}");
+    assert!(also.iter().all(|x| x["ok"] == true), "{out}");
+    let v = notation(
+        &config,
+        &stack,
+        &["verify", &format!("{gun}@{}", digest(&m3))],
+    );
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let pubkey = dir.path().join("t.pub");
+    std::fs::write(&pubkey, pem).unwrap();
+    let v = cosign_verify(&stack, &pubkey, &format!("{gun}:t3"));
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let listed = dct_tests::notary::notary_list(&stack, &gun, &[]);
+    assert!(listed.iter().any(|(t, _, _, _)| t == "t3"), "{listed:?}");
+    // Notation refuses a digest nobody signed.
+    let m4 = registry.push_runnable("team/notated", "t4", "four, unsigned");
+    let v = notation(
+        &config,
+        &stack,
+        &["verify", &format!("{gun}@{}", digest(&m4))],
+    );
+    assert!(!v.status.success());
+}

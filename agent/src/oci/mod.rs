@@ -1,4 +1,5 @@
 //! OCI registries: the registry client that resolves tags to digests.
 
 pub mod cosign;
+pub mod notation;
 pub mod registry;

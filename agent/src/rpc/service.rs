@@ -1288,14 +1288,11 @@ impl Agent for AgentService {
                 manifest,
             })
             .collect();
-        for f in &req.also {
-            if f != "cosign" {
-                return Err(Error::InvalidArgument(format!(
-                    "--also {f}: this agent writes cosign signatures (notation: not yet)"
-                ))
-                .into());
-            }
-        }
+        let formats = req
+            .also
+            .iter()
+            .map(|f| trust::migrate::Format::parse(f))
+            .collect::<Result<Vec<_>>>()?;
         let tags = trust::resolve_tags(&req.gun, wanted, ca.as_deref(), creds.as_ref()).await?;
         // Resolved: the registry password is kept only for the OCI signatures' writes.
         let registry = if req.also.is_empty() {
@@ -1324,36 +1321,61 @@ impl Agent for AgentService {
         // tag (`dct migrate` retries what is missing, skipping what is there).
         let mut also = Vec::new();
         if let Some(session) = &registry {
-            let by_digest: std::collections::HashMap<&str, String> = tags
-                .iter()
-                .map(|t| (t.tag.as_str(), crate::tuf::keys::hex(&t.sha256)))
-                .collect();
-            let items: Vec<trust::migrate::CosignItem> = r
-                .signed_by
-                .iter()
-                .flat_map(|(tag, keys)| {
-                    let digest = by_digest.get(tag.as_str()).cloned().unwrap_or_default();
-                    keys.iter().map(move |k| trust::migrate::CosignItem {
-                        tag: tag.clone(),
-                        digest: digest.clone(),
-                        keys: vec![k.clone()],
-                    })
-                })
-                .collect();
-            let written =
-                trust::migrate::sign_and_write_cosign(&self.guard, session, &req.gun, &items).await;
-            for (item, w) in items.iter().zip(written) {
-                also.push(pb::OciSignature {
-                    tag: item.tag.clone(),
-                    format: "cosign".into(),
-                    key_id: item
-                        .keys
-                        .first()
-                        .map(|k| k.key_id.clone())
-                        .unwrap_or_default(),
-                    ok: w.is_ok(),
-                    detail: w.err().map(|e| e.to_string()).unwrap_or_default(),
-                });
+            let mut subjects: std::collections::HashMap<&str, Result<_>> = Default::default();
+            for t in &tags {
+                let digest = crate::tuf::keys::hex(&t.sha256);
+                subjects.insert(
+                    t.tag.as_str(),
+                    trust::migrate::subject_of(session, &digest).await,
+                );
+            }
+            for format in &formats {
+                let mut items = Vec::new();
+                for (tag, keys) in &r.signed_by {
+                    let subject = match subjects.get(tag.as_str()) {
+                        Some(Ok(s)) => s.clone(),
+                        Some(Err(e)) => {
+                            also.push(pb::OciSignature {
+                                tag: tag.clone(),
+                                format: format.name().into(),
+                                key_id: String::new(),
+                                ok: false,
+                                detail: e.to_string(),
+                            });
+                            continue;
+                        }
+                        None => continue,
+                    };
+                    for k in keys {
+                        items.push(trust::migrate::OciItem {
+                            tag: tag.clone(),
+                            subject: subject.clone(),
+                            keys: vec![k.clone()],
+                        });
+                    }
+                }
+                let written = trust::migrate::sign_and_write(
+                    &self.guard,
+                    &self.trust,
+                    session,
+                    &req.gun,
+                    *format,
+                    &items,
+                )
+                .await;
+                for (item, w) in items.iter().zip(written) {
+                    also.push(pb::OciSignature {
+                        tag: item.tag.clone(),
+                        format: format.name().into(),
+                        key_id: item
+                            .keys
+                            .first()
+                            .map(|k| k.key_id.clone())
+                            .unwrap_or_default(),
+                        ok: w.is_ok(),
+                        detail: w.err().map(|e| e.to_string()).unwrap_or_default(),
+                    });
+                }
             }
         }
         let first = tags.first();
@@ -1421,16 +1443,15 @@ impl Agent for AgentService {
     ) -> Result<Response<Self::MigrateStream>, Status> {
         let req = req.into_inner();
         trust::check_gun(&req.gun)?;
-        for f in &req.to {
-            if f != "cosign" {
-                return Err(Error::InvalidArgument(format!(
-                    "--to {f}: this agent migrates to cosign (notation: not yet)"
-                ))
-                .into());
-            }
-        }
-        if req.to.is_empty() {
-            return Err(Error::InvalidArgument("--to: name a format (cosign)".into()).into());
+        let formats = req
+            .to
+            .iter()
+            .map(|f| trust::migrate::Format::parse(f))
+            .collect::<Result<Vec<_>>>()?;
+        if formats.is_empty() {
+            return Err(
+                Error::InvalidArgument("--to: name a format (cosign, notation)".into()).into(),
+            );
         }
         let keys = self.keys.find_key(&req.key_id).await?;
         let creds = self.registry_creds(
@@ -1447,31 +1468,39 @@ impl Agent for AgentService {
                 dry_run: req.dry_run,
             };
             let _repo_lock = ctx.lock(&req.gun).await;
-            let sent = tx.clone();
-            let r = trust::migrate::migrate_cosign(
-                &guard,
-                &client,
-                &ctx,
-                &req.gun,
-                keys,
-                &opts,
-                (ca.as_deref(), creds),
-                |total, t| {
-                    // Unbounded (one message per tag): none is dropped for a slow reader. A
-                    // client that went away stops hearing; the run finishes regardless.
-                    let _ = sent.send(Ok(pb::MigrateProgress {
-                        tag: t.tag.clone(),
-                        sha256: t.sha256_hex.clone(),
-                        format: "cosign".into(),
-                        outcome: t.outcome.name().into(),
-                        detail: t.detail.clone(),
-                        total: total as u32,
-                    }));
-                },
-            )
-            .await;
-            if let Err(e) = r {
-                let _ = tx.send(Err(Status::from(e)));
+            for format in formats {
+                let sent = tx.clone();
+                let creds = creds.as_ref().map(|c| crate::oci::registry::Credentials {
+                    username: c.username.clone(),
+                    password: c.password.clone(),
+                });
+                let r = trust::migrate::migrate(
+                    format,
+                    &guard,
+                    &client,
+                    &ctx,
+                    &req.gun,
+                    keys.clone(),
+                    &opts,
+                    (ca.as_deref(), creds),
+                    |total, t| {
+                        // Unbounded (one message per tag): none is dropped for a slow
+                        // reader. A client that went away stops hearing; the run finishes.
+                        let _ = sent.send(Ok(pb::MigrateProgress {
+                            tag: t.tag.clone(),
+                            sha256: t.sha256_hex.clone(),
+                            format: format.name().into(),
+                            outcome: t.outcome.name().into(),
+                            detail: t.detail.clone(),
+                            total: total as u32,
+                        }));
+                    },
+                )
+                .await;
+                if let Err(e) = r {
+                    let _ = tx.send(Err(Status::from(e)));
+                    break;
+                }
             }
         });
         Ok(Response::new(Box::pin(
