@@ -21,8 +21,8 @@ pub struct Verify {
     pub print_digest: bool,
 }
 
-/// The policy as JSON, every `public_key` file read in as `public_key_pem` (paths relative
-/// to the policy file).
+/// The policy as JSON, every `public_key` (cosign) and `trust_store` (Notation) file read
+/// in as `public_key_pem` / `trust_store_pem` (paths relative to the policy file).
 fn read_policy(path: &Path) -> Result<Vec<u8>, Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
@@ -43,17 +43,19 @@ fn read_policy(path: &Path) -> Result<Vec<u8>, Failure> {
             continue;
         };
         for s in signers {
-            let Some(c) = s.get_mut("cosign").and_then(Value::as_object_mut) else {
-                continue;
-            };
-            if let Some(file) = c.remove("public_key") {
-                let file = file
-                    .as_str()
-                    .ok_or_else(|| bad("cosign public_key must be a file name".into()))?;
-                let p = base.join(file);
-                let pem = std::fs::read_to_string(&p)
-                    .map_err(|e| bad(format!("cannot read {}: {e}", p.display())))?;
-                c.insert("public_key_pem".into(), pem.into());
+            for (kind, field) in [("cosign", "public_key"), ("notation", "trust_store")] {
+                let Some(c) = s.get_mut(kind).and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                if let Some(file) = c.remove(field) {
+                    let file = file
+                        .as_str()
+                        .ok_or_else(|| bad(format!("{kind} {field} must be a file name")))?;
+                    let p = base.join(file);
+                    let pem = std::fs::read_to_string(&p)
+                        .map_err(|e| bad(format!("cannot read {}: {e}", p.display())))?;
+                    c.insert(format!("{field}_pem"), pem.into());
+                }
             }
         }
     }

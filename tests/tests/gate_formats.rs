@@ -206,6 +206,118 @@ cosign = {{ public_key = "cosign.pub" }}
         "no cosign signature",
     );
     assert!(err.contains("another key"), "{err}");
+    // Notation: a CA on the token, a leaf for the targets key, v2 signed in Notation too.
+    let ca = agent
+        .dct(&["--json", "notation", "ca", "init", "--name", "Gate CA"])
+        .json();
+    let ca_key = ca["key"]["key_id"].as_str().unwrap().to_string();
+    let targets_id = pem_of(&agent, &gun, "targets").0;
+    agent
+        .dct(&["notation", "cert", "issue", &targets_id, "--ca", &ca_key])
+        .ok();
+    let listed = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
+    let subject = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == targets_id.as_str())
+        .and_then(|k| k["notation_certificate"]["subject"].as_str())
+        .unwrap()
+        .to_string();
+    let trust_dir = dir.path().join("notation-trust");
+    agent
+        .dct(&[
+            "notation",
+            "export-trust",
+            trust_dir.to_str().unwrap(),
+            "--scope",
+            &gun,
+        ])
+        .ok();
+    let ca_pem = trust_dir.join("truststore/x509/ca/dct/dct-ca-1.pem");
+    assert!(ca_pem.exists());
+    dct(&["migrate", &gun, "--to", "notation", "--key", &targets_id]).ok();
+    let notation_policy = |identity: &str, require: u32| {
+        let file = dir
+            .path()
+            .join(format!("n-{require}-{}.json", identity.len()));
+        std::fs::write(
+            &file,
+            serde_json::json!({"scope": [{"repositories": [gun], "require": require, "signer": [
+                {"name": "release", "notation": {"trust_store": ca_pem.to_str().unwrap(),
+                    "identities": [identity]}},
+                {"name": "ci", "cosign": {"public_key": "cosign.pub"}}]}]})
+            .to_string(),
+        )
+        .unwrap();
+        file.to_str().unwrap().to_string()
+    };
+    // v2: Notation (the migrated signature) and the CI's cosign key, 2 of 2.
+    let j = verify(&format!("{gun}:v2"), &notation_policy(&subject, 2)).json();
+    assert_eq!(j["digest"], digest(&m2), "{j}");
+    // An identity the leaf is not: Notation does not count.
+    let err = one_line(
+        dct(&[
+            "verify",
+            &format!("{gun}:v2"),
+            "--policy",
+            &notation_policy("CN=someone else", 2),
+        ]),
+        "not a trusted identity",
+    );
+    assert!(err.contains("ci passed"), "{err}");
+    // v1 has no CI signature: Notation alone is 1 of 2 (v1 was migrated to Notation too).
+    one_line(
+        dct(&[
+            "verify",
+            &format!("{gun}:v1"),
+            "--policy",
+            &notation_policy(&subject, 2),
+        ]),
+        "signers: 1 of the 2 required",
+    );
+
+    // A Notation signature that expires (the real notation, through the plugin): it
+    // counts until it expires, then the gate names the expiry.
+    let m3 = registry.push_runnable("team/gated", "v3", "gated v3");
+    let config = dir.path().join("notation-config");
+    agent
+        .dct_env(
+            &["notation", "install"],
+            &[("XDG_CONFIG_HOME", config.to_str().unwrap())],
+        )
+        .ok();
+    let signed = Command::new(gotools::notation())
+        .args([
+            "sign",
+            "--plugin",
+            "dct",
+            "--id",
+            &targets_id,
+            "--expiry",
+            "4s",
+        ])
+        .arg(format!("{gun}@{}", digest(&m3)))
+        .env("XDG_CONFIG_HOME", &config)
+        .env("HOME", &config)
+        .env("SSL_CERT_FILE", &stack.ca)
+        .env("DCT_SOCKET", &agent.socket)
+        .output()
+        .unwrap();
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let expiring = notation_policy(&subject, 1);
+    let image3 = format!("{gun}@{}", digest(&m3));
+    verify(&image3, &expiring).ok();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    one_line(
+        dct(&["verify", &image3, "--policy", &expiring]),
+        "expired at",
+    );
+
     // A repository no scope covers; a misspelt policy.
     one_line(
         dct(&[

@@ -8,6 +8,7 @@
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
+use der::Encode as _;
 use p256::ecdsa::signature::Verifier as _;
 use p256::pkcs8::DecodePublicKey as _;
 use serde_json::{json, Value};
@@ -255,4 +256,107 @@ pub async fn attach(
             INDEX_TYPE,
         )
         .await
+}
+
+/// What a verifier trusts: CA certificates, and the leaf subjects it accepts (RFC 4514 as
+/// `dct key list` shows them, optionally with Notation's `x509.subject:` prefix; `*` for any).
+pub struct Trust {
+    pub cas: Vec<x509_cert::Certificate>,
+    pub identities: Vec<String>,
+}
+
+/// A subject name compared without the spaces around its separators.
+fn normal_name(name: &str) -> String {
+    let name = name.trim();
+    let name = name.strip_prefix("x509.subject:").unwrap_or(name);
+    name.split(',')
+        .map(|part| part.trim())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether one of the image's Notation signatures verifies: its chain issued by a trusted
+/// CA (all valid now), its leaf a trusted identity, the signature by the leaf's key over a
+/// payload naming `digest_hex`, not expired. The reason when none does.
+pub async fn verify(session: &Session, digest_hex: &str, trust: &Trust) -> Result<()> {
+    use der::Decode as _;
+    let envs = envelopes(session, digest_hex).await?;
+    if envs.is_empty() {
+        return Err(Error::Refused(format!(
+            "no Notation signature of sha256:{digest_hex} (referrers {})",
+            referrers_tag(digest_hex)
+        )));
+    }
+    let mut why = Vec::new();
+    for env in &envs {
+        let chain: Vec<x509_cert::Certificate> = env
+            .pointer("/header/x5c")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(|c| STANDARD.decode(c).ok())
+                    .filter_map(|d| x509_cert::Certificate::from_der(&d).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(leaf) = chain.first() else {
+            why.push("an envelope without a certificate chain".to_string());
+            continue;
+        };
+        if let Err(e) =
+            crate::tuf::cert::chains_to(&chain, &trust.cas, std::time::SystemTime::now())
+        {
+            why.push(e);
+            continue;
+        }
+        let subject = leaf.tbs_certificate.subject.to_string();
+        let trusted = trust
+            .identities
+            .iter()
+            .any(|i| i.trim() == "*" || normal_name(i) == normal_name(&subject));
+        if !trusted {
+            why.push(format!("signed by {subject}, not a trusted identity"));
+            continue;
+        }
+        let spki = leaf
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(Error::internal)?;
+        let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(&spki) else {
+            why.push(format!("{subject}'s key is not P-256"));
+            continue;
+        };
+        if !verifies(env, digest_hex, &key) {
+            why.push(format!(
+                "a signature by {subject} that does not verify for this digest"
+            ));
+            continue;
+        }
+        let protected: Value = env
+            .get("protected")
+            .and_then(Value::as_str)
+            .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .unwrap_or(Value::Null);
+        if let Some(expiry) = protected
+            .get("io.cncf.notary.expiry")
+            .and_then(Value::as_str)
+        {
+            match OffsetDateTime::parse(expiry, &Rfc3339) {
+                Ok(t) if t > OffsetDateTime::now_utc() => {}
+                _ => {
+                    why.push(format!("a signature by {subject} that expired at {expiry}"));
+                    continue;
+                }
+            }
+        }
+        return Ok(());
+    }
+    why.dedup();
+    Err(Error::Refused(format!(
+        "no Notation signature of sha256:{digest_hex} is trusted ({})",
+        why.join("; ")
+    )))
 }

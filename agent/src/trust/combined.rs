@@ -1,7 +1,7 @@
-//! One deploy gate for DCT, cosign (and later Notation) signatures: `dct verify IMAGE:TAG
+//! One deploy gate for DCT, cosign and Notation signatures: `dct verify IMAGE:TAG
 //! --policy FILE`. A policy names, per repository scope, the signers a deployment may
-//! trust, each a DCT repository under pinned roots (named delegations optional) or a cosign
-//! public key, and how many of them must vouch for the image (`require`, m of n across
+//! trust, each a DCT repository under pinned roots (named delegations optional), a cosign
+//! public key, or a Notation trust store with trusted identities, and how many of them must vouch for the image (`require`, m of n across
 //! formats). The image's digest is the one the registry serves for the tag; a DCT signer
 //! counts only if DCT signed that same digest.
 //!
@@ -45,6 +45,16 @@ pub struct SignerSpec {
     pub name: String,
     pub dct: Option<DctSpec>,
     pub cosign: Option<CosignSpec>,
+    pub notation: Option<NotationSpec>,
+}
+
+/// Notation: a signature whose chain a CA of the trust store issued, by one of the
+/// identities (leaf subjects; `*` for any).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotationSpec {
+    pub trust_store_pem: String,
+    pub identities: Vec<String>,
 }
 
 /// DCT: the repository's trust data under these root keys (certificate or canonical IDs),
@@ -85,10 +95,12 @@ impl GatePolicy {
                 )));
             }
             for sg in &s.signer {
-                let kinds = usize::from(sg.dct.is_some()) + usize::from(sg.cosign.is_some());
+                let kinds = usize::from(sg.dct.is_some())
+                    + usize::from(sg.cosign.is_some())
+                    + usize::from(sg.notation.is_some());
                 if kinds != 1 {
                     return Err(Error::InvalidArgument(format!(
-                        "{}: signer {:?} must be exactly one of dct or cosign",
+                        "{}: signer {:?} must be exactly one of dct, cosign or notation",
                         at(),
                         sg.name
                     )));
@@ -206,6 +218,14 @@ pub async fn verify_image(
                         .map_err(|e| e.to_string()),
                 },
             }
+        } else if let Some(n) = &s.notation {
+            match (&served, notation_trust(n)) {
+                (Err(e), _) => Err(e.clone()),
+                (_, Err(e)) => Err(e),
+                (Ok(digest), Ok(trust)) => crate::oci::notation::verify(&session, digest, &trust)
+                    .await
+                    .map_err(|e| e.to_string()),
+            }
         } else {
             Err("no kind".into())
         };
@@ -257,4 +277,17 @@ fn spki_of(pem: &str) -> std::result::Result<Vec<u8>, String> {
     key.to_public_key_der()
         .map(|d| d.as_bytes().to_vec())
         .map_err(|e| e.to_string())
+}
+
+/// A Notation signer's trust store and identities.
+fn notation_trust(n: &NotationSpec) -> std::result::Result<crate::oci::notation::Trust, String> {
+    let cas = x509_cert::Certificate::load_pem_chain(n.trust_store_pem.as_bytes())
+        .map_err(|e| format!("the notation trust store is not PEM certificates: {e}"))?;
+    if cas.is_empty() || n.identities.is_empty() {
+        return Err("a notation signer needs a trust store and identities".into());
+    }
+    Ok(crate::oci::notation::Trust {
+        cas,
+        identities: n.identities.clone(),
+    })
 }
