@@ -163,6 +163,31 @@ cosign = {{ public_key = "cosign.pub" }}
     // v2: DCT and the CI's cosign key (2 of 3).
     let j = verify(&format!("{gun}:v2"), &two).json();
     assert_eq!(j["digest"], digest(&m2), "{j}");
+    // Each format alone, one required: DCT (v2), the agent's cosign key (v1), the CI's (v2).
+    let alone = |name: &str, spec: serde_json::Value| {
+        let file = dir.path().join(format!("alone-{name}.json"));
+        std::fs::write(
+            &file,
+            serde_json::json!({"scope": [{"repositories": [gun], "signer": [spec]}]}).to_string(),
+        )
+        .unwrap();
+        file.to_str().unwrap().to_string()
+    };
+    let dct_alone = alone(
+        "dct",
+        serde_json::json!({"name": "dct", "dct": {"root_keys": [root_id]}}),
+    );
+    verify(&format!("{gun}:v2"), &dct_alone).ok();
+    let agent_alone = alone(
+        "agent",
+        serde_json::json!({"name": "a", "cosign": {"public_key": "targets.pub"}}),
+    );
+    verify(&format!("{gun}:v1"), &agent_alone).ok();
+    let ci_alone = alone(
+        "ci",
+        serde_json::json!({"name": "ci", "cosign": {"public_key": "cosign.pub"}}),
+    );
+    verify(&format!("{gun}:v2"), &ci_alone).ok();
     // Printed for docker pull.
     let out = dct(&[
         "verify",

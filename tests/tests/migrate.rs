@@ -375,21 +375,46 @@ fn a_notary_client_repository_of_200_tags_migrates_but_for_its_moved_tags() {
         "--tlscacert",
         stack.ca.to_str().unwrap(),
     ];
+    // A signing CA on the token and a leaf for the imported key, for Notation.
+    let ca = agent
+        .dct(&["--json", "notation", "ca", "init", "--name", "Legacy CA"])
+        .json();
+    let ca_key = ca["key"]["key_id"].as_str().unwrap().to_string();
+    agent
+        .dct(&["notation", "cert", "issue", &key_id, "--ca", &ca_key])
+        .ok();
+    let config = dir.path().join("notation");
+    agent
+        .dct(&[
+            "notation",
+            "export-trust",
+            config.join("notation").to_str().unwrap(),
+            "--scope",
+            &gun,
+        ])
+        .ok();
     let migrate = || {
         let mut a = vec![
-            "--json", "migrate", &gun, "--to", "cosign", "--key", &key_id,
+            "--json",
+            "migrate",
+            &gun,
+            "--to",
+            "cosign,notation",
+            "--key",
+            &key_id,
         ];
         a.extend_from_slice(&srv);
         agent.dct(&a).json()
     };
     let out = migrate();
-    assert_eq!(out["summary"]["signed"], 198, "{}", out["summary"]);
-    assert_eq!(out["summary"]["moved"], 2, "{}", out["summary"]);
+    // 198 in each format; the two moved tags reported in each.
+    assert_eq!(out["summary"]["signed"], 396, "{}", out["summary"]);
+    assert_eq!(out["summary"]["moved"], 4, "{}", out["summary"]);
     let moved_tags: Vec<&str> = out["tags"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|t| t["outcome"] == "moved")
+        .filter(|t| t["outcome"] == "moved" && t["format"] == "cosign")
         .map(|t| t["tag"].as_str().unwrap())
         .collect();
     assert_eq!(moved_tags, ["t142", "t7"]);
@@ -399,7 +424,8 @@ fn a_notary_client_repository_of_200_tags_migrates_but_for_its_moved_tags() {
     let ok: Vec<usize> = (0..200).filter(|i| !moved.contains(i)).collect();
     std::thread::scope(|s| {
         for chunk in ok.chunks(50) {
-            let (stack, pubkey, gun, manifests) = (&stack, &pubkey, &gun, &manifests);
+            let (stack, pubkey, gun, manifests, config) =
+                (&stack, &pubkey, &gun, &manifests, &config);
             s.spawn(move || {
                 for &i in chunk {
                     let image = format!("{gun}@{}", digest(&manifests[i]));
@@ -407,6 +433,12 @@ fn a_notary_client_repository_of_200_tags_migrates_but_for_its_moved_tags() {
                     assert!(
                         v.status.success(),
                         "t{i}: {}",
+                        String::from_utf8_lossy(&v.stderr)
+                    );
+                    let v = notation(config, stack, &["verify", &image]);
+                    assert!(
+                        v.status.success(),
+                        "notation t{i}: {}",
                         String::from_utf8_lossy(&v.stderr)
                     );
                 }
@@ -417,11 +449,16 @@ fn a_notary_client_repository_of_200_tags_migrates_but_for_its_moved_tags() {
         assert!(!cosign_verify(&stack, &pubkey, &format!("{gun}:t{i}"))
             .status
             .success());
+        assert!(
+            !notation(&config, &stack, &["verify", &format!("{gun}:t{i}")])
+                .status
+                .success()
+        );
     }
     // A second run does nothing.
     let again = migrate();
     assert_eq!(
-        again["summary"]["already_signed"], 198,
+        again["summary"]["already_signed"], 396,
         "{}",
         again["summary"]
     );

@@ -200,6 +200,17 @@ pub async fn sign_and_write(
             None => by_digest.push((&item.subject.digest_hex, vec![i])),
         }
     }
+    // Notation's signature manifests share one blob, the empty config: uploaded once here,
+    // as two uploads of one blob at once can leave a manifest naming it refused (400).
+    if format == Format::Notation && prepared.iter().any(|p| p.is_ok()) {
+        if let Err(e) = session.put_blob(b"{}").await {
+            let msg = e.to_string();
+            return items
+                .iter()
+                .map(|_| Err(Error::Unavailable(msg.clone())))
+                .collect();
+        }
+    }
     // Collected first: a stream over a closure's futures is not Send here (rustc #102211).
     let mut writes = Vec::with_capacity(by_digest.len());
     for (_, idx) in &by_digest {
