@@ -9,9 +9,9 @@
 //! - a YubiKey (the virtual PIV card behind a real pcscd): the `yubikey` crate in-process
 //!   (the floor), Yubico's PKCS#11 module in-process, and the agent over PIV and over ykcs11.
 //!
-//! - migration: `dct migrate --to cosign` of 1,000 DCT-signed tags in one run, against the
-//!   real cosign signing each tag through the `sigstore-kms-dct` plugin (same agent, key,
-//!   registry).
+//! - migration: `dct migrate` of 1,000 DCT-signed tags to cosign and to Notation, each in
+//!   one run, against the real cosign and notation signing each tag through the plugins
+//!   (same agent, key, registry).
 //!
 //! Every signing figure is the median of several runs; sample signatures of every run are
 //! verified so the numbers are honest. Prints a table and writes BENCHMARKS.md.
@@ -205,7 +205,7 @@ the floor on one.\n\n\
 ## End to end against a local notary-server (real notary-signer)\n\n{e2e}\n\
 ## A YubiKey: the virtual PIV card (tests/src/piv_card) behind a real pcscd\n\n{piv}\n\
 ## dockerd with dct-authz (engine enforcement): requests it does not judge\n\n{authz}\n\
-## Carrying a DCT repository to cosign: `dct migrate` against `cosign sign` per tag\n\n{migrate}\n",
+## Carrying a DCT repository across: `dct migrate` against `cosign sign` / `notation sign` per tag\n\n{migrate}\n",
         now_utc(),
         if quick { " --quick" } else { "" }
     );
@@ -1105,9 +1105,9 @@ fn authz_overhead(quick: bool) -> String {
     t
 }
 
-/// `dct migrate --to cosign` of many DCT-signed tags, against the real cosign signing the
-/// same digests one process at a time through the plugin (same agent, key and registry;
-/// classic format, no transparency log).
+/// `dct migrate` of many DCT-signed tags to cosign and to Notation, against the real cosign
+/// and notation signing the same number of digests one process at a time through the
+/// plugins (same agent, key and registry; cosign's classic format, no transparency log).
 fn migration(stack: &NotaryStack, quick: bool) -> String {
     let n = if quick { 200 } else { 1000 };
     let registry = dct_tests::registry::Registry::start(stack);
@@ -1121,8 +1121,8 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
         c.env("DCT_SOCKET", &agent.socket).args(args).args(srv);
         c
     };
-    // n distinct images (one pushed by skopeo, the others its manifest with an annotation),
-    // for two repositories: one migrated by dct, one signed by cosign.
+    // n distinct images (one pushed by skopeo, the others its manifest with an annotation)
+    // in each of two repositories: one migrated by dct, one signed tag by tag by the CLIs.
     let push = |name: &str| -> Vec<(String, String, usize)> {
         let base = registry.push_runnable(name, "t0", "bench");
         let mut v: serde_json::Value = serde_json::from_slice(&base).expect("manifest");
@@ -1141,9 +1141,8 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
     };
     let host = registry.host.clone();
     let work = tempfile::tempdir().expect("tempdir");
-    let mut key = String::new();
-    let mut tags_of = Vec::new();
-    for name in ["bench/migrated", "bench/cosigned"] {
+    let mut repos = Vec::new();
+    for name in ["bench/migrated", "bench/per-tag"] {
         let gun = format!("{host}/{name}");
         let tags = push(name);
         let list = work.path().join("tags");
@@ -1159,7 +1158,7 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
             "--from",
             list.to_str().expect("utf-8"),
         ]));
-        tags_of.push((gun, tags));
+        repos.push((gun, tags));
     }
     let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
     let key_of = |gun: &str| {
@@ -1169,12 +1168,28 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
             .expect("targets key")
             .to_string()
     };
-    // dct migrate: every tag of the first repository, one run.
-    let (gun, _) = &tags_of[0];
-    key.push_str(&key_of(gun));
-    let (ours, _) = timed(&mut dct(&["migrate", gun, "--to", "cosign", "--key", &key]));
-    // cosign sign through the plugin, one process per tag, the second repository.
-    let (gun2, tags2) = &tags_of[1];
+    // Notation needs a chain for each key: a signing CA on the token, leaves for both.
+    let ca_init = agent
+        .dct(&["--json", "notation", "ca", "init", "--name", "Bench CA"])
+        .json();
+    let ca_key = ca_init["key"]["key_id"]
+        .as_str()
+        .expect("CA key")
+        .to_string();
+    for (gun, _) in &repos {
+        let k = key_of(gun);
+        let out = agent.dct(&["notation", "cert", "issue", &k, "--ca", &ca_key]);
+        assert_eq!(out.code(), 0, "{}", out.stderr());
+    }
+    // dct migrate: every tag of the first repository, one run per format.
+    let (gun, _) = &repos[0];
+    let key = key_of(gun);
+    let (ours_cosign, _) = timed(&mut dct(&["migrate", gun, "--to", "cosign", "--key", &key]));
+    let (ours_notation, _) = timed(&mut dct(&[
+        "migrate", gun, "--to", "notation", "--key", &key,
+    ]));
+    // The CLIs through the plugins, one process per tag, the second repository.
+    let (gun2, tags2) = &repos[1];
     let key2 = key_of(gun2);
     let bin_dir = dct_tests::bin("sigstore-kms-dct")
         .parent()
@@ -1186,6 +1201,13 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
         std::env::var("PATH").unwrap_or_default()
     );
     let cosign = dct_tests::gotools::cosign();
+    let notation = dct_tests::gotools::notation();
+    let config = work.path().join("notation-config");
+    let out = agent.dct_env(
+        &["notation", "install"],
+        &[("XDG_CONFIG_HOME", config.to_str().expect("utf-8"))],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr());
     let dct_key = format!("dct://{key2}");
     let t0 = Instant::now();
     for (_, digest, _) in tags2 {
@@ -1205,9 +1227,31 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
                 .env("SSL_CERT_FILE", &ca),
         );
     }
-    let theirs = t0.elapsed();
-    // Both wrote what cosign verifies: a sample of each.
-    for (g, tags) in &tags_of {
+    let theirs_cosign = t0.elapsed();
+    let t0 = Instant::now();
+    for (_, digest, _) in tags2 {
+        let image = format!("{gun2}@sha256:{digest}");
+        timed(
+            Command::new(&notation)
+                .args(["sign", "--plugin", "dct", "--id", &key2, &image])
+                .env("XDG_CONFIG_HOME", &config)
+                .env("HOME", &config)
+                .env("DCT_SOCKET", &agent.socket)
+                .env("SSL_CERT_FILE", &ca),
+        );
+    }
+    let theirs_notation = t0.elapsed();
+    // What both wrote verifies: a sample of each, with each tool.
+    let trust_dir = config.join("notation");
+    let out = agent.dct(&[
+        "notation",
+        "export-trust",
+        trust_dir.to_str().expect("utf-8"),
+        "--scope",
+        &format!("{host}/bench/*"),
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    for (g, tags) in &repos {
         let pem = work.path().join("k.pub");
         let k = key_of(g);
         let out = agent.dct(&[
@@ -1229,20 +1273,43 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
                 .output()
                 .expect("cosign verify");
             assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+            let v = Command::new(&notation)
+                .args(["verify", &image])
+                .env("XDG_CONFIG_HOME", &config)
+                .env("HOME", &config)
+                .env("SSL_CERT_FILE", &ca)
+                .output()
+                .expect("notation verify");
+            assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
         }
     }
     let per = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3 / n as f64);
+    let line = |what: &str, d: Duration, base: Duration| {
+        format!(
+            "| {what} | {:.1} s | {} | {:.1}x |\n",
+            d.as_secs_f64(),
+            per(d),
+            d.as_secs_f64() / base.as_secs_f64()
+        )
+    };
     format!(
-        "| work ({n} tags, keys on SoftHSM2) | total | per tag | vs dct migrate |\n|---|---:|---:|---:|\n\
-| `dct migrate --to cosign` (one run) | {:.1} s | {} | 1.0x |\n\
-| `cosign sign --key dct://KEYID` per tag (cosign v3.1.3, the plugin) | {:.1} s | {} | {:.1}x slower |\n\n\
-Both sign through the same agent and guard (payload parsed, policy, audit) and write the classic `.sig`; \
-a sample of each is checked by `cosign verify`. dct checks every tag against DCT and the registry, signs \
-all in one guard pass and writes eight images at a time.\n",
-        ours.as_secs_f64(),
-        per(ours),
-        theirs.as_secs_f64(),
-        per(theirs),
-        theirs.as_secs_f64() / ours.as_secs_f64(),
+        "| work ({n} tags, keys on SoftHSM2) | total | per tag | time vs dct migrate |\n|---|---:|---:|---:|\n{}{}{}{}\n\
+Each pair signs the same number of distinct images through the same agent and guard (payload parsed, \
+policy, audit) and writes what the tool writes (cosign's classic `.sig`; Notation's JWS envelope and \
+referrers index); a sample of each is checked by `cosign verify` and `notation verify`. dct checks every \
+tag against DCT and the registry, signs all in one guard pass and writes eight images at a time; the CLIs \
+start a process (and their plugin's) per tag.\n",
+        line("`dct migrate --to cosign` (one run)", ours_cosign, ours_cosign),
+        line(
+            "`cosign sign --key dct://KEYID` per tag (cosign v3.1.3, sigstore-kms-dct)",
+            theirs_cosign,
+            ours_cosign
+        ),
+        line("`dct migrate --to notation` (one run)", ours_notation, ours_notation),
+        line(
+            "`notation sign --plugin dct` per tag (notation v1.3.2, notation-dct)",
+            theirs_notation,
+            ours_notation
+        ),
     )
 }
