@@ -50,19 +50,15 @@ fn one_line(r: Run, needle: &str) -> String {
 
 #[test]
 fn the_gate_counts_dct_and_cosign_signers_m_of_n() {
-    let stack = NotaryStack::start();
+    let mut stack = NotaryStack::start();
     let registry = Registry::start(&stack);
     let host = registry.host.clone();
     let (_hsm, agent) = Agent::on_fresh_token("gate-formats", "2222");
     let gun = format!("{host}/team/gated");
     let m1 = registry.push_runnable("team/gated", "v1", "gated v1");
     let m2 = registry.push_runnable("team/gated", "v2", "gated v2");
-    let srv = [
-        "--server",
-        &stack.url,
-        "--tlscacert",
-        stack.ca.to_str().unwrap(),
-    ];
+    let (url, ca_file) = (stack.url.clone(), stack.ca.clone());
+    let srv = ["--server", &url, "--tlscacert", ca_file.to_str().unwrap()];
     let dct = |args: &[&str]| {
         let mut a = args.to_vec();
         a.extend_from_slice(&srv);
@@ -386,4 +382,41 @@ cosign = {{ public_key = "cosign.pub" }}
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["digest"], digest(&m1), "{j}");
     assert!(!nowhere.exists());
+
+    // Offline: no trust server, no registry. What the online checks saw decides: the tag's
+    // digest, the cached DCT data, the OCI signatures that passed (checked again in full).
+    let two_of_notation = notation_policy(&subject, 2);
+    drop(registry);
+    stack.stop();
+    let j = dct(&[
+        "--json",
+        "verify",
+        &format!("{gun}:v2"),
+        "--policy",
+        &two_of_notation,
+        "--offline",
+    ])
+    .json();
+    assert_eq!(j["digest"], digest(&m2), "{j}");
+    let j = dct(&[
+        "--json",
+        "verify",
+        &format!("{gun}:v1"),
+        "--policy",
+        &two,
+        "--offline",
+    ])
+    .json();
+    assert_eq!(j["digest"], digest(&m1), "{j}");
+    // A tag never checked online has no digest to go by.
+    one_line(
+        dct(&[
+            "verify",
+            &format!("{gun}:v9"),
+            "--policy",
+            &one,
+            "--offline",
+        ]),
+        "offline: no digest",
+    );
 }

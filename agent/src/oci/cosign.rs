@@ -145,27 +145,20 @@ pub async fn attach(
         .await
 }
 
-/// Whether the image `digest_hex` in `repository` carries a classic cosign signature that
-/// `spki_der` verifies, over a payload naming that digest and repository. The reason when
-/// not.
-pub async fn verify(
-    session: &Session,
-    repository: &str,
-    digest_hex: &str,
-    spki_der: &[u8],
-) -> Result<()> {
+/// A classic cosign signature as found on an image: the payload and its signature (DER).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Evidence {
+    /// The payload (base64).
+    pub payload: String,
+    /// The signature annotation (base64 of DER).
+    pub signature: String,
+}
+
+/// The classic cosign signatures of the image `digest_hex` (payloads fetched), at most 64.
+pub async fn evidence(session: &Session, digest_hex: &str) -> Result<Vec<Evidence>> {
     use base64::Engine as _;
-    let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der)
-        .map_err(|e| Error::InvalidArgument(format!("the cosign key is not P-256: {e}")))?;
-    let layers = existing_layers(session, digest_hex).await?;
-    if layers.is_empty() {
-        return Err(Error::Refused(format!(
-            "no cosign signature of sha256:{digest_hex} ({})",
-            signature_tag(digest_hex)
-        )));
-    }
-    let mut why = Vec::new();
-    for layer in &layers {
+    let mut out = Vec::new();
+    for layer in existing_layers(session, digest_hex).await?.iter().take(64) {
         let (Some(digest), Some(sig)) = (
             layer.get("digest").and_then(Value::as_str),
             layer
@@ -175,15 +168,47 @@ pub async fn verify(
         ) else {
             continue;
         };
-        let Some(sig) = base64::engine::general_purpose::STANDARD
-            .decode(sig)
+        let payload = session.blob(digest, 64 * 1024).await?;
+        out.push(Evidence {
+            payload: base64::engine::general_purpose::STANDARD.encode(payload),
+            signature: sig.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// The first of `found` that `spki_der` verifies over a payload naming `digest_hex` and
+/// `repository`; the reason when none.
+pub fn check(
+    found: &[Evidence],
+    repository: &str,
+    digest_hex: &str,
+    spki_der: &[u8],
+) -> Result<Evidence> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der)
+        .map_err(|e| Error::InvalidArgument(format!("the cosign key is not P-256: {e}")))?;
+    if found.is_empty() {
+        return Err(Error::Refused(format!(
+            "no cosign signature of sha256:{digest_hex} ({})",
+            signature_tag(digest_hex)
+        )));
+    }
+    let mut why = Vec::new();
+    for e in found {
+        let Some(sig) = b64
+            .decode(&e.signature)
             .ok()
             .and_then(|d| p256::ecdsa::Signature::from_der(&d).ok())
         else {
             why.push("a signature that is not DER ECDSA".to_string());
             continue;
         };
-        let payload = session.blob(digest, 64 * 1024).await?;
+        let Ok(payload) = b64.decode(&e.payload) else {
+            why.push("a payload that is not base64".to_string());
+            continue;
+        };
         if key.verify(&payload, &sig).is_err() {
             why.push("a signature by another key".to_string());
             continue;
@@ -201,7 +226,7 @@ pub async fn verify(
             why.push(format!("a signature for {reference}"));
             continue;
         }
-        return Ok(());
+        return Ok(e.clone());
     }
     why.dedup();
     Err(Error::Refused(format!(

@@ -275,20 +275,24 @@ fn normal_name(name: &str) -> String {
         .join(",")
 }
 
-/// Whether one of the image's Notation signatures verifies: its chain issued by a trusted
-/// CA (all valid now), its leaf a trusted identity, the signature by the leaf's key over a
-/// payload naming `digest_hex`, not expired. The reason when none does.
-pub async fn verify(session: &Session, digest_hex: &str, trust: &Trust) -> Result<()> {
+/// The image's Notation signatures (JWS envelopes), at most 64.
+pub async fn evidence(session: &Session, digest_hex: &str) -> Result<Vec<Value>> {
+    envelopes(session, digest_hex).await
+}
+
+/// The first of the envelopes `found` that verifies: its chain issued by a trusted CA (all
+/// valid now), its leaf a trusted identity, the signature by the leaf's key over a payload
+/// naming `digest_hex`, not expired. The reason when none does.
+pub fn check(found: &[Value], digest_hex: &str, trust: &Trust) -> Result<Value> {
     use der::Decode as _;
-    let envs = envelopes(session, digest_hex).await?;
-    if envs.is_empty() {
+    if found.is_empty() {
         return Err(Error::Refused(format!(
             "no Notation signature of sha256:{digest_hex} (referrers {})",
             referrers_tag(digest_hex)
         )));
     }
     let mut why = Vec::new();
-    for env in &envs {
+    for env in found {
         let chain: Vec<x509_cert::Certificate> = env
             .pointer("/header/x5c")
             .and_then(Value::as_array)
@@ -352,7 +356,7 @@ pub async fn verify(session: &Session, digest_hex: &str, trust: &Trust) -> Resul
                 }
             }
         }
-        return Ok(());
+        return Ok(env.clone());
     }
     why.dedup();
     Err(Error::Refused(format!(

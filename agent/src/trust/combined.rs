@@ -162,13 +162,20 @@ pub async fn verify_image(
         .scope(gun)
         .ok_or_else(|| check_failed("policy", format!("no scope of the policy covers {gun}")))?;
     let session = Session::open(gun, input.registry_ca, input.registry_creds, false)?;
-    // The digest: asked for, else what the registry serves for the tag.
+    let cache = Evidence::new(ctx, gun);
+    // The digest: asked for, else what the registry serves for the tag (offline: what it
+    // served at the last online check).
     let served = match (input.digest, input.tag) {
         (Some(d), _) => Ok(d.to_ascii_lowercase()),
+        (None, Some(tag)) if input.offline => cache.tag(tag).ok_or_else(|| {
+            format!("offline: no digest of {gun}:{tag} cached (check it once online, or name the digest)")
+        }),
         (None, Some(tag)) => match session.manifest(tag).await {
-            Ok(Some(m)) => Ok(crate::tuf::keys::hex(
-                &<sha2::Sha256 as sha2::Digest>::digest(&m.bytes),
-            )),
+            Ok(Some(m)) => {
+                let d = crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&m.bytes));
+                cache.save_tag(tag, &d);
+                Ok(d)
+            }
             Ok(None) => Err(format!("the registry has no {gun}:{tag}")),
             Err(e) => Err(e.to_string()),
         },
@@ -213,18 +220,45 @@ pub async fn verify_image(
                 Err(e) => Err(e.clone()),
                 Ok(digest) => match spki_of(&c.public_key_pem) {
                     Err(e) => Err(e),
-                    Ok(spki) => crate::oci::cosign::verify(&session, gun, digest, &spki)
-                        .await
-                        .map_err(|e| e.to_string()),
+                    Ok(spki) => {
+                        let found = if input.offline {
+                            Ok(cache.load(digest, "cosign"))
+                        } else {
+                            crate::oci::cosign::evidence(&session, digest).await
+                        };
+                        match found.and_then(|f| crate::oci::cosign::check(&f, gun, digest, &spki))
+                        {
+                            Ok(e) => {
+                                if !input.offline {
+                                    cache.save(digest, "cosign", &e);
+                                }
+                                Ok(())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
                 },
             }
         } else if let Some(n) = &s.notation {
             match (&served, notation_trust(n)) {
                 (Err(e), _) => Err(e.clone()),
                 (_, Err(e)) => Err(e),
-                (Ok(digest), Ok(trust)) => crate::oci::notation::verify(&session, digest, &trust)
-                    .await
-                    .map_err(|e| e.to_string()),
+                (Ok(digest), Ok(trust)) => {
+                    let found = if input.offline {
+                        Ok(cache.load(digest, "notation"))
+                    } else {
+                        crate::oci::notation::evidence(&session, digest).await
+                    };
+                    match found.and_then(|f| crate::oci::notation::check(&f, digest, &trust)) {
+                        Ok(e) => {
+                            if !input.offline {
+                                cache.save(digest, "notation", &e);
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
             }
         } else {
             Err("no kind".into())
@@ -290,4 +324,59 @@ fn notation_trust(n: &NotationSpec) -> std::result::Result<crate::oci::notation:
         cas,
         identities: n.identities.clone(),
     })
+}
+
+/// What an online check saw, kept for `--offline`: each tag's digest, and the OCI signatures
+/// that passed (re-checked in full offline: keys, chains, expiry as of then), in the trust
+/// cache beside the repository's DCT data. A cache that cannot be written costs only the
+/// offline check.
+struct Evidence {
+    dir: std::path::PathBuf,
+}
+
+impl Evidence {
+    fn new(ctx: &TrustContext, gun: &str) -> Evidence {
+        Evidence {
+            dir: ctx.gun_dir(gun).join("oci"),
+        }
+    }
+
+    fn tag(&self, tag: &str) -> Option<String> {
+        let d = std::fs::read_to_string(self.dir.join("tags").join(tag)).ok()?;
+        let d = d.trim();
+        (d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())).then(|| d.to_string())
+    }
+
+    fn save_tag(&self, tag: &str, digest: &str) {
+        let path = self.dir.join("tags").join(tag);
+        if let Err(e) = super::cache::write_atomic(&path, digest.as_bytes()) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    fn load<T: serde::de::DeserializeOwned>(&self, digest: &str, kind: &str) -> Vec<T> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join(digest)) else {
+            return Vec::new();
+        };
+        let prefix = format!("{kind}-");
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+
+    fn save<T: serde::Serialize>(&self, digest: &str, kind: &str, what: &T) {
+        let Ok(bytes) = serde_json::to_vec(what) else {
+            return;
+        };
+        let name = format!(
+            "{kind}-{}.json",
+            crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+        );
+        if let Err(e) = super::cache::write_atomic(&self.dir.join(digest).join(name), &bytes) {
+            tracing::warn!("{e}");
+        }
+    }
 }
