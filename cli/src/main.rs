@@ -4,6 +4,7 @@
 
 mod audit;
 mod ceremony;
+mod cosign_cmd;
 mod image;
 mod trust;
 
@@ -93,6 +94,10 @@ enum Command {
         #[command(subcommand)]
         command: trust::TrustCmd,
     },
+    /// cosign with keys on the agent's tokens: the `sigstore-kms-dct` plugin (`cosign sign
+    /// --key dct://KEYID`) and the keys' public PEM.
+    #[command(subcommand)]
+    Cosign(cosign_cmd::CosignCmd),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) on
     /// standard output; the Debian package installs them. Needs no agent.
     #[command(hide = true)]
@@ -590,6 +595,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Cosign(cmd) => cosign_cmd::run(&target, cmd, json).await,
         Command::Trust { server, command } => {
             let mut c = Client::connect(&target).await?;
             trust::run(&mut c, &server, command, json).await

@@ -142,6 +142,7 @@ fn key_pb(k: KeyEntry) -> pb::Key {
         public: k.public,
         uri: k.uri,
         detail: k.detail.describe(),
+        spki: k.spki,
     }
 }
 
