@@ -74,6 +74,10 @@ for b in dct dct-agent dct-authz; do
   install -m 0755 "$bin_dir/$b" "$pkg/usr/bin/$b"
   strip --strip-unneeded --remove-section=.comment --remove-section=.note "$pkg/usr/bin/$b"
 done
+# cosign's KMS plugin: in /usr/bin, on PATH, where cosign finds it for --key dct://KEYID.
+install -m 0755 "$bin_dir/sigstore-kms-dct" "$pkg/usr/bin/sigstore-kms-dct"
+strip --strip-unneeded --remove-section=.comment --remove-section=.note \
+  "$pkg/usr/bin/sigstore-kms-dct"
 
 # Units, the example config, the README, the copyright and changelog.
 install -m 0644 agent/systemd/user/dct-agent.socket agent/systemd/user/dct-agent.service \

@@ -408,3 +408,71 @@ fn cosign_policy_refusals_blobs_and_a_locked_token() {
     assert!(out.contains("is locked"), "{out}");
     assert_eq!(tags(&registry, "example.com/app3"), ["v1"]);
 }
+
+#[test]
+fn cosign_signs_with_a_key_on_the_virtual_yubikey_over_piv_and_through_ykcs11() {
+    use dct_tests::piv::{CardOptions, VirtualPiv};
+    const CARD_PIN: &str = "123456";
+    const YKCS11: &str = "/usr/lib/x86_64-linux-gnu/libykcs11.so";
+    let stack = NotaryStack::start();
+    let registry = Registry::start(&stack);
+    let card = VirtualPiv::start(CardOptions::default());
+    let piv = format!("piv:{}", card.serial());
+    let repo = format!("{}/example.com/app", registry.host);
+
+    // Over PIV: both formats, the key and the PEM, another key and digest refused.
+    let agent = Agent::start_with_config(
+        None,
+        &format!(
+            "[[piv]]\nserial = {}\nmanagement_key = \"default\"\n",
+            card.serial()
+        ),
+    );
+    agent.unlock_token(&piv, CARD_PIN, &[]).ok();
+    let cosign = Cosign::new(&agent, &stack);
+    let key = agent.generate("targets", Some(&repo));
+    sign_and_verify_both_formats(&agent, &cosign, &registry, &key);
+    let recs = audit(&agent);
+    assert!(recs
+        .iter()
+        .any(|r| r["action"] == "sign" && r["key_id"] == key.as_str()));
+    drop(agent);
+
+    // Through Yubico's PKCS#11 module: the same key, found by its certificate, signs a
+    // new image (classic format), verified with the PEM exported over PIV.
+    let pem = cosign.file("pub.pem");
+    let out = Command::new("pkcs11-tool")
+        .args(["--module", YKCS11, "-L"])
+        .output()
+        .expect("pkcs11-tool");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let label = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("token label")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no token in ykcs11: {text}"));
+    let agent = Agent::start_with_config(
+        None,
+        &format!("[[pkcs11]]\nmodule = \"{YKCS11}\"\ntoken = \"{label}\"\n"),
+    );
+    agent.unlock_token(&label, CARD_PIN, &[]).ok();
+    let cosign = Cosign {
+        socket: agent.socket.clone(),
+        ..cosign
+    };
+    let digest = digest_of(&registry.push("example.com/app", "v3", "app v3"));
+    let image = format!("{repo}@{digest}");
+    ok(&cosign.sign(&key, &image, &[CLASSIC]));
+    let out = ok(&cosign.verify(pem.to_str().unwrap(), &image, &[CLASSIC]));
+    assert!(
+        out.contains(&format!("\"docker-manifest-digest\":\"{digest}\"")),
+        "{out}"
+    );
+    let annotation = format!("dct.repository={repo}");
+    ok(&cosign.sign(&key, &image, &["-a", &annotation]));
+    ok(&cosign.verify(&format!("dct://{key}"), &image, &["-a", &annotation]));
+}

@@ -14,7 +14,13 @@ use dct_cli::cosign;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut stdin = Vec::new();
-    let response = match std::io::stdin().read_to_end(&mut stdin) {
+    // Run by hand without a request: the usage, without waiting on the terminal.
+    let read = if args.len() < 2 {
+        Ok(0)
+    } else {
+        std::io::stdin().read_to_end(&mut stdin)
+    };
+    let response = match read {
         Err(e) => serde_json::json!({"errorMessage": format!("dct: cannot read the message: {e}")}),
         Ok(_) => {
             let target = Target {
