@@ -476,3 +476,71 @@ fn cosign_signs_with_a_key_on_the_virtual_yubikey_over_piv_and_through_ykcs11() 
     ok(&cosign.sign(&key, &image, &["-a", &annotation]));
     ok(&cosign.verify(&format!("dct://{key}"), &image, &["-a", &annotation]));
 }
+
+#[test]
+fn cosign_confirmation_shows_the_repository_and_digest() {
+    let stack = NotaryStack::start();
+    let registry = Registry::start(&stack);
+    let repo = format!("{}/example.com/app", registry.host);
+    let hsm = SoftHsm::new("cosignconfirm", "1234");
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("pinentry.jsonl");
+    let config = format!(
+        "{}\n[[policy]]\nrole = \"targets\"\nconfirm = true\n\n[confirm]\nprogram = {:?}\n\
+         args = [\"--answer\", \"yes\", \"--record\", {:?}]\ntimeout = \"20s\"\n",
+        hsm.agent_config(),
+        dct_tests::bin("test-pinentry").display().to_string(),
+        record.display().to_string(),
+    );
+    let mut agent = Agent::start_with_config(Some(&hsm), &config);
+    agent.unlock(&hsm);
+    let cosign = Cosign::new(&agent, &stack);
+    let key = agent.generate("targets", Some(&repo));
+    let digest = digest_of(&registry.push("example.com/app", "v1", "confirmed"));
+    let image = format!("{repo}@{digest}");
+
+    // Yes: signed, after a dialog naming the repository and the digest.
+    ok(&cosign.sign(&key, &image, &[CLASSIC]));
+    let shown: Vec<String> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["cmd"] == "SETDESC")
+        .map(|r| r["arg"].as_str().unwrap().to_string())
+        .collect();
+    let dialog = shown.join("\n");
+    assert!(dialog.contains(&format!("Repository: {repo}")), "{dialog}");
+    assert!(
+        dialog.contains(&format!("Image digest: {digest}")),
+        "{dialog}"
+    );
+    assert!(dialog.contains("simple signing"), "{dialog}");
+
+    // No (the same agent, its confirmation program now answering no): nothing signed,
+    // nothing pushed, the refusal audited.
+    let cfg = agent.dir.path().join("agent.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"--answer\", \"yes\"", "\"--answer\", \"no\""),
+    )
+    .unwrap();
+    agent.restart();
+    agent.unlock(&hsm);
+    let annotation = format!("dct.repository={repo}");
+    fails(
+        &cosign.sign(&key, &image, &["-a", &annotation]),
+        "policy (confirm)",
+    );
+    assert!(!tags(&registry, "example.com/app").contains(&referrers_tag(&digest)));
+    let recs = audit(&agent);
+    assert!(
+        recs.iter().any(|r| r["action"] == "refuse"
+            && r["artifact"] == format!("cosign-dsse {digest}")
+            && r["outcome"].as_str().unwrap().contains("confirm")),
+        "{recs:#?}"
+    );
+    assert!(recs.iter().any(|r| r["action"] == "sign"
+        && r["artifact"] == format!("cosign-simplesigning {digest}")
+        && r["outcome"].as_str().unwrap().starts_with("ok, confirmed")));
+}
