@@ -283,11 +283,34 @@ fn cosign_signs_and_verifies_both_formats_with_a_softhsm_key() {
     let registry = Registry::start(&stack);
     let (_hsm, agent) = Agent::on_fresh_token("cosign", "1234");
     let cosign = Cosign::new(&agent, &stack);
-    let key = agent.generate(
-        "targets",
-        Some(&format!("{}/example.com/app", registry.host)),
-    );
+    let repo = format!("{}/example.com/app", registry.host);
+    let key = agent.generate("targets", Some(&repo));
     sign_and_verify_both_formats(&agent, &cosign, &registry, &key);
+
+    // cosign attest: the statement's subject names the repository.
+    let digest = digest_of(&registry.push("example.com/app", "v9", "attested"));
+    let image = format!("{repo}@{digest}");
+    let predicate = cosign.file("provenance.json");
+    std::fs::write(&predicate, br#"{"buildType":"https://example.com/build"}"#).unwrap();
+    let dct_key = format!("dct://{key}");
+    let mut args = vec!["attest", "--key", &dct_key, "--type", "slsaprovenance"];
+    args.extend(["--predicate", predicate.to_str().unwrap()]);
+    args.extend(NO_TLOG_SIGN);
+    args.push(&image);
+    ok(&cosign.run(&args));
+    let out = ok(&cosign.run(&[
+        "verify-attestation",
+        "--key",
+        &dct_key,
+        "--type",
+        "slsaprovenance",
+        NO_TLOG_VERIFY,
+        &image,
+    ]));
+    assert!(out.contains("Verification for"), "{out}");
+    assert!(audit(&agent).iter().any(|r| r["action"] == "sign"
+        && r["artifact"] == format!("cosign-dsse {digest}")
+        && r["gun"] == repo.as_str()));
 }
 
 #[test]

@@ -8,11 +8,13 @@
 //!   DIGEST},"type":"cosign container image signature"},"optional":...}`;
 //! - `cosign sign` (v3's default, a Sigstore bundle) and `cosign attest`: DSSE's
 //!   pre-authentication encoding `DSSEv1 LEN TYPE LEN BODY` of an in-toto statement whose
-//!   one subject is the image digest. cosign names no repository in it: the signature
-//!   holds for that digest in any repository. A repository is bound only by the subject
-//!   annotation [`REPOSITORY_ANNOTATION`] (`cosign sign -a dct.repository=REPO`), which
-//!   `cosign verify -a dct.repository=REPO` checks; without it the repository is empty and
-//!   the policy lets only a key allowed every repository (`guns = ["*"]`) sign it;
+//!   one subject is the image digest. `cosign sign` names no repository in it: the
+//!   signature holds for that digest in any repository. A repository is bound by the
+//!   subject annotation [`REPOSITORY_ANNOTATION`] (`cosign sign -a dct.repository=REPO`),
+//!   which `cosign verify -a dct.repository=REPO` checks, or by the subject's name (what
+//!   `cosign attest` writes: the image's repository); both, they must agree. Without
+//!   either the repository is empty and the policy lets only a key allowed every
+//!   repository (`guns = ["*"]`) sign it;
 //! - `cosign sign-blob`: the file itself, a [`Kind::Blob`].
 //!
 //! What looks like one of the formats (starts `DSSEv1 `, or is JSON with a `critical`
@@ -274,14 +276,29 @@ fn parse_dsse(rest: &[u8]) -> Result<Parsed> {
         Some(Value::Object(m)) => m.clone(),
         Some(_) => return Err(bad("subject.annotations is not an object".into())),
     };
-    let repository = match annotations.get(REPOSITORY_ANNOTATION) {
-        None => String::new(),
-        Some(Value::String(r)) => repository_of(r)?,
+    let annotated = match annotations.get(REPOSITORY_ANNOTATION) {
+        None => None,
+        Some(Value::String(r)) => Some(repository_of(r)?),
         Some(_) => {
             return Err(bad(format!(
                 "the {REPOSITORY_ANNOTATION} annotation is not a string"
             )))
         }
+    };
+    // `cosign attest` names the image's repository as the subject's name.
+    let named = match subject.get("name") {
+        None => None,
+        Some(Value::String(n)) => Some(repository_of(n)?),
+        Some(_) => return Err(bad("subject.name is not a string".into())),
+    };
+    let repository = match (annotated, named) {
+        (Some(a), Some(n)) if a != n => {
+            return Err(bad(format!(
+                "the subject is named {n} but its {REPOSITORY_ANNOTATION} annotation says {a}"
+            )))
+        }
+        (Some(r), _) | (None, Some(r)) => r,
+        (None, None) => String::new(),
     };
     let mut lines = vec![
         "Format: cosign in-toto statement (DSSE, Sigstore bundle)".into(),
@@ -296,9 +313,6 @@ fn parse_dsse(rest: &[u8]) -> Result<Parsed> {
         },
         format!("Image digest: {artifact}"),
     ];
-    if let Some(Value::String(name)) = subject.get("name") {
-        lines.push(format!("Subject name: {name}"));
-    }
     lines.extend(annotation_line(&annotations));
     Ok(Parsed {
         kind: Kind::CosignDsse,
@@ -348,6 +362,15 @@ mod tests {
             .iter()
             .any(|l| l == "Predicate type: https://sigstore.dev/cosign/sign/v1"));
         assert!(p.lines.iter().any(|l| l.contains("none named")));
+
+        let p = parse(&fixture("dsse-attest.bin")).unwrap();
+        assert_eq!(p.kind, Kind::CosignDsse);
+        assert_eq!(p.repository, "127.0.0.1:37991/example.com/app");
+        assert_eq!(p.artifact, DIGEST);
+        assert!(p
+            .lines
+            .iter()
+            .any(|l| l == "Predicate type: https://slsa.dev/provenance/v0.2"));
 
         let p = parse(&fixture("dsse-sign-repository.bin")).unwrap();
         assert_eq!(p.kind, Kind::CosignDsse);
@@ -414,6 +437,12 @@ mod tests {
                 "\"annotations\":{\"dct.repository\":7}",
             ),
             body.replace("\"sha256\"", "\"sha512\""),
+            // A name and an annotation that disagree.
+            body.replace("\"subject\":[{", "\"subject\":[{\"name\":\"r.io/a\",")
+                .replace(
+                    "\"annotations\":{}",
+                    "\"annotations\":{\"dct.repository\":\"r.io/b\"}",
+                ),
         ] {
             assert!(parse(&pae(&body)).is_err(), "{body}");
         }
