@@ -430,6 +430,17 @@ fn cosign_policy_refusals_blobs_and_a_locked_token() {
     );
     assert!(out.contains("is locked"), "{out}");
     assert_eq!(tags(&registry, "example.com/app3"), ["v1"]);
+    let recs = audit(&agent);
+    let app3: Vec<_> = recs
+        .iter()
+        .filter(|r| r["artifact"] == format!("cosign-simplesigning {app3}"))
+        .collect();
+    assert!(app3.iter().all(|r| r["action"] == "refuse"), "{app3:#?}");
+    assert!(
+        app3.iter()
+            .any(|r| r["outcome"].as_str().unwrap().contains("locked")),
+        "{recs:#?}"
+    );
 }
 
 #[test]
