@@ -132,7 +132,7 @@ async fn plugin_call(args: &[String], stdin: &[u8], target: &Target) -> Result<V
     if version != PROTOCOL_VERSION {
         return Err(Failure::usage(format!(
             "sigstore KMS plugin protocol {version:?}: this plugin speaks {PROTOCOL_VERSION:?} \
-             (cosign v2.5 to v3)"
+             (sigstore v1.10, as cosign v3.1 uses)"
         )));
     }
     let req: Value = serde_json::from_str(request)
