@@ -141,6 +141,8 @@ check "Depends names every shared library's package" depends_ok
 check "dct --version is the package's version" sh -c "/usr/bin/dct --version | grep -qx 'dct $version'"
 check "dct-agent --version" sh -c "/usr/bin/dct-agent --version | grep -qx 'dct-agent $version'"
 check "dct-authz --version" sh -c "/usr/bin/dct-authz --version | grep -qx 'dct-authz $version'"
+check "sigstore-kms-dct, on PATH for cosign, answers its protocol" sh -c \
+  "/usr/bin/sigstore-kms-dct v1 '{\"methodName\":\"defaultAlgorithm\"}' </dev/null | grep -q ecdsa-sha2-256-nistp256"
 
 # A user's environment in temporary directories, nothing of the caller's.
 home=$tmp/home

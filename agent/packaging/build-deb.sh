@@ -78,6 +78,10 @@ done
 # plugin directory from there.
 install -m 0755 "$bin_dir/notation-dct" "$pkg/usr/bin/notation-dct"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$pkg/usr/bin/notation-dct"
+# cosign's KMS plugin: in /usr/bin, on PATH, where cosign finds it for --key dct://KEYID.
+install -m 0755 "$bin_dir/sigstore-kms-dct" "$pkg/usr/bin/sigstore-kms-dct"
+strip --strip-unneeded --remove-section=.comment --remove-section=.note \
+  "$pkg/usr/bin/sigstore-kms-dct"
 
 # Units, the example config, the README, the copyright and changelog.
 install -m 0644 agent/systemd/user/dct-agent.socket agent/systemd/user/dct-agent.service \

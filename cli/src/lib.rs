@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod cosign;
 pub mod output;

@@ -5,6 +5,7 @@
 mod audit;
 mod ceremony;
 mod gate;
+mod cosign_cmd;
 mod image;
 mod notation;
 mod trust;
@@ -147,6 +148,10 @@ enum Command {
     /// signing keys, a trust store and policy for verifiers, the notation-dct plugin.
     #[command(subcommand)]
     Notation(notation::NotationCmd),
+    /// cosign with keys on the agent's tokens: the `sigstore-kms-dct` plugin (`cosign sign
+    /// --key dct://KEYID`) and the keys' public PEM.
+    #[command(subcommand)]
+    Cosign(cosign_cmd::CosignCmd),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) on
     /// standard output; the Debian package installs them. Needs no agent.
     #[command(hide = true)]
@@ -664,6 +669,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Cosign(cmd) => cosign_cmd::run(&target, cmd, json).await,
         Command::Trust { server, command } => {
             let mut c = Client::connect(&target).await?;
             trust::run(&mut c, &server, command, json).await

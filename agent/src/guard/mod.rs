@@ -442,6 +442,16 @@ fn sign_event(it: &Item) -> Event {
     }
 }
 
+/// An OCI payload refused after it was parsed: its record names the repository and the
+/// artifact (the request alone names neither).
+fn oci_attempt(item: &Result<Item>, attempt: &mut Event) {
+    if let Ok(it) = item {
+        if it.oci.is_some() {
+            *attempt = sign_event(it);
+        }
+    }
+}
+
 fn refusal(mut e: Event, why: &Error) -> Event {
     e.action = "refuse";
     e.outcome = why.to_string();
@@ -532,7 +542,7 @@ impl Guard {
     async fn sign_all_inner(&self, requests: Vec<Request>) -> Vec<Result<Signed>> {
         let n = requests.len();
         let size: usize = requests.iter().map(subject_size).sum();
-        let attempts: Vec<Event> = requests.iter().map(attempt_event).collect();
+        let mut attempts: Vec<Event> = requests.iter().map(attempt_event).collect();
 
         // 1. Parse.
         let parsed = cpu(size, move || {
@@ -549,19 +559,22 @@ impl Guard {
 
         // 2. Policy and version reservation, in order.
         let mut held: Vec<Option<Reservation<'_>>> = (0..n).map(|_| None).collect();
-        for (item, hold) in items.iter_mut().zip(held.iter_mut()) {
+        for ((item, hold), attempt) in items.iter_mut().zip(held.iter_mut()).zip(&mut attempts) {
             let admitted = match item {
                 Ok(it) => self.admit(it),
                 Err(_) => Ok(None),
             };
             match admitted {
                 Ok(r) => *hold = r,
-                Err(e) => *item = Err(e),
+                Err(e) => {
+                    oci_attempt(item, attempt);
+                    *item = Err(e);
+                }
             }
         }
 
         // 3. Confirmation where the policy asks, one dialog at a time.
-        for (item, hold) in items.iter_mut().zip(held.iter_mut()) {
+        for ((item, hold), attempt) in items.iter_mut().zip(held.iter_mut()).zip(&mut attempts) {
             let Ok(it) = item else { continue };
             if !self.0.policy.needs_confirm(&it.key) {
                 continue;
@@ -569,6 +582,7 @@ impl Guard {
             match self.confirm(it).await {
                 Ok(how) => it.approval = Some(how),
                 Err(e) => {
+                    oci_attempt(item, attempt);
                     *item = Err(e);
                     *hold = None;
                 }

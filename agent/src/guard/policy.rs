@@ -295,11 +295,19 @@ impl Policy {
                         "no repository (the key has no GUN and its rule no guns)".into()
                     }
                 };
+                // A payload naming no repository (a cosign bundle without its
+                // repository annotation) holds for its digest in every repository.
+                let what = if o.repository.is_empty() {
+                    "a signature naming no repository (it would hold for that digest in \
+                     every repository)"
+                } else {
+                    o.repository.as_str()
+                };
                 return Err(refuse(
                     "guns",
                     format!(
-                        "key {} may sign for {may} ({whose}), not {}",
-                        key.key_id, o.repository
+                        "key {} may sign for {may} ({whose}), not {what}",
+                        key.key_id
                     ),
                 ));
             }
@@ -563,5 +571,25 @@ mod tests {
             ..Default::default()
         }])
         .is_err());
+    }
+
+    #[test]
+    fn oci_without_repository_needs_every_repository() {
+        use crate::guard::oci::Kind;
+        // A cosign bundle naming no repository holds for its digest everywhere: only a
+        // key allowed every repository signs it.
+        let t = key("targets");
+        let e = Policy::new(vec![])
+            .unwrap()
+            .check_oci(&t, &oci(Kind::CosignDsse, ""))
+            .unwrap_err();
+        assert!(e.to_string().contains("naming no repository"), "{e}");
+        let any = Policy::new(vec![Rule {
+            role: Some("targets".into()),
+            guns: Some(vec!["*".into()]),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert!(any.check_oci(&t, &oci(Kind::CosignDsse, "")).is_ok());
     }
 }

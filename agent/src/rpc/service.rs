@@ -203,6 +203,7 @@ fn key_pb(k: KeyEntry) -> pb::Key {
         detail: k.detail.describe(),
         cert_subject: String::new(),
         cert_expires: String::new(),
+        spki: k.spki,
     }
 }
 
