@@ -39,8 +39,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 const GUN: &str = "bench.example.com/app";
 
-/// What was measured, signatures/s, and (p50, p99) latency where per-request.
-type Row = (String, f64, Option<(Duration, Duration)>);
+/// What was measured, signatures/s, (p50, p99) latency where per-request, and the agent's
+/// CPU time per signature where it was measured.
+type Row = (String, f64, Option<(Duration, Duration)>, Option<Cpu>);
 const RUNS: usize = 5;
 
 fn main() {
@@ -75,23 +76,26 @@ fn main() {
         "in-process PKCS#11 on SoftHSM2, 1 session (floor)".into(),
         floor,
         None,
+        None,
     ));
 
     eprintln!("agent API ...");
     for c in concurrencies.into_iter().filter(|_| run("agent")) {
-        let r = repeat(|| rt.block_on(agent_run(&agent.socket, &key_id, &vk, c, per_run, 1)));
+        let r = repeat_cpu(|| rt.block_on(agent_run(&agent, &key_id, &vk, c, per_run, 1)));
         rows.push((
             format!("dct-agent API, 1 document per request, concurrency {c}"),
             r.0,
             Some(r.1),
+            Some(r.2),
         ));
     }
     for c in concurrencies.into_iter().filter(|_| run("agent")) {
-        let r = repeat(|| rt.block_on(agent_run(&agent.socket, &key_id, &vk, c, per_run, BATCH)));
+        let r = repeat_cpu(|| rt.block_on(agent_run(&agent, &key_id, &vk, c, per_run, BATCH)));
         rows.push((
             format!("dct-agent API, batches of {BATCH}, concurrency {c}"),
             r.0,
             Some(r.1),
+            Some(r.2),
         ));
     }
     drop(agent);
@@ -162,9 +166,10 @@ fn main() {
 
     let machine = machine();
     let mut table = String::new();
-    table.push_str("| what | signatures/s | vs floor | p50 | p99 |\n|---|---:|---:|---:|---:|\n");
-    for (what, rate, lat) in &rows {
-        table.push_str(&row_line(what, *rate, floor, lat));
+    table.push_str("| what | signatures/s | vs floor | p50 | p99 | agent CPU per signature (signing threads) |\n|---|---:|---:|---:|---:|---:|\n");
+    for (what, rate, lat, cpu) in &rows {
+        let line = row_line(what, *rate, floor, lat);
+        table.push_str(&format!("{} {} |\n", line.trim_end(), cpu_cell(cpu)));
     }
     let real = |c: usize| {
         signer_rows
@@ -182,15 +187,10 @@ fn main() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
         let line = row_line(what, *rate, real(c), lat);
-        let token = if cpu.token_us > 0.0 {
-            format!(" ({:.0} µs)", cpu.token_us)
-        } else {
-            String::new()
-        };
         stable.push_str(&format!(
-            "{} {:.0} µs{token} |\n",
+            "{} {} |\n",
             line.trim_end(),
-            cpu.total_us
+            cpu_cell(&Some(*cpu))
         ));
     }
     let report = format!(
@@ -221,20 +221,24 @@ const LOAD_TEST_POLICY: &str = "\n[[policy]]\nrole = \"targets\"\ncheck_versions
 /// Documents per SignMetadataBatch call.
 const BATCH: usize = 64;
 
-/// The median rate and the median p50/p99 of [`RUNS`] runs.
-fn repeat(mut f: impl FnMut() -> (f64, Duration, Duration)) -> (f64, (Duration, Duration)) {
-    let r = repeat_cpu(|| {
-        let (a, b, c) = f();
-        (a, b, c, Cpu::default())
-    });
-    (r.0, r.1)
-}
-
-/// As [`repeat`], with the server's median CPU per signature.
+/// The median rate, the median p50/p99 and the server's median CPU per signature of
+/// [`RUNS`] runs. Each run is also printed on stderr (`run: ...`), for paired comparisons.
 fn repeat_cpu(
     mut f: impl FnMut() -> (f64, Duration, Duration, Cpu),
 ) -> (f64, (Duration, Duration), Cpu) {
-    let results: Vec<_> = (0..RUNS).map(|_| f()).collect();
+    let results: Vec<_> = (0..RUNS)
+        .map(|_| {
+            let r = f();
+            eprintln!(
+                "run: {:.0} signatures/s, p50 {:.0} µs, CPU {:.1} µs/signature ({:.1} µs signing threads)",
+                r.0,
+                r.1.as_secs_f64() * 1e6,
+                r.3.total_us,
+                r.3.token_us
+            );
+            r
+        })
+        .collect();
     let rate = median(results.iter().map(|r| r.0).collect());
     let p50 = median_d(results.iter().map(|r| r.1).collect());
     let p99 = median_d(results.iter().map(|r| r.2).collect());
@@ -250,6 +254,26 @@ fn repeat_cpu(
 struct Cpu {
     total_us: f64,
     token_us: f64,
+}
+
+impl Cpu {
+    /// From two [`cpu_ns`] readings around `signatures` signatures.
+    fn per_signature(after: (u64, u64), before: (u64, u64), signatures: usize) -> Cpu {
+        let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e3 / signatures.max(1) as f64;
+        Cpu {
+            total_us: per(after.0, before.0),
+            token_us: per(after.1, before.1),
+        }
+    }
+}
+
+/// A table cell: CPU per signature, and the signing threads' share in brackets.
+fn cpu_cell(cpu: &Option<Cpu>) -> String {
+    match cpu {
+        Some(c) if c.token_us > 0.0 => format!("{:.0} µs ({:.0} µs)", c.total_us, c.token_us),
+        Some(c) => format!("{:.0} µs", c.total_us),
+        None => "-".into(),
+    }
 }
 
 /// CPU time of every thread of `pid` so far, in ns: (all, threads named sign-* / token-*).
@@ -409,18 +433,21 @@ where
 
 /// The agent's API: `n` documents signed by `c` clients, `batch` documents per call.
 async fn agent_run(
-    socket: &Path,
+    agent: &Agent,
     key_id: &str,
     vk: &p256::ecdsa::VerifyingKey,
     c: usize,
     n: usize,
     batch: usize,
-) -> (f64, Duration, Duration) {
+) -> (f64, Duration, Duration, Cpu) {
     let mut clients = Vec::new();
     for _ in 0..c {
-        clients.push(connect(socket).await);
+        clients.push(connect(&agent.socket).await);
     }
     let key_id = key_id.to_string();
+    let before = cpu_ns(agent.pid());
+    let calls = (n / batch / c).max(1);
+    let signatures = calls * c * batch;
     let (rate, p50, p99, samples) = drive(clients, n, batch, move |mut client, first| {
         let key_id = key_id.clone();
         async move {
@@ -453,10 +480,16 @@ async fn agent_run(
         }
     })
     .await;
+    let after = cpu_ns(agent.pid());
     for doc in samples {
         verify_doc(&doc, vk);
     }
-    (rate, p50, p99)
+    (
+        rate,
+        p50,
+        p99,
+        Cpu::per_signature(after, before, signatures),
+    )
 }
 
 /// An agent on `hsm` serving notary-signer's API with the certificates in `pki`; its keys
@@ -574,12 +607,12 @@ async fn signer_run(
             .expect("notary-signer API signature verifies");
     }
     let after = cpu_ns(pid);
-    let per = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / 1e3 / signatures as f64;
-    let cpu = Cpu {
-        total_us: per(after.0, before.0),
-        token_us: per(after.1, before.1),
-    };
-    (rate, p50, p99, cpu)
+    (
+        rate,
+        p50,
+        p99,
+        Cpu::per_signature(after, before, signatures),
+    )
 }
 
 /// Wall time of a command; with `peak`, also its peak resident memory (VmHWM, polled).
@@ -894,8 +927,13 @@ fn piv_section(rt: &tokio::runtime::Runtime, quick: bool) -> String {
     let floor = median((0..RUNS).map(|_| crate_run()).collect());
     let ykcs11 = median((0..RUNS).map(|_| ykcs11_run()).collect());
     let mut rows: Vec<Row> = vec![
-        ("in-process `yubikey` crate (floor)".into(), floor, None),
-        ("in-process PKCS#11 on libykcs11".into(), ykcs11, None),
+        (
+            "in-process `yubikey` crate (floor)".into(),
+            floor,
+            None,
+            None,
+        ),
+        ("in-process PKCS#11 on libykcs11".into(), ykcs11, None, None),
     ];
     let label = {
         let out = Command::new("pkcs11-tool")
@@ -924,13 +962,15 @@ fn piv_section(rt: &tokio::runtime::Runtime, quick: bool) -> String {
     ] {
         let agent = Agent::start_with_config(None, &config);
         agent.unlock_token(&token, PIN, &[]).ok();
-        let r = repeat(|| rt.block_on(agent_run(&agent.socket, &key_id, &vk, 1, n, 1)));
-        rows.push((what.into(), r.0, Some(r.1)));
+        let r = repeat_cpu(|| rt.block_on(agent_run(&agent, &key_id, &vk, 1, n, 1)));
+        rows.push((what.into(), r.0, Some(r.1), Some(r.2)));
     }
-    let mut table =
-        String::from("| what | signatures/s | vs floor | p50 | p99 |\n|---|---:|---:|---:|---:|\n");
-    for (what, rate, lat) in &rows {
-        table.push_str(&row_line(what, *rate, floor, lat));
+    let mut table = String::from(
+        "| what | signatures/s | vs floor | p50 | p99 | agent CPU per signature |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (what, rate, lat, cpu) in &rows {
+        let line = row_line(what, *rate, floor, lat);
+        table.push_str(&format!("{} {} |\n", line.trim_end(), cpu_cell(cpu)));
     }
     table.push_str(&format!(
         "\nECDSA P-256 in slot 9a (PIN once, touch never), {n} signatures per run, median of {RUNS}; \
