@@ -80,26 +80,28 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig { file }) = args.command.take() {
         return check_config(file.or(args.config));
     }
+    use tracing_subscriber::filter::FilterExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
     // The yubikey and pcsc crates trace whole APDUs at debug/trace level: PINs, management
     // keys, imported private keys. Whatever DCT_LOG asks, nothing below INFO from them.
-    // A static target filter (not a closure): callsites it turns off are known off once,
-    // so the many trace events of h2, hyper and tonic cost nothing per request.
+    // A static target filter (not a closure), joined to DCT_LOG's in one filter: a callsite
+    // either turns off is known off once (Interest::never), so the many trace spans and
+    // events of h2, hyper and tonic cost nothing per request. (Two nested per-layer filters
+    // would not do: their interests add up to "sometimes", and the registry then makes
+    // every h2 span and asks both filters each time.)
     let card_io = tracing_subscriber::filter::Targets::new()
         .with_default(tracing::level_filters::LevelFilter::TRACE)
         .with_target("yubikey", tracing::Level::INFO)
         .with_target("pcsc", tracing::Level::INFO);
+    let wanted =
+        tracing_subscriber::EnvFilter::try_from_env("DCT_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("DCT_LOG")
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_filter(card_io),
+                .with_filter(wanted.and(card_io)),
         )
         .init();
     match run(args) {
