@@ -281,27 +281,106 @@ struct PoolJob {
 
 /// Signing threads of one token, each with its own session, fed from one queue.
 struct SignPool {
-    tx: mpsc::SyncSender<PoolJob>,
+    queue: Arc<JobQueue>,
     threads: usize,
+}
+
+/// The pool's queue: many signing threads take from it, and a job wakes exactly one of them
+/// (a condition variable's `notify_one`). A `Mutex<mpsc::Receiver>` shared by the threads
+/// woke two per job: the one that took it, and the next one waiting for the lock, only to
+/// park again in `recv`.
+struct JobQueue {
+    state: std::sync::Mutex<QueueState>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: std::collections::VecDeque<PoolJob>,
+    /// Threads still taking jobs (none: the pool stopped, jobs are refused).
+    threads: usize,
+    /// The pool was dropped: threads finish the queue and stop.
+    closed: bool,
+}
+
+impl JobQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // Only whole pushes and pops happen under the lock: a poisoned queue is consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `job` for one signing thread, as `SyncSender::try_send` would.
+    fn try_send(&self, job: PoolJob) -> std::result::Result<(), mpsc::TrySendError<PoolJob>> {
+        let mut st = self.lock();
+        if st.threads == 0 {
+            return Err(mpsc::TrySendError::Disconnected(job));
+        }
+        if st.jobs.len() >= QUEUE_DEPTH {
+            return Err(mpsc::TrySendError::Full(job));
+        }
+        st.jobs.push_back(job);
+        drop(st);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job; None once the pool is dropped and the queue empty.
+    fn recv(&self) -> Option<PoolJob> {
+        let mut st = self.lock();
+        loop {
+            if let Some(job) = st.jobs.pop_front() {
+                return Some(job);
+            }
+            if st.closed {
+                return None;
+            }
+            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Counts a signing thread out of its queue when it ends, even by a panic; the last one out
+/// drops the queued jobs, so their callers hear "stopped" instead of waiting.
+struct Leaving(Arc<JobQueue>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.threads = st.threads.saturating_sub(1);
+        if st.threads == 0 {
+            st.jobs.clear();
+        }
+    }
+}
+
+impl Drop for SignPool {
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.ready.notify_all();
+    }
 }
 
 impl SignPool {
     fn start(label: &str, threads: usize, factory: SessionFactory) -> Result<SignPool> {
-        let (tx, rx) = mpsc::sync_channel::<PoolJob>(QUEUE_DEPTH);
-        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let queue = Arc::new(JobQueue {
+            state: std::sync::Mutex::default(),
+            ready: std::sync::Condvar::new(),
+        });
+        // Made first: if a thread cannot start, dropping it stops the ones that did.
+        let pool = SignPool {
+            queue: queue.clone(),
+            threads,
+        };
         for n in 0..threads {
-            let (rx, factory) = (rx.clone(), factory.clone());
-            std::thread::Builder::new()
+            let (queue, factory) = (queue.clone(), factory.clone());
+            queue.lock().threads += 1;
+            let leaving = Leaving(queue.clone());
+            let spawned = std::thread::Builder::new()
                 .name(format!("sign-{label}-{n}"))
                 .spawn(move || {
+                    let _leaving = leaving;
                     let mut session: Option<Box<dyn SignSession>> = None;
-                    loop {
-                        // Hold the queue's lock only to take one job.
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
+                    while let Some(job) = queue.recv() {
                         if session.as_ref().is_some_and(|s| !s.usable()) {
                             session = None;
                         }
@@ -328,10 +407,11 @@ impl SignPool {
                             .collect();
                         let _ = job.reply.send(sigs);
                     }
-                })
-                .map_err(|e| Error::Internal(format!("cannot start signing thread: {e}")))?;
+                });
+            // A thread that did not start is counted out as its closure is dropped.
+            spawned.map_err(|e| Error::Internal(format!("cannot start signing thread: {e}")))?;
         }
-        Ok(SignPool { tx, threads })
+        Ok(pool)
     }
 }
 
@@ -511,7 +591,7 @@ impl Token {
             let rest = items.split_off(chunk.min(items.len()));
             let (reply, rx) = tokio::sync::oneshot::channel();
             let job = PoolJob { items, reply };
-            pool.tx.try_send(job).map_err(|e| self.queue_error(e))?;
+            pool.queue.try_send(job).map_err(|e| self.queue_error(e))?;
             waits.push(rx);
             items = rest;
         }
