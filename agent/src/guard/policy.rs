@@ -138,11 +138,13 @@ impl Policy {
 
     /// The rule for `key`: its own, else its role's.
     fn rule(&self, key: &KeyEntry) -> Option<&Rule> {
+        // A prefix in any case (key IDs are lower-case hex), compared without allocating.
+        let starts =
+            |id: &str, k: &str| id.get(..k.len()).is_some_and(|p| p.eq_ignore_ascii_case(k));
         let by_key = self.rules.iter().find(|r| {
-            r.key.as_deref().is_some_and(|k| {
-                let k = k.to_ascii_lowercase();
-                key.key_id.starts_with(&k) || key.canonical_id.starts_with(&k)
-            })
+            r.key
+                .as_deref()
+                .is_some_and(|k| starts(&key.key_id, k) || starts(&key.canonical_id, k))
         });
         by_key.or_else(|| {
             self.rules
@@ -167,7 +169,8 @@ impl Policy {
     /// confirmation the guard's.)
     pub fn check(&self, s: &Signing<'_>) -> Result<()> {
         let rule = self.rule(s.key);
-        let whose = match rule {
+        // Worded only for a refusal: a signature that passes formats nothing.
+        let whose = || match rule {
             Some(Rule { key: Some(k), .. }) => format!("rule for key {k}"),
             Some(Rule { role: Some(r), .. }) => format!("rule for {r} keys"),
             _ => "default".to_string(),
@@ -177,9 +180,10 @@ impl Policy {
                 return Err(refuse(
                     "roles",
                     format!(
-                        "key {} may sign {} ({whose}), not {}",
+                        "key {} may sign {} ({}), not {}",
                         s.key.key_id,
                         roles.join(", "),
+                        whose(),
                         s.role
                     ),
                 ));
@@ -195,15 +199,16 @@ impl Policy {
                 return Err(refuse(
                     "guns",
                     format!(
-                        "key {} may sign for {} ({whose}), not {gun}",
+                        "key {} may sign for {} ({}), not {gun}",
                         s.key.key_id,
-                        guns.join(", ")
+                        guns.join(", "),
+                        whose()
                     ),
                 ));
             }
         }
         let (max, max_text) = match rule.and_then(|r| r.max_expiry.as_deref()) {
-            Some(m) => (parse_span(m).unwrap_or_default(), m.to_string()),
+            Some(m) => (parse_span(m).unwrap_or_default(), m),
             None => default_max(s.role),
         };
         let limit = OffsetDateTime::now_utc() + max;
@@ -211,10 +216,11 @@ impl Policy {
             return Err(refuse(
                 "max_expiry",
                 format!(
-                    "the document expires {}, beyond the {max_text} a {} document of key {} may last ({whose})",
+                    "the document expires {}, beyond the {max_text} a {} document of key {} may last ({})",
                     s.expires.date(),
                     s.role,
-                    s.key.key_id
+                    s.key.key_id,
+                    whose()
                 ),
             ));
         }
@@ -371,14 +377,14 @@ impl Policy {
 }
 
 /// Notary's default lifetimes, with a day of slack.
-fn default_max(role: &str) -> (Duration, String) {
+fn default_max(role: &str) -> (Duration, &'static str) {
     const DAY: u64 = 86400;
     let (days, text) = match role {
         "root" => (3651, "10 years (default)"),
         "timestamp" => (15, "14 days (default)"),
         _ => (3 * 365 + 2, "3 years (default)"),
     };
-    (Duration::from_secs((days + 1) * DAY), text.to_string())
+    (Duration::from_secs((days + 1) * DAY), text)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::error::{Error, PinState, Result};
 use crate::tuf::cert;
 
 /// A key as the agent shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyEntry {
     /// The ID signatures use: the certificate key ID for a root key with a certificate,
     /// else the canonical ID.
