@@ -4,8 +4,8 @@
 
 mod audit;
 mod ceremony;
-mod gate;
 mod cosign_cmd;
+mod gate;
 mod image;
 mod notation;
 mod trust;

@@ -282,21 +282,14 @@ fn parse(r: Request) -> Result<Item> {
         }
         Subject::ServerRole { content } => {
             let (version, expires) = document::check_server_content(&content, &key.role)?;
-            use sha2::Digest;
-            let p = Prepared {
-                // Not kept as a tree: the content is signed as sent (a confirmation shows
-                // the header fields only).
-                envelope: crate::tuf::metadata::Envelope {
-                    signed: serde_json::Value::Null,
-                    signatures: Vec::new(),
-                },
-                role: key.role.clone(),
+            let p = raw_prepared(
+                &key,
+                key.role.clone(),
                 version,
-                digest: sha2::Sha256::digest(&content).into(),
-                keyid: key.canonical_id.clone(),
-                gun: key.gun.clone().unwrap_or_default(),
+                &content,
+                key.gun.clone().unwrap_or_default(),
                 expires,
-            };
+            );
             Ok(Item {
                 key,
                 p,
@@ -310,19 +303,14 @@ fn parse(r: Request) -> Result<Item> {
         }
         Subject::Oci { profile, payload } => {
             let parsed = oci::parse(profile, &payload)?;
-            use sha2::Digest;
-            let p = Prepared {
-                envelope: crate::tuf::metadata::Envelope {
-                    signed: serde_json::Value::Null,
-                    signatures: Vec::new(),
-                },
-                role: parsed.kind.policy_word().to_string(),
-                version: 0,
-                digest: sha2::Sha256::digest(&payload).into(),
-                keyid: key.canonical_id.clone(),
-                gun: parsed.repository.clone(),
-                expires: parsed.expires.unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-            };
+            let p = raw_prepared(
+                &key,
+                parsed.kind.policy_word().to_string(),
+                0,
+                &payload,
+                parsed.repository.clone(),
+                parsed.expires.unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            );
             Ok(Item {
                 key,
                 p,
@@ -345,19 +333,14 @@ fn parse(r: Request) -> Result<Item> {
                     why: format!("key {} does not sign this request: {why}", key.key_id),
                 }
             })?;
-            use sha2::Digest;
-            let p = Prepared {
-                envelope: crate::tuf::metadata::Envelope {
-                    signed: serde_json::Value::Null,
-                    signatures: Vec::new(),
-                },
-                role: key.role.clone(),
-                version: 0,
-                digest: sha2::Sha256::digest(&info).into(),
-                keyid: key.canonical_id.clone(),
-                gun: String::new(),
-                expires: time::OffsetDateTime::UNIX_EPOCH,
-            };
+            let p = raw_prepared(
+                &key,
+                key.role.clone(),
+                0,
+                &info,
+                String::new(),
+                time::OffsetDateTime::UNIX_EPOCH,
+            );
             Ok(Item {
                 key,
                 p,
@@ -380,19 +363,14 @@ fn parse(r: Request) -> Result<Item> {
                         why: format!("key {} does not sign this certificate: {why}", key.key_id),
                     }
                 })?;
-            use sha2::Digest;
-            let p = Prepared {
-                envelope: crate::tuf::metadata::Envelope {
-                    signed: serde_json::Value::Null,
-                    signatures: Vec::new(),
-                },
-                role: key.role.clone(),
-                version: 0,
-                digest: sha2::Sha256::digest(&tbs).into(),
-                keyid: key.canonical_id.clone(),
-                gun: String::new(),
-                expires: time::OffsetDateTime::from(parsed.validity.not_after.to_system_time()),
-            };
+            let p = raw_prepared(
+                &key,
+                key.role.clone(),
+                0,
+                &tbs,
+                String::new(),
+                time::OffsetDateTime::from(parsed.validity.not_after.to_system_time()),
+            );
             Ok(Item {
                 key,
                 p,
@@ -404,6 +382,31 @@ fn parse(r: Request) -> Result<Item> {
                 cert: Some(lines),
             })
         }
+    }
+}
+
+/// A subject signed as sent, not kept as a tree (server roles, OCI payloads, certificates
+/// and requests): what the policy, the confirmation and the audit see of it.
+fn raw_prepared(
+    key: &KeyEntry,
+    role: String,
+    version: u64,
+    bytes: &[u8],
+    gun: String,
+    expires: time::OffsetDateTime,
+) -> Prepared {
+    use sha2::Digest;
+    Prepared {
+        envelope: crate::tuf::metadata::Envelope {
+            signed: serde_json::Value::Null,
+            signatures: Vec::new(),
+        },
+        role,
+        version,
+        digest: sha2::Sha256::digest(bytes).into(),
+        keyid: key.canonical_id.clone(),
+        gun,
+        expires,
     }
 }
 

@@ -90,6 +90,14 @@ pub fn locate(gun: &str) -> Result<(String, String)> {
     Ok((host.to_string(), name.to_string()))
 }
 
+/// `r` with the auth a registry asked for, if any.
+fn with_auth(r: reqwest::RequestBuilder, auth: Option<&HeaderValue>) -> reqwest::RequestBuilder {
+    match auth {
+        Some(a) => r.header("Authorization", a.clone()),
+        None => r,
+    }
+}
+
 /// A manifest as a registry serves it.
 pub struct Manifest {
     pub bytes: Vec<u8>,
@@ -248,13 +256,7 @@ impl Session {
     pub async fn manifest(&self, reference: &str) -> Result<Option<Manifest>> {
         let url = self.url(&format!("manifests/{reference}"));
         let resp = self
-            .send(|auth| {
-                let r = self.http.get(&url).header("Accept", ACCEPT);
-                match auth {
-                    Some(a) => r.header("Authorization", a.clone()),
-                    None => r,
-                }
-            })
+            .send(|auth| with_auth(self.http.get(&url).header("Accept", ACCEPT), auth))
             .await?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
@@ -280,13 +282,7 @@ impl Session {
     pub async fn blob(&self, digest: &str, cap: usize) -> Result<Vec<u8>> {
         let url = self.url(&format!("blobs/{digest}"));
         let resp = self
-            .send(|auth| {
-                let r = self.http.get(&url);
-                match auth {
-                    Some(a) => r.header("Authorization", a.clone()),
-                    None => r,
-                }
-            })
+            .send(|auth| with_auth(self.http.get(&url), auth))
             .await?;
         if !resp.status().is_success() {
             return Err(self.refused(resp.status(), &format!("blob {digest} of {}", self.name)));
@@ -309,13 +305,7 @@ impl Session {
         let digest = format!("sha256:{}", crate::tuf::keys::hex(&Sha256::digest(bytes)));
         let blob_url = self.url(&format!("blobs/{digest}"));
         let head = self
-            .send(|auth| {
-                let r = self.http.head(&blob_url);
-                match auth {
-                    Some(a) => r.header("Authorization", a.clone()),
-                    None => r,
-                }
-            })
+            .send(|auth| with_auth(self.http.head(&blob_url), auth))
             .await?;
         if head.status().is_success() {
             return Ok(digest);
@@ -323,11 +313,10 @@ impl Session {
         let start_url = self.url("blobs/uploads/");
         let started = self
             .send(|auth| {
-                let r = self.http.post(&start_url).header("Content-Length", "0");
-                match auth {
-                    Some(a) => r.header("Authorization", a.clone()),
-                    None => r,
-                }
+                with_auth(
+                    self.http.post(&start_url).header("Content-Length", "0"),
+                    auth,
+                )
             })
             .await?;
         if started.status() != reqwest::StatusCode::ACCEPTED {
@@ -362,15 +351,13 @@ impl Session {
         let body = bytes.to_vec();
         let put = self
             .send(|auth| {
-                let r = self
-                    .http
-                    .put(&put_url)
-                    .header("Content-Type", "application/octet-stream")
-                    .body(body.clone());
-                match auth {
-                    Some(a) => r.header("Authorization", a.clone()),
-                    None => r,
-                }
+                with_auth(
+                    self.http
+                        .put(&put_url)
+                        .header("Content-Type", "application/octet-stream")
+                        .body(body.clone()),
+                    auth,
+                )
             })
             .await?;
         if put.status() != reqwest::StatusCode::CREATED {
@@ -390,15 +377,13 @@ impl Session {
         let body = bytes.to_vec();
         let put = self
             .send(|auth| {
-                let r = self
-                    .http
-                    .put(&url)
-                    .header("Content-Type", media_type)
-                    .body(body.clone());
-                match auth {
-                    Some(a) => r.header("Authorization", a.clone()),
-                    None => r,
-                }
+                with_auth(
+                    self.http
+                        .put(&url)
+                        .header("Content-Type", media_type)
+                        .body(body.clone()),
+                    auth,
+                )
             })
             .await?;
         if put.status() != reqwest::StatusCode::CREATED {

@@ -170,6 +170,16 @@ impl AgentService {
         }
     }
 
+    /// The key `id` names (its first listing).
+    async fn first_key(&self, id: &str) -> Result<KeyEntry> {
+        self.keys
+            .find_key(id)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound(format!("no key {id}")))
+    }
+
     /// The CA a registry is checked with: the request's trust server CA, else the config's.
     fn registry_ca(&self, server: Option<&pb::TrustServer>) -> Option<Vec<u8>> {
         server
@@ -421,13 +431,7 @@ impl Agent for AgentService {
         req: Request<pb::AttestKeyRequest>,
     ) -> Result<Response<pb::AttestKeyResponse>, Status> {
         let req = req.into_inner();
-        let key = self
-            .keys
-            .find_key(&req.key_id)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        let key = self.first_key(&req.key_id).await?;
         let token = self.keys.token(&key.token)?;
         let k = key.clone();
         let (attestation, intermediate) = token.run(move |b| b.attest(&k)).await?;
@@ -548,13 +552,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::NotationCertIssueResponse>, Status> {
         use der::Encode;
         let req = req.into_inner();
-        let key = self
-            .keys
-            .find_key(&req.key_id)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        let key = self.first_key(&req.key_id).await?;
         let ca_keys = self.keys.find_key(&req.ca_key_id).await?;
         let ca_key = ca_keys
             .first()
@@ -686,13 +684,7 @@ impl Agent for AgentService {
         req: Request<pb::NotationCertImportRequest>,
     ) -> Result<Response<pb::NotationCertImportResponse>, Status> {
         let req = req.into_inner();
-        let key = self
-            .keys
-            .find_key(&req.key_id)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::NotFound(format!("no key {}", req.key_id)))?;
+        let key = self.first_key(&req.key_id).await?;
         let chain = self.chains().import(&key, &req.certificate_chain)?;
         self.guard
             .audit()
