@@ -28,6 +28,19 @@ pub fn hex(b: &[u8]) -> String {
 
 /// An RFC 3339 expiry `days` from now (documents must stay within the agent's default
 /// lifetimes: timestamp 14 days, targets and snapshot 3 years, root 10).
+/// Copies the program `from` to `to` (mode 0755) with install(1), never through a file
+/// this process has open for writing: a test thread forking meanwhile would inherit that
+/// descriptor, and executing `to` would fail with "Text file busy" (ETXTBSY).
+pub fn install_program(from: &Path, to: &Path) {
+    let out = Command::new("install")
+        .args(["-m", "0755"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("install");
+    assert!(out.status.success(), "install {}: {out:?}", to.display());
+}
+
 pub fn expires_in(days: i64) -> String {
     let t = time::OffsetDateTime::now_utc() + time::Duration::days(days);
     t.replace_nanosecond(0)
@@ -429,7 +442,7 @@ impl Agent {
         let dct = bin_dir.join("dct");
         if !dct.exists() {
             std::fs::create_dir_all(&bin_dir).unwrap();
-            std::fs::copy(bin("dct"), &dct).unwrap();
+            install_program(&bin("dct"), &dct);
             std::fs::set_permissions(&bin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::set_permissions(&dct, std::fs::Permissions::from_mode(0o755)).unwrap();
         }

@@ -170,8 +170,7 @@ fn probe_as_nobody(agent: &Agent) -> String {
     let bin_dir = agent.dir.path().join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
     let probe = bin_dir.join("uds_probe");
-    std::fs::copy(dct_tests::bin("uds_probe"), &probe).unwrap();
-    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dct_tests::install_program(&dct_tests::bin("uds_probe"), &probe);
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&probe)
