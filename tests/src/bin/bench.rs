@@ -624,6 +624,16 @@ fn timed(cmd: &mut Command) -> (Duration, Option<u64>) {
         .spawn()
         .expect("spawn");
     let pid = child.id();
+    // Drained as it comes: a command that writes more than a pipe holds (dct migrate's
+    // progress) would otherwise block until killed.
+    let drain = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut err = String::new();
+            let _ = e.read_to_string(&mut err);
+            err
+        })
+    });
     let mut peak = None;
     let status = loop {
         if let Some(kb) = vm_hwm_kib(pid) {
@@ -635,12 +645,8 @@ fn timed(cmd: &mut Command) -> (Duration, Option<u64>) {
         }
     };
     let took = t0.elapsed();
+    let err = drain.and_then(|t| t.join().ok()).unwrap_or_default();
     if !status.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
         panic!("{cmd:?} failed: {err}");
     }
     (took, peak)
