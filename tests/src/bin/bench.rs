@@ -1304,7 +1304,7 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
             "cosign",
             "public-key",
             &k,
-            "--out",
+            "--output",
             pem.to_str().expect("utf-8"),
         ]);
         assert_eq!(out.code(), 0, "{}", out.stderr());
