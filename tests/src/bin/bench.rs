@@ -1294,7 +1294,9 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
         "export-trust",
         trust_dir.to_str().expect("utf-8"),
         "--scope",
-        &format!("{host}/bench/*"),
+        &repos[0].0,
+        "--scope",
+        &repos[1].0,
     ]);
     assert_eq!(out.code(), 0, "{}", out.stderr());
     for (g, tags) in &repos {
