@@ -190,14 +190,7 @@ pub async fn run(
             (c, Some(s))
         }
     };
-    let password =
-        secrecy::SecretString::from(std::env::var("DCT_REGISTRY_PASSWORD").unwrap_or_default());
-    let sealed_registry_password = if secrecy::ExposeSecret::expose_secret(&password).is_empty() {
-        None
-    } else {
-        Some(crate::seal(&mut c, &password).await?)
-    };
-    drop(password);
+    let sealed_registry_password = crate::trust::sealed_registry_password(&mut c).await?;
     let req = pb::VerifyImageRequest {
         server: Some(server.resolve()?),
         gun: gun.clone(),

@@ -359,17 +359,7 @@ pub async fn run(
             if many {
                 eprintln!("signing {count} tags of {gun} ...");
             }
-            // The registry password (from the environment only) goes to the agent sealed.
-            let password = secrecy::SecretString::from(
-                std::env::var("DCT_REGISTRY_PASSWORD").unwrap_or_default(),
-            );
-            let sealed_registry_password =
-                if secrecy::ExposeSecret::expose_secret(&password).is_empty() {
-                    None
-                } else {
-                    Some(crate::seal(c, &password).await?)
-                };
-            drop(password);
+            let sealed_registry_password = sealed_registry_password(c).await?;
             let req = pb::TrustSignRequest {
                 server: Some(srv),
                 gun: gun.clone(),
@@ -748,6 +738,16 @@ pub async fn run(
     }
 }
 
+/// `DCT_REGISTRY_PASSWORD` (from the environment only), sealed to the agent; None when unset.
+pub async fn sealed_registry_password(c: &mut Client) -> Result<Option<pb::SealedSecret>, Failure> {
+    let password =
+        secrecy::SecretString::from(std::env::var("DCT_REGISTRY_PASSWORD").unwrap_or_default());
+    if secrecy::ExposeSecret::expose_secret(&password).is_empty() {
+        return Ok(None);
+    }
+    crate::seal(c, &password).await.map(Some)
+}
+
 /// `dct migrate`: what to migrate.
 pub struct Migrate {
     pub image: String,
@@ -766,15 +766,7 @@ pub async fn migrate(
 ) -> Result<(), Failure> {
     let srv = server.resolve()?;
     let gun = gun_of(&split_tag(&m.image).0);
-    // The registry password (from the environment only) goes to the agent sealed.
-    let password =
-        secrecy::SecretString::from(std::env::var("DCT_REGISTRY_PASSWORD").unwrap_or_default());
-    let sealed_registry_password = if secrecy::ExposeSecret::expose_secret(&password).is_empty() {
-        None
-    } else {
-        Some(crate::seal(c, &password).await?)
-    };
-    drop(password);
+    let sealed_registry_password = sealed_registry_password(c).await?;
     let req = pb::MigrateRequest {
         server: Some(srv),
         gun: gun.clone(),

@@ -28,6 +28,37 @@ pub fn hex(b: &[u8]) -> String {
 
 /// An RFC 3339 expiry `days` from now (documents must stay within the agent's default
 /// lifetimes: timestamp 14 days, targets and snapshot 3 years, root 10).
+/// The agent's key of `role` (for any role but root, of `gun`): its ID and its public key
+/// as a PEM SubjectPublicKeyInfo (what `cosign verify --key` reads).
+pub fn key_pem(agent: &Agent, gun: &str, role: &str) -> (String, String) {
+    use base64::Engine as _;
+    let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
+    let k = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == role && (role == "root" || k["gun"] == gun))
+        .unwrap_or_else(|| panic!("no {role} key for {gun}: {keys}"))
+        .clone();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let der = b64
+        .decode(k["tuf_key"]["keyval"]["public"].as_str().unwrap())
+        .unwrap();
+    let body = b64.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    (
+        k["key_id"].as_str().unwrap().to_string(),
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        ),
+    )
+}
+
 /// Copies the program `from` to `to` (mode 0755) with install(1), never through a file
 /// this process has open for writing: a test thread forking meanwhile would inherit that
 /// descriptor, and executing `to` would fail with "Text file busy" (ETXTBSY).

@@ -15,31 +15,7 @@ fn digest(manifest: &[u8]) -> String {
 }
 
 fn pem_of(agent: &Agent, gun: &str, role: &str) -> (String, String) {
-    use base64::Engine as _;
-    let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
-    let k = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["role"] == role && (role == "root" || k["gun"] == gun))
-        .unwrap()
-        .clone();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(k["tuf_key"]["keyval"]["public"].as_str().unwrap())
-        .unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    (
-        k["key_id"].as_str().unwrap().to_string(),
-        format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            lines.join("\n")
-        ),
-    )
+    dct_tests::key_pem(agent, gun, role)
 }
 
 fn one_line(r: Run, needle: &str) -> String {

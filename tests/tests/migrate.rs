@@ -15,30 +15,7 @@ fn digest(manifest: &[u8]) -> String {
 
 /// The PEM public key of the agent's targets key for `gun`, and its ID.
 fn targets_key(agent: &Agent, gun: &str) -> (String, String) {
-    use base64::Engine as _;
-    let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
-    let k = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["role"] == "targets" && k["gun"] == gun)
-        .unwrap_or_else(|| panic!("no targets key for {gun}: {keys}"))
-        .clone();
-    let b64 = k["tuf_key"]["keyval"]["public"].as_str().unwrap();
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    let wrapped = base64::engine::general_purpose::STANDARD.encode(body);
-    let lines: Vec<&str> = wrapped
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        lines.join("\n")
-    );
-    (k["key_id"].as_str().unwrap().to_string(), pem)
+    dct_tests::key_pem(agent, gun, "targets")
 }
 
 fn cosign_verify(stack: &NotaryStack, pubkey: &std::path::Path, image: &str) -> Output {

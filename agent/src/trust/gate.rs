@@ -187,23 +187,27 @@ pub async fn verify_tag(
 ) -> Result<Verdict> {
     check_gun(gun)?;
     if let Some(bytes) = &opts.archive {
-        let opened = super::archive::open(ctx, gun, bytes)?;
-        let at = opts.at.unwrap_or(opened.exported_at);
-        let root = opened.files.get("root").cloned().unwrap_or_default();
-        let (gun_owned, files, pins) = (gun.to_string(), opened.files, opened.pins);
-        let v = tokio::task::spawn_blocking(move || {
-            verify::verify_repository(&gun_owned, &files, at, &pins)
+        // Decoding the archive and checking its root chain and every role is CPU work on
+        // megabytes: off the async runtime, all of it.
+        let (ctx2, gun_owned, bytes, asked_at) =
+            (ctx.clone(), gun.to_string(), bytes.clone(), opts.at);
+        let (v, trust, root, at) = tokio::task::spawn_blocking(move || {
+            let opened = super::archive::open(&ctx2, &gun_owned, &bytes)?;
+            let at = asked_at.unwrap_or(opened.exported_at);
+            let root = opened.files.get("root").cloned().unwrap_or_default();
+            let v = verify::verify_repository(&gun_owned, &opened.files, at, &opened.pins)
+                .map_err(|e| {
+                    check_failed(
+                        "trust data",
+                        format!("the archive of {gun_owned} does not verify: {e}"),
+                    )
+                })?;
+            Ok::<_, Error>((v, opened.trust, root, at))
         })
         .await
-        .map_err(Error::internal)?
-        .map_err(|e| {
-            check_failed(
-                "trust data",
-                format!("the archive of {gun} does not verify: {e}"),
-            )
-        })?;
+        .map_err(Error::internal)??;
         check_ca_pin(&ctx.pinning, gun, &root, &v, at)?;
-        return judge(gun, v, opened.trust, opts);
+        return judge(gun, v, trust, opts);
     }
     let pins = ctx.pinning.for_gun(gun);
     let tofu = !ctx.pinning.disable_tofu;
