@@ -12,6 +12,7 @@ pub mod dockerd;
 pub mod faulty;
 pub mod gotools;
 pub mod mutate;
+pub mod netdelay;
 pub mod notary;
 pub mod piv;
 pub mod piv_card;

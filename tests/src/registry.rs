@@ -32,6 +32,18 @@ impl Registry {
         Self::start_with(stack, None)
     }
 
+    /// An anonymous registry keeping its storage in memory (/dev/shm, where there is one):
+    /// for the benchmark, so that what is measured is not this machine's disk.
+    pub fn start_in_memory(stack: &NotaryStack) -> Registry {
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        };
+        Self::start_in(dir, stack.dir.path(), &stack.ca, None)
+    }
+
     /// A registry requiring basic auth (htpasswd, bcrypt) for `user`/`pass`.
     pub fn start_with_auth(stack: &NotaryStack, user: &str, pass: &str) -> Registry {
         Self::start_with(stack, Some((user, pass)))
@@ -52,14 +64,22 @@ impl Registry {
         ca: &std::path::Path,
         auth: Option<(&str, &str)>,
     ) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), sd, ca, auth)
+    }
+
+    fn start_in(
+        dir: TempDir,
+        sd: &std::path::Path,
+        ca: &std::path::Path,
+        auth: Option<(&str, &str)>,
+    ) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let cfg = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {}\n    key: {}\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {}\n    key: {}\n",
             dir.path().join("data").display(),
             sd.join("leaf.crt").display(),
             sd.join("leaf.key").display()

@@ -183,7 +183,15 @@ pub async fn sign_and_write(
             Err(e) => Some(Err(Error::InvalidArgument(e.to_string()))),
         })
         .collect();
-    for (i, s) in places.into_iter().zip(guard.sign_all(requests).await) {
+    let started = std::time::Instant::now();
+    let all = guard.sign_all(requests).await;
+    tracing::info!(
+        gun,
+        n = all.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "migrate: signed"
+    );
+    for (i, s) in places.into_iter().zip(all) {
         if let Some(slot) = signed.get_mut(i) {
             *slot = Some(s);
         }
@@ -226,10 +234,16 @@ pub async fn sign_and_write(
             .collect();
         writes.push(write_group(session, items, &prepared, group));
     }
+    let started = std::time::Instant::now();
     let done: Vec<Vec<(usize, Result<()>)>> = futures_util::stream::iter(writes)
         .buffered(IN_FLIGHT)
         .collect()
         .await;
+    tracing::info!(
+        gun,
+        ms = started.elapsed().as_millis() as u64,
+        "migrate: written"
+    );
     let mut out: Vec<Result<()>> = (0..items.len())
         .map(|_| Err(Error::Internal("not written".into())))
         .collect();
@@ -305,8 +319,9 @@ pub async fn subject_of(session: &Session, digest_hex: &str) -> Result<NotationS
     })
 }
 
-/// Registry requests a migration keeps in flight (different images; results in order).
-const IN_FLIGHT: usize = 8;
+/// Registry requests a migration keeps in flight (different images; results in order):
+/// enough to cover a round trip to a registry far away while the registry works.
+const IN_FLIGHT: usize = 64;
 
 /// Migrates `gun`'s signed tags to `format` signatures made with `keys` (every listing of
 /// one key); `progress` hears of each tag as it is settled, with the number of tags.
@@ -326,6 +341,7 @@ pub async fn migrate(
         .first()
         .cloned()
         .ok_or_else(|| Error::NotFound("no such key".into()))?;
+    let started = std::time::Instant::now();
     let repo = fetch(client, ctx, gun)
         .await?
         .ok_or_else(|| Error::NotFound(format!("{gun} has no trust data on the trust server")))?;
@@ -348,6 +364,12 @@ pub async fn migrate(
         .filter(|t| wanted(&t.signers))
         .collect();
     let total = tags.len();
+    tracing::info!(
+        gun,
+        tags = total,
+        ms = started.elapsed().as_millis() as u64,
+        "migrate: trust data verified"
+    );
     let (ca, creds) = registry;
     let session = Session::open(gun, ca, creds, !opts.dry_run)?;
     let mut results = Vec::with_capacity(total);
@@ -356,6 +378,15 @@ pub async fn migrate(
         progress(total, &r);
         results.push(r);
     };
+    // The tags listed once: an image with no signature yet (most, on a first run) is then
+    // known unsigned without a request of its own. A registry that does not list: asked
+    // per image.
+    if let Err(e) = session.list_tags().await {
+        tracing::warn!(
+            gun,
+            "migrate: the registry did not list the tags ({e}); asking per tag"
+        );
+    }
     // Where each tag stands, several tags at a time.
     let mut checks = Vec::with_capacity(tags.len());
     for t in &tags {
@@ -385,6 +416,15 @@ pub async fn migrate(
             }),
         }
     }
+    tracing::info!(
+        gun,
+        to_sign = pending.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "migrate: tags checked"
+    );
+    // Each write reads what the image has afresh (another signer may have added to it since
+    // the listing; a registry may list less than it has): nothing of theirs is dropped.
+    session.forget_tags();
     // One pass through the guard for every signature, then the writes.
     let written = sign_and_write(guard, ctx, &session, gun, format, &pending).await;
     for (p, w) in pending.into_iter().zip(written) {

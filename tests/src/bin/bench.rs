@@ -11,7 +11,8 @@
 //!
 //! - migration: `dct migrate` of 1,000 DCT-signed tags to cosign and to Notation, each in
 //!   one run, against the real cosign and notation signing each tag through the plugins
-//!   (same agent, key, registry).
+//!   (same agent, key, registry), with the registry on this machine and behind a proxy
+//!   that makes it a 10 ms round trip away (`DCT_BENCH_OURS_ONLY=1`: dct migrate alone).
 //!
 //! Every signing figure is the median of several runs; sample signatures of every run are
 //! verified so the numbers are honest. Prints a table and writes BENCHMARKS.md.
@@ -1153,10 +1154,12 @@ fn authz_overhead(quick: bool) -> String {
 
 /// `dct migrate` of many DCT-signed tags to cosign and to Notation, against the real cosign
 /// and notation signing the same number of digests one process at a time through the
-/// plugins (same agent, key and registry; cosign's classic format, no transparency log).
+/// plugins (same agent, key and registry; cosign's classic format, no transparency log):
+/// once with the registry on this machine, once with it a network round trip away.
 fn migration(stack: &NotaryStack, quick: bool) -> String {
     let n = if quick { 200 } else { 1000 };
-    let registry = dct_tests::registry::Registry::start(stack);
+    let registry = dct_tests::registry::Registry::start_in_memory(stack);
+    let far = dct_tests::netdelay::DelayProxy::start(&registry.host, FAR_ONE_WAY);
     let hsm = SoftHsm::new("bench-migrate", "bench-pin-1234");
     let agent = Agent::start(Some(&hsm));
     agent.unlock(&hsm);
@@ -1167,54 +1170,8 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
         c.env("DCT_SOCKET", &agent.socket).args(args).args(srv);
         c
     };
-    // n distinct images (one pushed by skopeo, the others its manifest with an annotation)
-    // in each of two repositories: one migrated by dct, one signed tag by tag by the CLIs.
-    let push = |name: &str| -> Vec<(String, String, usize)> {
-        let base = registry.push_runnable(name, "t0", "bench");
-        let mut v: serde_json::Value = serde_json::from_slice(&base).expect("manifest");
-        (0..n)
-            .map(|i| {
-                let bytes = if i == 0 {
-                    base.clone()
-                } else {
-                    v["annotations"] = serde_json::json!({"n": i.to_string()});
-                    let b = serde_json::to_vec(&v).expect("json");
-                    registry.put_manifest(name, &format!("t{i}"), &b)
-                };
-                (format!("t{i}"), hex(&Sha256::digest(&bytes)), bytes.len())
-            })
-            .collect()
-    };
-    let host = registry.host.clone();
     let work = tempfile::tempdir().expect("tempdir");
-    let mut repos = Vec::new();
-    for name in ["bench/migrated", "bench/per-tag"] {
-        let gun = format!("{host}/{name}");
-        let tags = push(name);
-        let list = work.path().join("tags");
-        let lines: String = tags
-            .iter()
-            .map(|(t, d, s)| format!("{gun}:{t} sha256:{d} {s}\n"))
-            .collect();
-        std::fs::write(&list, lines).expect("write");
-        timed(&mut dct(&["trust", "init", &gun]));
-        timed(&mut dct(&[
-            "trust",
-            "sign",
-            "--from",
-            list.to_str().expect("utf-8"),
-        ]));
-        repos.push((gun, tags));
-    }
-    let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
-    let key_of = |gun: &str| {
-        keys.as_array()
-            .and_then(|a| a.iter().find(|k| k["role"] == "targets" && k["gun"] == gun))
-            .and_then(|k| k["key_id"].as_str())
-            .expect("targets key")
-            .to_string()
-    };
-    // Notation needs a chain for each key: a signing CA on the token, leaves for both.
+    // Notation needs a chain for each key: a signing CA on the token, a leaf per key.
     let ca_init = agent
         .dct(&["--json", "notation", "ca", "init", "--name", "Bench CA"])
         .json();
@@ -1222,21 +1179,75 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
         .as_str()
         .expect("CA key")
         .to_string();
-    for (gun, _) in &repos {
-        let k = key_of(gun);
-        let out = agent.dct(&["notation", "cert", "issue", &k, "--ca", &ca_key]);
-        assert_eq!(out.code(), 0, "{}", out.stderr());
+    let config = work.path().join("notation-config");
+    let out = agent.dct_env(
+        &["notation", "install"],
+        &[("XDG_CONFIG_HOME", config.to_str().expect("utf-8"))],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    // Each place of the registry: n distinct images (one pushed by skopeo, the others its
+    // manifest with an annotation) in each of two repositories, every tag signed in DCT:
+    // one repository migrated by dct, one signed tag by tag by the CLIs.
+    let places = [
+        ("on this machine", registry.host.clone(), "near"),
+        ("10 ms round trip away", far.host.clone(), "far"),
+    ];
+    let mut repos: Vec<Vec<(String, String, Vec<String>)>> = Vec::new();
+    for (_, host, name) in &places {
+        let mut pair = Vec::new();
+        for side in ["migrated", "per-tag"] {
+            let name = format!("bench/{side}-{name}");
+            let base = registry.push_runnable(&name, "t0", "bench");
+            let mut v: serde_json::Value = serde_json::from_slice(&base).expect("manifest");
+            let gun = format!("{host}/{name}");
+            let mut lines = String::new();
+            let mut digests = Vec::new();
+            for i in 0..n {
+                let bytes = if i == 0 {
+                    base.clone()
+                } else {
+                    v["annotations"] = serde_json::json!({"n": i.to_string()});
+                    let b = serde_json::to_vec(&v).expect("json");
+                    registry.put_manifest(&name, &format!("t{i}"), &b)
+                };
+                let d = hex(&Sha256::digest(&bytes));
+                lines.push_str(&format!("{gun}:t{i} sha256:{d} {}\n", bytes.len()));
+                digests.push(d);
+            }
+            let list = work.path().join("tags");
+            std::fs::write(&list, lines).expect("write");
+            timed(&mut dct(&["trust", "init", &gun]));
+            timed(&mut dct(&[
+                "trust",
+                "sign",
+                "--from",
+                list.to_str().expect("utf-8"),
+            ]));
+            let keys = agent.dct(&["--json", "key", "list"]).json()["keys"].clone();
+            let key = keys
+                .as_array()
+                .and_then(|a| a.iter().find(|k| k["role"] == "targets" && k["gun"] == gun))
+                .and_then(|k| k["key_id"].as_str())
+                .expect("targets key")
+                .to_string();
+            let out = agent.dct(&["notation", "cert", "issue", &key, "--ca", &ca_key]);
+            assert_eq!(out.code(), 0, "{}", out.stderr());
+            pair.push((gun, key, digests));
+        }
+        repos.push(pair);
     }
-    // dct migrate: every tag of the first repository, one run per format.
-    let (gun, _) = &repos[0];
-    let key = key_of(gun);
-    let (ours_cosign, _) = timed(&mut dct(&["migrate", gun, "--to", "cosign", "--key", &key]));
-    let (ours_notation, _) = timed(&mut dct(&[
-        "migrate", gun, "--to", "notation", "--key", &key,
-    ]));
-    // The CLIs through the plugins, one process per tag, the second repository.
-    let (gun2, tags2) = &repos[1];
-    let key2 = key_of(gun2);
+    let trust_dir = config.join("notation");
+    let mut export = vec![
+        "notation".to_string(),
+        "export-trust".into(),
+        trust_dir.to_str().expect("utf-8").into(),
+    ];
+    for (gun, _, _) in repos.iter().flatten() {
+        export.extend(["--scope".to_string(), gun.clone()]);
+    }
+    let export: Vec<&str> = export.iter().map(String::as_str).collect();
+    let out = agent.dct(&export);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
     let bin_dir = dct_tests::bin("sigstore-kms-dct")
         .parent()
         .expect("bin dir")
@@ -1248,18 +1259,58 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
     );
     let cosign = dct_tests::gotools::cosign();
     let notation = dct_tests::gotools::notation();
-    let config = work.path().join("notation-config");
-    let out = agent.dct_env(
-        &["notation", "install"],
-        &[("XDG_CONFIG_HOME", config.to_str().expect("utf-8"))],
-    );
-    assert_eq!(out.code(), 0, "{}", out.stderr());
-    let dct_key = format!("dct://{key2}");
-    let t0 = Instant::now();
-    for (_, digest, _) in tags2 {
-        let image = format!("{gun2}@sha256:{digest}");
-        timed(
-            Command::new(&cosign)
+    // A CLI run for one tag, timed whole (no polling in between).
+    let cli = |c: &mut Command| {
+        let out = c.output().expect("spawn");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let per = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3 / n as f64);
+    let line = |what: &str, d: Duration, base: Duration| {
+        format!(
+            "| {what} | {:.1} s | {} | {:.1}x |\n",
+            d.as_secs_f64(),
+            per(d),
+            d.as_secs_f64() / base.as_secs_f64()
+        )
+    };
+    let mut table = String::new();
+    for ((place, _, _), pair) in places.iter().zip(&repos) {
+        let [(gun, key, _), (gun2, key2, digests2)] = &pair[..] else {
+            unreachable!("two repositories per place")
+        };
+        // dct migrate: every tag of the first repository, one run per format.
+        let (ours_cosign, _) = timed(&mut dct(&["migrate", gun, "--to", "cosign", "--key", key]));
+        let (ours_notation, _) = timed(&mut dct(&[
+            "migrate", gun, "--to", "notation", "--key", key,
+        ]));
+        // Where dct migrate's time went, from the agent's log.
+        if let Ok(log) = std::fs::read_to_string(&agent.log) {
+            for l in log
+                .lines()
+                .filter(|l| l.contains("migrate:") && l.contains(gun.as_str()))
+            {
+                eprintln!("{l}");
+            }
+        }
+        // `DCT_BENCH_OURS_ONLY=1`: dct migrate alone (for profiling it).
+        if std::env::var_os("DCT_BENCH_OURS_ONLY").is_some() {
+            table.push_str(&format!(
+                "registry {place}: dct migrate of {n} tags: cosign {:.1} s, notation {:.1} s\n",
+                ours_cosign.as_secs_f64(),
+                ours_notation.as_secs_f64()
+            ));
+            continue;
+        }
+        // The CLIs through the plugins, one process per tag, the second repository.
+        let dct_key = format!("dct://{key2}");
+        let t0 = Instant::now();
+        for digest in digests2 {
+            let image = format!("{gun2}@sha256:{digest}");
+            cli(Command::new(&cosign)
                 .args(["sign", "--key", &dct_key, "--use-signing-config=false"])
                 .args([
                     "--tlog-upload=false",
@@ -1270,94 +1321,89 @@ fn migration(stack: &NotaryStack, quick: bool) -> String {
                 .env("PATH", &path)
                 .env("HOME", work.path())
                 .env("DCT_SOCKET", &agent.socket)
-                .env("SSL_CERT_FILE", &ca),
-        );
-    }
-    let theirs_cosign = t0.elapsed();
-    let t0 = Instant::now();
-    for (_, digest, _) in tags2 {
-        let image = format!("{gun2}@sha256:{digest}");
-        timed(
-            Command::new(&notation)
-                .args(["sign", "--plugin", "dct", "--id", &key2, &image])
+                .env("SSL_CERT_FILE", &ca));
+        }
+        let theirs_cosign = t0.elapsed();
+        let t0 = Instant::now();
+        for digest in digests2 {
+            let image = format!("{gun2}@sha256:{digest}");
+            cli(Command::new(&notation)
+                .args(["sign", "--plugin", "dct", "--id", key2, &image])
                 .env("XDG_CONFIG_HOME", &config)
                 .env("HOME", &config)
                 .env("DCT_SOCKET", &agent.socket)
-                .env("SSL_CERT_FILE", &ca),
-        );
-    }
-    let theirs_notation = t0.elapsed();
-    // What both wrote verifies: a sample of each, with each tool.
-    let trust_dir = config.join("notation");
-    let out = agent.dct(&[
-        "notation",
-        "export-trust",
-        trust_dir.to_str().expect("utf-8"),
-        "--scope",
-        &repos[0].0,
-        "--scope",
-        &repos[1].0,
-    ]);
-    assert_eq!(out.code(), 0, "{}", out.stderr());
-    for (g, tags) in &repos {
-        let pem = work.path().join("k.pub");
-        let k = key_of(g);
-        let out = agent.dct(&[
-            "cosign",
-            "public-key",
-            &k,
-            "--output",
-            pem.to_str().expect("utf-8"),
-        ]);
-        assert_eq!(out.code(), 0, "{}", out.stderr());
-        for (_, digest, _) in tags.iter().step_by(n / 4) {
-            let image = format!("{g}@sha256:{digest}");
-            let v = Command::new(&cosign)
-                .args(["verify", "--insecure-ignore-tlog=true", "--key"])
-                .arg(&pem)
-                .arg(&image)
-                .env("HOME", work.path())
-                .env("SSL_CERT_FILE", &ca)
-                .output()
-                .expect("cosign verify");
-            assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
-            let v = Command::new(&notation)
-                .args(["verify", &image])
-                .env("XDG_CONFIG_HOME", &config)
-                .env("HOME", &config)
-                .env("SSL_CERT_FILE", &ca)
-                .output()
-                .expect("notation verify");
-            assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+                .env("SSL_CERT_FILE", &ca));
         }
-    }
-    let per = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3 / n as f64);
-    let line = |what: &str, d: Duration, base: Duration| {
-        format!(
-            "| {what} | {:.1} s | {} | {:.1}x |\n",
-            d.as_secs_f64(),
-            per(d),
-            d.as_secs_f64() / base.as_secs_f64()
-        )
-    };
-    format!(
-        "| work ({n} tags, keys on SoftHSM2) | total | per tag | time vs dct migrate |\n|---|---:|---:|---:|\n{}{}{}{}\n\
-Each pair signs the same number of distinct images through the same agent and guard (payload parsed, \
-policy, audit) and writes what the tool writes (cosign's classic `.sig`; Notation's JWS envelope and \
-referrers index); a sample of each is checked by `cosign verify` and `notation verify`. dct checks every \
-tag against DCT and the registry, signs all in one guard pass and writes eight images at a time; the CLIs \
-start a process (and their plugin's) per tag.\n",
-        line("`dct migrate --to cosign` (one run)", ours_cosign, ours_cosign),
-        line(
+        let theirs_notation = t0.elapsed();
+        // What both wrote verifies: a sample of each, with each tool.
+        for (g, k, tags) in pair {
+            let pem = work.path().join("k.pub");
+            let out = agent.dct(&[
+                "cosign",
+                "public-key",
+                k,
+                "--output",
+                pem.to_str().expect("utf-8"),
+            ]);
+            assert_eq!(out.code(), 0, "{}", out.stderr());
+            for digest in tags.iter().step_by(n / 4) {
+                let image = format!("{g}@sha256:{digest}");
+                cli(Command::new(&cosign)
+                    .args(["verify", "--insecure-ignore-tlog=true", "--key"])
+                    .arg(&pem)
+                    .arg(&image)
+                    .env("HOME", work.path())
+                    .env("SSL_CERT_FILE", &ca));
+                cli(Command::new(&notation)
+                    .args(["verify", &image])
+                    .env("XDG_CONFIG_HOME", &config)
+                    .env("HOME", &config)
+                    .env("SSL_CERT_FILE", &ca));
+            }
+        }
+        table.push_str(&format!("| **registry {place}** | | | |\n"));
+        table.push_str(&line(
+            "`dct migrate --to cosign` (one run)",
+            ours_cosign,
+            ours_cosign,
+        ));
+        table.push_str(&line(
             "`cosign sign --key dct://KEYID` per tag (cosign v3.1.3, sigstore-kms-dct)",
             theirs_cosign,
-            ours_cosign
-        ),
-        line("`dct migrate --to notation` (one run)", ours_notation, ours_notation),
-        line(
+            ours_cosign,
+        ));
+        table.push_str(&line(
+            "`dct migrate --to notation` (one run)",
+            ours_notation,
+            ours_notation,
+        ));
+        table.push_str(&line(
             "`notation sign --plugin dct` per tag (notation v1.3.2, notation-dct)",
             theirs_notation,
-            ours_notation
-        ),
+            ours_notation,
+        ));
+    }
+    if std::env::var_os("DCT_BENCH_OURS_ONLY").is_some() {
+        return table;
+    }
+    format!(
+        "| work ({n} tags, keys on SoftHSM2) | total | per tag | time vs dct migrate |\n|---|---:|---:|---:|\n{table}\n\
+Each pair signs the same number of distinct images through the same agent and guard (payload parsed, \
+policy, audit) and writes what the tool writes (cosign's classic `.sig`; Notation's JWS envelope and \
+referrers index); a sample of each is checked by `cosign verify` and `notation verify`. The registry \
+(docker-registry 2.8, TLS, the blob descriptor cache of its stock config) keeps its storage in memory (/dev/shm), so its writes are not this VM's disk; \
+\"a round trip away\" puts a proxy in front of it that delays every byte by {} ms each way, as a registry \
+in another data centre is. dct checks every tag against DCT and the registry (the tags listed once, one \
+manifest read per tag), signs all in one guard pass and writes {} images at a time over HTTP/1.1 \
+connections it keeps; the CLIs start a process (and their plugin's) per tag and wait on each request in \
+turn. On this machine the registry's own work per tag (two or three uploads, a manifest, an index) is \
+what bounds dct migrate: the registry process takes most of both cores.\n",
+        FAR_ONE_WAY.as_millis(),
+        MIGRATE_IN_FLIGHT,
     )
 }
+
+/// The one-way delay of the far registry (half its round trip).
+const FAR_ONE_WAY: Duration = Duration::from_millis(5);
+/// What `dct migrate` keeps in flight (agent/src/trust/migrate.rs IN_FLIGHT), for the note.
+const MIGRATE_IN_FLIGHT: usize = 64;
