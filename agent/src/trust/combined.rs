@@ -167,13 +167,13 @@ pub async fn verify_image(
     // served at the last online check).
     let served = match (input.digest, input.tag) {
         (Some(d), _) => Ok(d.to_ascii_lowercase()),
-        (None, Some(tag)) if input.offline => cache.tag(tag).ok_or_else(|| {
+        (None, Some(tag)) if input.offline => cache.tag(tag).await.ok_or_else(|| {
             format!("offline: no digest of {gun}:{tag} cached (check it once online, or name the digest)")
         }),
         (None, Some(tag)) => match session.manifest(tag).await {
             Ok(Some(m)) => {
                 let d = crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&m.bytes));
-                cache.save_tag(tag, &d);
+                cache.save_tag(tag, &d).await;
                 Ok(d)
             }
             Ok(None) => Err(format!("the registry has no {gun}:{tag}")),
@@ -222,7 +222,7 @@ pub async fn verify_image(
                     Err(e) => Err(e),
                     Ok(spki) => {
                         let found = if input.offline {
-                            Ok(cache.load(digest, "cosign"))
+                            Ok(cache.load(digest, "cosign").await)
                         } else {
                             crate::oci::cosign::evidence(&session, digest).await
                         };
@@ -230,7 +230,7 @@ pub async fn verify_image(
                         {
                             Ok(e) => {
                                 if !input.offline {
-                                    cache.save(digest, "cosign", &e);
+                                    cache.save(digest, "cosign", &e).await;
                                 }
                                 Ok(())
                             }
@@ -245,14 +245,14 @@ pub async fn verify_image(
                 (_, Err(e)) => Err(e),
                 (Ok(digest), Ok(trust)) => {
                     let found = if input.offline {
-                        Ok(cache.load(digest, "notation"))
+                        Ok(cache.load(digest, "notation").await)
                     } else {
                         crate::oci::notation::evidence(&session, digest).await
                     };
                     match found.and_then(|f| crate::oci::notation::check(&f, digest, &trust)) {
                         Ok(e) => {
                             if !input.offline {
-                                cache.save(digest, "notation", &e);
+                                cache.save(digest, "notation", &e).await;
                             }
                             Ok(())
                         }
@@ -329,9 +329,14 @@ fn notation_trust(n: &NotationSpec) -> std::result::Result<crate::oci::notation:
 /// What an online check saw, kept for `--offline`: each tag's digest, and the OCI signatures
 /// that passed (re-checked in full offline: keys, chains, expiry as of then), in the trust
 /// cache beside the repository's DCT data. A cache that cannot be written costs only the
-/// offline check.
+/// offline check. Its files are read and written on the blocking pool, off the runtime.
 struct Evidence {
     dir: std::path::PathBuf,
+}
+
+/// `f` on the blocking pool; `fallback` if it could not run to the end.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static, fallback: T) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap_or(fallback)
 }
 
 impl Evidence {
@@ -341,33 +346,47 @@ impl Evidence {
         }
     }
 
-    fn tag(&self, tag: &str) -> Option<String> {
-        let d = std::fs::read_to_string(self.dir.join("tags").join(tag)).ok()?;
+    async fn tag(&self, tag: &str) -> Option<String> {
+        let path = self.dir.join("tags").join(tag);
+        let d = off_runtime(move || std::fs::read_to_string(path).ok(), None).await?;
         let d = d.trim();
         (d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())).then(|| d.to_string())
     }
 
-    fn save_tag(&self, tag: &str, digest: &str) {
+    async fn save_tag(&self, tag: &str, digest: &str) {
         let path = self.dir.join("tags").join(tag);
-        if let Err(e) = super::cache::write_atomic(&path, digest.as_bytes()) {
+        let bytes = digest.as_bytes().to_vec();
+        let wrote = off_runtime(move || super::cache::write_atomic(&path, &bytes), Ok(())).await;
+        if let Err(e) = wrote {
             tracing::warn!("{e}");
         }
     }
 
-    fn load<T: serde::de::DeserializeOwned>(&self, digest: &str, kind: &str) -> Vec<T> {
-        let Ok(entries) = std::fs::read_dir(self.dir.join(digest)) else {
-            return Vec::new();
-        };
+    async fn load<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        digest: &str,
+        kind: &str,
+    ) -> Vec<T> {
+        let dir = self.dir.join(digest);
         let prefix = format!("{kind}-");
-        entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect()
+        off_runtime(
+            move || {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    return Vec::new();
+                };
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice(&b).ok())
+                    .collect()
+            },
+            Vec::new(),
+        )
+        .await
     }
 
-    fn save<T: serde::Serialize>(&self, digest: &str, kind: &str, what: &T) {
+    async fn save<T: serde::Serialize>(&self, digest: &str, kind: &str, what: &T) {
         let Ok(bytes) = serde_json::to_vec(what) else {
             return;
         };
@@ -375,7 +394,9 @@ impl Evidence {
             "{kind}-{}.json",
             crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes))
         );
-        if let Err(e) = super::cache::write_atomic(&self.dir.join(digest).join(name), &bytes) {
+        let path = self.dir.join(digest).join(name);
+        let wrote = off_runtime(move || super::cache::write_atomic(&path, &bytes), Ok(())).await;
+        if let Err(e) = wrote {
             tracing::warn!("{e}");
         }
     }
