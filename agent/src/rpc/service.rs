@@ -1324,7 +1324,8 @@ impl Agent for AgentService {
             }
             for format in &formats {
                 let mut items = Vec::new();
-                for (tag, keys) in &r.signed_by {
+                for (t, by) in tags.iter().zip(&r.signed_by) {
+                    let tag = &t.tag;
                     let subject = match subjects.get(tag.as_str()) {
                         Some(Ok(s)) => s.clone(),
                         Some(Err(e)) => {
@@ -1339,7 +1340,7 @@ impl Agent for AgentService {
                         }
                         None => continue,
                     };
-                    for k in keys {
+                    for k in by.iter().filter_map(|&i| r.signers.get(i)) {
                         items.push(trust::migrate::OciItem {
                             tag: tag.clone(),
                             subject: subject.clone(),

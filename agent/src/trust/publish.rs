@@ -45,8 +45,13 @@ pub(crate) fn next_version(signed: &mut Value, role: &str, lifetime: time::Durat
 }
 
 pub(crate) fn unsigned(signed: Value) -> Vec<u8> {
+    // Built by hand: `json!` would serialise `signed` into a copy of the whole tree (a
+    // second 100,000-target tree for a big targets role).
+    let mut envelope = serde_json::Map::new();
+    envelope.insert("signed".into(), signed);
+    envelope.insert("signatures".into(), Value::Array(Vec::new()));
     // A Value of strings, numbers and objects always serialises.
-    serde_json::to_vec(&json!({"signed": signed, "signatures": []})).unwrap_or_default()
+    serde_json::to_vec(&Value::Object(envelope)).unwrap_or_default()
 }
 
 /// Keys of `role`/`gun` on the agent's tokens.

@@ -19,8 +19,11 @@ use crate::tuf::metadata::{parse_key_map, TargetsDoc};
 pub struct SignResult {
     pub roles: Vec<String>,
     pub initialized: bool,
-    /// Each tag and the keys that signed it (one listing each, in role order).
-    pub signed_by: Vec<(String, Vec<KeyEntry>)>,
+    /// The keys that signed (one listing each, in role order).
+    pub signers: Vec<KeyEntry>,
+    /// For each tag asked for, in order: which of `signers` signed it (indices; small, so
+    /// that 100,000 tags do not hold 100,000 copies of a key).
+    pub signed_by: Vec<Vec<usize>>,
 }
 
 /// A tag as asked for: its digest and length in hex, or the manifest itself, or neither
@@ -160,7 +163,7 @@ pub async fn sign_tags(
 
     // Each role's new `signed`, with every tag it takes.
     let mut edits: Vec<Edit> = Vec::new();
-    let mut add = |role: &str, key: &KeyEntry, t: &TagTarget| -> Result<()> {
+    let mut add = |role: &str, key: &KeyEntry, t: &TagTarget| -> Result<usize> {
         let i = match edits.iter().position(|e| e.role == role) {
             Some(i) => i,
             None => {
@@ -184,18 +187,20 @@ pub async fn sign_tags(
             .get_mut(i)
             .ok_or_else(|| Error::Internal(format!("no edit of {role}")))?;
         let target = json!({"hashes": {"sha256": B64.encode(t.sha256)}, "length": t.length});
-        edit::set(&mut e.signed, &["targets", t.tag.as_str()], target).map_err(malformed(role))
+        edit::set(&mut e.signed, &["targets", t.tag.as_str()], target).map_err(malformed(role))?;
+        Ok(i)
     };
     let mut targets_key_cached: Option<KeyEntry> = None;
+    // Which edits (roles) took each tag.
+    let mut placed_in: Vec<Vec<usize>> = Vec::with_capacity(tags.len());
     for t in tags {
-        let mut placed = false;
+        let mut into = Vec::new();
         for (d, k) in &held {
             if d.paths.iter().any(|p| t.tag.starts_with(p.as_str())) {
-                add(&d.name, k, t)?;
-                placed = true;
+                into.push(add(&d.name, k, t)?);
             }
         }
-        if !placed {
+        if into.is_empty() {
             let k = match &targets_key_cached {
                 Some(k) => k.clone(),
                 None => {
@@ -204,25 +209,35 @@ pub async fn sign_tags(
                     k
                 }
             };
-            add("targets", &k, t)?;
+            into.push(add("targets", &k, t)?);
         }
+        placed_in.push(into);
     }
     let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
-    let signed_by = tags
+    // Each edit's key as an index into the signers, one listing per key.
+    let mut signers: Vec<KeyEntry> = Vec::new();
+    let signer_of: Vec<usize> = edits
         .iter()
-        .map(|t| {
-            let mut by: Vec<KeyEntry> = Vec::new();
-            for e in &edits {
-                let has = e
-                    .signed
-                    .get("targets")
-                    .and_then(|m| m.get(t.tag.as_str()))
-                    .is_some();
-                if has && !by.iter().any(|k| k.key_id == e.key.key_id) {
-                    by.push(e.key.clone());
+        .map(
+            |e| match signers.iter().position(|k| k.key_id == e.key.key_id) {
+                Some(i) => i,
+                None => {
+                    signers.push(e.key.clone());
+                    signers.len() - 1
+                }
+            },
+        )
+        .collect();
+    let signed_by = placed_in
+        .into_iter()
+        .map(|into| {
+            let mut by: Vec<usize> = Vec::with_capacity(into.len());
+            for s in into.into_iter().filter_map(|e| signer_of.get(e).copied()) {
+                if !by.contains(&s) {
+                    by.push(s);
                 }
             }
-            (t.tag.clone(), by)
+            by
         })
         .collect();
     commit(guard, client, gun, &repo, &keys, edits).await?;
@@ -230,6 +245,7 @@ pub async fn sign_tags(
     Ok(SignResult {
         roles,
         initialized,
+        signers,
         signed_by,
     })
 }
