@@ -137,11 +137,16 @@ impl Session {
             .timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .https_only(true)
-            // HTTP/1.1 on as many kept connections as requests are in flight: distribution
-            // (docker-registry) serves small requests a fifth faster so than as streams of
-            // one HTTP/2 connection, measured with `dct migrate`.
-            .http1_only()
             .user_agent(concat!("dct-agent/", env!("CARGO_PKG_VERSION")));
+        // Without credentials, HTTP/1.1 on as many kept connections as requests are in
+        // flight: distribution (docker-registry) serves small requests a fifth faster so
+        // than as streams of one HTTP/2 connection (measured with `dct migrate`). With
+        // credentials, HTTP/2 where the registry offers it: HTTP/1.1 writes the
+        // Authorization value verbatim into each connection's write buffer, which outlives
+        // the request (tests/tests/registry_creds.rs finds it in the agent's memory).
+        if creds.is_none() {
+            b = b.http1_only();
+        }
         if let Some(pem) = ca_pem {
             for c in reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| Error::InvalidArgument(format!("TLS CA file: {e}")))?
