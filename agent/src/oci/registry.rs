@@ -273,11 +273,27 @@ impl Session {
     /// For checking many images of which most have no signature yet: one request, not one
     /// per image.
     pub async fn list_tags(&self) -> Result<()> {
-        let mut tags = std::collections::HashSet::new();
-        let mut next = Some(self.url("tags/list?n=10000"));
-        // A registry that pages forever is cut off; a million tags is far beyond any here.
-        for _ in 0..1000 {
-            let Some(url) = next.take() else { break };
+        self.list_tags_by(10_000).await
+    }
+
+    /// [`Session::list_tags`] asking for `page` tags a page.
+    pub async fn list_tags_by(&self, page: usize) -> Result<()> {
+        // Only the signature tags are kept (they are all that is answered from the listing);
+        // a listing that is too long, pages forever or pages elsewhere is given up whole:
+        // the caller then asks per image, as without a listing.
+        const MAX_TAGS: usize = 1_000_000;
+        const MAX_PAGES: usize = 10_000;
+        let mut kept = std::collections::HashSet::new();
+        let (mut seen, mut pages) = (0usize, 0usize);
+        let mut next = Some(self.url(&format!("tags/list?n={page}")));
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(Error::Unavailable(format!(
+                    "registry {} lists the tags of {} in more than {MAX_PAGES} pages",
+                    self.host, self.name
+                )));
+            }
             let resp = self
                 .send(|auth| with_auth(self.http.get(&url), auth))
                 .await?;
@@ -289,12 +305,21 @@ impl Session {
             if !status.is_success() {
                 return Err(self.refused(status, &format!("the tags of {}", self.name)));
             }
-            next = resp
+            let link = resp
                 .headers()
                 .get("link")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|l| next_page(l, &self.host));
-            let body = crate::util::http::read_capped(resp, 64 * 1024 * 1024)
+                .filter(|l| l.contains("rel=\"next\""))
+                .map(str::to_string);
+            if let Some(l) = link {
+                next = Some(next_page(&l, &self.host).ok_or_else(|| {
+                    Error::Refused(format!(
+                        "registry {} pages its tag list somewhere else: {l}",
+                        self.host
+                    ))
+                })?);
+            }
+            let body = crate::util::http::read_capped(resp, 16 * 1024 * 1024)
                 .await
                 .map_err(|e| e.unwrap_or_else(self.unreachable()))?;
             #[derive(serde::Deserialize)]
@@ -303,9 +328,17 @@ impl Session {
             }
             let page: Page = serde_json::from_slice(&body)
                 .map_err(|e| Error::Unavailable(format!("registry {} tag list: {e}", self.host)))?;
-            tags.extend(page.tags.unwrap_or_default());
+            let page = page.tags.unwrap_or_default();
+            seen += page.len();
+            if seen > MAX_TAGS {
+                return Err(Error::Unavailable(format!(
+                    "{} has more than {MAX_TAGS} tags: not listed",
+                    self.name
+                )));
+            }
+            kept.extend(page.into_iter().filter(|t| t.starts_with("sha256-")));
         }
-        *self.listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(tags);
+        *self.listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(kept);
         Ok(())
     }
 
