@@ -186,7 +186,7 @@ pub async fn ceremony_root_init(
 /// and the root keys it lists.
 pub fn root_signatures(bytes: &[u8]) -> Result<(Vec<String>, i64, Vec<String>)> {
     let env = Envelope::parse(bytes).map_err(|e| Error::InvalidArgument(format!("root: {e}")))?;
-    let root: RootDoc = serde_json::from_value(env.signed.clone())
+    let root = <RootDoc as serde::Deserialize>::deserialize(&env.signed)
         .map_err(|e| Error::InvalidArgument(format!("root: {e}")))?;
     let (own, threshold) = root_role_keys(&root).map_err(Error::InvalidArgument)?;
     let listed = own.keys().cloned().collect();

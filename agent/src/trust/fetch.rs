@@ -269,7 +269,7 @@ pub(crate) fn role_keyids<'a>(root: &'a RootDoc, role: &str) -> Result<&'a Vec<S
 /// A root must carry a threshold of signatures by its own root keys.
 pub(crate) fn check_self_signed(bytes: &[u8]) -> Result<()> {
     let env = Envelope::parse(bytes).map_err(|e| Error::Refused(format!("root: {e}")))?;
-    let root: RootDoc = serde_json::from_value(env.signed.clone())
+    let root = <RootDoc as serde::Deserialize>::deserialize(&env.signed)
         .map_err(|e| Error::Refused(format!("root: {e}")))?;
     let (own, threshold) = root_role_keys(&root).map_err(Error::Refused)?;
     check_signatures(&env, &own, threshold)

@@ -134,7 +134,7 @@ pub async fn sign_tags(
     let mut targets_signed = Some(repo.doc("targets")?.signed);
     let delegations: crate::tuf::metadata::Delegations =
         match targets_signed.as_ref().and_then(|t| t.get("delegations")) {
-            Some(d) => serde_json::from_value(d.clone()).map_err(Error::internal)?,
+            Some(d) => serde::Deserialize::deserialize(d).map_err(Error::internal)?,
             None => Default::default(),
         };
 
