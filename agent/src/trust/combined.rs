@@ -356,7 +356,13 @@ impl Evidence {
     async fn save_tag(&self, tag: &str, digest: &str) {
         let path = self.dir.join("tags").join(tag);
         let bytes = digest.as_bytes().to_vec();
-        let wrote = off_runtime(move || super::cache::write_atomic(&path, &bytes), Ok(())).await;
+        let wrote = off_runtime(
+            move || super::cache::write_atomic(&path, &bytes),
+            Err(Error::Internal(
+                "the evidence cache write did not finish".into(),
+            )),
+        )
+        .await;
         if let Err(e) = wrote {
             tracing::warn!("{e}");
         }
@@ -395,7 +401,13 @@ impl Evidence {
             crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes))
         );
         let path = self.dir.join(digest).join(name);
-        let wrote = off_runtime(move || super::cache::write_atomic(&path, &bytes), Ok(())).await;
+        let wrote = off_runtime(
+            move || super::cache::write_atomic(&path, &bytes),
+            Err(Error::Internal(
+                "the evidence cache write did not finish".into(),
+            )),
+        )
+        .await;
         if let Err(e) = wrote {
             tracing::warn!("{e}");
         }
