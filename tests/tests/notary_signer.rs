@@ -369,3 +369,89 @@ fn health_is_not_serving_while_the_audit_log_cannot_be_written() {
         "{log}"
     );
 }
+
+/// notary-server's traffic: many repositories, each with its own timestamp key made just
+/// before, signing at once with versions counting up. Every signature verifies under its
+/// repository's key, each is in the audit log once, and a version going back is refused
+/// (the default policy) even in the burst. Made to catch the key lookup and the key
+/// handles going wrong when keys are new and requests race (a burst right after CreateKey
+/// once made every request list the whole token).
+#[test]
+fn many_repositories_sign_at_once_with_their_own_keys() {
+    let pki = pki();
+    let (_hsm, agent, port) = signer_agent(pki.path(), "burst");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    const REPOS: usize = 12;
+    const VERSIONS: u64 = 6;
+    let soon = dct_tests::expires_in(7);
+    let timestamp = move |v: u64| {
+        format!(r#"{{"_type":"Timestamp","expires":"{soon}","meta":{{"snapshot":{{"hashes":{{"sha256":"AAAA"}},"length":{v}}}}},"version":{v}}}"#).into_bytes()
+    };
+    let signed = rt.block_on(async {
+        let ch = channel(port, pki.path(), true).await.expect("mTLS channel");
+        let (km, signer) = clients(ch);
+        let mut made = tokio::task::JoinSet::new();
+        for r in 0..REPOS {
+            let mut km = km.clone();
+            made.spawn(async move {
+                km.create_key(pb::CreateKeyRequest {
+                    algorithm: "ecdsa".into(),
+                    gun: format!("example.com/burst/r{r}"),
+                    role: "timestamp".into(),
+                })
+                .await
+                .expect("create")
+                .into_inner()
+            });
+        }
+        let keys = made.join_all().await;
+        let mut repos = tokio::task::JoinSet::new();
+        for k in keys {
+            let id = k.key_info.unwrap().key_id.unwrap().id;
+            let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&k.public_key).unwrap();
+            let mut signer = signer.clone();
+            let timestamp = timestamp.clone();
+            repos.spawn(async move {
+                for v in 1..=VERSIONS {
+                    let content = timestamp(v);
+                    let sig = signer
+                        .sign(pb::SignatureRequest {
+                            key_id: Some(pb::KeyId { id: id.clone() }),
+                            content: content.clone(),
+                        })
+                        .await
+                        .unwrap_or_else(|e| panic!("version {v} of key {id}: {e:?}"))
+                        .into_inner();
+                    let s = p256::ecdsa::Signature::from_slice(&sig.content).expect("r||s");
+                    vk.verify(&content, &s).expect("signature verifies");
+                }
+                // Back a version, other content: refused.
+                let e = signer
+                    .sign(pb::SignatureRequest {
+                        key_id: Some(pb::KeyId { id: id.clone() }),
+                        content: timestamp(VERSIONS - 2)
+                            .into_iter()
+                            .map(|b| if b == b'A' { b'B' } else { b })
+                            .collect(),
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+                id
+            });
+        }
+        repos.join_all().await
+    });
+    let log = std::fs::read_to_string(agent.audit_path()).unwrap();
+    for id in signed {
+        let records: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["key_id"] == id.as_str())
+            .collect();
+        let signs = records.iter().filter(|r| r["action"] == "sign").count();
+        let refusals = records.iter().filter(|r| r["action"] == "refuse").count();
+        assert_eq!(signs as u64, VERSIONS, "key {id}: {records:?}");
+        assert_eq!(refusals, 1, "key {id}: {records:?}");
+    }
+}

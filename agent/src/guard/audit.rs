@@ -547,6 +547,31 @@ where
     }
 }
 
+/// Subjects of the client certificates seen lately, by certificate: a connection sends the
+/// same certificate with every request, and parsing it each time cost more than the rest of
+/// the request's bookkeeping. Bounded: cleared when full.
+static SUBJECTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<Vec<u8>, String>>> =
+    std::sync::LazyLock::new(Default::default);
+const SUBJECTS_MAX: usize = 256;
+
+/// The subject of a client certificate (DER), as the audit log names the peer.
+fn tls_subject(der_bytes: &[u8]) -> String {
+    // A poisoned cache is only a cache: recover it.
+    let mut cache = SUBJECTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = cache.get(der_bytes) {
+        return s.clone();
+    }
+    use der::Decode;
+    let subject = x509_cert::Certificate::from_der(der_bytes)
+        .map(|c| c.tbs_certificate.subject.to_string())
+        .unwrap_or_else(|_| "unparsable client certificate".into());
+    if cache.len() >= SUBJECTS_MAX {
+        cache.clear();
+    }
+    cache.insert(der_bytes.to_vec(), subject.clone());
+    subject
+}
+
 fn peer_of(ext: &tonic::codegen::http::Extensions) -> Peer {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
     if let Some(cred) = ext.get::<UdsConnectInfo>().and_then(|u| u.peer_cred) {
@@ -561,11 +586,7 @@ fn peer_of(ext: &tonic::codegen::http::Extensions) -> Peer {
     {
         let subject = certs
             .first()
-            .and_then(|c| {
-                use der::Decode;
-                x509_cert::Certificate::from_der(c.as_ref()).ok()
-            })
-            .map(|c| c.tbs_certificate.subject.to_string())
+            .map(|c| tls_subject(c.as_ref()))
             .unwrap_or_else(|| "unparsable client certificate".into());
         return Peer::Tls { subject };
     }

@@ -11,6 +11,7 @@ pub mod options;
 pub mod piv;
 pub mod pkcs11;
 
+use std::collections::HashMap;
 use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
 
@@ -559,20 +560,7 @@ impl Token {
         _rights: &SigningRights,
         items: Vec<SignItem>,
     ) -> Result<Vec<Result<Vec<u8>>>> {
-        // Still expired after enforce_ttl: the logout failed; refuse rather than sign on.
-        if self.enforce_ttl().await.is_some() || self.expired().is_some() {
-            return Err(Error::Locked {
-                token: self.label.clone(),
-            });
-        }
-        // Recovered if poisoned: only last_used is written, and a poisoned clock has just
-        // been reported expired above (only a lock or unlock clears it).
-        {
-            let mut c = self.clock.lock().unwrap_or_else(|p| p.into_inner());
-            if c.unlocked_at.is_some() {
-                c.last_used = Some(std::time::Instant::now());
-            }
-        }
+        self.ready_to_sign().await?;
         let Some(pool) = &self.pool else {
             return self
                 .run(move |b| {
@@ -584,22 +572,47 @@ impl Token {
                 })
                 .await;
         };
-        let chunk = items.len().div_ceil(pool.threads).max(1);
         let mut waits = Vec::new();
-        let mut items = items;
-        while !items.is_empty() {
-            let rest = items.split_off(chunk.min(items.len()));
+        for part in self.parts(pool, items) {
             let (reply, rx) = tokio::sync::oneshot::channel();
-            let job = PoolJob { items, reply };
+            let job = PoolJob { items: part, reply };
             pool.queue.try_send(job).map_err(|e| self.queue_error(e))?;
             waits.push(rx);
-            items = rest;
         }
         let mut out = Vec::new();
         for rx in waits {
             out.extend(rx.await.map_err(|_| self.stopped())?);
         }
         Ok(out)
+    }
+
+    /// Refuses to sign on a token whose unlock has expired, else counts this as a use.
+    async fn ready_to_sign(&self) -> Result<()> {
+        // Still expired after enforce_ttl: the logout failed; refuse rather than sign on.
+        if self.enforce_ttl().await.is_some() || self.expired().is_some() {
+            return Err(Error::Locked {
+                token: self.label.clone(),
+            });
+        }
+        // Recovered if poisoned: only last_used is written, and a poisoned clock has just
+        // been reported expired above (only a lock or unlock clears it).
+        let mut c = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        if c.unlocked_at.is_some() {
+            c.last_used = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// `items` in as many parts as the pool has threads.
+    fn parts(&self, pool: &SignPool, mut items: Vec<SignItem>) -> Vec<Vec<SignItem>> {
+        let chunk = items.len().div_ceil(pool.threads).max(1);
+        let mut parts = Vec::new();
+        while !items.is_empty() {
+            let rest = items.split_off(chunk.min(items.len()));
+            parts.push(items);
+            items = rest;
+        }
+        parts
     }
 
     fn stopped(&self) -> Error {
@@ -708,6 +721,13 @@ pub struct Keyring {
     /// The last listing of all tokens, for resolving key IDs on the signing path without a
     /// trip to every token. The private-key lookup at signing stays authoritative.
     listing: Arc<std::sync::Mutex<Option<Listing>>>,
+    /// Bumped by [`Keyring::invalidate`]: a listing begun before the bump is not kept.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// A listing is being refreshed in the background (at most one at a time).
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
+    /// Held while listing the tokens: requests that need a listing at the same moment (a
+    /// burst after a key was made) wait for one instead of each making their own.
+    lister: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The right to have a token sign a digest. [`Keyring::new`] hands out the only one, which
@@ -727,11 +747,18 @@ pub struct SigningRights {
 /// ```
 pub struct SignGrant(());
 
+#[derive(Clone)]
 struct Listing {
     at: std::time::Instant,
     keys: Arc<Vec<KeyEntry>>,
     errors: Vec<String>,
+    /// Where each canonical key ID is in `keys` (a signer serving thousands of
+    /// repositories looks one up per request).
+    by_canonical: Arc<KeyIndex>,
 }
+
+/// Canonical key ID to the places of its listings.
+type KeyIndex = HashMap<String, Vec<usize>>;
 
 /// How old a listing the signing path may use.
 const LISTING_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
@@ -743,6 +770,9 @@ impl Keyring {
             Keyring {
                 tokens: Arc::new(tokens),
                 listing: Arc::default(),
+                generation: Arc::default(),
+                refreshing: Arc::default(),
+                lister: Arc::default(),
             },
             SigningRights {
                 _only_from_keyring: (),
@@ -752,6 +782,8 @@ impl Keyring {
 
     /// Forgets the cached listing (after this agent changed a token).
     pub fn invalidate(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // Never skipped on a poisoned lock: a stale listing could name a deleted key.
         *self
             .listing
@@ -759,16 +791,57 @@ impl Keyring {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
-    fn remember(&self, keys: &[KeyEntry], errors: &[String]) -> Arc<Vec<KeyEntry>> {
+    /// Keeps a listing begun at `began`, at `generation`, unless the tokens changed since.
+    fn remember(
+        &self,
+        (began, generation): (std::time::Instant, u64),
+        keys: &[KeyEntry],
+        errors: &[String],
+    ) -> Arc<Vec<KeyEntry>> {
         let keys = Arc::new(keys.to_vec());
+        let mut by_canonical = KeyIndex::new();
+        for (i, k) in keys.iter().enumerate() {
+            by_canonical
+                .entry(k.canonical_id.clone())
+                .or_default()
+                .push(i);
+        }
         if let Ok(mut l) = self.listing.lock() {
-            *l = Some(Listing {
-                at: std::time::Instant::now(),
-                keys: keys.clone(),
-                errors: errors.to_vec(),
-            });
+            if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                *l = Some(Listing {
+                    at: began,
+                    keys: keys.clone(),
+                    errors: errors.to_vec(),
+                    by_canonical: Arc::new(by_canonical),
+                });
+            }
         }
         keys
+    }
+
+    /// The listing as cached (`at`: when it was begun). None when there is none.
+    fn cached(&self) -> Option<Listing> {
+        self.listing.lock().ok()?.clone()
+    }
+
+    /// A listing begun after `since` (None: any kept listing will do): this caller's, or
+    /// one made meanwhile by another that held the lister first.
+    async fn listing_since(
+        &self,
+        since: Option<std::time::Instant>,
+    ) -> (Arc<Vec<KeyEntry>>, Vec<String>) {
+        let _one_at_a_time = self.lister.lock().await;
+        if let Some(l) = self.cached() {
+            if since.is_none_or(|t| l.at >= t) {
+                return (l.keys, l.errors);
+            }
+        }
+        let began = (
+            std::time::Instant::now(),
+            self.generation.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        let (keys, errors) = self.list_tokens().await;
+        (self.remember(began, &keys, &errors), errors)
     }
 
     pub fn tokens(&self) -> &[Token] {
@@ -808,22 +881,69 @@ impl Keyring {
             .join(", ")
     }
 
-    /// As [`Keyring::all_keys`], from a listing at most [`LISTING_FRESH`] old.
+    /// As [`Keyring::all_keys`], from the recent listing. One older than [`LISTING_FRESH`]
+    /// is still answered from while a fresh one is made in the background (one at a time):
+    /// no request waits for a trip to every token, and concurrent requests never all make
+    /// one. Without a listing (none yet, or this agent changed a token), one is made, once
+    /// for all who ask meanwhile.
     pub async fn all_keys_cached(&self) -> (Arc<Vec<KeyEntry>>, Vec<String>) {
-        if let Ok(l) = self.listing.lock() {
-            if let Some(l) = l.as_ref().filter(|l| l.at.elapsed() < LISTING_FRESH) {
-                return (l.keys.clone(), l.errors.clone());
+        match self.cached() {
+            Some(l) => {
+                if l.at.elapsed() >= LISTING_FRESH {
+                    self.refresh_in_background();
+                }
+                (l.keys, l.errors)
+            }
+            None => self.listing_since(None).await,
+        }
+    }
+
+    fn refresh_in_background(&self) {
+        use std::sync::atomic::Ordering;
+        if self.refreshing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let ring = self.clone();
+        tokio::spawn(async move {
+            ring.listing_since(Some(std::time::Instant::now())).await;
+            ring.refreshing.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// The listings of the key with canonical ID `id` (lowercase hex): from the recent
+    /// listing's index, else (a key made by another process just now) from a fresh one,
+    /// shared with whoever else missed meanwhile.
+    pub async fn by_canonical_id(&self, id: &str) -> Vec<KeyEntry> {
+        let pick = |keys: &[KeyEntry], index: &KeyIndex| -> Vec<KeyEntry> {
+            index
+                .get(id)
+                .map(|ix| ix.iter().filter_map(|&i| keys.get(i).cloned()).collect())
+                .unwrap_or_default()
+        };
+        let asked = std::time::Instant::now();
+        if self.cached().is_none() {
+            self.all_keys_cached().await;
+        }
+        if let Some(l) = self.cached() {
+            if l.at.elapsed() >= LISTING_FRESH {
+                self.refresh_in_background();
+            }
+            let found = pick(&l.keys, &l.by_canonical);
+            if !found.is_empty() {
+                return found;
             }
         }
-        let (keys, errors) = self.list_tokens().await;
-        (self.remember(&keys, &errors), errors)
+        let (keys, _) = self.listing_since(Some(asked)).await;
+        keys.iter()
+            .filter(|k| k.canonical_id == id)
+            .cloned()
+            .collect()
     }
 
     /// Every key on every token, with the tokens that could not be read.
     pub async fn all_keys(&self) -> (Vec<KeyEntry>, Vec<String>) {
-        let (keys, errors) = self.list_tokens().await;
-        self.remember(&keys, &errors);
-        (keys, errors)
+        let (keys, errors) = self.listing_since(Some(std::time::Instant::now())).await;
+        (keys.to_vec(), errors)
     }
 
     async fn list_tokens(&self) -> (Vec<KeyEntry>, Vec<String>) {

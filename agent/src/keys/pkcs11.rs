@@ -65,8 +65,9 @@ pub struct Pkcs11Backend {
     module: PathBuf,
     label: String,
     session: Option<Session>,
-    /// Private key handles by (CKA_ID, CKA_LABEL), valid while logged in on this session.
-    handles: HashMap<(Vec<u8>, Vec<u8>), PrivateKey>,
+    /// Private key handles by (CKA_ID, CKA_LABEL), valid while logged in; shared with the
+    /// signing sessions (a token object's handle is the application's, not a session's).
+    handles: Handles,
     /// A session-only RSA key for receiving a wrapped backup.
     transport: Option<ObjectHandle>,
     /// The PIN, kept while logged in only when the token holds keys that want it again
@@ -81,6 +82,32 @@ type PrivateKey = (ObjectHandle, bool);
 
 type PinHolder = std::sync::Arc<std::sync::Mutex<Option<SecretString>>>;
 
+/// Private key handles by (CKA_ID, CKA_LABEL), found once for all of the token's sessions:
+/// a key the agent just made signs on every session without a search of the token (a
+/// search on a SoftHSM2 token of hundreds of keys takes milliseconds). A handle gone stale
+/// is looked up again where it is used.
+#[derive(Clone, Default)]
+struct Handles(std::sync::Arc<std::sync::Mutex<HandleMap>>);
+
+/// (CKA_ID, CKA_LABEL) to the private key's handle.
+type HandleMap = HashMap<(Vec<u8>, Vec<u8>), PrivateKey>;
+
+impl Handles {
+    fn map(&self) -> std::sync::MutexGuard<'_, HandleMap> {
+        // Only whole inserts, lookups and clears happen under the lock.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn get(&self, k: &(Vec<u8>, Vec<u8>)) -> Option<PrivateKey> {
+        self.map().get(k).copied()
+    }
+    fn insert(&self, k: (Vec<u8>, Vec<u8>), v: PrivateKey) {
+        self.map().insert(k, v);
+    }
+    fn clear(&self) {
+        self.map().clear();
+    }
+}
+
 impl Pkcs11Backend {
     pub fn new(ctx: Pkcs11, module: PathBuf, label: String) -> Self {
         Pkcs11Backend {
@@ -88,7 +115,7 @@ impl Pkcs11Backend {
             module,
             label,
             session: None,
-            handles: HashMap::new(),
+            handles: Handles::default(),
             transport: None,
             pin: PinHolder::default(),
         }
@@ -102,6 +129,7 @@ impl Pkcs11Backend {
     pub fn session_factory(&self) -> super::SessionFactory {
         let (ctx, module, label) = (self.ctx.clone(), self.module.clone(), self.label.clone());
         let pin = self.pin.clone();
+        let handles = self.handles.clone();
         std::sync::Arc::new(move || {
             let slot = find_slot(&ctx, &module, &label)?;
             let session = ctx
@@ -110,7 +138,7 @@ impl Pkcs11Backend {
             Ok(Box::new(SignSession {
                 session,
                 label: label.clone(),
-                handles: HashMap::new(),
+                handles: handles.clone(),
                 pin: pin.clone(),
             }) as Box<dyn super::SignSession>)
         })
@@ -255,7 +283,7 @@ impl Pkcs11Backend {
     fn private_handle(&mut self, key: &KeyEntry) -> Result<PrivateKey> {
         let cache_key = (key.handle.clone(), private_label(key));
         if let Some(h) = self.handles.get(&cache_key) {
-            return Ok(*h);
+            return Ok(h);
         }
         self.require_login()?;
         self.session()?;
@@ -995,11 +1023,11 @@ fn check_sig_len(sig: Vec<u8>) -> Result<Vec<u8>> {
 }
 
 /// A pooled signing session: its own PKCS#11 session (the login is the application's, so
-/// it follows unlock and lock of the token) and its own private-key handle cache.
+/// it follows unlock and lock of the token); private-key handles shared with the token.
 struct SignSession {
     session: Session,
     label: String,
-    handles: HashMap<(Vec<u8>, Vec<u8>), PrivateKey>,
+    handles: Handles,
     pin: PinHolder,
 }
 
@@ -1027,7 +1055,7 @@ impl super::SignSession for SignSession {
         let cache_key = (key.handle.clone(), private_label(key));
         for attempt in 0..2 {
             let h = match self.handles.get(&cache_key) {
-                Some(h) => *h,
+                Some(h) => h,
                 None => {
                     let h = match lookup_private(&self.session, &self.label, key) {
                         Ok(h) => (h, always_authenticate(&self.session, h)),

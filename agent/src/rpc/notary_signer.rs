@@ -68,13 +68,11 @@ impl NotarySigner {
     /// The server key with canonical ID `id`: from the recent listing, else a fresh one.
     async fn key(&self, id: &str) -> Result<KeyEntry> {
         let id = id.to_ascii_lowercase();
-        let (keys, _) = self.keys.all_keys_cached().await;
-        if let Some(k) = keys.iter().find(|k| k.canonical_id == id && self.served(k)) {
-            return Ok(k.clone());
-        }
-        let (keys, _) = self.keys.all_keys().await;
-        keys.into_iter()
-            .find(|k| k.canonical_id == id && self.served(k))
+        self.keys
+            .by_canonical_id(&id)
+            .await
+            .into_iter()
+            .find(|k| self.served(k))
             .ok_or_else(|| Error::NotFound(format!("key {id} not found")))
     }
 }

@@ -42,7 +42,15 @@ const GUN: &str = "bench.example.com/app";
 
 /// What was measured, signatures/s, (p50, p99) latency where per-request, and the agent's
 /// CPU time per signature where it was measured.
-type Row = (String, f64, Option<(Duration, Duration)>, Option<Cpu>);
+type Row = (String, f64, Option<Lat>, Option<Cpu>);
+
+/// Latency per call: median, 99th percentile, slowest.
+#[derive(Clone, Copy)]
+struct Lat {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
 const RUNS: usize = 5;
 
 fn main() {
@@ -55,8 +63,19 @@ fn main() {
         .map(|w| w[1].as_str())
         .collect();
     let run = |section: &str| only.is_empty() || only.contains(&section);
-    let per_run = if quick { 500 } else { 4000 };
-    let concurrencies = [1usize, 4, 16, 64];
+    // `DCT_BENCH_N`: signatures per run (for profiling runs long enough to sample).
+    let per_run = std::env::var("DCT_BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if quick { 500 } else { 4000 });
+    // `DCT_BENCH_C=16` (comma-separated) runs those concurrencies only, for profiling.
+    let only_c: Vec<usize> = std::env::var("DCT_BENCH_C")
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    let concurrencies: Vec<usize> = [1usize, 4, 16, 64]
+        .into_iter()
+        .filter(|c| only_c.is_empty() || only_c.contains(c))
+        .collect();
     let hsm = SoftHsm::new("bench", "bench-pin-1234");
     let agent = Agent::start_with_config(
         Some(&hsm),
@@ -81,7 +100,7 @@ fn main() {
     ));
 
     eprintln!("agent API ...");
-    for c in concurrencies.into_iter().filter(|_| run("agent")) {
+    for &c in concurrencies.iter().filter(|_| run("agent")) {
         let r = repeat_cpu(|| rt.block_on(agent_run(&agent, &key_id, &vk, c, per_run, 1)));
         rows.push((
             format!("dct-agent API, 1 document per request, concurrency {c}"),
@@ -90,7 +109,7 @@ fn main() {
             Some(r.2),
         ));
     }
-    for c in concurrencies.into_iter().filter(|_| run("agent")) {
+    for &c in concurrencies.iter().filter(|_| run("agent")) {
         let r = repeat_cpu(|| rt.block_on(agent_run(&agent, &key_id, &vk, c, per_run, BATCH)));
         rows.push((
             format!("dct-agent API, batches of {BATCH}, concurrency {c}"),
@@ -101,22 +120,30 @@ fn main() {
     }
     drop(agent);
 
-    // notary-signer's API: the same load generator against three signers.
+    // notary-signer's API: the same load generator against three signers, with the traffic
+    // notary-server sends: one timestamp key per repository (CreateKey per GUN), each
+    // repository's versions counting up, many repositories in parallel, default policy.
     let mut signer_rows = Vec::new();
     let mut measure = |what: &str, port: u16, pid: u32, pki: &Path| {
         eprintln!("notary-signer API: {what} ...");
-        let (id, vk) = rt.block_on(create_key(port, pki));
-        for c in concurrencies {
-            let r = repeat_cpu(|| rt.block_on(signer_run((port, pid), pki, &id, &vk, c, per_run)));
+        for &c in &concurrencies {
+            let repos = rt.block_on(create_keys(port, pki, c));
+            let mut run_no = 0;
+            let r = repeat_cpu(|| {
+                run_no += 1;
+                rt.block_on(signer_run(pid, &repos, run_no - 1, per_run))
+            });
             signer_rows.push((format!("{what}, concurrency {c}"), r.0, Some(r.1), r.2));
         }
     };
-    if run("signer") {
+    if run("signer") || run("signer-hsm") {
         let pki = notary::pki();
         let hsm = SoftHsm::new("bench-signer", "bench-pin-1234");
         let (agent, port) = signer_agent(&hsm, pki.path(), None);
         measure("dct-agent, keys on SoftHSM2", port, agent.pid(), pki.path());
-        drop(agent);
+    }
+    if run("signer") || run("signer-file") {
+        let hsm = SoftHsm::new("bench-signer", "bench-pin-1234");
         let pki = notary::pki();
         let keydir = tempfile::tempdir().expect("tempdir");
         let (agent, port) = signer_agent(&hsm, pki.path(), Some(keydir.path()));
@@ -128,7 +155,7 @@ fn main() {
         );
     }
     let stack = NotaryStack::start_logging(notary::pki(), true, SignerAt::Real, "error");
-    if run("signer") {
+    if run("signer") || run("signer-real") {
         let port = stack.signer_port.expect("real signer");
         let pid = stack.signer_pid().expect("real signer");
         measure(
@@ -180,7 +207,7 @@ fn main() {
             .unwrap_or(f64::NAN)
     };
     let mut stable = String::new();
-    stable.push_str("| signer, concurrency | signatures/s | vs real notary-signer | p50 | p99 | server CPU per signature (signing threads) |\n|---|---:|---:|---:|---:|---:|\n");
+    stable.push_str("| signer, concurrency | signatures/s | vs real notary-signer | p50 | p99 | slowest | server CPU per signature (token threads, audit thread) |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for (what, rate, lat, cpu) in &signer_rows {
         let c: usize = what
             .rsplit(' ')
@@ -188,8 +215,11 @@ fn main() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
         let line = row_line(what, *rate, real(c), lat);
+        let slowest = lat
+            .map(|l| format!("{:.1} ms", l.max.as_secs_f64() * 1e3))
+            .unwrap_or_default();
         stable.push_str(&format!(
-            "{} {} |\n",
+            "{} {slowest} | {} |\n",
             line.trim_end(),
             cpu_cell(&Some(*cpu))
         ));
@@ -224,30 +254,35 @@ const BATCH: usize = 64;
 
 /// The median rate, the median p50/p99 and the server's median CPU per signature of
 /// [`RUNS`] runs. Each run is also printed on stderr (`run: ...`), for paired comparisons.
-fn repeat_cpu(
-    mut f: impl FnMut() -> (f64, Duration, Duration, Cpu),
-) -> (f64, (Duration, Duration), Cpu) {
+fn repeat_cpu(mut f: impl FnMut() -> (f64, Lat, Cpu)) -> (f64, Lat, Cpu) {
     let results: Vec<_> = (0..RUNS)
         .map(|_| {
             let r = f();
             eprintln!(
-                "run: {:.0} signatures/s, p50 {:.0} µs, CPU {:.1} µs/signature ({:.1} µs signing threads)",
+                "run: {:.0} signatures/s, p50 {:.0} µs, p99 {:.0} µs, max {:.1} ms, CPU {:.1} µs/signature ({:.1} µs signing threads, {:.1} µs audit)",
                 r.0,
-                r.1.as_secs_f64() * 1e6,
-                r.3.total_us,
-                r.3.token_us
+                r.1.p50.as_secs_f64() * 1e6,
+                r.1.p99.as_secs_f64() * 1e6,
+                r.1.max.as_secs_f64() * 1e3,
+                r.2.total_us,
+                r.2.token_us,
+                r.2.audit_us,
             );
             r
         })
         .collect();
     let rate = median(results.iter().map(|r| r.0).collect());
-    let p50 = median_d(results.iter().map(|r| r.1).collect());
-    let p99 = median_d(results.iter().map(|r| r.2).collect());
-    let cpu = Cpu {
-        total_us: median(results.iter().map(|r| r.3.total_us).collect()),
-        token_us: median(results.iter().map(|r| r.3.token_us).collect()),
+    let lat = Lat {
+        p50: median_d(results.iter().map(|r| r.1.p50).collect()),
+        p99: median_d(results.iter().map(|r| r.1.p99).collect()),
+        max: median_d(results.iter().map(|r| r.1.max).collect()),
     };
-    (rate, (p50, p99), cpu)
+    let cpu = Cpu {
+        total_us: median(results.iter().map(|r| r.2.total_us).collect()),
+        token_us: median(results.iter().map(|r| r.2.token_us).collect()),
+        audit_us: median(results.iter().map(|r| r.2.audit_us).collect()),
+    };
+    (rate, lat, cpu)
 }
 
 /// A server's CPU time per signature: all its threads, and its signing threads.
@@ -255,15 +290,18 @@ fn repeat_cpu(
 struct Cpu {
     total_us: f64,
     token_us: f64,
+    /// The audit writer thread's.
+    audit_us: f64,
 }
 
 impl Cpu {
     /// From two [`cpu_ns`] readings around `signatures` signatures.
-    fn per_signature(after: (u64, u64), before: (u64, u64), signatures: usize) -> Cpu {
+    fn per_signature(after: (u64, u64, u64), before: (u64, u64, u64), signatures: usize) -> Cpu {
         let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e3 / signatures.max(1) as f64;
         Cpu {
             total_us: per(after.0, before.0),
             token_us: per(after.1, before.1),
+            audit_us: per(after.2, before.2),
         }
     }
 }
@@ -271,18 +309,24 @@ impl Cpu {
 /// A table cell: CPU per signature, and the signing threads' share in brackets.
 fn cpu_cell(cpu: &Option<Cpu>) -> String {
     match cpu {
+        Some(c) if c.audit_us > 0.0 => format!(
+            "{:.0} µs ({:.0} µs, {:.0} µs)",
+            c.total_us, c.token_us, c.audit_us
+        ),
         Some(c) if c.token_us > 0.0 => format!("{:.0} µs ({:.0} µs)", c.total_us, c.token_us),
         Some(c) => format!("{:.0} µs", c.total_us),
         None => "-".into(),
     }
 }
 
-/// CPU time of every thread of `pid` so far, in ns: (all, threads named sign-* / token-*).
-fn cpu_ns(pid: u32) -> (u64, u64) {
+/// CPU time of every thread of `pid` so far, in ns: (all, threads named sign-* / token-*,
+/// the thread named audit).
+fn cpu_ns(pid: u32) -> (u64, u64, u64) {
     let mut all = 0;
     let mut token = 0;
+    let mut audit = 0;
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0, 0);
+        return (0, 0, 0);
     };
     for t in tasks.flatten() {
         let ns: u64 = std::fs::read_to_string(t.path().join("schedstat"))
@@ -294,15 +338,18 @@ fn cpu_ns(pid: u32) -> (u64, u64) {
         if comm.starts_with("sign-") || comm.starts_with("token-") {
             token += ns;
         }
+        if comm.trim_end() == "audit" {
+            audit += ns;
+        }
     }
-    (all, token)
+    (all, token, audit)
 }
 
-fn row_line(what: &str, rate: f64, base: f64, lat: &Option<(Duration, Duration)>) -> String {
+fn row_line(what: &str, rate: f64, base: f64, lat: &Option<Lat>) -> String {
     let (p50, p99) = match lat {
-        Some((a, b)) => (
-            format!("{:.0} µs", a.as_secs_f64() * 1e6),
-            format!("{:.0} µs", b.as_secs_f64() * 1e6),
+        Some(l) => (
+            format!("{:.0} µs", l.p50.as_secs_f64() * 1e6),
+            format!("{:.0} µs", l.p99.as_secs_f64() * 1e6),
         ),
         None => ("-".into(), "-".into()),
     };
@@ -385,13 +432,13 @@ fn document(i: usize) -> Vec<u8> {
 
 /// Runs `n` signatures from `c` concurrent clients, each call made by `op(client, i)` and
 /// returning how many signatures it made and one signed output to verify.
-/// (signatures/s, p50, p99 per call, samples).
+/// (signatures/s, latency per call, samples).
 async fn drive<C, F, Fut>(
     clients: Vec<C>,
     n: usize,
     per_call: usize,
     op: F,
-) -> (f64, Duration, Duration, Vec<Vec<u8>>)
+) -> (f64, Lat, Vec<Vec<u8>>)
 where
     C: Clone + Send + 'static,
     F: Fn(C, usize) -> Fut + Clone + Send + 'static,
@@ -429,7 +476,12 @@ where
     let rate = (all.len() * per_call) as f64 / start.elapsed().as_secs_f64();
     all.sort();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    (rate, pct(0.50), pct(0.99), samples)
+    let lat = Lat {
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: all[all.len() - 1],
+    };
+    (rate, lat, samples)
 }
 
 /// The agent's API: `n` documents signed by `c` clients, `batch` documents per call.
@@ -440,7 +492,7 @@ async fn agent_run(
     c: usize,
     n: usize,
     batch: usize,
-) -> (f64, Duration, Duration, Cpu) {
+) -> (f64, Lat, Cpu) {
     let mut clients = Vec::new();
     for _ in 0..c {
         clients.push(connect(&agent.socket).await);
@@ -449,7 +501,7 @@ async fn agent_run(
     let before = cpu_ns(agent.pid());
     let calls = (n / batch / c).max(1);
     let signatures = calls * c * batch;
-    let (rate, p50, p99, samples) = drive(clients, n, batch, move |mut client, first| {
+    let (rate, lat, samples) = drive(clients, n, batch, move |mut client, first| {
         let key_id = key_id.clone();
         async move {
             let req = |i: usize| pb::SignMetadataRequest {
@@ -485,12 +537,7 @@ async fn agent_run(
     for doc in samples {
         verify_doc(&doc, vk);
     }
-    (
-        rate,
-        p50,
-        p99,
-        Cpu::per_signature(after, before, signatures),
-    )
+    (rate, lat, Cpu::per_signature(after, before, signatures))
 }
 
 /// An agent on `hsm` serving notary-signer's API with the certificates in `pki`; its keys
@@ -498,15 +545,24 @@ async fn agent_run(
 fn signer_agent(hsm: &SoftHsm, pki: &Path, keydir: Option<&Path>) -> (Agent, u16) {
     let port = notary::free_port();
     let p = |f: &str| pki.join(f).display().to_string();
+    // `DCT_BENCH_SESSIONS=n`: the token's signing sessions (default: the agent's).
+    let sessions = std::env::var("DCT_BENCH_SESSIONS")
+        .map(|n| format!("sessions = {n}\n"))
+        .unwrap_or_default();
     let (tokens, token) = match keydir {
-        None => (hsm.agent_config(), hsm.label.clone()),
+        None => (
+            format!("{}{sessions}", hsm.agent_config()),
+            hsm.label.clone(),
+        ),
         Some(d) => (
             format!("[[file]]\ndir = {:?}\n", d.display().to_string()),
             format!("file:{}", d.display()),
         ),
     };
+    // The default policy: every version check on (each repository's key signs its own
+    // versions in order, as notary-server's are).
     let config = format!(
-        "{tokens}\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {token:?}\n{LOAD_TEST_POLICY}",
+        "{tokens}\n[notary_signer]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\ntoken = {token:?}\n",
         p("leaf.crt"),
         p("leaf.key"),
         p("ca.crt"),
@@ -535,85 +591,94 @@ fn signer_agent(hsm: &SoftHsm, pki: &Path, keydir: Option<&Path>) -> (Agent, u16
     (agent, port)
 }
 
-/// Makes a timestamp key through the API; its ID and verifying key.
-async fn create_key(port: u16, pki: &Path) -> (String, p256::ecdsa::VerifyingKey) {
-    let ch = signer_client::channel(port, pki, true).await.expect("mTLS");
-    let (mut km, _) = signer_client::clients(ch);
-    let k = km
-        .create_key(notary_pb::CreateKeyRequest {
-            algorithm: "ecdsa".into(),
-            gun: GUN.into(),
-            role: "timestamp".into(),
-        })
-        .await
-        .expect("create key")
-        .into_inner();
-    let id = k.key_info.and_then(|i| i.key_id).expect("key id").id;
-    let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&k.public_key).expect("P-256");
-    (id, vk)
+/// One repository as notary-server keeps it on its signer: a GUN, its timestamp key (ID and
+/// verifying key) and a connection (one per repository, so `c` repositories are `c` clients).
+#[derive(Clone)]
+struct Repo {
+    key_id: String,
+    vk: p256::ecdsa::VerifyingKey,
+    client: dct_proto::notary::signer_client::SignerClient<Channel>,
+    /// Its place among the clients, to find its versions from the load generator's index.
+    index: usize,
 }
 
-/// A timestamp's `signed` part, what notary-server asks its signer to sign.
-fn timestamp(i: usize) -> Vec<u8> {
+/// Makes `c` repositories' timestamp keys through the API (CreateKey per GUN).
+async fn create_keys(port: u16, pki: &Path, c: usize) -> Vec<Repo> {
+    let mut repos = Vec::with_capacity(c);
+    for index in 0..c {
+        let ch = signer_client::channel(port, pki, true).await.expect("mTLS");
+        let (mut km, client) = signer_client::clients(ch);
+        let k = km
+            .create_key(notary_pb::CreateKeyRequest {
+                algorithm: "ecdsa".into(),
+                gun: format!("bench.example.com/c{c}/repo-{index}"),
+                role: "timestamp".into(),
+            })
+            .await
+            .expect("create key")
+            .into_inner();
+        let key_id = k.key_info.and_then(|i| i.key_id).expect("key id").id;
+        let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&k.public_key).expect("P-256");
+        repos.push(Repo {
+            key_id,
+            vk,
+            client,
+            index,
+        });
+    }
+    repos
+}
+
+/// A timestamp's `signed` part at `version`, what notary-server asks its signer to sign.
+fn timestamp(version: usize) -> Vec<u8> {
     format!(
-        "{{\"_type\":\"Timestamp\",\"expires\":\"{}\",\"meta\":{{\"snapshot\":{{\"hashes\":{{\"sha256\":\"pLuirsl/lQcfqbn2EulmqJ/AcMyu0m8wdDwymr/Zj9w=\"}},\"length\":{}}}}},\"version\":{}}}",
-        dct_tests::expires_in(7),
-        400 + i % 100,
-        i + 1
+        "{{\"_type\":\"Timestamp\",\"expires\":\"{}\",\"meta\":{{\"snapshot\":{{\"hashes\":{{\"sha256\":\"pLuirsl/lQcfqbn2EulmqJ/AcMyu0m8wdDwymr/Zj9w=\"}},\"length\":{}}}}},\"version\":{version}}}",
+        dct_tests::expires_in(14),
+        400 + version % 100,
     )
     .into_bytes()
 }
 
-/// notary-signer's Sign: `n` signatures from `c` clients (one connection each).
-async fn signer_run(
-    (port, pid): (u16, u32),
-    pki: &Path,
-    key_id: &str,
-    vk: &p256::ecdsa::VerifyingKey,
-    c: usize,
-    n: usize,
-) -> (f64, Duration, Duration, Cpu) {
-    let mut clients = Vec::new();
-    for _ in 0..c {
-        let ch = signer_client::channel(port, pki, true).await.expect("mTLS");
-        clients.push(signer_client::clients(ch).1);
-    }
-    let key_id = key_id.to_string();
+/// notary-signer's Sign, run `run` of several: `n` timestamps over `repos` in parallel, each
+/// repository's versions counting up from where its previous run stopped.
+async fn signer_run(pid: u32, repos: &[Repo], run: usize, n: usize) -> (f64, Lat, Cpu) {
+    let c = repos.len();
+    let calls = (n / c).max(1);
     let before = cpu_ns(pid);
-    let signatures = (n / c).max(1) * c;
-    let (rate, p50, p99, samples) = drive(clients, n, 1, move |mut client, i| {
-        let key_id = key_id.clone();
-        async move {
-            let content = timestamp(i);
-            let sig = client
-                .sign(notary_pb::SignatureRequest {
-                    key_id: Some(notary_pb::KeyId { id: key_id }),
-                    content: content.clone(),
-                })
-                .await
-                .expect("sign")
-                .into_inner()
-                .content;
-            // Sample = signature || content, checked below.
-            let mut out = sig;
-            out.extend(content);
-            out
-        }
+    let signatures = calls * c;
+    let (rate, lat, samples) = drive(repos.to_vec(), n, 1, move |mut repo, i| async move {
+        // drive() numbers client t's calls t*calls .. t*calls + calls - 1.
+        let version = run * calls + (i - repo.index * calls) + 1;
+        let content = timestamp(version);
+        let sig = repo
+            .client
+            .sign(notary_pb::SignatureRequest {
+                key_id: Some(notary_pb::KeyId {
+                    id: repo.key_id.clone(),
+                }),
+                content: content.clone(),
+            })
+            .await
+            .expect("sign")
+            .into_inner()
+            .content;
+        // Sample = repository index (2 bytes) || signature || content, checked below.
+        let mut out = (repo.index as u16).to_be_bytes().to_vec();
+        out.extend(sig);
+        out.extend(content);
+        out
     })
     .await;
+    let after = cpu_ns(pid);
     for s in samples {
         use p256::ecdsa::signature::Verifier;
-        let sig = p256::ecdsa::Signature::from_slice(&s[..64]).expect("raw r||s");
-        vk.verify(&s[64..], &sig)
+        let repo = &repos[u16::from_be_bytes([s[0], s[1]]) as usize];
+        let sig = p256::ecdsa::Signature::from_slice(&s[2..66]).expect("raw r||s");
+        repo.vk
+            .verify(&s[66..], &sig)
             .expect("notary-signer API signature verifies");
     }
-    let after = cpu_ns(pid);
-    (
-        rate,
-        p50,
-        p99,
-        Cpu::per_signature(after, before, signatures),
-    )
+    (rate, lat, Cpu::per_signature(after, before, signatures))
 }
 
 /// Wall time of a command; with `peak`, also its peak resident memory (VmHWM, polled).
