@@ -1,9 +1,13 @@
 //! Signing benchmark, everything measured in one run on one machine:
 //! - the floor: in-process PKCS#11 on SoftHSM2 (one session, the key handle found once);
 //! - the agent's own API over its Unix socket, one request per signature and batched;
-//! - notary-signer's gRPC API (mutual TLS), driven by one load generator: the agent with
-//!   keys on SoftHSM2, the agent with keys in software (Notary key files), and the real
-//!   notary-signer (Debian, memory storage, logging at error);
+//! - notary-signer's gRPC API (mutual TLS), driven by one load generator with the traffic
+//!   notary-server sends (one timestamp key per repository made by CreateKey, each
+//!   repository's versions counting up, repositories in parallel, the default policy, the
+//!   audit log on the agent's disk): the agent with keys on SoftHSM2, the agent with keys in
+//!   software (Notary key files), and the real notary-signer (Debian, memory storage,
+//!   logging at error); rate, p50/p99/slowest, CPU per signature and the share of the
+//!   token's threads and of the audit writer;
 //! - end to end against a local notary-server: `dct trust sign` vs `notary add` +
 //!   `notary publish` for 1 and 1,000 tags, and a 100,000-tag targets role with peak memory;
 //! - a YubiKey (the virtual PIV card behind a real pcscd): the `yubikey` crate in-process
@@ -18,6 +22,9 @@
 //! verified so the numbers are honest. Prints a table and writes BENCHMARKS.md.
 //!
 //! Run: `softhsm/install-deps.sh && cargo build --release --workspace --bins && target/release/bench`
+//! (`--only agent|signer|signer-hsm|signer-file|signer-real|piv|authz|migrate|e2e` to run
+//! some sections; `DCT_BENCH_C=16,64`, `DCT_BENCH_N=40000`, `DCT_BENCH_SESSIONS=1` for
+//! profiling runs).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -194,7 +201,7 @@ fn main() {
 
     let machine = machine();
     let mut table = String::new();
-    table.push_str("| what | signatures/s | vs floor | p50 | p99 | agent CPU per signature (signing threads) |\n|---|---:|---:|---:|---:|---:|\n");
+    table.push_str("| what | signatures/s | vs floor | p50 | p99 | agent CPU per signature (token threads, audit thread) |\n|---|---:|---:|---:|---:|---:|\n");
     for (what, rate, lat, cpu) in &rows {
         let line = row_line(what, *rate, floor, lat);
         table.push_str(&format!("{} {} |\n", line.trim_end(), cpu_cell(cpu)));
