@@ -903,10 +903,19 @@ impl Keyring {
         if self.refreshing.swap(true, Ordering::SeqCst) {
             return;
         }
+        /// Clears the flag however the refresh ends (done, cancelled at shutdown, panicked),
+        /// so a stale listing is never kept for good.
+        struct Done(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let done = Done(self.refreshing.clone());
         let ring = self.clone();
         tokio::spawn(async move {
+            let _done = done;
             ring.listing_since(Some(std::time::Instant::now())).await;
-            ring.refreshing.store(false, Ordering::SeqCst);
         });
     }
 
