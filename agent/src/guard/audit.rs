@@ -548,8 +548,8 @@ where
 }
 
 /// Subjects of the client certificates seen lately, by certificate: a connection sends the
-/// same certificate with every request, and parsing it each time cost more than the rest of
-/// the request's bookkeeping. Bounded: cleared when full.
+/// same certificate with every request, and parsing it each time was 4% of the agent's CPU
+/// samples under notary-server's load (perf). Bounded: cleared when full.
 static SUBJECTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<Vec<u8>, String>>> =
     std::sync::LazyLock::new(Default::default);
 const SUBJECTS_MAX: usize = 256;

@@ -560,7 +560,20 @@ impl Token {
         _rights: &SigningRights,
         items: Vec<SignItem>,
     ) -> Result<Vec<Result<Vec<u8>>>> {
-        self.ready_to_sign().await?;
+        // Still expired after enforce_ttl: the logout failed; refuse rather than sign on.
+        if self.enforce_ttl().await.is_some() || self.expired().is_some() {
+            return Err(Error::Locked {
+                token: self.label.clone(),
+            });
+        }
+        // Recovered if poisoned: only last_used is written, and a poisoned clock has just
+        // been reported expired above (only a lock or unlock clears it).
+        {
+            let mut c = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+            if c.unlocked_at.is_some() {
+                c.last_used = Some(std::time::Instant::now());
+            }
+        }
         let Some(pool) = &self.pool else {
             return self
                 .run(move |b| {
@@ -572,47 +585,22 @@ impl Token {
                 })
                 .await;
         };
+        let chunk = items.len().div_ceil(pool.threads).max(1);
         let mut waits = Vec::new();
-        for part in self.parts(pool, items) {
+        let mut items = items;
+        while !items.is_empty() {
+            let rest = items.split_off(chunk.min(items.len()));
             let (reply, rx) = tokio::sync::oneshot::channel();
-            let job = PoolJob { items: part, reply };
+            let job = PoolJob { items, reply };
             pool.queue.try_send(job).map_err(|e| self.queue_error(e))?;
             waits.push(rx);
+            items = rest;
         }
         let mut out = Vec::new();
         for rx in waits {
             out.extend(rx.await.map_err(|_| self.stopped())?);
         }
         Ok(out)
-    }
-
-    /// Refuses to sign on a token whose unlock has expired, else counts this as a use.
-    async fn ready_to_sign(&self) -> Result<()> {
-        // Still expired after enforce_ttl: the logout failed; refuse rather than sign on.
-        if self.enforce_ttl().await.is_some() || self.expired().is_some() {
-            return Err(Error::Locked {
-                token: self.label.clone(),
-            });
-        }
-        // Recovered if poisoned: only last_used is written, and a poisoned clock has just
-        // been reported expired above (only a lock or unlock clears it).
-        let mut c = self.clock.lock().unwrap_or_else(|p| p.into_inner());
-        if c.unlocked_at.is_some() {
-            c.last_used = Some(std::time::Instant::now());
-        }
-        Ok(())
-    }
-
-    /// `items` in as many parts as the pool has threads.
-    fn parts(&self, pool: &SignPool, mut items: Vec<SignItem>) -> Vec<Vec<SignItem>> {
-        let chunk = items.len().div_ceil(pool.threads).max(1);
-        let mut parts = Vec::new();
-        while !items.is_empty() {
-            let rest = items.split_off(chunk.min(items.len()));
-            parts.push(items);
-            items = rest;
-        }
-        parts
     }
 
     fn stopped(&self) -> Error {
@@ -760,6 +748,19 @@ struct Listing {
 /// Canonical key ID to the places of its listings.
 type KeyIndex = HashMap<String, Vec<usize>>;
 
+impl Listing {
+    fn with_canonical_id(&self, id: &str) -> Vec<KeyEntry> {
+        self.by_canonical
+            .get(id)
+            .map(|ix| {
+                ix.iter()
+                    .filter_map(|&i| self.keys.get(i).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// How old a listing the signing path may use.
 const LISTING_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -791,14 +792,14 @@ impl Keyring {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
-    /// Keeps a listing begun at `began`, at `generation`, unless the tokens changed since.
+    /// A listing of `keys` begun at `began`, kept unless the tokens changed since (the
+    /// generation read when it was begun is not the current one).
     fn remember(
         &self,
         (began, generation): (std::time::Instant, u64),
-        keys: &[KeyEntry],
-        errors: &[String],
-    ) -> Arc<Vec<KeyEntry>> {
-        let keys = Arc::new(keys.to_vec());
+        keys: Vec<KeyEntry>,
+        errors: Vec<String>,
+    ) -> Listing {
         let mut by_canonical = KeyIndex::new();
         for (i, k) in keys.iter().enumerate() {
             by_canonical
@@ -806,34 +807,32 @@ impl Keyring {
                 .or_default()
                 .push(i);
         }
+        let listing = Listing {
+            at: began,
+            keys: Arc::new(keys),
+            errors,
+            by_canonical: Arc::new(by_canonical),
+        };
         if let Ok(mut l) = self.listing.lock() {
             if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
-                *l = Some(Listing {
-                    at: began,
-                    keys: keys.clone(),
-                    errors: errors.to_vec(),
-                    by_canonical: Arc::new(by_canonical),
-                });
+                *l = Some(listing.clone());
             }
         }
-        keys
+        listing
     }
 
-    /// The listing as cached (`at`: when it was begun). None when there is none.
+    /// The listing as kept. None when there is none.
     fn cached(&self) -> Option<Listing> {
         self.listing.lock().ok()?.clone()
     }
 
     /// A listing begun after `since` (None: any kept listing will do): this caller's, or
     /// one made meanwhile by another that held the lister first.
-    async fn listing_since(
-        &self,
-        since: Option<std::time::Instant>,
-    ) -> (Arc<Vec<KeyEntry>>, Vec<String>) {
+    async fn listing_since(&self, since: Option<std::time::Instant>) -> Listing {
         let _one_at_a_time = self.lister.lock().await;
         if let Some(l) = self.cached() {
             if since.is_none_or(|t| l.at >= t) {
-                return (l.keys, l.errors);
+                return l;
             }
         }
         let began = (
@@ -841,7 +840,23 @@ impl Keyring {
             self.generation.load(std::sync::atomic::Ordering::SeqCst),
         );
         let (keys, errors) = self.list_tokens().await;
-        (self.remember(began, &keys, &errors), errors)
+        self.remember(began, keys, errors)
+    }
+
+    /// The listing to answer from: the kept one (an old one still answers while a fresh one
+    /// is made in the background, one at a time: no request waits for a trip to every
+    /// token); without one (none yet, or this agent changed a token), one made now, once
+    /// for all who ask meanwhile.
+    async fn recent(&self) -> Listing {
+        match self.cached() {
+            Some(l) => {
+                if l.at.elapsed() >= LISTING_FRESH {
+                    self.refresh_in_background();
+                }
+                l
+            }
+            None => self.listing_since(None).await,
+        }
     }
 
     pub fn tokens(&self) -> &[Token] {
@@ -881,21 +896,10 @@ impl Keyring {
             .join(", ")
     }
 
-    /// As [`Keyring::all_keys`], from the recent listing. One older than [`LISTING_FRESH`]
-    /// is still answered from while a fresh one is made in the background (one at a time):
-    /// no request waits for a trip to every token, and concurrent requests never all make
-    /// one. Without a listing (none yet, or this agent changed a token), one is made, once
-    /// for all who ask meanwhile.
+    /// As [`Keyring::all_keys`], from the recent listing (see [`Keyring::recent`]).
     pub async fn all_keys_cached(&self) -> (Arc<Vec<KeyEntry>>, Vec<String>) {
-        match self.cached() {
-            Some(l) => {
-                if l.at.elapsed() >= LISTING_FRESH {
-                    self.refresh_in_background();
-                }
-                (l.keys, l.errors)
-            }
-            None => self.listing_since(None).await,
-        }
+        let l = self.recent().await;
+        (l.keys, l.errors)
     }
 
     fn refresh_in_background(&self) {
@@ -923,36 +927,18 @@ impl Keyring {
     /// listing's index, else (a key made by another process just now) from a fresh one,
     /// shared with whoever else missed meanwhile.
     pub async fn by_canonical_id(&self, id: &str) -> Vec<KeyEntry> {
-        let pick = |keys: &[KeyEntry], index: &KeyIndex| -> Vec<KeyEntry> {
-            index
-                .get(id)
-                .map(|ix| ix.iter().filter_map(|&i| keys.get(i).cloned()).collect())
-                .unwrap_or_default()
-        };
         let asked = std::time::Instant::now();
-        if self.cached().is_none() {
-            self.all_keys_cached().await;
+        let found = self.recent().await.with_canonical_id(id);
+        if !found.is_empty() {
+            return found;
         }
-        if let Some(l) = self.cached() {
-            if l.at.elapsed() >= LISTING_FRESH {
-                self.refresh_in_background();
-            }
-            let found = pick(&l.keys, &l.by_canonical);
-            if !found.is_empty() {
-                return found;
-            }
-        }
-        let (keys, _) = self.listing_since(Some(asked)).await;
-        keys.iter()
-            .filter(|k| k.canonical_id == id)
-            .cloned()
-            .collect()
+        self.listing_since(Some(asked)).await.with_canonical_id(id)
     }
 
     /// Every key on every token, with the tokens that could not be read.
     pub async fn all_keys(&self) -> (Vec<KeyEntry>, Vec<String>) {
-        let (keys, errors) = self.listing_since(Some(std::time::Instant::now())).await;
-        (keys.to_vec(), errors)
+        let l = self.listing_since(Some(std::time::Instant::now())).await;
+        (l.keys.to_vec(), l.errors)
     }
 
     async fn list_tokens(&self) -> (Vec<KeyEntry>, Vec<String>) {

@@ -83,8 +83,8 @@ type PrivateKey = (ObjectHandle, bool);
 type PinHolder = std::sync::Arc<std::sync::Mutex<Option<SecretString>>>;
 
 /// Private key handles by (CKA_ID, CKA_LABEL), found once for all of the token's sessions:
-/// a key the agent just made signs on every session without a search of the token (a
-/// search on a SoftHSM2 token of hundreds of keys takes milliseconds). A handle gone stale
+/// a key the agent just made signs on every session without a search of the token, and a
+/// key found by one session is not searched for again by the others. A handle gone stale
 /// is looked up again where it is used.
 #[derive(Clone, Default)]
 struct Handles(std::sync::Arc<std::sync::Mutex<HandleMap>>);

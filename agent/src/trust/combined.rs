@@ -355,17 +355,7 @@ impl Evidence {
 
     async fn save_tag(&self, tag: &str, digest: &str) {
         let path = self.dir.join("tags").join(tag);
-        let bytes = digest.as_bytes().to_vec();
-        let wrote = off_runtime(
-            move || super::cache::write_atomic(&path, &bytes),
-            Err(Error::Internal(
-                "the evidence cache write did not finish".into(),
-            )),
-        )
-        .await;
-        if let Err(e) = wrote {
-            tracing::warn!("{e}");
-        }
+        write_or_warn(path, digest.as_bytes().to_vec()).await;
     }
 
     async fn load<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -400,16 +390,20 @@ impl Evidence {
             "{kind}-{}.json",
             crate::tuf::keys::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes))
         );
-        let path = self.dir.join(digest).join(name);
-        let wrote = off_runtime(
-            move || super::cache::write_atomic(&path, &bytes),
-            Err(Error::Internal(
-                "the evidence cache write did not finish".into(),
-            )),
-        )
-        .await;
-        if let Err(e) = wrote {
-            tracing::warn!("{e}");
-        }
+        write_or_warn(self.dir.join(digest).join(name), bytes).await;
+    }
+}
+
+/// Writes a cache file off the runtime; a failure only costs the cache, so it is logged.
+async fn write_or_warn(path: std::path::PathBuf, bytes: Vec<u8>) {
+    let wrote = off_runtime(
+        move || super::cache::write_atomic(&path, &bytes),
+        Err(Error::Internal(
+            "the evidence cache write did not finish".into(),
+        )),
+    )
+    .await;
+    if let Err(e) = wrote {
+        tracing::warn!("{e}");
     }
 }

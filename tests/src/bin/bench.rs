@@ -19,7 +19,7 @@
 //!   that makes it a 10 ms round trip away (`DCT_BENCH_OURS_ONLY=1`: dct migrate alone).
 //!
 //! Every signing figure is the median of several runs; sample signatures of every run are
-//! verified so the numbers are honest. Prints a table and writes BENCHMARKS.md.
+//! verified so the numbers are honest. Prints a table and (a full run) writes BENCHMARKS.md.
 //!
 //! Run: `softhsm/install-deps.sh && cargo build --release --workspace --bins && target/release/bench`
 //! (`--only agent|signer|signer-hsm|signer-file|signer-real|piv|authz|migrate|e2e` to run
@@ -47,8 +47,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 const GUN: &str = "bench.example.com/app";
 
-/// What was measured, signatures/s, (p50, p99) latency where per-request, and the agent's
-/// CPU time per signature where it was measured.
+/// What was measured, signatures/s, latency where per-request, and the agent's CPU time per
+/// signature where it was measured.
 type Row = (String, f64, Option<Lat>, Option<Cpu>);
 
 /// Latency per call: median, 99th percentile, slowest.
@@ -248,8 +248,14 @@ the floor on one.\n\n\
         if quick { " --quick" } else { "" }
     );
     println!("{report}");
-    std::fs::write("BENCHMARKS.md", &report).expect("write BENCHMARKS.md");
-    eprintln!("wrote BENCHMARKS.md");
+    // A run of some sections (`--only`) would replace the file's other sections with "(not
+    // run)": it only prints.
+    if only.is_empty() {
+        std::fs::write("BENCHMARKS.md", &report).expect("write BENCHMARKS.md");
+        eprintln!("wrote BENCHMARKS.md");
+    } else {
+        eprintln!("--only: BENCHMARKS.md left as it was");
+    }
 }
 
 /// Concurrent clients sign versions out of order: the benchmark's keys skip the
