@@ -382,30 +382,49 @@ impl SignPool {
                     let _leaving = leaving;
                     let mut session: Option<Box<dyn SignSession>> = None;
                     while let Some(job) = queue.recv() {
-                        if session.as_ref().is_some_and(|s| !s.usable()) {
-                            session = None;
-                        }
-                        if session.is_none() {
-                            match factory() {
-                                Ok(s) => session = Some(s),
-                                Err(e) => {
-                                    let msg = e.to_string();
-                                    let errs = job
-                                        .items
-                                        .iter()
-                                        .map(|_| Err(Error::Unavailable(msg.clone())))
-                                        .collect();
-                                    let _ = job.reply.send(errs);
-                                    continue;
+                        // The session is checked only after a failure (a per-job check costs a
+                        // token call, and SoftHSM2 takes a lock for it that the other signing
+                        // sessions wait on): a signature that failed on a session that is gone
+                        // (token replugged, session closed) is made again on a new one.
+                        let mut sigs: Vec<Result<Vec<u8>>> = Vec::new();
+                        for attempt in 0..2 {
+                            if attempt == 1 {
+                                if !sigs.iter().any(|r| r.is_err())
+                                    || session.as_ref().is_none_or(|s| s.usable())
+                                {
+                                    break;
+                                }
+                                session = None;
+                            }
+                            let s = match session.as_mut() {
+                                Some(s) => s,
+                                None => match factory() {
+                                    Ok(s) => session.insert(s),
+                                    Err(e) => {
+                                        let msg = e.to_string();
+                                        sigs = job
+                                            .items
+                                            .iter()
+                                            .map(|_| Err(Error::Unavailable(msg.clone())))
+                                            .collect();
+                                        break;
+                                    }
+                                },
+                            };
+                            if attempt == 0 {
+                                sigs = job
+                                    .items
+                                    .iter()
+                                    .map(|(key, digest)| s.sign_digest(&SignGrant(()), key, digest))
+                                    .collect();
+                            } else {
+                                for ((key, digest), sig) in job.items.iter().zip(sigs.iter_mut()) {
+                                    if sig.is_err() {
+                                        *sig = s.sign_digest(&SignGrant(()), key, digest);
+                                    }
                                 }
                             }
                         }
-                        let Some(s) = session.as_mut() else { continue };
-                        let sigs = job
-                            .items
-                            .iter()
-                            .map(|(key, digest)| s.sign_digest(&SignGrant(()), key, digest))
-                            .collect();
                         let _ = job.reply.send(sigs);
                     }
                 });
@@ -1088,5 +1107,99 @@ mod tests {
         t.note_unlocked();
         assert!(t.clock.lock().unwrap().unlocked_at.is_some());
         assert_eq!(t.expired(), None);
+    }
+
+    /// A session that signs until the test marks it gone, as a replugged token's would.
+    struct FakeSession {
+        opened: usize,
+        gone: Arc<std::sync::atomic::AtomicBool>,
+        checks: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl SignSession for FakeSession {
+        fn sign_digest(&mut self, _: &SignGrant, _: &KeyEntry, d: &[u8; 32]) -> Result<Vec<u8>> {
+            if self.gone.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::Unavailable("session handle invalid".into()));
+            }
+            Ok(vec![d[0], self.opened as u8])
+        }
+        fn usable(&self) -> bool {
+            self.checks
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            !self.gone.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    async fn pool_sign(pool: &SignPool, items: Vec<SignItem>) -> Vec<Result<Vec<u8>>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        assert!(pool.queue.try_send(PoolJob { items, reply }).is_ok());
+        rx.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pool_session_that_went_away_is_reopened_and_the_signature_made_on_the_new_one() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let opened = Arc::new(AtomicUsize::new(0));
+        let gone = Arc::new(AtomicBool::new(false));
+        let checks = Arc::new(AtomicUsize::new(0));
+        let (o, g, c) = (opened.clone(), gone.clone(), checks.clone());
+        let factory: SessionFactory = Arc::new(move || {
+            // Every new session is a working one.
+            g.store(false, Ordering::SeqCst);
+            let n = o.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(Box::new(FakeSession {
+                opened: n,
+                gone: g.clone(),
+                checks: c.clone(),
+            }) as Box<dyn SignSession>)
+        });
+        let pool = SignPool::start("t", 1, factory).unwrap();
+        let key = KeyEntry::default();
+        let first = pool_sign(&pool, vec![(key.clone(), [1; 32]), (key.clone(), [2; 32])]).await;
+        assert_eq!(
+            first.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [vec![1, 1], vec![2, 1]]
+        );
+        // Sessions are opened once, and not checked while they sign.
+        pool_sign(&pool, vec![(key.clone(), [3; 32])]).await;
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        assert_eq!(checks.load(Ordering::SeqCst), 0);
+
+        gone.store(true, Ordering::SeqCst);
+        let again = pool_sign(&pool, vec![(key.clone(), [4; 32])]).await;
+        assert_eq!(
+            again.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [vec![4, 2]]
+        );
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failure_on_a_live_session_is_returned_not_retried() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Refusing(Arc<AtomicUsize>);
+        impl SignSession for Refusing {
+            fn sign_digest(
+                &mut self,
+                _: &SignGrant,
+                _: &KeyEntry,
+                _: &[u8; 32],
+            ) -> Result<Vec<u8>> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Err(Error::NotFound("no such key".into()))
+            }
+            fn usable(&self) -> bool {
+                true
+            }
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let factory: SessionFactory =
+            Arc::new(move || Ok(Box::new(Refusing(c.clone())) as Box<dyn SignSession>));
+        let pool = SignPool::start("t", 1, factory).unwrap();
+        let out = pool_sign(&pool, vec![(KeyEntry::default(), [0; 32])]).await;
+        assert!(matches!(out.as_slice(), [Err(Error::NotFound(_))]));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }
