@@ -10,8 +10,8 @@ use crate::keys::KeyEntry;
 use crate::tuf::cert::subject_cn;
 use crate::tuf::keys::{TufKey, ECDSA_X509};
 use crate::tuf::metadata::{
-    expected_type, parse_key_map, valid_delegation_name, Common, Delegations, Envelope, MetaDoc,
-    RoleKeys, RootDoc, Signature,
+    expected_type, file_bytes, parse_key_map, valid_delegation_name, Common, Delegations, Envelope,
+    MetaDoc, RawEnvelope, RoleKeys, RootDoc, Signature,
 };
 use crate::tuf::verify::check_role_keys;
 use serde::Deserialize;
@@ -32,21 +32,18 @@ struct TargetsHead {
 pub const MAX_TARGETS: usize = 1_000_000;
 
 /// Every target names a length and a SHA-256 (base64 of 32 bytes), as Notary writes them.
-fn check_target_entries(signed: &serde_json::Value) -> Result<()> {
+/// `targets` is the raw text of the document's targets map: its entries are read and checked
+/// one at a time, none kept.
+fn check_target_entries(targets: &str) -> Result<()> {
     use base64::Engine as _;
-    let Some(targets) = signed.get("targets") else {
-        return Ok(());
-    };
-    let targets = targets
-        .as_object()
-        .ok_or_else(|| Error::InvalidArgument("document: targets is not an object".into()))?;
-    if targets.len() > MAX_TARGETS {
-        return Err(Error::ResourceExhausted(format!(
-            "document has {} targets; the agent signs at most {MAX_TARGETS} per document",
-            targets.len()
-        )));
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+    use serde::Deserializer as _;
+    if !targets.starts_with('{') {
+        return Err(Error::InvalidArgument(
+            "document: targets is not an object".into(),
+        ));
     }
-    for (name, meta) in targets {
+    let check = |name: &str, meta: &serde_json::Value| -> Result<()> {
         let bad = |what: &str| Error::InvalidArgument(format!("document: target {name:?}: {what}"));
         if meta
             .get("length")
@@ -66,13 +63,51 @@ fn check_target_entries(signed: &serde_json::Value) -> Result<()> {
         if decoded.len() != 32 {
             return Err(bad("sha256 is not 32 bytes"));
         }
+        Ok(())
+    };
+    struct Entries<F>(F);
+    impl<'de, F: Fn(&str, &serde_json::Value) -> Result<()>> Visitor<'de> for Entries<F> {
+        /// The number of entries and the first one found wrong.
+        type Value = (usize, Option<Error>);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of targets")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let (mut n, mut wrong) = (0usize, None);
+            while let Some(name) = m.next_key::<crate::tuf::cjson::Key<'de>>()? {
+                n += 1;
+                if wrong.is_some() {
+                    m.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                let meta: serde_json::Value = m.next_value()?;
+                wrong = (self.0)(&name.0, &meta).err();
+            }
+            Ok((n, wrong))
+        }
     }
-    Ok(())
+    let mut de = serde_json::Deserializer::from_str(targets);
+    let (n, wrong) = de
+        .deserialize_map(Entries(check))
+        .map_err(|e| Error::InvalidArgument(format!("document: targets: {e}")))?;
+    if n > MAX_TARGETS {
+        return Err(Error::ResourceExhausted(format!(
+            "document has {n} targets; the agent signs at most {MAX_TARGETS} per document"
+        )));
+    }
+    wrong.map_or(Ok(()), Err)
 }
 
 /// A document checked and ready for a given key to sign.
 pub struct Prepared {
-    pub envelope: Envelope,
+    /// The canonical `signed` bytes: what is hashed, signed and written out. No tree of the
+    /// document is kept (a 100,000-target role is a big one).
+    pub message: Vec<u8>,
+    /// The signatures the document came with (one by the signing key is replaced).
+    pub signatures: Vec<Signature>,
     pub role: String,
     pub version: u64,
     /// SHA-256 of the canonical `signed` bytes.
@@ -102,10 +137,19 @@ pub fn prepare_after(
     let key = keys
         .first()
         .ok_or_else(|| Error::NotFound("no such key".into()))?;
-    let envelope =
-        Envelope::parse(document).map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
-    let doc_type = envelope
-        .doc_type()
+    let raw = RawEnvelope::parse(document)
+        .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+    let text = raw.signed.get();
+    #[derive(Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "_type")]
+        doc_type: Option<serde_json::Value>,
+    }
+    let doc_type = serde_json::from_str::<TypeOnly>(text)
+        .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?
+        .doc_type
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
         .ok_or_else(|| Error::InvalidArgument("document: signed has no _type".into()))?
         .to_string();
 
@@ -139,10 +183,15 @@ pub fn prepare_after(
         Error::InvalidArgument(format!("document is not a valid {doc_type}: {e}"))
     };
     // Typed views borrow from the parsed tree: a 100,000-tag targets role is not copied.
-    let signed = &envelope.signed;
-    let (common, doc_gun) = match doc_type.as_str() {
+    // Root, snapshot and timestamp documents are small: read as a tree. A targets document is
+    // read from its text (its head typed, its targets one by one), never as a tree.
+    let tree = |text: &str| -> Result<serde_json::Value> {
+        serde_json::from_str(text).map_err(|e| Error::InvalidArgument(format!("document: {e}")))
+    };
+    let (common, doc_gun, signed) = match doc_type.as_str() {
         "Root" => {
-            let root = RootDoc::deserialize(signed).map_err(bad)?;
+            let signed = tree(text)?;
+            let root = RootDoc::deserialize(&signed).map_err(bad)?;
             let keys = parse_key_map(&root.keys)
                 .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
             let root_gun = root
@@ -154,11 +203,15 @@ pub fn prepare_after(
                         .find_map(|id| keys.get(id)?.certificate().ok())
                 })
                 .and_then(|c| subject_cn(&c));
-            (root.common, root_gun)
+            (root.common, root_gun, Some(signed))
         }
         "Targets" => {
-            let t = TargetsHead::deserialize(signed).map_err(bad)?;
-            check_target_entries(signed)?;
+            let t: TargetsHead = serde_json::from_str(text).map_err(bad)?;
+            let members = crate::tuf::cjson::members(text).map_err(bad)?;
+            // The last of a repeated name counts, as in a parsed map.
+            if let Some((_, targets)) = members.iter().rev().find(|(k, _)| k.0 == "targets") {
+                check_target_entries(targets.get())?;
+            }
             let keys = parse_key_map(&t.delegations.keys)
                 .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
             // Delegations as Notary accepts them: direct children of this role, with a
@@ -185,9 +238,14 @@ pub fn prepare_after(
                     expires: t.expires,
                 },
                 None,
+                None,
             )
         }
-        _ => (MetaDoc::deserialize(signed).map_err(bad)?.common, None),
+        _ => {
+            let signed = tree(text)?;
+            let common = MetaDoc::deserialize(&signed).map_err(bad)?.common;
+            (common, None, Some(signed))
+        }
     };
     if common.version < 1 {
         return Err(Error::InvalidArgument(format!(
@@ -211,7 +269,16 @@ pub fn prepare_after(
     }
     let keyid = if key.role == "root" {
         let previous = previous.and_then(|p| Envelope::parse(p).ok());
-        root_keyid(&envelope, previous.as_ref(), key, keys, &gun)?
+        let signed = signed
+            .as_ref()
+            .ok_or_else(|| Error::Internal("a root document without its tree".into()))?;
+        root_keyid(
+            signed,
+            previous.as_ref().map(|e| &e.signed),
+            key,
+            keys,
+            &gun,
+        )?
     } else {
         if let Some(kg) = &key.gun {
             if !gun.is_empty() && &gun != kg {
@@ -223,14 +290,17 @@ pub fn prepare_after(
         }
         key.canonical_id.clone()
     };
-    let message = envelope
-        .signed_bytes()
-        .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+    let message = match &signed {
+        Some(tree) => crate::tuf::cjson::to_vec(tree).map_err(|e| e.to_string()),
+        None => crate::tuf::cjson::from_str(text),
+    }
+    .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
     Ok(Prepared {
-        envelope,
+        digest: Sha256::digest(&message).into(),
+        message,
+        signatures: raw.signatures,
         role,
         version: common.version as u64,
-        digest: Sha256::digest(&message).into(),
         keyid,
         gun,
         expires,
@@ -241,15 +311,15 @@ pub fn prepare_after(
 /// this key; else, for a new root signed by an old key, the one the previous root lists; else
 /// this key's own certificate for the GUN. `key` is the first of `keys`, its entries.
 fn root_keyid(
-    envelope: &Envelope,
-    previous: Option<&Envelope>,
+    signed: &serde_json::Value,
+    previous: Option<&serde_json::Value>,
     key: &KeyEntry,
     keys: &[KeyEntry],
     gun: &str,
 ) -> Result<String> {
     let spki = &key.spki;
-    let listed = |env: &Envelope| -> Option<String> {
-        let map = env.signed.get("keys")?.as_object()?;
+    let listed = |signed: &serde_json::Value| -> Option<String> {
+        let map = signed.get("keys")?.as_object()?;
         map.iter().find_map(|(id, v)| {
             let k = TufKey::from_value(v).ok()?;
             if k.keytype != ECDSA_X509 || k.spki_der().ok().as_ref() != Some(spki) {
@@ -260,7 +330,7 @@ fn root_keyid(
             (gun.is_empty() || cn.as_deref() == Some(gun)).then(|| id.clone())
         })
     };
-    if let Some(id) = listed(envelope).or_else(|| previous.and_then(listed)) {
+    if let Some(id) = listed(signed).or_else(|| previous.and_then(listed)) {
         return Ok(id);
     }
     keys.iter()
@@ -276,12 +346,13 @@ fn root_keyid(
 
 /// Adds the signature and returns the new file bytes.
 pub fn finish(mut p: Prepared, raw_sig: Vec<u8>) -> Result<Vec<u8>> {
-    p.envelope.set_signature(Signature {
+    p.signatures.retain(|s| s.keyid != p.keyid);
+    p.signatures.push(Signature {
         keyid: p.keyid,
         method: "ecdsa".into(),
         sig: raw_sig,
     });
-    p.envelope.to_bytes().map_err(Error::Internal)
+    file_bytes(&p.message, &p.signatures).map_err(Error::Internal)
 }
 
 /// The `signed` part notary-server asks its signer to sign (through the notary-signer API)
@@ -313,6 +384,107 @@ pub fn check_server_content(content: &[u8], role: &str) -> Result<(u64, time::Of
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn targets_key() -> KeyEntry {
+        KeyEntry {
+            role: "targets".into(),
+            key_id: "k1".into(),
+            canonical_id: "k1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn entry(n: u8) -> serde_json::Value {
+        use base64::Engine as _;
+        serde_json::json!({
+            "hashes": {"sha256": base64::engine::general_purpose::STANDARD.encode([n; 32])},
+            "length": 10 + u64::from(n),
+        })
+    }
+
+    /// A targets document read from its text signs the same bytes, and writes the same file,
+    /// as the same document read as a tree.
+    #[test]
+    fn targets_read_from_text_sign_what_the_tree_would() {
+        // Spaced, members out of order, one target named twice (the last counts), an old
+        // signature by the signing key and one by another.
+        let doc = format!(
+            r#"{{ "signatures": [{{"keyid":"k1","method":"ecdsa","sig":"AAAA"}},{{"keyid":"k2","method":"ecdsa","sig":"BBBB"}}],
+                "signed": {{"version": 4, "targets": {{"b\u00e9": {}, "a": {}, "b\u00e9": {}}},
+                "expires": "2030-01-01T00:00:00Z", "_type": "Targets", "x-extra": [1, {{"z": null, "y": "\"q\""}}]}} }}"#,
+            entry(1),
+            entry(2),
+            entry(3)
+        );
+        let p = prepare(
+            doc.as_bytes(),
+            &[targets_key()],
+            "targets",
+            "example.com/app",
+        )
+        .unwrap();
+        let tree = Envelope::parse(doc.as_bytes()).unwrap();
+        let canonical = crate::tuf::cjson::to_vec(&tree.signed).unwrap();
+        assert_eq!(p.message, canonical);
+        assert_eq!(p.digest, <[u8; 32]>::from(Sha256::digest(&canonical)));
+        assert_eq!(p.version, 4);
+        let file = finish(p, vec![7; 64]).unwrap();
+        let mut expected = tree;
+        expected.set_signature(Signature {
+            keyid: "k1".into(),
+            method: "ecdsa".into(),
+            sig: vec![7; 64],
+        });
+        assert_eq!(file, expected.to_bytes().unwrap());
+        assert_eq!(Envelope::parse(&file).unwrap().signatures.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_target_entry_is_refused_whichever_it_is() {
+        let key = [targets_key()];
+        let doc = |targets: serde_json::Value| {
+            serde_json::json!({"signed": {"_type": "Targets", "version": 1,
+                "expires": "2030-01-01T00:00:00Z", "targets": targets}, "signatures": []})
+            .to_string()
+        };
+        let mut no_length = entry(2);
+        no_length.as_object_mut().unwrap().remove("length");
+        let mut short = entry(3);
+        short["hashes"]["sha256"] = "AAAA".into();
+        for (targets, why) in [
+            (
+                serde_json::json!({"a": entry(1), "b": no_length}),
+                "target \"b\": no length",
+            ),
+            (
+                serde_json::json!({"a": short, "b": entry(1)}),
+                "target \"a\": sha256 is not 32 bytes",
+            ),
+            (
+                serde_json::json!({"a": {"length": 1}}),
+                "target \"a\": no sha256 hash",
+            ),
+            (serde_json::json!(null), "targets is not an object"),
+            (serde_json::json!({"a": 5}), "target \"a\": no length"),
+        ] {
+            let err = prepare(doc(targets).as_bytes(), &key, "targets", "g")
+                .err()
+                .unwrap();
+            assert!(
+                matches!(&err, Error::InvalidArgument(m) if m.contains(why)),
+                "{err} (expected {why})"
+            );
+        }
+        let ok = prepare(
+            doc(serde_json::json!({"a": entry(1)})).as_bytes(),
+            &key,
+            "targets",
+            "g",
+        );
+        assert!(ok.is_ok());
+        assert!(prepare(b"[1]", &key, "targets", "g").is_err());
+        assert!(prepare(br#"{"signed": []}"#, &key, "targets", "g").is_err());
+    }
 
     #[test]
     fn server_content_must_be_the_keys_role() {

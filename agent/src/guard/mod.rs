@@ -125,6 +125,8 @@ struct Item {
     oci: Option<oci::Parsed>,
     /// For a certificate: what it says (no version, no ledger).
     cert: Option<Vec<String>>,
+    /// A metadata file as sent: read again only for the confirmation's summary.
+    source: Option<Vec<u8>>,
 }
 
 /// Documents up to this size are parsed and canonicalised in place (tens of microseconds);
@@ -278,6 +280,7 @@ fn parse(r: Request) -> Result<Item> {
                 approval: None,
                 oci: None,
                 cert: None,
+                source: Some(document),
             })
         }
         Subject::ServerRole { content } => {
@@ -299,6 +302,7 @@ fn parse(r: Request) -> Result<Item> {
                 approval: None,
                 oci: None,
                 cert: None,
+                source: None,
             })
         }
         Subject::Oci { profile, payload } => {
@@ -320,6 +324,7 @@ fn parse(r: Request) -> Result<Item> {
                 approval: None,
                 oci: Some(parsed),
                 cert: None,
+                source: None,
             })
         }
         Subject::CertRequest { info } => {
@@ -350,6 +355,7 @@ fn parse(r: Request) -> Result<Item> {
                 approval: None,
                 oci: None,
                 cert: Some(lines),
+                source: None,
             })
         }
         Subject::Certificate { tbs } => {
@@ -380,6 +386,7 @@ fn parse(r: Request) -> Result<Item> {
                 approval: None,
                 oci: None,
                 cert: Some(lines),
+                source: None,
             })
         }
     }
@@ -397,10 +404,8 @@ fn raw_prepared(
 ) -> Prepared {
     use sha2::Digest;
     Prepared {
-        envelope: crate::tuf::metadata::Envelope {
-            signed: serde_json::Value::Null,
-            signatures: Vec::new(),
-        },
+        message: Vec::new(),
+        signatures: Vec::new(),
         role,
         version,
         digest: sha2::Sha256::digest(bytes).into(),
@@ -592,6 +597,11 @@ impl Guard {
             }
         }
 
+        // The documents as sent were kept for the confirmation's summary only.
+        for it in items.iter_mut().flatten() {
+            it.source = None;
+        }
+
         // 4. The tokens sign, grouped by token, each item keeping its place.
         let mut by_token: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
         for (i, item) in items.iter().enumerate() {
@@ -753,8 +763,15 @@ impl Guard {
             .previous
             .as_deref()
             .and_then(|b| previous_signed_by(b, &it.key));
-        let lines =
-            crate::guard::confirm::summary(&subject, previous.as_ref(), &it.p.envelope.signed);
+        // The document is read again for its summary (the guard keeps no tree of it); it
+        // parsed in step 1, so this cannot fail but for a lost thread.
+        let source = it.source.clone().unwrap_or_default();
+        let signed = cpu(source.len(), move || {
+            crate::tuf::metadata::Envelope::parse(&source).map(|e| e.signed)
+        })
+        .await?
+        .map_err(|e| Error::Internal(format!("document read again: {e}")))?;
+        let lines = crate::guard::confirm::summary(&subject, previous.as_ref(), &signed);
         let title = format!("dct-agent: sign {} of {}?", it.p.role, it.p.gun);
         let approval = self.0.confirmer.ask(&it.key, &title, &lines).await?;
         Ok(approval.describe())

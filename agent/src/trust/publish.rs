@@ -122,6 +122,104 @@ pub(crate) struct Edit {
     pub(crate) role: String,
     pub(crate) key: KeyEntry,
     pub(crate) signed: Value,
+    /// Targets to add to `signed` (replacing any of the same name; of two with one name the
+    /// later counts): kept as a list and written into the document as it is serialised, so a
+    /// signing of 100,000 tags builds no tree of them.
+    pub(crate) added: Vec<NewTarget>,
+}
+
+/// A target to add: what docker resolves the tag `name` to.
+pub(crate) struct NewTarget {
+    pub(crate) name: String,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) length: u64,
+}
+
+/// The unsigned file of `signed` with `added` in its targets (see [`Edit::added`]).
+pub(crate) fn unsigned_adding(
+    mut signed: Value,
+    mut added: Vec<NewTarget>,
+    role: &str,
+) -> Result<Vec<u8>> {
+    use serde::ser::{Serialize, SerializeMap, Serializer};
+    if added.is_empty() {
+        return Ok(unsigned(signed));
+    }
+    // One entry per name, the last given.
+    added.sort_by(|a, b| a.name.cmp(&b.name));
+    added.reverse();
+    added.dedup_by(|a, b| a.name == b.name);
+    let targets = edit::object_mut(&mut signed, &["targets"]).map_err(malformed(role))?;
+    for t in &added {
+        targets.remove(&t.name);
+    }
+
+    struct File<'a>(&'a Value, &'a [NewTarget]);
+    struct Signed<'a>(&'a Value, &'a [NewTarget]);
+    struct Targets<'a>(&'a Value, &'a [NewTarget]);
+    struct Target<'a>(&'a NewTarget);
+    struct Hashes<'a>(&'a [u8; 32]);
+    impl Serialize for File<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(2))?;
+            m.serialize_entry("signed", &Signed(self.0, self.1))?;
+            m.serialize_entry("signatures", &[(); 0])?;
+            m.end()
+        }
+    }
+    impl Serialize for Signed<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            let Some(members) = self.0.as_object() else {
+                return self.0.serialize(s);
+            };
+            let mut m = s.serialize_map(Some(members.len()))?;
+            for (k, v) in members {
+                if k == "targets" {
+                    m.serialize_entry(k, &Targets(v, self.1))?;
+                } else {
+                    m.serialize_entry(k, v)?;
+                }
+            }
+            m.end()
+        }
+    }
+    impl Serialize for Targets<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            let existing = self.0.as_object();
+            let mut m = s.serialize_map(Some(existing.map_or(0, |e| e.len()) + self.1.len()))?;
+            for (k, v) in existing.into_iter().flatten() {
+                m.serialize_entry(k, v)?;
+            }
+            for t in self.1 {
+                m.serialize_entry(&t.name, &Target(t))?;
+            }
+            m.end()
+        }
+    }
+    impl Serialize for Target<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(2))?;
+            m.serialize_entry("hashes", &Hashes(&self.0.sha256))?;
+            m.serialize_entry("length", &self.0.length)?;
+            m.end()
+        }
+    }
+    impl Serialize for Hashes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry("sha256", &B64.encode(self.0))?;
+            m.end()
+        }
+    }
+    // Sized up front: grown by doubling, a 100,000-target file would take twice its size.
+    let existing = signed
+        .get("targets")
+        .and_then(Value::as_object)
+        .map_or(0, |t| t.len());
+    let estimate = 1024 + 128 * existing + added.iter().map(|t| t.name.len() + 96).sum::<usize>();
+    let mut out = Vec::with_capacity(estimate);
+    serde_json::to_writer(&mut out, &File(&signed, &added)).map_err(Error::internal)?;
+    Ok(out)
 }
 
 impl Repo {
@@ -224,14 +322,16 @@ pub(crate) async fn commit_with(
         role,
         key,
         mut signed,
+        added,
     } in edits
     {
         next_version(&mut signed, &role, TARGETS_LIFETIME)?;
         let previous = repo.files.get(&role).map(Vec::as_slice);
+        let document = unsigned_adding(signed, added, &role)?;
         let s = sign_doc(
             guard,
             listings(keys, &key.canonical_id),
-            unsigned(signed),
+            document,
             &role,
             gun,
             previous,
@@ -286,6 +386,49 @@ pub(crate) fn sha2_256(b: &[u8]) -> [u8; 32] {
 mod tests {
     use super::*;
     use crate::tuf::verify::{RepoFiles, SkippedRole, VerifiedRepo};
+
+    /// Added targets land in the document once each, the last of a name winning, replacing
+    /// an entry already there and keeping the others.
+    #[test]
+    fn added_targets_are_written_into_the_document() {
+        let signed = json!({
+            "_type": "Targets", "version": 2, "expires": "2030-01-01T00:00:00Z",
+            "targets": {"a": {"hashes": {"sha256": "old"}, "length": 1}, "b": {"hashes": {"sha256": "keep"}, "length": 2}},
+        });
+        let t = |name: &str, n: u8| NewTarget {
+            name: name.into(),
+            sha256: [n; 32],
+            length: u64::from(n),
+        };
+        let bytes =
+            unsigned_adding(signed, vec![t("c", 3), t("a", 4), t("c", 5)], "targets").unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(text.matches("\"c\":").count(), 1, "{text}");
+        assert_eq!(text.matches("\"a\":").count(), 1, "{text}");
+        let doc = Envelope::parse(&bytes).unwrap();
+        assert!(doc.signatures.is_empty());
+        let targets = doc.signed["targets"].as_object().unwrap();
+        assert_eq!(targets.len(), 3);
+        assert_eq!(
+            targets["a"],
+            json!({"hashes": {"sha256": B64.encode([4u8; 32])}, "length": 4})
+        );
+        assert_eq!(
+            targets["b"],
+            json!({"hashes": {"sha256": "keep"}, "length": 2})
+        );
+        assert_eq!(
+            targets["c"],
+            json!({"hashes": {"sha256": B64.encode([5u8; 32])}, "length": 5})
+        );
+        assert_eq!(doc.signed["version"], 2);
+        // Nothing added: the document as it was.
+        let same = json!({"_type": "Targets", "targets": {}});
+        assert_eq!(
+            unsigned_adding(same.clone(), Vec::new(), "targets").unwrap(),
+            unsigned(same)
+        );
+    }
 
     /// A skipped delegation's file is unverified: the agent will not sign a new version of
     /// it (which would vouch for whatever the server put there).

@@ -138,6 +138,7 @@ pub async fn rotate(
                 role: "targets".into(),
                 key: k.clone(),
                 signed,
+                added: Vec::new(),
             });
             (k.key_id.clone(), k.tuf_key())
         }
@@ -241,7 +242,9 @@ mod tests {
             root["roles"]["targets"],
             json!({"keyids": ["t2"], "threshold": 1})
         );
-        let ids: Vec<&String> = root["keys"].as_object().unwrap().keys().collect();
+        // The map keeps insertion order (canonical JSON sorts when it is written).
+        let mut ids: Vec<&String> = root["keys"].as_object().unwrap().keys().collect();
+        ids.sort();
         assert_eq!(ids, ["r", "s", "t2", "ts"]);
         assert_eq!(root["keys"]["t2"], k.to_value());
     }

@@ -2,13 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::cache::TrustContext;
 use super::fetch::{check_gun, fetch, role_keyids, Repo};
-use super::publish::{commit, fetch_or_init, malformed, Edit};
+use super::publish::{commit, fetch_or_init, malformed, Edit, NewTarget};
 use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::keys::KeyEntry;
@@ -179,6 +177,7 @@ pub async fn sign_tags(
                     role: role.to_string(),
                     key: key.clone(),
                     signed,
+                    added: Vec::new(),
                 });
                 edits.len() - 1
             }
@@ -186,8 +185,11 @@ pub async fn sign_tags(
         let e = edits
             .get_mut(i)
             .ok_or_else(|| Error::Internal(format!("no edit of {role}")))?;
-        let target = json!({"hashes": {"sha256": B64.encode(t.sha256)}, "length": t.length});
-        edit::set(&mut e.signed, &["targets", t.tag.as_str()], target).map_err(malformed(role))?;
+        e.added.push(NewTarget {
+            name: t.tag.clone(),
+            sha256: t.sha256,
+            length: t.length,
+        });
         Ok(i)
     };
     let mut targets_key_cached: Option<KeyEntry> = None;
@@ -454,7 +456,12 @@ pub async fn revoke(
             }
         };
         if changed {
-            edits.push(Edit { role, key, signed });
+            edits.push(Edit {
+                role,
+                key,
+                signed,
+                added: Vec::new(),
+            });
         }
     }
     if edits.is_empty() {

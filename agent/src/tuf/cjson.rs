@@ -6,6 +6,12 @@
 //! It is not RFC 8785; the `olpc-cjson` crate differs too (it normalises and sorts by
 //! escaped bytes), hence this small encoder, tested byte for byte against notary's output.
 
+use std::borrow::Cow;
+
+use serde::de::{MapAccess, Visitor};
+use serde::Deserialize;
+use serde::Deserializer as _;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Why a value has no canonical form.
@@ -75,6 +81,110 @@ pub fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), CjsonError> {
     Ok(())
 }
 
+/// An object member's name: borrowed from the text unless it had escapes.
+pub struct Key<'a>(pub Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The members of the JSON object `json`, in the text's order, each value as its raw text.
+pub fn members(json: &str) -> Result<Vec<(Key<'_>, &RawValue)>, serde_json::Error> {
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Vec<(Key<'de>, &'de RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+            while let Some(entry) = m.next_entry::<Key<'de>, &'de RawValue>()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    let list = de.deserialize_map(Members)?;
+    de.end()?;
+    Ok(list)
+}
+
+/// Canonical bytes of the JSON text `json`, the same as [`to_vec`] of its parsed value, but
+/// without a tree of it: each object's members are listed as raw text, sorted, and written in
+/// turn (a later member of the same name replaces an earlier one, as in a parsed map). A
+/// 100,000-target role so costs a list of its target names while it is written.
+pub fn from_str(json: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(json.len());
+    write_raw(json, &mut out, 0)?;
+    Ok(out)
+}
+
+/// serde_json's own nesting limit, which parsing the same text as a tree would meet.
+const MAX_DEPTH: usize = 128;
+
+fn write_raw(json: &str, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err("recursion limit exceeded".into());
+    }
+    match json.trim_start().as_bytes().first() {
+        Some(b'{') => {
+            let mut list = members(json).map_err(|e| e.to_string())?;
+            // Stable: members of one name keep their order, and the last of them is written.
+            list.sort_by(|a, b| a.0 .0.as_bytes().cmp(b.0 .0.as_bytes()));
+            out.push(b'{');
+            let mut first = true;
+            for (i, (k, v)) in list.iter().enumerate() {
+                if list.get(i + 1).is_some_and(|(next, _)| next.0 == k.0) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                write_str(&k.0, out);
+                out.push(b':');
+                write_raw(v.get(), out, depth + 1)?;
+            }
+            out.push(b'}');
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_raw(item.get(), out, depth + 1)?;
+            }
+            out.push(b']');
+        }
+        _ => {
+            let v: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            write(&v, out).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 fn write_str(s: &str, out: &mut Vec<u8>) {
     out.reserve(s.len() + 2);
     out.push(b'"');
@@ -122,6 +232,34 @@ mod tests {
         assert_eq!(enc(json!("\"")), r#""\"""#);
         assert_eq!(enc(json!("")), r#""""#);
         assert_eq!(enc(json!("é\"")), r#""é\"""#);
+    }
+
+    /// The raw-text writer gives what the tree writer gives, byte for byte.
+    #[test]
+    fn from_str_matches_the_tree() {
+        let docs = [
+            r#"{"b": 1, "a": [true, null, {"y": -2, "x": [[], {}]}], "B": "x", "é": 0, "z": {}}"#,
+            r#"{"k\u00e9y": "v\"al\\ue\n\u0001", "k": {"n": 18446744073709551615, "m": 4096.0}}"#,
+            r#"{"dup": 1, "a": 0, "dup": {"inner": 2}, "dup": [3]}"#,
+            r#"  [ 1 , "two" , { "3" : null } ]  "#,
+            r#""just a string""#,
+            r#"{"signed":{"_type":"Targets","targets":{"t2":{"hashes":{"sha256":"AA=="},"length":1},"t1":{"length":2,"hashes":{"sha512":"BB==","sha256":"CC=="}}},"version":3}}"#,
+        ];
+        for doc in docs {
+            let tree: Value = serde_json::from_str(doc).unwrap();
+            assert_eq!(
+                String::from_utf8(from_str(doc).unwrap()).unwrap(),
+                String::from_utf8(to_vec(&tree).unwrap()).unwrap(),
+                "{doc}"
+            );
+        }
+        // Where the tree has no canonical form or no parse, neither has the text.
+        assert!(from_str(r#"{"a": 1.5}"#).is_err());
+        assert!(from_str(r#"{"a": 1"#).is_err());
+        assert!(from_str(r#"{"a": 1} x"#).is_err());
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(serde_json::from_str::<Value>(&deep).is_err());
+        assert!(from_str(&deep).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -28,46 +29,109 @@ pub struct Envelope {
     pub signatures: Vec<Signature>,
 }
 
-impl Envelope {
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-        let mut obj = match v {
-            Value::Object(o) => o,
-            _ => return Err("not a JSON object".into()),
+/// An envelope read without a tree of `signed`: its raw text (borrowed from the file) and
+/// the signatures. The guard takes a targets role's canonical bytes from this text
+/// ([`cjson::from_str`]) rather than from a tree of 100,000 targets.
+pub struct RawEnvelope<'a> {
+    pub signed: &'a RawValue,
+    pub signatures: Vec<Signature>,
+}
+
+impl<'a> RawEnvelope<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        if !text.trim_start().starts_with('{') {
+            return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Err(e) => Err(format!("not JSON: {e}")),
+                Ok(_) => Err("not a JSON object".into()),
+            };
+        }
+        let members = cjson::members(text).map_err(|e| format!("not JSON: {e}"))?;
+        // A name given twice: the last one counts, as in a parsed map.
+        let member = |name: &str| {
+            members
+                .iter()
+                .rev()
+                .find(|(k, _)| k.0 == name)
+                .map(|(_, v)| *v)
         };
-        let signed = obj.remove("signed").ok_or("no \"signed\" member")?;
-        if !signed.is_object() {
+        let signed = member("signed").ok_or("no \"signed\" member")?;
+        if !signed.get().starts_with('{') {
             return Err("\"signed\" is not an object".into());
         }
-        let sigs = match obj.remove("signatures") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a,
-            Some(_) => return Err("\"signatures\" is not a list".into()),
+        let sigs = match member("signatures").map(|raw| serde_json::from_str(raw.get())) {
+            None | Some(Ok(Value::Null)) => Vec::new(),
+            Some(Ok(Value::Array(a))) => a,
+            Some(Ok(_)) => return Err("\"signatures\" is not a list".into()),
+            Some(Err(e)) => return Err(format!("not JSON: {e}")),
         };
-        let mut signatures = Vec::with_capacity(sigs.len());
-        for s in sigs {
-            let keyid = s
-                .get("keyid")
-                .and_then(Value::as_str)
-                .ok_or("a signature has no keyid")?;
-            let method = s
-                .get("method")
-                .and_then(Value::as_str)
-                .ok_or("a signature has no method")?;
-            let sig = s
-                .get("sig")
-                .and_then(Value::as_str)
-                .ok_or("a signature has no sig")?;
-            let sig = B64
-                .decode(sig)
-                .map_err(|e| format!("signature of {keyid} is not base64: {e}"))?;
-            signatures.push(Signature {
-                keyid: keyid.into(),
-                method: method.into(),
-                sig,
-            });
+        Ok(RawEnvelope {
+            signed,
+            signatures: parse_signatures(sigs)?,
+        })
+    }
+}
+
+fn parse_signatures(sigs: Vec<Value>) -> Result<Vec<Signature>, String> {
+    let mut signatures = Vec::with_capacity(sigs.len());
+    for s in sigs {
+        let keyid = s
+            .get("keyid")
+            .and_then(Value::as_str)
+            .ok_or("a signature has no keyid")?;
+        let method = s
+            .get("method")
+            .and_then(Value::as_str)
+            .ok_or("a signature has no method")?;
+        let sig = s
+            .get("sig")
+            .and_then(Value::as_str)
+            .ok_or("a signature has no sig")?;
+        let sig = B64
+            .decode(sig)
+            .map_err(|e| format!("signature of {keyid} is not base64: {e}"))?;
+        signatures.push(Signature {
+            keyid: keyid.into(),
+            method: method.into(),
+            sig,
+        });
+    }
+    Ok(signatures)
+}
+
+/// A metadata file as Notary writes it, from the canonical bytes of `signed` (`message`)
+/// and the signatures: `signed` first, then `signatures`, no whitespace.
+pub fn file_bytes(message: &[u8], signatures: &[Signature]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(message.len() + 32 + 192 * signatures.len());
+    out.extend_from_slice(b"{\"signed\":");
+    out.extend_from_slice(message);
+    write_signatures(signatures, &mut out)?;
+    Ok(out)
+}
+
+fn write_signatures(signatures: &[Signature], out: &mut Vec<u8>) -> Result<(), String> {
+    out.extend_from_slice(b",\"signatures\":[");
+    for (i, s) in signatures.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        Ok(Envelope { signed, signatures })
+        let entry =
+            serde_json::json!({"keyid": s.keyid, "method": s.method, "sig": B64.encode(&s.sig)});
+        cjson::write(&entry, out).map_err(|e| e.to_string())?;
+    }
+    out.extend_from_slice(b"]}");
+    Ok(())
+}
+
+impl Envelope {
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let raw = RawEnvelope::parse(bytes)?;
+        let signed =
+            serde_json::from_str(raw.signed.get()).map_err(|e| format!("not JSON: {e}"))?;
+        Ok(Envelope {
+            signed,
+            signatures: raw.signatures,
+        })
     }
 
     /// The canonical bytes of `signed`: the message every signature covers.
@@ -80,15 +144,7 @@ impl Envelope {
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"{\"signed\":");
         cjson::write(&self.signed, &mut out).map_err(|e| e.to_string())?;
-        out.extend_from_slice(b",\"signatures\":[");
-        for (i, s) in self.signatures.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let entry = serde_json::json!({"keyid": s.keyid, "method": s.method, "sig": B64.encode(&s.sig)});
-            cjson::write(&entry, &mut out).map_err(|e| e.to_string())?;
-        }
-        out.extend_from_slice(b"]}");
+        write_signatures(&self.signatures, &mut out)?;
         Ok(out)
     }
 
@@ -145,9 +201,53 @@ pub struct FileMeta {
     /// Absent in a target entry makes that target unusable, as docker refuses a target
     /// without sha256.
     #[serde(default)]
-    pub hashes: BTreeMap<String, String>,
+    pub hashes: Hashes,
     #[serde(default)]
     pub custom: Option<Value>,
+}
+
+/// A file's `hashes`: algorithm name to base64 digest, sorted by name. A short list rather
+/// than a `BTreeMap`: a map node costs several hundred bytes and a 100,000-target role has
+/// one per target, where one or two entries are all a target carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hashes(Vec<(String, String)>);
+
+impl Hashes {
+    pub fn get(&self, alg: &str) -> Option<&String> {
+        self.0.iter().find(|(a, _)| a == alg).map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, alg: &str) -> bool {
+        self.get(alg).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(a, v)| (a, v))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hashes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Hashes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of hash names to base64 strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Hashes, A::Error> {
+                let mut out: Vec<(String, String)> = Vec::with_capacity(m.size_hint().unwrap_or(1));
+                while let Some((alg, v)) = m.next_entry::<String, String>()? {
+                    // A name given twice: the last one counts, as it did in a map.
+                    out.retain(|(a, _)| *a != alg);
+                    out.push((alg, v));
+                }
+                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                out.shrink_to_fit();
+                Ok(Hashes(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl FileMeta {
@@ -174,7 +274,7 @@ impl FileMeta {
     /// Every hash must be base64, as Notary decodes each into bytes when it reads the file
     /// (it fails the role, and so the repository, otherwise).
     pub fn check_base64(&self) -> Result<(), String> {
-        for (alg, v) in &self.hashes {
+        for (alg, v) in self.hashes.iter() {
             if B64.decode(v).is_err() {
                 return Err(format!("{alg} hash is not base64"));
             }
@@ -209,7 +309,7 @@ impl FileMeta {
             ));
         }
         let mut known = 0;
-        for (alg, expected) in &self.hashes {
+        for (alg, expected) in self.hashes.iter() {
             let actual = match alg.as_str() {
                 "sha256" => Sha256::digest(bytes).to_vec(),
                 "sha512" => Sha512::digest(bytes).to_vec(),
@@ -317,5 +417,27 @@ pub fn expected_type(role: &str) -> &'static str {
         "snapshot" => "Snapshot",
         "timestamp" => "Timestamp",
         _ => "Targets",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_read_as_a_map_sorted_with_the_last_of_a_repeated_name() {
+        let m: FileMeta = serde_json::from_str(
+            r#"{"length":3,"hashes":{"sha512":"AA==","sha256":"BB==","sha512":"CC=="}}"#,
+        )
+        .unwrap();
+        let got: Vec<(&String, &String)> = m.hashes.iter().collect();
+        let (s256, s512) = ("sha256".to_string(), "sha512".to_string());
+        let (b, c) = ("BB==".to_string(), "CC==".to_string());
+        assert_eq!(got, [(&s256, &b), (&s512, &c)]);
+        assert_eq!(m.hashes.get("sha256"), Some(&b));
+        assert!(!m.hashes.contains_key("md5"));
+        let none: FileMeta = serde_json::from_str(r#"{"length":3}"#).unwrap();
+        assert_eq!(none.hashes, Hashes::default());
+        assert!(serde_json::from_str::<FileMeta>(r#"{"hashes":["sha256"]}"#).is_err());
     }
 }
