@@ -16,8 +16,9 @@ use crate::guard::{Guard, Receipt};
 use crate::keys::KeyEntry;
 use crate::trust::notary::NotaryClient;
 use crate::trust::TARGETS_LIFETIME;
+use crate::tuf::cjson;
 use crate::tuf::edit;
-use crate::tuf::metadata::{Envelope, RootDoc};
+use crate::tuf::metadata::{Envelope, RawEnvelope, RootDoc};
 
 pub(crate) fn expires(lifetime: time::Duration) -> Result<String> {
     (OffsetDateTime::now_utc() + lifetime)
@@ -126,6 +127,9 @@ pub(crate) struct Edit {
     /// later counts): kept as a list and written into the document as it is serialised, so a
     /// signing of 100,000 tags builds no tree of them.
     pub(crate) added: Vec<NewTarget>,
+    /// The role's published file, when the edit only adds targets to it: the new version is
+    /// written from the file's text ([`unsigned_from_file`]) and `signed` is not used.
+    pub(crate) file: Option<Vec<u8>>,
 }
 
 /// A target to add: what docker resolves the tag `name` to.
@@ -135,20 +139,143 @@ pub(crate) struct NewTarget {
     pub(crate) length: u64,
 }
 
+/// A new target's entry as Notary writes it.
+struct Target<'a>(&'a NewTarget);
+struct Hashes<'a>(&'a [u8; 32]);
+
+impl serde::Serialize for Target<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("hashes", &Hashes(&self.0.sha256))?;
+        m.serialize_entry("length", &self.0.length)?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for Hashes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("sha256", &B64.encode(self.0))?;
+        m.end()
+    }
+}
+
+/// One entry per name, the last given, sorted by name.
+fn one_per_name(mut added: Vec<NewTarget>) -> Vec<NewTarget> {
+    added.sort_by(|a, b| a.name.cmp(&b.name));
+    added.reverse();
+    added.dedup_by(|a, b| a.name == b.name);
+    added.reverse();
+    added
+}
+
+/// Writes `"name":` after a comma unless it is the first member.
+fn member(out: &mut Vec<u8>, first: &mut bool, name: &str) -> Result<()> {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    serde_json::to_writer(&mut *out, name).map_err(Error::internal)?;
+    out.push(b':');
+    Ok(())
+}
+
+/// The next unsigned version of `role`'s published `file`, with `added` in its targets,
+/// written from the file's text: its members as they are, `version` one up, `expires`
+/// renewed, the targets map's entries as they are but those an added one replaces, then the
+/// added ones. Adding a tag to a role of 100,000 targets so parses no tree of them (the guard
+/// canonicalises the document from its text too).
+pub(crate) fn unsigned_from_file(
+    file: &[u8],
+    added: Vec<NewTarget>,
+    role: &str,
+    lifetime: time::Duration,
+) -> Result<Vec<u8>> {
+    let added = one_per_name(added);
+    let raw = RawEnvelope::parse(file).map_err(|e| Error::Internal(format!("{role}: {e}")))?;
+    let members = cjson::members(raw.signed.get()).map_err(|e| malformed(role)(e.to_string()))?;
+    let version = members
+        .iter()
+        .rev()
+        .find(|(k, _)| k.0 == "version")
+        .and_then(|(_, v)| serde_json::from_str::<i64>(v.get()).ok())
+        .ok_or_else(|| Error::Refused(format!("cannot edit {role}: it has no version")))?;
+    let next = version.checked_add(1).ok_or_else(|| {
+        Error::Refused(format!("cannot edit {role}: version {version} is the last"))
+    })?;
+    let expires = expires(lifetime)?;
+    let mut out = Vec::with_capacity(
+        file.len() + 256 + added.iter().map(|t| t.name.len() + 96).sum::<usize>(),
+    );
+    out.extend_from_slice(b"{\"signed\":{");
+    let mut first = true;
+    let (mut had_expires, mut had_targets) = (false, false);
+    for (k, v) in &members {
+        member(&mut out, &mut first, &k.0)?;
+        match k.0.as_ref() {
+            "version" => out.extend_from_slice(next.to_string().as_bytes()),
+            "expires" => {
+                had_expires = true;
+                serde_json::to_writer(&mut out, &expires).map_err(Error::internal)?;
+            }
+            "targets" => {
+                had_targets = true;
+                write_targets(&mut out, v.get(), &added, role)?;
+            }
+            _ => out.extend_from_slice(v.get().as_bytes()),
+        }
+    }
+    if !had_expires {
+        member(&mut out, &mut first, "expires")?;
+        serde_json::to_writer(&mut out, &expires).map_err(Error::internal)?;
+    }
+    if !had_targets {
+        member(&mut out, &mut first, "targets")?;
+        write_targets(&mut out, "{}", &added, role)?;
+    }
+    out.extend_from_slice(b"},\"signatures\":[]}");
+    Ok(out)
+}
+
+/// The targets map `existing` (raw text) with `added` (sorted by name) in it.
+fn write_targets(out: &mut Vec<u8>, existing: &str, added: &[NewTarget], role: &str) -> Result<()> {
+    if !existing.starts_with('{') {
+        return Err(malformed(role)("targets is not an object".into()));
+    }
+    let list = cjson::members(existing).map_err(|e| malformed(role)(e.to_string()))?;
+    out.push(b'{');
+    let mut first = true;
+    for (k, v) in &list {
+        if added
+            .binary_search_by(|t| t.name.as_str().cmp(k.0.as_ref()))
+            .is_ok()
+        {
+            continue;
+        }
+        member(out, &mut first, &k.0)?;
+        out.extend_from_slice(v.get().as_bytes());
+    }
+    for t in added {
+        member(out, &mut first, &t.name)?;
+        serde_json::to_writer(&mut *out, &Target(t)).map_err(Error::internal)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
 /// The unsigned file of `signed` with `added` in its targets (see [`Edit::added`]).
 pub(crate) fn unsigned_adding(
     mut signed: Value,
-    mut added: Vec<NewTarget>,
+    added: Vec<NewTarget>,
     role: &str,
 ) -> Result<Vec<u8>> {
     use serde::ser::{Serialize, SerializeMap, Serializer};
     if added.is_empty() {
         return Ok(unsigned(signed));
     }
-    // One entry per name, the last given.
-    added.sort_by(|a, b| a.name.cmp(&b.name));
-    added.reverse();
-    added.dedup_by(|a, b| a.name == b.name);
+    let added = one_per_name(added);
     let targets = edit::object_mut(&mut signed, &["targets"]).map_err(malformed(role))?;
     for t in &added {
         targets.remove(&t.name);
@@ -157,8 +284,6 @@ pub(crate) fn unsigned_adding(
     struct File<'a>(&'a Value, &'a [NewTarget]);
     struct Signed<'a>(&'a Value, &'a [NewTarget]);
     struct Targets<'a>(&'a Value, &'a [NewTarget]);
-    struct Target<'a>(&'a NewTarget);
-    struct Hashes<'a>(&'a [u8; 32]);
     impl Serialize for File<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
             let mut m = s.serialize_map(Some(2))?;
@@ -196,21 +321,6 @@ pub(crate) fn unsigned_adding(
             m.end()
         }
     }
-    impl Serialize for Target<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-            let mut m = s.serialize_map(Some(2))?;
-            m.serialize_entry("hashes", &Hashes(&self.0.sha256))?;
-            m.serialize_entry("length", &self.0.length)?;
-            m.end()
-        }
-    }
-    impl Serialize for Hashes<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-            let mut m = s.serialize_map(Some(1))?;
-            m.serialize_entry("sha256", &B64.encode(self.0))?;
-            m.end()
-        }
-    }
     // Sized up front: grown by doubling, a 100,000-target file would take twice its size.
     let existing = signed
         .get("targets")
@@ -225,20 +335,34 @@ pub(crate) fn unsigned_adding(
 impl Repo {
     /// A role's current `signed`, or an empty targets role for a delegation with no file yet.
     pub(crate) fn signed_or_new(&self, role: &str) -> Result<Value> {
-        // A skipped delegation's content is unverified: signing over it would vouch for
-        // whatever the server put there.
-        if let Some(s) = self.verified.skipped_role(role) {
-            return Err(Error::Refused(format!(
-                "{role} does not verify ({}): refusing to sign over it",
-                s.reason
-            )));
-        }
+        self.refuse_skipped(role)?;
         Ok(match self.files.get(role) {
             Some(_) => self.doc(role)?.signed,
             None => {
                 json!({"_type": "Targets", "version": 0, "targets": {}, "delegations": {"keys": {}, "roles": []}})
             }
         })
+    }
+}
+
+impl Repo {
+    /// A skipped delegation's content is unverified: signing over it would vouch for
+    /// whatever the server put there.
+    fn refuse_skipped(&self, role: &str) -> Result<()> {
+        match self.verified.skipped_role(role) {
+            Some(s) => Err(Error::Refused(format!(
+                "{role} does not verify ({}): refusing to sign over it",
+                s.reason
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The published file of `role` to add targets to ([`Edit::file`]), None when it has
+    /// none yet; refused as [`Repo::signed_or_new`] refuses.
+    pub(crate) fn file_to_edit(&self, role: &str) -> Result<Option<Vec<u8>>> {
+        self.refuse_skipped(role)?;
+        Ok(self.files.get(role).cloned())
     }
 }
 
@@ -323,11 +447,17 @@ pub(crate) async fn commit_with(
         key,
         mut signed,
         added,
+        file,
     } in edits
     {
-        next_version(&mut signed, &role, TARGETS_LIFETIME)?;
+        let document = match file {
+            Some(file) => unsigned_from_file(&file, added, &role, TARGETS_LIFETIME)?,
+            None => {
+                next_version(&mut signed, &role, TARGETS_LIFETIME)?;
+                unsigned_adding(signed, added, &role)?
+            }
+        };
         let previous = repo.files.get(&role).map(Vec::as_slice);
-        let document = unsigned_adding(signed, added, &role)?;
         let s = sign_doc(
             guard,
             listings(keys, &key.canonical_id),
@@ -457,5 +587,53 @@ mod tests {
         );
         assert!(repo.signed_or_new("targets/bob").is_ok());
         assert!(repo.signed_or_new("targets/new").is_ok());
+        // Tags added to a role's text are refused the same way.
+        let err = repo.file_to_edit("targets/alice").unwrap_err().to_string();
+        assert!(err.contains("targets/alice does not verify"), "{err}");
+        assert_eq!(
+            repo.file_to_edit("targets/bob").unwrap().as_deref(),
+            Some(&alice[..])
+        );
+        assert_eq!(repo.file_to_edit("targets/new").unwrap(), None);
+    }
+
+    /// Tags added to a published file's text make the document a tree edit would: the next
+    /// version, a new expiry, every other member and target kept, a replaced target replaced.
+    #[test]
+    fn tags_added_to_a_file_make_what_a_tree_edit_would() {
+        let file = br#"{"signed":{"_type":"Targets","delegations":{"keys":{},"roles":[]},"expires":"2020-01-01T00:00:00Z","targets":{"a":{"hashes":{"sha256":"old"},"length":1},"b\u00e9":{"custom":{"x":1},"hashes":{"sha256":"keep"},"length":2}},"version":7,"x-other":[1,"two"]},"signatures":[{"keyid":"k","method":"ecdsa","sig":"AAAA"}]}"#;
+        let t = |name: &str, n: u8| NewTarget {
+            name: name.into(),
+            sha256: [n; 32],
+            length: u64::from(n),
+        };
+        let lifetime = time::Duration::days(3);
+        let from_text = unsigned_from_file(
+            file,
+            vec![t("c", 3), t("a", 4), t("c", 5)],
+            "targets",
+            lifetime,
+        )
+        .unwrap();
+        let mut tree = Envelope::parse(file).unwrap().signed;
+        next_version(&mut tree, "targets", lifetime).unwrap();
+        let from_tree = unsigned_adding(tree, vec![t("a", 4), t("c", 5)], "targets").unwrap();
+        let (a, b) = (
+            Envelope::parse(&from_text).unwrap(),
+            Envelope::parse(&from_tree).unwrap(),
+        );
+        assert!(a.signatures.is_empty());
+        assert_eq!(a.signed["version"], 8);
+        assert_ne!(a.signed["expires"], "2020-01-01T00:00:00Z");
+        // The expiries may differ by the second between the two calls.
+        let strip = |mut v: Value| {
+            v.as_object_mut().unwrap().remove("expires");
+            v
+        };
+        assert_eq!(strip(a.signed), strip(b.signed));
+        let no_version = br#"{"signed":{"_type":"Targets","targets":{}},"signatures":[]}"#;
+        assert!(unsigned_from_file(no_version, Vec::new(), "targets", lifetime).is_err());
+        let bad = br#"{"signed":{"_type":"Targets","version":1,"targets":[]},"signatures":[]}"#;
+        assert!(unsigned_from_file(bad, vec![t("a", 1)], "targets", lifetime).is_err());
     }
 }

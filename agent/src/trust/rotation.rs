@@ -139,6 +139,7 @@ pub async fn rotate(
                 key: k.clone(),
                 signed,
                 added: Vec::new(),
+                file: None,
             });
             (k.key_id.clone(), k.tuf_key())
         }

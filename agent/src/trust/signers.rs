@@ -44,6 +44,7 @@ pub(crate) fn targets_edit(repo: &Repo, keys: &[KeyEntry], gun: &str) -> Result<
         role,
         key,
         added: Vec::new(),
+        file: None,
     })
 }
 

@@ -128,13 +128,20 @@ pub async fn sign_tags(
             .find(|k| k.key_id == id || k.canonical_id == id)
             .cloned()
     };
-    // The targets role is parsed once and edited in place: a 100,000-tag role is large.
-    let mut targets_signed = Some(repo.doc("targets")?.signed);
-    let delegations: crate::tuf::metadata::Delegations =
-        match targets_signed.as_ref().and_then(|t| t.get("delegations")) {
-            Some(d) => serde::Deserialize::deserialize(d).map_err(Error::internal)?,
-            None => Default::default(),
-        };
+    // Only the delegations are read from the targets role: a 100,000-tag role is large, and
+    // the tags are added to its text (see `unsigned_from_file`).
+    let delegations = {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(default)]
+            delegations: crate::tuf::metadata::Delegations,
+        }
+        let file = crate::tuf::metadata::RawEnvelope::parse(repo.file("targets")?)
+            .map_err(|e| Error::Internal(format!("targets: {e}")))?;
+        serde_json::from_str::<Head>(file.signed.get())
+            .map_err(Error::internal)?
+            .delegations
+    };
 
     // Delegations we may sign: direct children of targets whose key we hold.
     let held: Vec<(&crate::tuf::metadata::DelegationRole, KeyEntry)> = delegations
@@ -165,19 +172,22 @@ pub async fn sign_tags(
         let i = match edits.iter().position(|e| e.role == role) {
             Some(i) => i,
             None => {
-                let mut signed = match (role, targets_signed.take()) {
-                    ("targets", Some(t)) => t,
-                    (_, t) => {
-                        targets_signed = t;
-                        repo.signed_or_new(role)?
+                // A published role gets the tags in its text; a delegation not yet published
+                // starts as a new (small) document.
+                let (signed, file) = match repo.file_to_edit(role)? {
+                    Some(f) => (Value::Null, Some(f)),
+                    None => {
+                        let mut signed = repo.signed_or_new(role)?;
+                        edit::object_mut(&mut signed, &["targets"]).map_err(malformed(role))?;
+                        (signed, None)
                     }
                 };
-                edit::object_mut(&mut signed, &["targets"]).map_err(malformed(role))?;
                 edits.push(Edit {
                     role: role.to_string(),
                     key: key.clone(),
                     signed,
                     added: Vec::new(),
+                    file,
                 });
                 edits.len() - 1
             }
@@ -461,6 +471,7 @@ pub async fn revoke(
                 key,
                 signed,
                 added: Vec::new(),
+                file: None,
             });
         }
     }

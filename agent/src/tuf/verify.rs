@@ -225,11 +225,15 @@ pub fn verify_repository(
     ));
 
     // Targets, then delegations breadth first, each signed by the keys its parent names.
-    let targets_env = Envelope::parse(get("targets")?).map_err(|e| fail("targets", e))?;
-    let targets: TargetsDoc = typed("targets", &targets_env)?;
+    let TargetsFile {
+        doc: targets,
+        msg,
+        signatures,
+    } = read_targets("targets", get("targets")?)?;
     check_target_hashes("targets", &targets)?;
     check_common("targets", &targets.common, at)?;
-    let signed_by = check_role_signatures("targets", &targets_env, &root, &root_keys)?;
+    let signed_by = check_role_signed("targets", &msg, &signatures, &root, &root_keys)?;
+    drop((msg, signatures));
     let all_paths = vec![String::new()];
     let (listed, unusable) = listed_targets(&targets, &all_paths);
     out.roles.push(report(
@@ -281,8 +285,11 @@ pub fn verify_repository(
                 continue;
             }
             // A file that is not well formed fails the repository, as in Notary.
-            let env = Envelope::parse(bytes).map_err(|e| fail(name, e))?;
-            let child: TargetsDoc = typed(name, &env)?;
+            let TargetsFile {
+                doc: child,
+                msg,
+                signatures,
+            } = read_targets(name, bytes)?;
             check_target_hashes(name, &child)?;
             if child.common.version < 1 {
                 return Err(fail(
@@ -290,7 +297,7 @@ pub fn verify_repository(
                     format!("version {} is below 1", child.common.version),
                 ));
             }
-            if env.signatures.is_empty() {
+            if signatures.is_empty() {
                 return Err(fail(name, "no signatures"));
             }
             // Signatures, then expiry (Notary's order): a failure skips this delegation and
@@ -303,7 +310,7 @@ pub fn verify_repository(
             let checked = if d.keyids.is_empty() {
                 Err("it has no keys (a delegation whose keys were all removed)".to_string())
             } else {
-                check_signatures(&env, &role_keys, d.threshold)
+                check_signed(&msg, &signatures, &role_keys, d.threshold)
                     .map_err(|e| format!("signatures: {e}"))
             }
             .and_then(|signed_by| match child.common.expires_at() {
@@ -355,8 +362,8 @@ fn skip(out: &mut VerifiedRepo, files: &RepoFiles, name: &str, reason: String, p
     let listed = |role: &str| -> Vec<String> {
         files
             .get(role)
-            .and_then(|b| Envelope::parse(b).ok())
-            .and_then(|e| serde_json::from_value::<TargetsDoc>(e.signed).ok())
+            .and_then(|b| RawEnvelope::parse(b).ok())
+            .and_then(|e| serde_json::from_str::<TargetsDoc>(e.signed.get()).ok())
             .map(|doc| {
                 doc.targets
                     .into_keys()
@@ -476,13 +483,58 @@ fn check_role_signatures(
     root: &RootDoc,
     root_keys: &BTreeMap<String, TufKey>,
 ) -> Result<Vec<String>, VerifyError> {
+    let msg = env.signed_bytes().map_err(|e| fail(role, e))?;
+    check_role_signed(role, &msg, &env.signatures, root, root_keys)
+}
+
+fn check_role_signed(
+    role: &str,
+    msg: &[u8],
+    signatures: &[Signature],
+    root: &RootDoc,
+    root_keys: &BTreeMap<String, TufKey>,
+) -> Result<Vec<String>, VerifyError> {
     let r = role_of(root, role)?;
     let keys: BTreeMap<String, TufKey> = r
         .keyids
         .iter()
         .filter_map(|id| Some((id.clone(), root_keys.get(id)?.clone())))
         .collect();
-    check_signatures(env, &keys, r.threshold).map_err(|e| fail(role, e))
+    check_signed(msg, signatures, &keys, r.threshold).map_err(|e| fail(role, e))
+}
+
+/// A targets role (top-level or delegated) read from its text, never as a tree: its typed
+/// document, the canonical bytes of `signed` and the signatures (a role of 100,000 targets
+/// would be a tree of some 90 MiB).
+struct TargetsFile {
+    doc: TargetsDoc,
+    msg: Vec<u8>,
+    signatures: Vec<Signature>,
+}
+
+fn read_targets(role: &str, bytes: &[u8]) -> Result<TargetsFile, VerifyError> {
+    let raw = RawEnvelope::parse(bytes).map_err(|e| fail(role, e))?;
+    let text = raw.signed.get();
+    #[derive(serde::Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "_type")]
+        doc_type: Option<serde_json::Value>,
+    }
+    let expected = expected_type(role);
+    let t: TypeOnly =
+        serde_json::from_str(text).map_err(|e| fail(role, format!("malformed: {e}")))?;
+    match t.doc_type.as_ref().and_then(serde_json::Value::as_str) {
+        Some(t) if t == expected => {}
+        Some(t) => return Err(fail(role, format!("_type is {t:?}, expected {expected:?}"))),
+        None => return Err(fail(role, "no _type")),
+    }
+    let doc = serde_json::from_str(text).map_err(|e| fail(role, format!("malformed: {e}")))?;
+    let msg = super::cjson::from_str(text).map_err(|e| fail(role, e))?;
+    Ok(TargetsFile {
+        doc,
+        msg,
+        signatures: raw.signatures,
+    })
 }
 
 /// Counts distinct keys of `keys` whose signature over canonical `signed` verifies.
@@ -495,14 +547,26 @@ pub fn check_signatures(
     if env.signatures.is_empty() {
         return Err("no signatures".into());
     }
-    let msg = env.signed_bytes()?;
+    check_signed(&env.signed_bytes()?, &env.signatures, keys, threshold)
+}
+
+/// As [`check_signatures`], for `signed`'s canonical bytes `msg` and its `signatures`.
+pub fn check_signed(
+    msg: &[u8],
+    signatures: &[Signature],
+    keys: &BTreeMap<String, TufKey>,
+    threshold: i64,
+) -> Result<Vec<String>, String> {
+    if signatures.is_empty() {
+        return Err("no signatures".into());
+    }
     let mut valid = BTreeSet::new();
     let mut bad = Vec::new();
-    for s in &env.signatures {
+    for s in signatures {
         let Some(key) = keys.get(&s.keyid) else {
             continue;
         };
-        match key.verify(&s.method, &msg, &s.sig) {
+        match key.verify(&s.method, msg, &s.sig) {
             Ok(()) => {
                 valid.insert(s.keyid.clone());
             }

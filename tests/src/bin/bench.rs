@@ -738,10 +738,6 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn mib(kib: u64) -> String {
-    format!("{:.0} MiB", kib as f64 / 1024.0)
-}
-
 fn tag_list(gun: &str, prefix: &str, n: usize) -> String {
     let mut s = String::with_capacity(n * 120);
     for i in 0..n {
@@ -833,48 +829,121 @@ fn end_to_end(stack: &NotaryStack, quick: bool) -> String {
         t0.elapsed()
     };
 
-    // A huge targets role on a fresh agent, so its peak memory is this work's.
+    // Huge targets roles, each size on fresh agents, so each peak memory is that work's.
     drop(agent);
-    let agent = Agent::start(Some(&hsm));
-    agent.unlock(&hsm);
-    let big = "bench.example.com/huge";
-    let dct = |args: &[&str]| {
-        let mut c = Command::new(dct_tests::bin("dct"));
-        c.env("DCT_SOCKET", &agent.socket)
-            .args(["trust", "--server", &stack.url, "--tlscacert", &ca])
-            .args(args);
-        c
-    };
-    timed(&mut dct(&["init", big]));
-    let agent_before = vm_hwm_kib(agent.pid()).unwrap_or(0);
-    std::fs::write(&list, tag_list(big, "h", huge)).expect("write");
-    let (huge_took, cli_peak) = timed(&mut dct(&["sign", "--from", list.to_str().expect("utf-8")]));
-    let agent_peak = vm_hwm_kib(agent.pid()).unwrap_or(0);
-    let inspect = dct(&["--json", "inspect", big]).output().expect("inspect");
-    let signed: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect JSON");
-    let count = signed["signed_tags"].as_array().map(Vec::len).unwrap_or(0);
-    assert_eq!(
-        count, huge,
-        "every tag of the huge targets role is published"
-    );
+    let sizes: Vec<usize> = std::env::var("DCT_BENCH_TAGS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| {
+            if quick {
+                vec![huge]
+            } else {
+                vec![10_000, huge]
+            }
+        });
+    let mut rows = String::new();
+    for n in sizes {
+        rows.push_str(&huge_role(stack, &hsm, &ca, n, work.path()));
+    }
 
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
     format!(
         "| work | dct trust sign | notary add + publish | notary / dct |\n|---|---:|---:|---:|\n\
 | 1 tag, process start to published (median of {RUNS}) | {} | {} | {:.1}x |\n\
 | {many} tags in one invocation (dct: median of {RUNS}; notary: one run) | {} | {} | {:.1}x |\n\n\
-A {huge}-tag targets role signed and published by `dct trust sign --from` in {} (every tag then listed by \
-`dct trust inspect`); peak memory: agent {} (was {} before), CLI {}.\n",
+Huge targets roles, each on fresh agents (keys on SoftHSM2), the agent's peak resident memory \
+(VmHWM; an idle agent is about 23 MiB) against the size of the targets.json published: `dct trust sign \
+--from` of all the tags into a new repository; one more tag added to it by a fresh agent (it fetches \
+and verifies the whole role, adds, signs, publishes); then `dct trust inspect` by that agent, which \
+must list every tag.\n\n\
+| tags | targets.json | sign all: time | agent peak (x file) | add 1 tag: time | agent peak | inspect: time | agent peak |\n\
+|---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}",
         ms(one_dct),
         ms(one_notary),
         one_notary.as_secs_f64() / one_dct.as_secs_f64(),
         ms(many_dct),
         ms(many_notary),
         many_notary.as_secs_f64() / many_dct.as_secs_f64(),
-        ms(huge_took),
-        mib(agent_peak),
-        mib(agent_before),
-        cli_peak.map(mib).unwrap_or_else(|| "-".into()),
+    )
+}
+
+/// One row of the huge-role table: `n` tags signed into a new repository by a fresh agent,
+/// one more added by another fresh agent, then inspected by it.
+fn huge_role(stack: &NotaryStack, hsm: &SoftHsm, ca: &str, n: usize, work: &Path) -> String {
+    let gun = format!("bench.example.com/huge{n}");
+    let fresh = || {
+        let a = Agent::start(Some(hsm));
+        a.unlock(hsm);
+        a
+    };
+    let dct = |agent: &Agent, args: &[&str]| {
+        let mut c = Command::new(dct_tests::bin("dct"));
+        c.env("DCT_SOCKET", &agent.socket)
+            .args(["trust", "--server", &stack.url, "--tlscacert", ca])
+            .args(args);
+        c
+    };
+    let mib_of = |kib: u64| kib as f64 / 1024.0;
+    let list = work.join(format!("huge{n}.txt"));
+    std::fs::write(&list, tag_list(&gun, "h", n)).expect("write");
+
+    let agent = fresh();
+    timed(&mut dct(&agent, &["init", &gun]));
+    let (sign_took, _) = timed(&mut dct(
+        &agent,
+        &["sign", "--from", list.to_str().expect("utf-8")],
+    ));
+    let sign_peak = mib_of(vm_hwm_kib(agent.pid()).unwrap_or(0));
+    drop(agent);
+
+    // The published file's size, as any client downloads it.
+    let url = format!("{}/v2/{gun}/_trust/tuf/targets.json", stack.url);
+    let file = Command::new("curl")
+        .args(["-sf", "--cacert", ca, &url])
+        .output()
+        .expect("curl");
+    assert!(file.status.success(), "GET {url}");
+    let file_mib = file.stdout.len() as f64 / (1024.0 * 1024.0);
+
+    let agent = fresh();
+    let image = format!("{gun}:one-more");
+    let digest = format!("sha256:{}", "cd".repeat(32));
+    let (add_took, _) = timed(&mut dct(
+        &agent,
+        &[
+            "sign",
+            "--trust-on-first-use",
+            &image,
+            "--digest",
+            &digest,
+            "--size",
+            "100",
+        ],
+    ));
+    let add_peak = mib_of(vm_hwm_kib(agent.pid()).unwrap_or(0));
+    let t0 = Instant::now();
+    let inspect = dct(&agent, &["--json", "inspect", &gun])
+        .output()
+        .expect("inspect");
+    let inspect_took = t0.elapsed();
+    let inspect_peak = mib_of(vm_hwm_kib(agent.pid()).unwrap_or(0));
+    let signed: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect JSON");
+    let count = signed["signed_tags"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(
+        count,
+        n + 1,
+        "every tag of the huge targets role is published"
+    );
+    eprintln!(
+        "huge role {n}: {file_mib:.1} MiB file, sign {sign_took:?} {sign_peak:.0} MiB, add {add_took:?} {add_peak:.0} MiB, inspect {inspect_took:?} {inspect_peak:.0} MiB"
+    );
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
+    format!(
+        "| {n} | {file_mib:.1} MiB | {} | {sign_peak:.0} MiB ({:.1}x) | {} | {add_peak:.0} MiB | {} | {inspect_peak:.0} MiB |\n",
+        ms(sign_took),
+        sign_peak / file_mib,
+        ms(add_took),
+        ms(inspect_took),
     )
 }
 
