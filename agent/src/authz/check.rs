@@ -10,7 +10,6 @@ use super::request::{action, parse_image, Action, AuthzRequest, ImageRef};
 use crate::error::Error;
 use crate::trust::notary::{NotaryClient, ServerOpts};
 use crate::trust::{inspect, verify_tag, TrustContext, VerifyOpts};
-use crate::tuf::metadata::Envelope;
 
 /// What became of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,12 +299,10 @@ impl Judge {
         let mut names: Vec<String> = files
             .iter()
             .filter(|(role, _)| role.as_str() == "targets" || role.starts_with("targets/"))
-            .filter_map(|(_, bytes)| Envelope::parse(bytes).ok())
-            .filter_map(|e| {
-                e.signed
-                    .get("targets")
-                    .and_then(|t| t.as_object())
-                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .filter_map(|(_, bytes)| {
+                crate::tuf::metadata::RawEnvelope::parse(bytes)
+                    .and_then(|f| f.target_names())
+                    .ok()
             })
             .flatten()
             .collect();

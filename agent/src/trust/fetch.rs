@@ -13,7 +13,7 @@ use super::gate::check_ca_pin;
 use crate::error::{Error, Result};
 use crate::trust::notary::NotaryClient;
 use crate::tuf::keys::TufKey;
-use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Envelope, RootDoc, TargetsDoc};
+use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Envelope, RootDoc};
 use crate::tuf::verify::{self, check_signatures, RepoFiles, VerifiedRepo};
 
 /// A repository as fetched and verified.
@@ -49,6 +49,14 @@ impl Repo {
 
     pub(crate) fn doc(&self, role: &str) -> Result<Envelope> {
         Envelope::parse(self.file(role)?).map_err(|e| Error::Internal(format!("{role}: {e}")))
+    }
+
+    /// The targets role's delegations, read from its text without the targets (a role of
+    /// 100,000 targets is large).
+    pub(crate) fn delegations(&self) -> Result<crate::tuf::metadata::Delegations> {
+        crate::tuf::metadata::RawEnvelope::parse(self.file("targets")?)
+            .and_then(|f| f.delegations())
+            .map_err(|e| Error::Internal(format!("targets: {e}")))
     }
 
     pub(crate) fn root(&self) -> Result<RootDoc> {
@@ -177,10 +185,9 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
     )?;
     // Rollback protection: no role older than seen before, no delegation silently dropped.
     let mut seen = ctx.versions(gun);
-    let delegated: Vec<String> = Envelope::parse(file(&files, "targets")?)
-        .ok()
-        .and_then(|e| serde_json::from_value::<TargetsDoc>(e.signed).ok())
-        .map(|t| t.delegations.roles.into_iter().map(|d| d.name).collect())
+    let delegated: Vec<String> = crate::tuf::metadata::RawEnvelope::parse(file(&files, "targets")?)
+        .and_then(|f| f.delegations())
+        .map(|d| d.roles.into_iter().map(|d| d.name).collect())
         .unwrap_or_default();
     for (role, &before) in &seen {
         match files.get(role) {

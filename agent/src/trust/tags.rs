@@ -12,7 +12,7 @@ use crate::guard::Guard;
 use crate::keys::KeyEntry;
 use crate::trust::notary::{NotaryClient, ServerOpts};
 use crate::tuf::edit;
-use crate::tuf::metadata::{parse_key_map, TargetsDoc};
+use crate::tuf::metadata::parse_key_map;
 
 pub struct SignResult {
     pub roles: Vec<String>,
@@ -130,18 +130,7 @@ pub async fn sign_tags(
     };
     // Only the delegations are read from the targets role: a 100,000-tag role is large, and
     // the tags are added to its text (see `unsigned_from_file`).
-    let delegations = {
-        #[derive(serde::Deserialize)]
-        struct Head {
-            #[serde(default)]
-            delegations: crate::tuf::metadata::Delegations,
-        }
-        let file = crate::tuf::metadata::RawEnvelope::parse(repo.file("targets")?)
-            .map_err(|e| Error::Internal(format!("targets: {e}")))?;
-        serde_json::from_str::<Head>(file.signed.get())
-            .map_err(Error::internal)?
-            .delegations
-    };
+    let delegations = repo.delegations()?;
 
     // Delegations we may sign: direct children of targets whose key we hold.
     let held: Vec<(&crate::tuf::metadata::DelegationRole, KeyEntry)> = delegations
@@ -287,10 +276,8 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
     let tags = signed_tags(&repo);
-    let targets: TargetsDoc =
-        serde_json::from_value(repo.doc("targets")?.signed).map_err(Error::internal)?;
-    let signers = targets
-        .delegations
+    let delegations = repo.delegations()?;
+    let signers = delegations
         .roles
         .iter()
         .filter(|d| d.name != "targets/releases")
@@ -424,9 +411,7 @@ pub(crate) fn signable(repo: &Repo, keys: &[KeyEntry]) -> Result<Vec<(String, Ke
     {
         out.push(("targets".to_string(), k));
     }
-    let targets: TargetsDoc =
-        serde_json::from_value(repo.doc("targets")?.signed).map_err(Error::internal)?;
-    for d in targets.delegations.roles {
+    for d in repo.delegations()?.roles {
         if let Some(k) = d.keyids.iter().find_map(by_id) {
             out.push((d.name, k));
         }

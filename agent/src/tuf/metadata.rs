@@ -72,6 +72,33 @@ impl<'a> RawEnvelope<'a> {
     }
 }
 
+impl RawEnvelope<'_> {
+    /// `signed.delegations` of a targets role, read without its targets.
+    pub fn delegations(&self) -> Result<Delegations, String> {
+        #[derive(Deserialize)]
+        struct Head {
+            #[serde(default)]
+            delegations: Delegations,
+        }
+        serde_json::from_str::<Head>(self.signed.get())
+            .map(|h| h.delegations)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The names in `signed.targets`, in the file's order, without their entries.
+    pub fn target_names(&self) -> Result<Vec<String>, String> {
+        let top = cjson::members(self.signed.get()).map_err(|e| e.to_string())?;
+        let Some((_, targets)) = top.iter().rev().find(|(k, _)| k.0 == "targets") else {
+            return Ok(Vec::new());
+        };
+        if !targets.get().starts_with('{') {
+            return Err("targets is not an object".into());
+        }
+        let list = cjson::members(targets.get()).map_err(|e| e.to_string())?;
+        Ok(list.into_iter().map(|(k, _)| k.0.into_owned()).collect())
+    }
+}
+
 fn parse_signatures(sigs: Vec<Value>) -> Result<Vec<Signature>, String> {
     let mut signatures = Vec::with_capacity(sigs.len());
     for s in sigs {
@@ -423,6 +450,23 @@ pub fn expected_type(role: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delegations_and_target_names_are_read_from_the_text() {
+        let file = br#"{"signed":{"_type":"Targets","targets":{"b":{"length":1},"a":{}},"delegations":{"keys":{},"roles":[{"name":"targets/releases","keyids":["k"],"threshold":1,"paths":[""]}]}},"signatures":[]}"#;
+        let raw = RawEnvelope::parse(file).unwrap();
+        assert_eq!(raw.target_names().unwrap(), ["b", "a"]);
+        let d = raw.delegations().unwrap();
+        assert_eq!(d.roles.len(), 1);
+        assert_eq!(d.roles[0].name, "targets/releases");
+        let none = RawEnvelope::parse(br#"{"signed":{"_type":"Targets"}}"#).unwrap();
+        assert!(none.target_names().unwrap().is_empty());
+        assert!(none.delegations().unwrap().roles.is_empty());
+        let bad = RawEnvelope::parse(br#"{"signed":{"targets":[]}}"#).unwrap();
+        assert!(bad.target_names().is_err());
+        assert!(RawEnvelope::parse(b"[]").is_err());
+        assert!(RawEnvelope::parse(br#"{"signed":[]}"#).is_err());
+    }
 
     #[test]
     fn hashes_read_as_a_map_sorted_with_the_last_of_a_repeated_name() {
