@@ -400,7 +400,7 @@ impl SignPool {
                                 Some(s) => s,
                                 None => match factory() {
                                     Ok(s) => session.insert(s),
-                                    Err(e) => {
+                                    Err(e) if attempt == 0 => {
                                         let msg = e.to_string();
                                         sigs = job
                                             .items
@@ -409,6 +409,9 @@ impl SignPool {
                                             .collect();
                                         break;
                                     }
+                                    // No new session for the retry: the signatures made stand,
+                                    // the failures keep their first error.
+                                    Err(_) => break,
                                 },
                             };
                             if attempt == 0 {
@@ -1173,6 +1176,44 @@ mod tests {
         );
         assert_eq!(opened.load(Ordering::SeqCst), 2);
         assert_eq!(checks.load(Ordering::SeqCst), 1);
+    }
+
+    /// The session went away in the middle of a job and no new one opens: what was signed
+    /// stands, and what failed keeps its own error.
+    #[tokio::test]
+    async fn when_no_new_session_opens_the_made_signatures_and_first_errors_stand() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct HalfGone;
+        impl SignSession for HalfGone {
+            fn sign_digest(
+                &mut self,
+                _: &SignGrant,
+                _: &KeyEntry,
+                d: &[u8; 32],
+            ) -> Result<Vec<u8>> {
+                match d[0] {
+                    1 => Ok(vec![1]),
+                    _ => Err(Error::NotFound("key handle went away".into())),
+                }
+            }
+            fn usable(&self) -> bool {
+                false
+            }
+        }
+        let opened = Arc::new(AtomicUsize::new(0));
+        let o = opened.clone();
+        let factory: SessionFactory = Arc::new(move || {
+            if o.fetch_add(1, Ordering::SeqCst) == 0 {
+                Ok(Box::new(HalfGone) as Box<dyn SignSession>)
+            } else {
+                Err(Error::Unavailable("token removed".into()))
+            }
+        });
+        let pool = SignPool::start("t", 1, factory).unwrap();
+        let key = KeyEntry::default();
+        let out = pool_sign(&pool, vec![(key.clone(), [1; 32]), (key, [2; 32])]).await;
+        assert!(matches!(out.as_slice(), [Ok(s), Err(Error::NotFound(_))] if s == &vec![1]));
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -138,14 +138,15 @@ pub fn from_str(json: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// serde_json's own nesting limit, which parsing the same text as a tree would meet.
-const MAX_DEPTH: usize = 128;
+/// Nesting a tree of the same text allows: serde_json stops at 128 open objects or lists.
+const MAX_DEPTH: usize = 127;
 
 fn write_raw(json: &str, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
-    if depth > MAX_DEPTH {
+    let first = json.trim_start().as_bytes().first();
+    if matches!(first, Some(b'{' | b'[')) && depth >= MAX_DEPTH {
         return Err("recursion limit exceeded".into());
     }
-    match json.trim_start().as_bytes().first() {
+    match first {
         Some(b'{') => {
             let mut list = members(json).map_err(|e| e.to_string())?;
             // Stable: members of one name keep their order, and the last of them is written.
@@ -154,6 +155,8 @@ fn write_raw(json: &str, out: &mut Vec<u8>, depth: usize) -> Result<(), String> 
             let mut first = true;
             for (i, (k, v)) in list.iter().enumerate() {
                 if list.get(i + 1).is_some_and(|(next, _)| next.0 == k.0) {
+                    // Replaced by a later one, but checked as a tree would check it.
+                    serde_json::from_str::<Value>(v.get()).map_err(|e| e.to_string())?;
                     continue;
                 }
                 if !first {
@@ -253,8 +256,32 @@ mod tests {
                 "{doc}"
             );
         }
-        // Where the tree has no canonical form or no parse, neither has the text.
-        assert!(from_str(r#"{"a": 1.5}"#).is_err());
+        // Where the tree has no canonical form or no parse, neither has the text, replaced
+        // members included.
+        for bad in [
+            r#"{"a": 1.5}"#,
+            r#"{"x": 1e400, "x": 1}"#,
+            r#"{"x": "\ud800", "x": 1}"#,
+            r#"{"x": {"y": 1.5e999}, "x": 1}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Value>(bad).is_err()
+                    || to_vec(&serde_json::from_str(bad).unwrap()).is_err(),
+                "{bad}"
+            );
+            assert!(from_str(bad).is_err(), "{bad}");
+        }
+        // Nesting: exactly where the tree stops.
+        for n in [126, 127, 128, 129] {
+            for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
+                let doc = format!("{}1{}", open.repeat(n), close.repeat(n));
+                assert_eq!(
+                    from_str(&doc).is_ok(),
+                    serde_json::from_str::<Value>(&doc).is_ok(),
+                    "{n} levels of {open}"
+                );
+            }
+        }
         assert!(from_str(r#"{"a": 1"#).is_err());
         assert!(from_str(r#"{"a": 1} x"#).is_err());
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));

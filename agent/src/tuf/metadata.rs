@@ -55,6 +55,19 @@ impl<'a> RawEnvelope<'a> {
                 .find(|(k, _)| k.0 == name)
                 .map(|(_, v)| *v)
         };
+        // Members not read below (others, and earlier ones of a repeated name) are checked
+        // as a tree of the file would check them: numbers in range, strings well formed.
+        for (i, (k, v)) in members.iter().enumerate() {
+            let read_below = (k.0 == "signed" || k.0 == "signatures")
+                && !members
+                    .get(i + 1..)
+                    .is_some_and(|rest| rest.iter().any(|(n, _)| n.0 == k.0));
+            if !read_below {
+                serde_json::from_str::<serde::de::IgnoredAny>(v.get())
+                    .and_then(|_| serde_json::from_str::<Value>(v.get()))
+                    .map_err(|e| format!("not JSON: {e}"))?;
+            }
+        }
         let signed = member("signed").ok_or("no \"signed\" member")?;
         if !signed.get().starts_with('{') {
             return Err("\"signed\" is not an object".into());
@@ -263,12 +276,15 @@ impl<'de> Deserialize<'de> for Hashes {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Hashes, A::Error> {
                 let mut out: Vec<(String, String)> = Vec::with_capacity(m.size_hint().unwrap_or(1));
-                while let Some((alg, v)) = m.next_entry::<String, String>()? {
-                    // A name given twice: the last one counts, as it did in a map.
-                    out.retain(|(a, _)| *a != alg);
-                    out.push((alg, v));
+                while let Some(entry) = m.next_entry::<String, String>()? {
+                    out.push(entry);
                 }
-                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                // A name given twice: the last one counts, as it did in a map. Sorted (stable)
+                // and deduplicated once, so a file with many names costs n log n, not n².
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                out.reverse();
+                out.dedup_by(|a, b| a.0 == b.0);
+                out.reverse();
                 out.shrink_to_fit();
                 Ok(Hashes(out))
             }
@@ -464,6 +480,19 @@ mod tests {
         assert!(none.delegations().unwrap().roles.is_empty());
         let bad = RawEnvelope::parse(br#"{"signed":{"targets":[]}}"#).unwrap();
         assert!(bad.target_names().is_err());
+        // Members the parse does not use are checked as a tree of the file would check them.
+        for bad in [
+            &br#"{"signed":{"_type":"Targets"},"x":1e400}"#[..],
+            br#"{"signed":{"a":"\ud800"},"signed":{"_type":"Targets"}}"#,
+            br#"{"signatures":[1e999],"signed":{},"signatures":[]}"#,
+        ] {
+            assert!(serde_json::from_slice::<Value>(bad).is_err());
+            assert!(
+                RawEnvelope::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         assert!(RawEnvelope::parse(b"[]").is_err());
         assert!(RawEnvelope::parse(br#"{"signed":[]}"#).is_err());
     }
