@@ -242,8 +242,8 @@ pub struct FileMeta {
     /// without sha256.
     #[serde(default)]
     pub hashes: Hashes,
-    #[serde(default)]
-    pub custom: Option<Value>,
+    // `custom` is not read: nothing here uses it, and a tree of it per target would cost
+    // more than the rest of the entry. The signature check still covers it.
 }
 
 /// A file's `hashes`: algorithm name to base64 digest, sorted by name. A short list rather
