@@ -252,8 +252,9 @@ pub fn failure(s: Status) -> Failure {
         (Code::Unknown, None) if msg == "transport error" => return closed(&msg),
         (Code::Cancelled, None) => return closed(&msg),
         (_, Some("not_found")) => Some("see `dct key list` and `dct status`".to_string()),
+        // A busy token's queue, or a size limit the message names.
         (_, Some("resource_exhausted")) => {
-            Some("the agent is at max_concurrent_requests; try again shortly".to_string())
+            Some("a busy token passes: try again shortly; a size limit is named above".to_string())
         }
         _ => None,
     };

@@ -1246,7 +1246,8 @@ impl Agent for AgentService {
         } else {
             if req.tags.len() > MAX_TAGS {
                 return Err(Error::ResourceExhausted(format!(
-                    "{} tags in one request; at most {MAX_TAGS}",
+                    "{} tags in one request; at most {MAX_TAGS}: sign them in parts (each part \
+                     is published as a version of its own)",
                     req.tags.len()
                 ))
                 .into());
