@@ -140,18 +140,10 @@ pub fn prepare_after(
     let raw = RawEnvelope::parse(document)
         .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
     let text = raw.signed.get();
-    #[derive(Deserialize)]
-    struct TypeOnly {
-        #[serde(rename = "_type")]
-        doc_type: Option<serde_json::Value>,
-    }
-    let doc_type = serde_json::from_str::<TypeOnly>(text)
+    let doc_type = raw
+        .doc_type()
         .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?
-        .doc_type
-        .as_ref()
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| Error::InvalidArgument("document: signed has no _type".into()))?
-        .to_string();
+        .ok_or_else(|| Error::InvalidArgument("document: signed has no _type".into()))?;
 
     // The role the document is for: the request's, else the key's.
     let role = if role.is_empty() {
@@ -208,8 +200,7 @@ pub fn prepare_after(
         "Targets" => {
             let t: TargetsHead = serde_json::from_str(text).map_err(bad)?;
             let members = crate::tuf::cjson::members(text).map_err(bad)?;
-            // The last of a repeated name counts, as in a parsed map.
-            if let Some((_, targets)) = members.iter().rev().find(|(k, _)| k.0 == "targets") {
+            if let Some(targets) = crate::tuf::cjson::last(&members, "targets") {
                 check_target_entries(targets.get())?;
             }
             let keys = parse_key_map(&t.delegations.keys)
@@ -346,12 +337,14 @@ fn root_keyid(
 
 /// Adds the signature and returns the new file bytes.
 pub fn finish(mut p: Prepared, raw_sig: Vec<u8>) -> Result<Vec<u8>> {
-    p.signatures.retain(|s| s.keyid != p.keyid);
-    p.signatures.push(Signature {
-        keyid: p.keyid,
-        method: "ecdsa".into(),
-        sig: raw_sig,
-    });
+    crate::tuf::metadata::set_signature(
+        &mut p.signatures,
+        Signature {
+            keyid: p.keyid,
+            method: "ecdsa".into(),
+            sig: raw_sig,
+        },
+    );
     file_bytes(&p.message, &p.signatures).map_err(Error::Internal)
 }
 

@@ -129,24 +129,7 @@ struct Item {
     source: Option<Vec<u8>>,
 }
 
-/// Documents up to this size are parsed and canonicalised in place (tens of microseconds);
-/// larger ones on a blocking thread, so a 100,000-tag targets file never stalls the runtime.
-const INLINE_BYTES: usize = 64 * 1024;
-
-/// Runs CPU work of `size` input bytes inline when small, else off the async runtime.
-async fn cpu<R, F>(size: usize, f: F) -> Result<R>
-where
-    R: Send + 'static,
-    F: FnOnce() -> R + Send + 'static,
-{
-    if size <= INLINE_BYTES {
-        Ok(f())
-    } else {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(Error::internal)
-    }
-}
+use crate::util::cpu;
 
 fn subject_size(r: &Request) -> usize {
     match &r.subject {

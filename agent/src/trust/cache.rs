@@ -188,7 +188,7 @@ pub(crate) fn version_of(bytes: &[u8]) -> i64 {
     crate::tuf::cjson::members(file.signed.get())
         .ok()
         .and_then(|m| {
-            let (_, v) = m.into_iter().rev().find(|(k, _)| k.0 == "version")?;
+            let v = crate::tuf::cjson::last(&m, "version")?;
             serde_json::from_str::<Value>(v.get()).ok()?.as_i64()
         })
         .unwrap_or(0)

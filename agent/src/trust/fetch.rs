@@ -13,7 +13,7 @@ use super::gate::check_ca_pin;
 use crate::error::{Error, Result};
 use crate::trust::notary::NotaryClient;
 use crate::tuf::keys::TufKey;
-use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Envelope, RootDoc};
+use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Delegations, Envelope, RootDoc};
 use crate::tuf::verify::{self, check_signatures, RepoFiles, VerifiedRepo};
 
 /// A repository as fetched and verified.
@@ -22,6 +22,9 @@ pub struct Repo {
     pub verified: VerifiedRepo,
     /// The root was already trusted (cached from before, or pinned), not first seen now.
     pub trusted: bool,
+    /// The targets role's delegations, read once off the async runtime (the role itself may
+    /// be 100,000 targets).
+    pub delegations: crate::tuf::metadata::Delegations,
 }
 
 impl Repo {
@@ -49,14 +52,6 @@ impl Repo {
 
     pub(crate) fn doc(&self, role: &str) -> Result<Envelope> {
         Envelope::parse(self.file(role)?).map_err(|e| Error::Internal(format!("{role}: {e}")))
-    }
-
-    /// The targets role's delegations, read from its text without the targets (a role of
-    /// 100,000 targets is large).
-    pub(crate) fn delegations(&self) -> Result<crate::tuf::metadata::Delegations> {
-        crate::tuf::metadata::RawEnvelope::parse(self.file("targets")?)
-            .and_then(|f| f.delegations())
-            .map_err(|e| Error::Internal(format!("targets: {e}")))
     }
 
     pub(crate) fn root(&self) -> Result<RootDoc> {
@@ -155,8 +150,10 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
         }
     }
     let gun_owned = gun.to_string();
-    let (files, verified) =
-        tokio::task::spawn_blocking(move || -> Result<(RepoFiles, VerifiedRepo)> {
+    // Verification, and what the rollback check reads from the files (each role's version,
+    // the delegations), off the async runtime: a role may be 100,000 targets.
+    let (files, verified, versions, delegations) =
+        tokio::task::spawn_blocking(move || -> Result<Checked> {
             if let Some(old) = &cached {
                 let root = file(&files, "root")?;
                 if old != root {
@@ -172,7 +169,15 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
                 .map_err(|e| {
                     Error::Refused(format!("trust data for {gun_owned} does not verify: {e}"))
                 })?;
-            Ok((files, v))
+            let versions = files
+                .iter()
+                .map(|(r, b)| (r.clone(), version_of(b)))
+                .collect();
+            // Verified above, so it reads.
+            let delegations = crate::tuf::metadata::RawEnvelope::parse(file(&files, "targets")?)
+                .and_then(|f| f.delegations())
+                .map_err(|e| Error::Internal(format!("targets: {e}")))?;
+            Ok((files, v, versions, delegations))
         })
         .await
         .map_err(Error::internal)??;
@@ -185,19 +190,14 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
     )?;
     // Rollback protection: no role older than seen before, no delegation silently dropped.
     let mut seen = ctx.versions(gun);
-    let delegated: Vec<String> = crate::tuf::metadata::RawEnvelope::parse(file(&files, "targets")?)
-        .and_then(|f| f.delegations())
-        .map(|d| d.roles.into_iter().map(|d| d.name).collect())
-        .unwrap_or_default();
     for (role, &before) in &seen {
-        match files.get(role) {
-            Some(bytes) if version_of(bytes) < before => {
+        match versions.get(role) {
+            Some(&now) if now < before => {
                 return Err(Error::Refused(format!(
-                    "the server's {role} of {gun} is version {}, older than version {before} seen before: refusing a rollback",
-                    version_of(bytes)
+                    "the server's {role} of {gun} is version {now}, older than version {before} seen before: refusing a rollback"
                 )))
             }
-            None if delegated.contains(role) && before > 0 => {
+            None if delegations.roles.iter().any(|d| &d.name == role) && before > 0 => {
                 return Err(Error::Refused(format!(
                     "the server no longer lists {role} of {gun} (version {before} seen before): refusing a rollback"
                 )))
@@ -205,8 +205,7 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
             _ => {}
         }
     }
-    for (role, bytes) in &files {
-        let v = version_of(bytes);
+    for (role, &v) in &versions {
         let e = seen.entry(role.clone()).or_insert(v);
         *e = (*e).max(v);
     }
@@ -216,8 +215,13 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
         files,
         verified,
         trusted,
+        delegations,
     }))
 }
+
+/// A fetched repository as verified off the runtime: its files, the verification, each
+/// role's version and the delegations the targets role lists.
+type Checked = (RepoFiles, VerifiedRepo, BTreeMap<String, i64>, Delegations);
 
 /// `role` as pinned by `parent`'s meta: fetched by its sha256 (`<role>.<hex>.json`), else by
 /// name when the server keeps no such copy. Verification checks the bytes either way.

@@ -123,12 +123,12 @@ pub(crate) struct Edit {
     pub(crate) role: String,
     pub(crate) key: KeyEntry,
     pub(crate) signed: Value,
-    /// Targets to add to `signed` (replacing any of the same name; of two with one name the
-    /// later counts): kept as a list and written into the document as it is serialised, so a
-    /// signing of 100,000 tags builds no tree of them.
+    /// Targets to add (replacing any of the same name; of two with one name the later
+    /// counts): kept as a list and written into the document's text
+    /// ([`unsigned_from_file`]), so a signing of 100,000 tags builds no tree of them.
     pub(crate) added: Vec<NewTarget>,
     /// The role's published file, when the edit only adds targets to it: the new version is
-    /// written from the file's text ([`unsigned_from_file`]) and `signed` is not used.
+    /// written from its text and `signed` is not used.
     pub(crate) file: Option<Vec<u8>>,
 }
 
@@ -162,15 +162,6 @@ impl serde::Serialize for Hashes<'_> {
     }
 }
 
-/// One entry per name, the last given, sorted by name.
-fn one_per_name(mut added: Vec<NewTarget>) -> Vec<NewTarget> {
-    added.sort_by(|a, b| a.name.cmp(&b.name));
-    added.reverse();
-    added.dedup_by(|a, b| a.name == b.name);
-    added.reverse();
-    added
-}
-
 /// Writes `"name":` after a comma unless it is the first member.
 fn member(out: &mut Vec<u8>, first: &mut bool, name: &str) -> Result<()> {
     if !*first {
@@ -193,14 +184,12 @@ pub(crate) fn unsigned_from_file(
     role: &str,
     lifetime: time::Duration,
 ) -> Result<Vec<u8>> {
-    let added = one_per_name(added);
+    let mut added = added;
+    crate::util::last_of_each(&mut added, |t| t.name.as_str());
     let raw = RawEnvelope::parse(file).map_err(|e| Error::Internal(format!("{role}: {e}")))?;
     let members = cjson::members(raw.signed.get()).map_err(|e| malformed(role)(e.to_string()))?;
-    let version = members
-        .iter()
-        .rev()
-        .find(|(k, _)| k.0 == "version")
-        .and_then(|(_, v)| serde_json::from_str::<i64>(v.get()).ok())
+    let version = cjson::last(&members, "version")
+        .and_then(|v| serde_json::from_str::<i64>(v.get()).ok())
         .ok_or_else(|| Error::Refused(format!("cannot edit {role}: it has no version")))?;
     let next = version.checked_add(1).ok_or_else(|| {
         Error::Refused(format!("cannot edit {role}: version {version} is the last"))
@@ -263,73 +252,6 @@ fn write_targets(out: &mut Vec<u8>, existing: &str, added: &[NewTarget], role: &
     }
     out.push(b'}');
     Ok(())
-}
-
-/// The unsigned file of `signed` with `added` in its targets (see [`Edit::added`]).
-pub(crate) fn unsigned_adding(
-    mut signed: Value,
-    added: Vec<NewTarget>,
-    role: &str,
-) -> Result<Vec<u8>> {
-    use serde::ser::{Serialize, SerializeMap, Serializer};
-    if added.is_empty() {
-        return Ok(unsigned(signed));
-    }
-    let added = one_per_name(added);
-    let targets = edit::object_mut(&mut signed, &["targets"]).map_err(malformed(role))?;
-    for t in &added {
-        targets.remove(&t.name);
-    }
-
-    struct File<'a>(&'a Value, &'a [NewTarget]);
-    struct Signed<'a>(&'a Value, &'a [NewTarget]);
-    struct Targets<'a>(&'a Value, &'a [NewTarget]);
-    impl Serialize for File<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-            let mut m = s.serialize_map(Some(2))?;
-            m.serialize_entry("signed", &Signed(self.0, self.1))?;
-            m.serialize_entry("signatures", &[(); 0])?;
-            m.end()
-        }
-    }
-    impl Serialize for Signed<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-            let Some(members) = self.0.as_object() else {
-                return self.0.serialize(s);
-            };
-            let mut m = s.serialize_map(Some(members.len()))?;
-            for (k, v) in members {
-                if k == "targets" {
-                    m.serialize_entry(k, &Targets(v, self.1))?;
-                } else {
-                    m.serialize_entry(k, v)?;
-                }
-            }
-            m.end()
-        }
-    }
-    impl Serialize for Targets<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-            let existing = self.0.as_object();
-            let mut m = s.serialize_map(Some(existing.map_or(0, |e| e.len()) + self.1.len()))?;
-            for (k, v) in existing.into_iter().flatten() {
-                m.serialize_entry(k, v)?;
-            }
-            for t in self.1 {
-                m.serialize_entry(&t.name, &Target(t))?;
-            }
-            m.end()
-        }
-    }
-    // Sized up front: grown by doubling, a 100,000-target file would take twice its size.
-    let existing = signed
-        .get("targets")
-        .and_then(Value::as_object)
-        .map_or(0, |t| t.len());
-    let estimate = 1024 + 128 * existing + added.iter().map(|t| t.name.len() + 96).sum::<usize>();
-    let mut out = Vec::with_capacity(estimate);
-    serde_json::to_writer(&mut out, &File(&signed, &added)).map_err(Error::internal)?;
-    Ok(out)
 }
 
 impl Repo {
@@ -450,12 +372,19 @@ pub(crate) async fn commit_with(
         file,
     } in edits
     {
-        let document = match file {
-            Some(file) => unsigned_from_file(&file, added, &role, TARGETS_LIFETIME)?,
-            None => {
-                next_version(&mut signed, &role, TARGETS_LIFETIME)?;
-                unsigned_adding(signed, added, &role)?
-            }
+        let document = if file.is_none() && added.is_empty() {
+            next_version(&mut signed, &role, TARGETS_LIFETIME)?;
+            unsigned(signed)
+        } else {
+            // Tags go into the role's text: the published file, or a new role's document. A
+            // big role is edited off the async runtime.
+            let base = file.unwrap_or_else(|| unsigned(signed));
+            let size = base.len() + 64 * added.len();
+            let r = role.clone();
+            crate::util::cpu(size, move || {
+                unsigned_from_file(&base, added, &r, TARGETS_LIFETIME)
+            })
+            .await??
         };
         let previous = repo.files.get(&role).map(Vec::as_slice);
         let s = sign_doc(
@@ -518,7 +447,8 @@ mod tests {
     use crate::tuf::verify::{RepoFiles, SkippedRole, VerifiedRepo};
 
     /// Added targets land in the document once each, the last of a name winning, replacing
-    /// an entry already there and keeping the others.
+    /// an entry already there and keeping the others; a new role's document (a tree) takes
+    /// them the same way, through its text.
     #[test]
     fn added_targets_are_written_into_the_document() {
         let signed = json!({
@@ -530,8 +460,13 @@ mod tests {
             sha256: [n; 32],
             length: u64::from(n),
         };
-        let bytes =
-            unsigned_adding(signed, vec![t("c", 3), t("a", 4), t("c", 5)], "targets").unwrap();
+        let bytes = unsigned_from_file(
+            &unsigned(signed),
+            vec![t("c", 3), t("a", 4), t("c", 5)],
+            "targets",
+            time::Duration::days(3),
+        )
+        .unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert_eq!(text.matches("\"c\":").count(), 1, "{text}");
         assert_eq!(text.matches("\"a\":").count(), 1, "{text}");
@@ -551,17 +486,9 @@ mod tests {
             targets["c"],
             json!({"hashes": {"sha256": B64.encode([5u8; 32])}, "length": 5})
         );
-        assert_eq!(doc.signed["version"], 2);
-        // Nothing added: the document as it was.
-        let same = json!({"_type": "Targets", "targets": {}});
-        assert_eq!(
-            unsigned_adding(same.clone(), Vec::new(), "targets").unwrap(),
-            unsigned(same)
-        );
+        assert_eq!(doc.signed["version"], 3);
     }
 
-    /// A skipped delegation's file is unverified: the agent will not sign a new version of
-    /// it (which would vouch for whatever the server put there).
     #[test]
     fn a_skipped_delegation_is_never_signed_over() {
         let alice = br#"{"signed":{"_type":"Targets","version":1,"expires":"2020-01-01T00:00:00Z","targets":{}},"signatures":[]}"#;
@@ -579,6 +506,7 @@ mod tests {
                 ..Default::default()
             },
             trusted: true,
+            delegations: Default::default(),
         };
         let err = repo.signed_or_new("targets/alice").unwrap_err().to_string();
         assert!(
@@ -615,9 +543,14 @@ mod tests {
             lifetime,
         )
         .unwrap();
+        // The same edit made on a tree, as the agent made it before.
         let mut tree = Envelope::parse(file).unwrap().signed;
         next_version(&mut tree, "targets", lifetime).unwrap();
-        let from_tree = unsigned_adding(tree, vec![t("a", 4), t("c", 5)], "targets").unwrap();
+        for n in [t("a", 4), t("c", 5)] {
+            let entry = json!({"hashes": {"sha256": B64.encode(n.sha256)}, "length": n.length});
+            edit::set(&mut tree, &["targets", n.name.as_str()], entry).unwrap();
+        }
+        let from_tree = unsigned(tree);
         let (a, b) = (
             Envelope::parse(&from_text).unwrap(),
             Envelope::parse(&from_tree).unwrap(),

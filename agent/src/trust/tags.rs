@@ -128,12 +128,10 @@ pub async fn sign_tags(
             .find(|k| k.key_id == id || k.canonical_id == id)
             .cloned()
     };
-    // Only the delegations are read from the targets role: a 100,000-tag role is large, and
-    // the tags are added to its text (see `unsigned_from_file`).
-    let delegations = repo.delegations()?;
-
-    // Delegations we may sign: direct children of targets whose key we hold.
-    let held: Vec<(&crate::tuf::metadata::DelegationRole, KeyEntry)> = delegations
+    // Delegations we may sign: direct children of targets whose key we hold. (The tags are
+    // added to the roles' text, see `unsigned_from_file`: a 100,000-tag role is large.)
+    let held: Vec<(&crate::tuf::metadata::DelegationRole, KeyEntry)> = repo
+        .delegations
         .roles
         .iter()
         .filter(|d| {
@@ -276,8 +274,8 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
     let tags = signed_tags(&repo);
-    let delegations = repo.delegations()?;
-    let signers = delegations
+    let signers = repo
+        .delegations
         .roles
         .iter()
         .filter(|d| d.name != "targets/releases")
@@ -411,9 +409,9 @@ pub(crate) fn signable(repo: &Repo, keys: &[KeyEntry]) -> Result<Vec<(String, Ke
     {
         out.push(("targets".to_string(), k));
     }
-    for d in repo.delegations()?.roles {
+    for d in &repo.delegations.roles {
         if let Some(k) = d.keyids.iter().find_map(by_id) {
-            out.push((d.name, k));
+            out.push((d.name.clone(), k));
         }
     }
     Ok(out)

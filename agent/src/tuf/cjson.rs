@@ -128,6 +128,15 @@ pub fn members(json: &str) -> Result<Vec<(Key<'_>, &RawValue)>, serde_json::Erro
     Ok(list)
 }
 
+/// The value of member `name` in `members`: the last one of that name, as a parsed map keeps.
+pub fn last<'a>(members: &[(Key<'_>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
+    members
+        .iter()
+        .rev()
+        .find(|(k, _)| k.0 == name)
+        .map(|(_, v)| *v)
+}
+
 /// Canonical bytes of the JSON text `json`, the same as [`to_vec`] of its parsed value, but
 /// without a tree of it: each object's members are listed as raw text, sorted, and written in
 /// turn (a later member of the same name replaces an earlier one, as in a parsed map). A

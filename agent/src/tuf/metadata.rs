@@ -47,32 +47,22 @@ impl<'a> RawEnvelope<'a> {
             };
         }
         let members = cjson::members(text).map_err(|e| format!("not JSON: {e}"))?;
-        // A name given twice: the last one counts, as in a parsed map.
-        let member = |name: &str| {
-            members
-                .iter()
-                .rev()
-                .find(|(k, _)| k.0 == name)
-                .map(|(_, v)| *v)
-        };
-        // Members not read below (others, and earlier ones of a repeated name) are checked
-        // as a tree of the file would check them: numbers in range, strings well formed.
-        for (i, (k, v)) in members.iter().enumerate() {
-            let read_below = (k.0 == "signed" || k.0 == "signatures")
-                && !members
-                    .get(i + 1..)
-                    .is_some_and(|rest| rest.iter().any(|(n, _)| n.0 == k.0));
-            if !read_below {
-                serde_json::from_str::<serde::de::IgnoredAny>(v.get())
-                    .and_then(|_| serde_json::from_str::<Value>(v.get()))
-                    .map_err(|e| format!("not JSON: {e}"))?;
+        // A name given twice: the last one counts, as in a parsed map. Members not read
+        // below (others, and earlier ones of a repeated name) are checked as a tree of the
+        // file would check them: numbers in range, strings well formed.
+        let read = |name: &str| members.iter().rposition(|(k, _)| k.0 == name);
+        let (signed_at, signatures_at) = (read("signed"), read("signatures"));
+        for (i, (_, v)) in members.iter().enumerate() {
+            if Some(i) != signed_at && Some(i) != signatures_at {
+                serde_json::from_str::<Value>(v.get()).map_err(|e| format!("not JSON: {e}"))?;
             }
         }
-        let signed = member("signed").ok_or("no \"signed\" member")?;
+        let member = |at: Option<usize>| at.and_then(|i| members.get(i)).map(|(_, v)| *v);
+        let signed = member(signed_at).ok_or("no \"signed\" member")?;
         if !signed.get().starts_with('{') {
             return Err("\"signed\" is not an object".into());
         }
-        let sigs = match member("signatures").map(|raw| serde_json::from_str(raw.get())) {
+        let sigs = match member(signatures_at).map(|raw| serde_json::from_str(raw.get())) {
             None | Some(Ok(Value::Null)) => Vec::new(),
             Some(Ok(Value::Array(a))) => a,
             Some(Ok(_)) => return Err("\"signatures\" is not a list".into()),
@@ -98,10 +88,16 @@ impl RawEnvelope<'_> {
             .map_err(|e| e.to_string())
     }
 
+    /// `signed._type`, read without the rest (None when absent or not a string).
+    pub fn doc_type(&self) -> Result<Option<String>, String> {
+        let top = cjson::members(self.signed.get()).map_err(|e| e.to_string())?;
+        Ok(cjson::last(&top, "_type").and_then(|v| serde_json::from_str::<String>(v.get()).ok()))
+    }
+
     /// The names in `signed.targets`, in the file's order, without their entries.
     pub fn target_names(&self) -> Result<Vec<String>, String> {
         let top = cjson::members(self.signed.get()).map_err(|e| e.to_string())?;
-        let Some((_, targets)) = top.iter().rev().find(|(k, _)| k.0 == "targets") else {
+        let Some(targets) = cjson::last(&top, "targets") else {
             return Ok(Vec::new());
         };
         if !targets.get().starts_with('{') {
@@ -149,6 +145,12 @@ pub fn file_bytes(message: &[u8], signatures: &[Signature]) -> Result<Vec<u8>, S
     Ok(out)
 }
 
+/// Adds `sig` to `signatures`, replacing an earlier one by the same key.
+pub fn set_signature(signatures: &mut Vec<Signature>, sig: Signature) {
+    signatures.retain(|s| s.keyid != sig.keyid);
+    signatures.push(sig);
+}
+
 fn write_signatures(signatures: &[Signature], out: &mut Vec<u8>) -> Result<(), String> {
     out.extend_from_slice(b",\"signatures\":[");
     for (i, s) in signatures.iter().enumerate() {
@@ -181,11 +183,7 @@ impl Envelope {
 
     /// The file as Notary writes it: `signed` first, then `signatures`, no whitespace.
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(b"{\"signed\":");
-        cjson::write(&self.signed, &mut out).map_err(|e| e.to_string())?;
-        write_signatures(&self.signatures, &mut out)?;
-        Ok(out)
+        file_bytes(&self.signed_bytes()?, &self.signatures)
     }
 
     /// `signed._type`.
@@ -195,8 +193,7 @@ impl Envelope {
 
     /// Adds a signature, replacing an earlier one by the same key.
     pub fn set_signature(&mut self, sig: Signature) {
-        self.signatures.retain(|s| s.keyid != sig.keyid);
-        self.signatures.push(sig);
+        set_signature(&mut self.signatures, sig);
     }
 }
 
@@ -279,12 +276,8 @@ impl<'de> Deserialize<'de> for Hashes {
                 while let Some(entry) = m.next_entry::<String, String>()? {
                     out.push(entry);
                 }
-                // A name given twice: the last one counts, as it did in a map. Sorted (stable)
-                // and deduplicated once, so a file with many names costs n log n, not n².
-                out.sort_by(|a, b| a.0.cmp(&b.0));
-                out.reverse();
-                out.dedup_by(|a, b| a.0 == b.0);
-                out.reverse();
+                // A name given twice: the last one counts, as it did in a map.
+                crate::util::last_of_each(&mut out, |(alg, _)| alg.as_str());
                 out.shrink_to_fit();
                 Ok(Hashes(out))
             }

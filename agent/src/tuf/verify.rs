@@ -515,15 +515,11 @@ struct TargetsFile {
 fn read_targets(role: &str, bytes: &[u8]) -> Result<TargetsFile, VerifyError> {
     let raw = RawEnvelope::parse(bytes).map_err(|e| fail(role, e))?;
     let text = raw.signed.get();
-    #[derive(serde::Deserialize)]
-    struct TypeOnly {
-        #[serde(rename = "_type")]
-        doc_type: Option<serde_json::Value>,
-    }
     let expected = expected_type(role);
-    let t: TypeOnly =
-        serde_json::from_str(text).map_err(|e| fail(role, format!("malformed: {e}")))?;
-    match t.doc_type.as_ref().and_then(serde_json::Value::as_str) {
+    let doc_type = raw
+        .doc_type()
+        .map_err(|e| fail(role, format!("malformed: {e}")))?;
+    match doc_type.as_deref() {
         Some(t) if t == expected => {}
         Some(t) => return Err(fail(role, format!("_type is {t:?}, expected {expected:?}"))),
         None => return Err(fail(role, "no _type")),
