@@ -8,7 +8,10 @@
 //!   normalisation: an integral float is written as an integer),
 //! - encode again to exactly the same bytes (the encoding is a fixed point),
 //! - have no whitespace outside strings and equal the output of a straightforward
-//!   reference encoder written here (object keys sorted as byte strings).
+//!   reference encoder written here (object keys sorted as byte strings),
+//! - be seen as canonical by `is_canonical` (unless it holds raw control bytes);
+//!
+//! and any text `is_canonical` accepts must come back unchanged from `from_str`.
 //!
 //! The dialect writes control characters inside strings raw (only `"` and `\` are
 //! escaped), which strict JSON parsers refuse. Outside strings canonical output has no
@@ -20,6 +23,16 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Number, Value};
 
 fuzz_target!(|data: &[u8]| {
+    // The one-pass check: a text it calls canonical is what the writer gives back.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if cjson::is_canonical(text) {
+            assert_eq!(
+                cjson::from_str(text).as_deref(),
+                Ok(data),
+                "called canonical, but the writer differs"
+            );
+        }
+    }
     let Ok(value) = serde_json::from_slice::<Value>(data) else {
         return;
     };
@@ -60,6 +73,12 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again, encoded, "encoding is not a fixed point");
 
     check_shape(&reparsed, &encoded);
+    // And every output without raw control bytes (which no JSON text holds) is seen as
+    // canonical by the one-pass check.
+    if !encoded.iter().any(|&c| c < 0x20) {
+        let text = std::str::from_utf8(&encoded).expect("UTF-8");
+        assert!(cjson::is_canonical(text), "canonical output not seen as such");
+    }
 });
 
 /// Whether `v` holds a number the encoder must refuse (no integral value in i64 range).

@@ -3,6 +3,9 @@
 //! role, GUN, version and expiry read, and the digest of its canonical `signed` bytes taken;
 //! after the token signed, the signature is added. Nothing in `signed` changes.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -10,8 +13,8 @@ use crate::keys::KeyEntry;
 use crate::tuf::cert::subject_cn;
 use crate::tuf::keys::{TufKey, ECDSA_X509};
 use crate::tuf::metadata::{
-    expected_type, file_bytes, parse_key_map, valid_delegation_name, Common, Delegations, Envelope,
-    MetaDoc, RawEnvelope, RoleKeys, RootDoc, Signature,
+    expected_type, file_bytes, finish_file, parse_key_map, valid_delegation_name, Common,
+    Delegations, Envelope, MetaDoc, RawEnvelope, RoleKeys, RootDoc, Signature, FILE_HEAD,
 };
 use crate::tuf::verify::check_role_keys;
 use serde::Deserialize;
@@ -104,8 +107,13 @@ fn check_target_entries(targets: &str) -> Result<()> {
 /// A document checked and ready for a given key to sign.
 pub struct Prepared {
     /// The canonical `signed` bytes: what is hashed, signed and written out. No tree of the
-    /// document is kept (a 100,000-target role is a big one).
-    pub message: Vec<u8>,
+    /// document is kept (a 100,000-target role is a big one), and when the document's
+    /// `signed` is canonical already (the agent's own edits, files Notary wrote) these bytes
+    /// are that part of the document, not a copy.
+    pub message: Bytes,
+    /// The document `message` is a view of, when it is one: the signed file is then written
+    /// in that buffer.
+    pub document: Option<Bytes>,
     /// The signatures the document came with (one by the signing key is replaced).
     pub signatures: Vec<Signature>,
     pub role: String,
@@ -125,10 +133,22 @@ pub fn prepare(document: &[u8], keys: &[KeyEntry], role: &str, gun: &str) -> Res
     prepare_after(document, keys, role, gun, None)
 }
 
-/// As [`prepare`], for a root that follows `previous`: an old root key signs under the
-/// certificate ID the previous root lists for it.
+/// As [`prepare_shared`], for a document in a plain buffer (copied once).
 pub fn prepare_after(
     document: &[u8],
+    keys: &[KeyEntry],
+    role: &str,
+    gun: &str,
+    previous: Option<&[u8]>,
+) -> Result<Prepared> {
+    prepare_shared(&Bytes::copy_from_slice(document), keys, role, gun, previous)
+}
+
+/// As [`prepare`], for a root that follows `previous`: an old root key signs under the
+/// certificate ID the previous root lists for it. The message shares `document`'s buffer when
+/// it can.
+pub fn prepare_shared(
+    document: &Bytes,
     keys: &[KeyEntry],
     role: &str,
     gun: &str,
@@ -282,12 +302,23 @@ pub fn prepare_after(
         key.canonical_id.clone()
     };
     let message = match &signed {
-        Some(tree) => crate::tuf::cjson::to_vec(tree).map_err(|e| e.to_string()),
-        None => crate::tuf::cjson::from_str(text),
+        Some(tree) => crate::tuf::cjson::to_vec(tree)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string()),
+        None => crate::tuf::cjson::canonical(text).map(|c| match c {
+            Cow::Borrowed(part) => share(document, part),
+            Cow::Owned(v) => Bytes::from(v),
+        }),
     }
     .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+    // Kept to write the signed file in: only when the message is the document's own bytes.
+    let within = std::ptr::eq(
+        message.as_ptr(),
+        document.as_ptr().wrapping_add(FILE_HEAD.len()),
+    ) && document.starts_with(FILE_HEAD);
     Ok(Prepared {
         digest: Sha256::digest(&message).into(),
+        document: within.then(|| document.clone()),
         message,
         signatures: raw.signatures,
         role,
@@ -296,6 +327,15 @@ pub fn prepare_after(
         gun,
         expires,
     })
+}
+
+/// `part` of `whole` as a view of the same buffer (a copy should it lie elsewhere).
+fn share(whole: &Bytes, part: &[u8]) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if end <= whole.len() => whole.slice(start..end),
+        _ => Bytes::copy_from_slice(part),
+    }
 }
 
 /// The keyid a root key signs a root document with: the certificate the document lists for
@@ -345,6 +385,13 @@ pub fn finish(mut p: Prepared, raw_sig: Vec<u8>) -> Result<Vec<u8>> {
             sig: raw_sig,
         },
     );
+    if let Some(document) = p.document.take() {
+        // The document as sent is `{"signed":` + the message + its signatures: the file is
+        // written over it, in its buffer when nothing else holds it (else in a copy).
+        let end = FILE_HEAD.len() + p.message.len();
+        drop(p.message);
+        return finish_file(Vec::from(document), end, &p.signatures).map_err(Error::Internal);
+    }
     file_bytes(&p.message, &p.signatures).map_err(Error::Internal)
 }
 
@@ -430,6 +477,56 @@ mod tests {
         });
         assert_eq!(file, expected.to_bytes().unwrap());
         assert_eq!(Envelope::parse(&file).unwrap().signatures.len(), 2);
+    }
+
+    /// A targets document whose `signed` is canonical is signed as it is: the message is
+    /// that part of the buffer the document came in, not a copy. Otherwise its own bytes.
+    #[test]
+    fn a_canonical_document_is_signed_from_its_own_buffer() {
+        let signed = format!(
+            r#"{{"_type":"Targets","expires":"2030-01-01T00:00:00Z","targets":{{"a":{},"b":{}}},"version":2}}"#,
+            serde_json::to_string(&entry(1)).unwrap(),
+            serde_json::to_string(&entry(2)).unwrap()
+        );
+        let within = |doc: &Bytes, p: &Prepared| {
+            let (start, at) = (doc.as_ptr() as usize, p.message.as_ptr() as usize);
+            (start..start + doc.len()).contains(&at)
+        };
+        let doc = Bytes::from(format!(r#"{{"signed":{signed},"signatures":[]}}"#));
+        let p = prepare_shared(&doc, &[targets_key()], "targets", "g", None).unwrap();
+        assert_eq!(&p.message[..], signed.as_bytes());
+        assert!(within(&doc, &p), "the canonical part is shared, not copied");
+        assert_eq!(
+            p.digest,
+            <[u8; 32]>::from(Sha256::digest(signed.as_bytes()))
+        );
+        // The signed file is written in the document's buffer once nothing else holds it,
+        // and in a copy while something does: the same bytes either way.
+        let sig = Signature {
+            keyid: "k1".into(),
+            method: "ecdsa".into(),
+            sig: vec![7; 64],
+        };
+        let expected = file_bytes(signed.as_bytes(), std::slice::from_ref(&sig)).unwrap();
+        let held = finish(p, vec![7; 64]).unwrap();
+        assert_eq!(held, expected);
+        assert!(doc.starts_with(br#"{"signed":{"_type""#) && doc.ends_with(b"[]}"));
+        let p = prepare_shared(&doc, &[targets_key()], "targets", "g", None).unwrap();
+        let at = doc.as_ptr();
+        drop(doc);
+        let file = finish(p, vec![7; 64]).unwrap();
+        assert_eq!(file, expected);
+        assert_eq!(file.as_ptr(), at, "written in the document's own buffer");
+
+        let spaced = Bytes::from(
+            format!(r#"{{"signed": {signed}, "signatures": []}}"#).replace(",\"b\"", ", \"b\""),
+        );
+        let p = prepare_shared(&spaced, &[targets_key()], "targets", "g", None).unwrap();
+        assert_eq!(&p.message[..], signed.as_bytes());
+        assert!(
+            !within(&spaced, &p),
+            "a rewritten message has its own buffer"
+        );
     }
 
     #[test]

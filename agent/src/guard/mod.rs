@@ -126,7 +126,7 @@ struct Item {
     /// For a certificate: what it says (no version, no ledger).
     cert: Option<Vec<String>>,
     /// A metadata file as sent: read again only for the confirmation's summary.
-    source: Option<Vec<u8>>,
+    source: Option<bytes::Bytes>,
 }
 
 use crate::util::cpu;
@@ -252,8 +252,16 @@ fn parse(r: Request) -> Result<Item> {
             previous_root,
             previous,
         } => {
-            let p =
-                document::prepare_after(&document, &r.keys, &role, &gun, previous_root.as_deref())?;
+            // One buffer for the document as sent and its canonical part (most often the same
+            // bytes): a big targets role is held once.
+            let document = bytes::Bytes::from(document);
+            let p = document::prepare_shared(
+                &document,
+                &r.keys,
+                &role,
+                &gun,
+                previous_root.as_deref(),
+            )?;
             Ok(Item {
                 key,
                 p,
@@ -387,7 +395,8 @@ fn raw_prepared(
 ) -> Prepared {
     use sha2::Digest;
     Prepared {
-        message: Vec::new(),
+        message: bytes::Bytes::new(),
+        document: None,
         signatures: Vec::new(),
         role,
         version,

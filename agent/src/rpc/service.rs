@@ -1287,7 +1287,10 @@ impl Agent for AgentService {
             .iter()
             .map(|f| trust::migrate::Format::parse(f))
             .collect::<Result<Vec<_>>>()?;
-        let tags = trust::resolve_tags(&req.gun, wanted, ca.as_deref(), creds.as_ref()).await?;
+        // Shared with the roles that take them (100,000 tags are held once).
+        let tags = std::sync::Arc::new(
+            trust::resolve_tags(&req.gun, wanted, ca.as_deref(), creds.as_ref()).await?,
+        );
         // Resolved: the registry password is kept only for the OCI signatures' writes.
         let registry = if req.also.is_empty() {
             drop(creds);
@@ -1316,7 +1319,7 @@ impl Agent for AgentService {
         let mut also = Vec::new();
         if let Some(session) = &registry {
             let mut subjects: std::collections::HashMap<&str, Result<_>> = Default::default();
-            for t in &tags {
+            for t in tags.iter() {
                 let digest = crate::tuf::keys::hex(&t.sha256);
                 subjects.insert(
                     t.tag.as_str(),

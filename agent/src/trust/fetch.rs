@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::trust::notary::NotaryClient;
 use crate::tuf::keys::TufKey;
 use crate::tuf::metadata::{parse_key_map, valid_delegation_name, Delegations, Envelope, RootDoc};
-use crate::tuf::verify::{self, check_signatures, RepoFiles, VerifiedRepo};
+use crate::tuf::verify::{self, check_signatures, Listing, RepoFiles, VerifiedRepo};
 
 /// A repository as fetched and verified.
 pub struct Repo {
@@ -81,6 +81,17 @@ pub fn check_gun(gun: &str) -> Result<()> {
 
 /// Fetches and verifies the repository, or None when the server has no trust data for it.
 pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Result<Option<Repo>> {
+    fetch_with(client, ctx, gun, Listing::Targets).await
+}
+
+/// As [`fetch`], the verified roles listing their targets or not (`Listing::RolesOnly`:
+/// to sign, which reads a role's targets from its text).
+pub async fn fetch_with(
+    client: &NotaryClient,
+    ctx: &TrustContext,
+    gun: &str,
+    listing: Listing,
+) -> Result<Option<Repo>> {
     // One consistent view while others publish: the timestamp first, then every other file
     // by the hash its parent pins (`<role>.<sha256>.json`), as TUF clients do.
     let Some(timestamp) = client.get_role(gun, "timestamp").await? else {
@@ -165,7 +176,8 @@ pub async fn fetch(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Resu
                     }
                 }
             }
-            let v = verify::verify_repository(&gun_owned, &files, OffsetDateTime::now_utc(), &pins)
+            let now = OffsetDateTime::now_utc();
+            let v = verify::verify_repository_with(&gun_owned, &files, now, &pins, listing)
                 .map_err(|e| {
                     Error::Refused(format!("trust data for {gun_owned} does not verify: {e}"))
                 })?;

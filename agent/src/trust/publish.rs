@@ -1,6 +1,8 @@
 //! Signing roles through the guard and publishing them: the typed edit of a role, the
 //! signatures, the atomic multipart update, and settling the versions once the server took it.
 
+use std::sync::Arc;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -8,7 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::cache::TrustContext;
-use super::fetch::{fetch, Repo};
+use super::fetch::{fetch_with, Repo};
 use super::init::init;
 use super::rotation::{held_root_keys, root_due, sign_next_root};
 use crate::error::{Error, Result};
@@ -126,21 +128,39 @@ pub(crate) struct Edit {
     /// Targets to add (replacing any of the same name; of two with one name the later
     /// counts): kept as a list and written into the document's text
     /// ([`unsigned_from_file`]), so a signing of 100,000 tags builds no tree of them.
-    pub(crate) added: Vec<NewTarget>,
+    pub(crate) added: Added,
     /// The role's published file, when the edit only adds targets to it: the new version is
     /// written from its text and `signed` is not used.
     pub(crate) file: Option<Vec<u8>>,
 }
 
-/// A target to add: what docker resolves the tag `name` to.
-pub(crate) struct NewTarget {
-    pub(crate) name: String,
-    pub(crate) sha256: [u8; 32],
-    pub(crate) length: u64,
+/// A tag to sign: what docker resolves it to, the manifest's sha256 and size.
+pub struct TagTarget {
+    pub tag: String,
+    pub sha256: [u8; 32],
+    pub length: u64,
+}
+
+/// The targets one role takes: some of the tags of one request, by their place in it (the
+/// request's list is shared, not copied per role: 100,000 tags are held once).
+#[derive(Default)]
+pub(crate) struct Added {
+    pub(crate) tags: Arc<Vec<TagTarget>>,
+    pub(crate) picked: Vec<usize>,
+}
+
+impl Added {
+    /// None of `tags` yet.
+    pub(crate) fn of(tags: &Arc<Vec<TagTarget>>) -> Added {
+        Added {
+            tags: Arc::clone(tags),
+            picked: Vec::new(),
+        }
+    }
 }
 
 /// A new target's entry as Notary writes it.
-struct Target<'a>(&'a NewTarget);
+struct Target<'a>(&'a TagTarget);
 struct Hashes<'a>(&'a [u8; 32]);
 
 impl serde::Serialize for Target<'_> {
@@ -174,18 +194,21 @@ fn member(out: &mut Vec<u8>, first: &mut bool, name: &str) -> Result<()> {
 }
 
 /// The next unsigned version of `role`'s published `file`, with `added` in its targets,
-/// written from the file's text: its members as they are, `version` one up, `expires`
-/// renewed, the targets map's entries as they are but those an added one replaces, then the
-/// added ones. Adding a tag to a role of 100,000 targets so parses no tree of them (the guard
-/// canonicalises the document from its text too).
+/// written from the file's text: its members as they are (in name order), `version` one up,
+/// `expires` renewed, the targets map's entries as they are but those an added one replaces,
+/// and the added ones in their places by name. Adding a tag to a role of 100,000 targets so
+/// parses no tree of them, and the text is canonical when the file's was: the guard signs it
+/// as it is.
 pub(crate) fn unsigned_from_file(
     file: &[u8],
-    added: Vec<NewTarget>,
+    added: Added,
     role: &str,
     lifetime: time::Duration,
 ) -> Result<Vec<u8>> {
-    let mut added = added;
-    crate::util::last_of_each(&mut added, |t| t.name.as_str());
+    let Added { tags, picked } = added;
+    let mut added: Vec<&TagTarget> = picked.iter().filter_map(|&i| tags.get(i)).collect();
+    drop(picked);
+    crate::util::last_of_each(&mut added, |t| t.tag.as_str());
     let raw = RawEnvelope::parse(file).map_err(|e| Error::Internal(format!("{role}: {e}")))?;
     let members = cjson::members(raw.signed.get()).map_err(|e| malformed(role)(e.to_string()))?;
     let version = cjson::last(&members, "version")
@@ -196,59 +219,69 @@ pub(crate) fn unsigned_from_file(
     })?;
     let expires = expires(lifetime)?;
     let mut out = Vec::with_capacity(
-        file.len() + 256 + added.iter().map(|t| t.name.len() + 96).sum::<usize>(),
+        file.len() + 256 + added.iter().map(|t| t.tag.len() + 96).sum::<usize>(),
     );
-    out.extend_from_slice(b"{\"signed\":{");
-    let mut first = true;
-    let (mut had_expires, mut had_targets) = (false, false);
-    for (k, v) in &members {
-        member(&mut out, &mut first, &k.0)?;
-        match k.0.as_ref() {
-            "version" => out.extend_from_slice(next.to_string().as_bytes()),
-            "expires" => {
-                had_expires = true;
-                serde_json::to_writer(&mut out, &expires).map_err(Error::internal)?;
-            }
-            "targets" => {
-                had_targets = true;
-                write_targets(&mut out, v.get(), &added, role)?;
-            }
-            _ => out.extend_from_slice(v.get().as_bytes()),
+    // Members in canonical order (by name), so that the guard can take the text as its
+    // canonical form without rewriting it: `expires` and `targets` added where missing.
+    let mut names: Vec<&str> = members.iter().map(|(k, _)| k.0.as_ref()).collect();
+    for needed in ["expires", "targets"] {
+        if !names.contains(&needed) {
+            names.push(needed);
         }
     }
-    if !had_expires {
-        member(&mut out, &mut first, "expires")?;
-        serde_json::to_writer(&mut out, &expires).map_err(Error::internal)?;
-    }
-    if !had_targets {
-        member(&mut out, &mut first, "targets")?;
-        write_targets(&mut out, "{}", &added, role)?;
+    names.sort_unstable();
+    names.dedup();
+    out.extend_from_slice(b"{\"signed\":{");
+    let mut first = true;
+    for name in names {
+        member(&mut out, &mut first, name)?;
+        let current = cjson::last(&members, name);
+        match name {
+            "version" => out.extend_from_slice(next.to_string().as_bytes()),
+            "expires" => serde_json::to_writer(&mut out, &expires).map_err(Error::internal)?,
+            "targets" => write_targets(&mut out, current.map_or("{}", |v| v.get()), &added, role)?,
+            _ => out.extend_from_slice(current.map_or("null", |v| v.get()).as_bytes()),
+        }
     }
     out.extend_from_slice(b"},\"signatures\":[]}");
     Ok(out)
 }
 
 /// The targets map `existing` (raw text) with `added` (sorted by name) in it.
-fn write_targets(out: &mut Vec<u8>, existing: &str, added: &[NewTarget], role: &str) -> Result<()> {
+fn write_targets(
+    out: &mut Vec<u8>,
+    existing: &str,
+    added: &[&TagTarget],
+    role: &str,
+) -> Result<()> {
     if !existing.starts_with('{') {
         return Err(malformed(role)("targets is not an object".into()));
     }
     let list = cjson::members(existing).map_err(|e| malformed(role)(e.to_string()))?;
     out.push(b'{');
     let mut first = true;
+    // Both lists in name order (a published file's is canonical): merged, so the map stays
+    // sorted. A file out of order still gives a valid map, which the guard then rewrites.
+    let mut pending = added.iter().copied().peekable();
+    let write_added = |out: &mut Vec<u8>, first: &mut bool, t: &TagTarget| -> Result<()> {
+        member(out, first, &t.tag)?;
+        serde_json::to_writer(&mut *out, &Target(t)).map_err(Error::internal)
+    };
     for (k, v) in &list {
         if added
-            .binary_search_by(|t| t.name.as_str().cmp(k.0.as_ref()))
+            .binary_search_by(|t| t.tag.as_str().cmp(k.0.as_ref()))
             .is_ok()
         {
             continue;
         }
+        while let Some(t) = pending.next_if(|t| t.tag.as_str() < k.0.as_ref()) {
+            write_added(out, &mut first, t)?;
+        }
         member(out, &mut first, &k.0)?;
         out.extend_from_slice(v.get().as_bytes());
     }
-    for t in added {
-        member(out, &mut first, &t.name)?;
-        serde_json::to_writer(&mut *out, &Target(t)).map_err(Error::internal)?;
+    for t in pending {
+        write_added(out, &mut first, t)?;
     }
     out.push(b'}');
     Ok(())
@@ -297,11 +330,13 @@ pub(crate) async fn fetch_or_init(
     gun: &str,
     token: &str,
 ) -> Result<(Repo, bool)> {
-    if let Some(r) = fetch(client, ctx, gun).await? {
+    // Signing reads the roles' targets from their text: none are listed here.
+    let roles_only = crate::tuf::verify::Listing::RolesOnly;
+    if let Some(r) = fetch_with(client, ctx, gun, roles_only).await? {
         return Ok((r, false));
     }
     init(guard, client, ctx, gun, "", token, false).await?;
-    let r = fetch(client, ctx, gun)
+    let r = fetch_with(client, ctx, gun, roles_only)
         .await?
         .ok_or_else(|| Error::Unavailable(format!("{gun} vanished after init")))?;
     Ok((r, true))
@@ -372,14 +407,14 @@ pub(crate) async fn commit_with(
         file,
     } in edits
     {
-        let document = if file.is_none() && added.is_empty() {
+        let document = if file.is_none() && added.picked.is_empty() {
             next_version(&mut signed, &role, TARGETS_LIFETIME)?;
             unsigned(signed)
         } else {
             // Tags go into the role's text: the published file, or a new role's document. A
             // big role is edited off the async runtime.
             let base = file.unwrap_or_else(|| unsigned(signed));
-            let size = base.len() + 64 * added.len();
+            let size = base.len() + 64 * added.picked.len();
             let r = role.clone();
             crate::util::cpu(size, move || {
                 unsigned_from_file(&base, added, &r, TARGETS_LIFETIME)
@@ -444,6 +479,14 @@ pub(crate) fn sha2_256(b: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// All of `tags`, in order.
+    fn all(tags: Vec<TagTarget>) -> Added {
+        Added {
+            picked: (0..tags.len()).collect(),
+            tags: Arc::new(tags),
+        }
+    }
     use crate::tuf::verify::{RepoFiles, SkippedRole, VerifiedRepo};
 
     /// Added targets land in the document once each, the last of a name winning, replacing
@@ -455,14 +498,14 @@ mod tests {
             "_type": "Targets", "version": 2, "expires": "2030-01-01T00:00:00Z",
             "targets": {"a": {"hashes": {"sha256": "old"}, "length": 1}, "b": {"hashes": {"sha256": "keep"}, "length": 2}},
         });
-        let t = |name: &str, n: u8| NewTarget {
-            name: name.into(),
+        let t = |name: &str, n: u8| TagTarget {
+            tag: name.into(),
             sha256: [n; 32],
             length: u64::from(n),
         };
         let bytes = unsigned_from_file(
             &unsigned(signed),
-            vec![t("c", 3), t("a", 4), t("c", 5)],
+            all(vec![t("c", 3), t("a", 4), t("c", 5)]),
             "targets",
             time::Duration::days(3),
         )
@@ -487,6 +530,33 @@ mod tests {
             json!({"hashes": {"sha256": B64.encode([5u8; 32])}, "length": 5})
         );
         assert_eq!(doc.signed["version"], 3);
+        // Written in canonical form (members and targets by name): the guard signs this
+        // text as it is, without a rewritten copy.
+        let raw = RawEnvelope::parse(&bytes).unwrap();
+        assert!(cjson::is_canonical(raw.signed.get()), "{text}");
+
+        // A file whose targets are out of order still gives every target once; the guard
+        // then writes the canonical form itself.
+        let file = br#"{"signed":{"_type":"Targets","expires":"2030-01-01T00:00:00Z","targets":{"z":{"length":1},"a":{"length":2}},"version":7},"signatures":[]}"#;
+        let bytes = unsigned_from_file(
+            file,
+            all(vec![t("m", 6)]),
+            "targets",
+            time::Duration::days(3),
+        )
+        .unwrap();
+        let raw = RawEnvelope::parse(&bytes).unwrap();
+        assert!(!cjson::is_canonical(raw.signed.get()));
+        let canonical = cjson::from_str(raw.signed.get()).unwrap();
+        let text = String::from_utf8(canonical).unwrap();
+        assert!(
+            text.contains(r#""targets":{"a":{"length":2},"m":{"hashes""#),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(r#""z":{"length":1}},"version":8}"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -530,15 +600,15 @@ mod tests {
     #[test]
     fn tags_added_to_a_file_make_what_a_tree_edit_would() {
         let file = br#"{"signed":{"_type":"Targets","delegations":{"keys":{},"roles":[]},"expires":"2020-01-01T00:00:00Z","targets":{"a":{"hashes":{"sha256":"old"},"length":1},"b\u00e9":{"custom":{"x":1},"hashes":{"sha256":"keep"},"length":2}},"version":7,"x-other":[1,"two"]},"signatures":[{"keyid":"k","method":"ecdsa","sig":"AAAA"}]}"#;
-        let t = |name: &str, n: u8| NewTarget {
-            name: name.into(),
+        let t = |name: &str, n: u8| TagTarget {
+            tag: name.into(),
             sha256: [n; 32],
             length: u64::from(n),
         };
         let lifetime = time::Duration::days(3);
         let from_text = unsigned_from_file(
             file,
-            vec![t("c", 3), t("a", 4), t("c", 5)],
+            all(vec![t("c", 3), t("a", 4), t("c", 5)]),
             "targets",
             lifetime,
         )
@@ -548,7 +618,7 @@ mod tests {
         next_version(&mut tree, "targets", lifetime).unwrap();
         for n in [t("a", 4), t("c", 5)] {
             let entry = json!({"hashes": {"sha256": B64.encode(n.sha256)}, "length": n.length});
-            edit::set(&mut tree, &["targets", n.name.as_str()], entry).unwrap();
+            edit::set(&mut tree, &["targets", n.tag.as_str()], entry).unwrap();
         }
         let from_tree = unsigned(tree);
         let (a, b) = (
@@ -565,8 +635,8 @@ mod tests {
         };
         assert_eq!(strip(a.signed), strip(b.signed));
         let no_version = br#"{"signed":{"_type":"Targets","targets":{}},"signatures":[]}"#;
-        assert!(unsigned_from_file(no_version, Vec::new(), "targets", lifetime).is_err());
+        assert!(unsigned_from_file(no_version, all(Vec::new()), "targets", lifetime).is_err());
         let bad = br#"{"signed":{"_type":"Targets","version":1,"targets":[]},"signatures":[]}"#;
-        assert!(unsigned_from_file(bad, vec![t("a", 1)], "targets", lifetime).is_err());
+        assert!(unsigned_from_file(bad, all(vec![t("a", 1)]), "targets", lifetime).is_err());
     }
 }

@@ -138,7 +138,7 @@ pub async fn rotate(
                 role: "targets".into(),
                 key: k.clone(),
                 signed,
-                added: Vec::new(),
+                added: Default::default(),
                 file: None,
             });
             (k.key_id.clone(), k.tuf_key())

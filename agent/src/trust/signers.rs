@@ -43,7 +43,7 @@ pub(crate) fn targets_edit(repo: &Repo, keys: &[KeyEntry], gun: &str) -> Result<
         signed: repo.signed_or_new(&role)?,
         role,
         key,
-        added: Vec::new(),
+        added: Default::default(),
         file: None,
     })
 }

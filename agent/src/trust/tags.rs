@@ -1,12 +1,13 @@
 //! Tags: sign one or many (one published update), list them, revoke them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::cache::TrustContext;
 use super::fetch::{check_gun, fetch, role_keyids, Repo};
-use super::publish::{commit, fetch_or_init, malformed, Edit, NewTarget};
+use super::publish::{commit, fetch_or_init, malformed, Added, Edit};
 use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::keys::KeyEntry;
@@ -100,12 +101,7 @@ pub async fn resolve_tags(
     Ok(tags)
 }
 
-/// A tag to sign: the manifest's sha256 and size.
-pub struct TagTarget {
-    pub tag: String,
-    pub sha256: [u8; 32],
-    pub length: u64,
-}
+pub use super::publish::TagTarget;
 
 /// `dct trust sign`: adds each tag -> (sha256, length) to every delegation that is a
 /// direct child of targets, allows the tag and whose key the agent holds; else to targets.
@@ -116,7 +112,7 @@ pub async fn sign_tags(
     client: &NotaryClient,
     ctx: &TrustContext,
     gun: &str,
-    tags: &[TagTarget],
+    tags: &Arc<Vec<TagTarget>>,
     token: &str,
 ) -> Result<SignResult> {
     check_gun(gun)?;
@@ -155,7 +151,7 @@ pub async fn sign_tags(
 
     // Each role's new `signed`, with every tag it takes.
     let mut edits: Vec<Edit> = Vec::new();
-    let mut add = |role: &str, key: &KeyEntry, t: &TagTarget| -> Result<usize> {
+    let mut add = |role: &str, key: &KeyEntry, at: usize| -> Result<usize> {
         let i = match edits.iter().position(|e| e.role == role) {
             Some(i) => i,
             None => {
@@ -173,7 +169,7 @@ pub async fn sign_tags(
                     role: role.to_string(),
                     key: key.clone(),
                     signed,
-                    added: Vec::new(),
+                    added: Added::of(tags),
                     file,
                 });
                 edits.len() - 1
@@ -182,21 +178,17 @@ pub async fn sign_tags(
         let e = edits
             .get_mut(i)
             .ok_or_else(|| Error::Internal(format!("no edit of {role}")))?;
-        e.added.push(NewTarget {
-            name: t.tag.clone(),
-            sha256: t.sha256,
-            length: t.length,
-        });
+        e.added.picked.push(at);
         Ok(i)
     };
     let mut targets_key_cached: Option<KeyEntry> = None;
     // Which edits (roles) took each tag.
     let mut placed_in: Vec<Vec<usize>> = Vec::with_capacity(tags.len());
-    for t in tags {
+    for (at, t) in tags.iter().enumerate() {
         let mut into = Vec::new();
         for (d, k) in &held {
             if d.paths.iter().any(|p| t.tag.starts_with(p.as_str())) {
-                into.push(add(&d.name, k, t)?);
+                into.push(add(&d.name, k, at)?);
             }
         }
         if into.is_empty() {
@@ -208,7 +200,7 @@ pub async fn sign_tags(
                     k
                 }
             };
-            into.push(add("targets", &k, t)?);
+            into.push(add("targets", &k, at)?);
         }
         placed_in.push(into);
     }
@@ -453,7 +445,7 @@ pub async fn revoke(
                 role,
                 key,
                 signed,
-                added: Vec::new(),
+                added: Added::default(),
                 file: None,
             });
         }

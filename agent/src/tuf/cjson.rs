@@ -147,6 +147,168 @@ pub fn from_str(json: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Canonical bytes of the JSON text `json`, borrowed when the text is canonical already (a
+/// file Notary wrote, a document the agent wrote): checked in one pass without a copy, else
+/// written by [`from_str`].
+pub fn canonical(json: &str) -> Result<Cow<'_, [u8]>, String> {
+    if is_canonical(json) {
+        return Ok(Cow::Borrowed(json.as_bytes()));
+    }
+    from_str(json).map(Cow::Owned)
+}
+
+/// Whether [`from_str`] of `json` would give `json` back: one value, no whitespace, object
+/// members strictly in byte order of their names (so no name twice), strings with no escape
+/// but `\"` and `\\` and no control character, integers written as serde_json reads and
+/// this writer writes them (no `-0`, within i64/u64), nesting within [`MAX_DEPTH`].
+pub fn is_canonical(json: &str) -> bool {
+    let mut s = Scan {
+        b: json.as_bytes(),
+        i: 0,
+    };
+    s.value(0) && s.i == s.b.len()
+}
+
+/// A cursor over a text being checked by [`is_canonical`].
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        let ok = self.peek() == Some(c);
+        if ok {
+            self.i += 1;
+        }
+        ok
+    }
+
+    fn value(&mut self, depth: usize) -> bool {
+        match self.peek() {
+            Some(b'{' | b'[') if depth >= MAX_DEPTH => false,
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => self.string().is_some(),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.integer(),
+            _ => false,
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        let ok = self
+            .b
+            .get(self.i..)
+            .is_some_and(|rest| rest.starts_with(word));
+        self.i += word.len();
+        ok
+    }
+
+    /// The string's text between its quotes (escapes as written).
+    fn string(&mut self) -> Option<&'a [u8]> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let start = self.i;
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.i += 1;
+                    return self.b.get(start..self.i - 1);
+                }
+                b'\\' => match self.b.get(self.i + 1)? {
+                    b'"' | b'\\' => self.i += 2,
+                    _ => return None,
+                },
+                c if c < 0x20 => return None,
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    fn integer(&mut self) -> bool {
+        let start = self.i;
+        let negative = self.eat(b'-');
+        let digits = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        let n = self.i - digits;
+        let leading_zero = self.b.get(digits) == Some(&b'0') && (n > 1 || negative);
+        if n == 0 || leading_zero || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return false;
+        }
+        let Some(Ok(text)) = self.b.get(start..self.i).map(std::str::from_utf8) else {
+            return false;
+        };
+        if negative {
+            text.parse::<i64>().is_ok()
+        } else {
+            text.parse::<u64>().is_ok()
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> bool {
+        self.i += 1;
+        if self.eat(b']') {
+            return true;
+        }
+        loop {
+            if !self.value(depth + 1) {
+                return false;
+            }
+            if self.eat(b']') {
+                return true;
+            }
+            if !self.eat(b',') {
+                return false;
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> bool {
+        self.i += 1;
+        if self.eat(b'}') {
+            return true;
+        }
+        let mut previous: Option<&[u8]> = None;
+        loop {
+            let Some(name) = self.string() else {
+                return false;
+            };
+            if previous.is_some_and(|p| unescaped(p).cmp(unescaped(name)).is_ge()) {
+                return false;
+            }
+            previous = Some(name);
+            if !self.eat(b':') || !self.value(depth + 1) {
+                return false;
+            }
+            if self.eat(b'}') {
+                return true;
+            }
+            if !self.eat(b',') {
+                return false;
+            }
+        }
+    }
+}
+
+/// The bytes a string's text (with only `\"` and `\\` escaped) stands for.
+fn unescaped(raw: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut it = raw.iter().copied();
+    std::iter::from_fn(move || match it.next()? {
+        b'\\' => it.next(),
+        b => Some(b),
+    })
+}
+
 /// Nesting a tree of the same text allows: serde_json stops at 128 open objects or lists.
 const MAX_DEPTH: usize = 127;
 
@@ -296,6 +458,119 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(serde_json::from_str::<Value>(&deep).is_err());
         assert!(from_str(&deep).is_err());
+    }
+
+    /// A canonical text is taken as it is, and only a text the writer would give back.
+    #[test]
+    fn canonical_text_is_borrowed_and_others_rewritten() {
+        for v in [
+            json!({"B": "x", "a": [true, null, false], "b": -9223372036854775808i64, "z": {}, "é": 0}),
+            json!({"a\"b": 1, "a\\": 2, "a#": 3, "a": {"": [[], {}]}, "n": u64::MAX}),
+            json!([1, "two", {"3": null}]),
+            json!("a string \" with \\ escapes"),
+            json!({"signed": {"_type": "Targets", "targets": {"t1": {"hashes": {"sha256": "AA=="}, "length": 1}}}}),
+        ] {
+            let text = String::from_utf8(to_vec(&v).unwrap()).unwrap();
+            assert!(is_canonical(&text), "{text}");
+            assert!(matches!(canonical(&text), Ok(Cow::Borrowed(b)) if b == text.as_bytes()));
+        }
+        for (text, why) in [
+            (r#"{"b":1,"a":2}"#, "unsorted"),
+            (r#"{"a":1,"a":2}"#, "a name twice"),
+            (
+                r#"{"a#":1,"a\"":2}"#,
+                "sorted by the escaped, not the meant, bytes",
+            ),
+            (r#"{"a": 1}"#, "whitespace"),
+            (" 1", "leading whitespace"),
+            (r#""a\nb""#, "an escape the writer does not use"),
+            (r#""\u0041""#, "a \\u escape"),
+            (r#""a\/b""#, "an escaped slash"),
+            ("-0", "negative zero"),
+            ("1.0", "a fraction"),
+            ("1e2", "an exponent"),
+            ("18446744073709551616", "above u64"),
+            ("-9223372036854775809", "below i64"),
+        ] {
+            assert!(!is_canonical(text), "{why}: {text}");
+            if let Ok(out) = canonical(text) {
+                assert!(matches!(out, Cow::Owned(_)), "{why}");
+                assert_ne!(&out[..], text.as_bytes(), "{why}");
+            }
+        }
+        for text in [
+            "01",
+            "[1,]",
+            "{\"a\":1,}",
+            "tru",
+            "nul",
+            "\"a",
+            "[1",
+            "{\"a\"}",
+            "1 2",
+            "\"\u{1}\"",
+        ] {
+            assert!(!is_canonical(text), "{text}");
+            assert!(canonical(text).is_err(), "{text}");
+        }
+        // Nesting: where the writer stops.
+        for n in [126, 127, 128] {
+            let doc = format!("{}1{}", "[".repeat(n), "]".repeat(n));
+            assert_eq!(is_canonical(&doc), from_str(&doc).is_ok(), "{n} levels");
+        }
+    }
+
+    /// Texts near canonical ones (bytes inserted, dropped, changed): wherever the check says
+    /// canonical, the writer gives the very same bytes back.
+    #[test]
+    fn canonical_check_agrees_with_the_writer() {
+        let seeds = [
+            r#"{"a":[1,-2,{"b":"c\"d\\e"}],"b":true,"c":null,"d":{"x":18446744073709551615,"y":-9223372036854775808}}"#,
+            r#"{"signed":{"_type":"Targets","expires":"2030-01-01T00:00:00Z","targets":{"t1":{"hashes":{"sha256":"AA=="},"length":1},"t2":{"length":2}},"version":3}}"#,
+        ];
+        let alphabet = b"{}[]\":,\\ -019aeb.nultrf\n";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut same, mut tried) = (0, 0);
+        for seed in seeds {
+            for _ in 0..20_000 {
+                let mut b = seed.as_bytes().to_vec();
+                for _ in 0..1 + next(3) {
+                    let at = next(b.len());
+                    let c = alphabet[next(alphabet.len())];
+                    match next(3) {
+                        0 => b.insert(at, c),
+                        1 => {
+                            b.remove(at);
+                        }
+                        _ => b[at] = c,
+                    }
+                }
+                let Ok(text) = std::str::from_utf8(&b) else {
+                    continue;
+                };
+                tried += 1;
+                if is_canonical(text) {
+                    same += 1;
+                    assert_eq!(from_str(text).as_deref(), Ok(text.as_bytes()), "{text}");
+                } else if let Ok(out) = from_str(text) {
+                    assert_ne!(
+                        out,
+                        text.as_bytes(),
+                        "canonical but not seen as such: {text}"
+                    );
+                }
+            }
+        }
+        assert!(
+            same > 100 && same < tried,
+            "{same} of {tried} mutants canonical"
+        );
     }
 
     #[test]

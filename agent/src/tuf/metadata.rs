@@ -139,10 +139,29 @@ fn parse_signatures(sigs: Vec<Value>) -> Result<Vec<Signature>, String> {
 /// and the signatures: `signed` first, then `signatures`, no whitespace.
 pub fn file_bytes(message: &[u8], signatures: &[Signature]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(message.len() + 32 + 192 * signatures.len());
-    out.extend_from_slice(b"{\"signed\":");
+    out.extend_from_slice(FILE_HEAD);
     out.extend_from_slice(message);
     write_signatures(signatures, &mut out)?;
     Ok(out)
+}
+
+/// What a metadata file starts with, as [`file_bytes`] writes it: `signed` follows.
+pub const FILE_HEAD: &[u8] = b"{\"signed\":";
+
+/// [`file_bytes`] in place: `buf` holds [`FILE_HEAD`] and the message in its first `end`
+/// bytes; what follows is replaced by the signatures (a big role is so signed without a
+/// second copy of it).
+pub fn finish_file(
+    mut buf: Vec<u8>,
+    end: usize,
+    signatures: &[Signature],
+) -> Result<Vec<u8>, String> {
+    if !buf.starts_with(FILE_HEAD) || end > buf.len() {
+        return Err("not a file head".into());
+    }
+    buf.truncate(end);
+    write_signatures(signatures, &mut buf)?;
+    Ok(buf)
 }
 
 /// Adds `sig` to `signatures`, replacing an earlier one by the same key.

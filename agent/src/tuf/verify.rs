@@ -98,6 +98,28 @@ pub fn verify_repository(
     at: OffsetDateTime,
     pins: &[String],
 ) -> Result<VerifiedRepo, VerifyError> {
+    verify_repository_with(gun, files, at, pins, Listing::Targets)
+}
+
+/// What a verification lists of each targets role besides its signatures and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// Every target, usable or not ([`RoleReport::targets`], [`RoleReport::unusable`]).
+    Targets,
+    /// No targets (the reports' lists stay empty): for signing, which reads the roles'
+    /// text itself, so that a role of 100,000 targets is checked without a map of them.
+    /// The same checks pass or fail.
+    RolesOnly,
+}
+
+/// As [`verify_repository`], listing what `listing` says.
+pub fn verify_repository_with(
+    gun: &str,
+    files: &RepoFiles,
+    at: OffsetDateTime,
+    pins: &[String],
+    listing: Listing,
+) -> Result<VerifiedRepo, VerifyError> {
     let get = |role: &str| {
         files
             .get(role)
@@ -229,8 +251,7 @@ pub fn verify_repository(
         doc: targets,
         msg,
         signatures,
-    } = read_targets("targets", get("targets")?)?;
-    check_target_hashes("targets", &targets)?;
+    } = read_targets("targets", get("targets")?, listing)?;
     check_common("targets", &targets.common, at)?;
     let signed_by = check_role_signed("targets", &msg, &signatures, &root, &root_keys)?;
     drop((msg, signatures));
@@ -289,8 +310,7 @@ pub fn verify_repository(
                 doc: child,
                 msg,
                 signatures,
-            } = read_targets(name, bytes)?;
-            check_target_hashes(name, &child)?;
+            } = read_targets(name, bytes, listing)?;
             if child.common.version < 1 {
                 return Err(fail(
                     name,
@@ -398,6 +418,42 @@ fn check_target_hashes(role: &str, doc: &TargetsDoc) -> Result<(), VerifyError> 
     Ok(())
 }
 
+/// [`check_target_hashes`] over the text of a targets map, each entry read and dropped in
+/// turn (a later entry of one name replaces an earlier one in a map, so only the last of a
+/// name counts, as there).
+fn check_target_hashes_text(role: &str, targets: &str) -> Result<(), VerifyError> {
+    use serde::de::{MapAccess, Visitor};
+    use serde::Deserializer as _;
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of targets")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            // (name, why) of each entry that fails; only a name's last entry counts.
+            let mut bad: Vec<(String, String)> = Vec::new();
+            while let Some((name, meta)) = m.next_entry::<super::cjson::Key<'de>, FileMeta>()? {
+                let name = name.0;
+                bad.retain(|(n, _)| *n != name);
+                if let Err(e) = meta.check_base64() {
+                    bad.push((name.into_owned(), e));
+                }
+            }
+            Ok(bad)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(targets);
+    let bad = de
+        .deserialize_map(Entries)
+        .and_then(|b| de.end().map(|()| b))
+        .map_err(|e| fail(role, format!("malformed: {e}")))?;
+    match bad.into_iter().min() {
+        Some((name, e)) => Err(fail(role, format!("malformed: target {name:?}: {e}"))),
+        None => Ok(()),
+    }
+}
+
 fn typed<T: serde::de::DeserializeOwned>(role: &str, env: &Envelope) -> Result<T, VerifyError> {
     let expected = expected_type(role);
     match env.doc_type() {
@@ -503,16 +559,44 @@ fn check_role_signed(
     check_signed(msg, signatures, &keys, r.threshold).map_err(|e| fail(role, e))
 }
 
+/// A targets document without its targets: the fields of [`TargetsDoc`] but the map, which
+/// serde skips over as an unknown member (no `flatten`, which would buffer the whole
+/// document first); the map is checked from its text.
+#[derive(serde::Deserialize)]
+struct TargetsHead {
+    #[serde(rename = "_type")]
+    doc_type: String,
+    version: i64,
+    expires: String,
+    #[serde(default)]
+    delegations: crate::tuf::metadata::Delegations,
+}
+
+impl TargetsHead {
+    fn common(&self) -> Common {
+        Common {
+            doc_type: self.doc_type.clone(),
+            version: self.version,
+            expires: self.expires.clone(),
+        }
+    }
+}
+
 /// A targets role (top-level or delegated) read from its text, never as a tree: its typed
 /// document, the canonical bytes of `signed` and the signatures (a role of 100,000 targets
 /// would be a tree of some 90 MiB).
-struct TargetsFile {
+struct TargetsFile<'a> {
     doc: TargetsDoc,
-    msg: Vec<u8>,
+    /// The file's own bytes when its `signed` is canonical, as Notary writes it.
+    msg: std::borrow::Cow<'a, [u8]>,
     signatures: Vec<Signature>,
 }
 
-fn read_targets(role: &str, bytes: &[u8]) -> Result<TargetsFile, VerifyError> {
+fn read_targets<'a>(
+    role: &str,
+    bytes: &'a [u8],
+    listing: Listing,
+) -> Result<TargetsFile<'a>, VerifyError> {
     let raw = RawEnvelope::parse(bytes).map_err(|e| fail(role, e))?;
     let text = raw.signed.get();
     let expected = expected_type(role);
@@ -524,8 +608,27 @@ fn read_targets(role: &str, bytes: &[u8]) -> Result<TargetsFile, VerifyError> {
         Some(t) => return Err(fail(role, format!("_type is {t:?}, expected {expected:?}"))),
         None => return Err(fail(role, "no _type")),
     }
-    let doc = serde_json::from_str(text).map_err(|e| fail(role, format!("malformed: {e}")))?;
-    let msg = super::cjson::from_str(text).map_err(|e| fail(role, e))?;
+    let malformed = |e: serde_json::Error| fail(role, format!("malformed: {e}"));
+    let doc = match listing {
+        Listing::Targets => {
+            let doc: TargetsDoc = serde_json::from_str(text).map_err(malformed)?;
+            check_target_hashes(role, &doc)?;
+            doc
+        }
+        Listing::RolesOnly => {
+            let head: TargetsHead = serde_json::from_str(text).map_err(malformed)?;
+            let members = super::cjson::members(text).map_err(malformed)?;
+            if let Some(targets) = super::cjson::last(&members, "targets") {
+                check_target_hashes_text(role, targets.get())?;
+            }
+            TargetsDoc {
+                common: head.common(),
+                targets: BTreeMap::new(),
+                delegations: head.delegations,
+            }
+        }
+    };
+    let msg = super::cjson::canonical(text).map_err(|e| fail(role, e))?;
     Ok(TargetsFile {
         doc,
         msg,
@@ -860,8 +963,36 @@ mod tests {
         }
     }
 
+    /// Verified as inspect does; and as signing does (no targets listed), which must pass or
+    /// fail alike, with the same roles, skipped roles and warnings.
     fn verify(files: &RepoFiles) -> Result<VerifiedRepo, VerifyError> {
-        verify_repository(GUN, files, OffsetDateTime::now_utc(), &[])
+        let now = OffsetDateTime::now_utc();
+        let full = verify_repository(GUN, files, now, &[]);
+        let roles_only = verify_repository_with(GUN, files, now, &[], Listing::RolesOnly);
+        match (&full, roles_only) {
+            (Ok(f), Ok(r)) => {
+                let names = |v: &VerifiedRepo| {
+                    let roles = v
+                        .roles
+                        .iter()
+                        .map(|r| (r.role.clone(), r.version, r.signed_by.clone()));
+                    (roles.collect::<Vec<_>>(), v.skipped.clone(), v.pinned)
+                };
+                assert_eq!(names(f), names(&r));
+                assert!(r
+                    .roles
+                    .iter()
+                    .all(|x| x.targets.is_empty() && x.unusable.is_empty()));
+                let outside = |w: &&String| w.contains("outside its delegated paths");
+                let warnings = |v: &VerifiedRepo| -> Vec<String> {
+                    v.warnings.iter().filter(|w| !outside(w)).cloned().collect()
+                };
+                assert_eq!(warnings(f), warnings(&r));
+            }
+            (Err(f), Err(r)) => assert_eq!(f, &r),
+            (f, r) => panic!("verified as inspect does: {f:?}; as signing does: {r:?}"),
+        }
+        full
     }
 
     fn targets_of<'a>(v: &'a VerifiedRepo, role: &str) -> Vec<&'a str> {
