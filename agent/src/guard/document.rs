@@ -13,23 +13,11 @@ use crate::keys::KeyEntry;
 use crate::tuf::cert::subject_cn;
 use crate::tuf::keys::{TufKey, ECDSA_X509};
 use crate::tuf::metadata::{
-    expected_type, file_bytes, finish_file, parse_key_map, valid_delegation_name, Common,
-    Delegations, Envelope, MetaDoc, RawEnvelope, RoleKeys, RootDoc, Signature, FILE_HEAD,
+    expected_type, file_bytes, finish_file, parse_key_map, valid_delegation_name, Common, Envelope,
+    MetaDoc, RawEnvelope, RoleKeys, RootDoc, Signature, TargetsHead, FILE_HEAD,
 };
 use crate::tuf::verify::check_role_keys;
 use serde::Deserialize;
-
-/// The parts of a targets document the checks need; the targets map is checked in place
-/// by [`check_target_entries`].
-#[derive(Deserialize)]
-struct TargetsHead {
-    #[serde(rename = "_type")]
-    doc_type: String,
-    version: i64,
-    expires: String,
-    #[serde(default)]
-    delegations: Delegations,
-}
 
 /// Targets in one document the agent will sign.
 pub const MAX_TARGETS: usize = 1_000_000;

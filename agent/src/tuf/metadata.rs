@@ -423,6 +423,19 @@ pub struct TargetsDoc {
     pub delegations: Delegations,
 }
 
+/// The parts of a targets document but its targets map, which serde skips over as an
+/// unknown member (no `flatten`, which would buffer the whole document first): the guard and
+/// the verifier check the map from its text, entry by entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TargetsHead {
+    #[serde(rename = "_type")]
+    pub doc_type: String,
+    pub version: i64,
+    pub expires: String,
+    #[serde(default)]
+    pub delegations: Delegations,
+}
+
 /// Snapshot and timestamp both carry `meta`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MetaDoc {

@@ -559,29 +559,6 @@ fn check_role_signed(
     check_signed(msg, signatures, &keys, r.threshold).map_err(|e| fail(role, e))
 }
 
-/// A targets document without its targets: the fields of [`TargetsDoc`] but the map, which
-/// serde skips over as an unknown member (no `flatten`, which would buffer the whole
-/// document first); the map is checked from its text.
-#[derive(serde::Deserialize)]
-struct TargetsHead {
-    #[serde(rename = "_type")]
-    doc_type: String,
-    version: i64,
-    expires: String,
-    #[serde(default)]
-    delegations: crate::tuf::metadata::Delegations,
-}
-
-impl TargetsHead {
-    fn common(&self) -> Common {
-        Common {
-            doc_type: self.doc_type.clone(),
-            version: self.version,
-            expires: self.expires.clone(),
-        }
-    }
-}
-
 /// A targets role (top-level or delegated) read from its text, never as a tree: its typed
 /// document, the canonical bytes of `signed` and the signatures (a role of 100,000 targets
 /// would be a tree of some 90 MiB).
@@ -622,7 +599,11 @@ fn read_targets<'a>(
                 check_target_hashes_text(role, targets.get())?;
             }
             TargetsDoc {
-                common: head.common(),
+                common: Common {
+                    doc_type: head.doc_type,
+                    version: head.version,
+                    expires: head.expires,
+                },
                 targets: BTreeMap::new(),
                 delegations: head.delegations,
             }
