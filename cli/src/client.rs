@@ -228,7 +228,19 @@ pub fn failure(s: Status) -> Failure {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let hint = match (s.code(), reason.as_deref()) {
-        // Not the agent's: the transport refused a message over its size limit.
+        // Not the agent's: the transport refused a message over its size limit (an answer
+        // when the agent could not encode it, else the request).
+        (Code::OutOfRange, None) if msg.contains("encoded message") => {
+            return Failure {
+                code: EXIT_FAILED,
+                message: format!("the agent's answer is too large to send: {msg}"),
+                hint: Some(
+                    "answers may be up to twice max_request_bytes in agent.toml (at least 256 MiB)"
+                        .into(),
+                ),
+                reason: Some("too_large".into()),
+            };
+        }
         (Code::OutOfRange, None) => {
             return Failure {
                 code: EXIT_FAILED,

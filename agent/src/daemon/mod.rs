@@ -27,6 +27,10 @@ use crate::rpc::limits::limits;
 use crate::rpc::service::AgentService;
 use crate::util::pin_file::read_pin_file;
 
+/// The largest answer the agent sends unless requests may be larger still (twice
+/// `max_request_bytes`): room for listing a role of 1,000,000 tags.
+const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
+
 /// Starts one worker thread per configured token. A token that is absent now is not an
 /// error: requests say so, and it is picked up when it appears.
 pub fn start_tokens(
@@ -416,9 +420,13 @@ impl Listener {
             config.trust_server()?,
             config.pinning()?,
         );
+        // Answers may be larger than requests: `dct trust inspect` of a role of 1,000,000
+        // tags (the most one role may hold; its file is up to notary's 100 MiB download cap)
+        // is an answer of about 96 MB.
+        let answers = limit.saturating_mul(2).max(MAX_ANSWER_BYTES);
         let service = AgentServer::new(AgentService::new(guard, trust))
             .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit.saturating_mul(2));
+            .max_encoding_message_size(answers);
         let result = limits(
             tonic::transport::Server::builder(),
             config.request_timeout(),

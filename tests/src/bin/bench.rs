@@ -940,7 +940,13 @@ fn huge_role(stack: &NotaryStack, hsm: &SoftHsm, ca: &str, n: usize, work: &Path
     let inspect_peak = mib_of(vm_hwm_kib(agent.pid()).unwrap_or(0));
     let signed: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect JSON");
     let count = signed["signed_tags"].as_array().map(Vec::len).unwrap_or(0);
-    assert_eq!(count, n, "every tag of the huge targets role is published");
+    assert_eq!(
+        count,
+        n,
+        "every tag of the huge targets role is published (inspect: {}, {})",
+        inspect.status,
+        String::from_utf8_lossy(&inspect.stderr)
+    );
     let moved = signed["signed_tags"]
         .as_array()
         .and_then(|tags| tags.iter().find(|t| t["tag"] == "h0-0"))
