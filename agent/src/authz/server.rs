@@ -162,10 +162,19 @@ fn bind(socket: &Path) -> Result<tokio::net::UnixListener, String> {
         }
         let _ = std::fs::remove_file(socket);
     }
-    let listener = tokio::net::UnixListener::bind(socket)
-        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    // Bound and made private under a temporary name, then renamed into place: the path never
+    // names a socket with the default mode (dockerd, or a test, may look the moment it
+    // appears).
+    let tmp = dir.join(format!(".dct-authz.sock.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)
+        .map_err(|e| format!("cannot listen on {}: {e}", tmp.display()))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, socket));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("{}: {e}", socket.display()));
+    }
     Ok(listener)
 }
 
