@@ -76,6 +76,8 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: big buffers (a role of 100,000 tags) are returned when freed.
+    let tuned = dct_malloc::return_big_buffers_when_freed();
     let mut args = Args::parse();
     if let Some(Command::CheckConfig { file }) = args.command.take() {
         return check_config(file.or(args.config));
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
                 .with_filter(wanted.and(card_io)),
         )
         .init();
+    tracing::debug!(tuned, "glibc mmap threshold fixed");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
