@@ -1377,22 +1377,34 @@ impl Agent for AgentService {
             }
         }
         let first = tags.first();
+        let sha256 = first
+            .map(|t| crate::tuf::keys::hex(&t.sha256))
+            .unwrap_or_default();
+        let length = first.map(|t| t.length).unwrap_or_default();
+        // The answer lists every tag: the names move into it once the roles that shared
+        // them are done (they are by now), each tag's place reused for its answer.
+        let answer = |t: &trust::TagTarget, tag: String| pb::TagTarget {
+            tag,
+            sha256: crate::tuf::keys::hex(&t.sha256),
+            length: t.length,
+        };
+        let tags = match std::sync::Arc::try_unwrap(tags) {
+            Ok(list) => list
+                .into_iter()
+                .map(|mut t| {
+                    let tag = std::mem::take(&mut t.tag);
+                    answer(&t, tag)
+                })
+                .collect(),
+            Err(shared) => shared.iter().map(|t| answer(t, t.tag.clone())).collect(),
+        };
         Ok(Response::new(pb::TrustSignResponse {
             also,
             roles: r.roles,
             initialized: r.initialized,
-            sha256: first
-                .map(|t| crate::tuf::keys::hex(&t.sha256))
-                .unwrap_or_default(),
-            length: first.map(|t| t.length).unwrap_or_default(),
-            tags: tags
-                .iter()
-                .map(|t| pb::TagTarget {
-                    tag: t.tag.clone(),
-                    sha256: crate::tuf::keys::hex(&t.sha256),
-                    length: t.length,
-                })
-                .collect(),
+            sha256,
+            length,
+            tags,
         }))
     }
 

@@ -63,16 +63,20 @@ pub async fn resolve_tags(
     ca_pem: Option<&[u8]>,
     creds: Option<&crate::oci::registry::Credentials>,
 ) -> Result<Vec<TagTarget>> {
+    // No tag twice, found before anything is resolved, by the names in order (not a set of
+    // copies of 100,000 names).
+    let mut names: Vec<&str> = wanted.iter().map(|w| w.tag.as_str()).collect();
+    names.sort_unstable();
+    if let Some(twice) = names.windows(2).find(|w| w.first() == w.last()) {
+        return Err(Error::InvalidArgument(format!(
+            "tag {:?} is given twice",
+            twice.first().copied().unwrap_or_default()
+        )));
+    }
+    drop(names);
     let mut tags = Vec::with_capacity(wanted.len());
-    let mut seen = std::collections::HashSet::new();
     for w in wanted {
         check_tag(&w.tag)?;
-        if !seen.insert(w.tag.clone()) {
-            return Err(Error::InvalidArgument(format!(
-                "tag {:?} is given twice",
-                w.tag
-            )));
-        }
         let (digest, length) = if !w.sha256.is_empty() {
             let d: [u8; 32] = crate::tuf::keys::unhex(&w.sha256)
                 .and_then(|d| d.try_into().ok())
@@ -460,4 +464,63 @@ pub async fn revoke(
     commit(guard, client, gun, &repo, &keys, edits).await?;
     tracing::info!(gun, tag = tag.unwrap_or("*"), roles = ?roles, "revoked");
     Ok(roles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(tag: &str, hex: &str) -> WantedTag {
+        WantedTag {
+            tag: tag.into(),
+            sha256: hex.into(),
+            length: 7,
+            manifest: Vec::new(),
+        }
+    }
+
+    /// Tags given with their digests resolve without a registry, in order; a tag given twice
+    /// is refused by name before anything is resolved (the registry is never asked: the
+    /// third tag has no digest and would need it).
+    #[tokio::test]
+    async fn tags_resolve_in_order_and_none_twice() {
+        let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+        let tags = resolve_tags(
+            "example.com/app",
+            vec![wanted("v2", &a), wanted("v1", &b)],
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+        let got: Vec<(&str, u8, u64)> = tags
+            .iter()
+            .map(|t| (t.tag.as_str(), t.sha256[0], t.length))
+            .collect();
+        assert_eq!(got, [("v2", 0xab, 7), ("v1", 0xcd, 7)]);
+
+        let err = resolve_tags(
+            "example.com/app",
+            vec![
+                wanted("v1", &a),
+                wanted("v2", &b),
+                wanted("v3", ""),
+                wanted("v1", &b),
+            ],
+            None,
+            None,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m == "tag \"v1\" is given twice"),
+            "{err}"
+        );
+        let err = resolve_tags("example.com/app", vec![wanted("v1", "abc")], None, None)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not 64 hex characters"), "{err}");
+    }
 }
