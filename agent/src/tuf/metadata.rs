@@ -413,27 +413,53 @@ pub struct Delegations {
     pub roles: Vec<DelegationRole>,
 }
 
+/// A targets document, read through [`TargetsParts`]: a `#[serde(flatten)]` of [`Common`]
+/// would have serde buffer the whole document (100,000 targets) as generic content first.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(from = "TargetsParts<BTreeMap<String, FileMeta>>")]
 pub struct TargetsDoc {
-    #[serde(flatten)]
     pub common: Common,
-    #[serde(default)]
     pub targets: BTreeMap<String, FileMeta>,
-    #[serde(default)]
     pub delegations: Delegations,
 }
 
-/// The parts of a targets document but its targets map, which serde skips over as an
-/// unknown member (no `flatten`, which would buffer the whole document first): the guard and
-/// the verifier check the map from its text, entry by entry.
+/// A targets document's members as serde reads them in one pass; `targets` is the map
+/// ([`TargetsDoc`]) or skipped over ([`TargetsHead`]). A member given twice is refused.
 #[derive(Debug, Clone, Deserialize)]
-pub struct TargetsHead {
+pub struct TargetsParts<T> {
     #[serde(rename = "_type")]
     pub doc_type: String,
     pub version: i64,
     pub expires: String,
     #[serde(default)]
+    pub targets: T,
+    #[serde(default)]
     pub delegations: Delegations,
+}
+
+/// The parts of a targets document but its targets map, skipped over: the guard and the
+/// verifier check the map from its text, entry by entry.
+pub type TargetsHead = TargetsParts<serde::de::IgnoredAny>;
+
+impl<T> TargetsParts<T> {
+    /// `_type`, `version` and `expires`.
+    pub fn common(&self) -> Common {
+        Common {
+            doc_type: self.doc_type.clone(),
+            version: self.version,
+            expires: self.expires.clone(),
+        }
+    }
+}
+
+impl From<TargetsParts<BTreeMap<String, FileMeta>>> for TargetsDoc {
+    fn from(p: TargetsParts<BTreeMap<String, FileMeta>>) -> TargetsDoc {
+        TargetsDoc {
+            common: p.common(),
+            targets: p.targets,
+            delegations: p.delegations,
+        }
+    }
 }
 
 /// Snapshot and timestamp both carry `meta`.

@@ -599,11 +599,7 @@ fn read_targets<'a>(
                 check_target_hashes_text(role, targets.get())?;
             }
             TargetsDoc {
-                common: Common {
-                    doc_type: head.doc_type,
-                    version: head.version,
-                    expires: head.expires,
-                },
+                common: head.common(),
                 targets: BTreeMap::new(),
                 delegations: head.delegations,
             }
