@@ -518,6 +518,39 @@ pub fn expected_type(role: &str) -> &'static str {
 mod tests {
     use super::*;
 
+    /// A targets document reads in one pass, typed or without its map; a member given twice
+    /// is refused either way (Go's decoder takes the last, a first-wins reading would not).
+    #[test]
+    fn targets_documents_read_in_one_pass_and_refuse_a_member_twice() {
+        let doc = r#"{"_type":"Targets","delegations":{"keys":{},"roles":[]},"expires":"2030-01-01T00:00:00Z","targets":{"a":{"hashes":{"sha256":"AA=="},"length":1}},"version":3,"x":[1]}"#;
+        let full: TargetsDoc = serde_json::from_str(doc).unwrap();
+        assert_eq!((full.common.version, full.targets.len()), (3, 1));
+        assert_eq!(full.common.doc_type, "Targets");
+        let head: TargetsHead = serde_json::from_str(doc).unwrap();
+        assert_eq!(
+            (head.version, head.expires.as_str()),
+            (3, "2030-01-01T00:00:00Z")
+        );
+        let no_map = r#"{"_type":"Targets","expires":"2030-01-01T00:00:00Z","version":1}"#;
+        assert!(serde_json::from_str::<TargetsDoc>(no_map)
+            .unwrap()
+            .targets
+            .is_empty());
+        for twice in [
+            doc.replace(r#""version":3"#, r#""version":3,"version":4"#),
+            doc.replace(r#""targets":{"#, r#""targets":{},"targets":{"#),
+        ] {
+            assert!(
+                serde_json::from_str::<TargetsDoc>(&twice).is_err(),
+                "{twice}"
+            );
+            assert!(
+                serde_json::from_str::<TargetsHead>(&twice).is_err(),
+                "{twice}"
+            );
+        }
+    }
+
     #[test]
     fn delegations_and_target_names_are_read_from_the_text() {
         let file = br#"{"signed":{"_type":"Targets","targets":{"b":{"length":1},"a":{}},"delegations":{"keys":{},"roles":[{"name":"targets/releases","keyids":["k"],"threshold":1,"paths":[""]}]}},"signatures":[]}"#;
