@@ -58,6 +58,11 @@ pub enum TrustCmd {
         /// one repository; blank lines and lines starting with # are skipped.
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
+        /// With --from: tags per published version. A longer list is signed and published
+        /// in parts, one after another (the agent takes at most 200,000 tags a request).
+        #[arg(long, value_name = "N", requires = "from", default_value_t = dct_proto::MAX_TAGS_PER_SIGN as u64,
+              value_parser = clap::value_parser!(u64).range(1..=dct_proto::MAX_TAGS_PER_SIGN as u64))]
+        part_size: u64,
         /// The manifest digest, sha256:<64 hex>.
         #[arg(long, requires = "size", conflicts_with = "manifest")]
         digest: Option<String>,
@@ -295,6 +300,7 @@ pub async fn run(
         TrustCmd::Sign {
             images,
             from,
+            part_size,
             digest,
             size,
             manifest,
@@ -359,24 +365,77 @@ pub async fn run(
             if many {
                 eprintln!("signing {count} tags of {gun} ...");
             }
-            let sealed_registry_password = sealed_registry_password(c).await?;
-            let req = pb::TrustSignRequest {
-                server: Some(srv),
-                gun: gun.clone(),
-                tag: tag.clone(),
-                sha256: hex,
-                length: size.unwrap_or_default(),
-                token: token.unwrap_or_default(),
-                manifest,
-                registry_username: std::env::var("DCT_REGISTRY_USERNAME").unwrap_or_default(),
-                registry_password: String::new(),
-                tags,
-                sealed_registry_password,
-                also,
+            // A list longer than a request may carry goes in parts, each signed and published
+            // before the next: what is published stays if a later part fails, and signing the
+            // same list again finishes it (a tag signed again with its digest is unchanged).
+            // Within 1..=200,000 (clap checks it).
+            let part_size = usize::try_from(part_size).unwrap_or(dct_proto::MAX_TAGS_PER_SIGN);
+            let parts: Vec<Vec<pb::TagTarget>> = if tags.len() > part_size {
+                let mut rest = tags;
+                let mut parts = Vec::new();
+                while !rest.is_empty() {
+                    let tail = rest.split_off(part_size.min(rest.len()));
+                    parts.push(std::mem::replace(&mut rest, tail));
+                }
+                parts
+            } else {
+                vec![tags]
             };
-            let r = c
-                .call(|mut a| async move { a.trust_sign(req).await })
-                .await?;
+            let n_parts = parts.len();
+            let mut r = pb::TrustSignResponse::default();
+            for (i, tags) in parts.into_iter().enumerate() {
+                let in_part = tags.len();
+                let req = pb::TrustSignRequest {
+                    server: Some(srv.clone()),
+                    gun: gun.clone(),
+                    tag: tag.clone(),
+                    sha256: hex.clone(),
+                    length: size.unwrap_or_default(),
+                    token: token.clone().unwrap_or_default(),
+                    manifest: manifest.clone(),
+                    registry_username: std::env::var("DCT_REGISTRY_USERNAME").unwrap_or_default(),
+                    registry_password: String::new(),
+                    tags,
+                    sealed_registry_password: sealed_registry_password(c).await?,
+                    also: also.clone(),
+                };
+                let part = c.call(|mut a| async move { a.trust_sign(req).await }).await;
+                let part = match part {
+                    Ok(p) => p,
+                    Err(mut f) if i > 0 => {
+                        f.message = format!(
+                            "{} of {count} tags signed and published in {i} part(s); part {} of {n_parts} failed: {}",
+                            r.tags.len(),
+                            i + 1,
+                            f.message
+                        );
+                        f.hint = Some(
+                            "run the same command again to finish: tags signed again with the same digest are unchanged"
+                                .into(),
+                        );
+                        return Err(f);
+                    }
+                    Err(f) => return Err(f),
+                };
+                if n_parts > 1 {
+                    eprintln!(
+                        "part {} of {n_parts}: {in_part} tags signed and published ({} of {count})",
+                        i + 1,
+                        r.tags.len() + part.tags.len()
+                    );
+                }
+                r.initialized |= part.initialized;
+                for role in part.roles {
+                    if !r.roles.contains(&role) {
+                        r.roles.push(role);
+                    }
+                }
+                if r.sha256.is_empty() {
+                    (r.sha256, r.length) = (part.sha256, part.length);
+                }
+                r.tags.extend(part.tags);
+                r.also.extend(part.also);
+            }
             let also_failed: Vec<&pb::OciSignature> = r.also.iter().filter(|a| !a.ok).collect();
             let also_done = || -> Result<(), Failure> {
                 for a in &r.also {

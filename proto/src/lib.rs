@@ -19,3 +19,7 @@ pub mod notary {
 /// `final_try`, `unavailable`, `resource_exhausted`, `internal`): clients decide on it,
 /// never on the message text.
 pub const REASON_KEY: &str = "dct-reason";
+
+/// The most tags one `TrustSign` request may carry (the agent refuses more; `dct trust sign
+/// --from` sends a longer list in parts of at most this many, each published as a version).
+pub const MAX_TAGS_PER_SIGN: usize = 200_000;

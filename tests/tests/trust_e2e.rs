@@ -1064,6 +1064,64 @@ fn many_tags_in_one_signed_update() {
     let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
     assert_eq!(ins["signed_tags"].as_array().unwrap().len(), 300);
 
+    // A list longer than a part (--part-size; the default is the agent's 200,000 a request)
+    // is signed and published in parts, one after another; the answer lists every tag, and
+    // the real notary client sees the new digests of two tags signed again.
+    let more: Vec<Vec<u8>> = (0..5).map(|i| format!("more {i}\n").into_bytes()).collect();
+    let names = ["t0", "t1", "t300", "t301", "t302"];
+    let mut list = String::new();
+    for (n, c) in names.iter().zip(&more) {
+        list.push_str(&format!(
+            "{gun}:{n} sha256:{} {}\n",
+            hex(&Sha256::digest(c)),
+            c.len()
+        ));
+    }
+    std::fs::write(&file, &list).unwrap();
+    let parts = &["--json", "sign", "--part-size", "2", "--from"];
+    let run = trust(
+        &agent,
+        &stack,
+        &[parts, &[file.to_str().unwrap()][..]].concat(),
+    );
+    assert_eq!(run.json()["tags"].as_array().unwrap().len(), 5);
+    let err = run.stderr();
+    for part in [
+        "part 1 of 3: 2 tags signed and published (2 of 5)",
+        "part 2 of 3: 2 tags signed and published (4 of 5)",
+        "part 3 of 3: 1 tags signed and published (5 of 5)",
+    ] {
+        assert!(err.contains(part), "{err}");
+    }
+    let rows = notary_list(&stack, gun, &[]);
+    assert_eq!(rows.len(), 303);
+    for (n, c) in names.iter().zip(&more) {
+        assert!(rows.contains(&row(n, c, "targets")), "{n}: {rows:?}");
+    }
+    // A part refused after one was published: what was published stays, and the error says
+    // how far it got and that the same command finishes it.
+    let d = hex(&Sha256::digest(b"g"));
+    std::fs::write(
+        &file,
+        format!("{gun}:g1 sha256:{d} 1\n{gun}:g2 sha256:{d} 1\n{gun}:-bad sha256:{d} 1\n"),
+    )
+    .unwrap();
+    let run = trust(
+        &agent,
+        &stack,
+        &[&parts[1..], &[file.to_str().unwrap()][..]].concat(),
+    );
+    assert_ne!(run.code(), 0);
+    let err = run.stderr();
+    assert!(
+        err.contains("2 of 3 tags signed and published in 1 part(s); part 2 of 2 failed"),
+        "{err}"
+    );
+    assert!(err.contains("run the same command again"), "{err}");
+    let rows = notary_list(&stack, gun, &[]);
+    assert!(rows.contains(&row("g1", b"g", "targets")), "{rows:?}");
+    assert_eq!(rows.len(), 305);
+
     // Refusals: two repositories, --digest with many tags, a malformed line, a repeat.
     let two = trust(
         &agent,

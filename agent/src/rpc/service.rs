@@ -16,8 +16,8 @@ use crate::keys::{check_gun, check_role, KeyEntry, Keyring, Token, TokenInfo};
 use crate::trust;
 use crate::tuf::verify;
 
-/// Tags in one TrustSign call.
-const MAX_TAGS: usize = 200_000;
+/// Tags in one TrustSign call (the CLI sends a longer list in parts of this many).
+const MAX_TAGS: usize = dct_proto::MAX_TAGS_PER_SIGN;
 
 /// Documents in one SignMetadataBatch call.
 const MAX_BATCH: usize = 100_000;

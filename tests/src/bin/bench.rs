@@ -852,11 +852,11 @@ fn end_to_end(stack: &NotaryStack, quick: bool) -> String {
 | 1 tag, process start to published (median of {RUNS}) | {} | {} | {:.1}x |\n\
 | {many} tags in one invocation (dct: median of {RUNS}; notary: one run) | {} | {} | {:.1}x |\n\n\
 Huge targets roles, each on fresh agents (keys on SoftHSM2), the agent's peak resident memory \
-(VmHWM; an idle agent is about 23 MiB) against the size of the targets.json published: `dct trust sign \
---from` of all the tags into a new repository; one of its tags signed again with a new digest by a fresh \
-agent (it fetches and verifies the whole role, edits, signs, publishes; more than 200,000 tags are \
-signed in parts of 200,000, the agent's limit per request); then `dct trust inspect` by that agent, which \
-must list every tag.\n\n\
+(VmHWM; an idle agent is about 23 MiB) against the size of the targets.json published: one `dct trust sign \
+--from` of all the tags into a new repository (more than 200,000 go in parts of 200,000, the agent's limit \
+per request, each part published); one of its tags signed again with a new digest by a fresh agent (it \
+fetches and verifies the whole role, edits, signs, publishes); then `dct trust inspect` by that agent, \
+which must list every tag.\n\n\
 | tags | targets.json | sign all: time | agent peak (x file) | re-sign 1 tag: time | agent peak | inspect: time | agent peak |\n\
 |---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}",
         ms(one_dct),
@@ -885,24 +885,18 @@ fn huge_role(stack: &NotaryStack, hsm: &SoftHsm, ca: &str, n: usize, work: &Path
         c
     };
     let mib_of = |kib: u64| kib as f64 / 1024.0;
-    // The agent takes at most 200,000 tags a request: more are signed in parts, each
-    // published as a version of its own (each part fetches and verifies the role so far).
-    const PER_REQUEST: usize = 200_000;
+    // One `dct trust sign --from` of them all: the CLI sends the agent at most 200,000 tags
+    // a request, each part published as a version of its own (each fetches and verifies the
+    // role so far).
     let agent = fresh();
     timed(&mut dct(&agent, &["init", &gun]));
-    let mut sign_took = Duration::ZERO;
-    let mut parts = 0;
-    for start in (0..n).step_by(PER_REQUEST) {
-        let list = work.join(format!("huge{n}-{start}.txt"));
-        let count = PER_REQUEST.min(n - start);
-        std::fs::write(&list, tag_list(&gun, &format!("h{start}-"), count)).expect("write");
-        sign_took += timed(&mut dct(
-            &agent,
-            &["sign", "--from", list.to_str().expect("utf-8")],
-        ))
-        .0;
-        parts += 1;
-    }
+    let list = work.join(format!("huge{n}.txt"));
+    std::fs::write(&list, tag_list(&gun, "h0-", n)).expect("write");
+    let (sign_took, _) = timed(&mut dct(
+        &agent,
+        &["sign", "--from", list.to_str().expect("utf-8")],
+    ));
+    let parts = n.div_ceil(dct_proto::MAX_TAGS_PER_SIGN);
     let sign_peak = mib_of(vm_hwm_kib(agent.pid()).unwrap_or(0));
     drop(agent);
 
