@@ -86,7 +86,11 @@ fn main() {
     let hsm = SoftHsm::new("bench", "bench-pin-1234");
     let agent = Agent::start_with_config(
         Some(&hsm),
-        &format!("{}{LOAD_TEST_POLICY}", hsm.agent_config()),
+        &format!(
+            "{}{}{LOAD_TEST_POLICY}",
+            hsm.agent_config(),
+            bench_sessions()
+        ),
     );
     agent.unlock(&hsm);
     let key_id = agent.generate("targets", Some(GUN));
@@ -553,15 +557,20 @@ async fn agent_run(
     (rate, lat, Cpu::per_signature(after, before, signatures))
 }
 
+/// `DCT_BENCH_SESSIONS=n`: the token's signing sessions, as a line of its `[[pkcs11]]` table
+/// (default: none, the agent's own choice).
+fn bench_sessions() -> String {
+    std::env::var("DCT_BENCH_SESSIONS")
+        .map(|n| format!("sessions = {n}\n"))
+        .unwrap_or_default()
+}
+
 /// An agent on `hsm` serving notary-signer's API with the certificates in `pki`; its keys
 /// on the SoftHSM2 token, or in Notary key files in `keydir`.
 fn signer_agent(hsm: &SoftHsm, pki: &Path, keydir: Option<&Path>) -> (Agent, u16) {
     let port = notary::free_port();
     let p = |f: &str| pki.join(f).display().to_string();
-    // `DCT_BENCH_SESSIONS=n`: the token's signing sessions (default: the agent's).
-    let sessions = std::env::var("DCT_BENCH_SESSIONS")
-        .map(|n| format!("sessions = {n}\n"))
-        .unwrap_or_default();
+    let sessions = bench_sessions();
     let (tokens, token) = match keydir {
         None => (
             format!("{}{sessions}", hsm.agent_config()),
