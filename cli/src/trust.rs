@@ -176,6 +176,23 @@ pub enum SignerCmd {
     Remove { name: String, image: String },
 }
 
+/// Each OCI signature written (or not) alongside DCT (`dct trust sign --also`).
+fn print_also(gun: &str, also: &[pb::OciSignature]) {
+    for a in also {
+        if a.ok {
+            eprintln!(
+                "{gun}:{}: {} signature written (key {})",
+                a.tag, a.format, a.key_id
+            );
+        } else {
+            eprintln!(
+                "{gun}:{}: {} signature failed: {}",
+                a.tag, a.format, a.detail
+            );
+        }
+    }
+}
+
 /// Reads `IMAGE:TAG sha256:<hex> SIZE` lines (see `dct trust sign --from`).
 fn read_tag_list(path: &std::path::Path) -> Result<Vec<(String, pb::TagTarget)>, Failure> {
     let text = if path.as_os_str() == "-" {
@@ -385,24 +402,32 @@ pub async fn run(
             let mut r = pb::TrustSignResponse::default();
             for (i, tags) in parts.into_iter().enumerate() {
                 let in_part = tags.len();
-                let req = pb::TrustSignRequest {
-                    server: Some(srv.clone()),
-                    gun: gun.clone(),
-                    tag: tag.clone(),
-                    sha256: hex.clone(),
-                    length: size.unwrap_or_default(),
-                    token: token.clone().unwrap_or_default(),
-                    manifest: manifest.clone(),
-                    registry_username: std::env::var("DCT_REGISTRY_USERNAME").unwrap_or_default(),
-                    registry_password: String::new(),
-                    tags,
-                    sealed_registry_password: sealed_registry_password(c).await?,
-                    also: also.clone(),
+                let part = match sealed_registry_password(c).await {
+                    Ok(sealed_registry_password) => {
+                        let req = pb::TrustSignRequest {
+                            server: Some(srv.clone()),
+                            gun: gun.clone(),
+                            tag: tag.clone(),
+                            sha256: hex.clone(),
+                            length: size.unwrap_or_default(),
+                            token: token.clone().unwrap_or_default(),
+                            manifest: manifest.clone(),
+                            registry_username: std::env::var("DCT_REGISTRY_USERNAME")
+                                .unwrap_or_default(),
+                            registry_password: String::new(),
+                            tags,
+                            sealed_registry_password,
+                            also: also.clone(),
+                        };
+                        c.call(|mut a| async move { a.trust_sign(req).await }).await
+                    }
+                    Err(f) => Err(f),
                 };
-                let part = c.call(|mut a| async move { a.trust_sign(req).await }).await;
                 let part = match part {
                     Ok(p) => p,
                     Err(mut f) if i > 0 => {
+                        // What the published parts did for Notation or cosign is said too.
+                        print_also(&gun, &r.also);
                         f.message = format!(
                             "{} of {count} tags signed and published in {i} part(s); part {} of {n_parts} failed: {}",
                             r.tags.len(),
@@ -438,19 +463,7 @@ pub async fn run(
             }
             let also_failed: Vec<&pb::OciSignature> = r.also.iter().filter(|a| !a.ok).collect();
             let also_done = || -> Result<(), Failure> {
-                for a in &r.also {
-                    if a.ok {
-                        eprintln!(
-                            "{gun}:{}: {} signature written (key {})",
-                            a.tag, a.format, a.key_id
-                        );
-                    } else {
-                        eprintln!(
-                            "{gun}:{}: {} signature failed: {}",
-                            a.tag, a.format, a.detail
-                        );
-                    }
-                }
+                print_also(&gun, &r.also);
                 match also_failed.first() {
                     None => Ok(()),
                     Some(a) => Err(Failure::partial(format!(

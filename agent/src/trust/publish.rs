@@ -223,19 +223,20 @@ pub(crate) fn unsigned_from_file(
     );
     // Members in canonical order (by name), so that the guard can take the text as its
     // canonical form without rewriting it: `expires` and `targets` added where missing.
-    let mut names: Vec<&str> = members.iter().map(|(k, _)| k.0.as_ref()).collect();
+    // Each name's last value, as a parsed map keeps it (one pass: a file of many members
+    // costs n log n).
+    let mut by_name: std::collections::BTreeMap<&str, Option<&serde_json::value::RawValue>> =
+        members
+            .iter()
+            .map(|(k, v)| (k.0.as_ref(), Some(*v)))
+            .collect();
     for needed in ["expires", "targets"] {
-        if !names.contains(&needed) {
-            names.push(needed);
-        }
+        by_name.entry(needed).or_insert(None);
     }
-    names.sort_unstable();
-    names.dedup();
     out.extend_from_slice(b"{\"signed\":{");
     let mut first = true;
-    for name in names {
+    for (name, current) in by_name {
         member(&mut out, &mut first, name)?;
-        let current = cjson::last(&members, name);
         match name {
             "version" => out.extend_from_slice(next.to_string().as_bytes()),
             "expires" => serde_json::to_writer(&mut out, &expires).map_err(Error::internal)?,
