@@ -27,8 +27,6 @@ pub const MAX_TARGETS: usize = 1_000_000;
 /// one at a time, none kept.
 fn check_target_entries(targets: &str) -> Result<()> {
     use base64::Engine as _;
-    use serde::de::{IgnoredAny, MapAccess, Visitor};
-    use serde::Deserializer as _;
     if !targets.starts_with('{') {
         return Err(Error::InvalidArgument(
             "document: targets is not an object".into(),
@@ -56,34 +54,17 @@ fn check_target_entries(targets: &str) -> Result<()> {
         }
         Ok(())
     };
-    struct Entries<F>(F);
-    impl<'de, F: Fn(&str, &serde_json::Value) -> Result<()>> Visitor<'de> for Entries<F> {
-        /// The number of entries and the first one found wrong.
-        type Value = (usize, Option<Error>);
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a map of targets")
+    // The first entry found wrong; the rest are only counted.
+    let mut wrong = None;
+    let n = crate::tuf::cjson::for_each_member(targets, |name, raw| {
+        if wrong.is_none() {
+            wrong = serde_json::from_str(raw.get())
+                .map_err(|e| Error::InvalidArgument(format!("document: targets: {e}")))
+                .and_then(|meta| check(&name.0, &meta))
+                .err();
         }
-        fn visit_map<A: MapAccess<'de>>(
-            self,
-            mut m: A,
-        ) -> std::result::Result<Self::Value, A::Error> {
-            let (mut n, mut wrong) = (0usize, None);
-            while let Some(name) = m.next_key::<crate::tuf::cjson::Key<'de>>()? {
-                n += 1;
-                if wrong.is_some() {
-                    m.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-                let meta: serde_json::Value = m.next_value()?;
-                wrong = (self.0)(&name.0, &meta).err();
-            }
-            Ok((n, wrong))
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(targets);
-    let (n, wrong) = de
-        .deserialize_map(Entries(check))
-        .map_err(|e| Error::InvalidArgument(format!("document: targets: {e}")))?;
+    })
+    .map_err(|e| Error::InvalidArgument(format!("document: targets: {e}")))?;
     if n > MAX_TARGETS {
         return Err(Error::ResourceExhausted(format!(
             "document has {n} targets; the agent signs at most {MAX_TARGETS} per document"

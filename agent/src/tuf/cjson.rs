@@ -108,24 +108,37 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// The members of the JSON object `json`, in the text's order, each value as its raw text.
 pub fn members(json: &str) -> Result<Vec<(Key<'_>, &RawValue)>, serde_json::Error> {
-    struct Members;
-    impl<'de> Visitor<'de> for Members {
-        type Value = Vec<(Key<'de>, &'de RawValue)>;
+    let mut out = Vec::new();
+    for_each_member(json, |k, v| out.push((k, v)))?;
+    Ok(out)
+}
+
+/// Each member of the JSON object `json` in turn, in the text's order, its value as raw
+/// text, none kept: a map too big to list (100,000 targets) read one member at a time.
+/// Returns how many members there were.
+pub fn for_each_member<'a>(
+    json: &'a str,
+    f: impl FnMut(Key<'a>, &'a RawValue),
+) -> Result<usize, serde_json::Error> {
+    struct Each<F>(F);
+    impl<'de, F: FnMut(Key<'de>, &'de RawValue)> Visitor<'de> for Each<F> {
+        type Value = usize;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
-            while let Some(entry) = m.next_entry::<Key<'de>, &'de RawValue>()? {
-                out.push(entry);
+        fn visit_map<A: MapAccess<'de>>(mut self, mut m: A) -> Result<usize, A::Error> {
+            let mut n = 0;
+            while let Some((k, v)) = m.next_entry::<Key<'de>, &'de RawValue>()? {
+                n += 1;
+                (self.0)(k, v);
             }
-            Ok(out)
+            Ok(n)
         }
     }
     let mut de = serde_json::Deserializer::from_str(json);
-    let list = de.deserialize_map(Members)?;
+    let n = de.deserialize_map(Each(f))?;
     de.end()?;
-    Ok(list)
+    Ok(n)
 }
 
 /// The value of member `name` in `members`: the last one of that name, as a parsed map keeps.

@@ -455,7 +455,11 @@ impl<T> TargetsParts<T> {
 impl From<TargetsParts<BTreeMap<String, FileMeta>>> for TargetsDoc {
     fn from(p: TargetsParts<BTreeMap<String, FileMeta>>) -> TargetsDoc {
         TargetsDoc {
-            common: p.common(),
+            common: Common {
+                doc_type: p.doc_type,
+                version: p.version,
+                expires: p.expires,
+            },
             targets: p.targets,
             delegations: p.delegations,
         }

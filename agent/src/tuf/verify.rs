@@ -422,37 +422,32 @@ fn check_target_hashes(role: &str, doc: &TargetsDoc) -> Result<(), VerifyError> 
 /// turn (a later entry of one name replaces an earlier one in a map, so only the last of a
 /// name counts, as there).
 fn check_target_hashes_text(role: &str, targets: &str) -> Result<(), VerifyError> {
-    use serde::de::{MapAccess, Visitor};
-    use serde::Deserializer as _;
-    struct Entries;
-    impl<'de> Visitor<'de> for Entries {
-        type Value = BTreeMap<String, String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a map of targets")
+    let malformed = |e: serde_json::Error| fail(role, format!("malformed: {e}"));
+    // Why each failing name fails; only a name's last entry counts (a later good one clears
+    // it). Looked up by name: every entry failing costs n log n, not n². An entry that is no
+    // target at all fails the role, as in a typed map.
+    let mut bad: BTreeMap<String, String> = BTreeMap::new();
+    let mut unreadable = None;
+    super::cjson::for_each_member(targets, |name, raw| match serde_json::from_str::<FileMeta>(
+        raw.get(),
+    )
+    .map(|m| m.check_base64())
+    {
+        Err(e) => {
+            unreadable.get_or_insert(e);
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-            // Why each failing name fails; only a name's last entry counts (a later good one
-            // clears it). Looked up by name: every entry failing costs n log n, not n².
-            let mut bad: BTreeMap<String, String> = BTreeMap::new();
-            while let Some((name, meta)) = m.next_entry::<super::cjson::Key<'de>, FileMeta>()? {
-                match meta.check_base64() {
-                    Err(e) => {
-                        bad.insert(name.0.into_owned(), e);
-                    }
-                    Ok(()) if !bad.is_empty() => {
-                        bad.remove(name.0.as_ref());
-                    }
-                    Ok(()) => {}
-                }
-            }
-            Ok(bad)
+        Ok(Err(e)) => {
+            bad.insert(name.0.into_owned(), e);
         }
+        Ok(Ok(())) if !bad.is_empty() => {
+            bad.remove(name.0.as_ref());
+        }
+        Ok(Ok(())) => {}
+    })
+    .map_err(malformed)?;
+    if let Some(e) = unreadable {
+        return Err(malformed(e));
     }
-    let mut de = serde_json::Deserializer::from_str(targets);
-    let bad = de
-        .deserialize_map(Entries)
-        .and_then(|b| de.end().map(|()| b))
-        .map_err(|e| fail(role, format!("malformed: {e}")))?;
     match bad.into_iter().next() {
         Some((name, e)) => Err(fail(role, format!("malformed: target {name:?}: {e}"))),
         None => Ok(()),
