@@ -58,11 +58,12 @@ pub enum TrustCmd {
         /// one repository; blank lines and lines starting with # are skipped.
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
-        /// With --from: tags per published version. A longer list is signed and published
-        /// in parts, one after another (the agent takes at most 200,000 tags a request).
-        #[arg(long, value_name = "N", requires = "from", default_value_t = dct_proto::MAX_TAGS_PER_SIGN as u64,
-              value_parser = clap::value_parser!(u64).range(1..=dct_proto::MAX_TAGS_PER_SIGN as u64))]
-        part_size: u64,
+        /// With --from: tags per published version (default: all of them in one update,
+        /// up to 2,000,000). A longer list is signed and published in parts, one after
+        /// another.
+        #[arg(long, value_name = "N", requires = "from",
+              value_parser = clap::value_parser!(u64).range(1..=dct_proto::MAX_TAGS_PER_STREAM as u64))]
+        part_size: Option<u64>,
         /// The manifest digest, sha256:<64 hex>.
         #[arg(long, requires = "size", conflicts_with = "manifest")]
         digest: Option<String>,
@@ -194,6 +195,16 @@ fn print_also(gun: &str, also: &[pb::OciSignature]) {
 }
 
 /// Reads `IMAGE:TAG sha256:<hex> SIZE` lines (see `dct trust sign --from`).
+/// `list` in consecutive chunks of at most `size` (moved, not copied).
+fn chunks<T>(list: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::with_capacity(list.len().div_ceil(size.max(1)));
+    let mut it = list.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(it.by_ref().take(size.max(1)).collect());
+    }
+    out
+}
+
 fn read_tag_list(path: &std::path::Path) -> Result<Vec<(String, pb::TagTarget)>, Failure> {
     let text = if path.as_os_str() == "-" {
         let mut s = String::new();
@@ -382,19 +393,18 @@ pub async fn run(
             if many {
                 eprintln!("signing {count} tags of {gun} ...");
             }
-            // A list longer than a request may carry goes in parts, each signed and published
-            // before the next: what is published stays if a later part fails, and signing the
-            // same list again finishes it (a tag signed again with its digest is unchanged).
-            // Within 1..=200,000 (clap checks it).
-            let part_size = usize::try_from(part_size).unwrap_or(dct_proto::MAX_TAGS_PER_SIGN);
+            // Many tags go to the agent in pieces (TrustSignStream), all of them one
+            // update; with --part-size, in parts each signed and published before the next:
+            // what is published stays if a later part fails, and signing the same list again
+            // finishes it (a tag signed again with its digest is unchanged).
+            let part_size = part_size
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(dct_proto::MAX_TAGS_PER_STREAM);
+            // For --json: what was sent (the agent's answer to a stream lists only the tags
+            // it looked up in the registry).
+            let sent: Vec<pb::TagTarget> = if json { tags.clone() } else { Vec::new() };
             let parts: Vec<Vec<pb::TagTarget>> = if tags.len() > part_size {
-                let mut rest = tags;
-                let mut parts = Vec::new();
-                while !rest.is_empty() {
-                    let tail = rest.split_off(part_size.min(rest.len()));
-                    parts.push(std::mem::replace(&mut rest, tail));
-                }
-                parts
+                chunks(tags, part_size)
             } else {
                 vec![tags]
             };
@@ -415,11 +425,31 @@ pub async fn run(
                             registry_username: std::env::var("DCT_REGISTRY_USERNAME")
                                 .unwrap_or_default(),
                             registry_password: String::new(),
-                            tags,
+                            tags: Vec::new(),
                             sealed_registry_password,
                             also: also.clone(),
                         };
-                        c.call(|mut a| async move { a.trust_sign(req).await }).await
+                        if many {
+                            let mut pieces = vec![pb::TrustSignPiece {
+                                request: Some(req),
+                                tags: Vec::new(),
+                                tags_total: in_part as u64,
+                            }];
+                            pieces.extend(
+                                chunks(tags, dct_proto::MAX_TAGS_PER_PIECE).into_iter().map(
+                                    |tags| pb::TrustSignPiece {
+                                        request: None,
+                                        tags,
+                                        tags_total: 0,
+                                    },
+                                ),
+                            );
+                            let pieces = tonic::codegen::tokio_stream::iter(pieces);
+                            c.call(|mut a| async move { a.trust_sign_stream(pieces).await })
+                                .await
+                        } else {
+                            c.call(|mut a| async move { a.trust_sign(req).await }).await
+                        }
                     }
                     Err(f) => Err(f),
                 };
@@ -430,7 +460,7 @@ pub async fn run(
                         print_also(&gun, &r.also);
                         f.message = format!(
                             "{} of {count} tags signed and published in {i} part(s); part {} of {n_parts} failed: {}",
-                            r.tags.len(),
+                            r.count,
                             i + 1,
                             f.message
                         );
@@ -446,7 +476,7 @@ pub async fn run(
                     eprintln!(
                         "part {} of {n_parts}: {in_part} tags signed and published ({} of {count})",
                         i + 1,
-                        r.tags.len() + part.tags.len()
+                        r.count + part.count
                     );
                 }
                 r.initialized |= part.initialized;
@@ -458,6 +488,7 @@ pub async fn run(
                 if r.sha256.is_empty() {
                     (r.sha256, r.length) = (part.sha256, part.length);
                 }
+                r.count += part.count;
                 r.tags.extend(part.tags);
                 r.also.extend(part.also);
             }
@@ -477,8 +508,17 @@ pub async fn run(
                 }
             };
             if json {
-                let tags: Vec<_> = r
-                    .tags
+                // Each tag as signed: the digest sent, or the one the agent looked up.
+                let looked_up: std::collections::HashMap<&str, &pb::TagTarget> =
+                    r.tags.iter().map(|t| (t.tag.as_str(), t)).collect();
+                let listed: Vec<&pb::TagTarget> = if many {
+                    sent.iter()
+                        .map(|t| looked_up.get(t.tag.as_str()).copied().unwrap_or(t))
+                        .collect()
+                } else {
+                    r.tags.iter().collect()
+                };
+                let tags: Vec<_> = listed
                     .iter()
                     .map(|t| serde_json::json!({"tag": t.tag, "digest": format!("sha256:{}", t.sha256), "size": t.length}))
                     .collect();
@@ -502,11 +542,7 @@ pub async fn run(
                 eprintln!("initialised trust data for {gun}");
             }
             if many {
-                println!(
-                    "signed {} tags of {gun} in {}",
-                    r.tags.len(),
-                    r.roles.join(", ")
-                );
+                println!("signed {} tags of {gun} in {}", r.count, r.roles.join(", "));
             } else {
                 println!(
                     "signed {gun}:{tag} (sha256:{}, {} bytes) in {}",

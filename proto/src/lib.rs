@@ -21,5 +21,12 @@ pub mod notary {
 pub const REASON_KEY: &str = "dct-reason";
 
 /// The most tags one `TrustSign` request may carry (the agent refuses more; `dct trust sign
-/// --from` sends a longer list in parts of at most this many, each published as a version).
+/// --from` sends a longer list with `TrustSignStream`).
 pub const MAX_TAGS_PER_SIGN: usize = 200_000;
+
+/// The most tags one `TrustSignStream` may carry, in all: one published update. The agent
+/// holds about 100 bytes a tag while it signs, besides the roles' text.
+pub const MAX_TAGS_PER_STREAM: usize = 2_000_000;
+
+/// The most tags one piece of a `TrustSignStream` may carry (about 1 MiB of message).
+pub const MAX_TAGS_PER_PIECE: usize = 10_000;

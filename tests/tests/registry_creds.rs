@@ -143,6 +143,147 @@ fn a_tag_is_resolved_with_the_sealed_registry_password() {
         notary_list(&stack, &gun, &[]),
         vec![row("v1", &served, "targets")]
     );
+
+    // Two tags at once go to the agent as a stream of pieces with no digests: the agent
+    // looks both up and answers with them; the CLI lists them with what the registry serves.
+    let v2 = registry.push("team/private", "v2", "private v2");
+    let out = agent
+        .dct_env(
+            &[
+                "trust",
+                "--server",
+                &stack.url,
+                "--tlscacert",
+                stack.ca.to_str().unwrap(),
+                "--json",
+                "sign",
+                &image,
+                &format!("{gun}:v2"),
+            ],
+            &[
+                ("DCT_REGISTRY_USERNAME", USER),
+                ("DCT_REGISTRY_PASSWORD", pass),
+            ],
+        )
+        .json();
+    let digests: Vec<(&str, &str)> = out["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["tag"].as_str().unwrap(), t["digest"].as_str().unwrap()))
+        .collect();
+    let (d1, d2) = (
+        format!("sha256:{}", hex(&Sha256::digest(&served))),
+        format!("sha256:{}", hex(&Sha256::digest(&v2))),
+    );
+    assert_eq!(digests, vec![("v1", d1.as_str()), ("v2", d2.as_str())]);
+    let mut rows = notary_list(&stack, &gun, &[]);
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![row("v1", &served, "targets"), row("v2", &v2, "targets")]
+    );
+}
+
+/// A TrustSignStream is checked as it comes: the request first and once, no tag in it,
+/// pieces within their size, no tag twice across pieces; each refusal with its code, before
+/// any server or registry is asked.
+#[test]
+fn a_streamed_tag_list_is_checked_as_it_comes() {
+    use dct_proto::dct::v1::{TagTarget, TrustServer, TrustSignPiece, TrustSignRequest};
+    let (_hsm, agent) = Agent::on_fresh_token("stream", "7777");
+    let request = || TrustSignRequest {
+        server: Some(TrustServer {
+            // Never contacted: every stream below is refused before.
+            url: "https://127.0.0.1:9".into(),
+            ..Default::default()
+        }),
+        gun: "registry.example.com/app".into(),
+        ..Default::default()
+    };
+    let tag = |name: &str| TagTarget {
+        tag: name.into(),
+        sha256: "ab".repeat(32),
+        length: 1,
+    };
+    let first = |tags: Vec<TagTarget>| TrustSignPiece {
+        request: Some(request()),
+        tags,
+        tags_total: 0,
+    };
+    let more = |tags: Vec<TagTarget>| TrustSignPiece {
+        request: None,
+        tags,
+        tags_total: 0,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let send = |pieces: Vec<TrustSignPiece>| {
+        rt.block_on(async {
+            let mut c = connect(&agent.socket).await;
+            c.trust_sign_stream(tonic::codegen::tokio_stream::iter(pieces))
+                .await
+                .unwrap_err()
+        })
+    };
+    let cases: Vec<(Vec<TrustSignPiece>, tonic::Code, &str)> = vec![
+        (vec![], tonic::Code::InvalidArgument, "carries the request"),
+        (
+            vec![more(vec![tag("a")])],
+            tonic::Code::InvalidArgument,
+            "first piece",
+        ),
+        (
+            vec![TrustSignPiece {
+                request: Some(TrustSignRequest {
+                    tag: "a".into(),
+                    ..request()
+                }),
+                tags: vec![],
+                tags_total: 1,
+            }],
+            tonic::Code::InvalidArgument,
+            "names no tag",
+        ),
+        (
+            vec![first(vec![tag("a")]), first(vec![tag("b")])],
+            tonic::Code::InvalidArgument,
+            "only the first piece",
+        ),
+        (vec![first(vec![])], tonic::Code::InvalidArgument, "no tags"),
+        (
+            vec![
+                first(vec![tag("a"), tag("b")]),
+                more(vec![tag("c"), tag("a")]),
+            ],
+            tonic::Code::InvalidArgument,
+            "\"a\" is given twice",
+        ),
+        (
+            vec![first(vec![TagTarget {
+                sha256: "zz".into(),
+                ..tag("a")
+            }])],
+            tonic::Code::InvalidArgument,
+            "not 64 hex",
+        ),
+        (
+            vec![
+                first(vec![]),
+                more(
+                    (0..=dct_proto::MAX_TAGS_PER_PIECE)
+                        .map(|i| tag(&format!("t{i}")))
+                        .collect(),
+                ),
+            ],
+            tonic::Code::ResourceExhausted,
+            "in one piece",
+        ),
+    ];
+    for (pieces, code, says) in cases {
+        let err = send(pieces);
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().contains(says), "{says}: {err:?}");
+    }
 }
 
 /// What the proxy saw, in order.

@@ -1021,13 +1021,27 @@ fn row(tag: &str, content: &[u8], role: &str) -> (String, String, String, String
     )
 }
 
+/// The version of `gun`'s targets role the notary-server serves.
+fn targets_version(stack: &NotaryStack, gun: &str) -> u64 {
+    let url = format!("{}/v2/{gun}/_trust/tuf/targets.json", stack.url);
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--cacert", stack.ca.to_str().unwrap(), &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {url}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["signed"]["version"].as_u64().unwrap()
+}
+
 #[test]
 fn many_tags_in_one_signed_update() {
     let stack = NotaryStack::start();
     let (_hsm, agent) = agent_on("many");
     let gun = "registry.example.com/many";
     // Two tags on the command line would need the registry; the list file carries digests.
-    let contents: Vec<Vec<u8>> = (0..300)
+    // More tags than one piece of the stream carries (10,000): still one update.
+    let n = dct_proto::MAX_TAGS_PER_PIECE + 250;
+    let contents: Vec<Vec<u8>> = (0..n)
         .map(|i| format!("manifest {i}\n").into_bytes())
         .collect();
     let mut list = String::from("# tag digest size\n\n");
@@ -1046,11 +1060,17 @@ fn many_tags_in_one_signed_update() {
         &["--json", "sign", "--from", file.to_str().unwrap()],
     )
     .json();
-    assert_eq!(out["tags"].as_array().unwrap().len(), 300);
+    let listed = out["tags"].as_array().unwrap();
+    assert_eq!(listed.len(), n);
+    assert_eq!(
+        listed[n - 1]["digest"],
+        format!("sha256:{}", hex(&Sha256::digest(&contents[n - 1])))
+    );
     assert_eq!(out["initialized"], true);
 
     // One publish: the real notary client sees every tag with its digest, and one version
     // of targets (init wrote version 1, this update version 2).
+    assert_eq!(targets_version(&stack, gun), 2);
     let rows = notary_list(&stack, gun, &[]);
     let mut want: Vec<_> = contents
         .iter()
@@ -1062,13 +1082,18 @@ fn many_tags_in_one_signed_update() {
     rows.sort();
     assert_eq!(rows, want);
     let ins = trust(&agent, &stack, &["--json", "inspect", gun]).json();
-    assert_eq!(ins["signed_tags"].as_array().unwrap().len(), 300);
+    assert_eq!(ins["signed_tags"].as_array().unwrap().len(), n);
 
-    // A list longer than a part (--part-size; the default is the agent's 200,000 a request)
-    // is signed and published in parts, one after another; the answer lists every tag, and
-    // the real notary client sees the new digests of two tags signed again.
+    // A list longer than --part-size is signed and published in parts, one after another;
+    // the answer lists every tag, and the real notary client sees the new digests of two
+    // tags signed again.
     let more: Vec<Vec<u8>> = (0..5).map(|i| format!("more {i}\n").into_bytes()).collect();
-    let names = ["t0", "t1", "t300", "t301", "t302"];
+    let (a, b, c) = (
+        format!("t{n}"),
+        format!("t{}", n + 1),
+        format!("t{}", n + 2),
+    );
+    let names = ["t0", "t1", a.as_str(), b.as_str(), c.as_str()];
     let mut list = String::new();
     for (n, c) in names.iter().zip(&more) {
         list.push_str(&format!(
@@ -1093,8 +1118,9 @@ fn many_tags_in_one_signed_update() {
     ] {
         assert!(err.contains(part), "{err}");
     }
+    assert_eq!(targets_version(&stack, gun), 5);
     let rows = notary_list(&stack, gun, &[]);
-    assert_eq!(rows.len(), 303);
+    assert_eq!(rows.len(), n + 3);
     for (n, c) in names.iter().zip(&more) {
         assert!(rows.contains(&row(n, c, "targets")), "{n}: {rows:?}");
     }
@@ -1120,7 +1146,7 @@ fn many_tags_in_one_signed_update() {
     assert!(err.contains("run the same command again"), "{err}");
     let rows = notary_list(&stack, gun, &[]);
     assert!(rows.contains(&row("g1", b"g", "targets")), "{rows:?}");
-    assert_eq!(rows.len(), 305);
+    assert_eq!(rows.len(), n + 5);
 
     // Refusals: two repositories, --digest with many tags, a malformed line, a repeat.
     let two = trust(

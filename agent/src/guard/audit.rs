@@ -141,7 +141,10 @@ type Ack = tokio::sync::oneshot::Sender<Result<()>>;
 /// Handle to the writer thread.
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::SyncSender<(Vec<(Peer, Event)>, Ack)>,
+    tx: mpsc::Sender<(Vec<(Peer, Event)>, Ack)>,
+    /// Jobs sent and not yet taken by the writer (at most [`QUEUE`]). A counted unbounded
+    /// channel, not `sync_channel(QUEUE)`, which would allocate every slot (2.5 MiB) at once.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     path: PathBuf,
     state: std::sync::Arc<std::sync::Mutex<State>>,
 }
@@ -173,7 +176,8 @@ impl Audit {
         ledger: Arc<Ledger>,
         accept_gap: bool,
     ) -> std::result::Result<Audit, String> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let opened = open_log(path);
         if let Ok((_, tail)) = &opened {
             replay(path, &ledger, accept_gap)?;
@@ -198,15 +202,16 @@ impl Audit {
                 ..Default::default()
             },
         }));
-        let (p, st) = (path.to_path_buf(), state.clone());
+        let (p, st, q) = (path.to_path_buf(), state.clone(), queued.clone());
         let spawned = std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || writer(rx, opened, p, st, ledger));
+            .spawn(move || writer(rx, q, opened, p, st, ledger));
         if let Err(e) = spawned {
             return Err(format!("cannot start the audit writer: {e}"));
         }
         Ok(Audit {
             tx,
+            queued,
             path: path.to_path_buf(),
             state,
         })
@@ -233,14 +238,19 @@ impl Audit {
         let peer = current_peer();
         let batch = events.into_iter().map(|e| (peer.clone(), e)).collect();
         let (ack, done) = tokio::sync::oneshot::channel();
-        self.tx.try_send((batch, ack)).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => {
-                Error::ResourceExhausted("the audit log is falling behind; try again".into())
-            }
-            mpsc::TrySendError::Disconnected(_) => {
-                Error::Internal("the audit writer stopped; nothing is signed".into())
-            }
-        })?;
+        use std::sync::atomic::Ordering;
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::ResourceExhausted(
+                "the audit log is falling behind; try again".into(),
+            ));
+        }
+        if self.tx.send((batch, ack)).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Internal(
+                "the audit writer stopped; nothing is signed".into(),
+            ));
+        }
         done.await
             .map_err(|_| Error::Internal("the audit writer stopped; nothing is signed".into()))?
     }
@@ -325,6 +335,7 @@ fn last_record(f: &mut std::fs::File, len: u64) -> std::result::Result<Tail, Str
 
 fn writer(
     rx: mpsc::Receiver<(Vec<(Peer, Event)>, Ack)>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     opened: std::result::Result<(std::fs::File, Tail), String>,
     path: PathBuf,
     state: std::sync::Arc<std::sync::Mutex<State>>,
@@ -340,6 +351,7 @@ fn writer(
         Err(e) => {
             // Refuse everything, saying why.
             while let Ok((_, ack)) = rx.recv() {
+                queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 let _ = ack.send(Err(Error::Unavailable(format!(
                     "audit log unusable ({e}); nothing is signed"
                 ))));
@@ -353,6 +365,7 @@ fn writer(
         while let Ok(more) = rx.try_recv() {
             jobs.push(more);
         }
+        queued.fetch_sub(jobs.len(), std::sync::atomic::Ordering::AcqRel);
         let Some(f) = file.as_mut() else {
             for (_, ack) in jobs {
                 let _ = ack.send(Err(Error::Unavailable(

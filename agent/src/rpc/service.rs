@@ -148,6 +148,175 @@ fn ceremony_key_pb(k: trust::CeremonyKey) -> pb::CeremonyKey {
 }
 
 impl AgentService {
+    /// `dct trust sign` of `given` (digests checked) and `wanted` (looked up in the
+    /// registry) tags, with the request's options: signed, published as one update, and the
+    /// OCI signatures asked for. The answer lists every tag, or with `list_all` false only
+    /// those looked up here.
+    async fn sign_tag_list(
+        &self,
+        mut req: pb::TrustSignRequest,
+        given: Vec<trust::TagTarget>,
+        wanted: Vec<trust::WantedTag>,
+        list_all: bool,
+    ) -> Result<Response<pb::TrustSignResponse>, Status> {
+        // The registry password comes sealed, like a PIN; a plaintext one is refused (it
+        // would already have crossed the transport in the clear) and dropped at once.
+        let plain = SecretString::from(std::mem::take(&mut req.registry_password));
+        if !secrecy::ExposeSecret::expose_secret(&plain).is_empty() {
+            return Err(Error::InvalidArgument(
+                "a plaintext registry password is refused: use a current dct, which seals it"
+                    .into(),
+            )
+            .into());
+        }
+        drop(plain);
+        let creds = self.registry_creds(
+            &req.registry_username,
+            req.sealed_registry_password.as_ref(),
+        )?;
+        let ca = self.registry_ca(req.server.as_ref());
+        let formats = req
+            .also
+            .iter()
+            .map(|f| trust::migrate::Format::parse(f))
+            .collect::<Result<Vec<_>>>()?;
+        // No tag twice, before any is looked up; then the ones without a digest are.
+        trust::no_tag_twice(
+            given
+                .iter()
+                .map(|t| t.tag.as_str())
+                .chain(wanted.iter().map(|w| w.tag.as_str())),
+        )?;
+        let resolved_from = given.len();
+        let mut tags = given;
+        tags.extend(trust::resolve_tags(&req.gun, wanted, ca.as_deref(), creds.as_ref()).await?);
+        // Shared with the roles that take them (100,000 tags are held once).
+        let tags = std::sync::Arc::new(tags);
+        // Resolved: the registry password is kept only for the OCI signatures' writes.
+        let registry = if req.also.is_empty() {
+            drop(creds);
+            None
+        } else {
+            Some(crate::oci::registry::Session::open(
+                &req.gun,
+                ca.as_deref(),
+                creds,
+                true,
+            )?)
+        };
+        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
+        let _repo_lock = self.trust.lock(&req.gun).await;
+        let r = trust::sign_tags(
+            &self.guard,
+            &client,
+            &self.trust,
+            &req.gun,
+            &tags,
+            &req.token,
+        )
+        .await?;
+        // Dual signing: DCT is published; each OCI signature now, a failure reported per
+        // tag (`dct migrate` retries what is missing, skipping what is there).
+        let mut also = Vec::new();
+        if let Some(session) = &registry {
+            let mut subjects: std::collections::HashMap<&str, Result<_>> = Default::default();
+            for t in tags.iter() {
+                let digest = crate::tuf::keys::hex(&t.sha256);
+                subjects.insert(
+                    t.tag.as_str(),
+                    trust::migrate::subject_of(session, &digest).await,
+                );
+            }
+            for format in &formats {
+                let mut items = Vec::new();
+                for (i, t) in tags.iter().enumerate() {
+                    let tag = &t.tag;
+                    let subject = match subjects.get(tag.as_str()) {
+                        Some(Ok(s)) => s.clone(),
+                        Some(Err(e)) => {
+                            also.push(pb::OciSignature {
+                                tag: tag.clone(),
+                                format: format.name().into(),
+                                key_id: String::new(),
+                                ok: false,
+                                detail: e.to_string(),
+                            });
+                            continue;
+                        }
+                        None => continue,
+                    };
+                    for k in r.signers_of(i) {
+                        items.push(trust::migrate::OciItem {
+                            tag: tag.clone(),
+                            subject: subject.clone(),
+                            keys: vec![k.clone()],
+                        });
+                    }
+                }
+                let written = trust::migrate::sign_and_write(
+                    &self.guard,
+                    &self.trust,
+                    session,
+                    &req.gun,
+                    *format,
+                    &items,
+                )
+                .await;
+                for (item, w) in items.iter().zip(written) {
+                    also.push(pb::OciSignature {
+                        tag: item.tag.clone(),
+                        format: format.name().into(),
+                        key_id: item
+                            .keys
+                            .first()
+                            .map(|k| k.key_id.clone())
+                            .unwrap_or_default(),
+                        ok: w.is_ok(),
+                        detail: w.err().map(|e| e.to_string()).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        let first = tags.first();
+        let sha256 = first
+            .map(|t| crate::tuf::keys::hex(&t.sha256))
+            .unwrap_or_default();
+        let length = first.map(|t| t.length).unwrap_or_default();
+        // The answer lists every tag (or, for a streamed list, those looked up here): the
+        // names move into it once the roles that shared them are done (they are by now).
+        let count = tags.len() as u64;
+        let skip = if list_all { 0 } else { resolved_from };
+        let answer = |t: &trust::TagTarget, tag: String| pb::TagTarget {
+            tag,
+            sha256: crate::tuf::keys::hex(&t.sha256),
+            length: t.length,
+        };
+        let tags = match std::sync::Arc::try_unwrap(tags) {
+            Ok(list) => list
+                .into_iter()
+                .skip(skip)
+                .map(|mut t| {
+                    let tag = std::mem::take(&mut t.tag);
+                    answer(&t, tag)
+                })
+                .collect(),
+            Err(shared) => shared
+                .iter()
+                .skip(skip)
+                .map(|t| answer(t, t.tag.clone()))
+                .collect(),
+        };
+        Ok(Response::new(pb::TrustSignResponse {
+            also,
+            roles: r.roles,
+            initialized: r.initialized,
+            sha256,
+            length,
+            tags,
+            count,
+        }))
+    }
+
     /// Registry credentials from a request: a username, and the password sealed like a PIN.
     fn registry_creds(
         &self,
@@ -1236,176 +1405,104 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::TrustSignResponse>, Status> {
         let mut req = req.into_inner();
         trust::check_gun(&req.gun)?;
-        let wanted: Vec<(String, String, u64, Vec<u8>)> = if req.tags.is_empty() {
-            vec![(
-                std::mem::take(&mut req.tag),
-                std::mem::take(&mut req.sha256),
-                req.length,
-                std::mem::take(&mut req.manifest),
-            )]
+        let wanted: Vec<trust::WantedTag> = if req.tags.is_empty() {
+            vec![trust::WantedTag {
+                tag: std::mem::take(&mut req.tag),
+                sha256: std::mem::take(&mut req.sha256),
+                length: req.length,
+                manifest: std::mem::take(&mut req.manifest),
+            }]
         } else {
             if req.tags.len() > MAX_TAGS {
                 return Err(Error::ResourceExhausted(format!(
-                    "{} tags in one request; at most {MAX_TAGS}: sign them in parts (each part \
-                     is published as a version of its own)",
+                    "{} tags in one request; at most {MAX_TAGS}: send a longer list with \
+                     TrustSignStream (a current dct does)",
                     req.tags.len()
                 ))
                 .into());
             }
             std::mem::take(&mut req.tags)
                 .into_iter()
-                .map(|t| (t.tag, t.sha256, t.length, Vec::new()))
+                .map(|t| trust::WantedTag {
+                    tag: t.tag,
+                    sha256: t.sha256,
+                    length: t.length,
+                    manifest: Vec::new(),
+                })
                 .collect()
         };
-        // The registry password comes sealed, like a PIN; a plaintext one is refused (it
-        // would already have crossed the transport in the clear) and dropped at once.
-        let plain = SecretString::from(std::mem::take(&mut req.registry_password));
-        if !secrecy::ExposeSecret::expose_secret(&plain).is_empty() {
-            return Err(Error::InvalidArgument(
-                "a plaintext registry password is refused: use a current dct, which seals it"
-                    .into(),
-            )
-            .into());
-        }
-        drop(plain);
-        let creds = self.registry_creds(
-            &req.registry_username,
-            req.sealed_registry_password.as_ref(),
-        )?;
-        let ca = self.registry_ca(req.server.as_ref());
-        let wanted = wanted
-            .into_iter()
-            .map(|(tag, sha256, length, manifest)| trust::WantedTag {
-                tag,
-                sha256,
-                length,
-                manifest,
-            })
-            .collect();
-        let formats = req
-            .also
-            .iter()
-            .map(|f| trust::migrate::Format::parse(f))
-            .collect::<Result<Vec<_>>>()?;
-        // Shared with the roles that take them (100,000 tags are held once).
-        let tags = std::sync::Arc::new(
-            trust::resolve_tags(&req.gun, wanted, ca.as_deref(), creds.as_ref()).await?,
-        );
-        // Resolved: the registry password is kept only for the OCI signatures' writes.
-        let registry = if req.also.is_empty() {
-            drop(creds);
-            None
-        } else {
-            Some(crate::oci::registry::Session::open(
-                &req.gun,
-                ca.as_deref(),
-                creds,
-                true,
-            )?)
+        self.sign_tag_list(req, Vec::new(), wanted, true).await
+    }
+
+    async fn trust_sign_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::TrustSignPiece>>,
+    ) -> Result<Response<pb::TrustSignResponse>, Status> {
+        let mut pieces = req.into_inner();
+        let bad = |m: &str| Status::from(Error::InvalidArgument(m.into()));
+        let first = pieces
+            .message()
+            .await?
+            .ok_or_else(|| bad("an empty TrustSignStream: its first piece carries the request"))?;
+        let Some(req) = first.request else {
+            return Err(bad(
+                "the first piece of a TrustSignStream carries the request",
+            ));
         };
-        let client = trust::client(req.server.map(server_opts), &self.trust.server)?;
-        let _repo_lock = self.trust.lock(&req.gun).await;
-        let r = trust::sign_tags(
-            &self.guard,
-            &client,
-            &self.trust,
-            &req.gun,
-            &tags,
-            &req.token,
-        )
-        .await?;
-        // Dual signing: DCT is published; each OCI signature now, a failure reported per
-        // tag (`dct migrate` retries what is missing, skipping what is there).
-        let mut also = Vec::new();
-        if let Some(session) = &registry {
-            let mut subjects: std::collections::HashMap<&str, Result<_>> = Default::default();
-            for t in tags.iter() {
-                let digest = crate::tuf::keys::hex(&t.sha256);
-                subjects.insert(
-                    t.tag.as_str(),
-                    trust::migrate::subject_of(session, &digest).await,
-                );
+        if !req.tags.is_empty() || !req.tag.is_empty() || !req.manifest.is_empty() {
+            return Err(bad(
+                "a TrustSignStream's request names no tag: the pieces carry them",
+            ));
+        }
+        trust::check_gun(&req.gun)?;
+        // Each piece's tags are checked and held compact as they come (digests as bytes);
+        // a tag without a digest is looked up in the registry once all have come.
+        let total = usize::try_from(first.tags_total).unwrap_or(usize::MAX);
+        let mut given = Vec::with_capacity(total.min(dct_proto::MAX_TAGS_PER_STREAM));
+        let mut wanted = Vec::new();
+        let mut piece = first.tags;
+        loop {
+            if piece.len() > dct_proto::MAX_TAGS_PER_PIECE {
+                return Err(Error::ResourceExhausted(format!(
+                    "{} tags in one piece; at most {}",
+                    piece.len(),
+                    dct_proto::MAX_TAGS_PER_PIECE
+                ))
+                .into());
             }
-            for format in &formats {
-                let mut items = Vec::new();
-                for (t, by) in tags.iter().zip(&r.signed_by) {
-                    let tag = &t.tag;
-                    let subject = match subjects.get(tag.as_str()) {
-                        Some(Ok(s)) => s.clone(),
-                        Some(Err(e)) => {
-                            also.push(pb::OciSignature {
-                                tag: tag.clone(),
-                                format: format.name().into(),
-                                key_id: String::new(),
-                                ok: false,
-                                detail: e.to_string(),
-                            });
-                            continue;
-                        }
-                        None => continue,
-                    };
-                    for k in by.iter().filter_map(|&i| r.signers.get(i)) {
-                        items.push(trust::migrate::OciItem {
-                            tag: tag.clone(),
-                            subject: subject.clone(),
-                            keys: vec![k.clone()],
-                        });
-                    }
-                }
-                let written = trust::migrate::sign_and_write(
-                    &self.guard,
-                    &self.trust,
-                    session,
-                    &req.gun,
-                    *format,
-                    &items,
-                )
-                .await;
-                for (item, w) in items.iter().zip(written) {
-                    also.push(pb::OciSignature {
-                        tag: item.tag.clone(),
-                        format: format.name().into(),
-                        key_id: item
-                            .keys
-                            .first()
-                            .map(|k| k.key_id.clone())
-                            .unwrap_or_default(),
-                        ok: w.is_ok(),
-                        detail: w.err().map(|e| e.to_string()).unwrap_or_default(),
+            if given.len() + wanted.len() + piece.len() > dct_proto::MAX_TAGS_PER_STREAM {
+                return Err(Error::ResourceExhausted(format!(
+                    "more than {} tags in one update: sign them in parts (--part-size)",
+                    dct_proto::MAX_TAGS_PER_STREAM
+                ))
+                .into());
+            }
+            for t in piece {
+                if t.sha256.is_empty() {
+                    wanted.push(trust::WantedTag {
+                        tag: t.tag,
+                        sha256: String::new(),
+                        length: t.length,
+                        manifest: Vec::new(),
                     });
+                } else {
+                    given.push(trust::given_tag(t.tag, &t.sha256, t.length)?);
                 }
             }
+            match pieces.message().await? {
+                Some(next) if next.request.is_some() => {
+                    return Err(bad(
+                        "only the first piece of a TrustSignStream carries the request",
+                    ))
+                }
+                Some(next) => piece = next.tags,
+                None => break,
+            }
         }
-        let first = tags.first();
-        let sha256 = first
-            .map(|t| crate::tuf::keys::hex(&t.sha256))
-            .unwrap_or_default();
-        let length = first.map(|t| t.length).unwrap_or_default();
-        // The answer lists every tag: the names move into it once the roles that shared
-        // them are done (they are by now), each tag's place reused for its answer.
-        let answer = |t: &trust::TagTarget, tag: String| pb::TagTarget {
-            tag,
-            sha256: crate::tuf::keys::hex(&t.sha256),
-            length: t.length,
-        };
-        let tags = match std::sync::Arc::try_unwrap(tags) {
-            Ok(list) => list
-                .into_iter()
-                .map(|mut t| {
-                    let tag = std::mem::take(&mut t.tag);
-                    answer(&t, tag)
-                })
-                .collect(),
-            Err(shared) => shared.iter().map(|t| answer(t, t.tag.clone())).collect(),
-        };
-        Ok(Response::new(pb::TrustSignResponse {
-            also,
-            roles: r.roles,
-            initialized: r.initialized,
-            sha256,
-            length,
-            tags,
-        }))
+        if given.is_empty() && wanted.is_empty() {
+            return Err(bad("a TrustSignStream with no tags: nothing to sign"));
+        }
+        self.sign_tag_list(req, given, wanted, false).await
     }
 
     async fn trust_inspect(

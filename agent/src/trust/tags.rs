@@ -20,9 +20,24 @@ pub struct SignResult {
     pub initialized: bool,
     /// The keys that signed (one listing each, in role order).
     pub signers: Vec<KeyEntry>,
-    /// For each tag asked for, in order: which of `signers` signed it (indices; small, so
-    /// that 100,000 tags do not hold 100,000 copies of a key).
-    pub signed_by: Vec<Vec<usize>>,
+    /// For each tag asked for, in order: which of `signer_sets` lists the `signers` that
+    /// signed it. Tags share a handful of sets, so a million tags hold a million indices,
+    /// not a million lists (or copies of a key).
+    pub signed_by: Vec<u32>,
+    /// The distinct lists of `signers` (indices) that signed a tag.
+    pub signer_sets: Vec<Vec<usize>>,
+}
+
+impl SignResult {
+    /// The keys that signed the `i`th tag asked for.
+    pub fn signers_of(&self, i: usize) -> impl Iterator<Item = &KeyEntry> {
+        self.signed_by
+            .get(i)
+            .and_then(|&set| self.signer_sets.get(set as usize))
+            .into_iter()
+            .flatten()
+            .filter_map(|&k| self.signers.get(k))
+    }
 }
 
 /// A tag as asked for: its digest and length in hex, or the manifest itself, or neither
@@ -54,6 +69,36 @@ pub fn check_tag(tag: &str) -> Result<()> {
     }
 }
 
+/// No tag given twice, found by the names in order (not a set of copies of 100,000 names).
+pub fn no_tag_twice<'a>(names: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    match names.windows(2).find(|w| w.first() == w.last()) {
+        Some(twice) => Err(Error::InvalidArgument(format!(
+            "tag {:?} is given twice",
+            twice.first().copied().unwrap_or_default()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A tag whose digest (hex) and size the request gives, checked.
+pub fn given_tag(tag: String, sha256_hex: &str, length: u64) -> Result<TagTarget> {
+    check_tag(&tag)?;
+    let sha256: [u8; 32] = crate::tuf::keys::unhex(sha256_hex)
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "digest {sha256_hex:?} of tag {tag:?} is not 64 hex characters"
+            ))
+        })?;
+    Ok(TagTarget {
+        tag,
+        sha256,
+        length,
+    })
+}
+
 /// Each wanted tag as a target to sign: checked, no tag twice, its digest from the request
 /// (hex), from the manifest given, or resolved in the registry (with `creds` only if it
 /// asks).
@@ -63,31 +108,16 @@ pub async fn resolve_tags(
     ca_pem: Option<&[u8]>,
     creds: Option<&crate::oci::registry::Credentials>,
 ) -> Result<Vec<TagTarget>> {
-    // No tag twice, found before anything is resolved, by the names in order (not a set of
-    // copies of 100,000 names).
-    let mut names: Vec<&str> = wanted.iter().map(|w| w.tag.as_str()).collect();
-    names.sort_unstable();
-    if let Some(twice) = names.windows(2).find(|w| w.first() == w.last()) {
-        return Err(Error::InvalidArgument(format!(
-            "tag {:?} is given twice",
-            twice.first().copied().unwrap_or_default()
-        )));
-    }
-    drop(names);
+    // Before anything is resolved.
+    no_tag_twice(wanted.iter().map(|w| w.tag.as_str()))?;
     let mut tags = Vec::with_capacity(wanted.len());
     for w in wanted {
+        if !w.sha256.is_empty() {
+            tags.push(given_tag(w.tag, &w.sha256, w.length)?);
+            continue;
+        }
         check_tag(&w.tag)?;
-        let (digest, length) = if !w.sha256.is_empty() {
-            let d: [u8; 32] = crate::tuf::keys::unhex(&w.sha256)
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "digest {:?} of tag {:?} is not 64 hex characters",
-                        w.sha256, w.tag
-                    ))
-                })?;
-            (d, w.length)
-        } else if !w.manifest.is_empty() {
+        let (digest, length) = if !w.manifest.is_empty() {
             use sha2::Digest;
             (
                 sha2::Sha256::digest(&w.manifest).into(),
@@ -186,10 +216,12 @@ pub async fn sign_tags(
         Ok(i)
     };
     let mut targets_key_cached: Option<KeyEntry> = None;
-    // Which edits (roles) took each tag.
-    let mut placed_in: Vec<Vec<usize>> = Vec::with_capacity(tags.len());
+    // Which edits (roles) took each tag: an index into `placements`, the distinct lists.
+    let mut placements: Vec<Vec<usize>> = Vec::new();
+    let mut placed_in: Vec<u32> = Vec::with_capacity(tags.len());
+    let mut into = Vec::new();
     for (at, t) in tags.iter().enumerate() {
-        let mut into = Vec::new();
+        into.clear();
         for (d, k) in &held {
             if d.paths.iter().any(|p| t.tag.starts_with(p.as_str())) {
                 into.push(add(&d.name, k, at)?);
@@ -206,7 +238,7 @@ pub async fn sign_tags(
             };
             into.push(add("targets", &k, at)?);
         }
-        placed_in.push(into);
+        placed_in.push(intern(&mut placements, &into)?);
     }
     let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
     // Each edit's key as an index into the signers, one listing per key.
@@ -223,17 +255,23 @@ pub async fn sign_tags(
             },
         )
         .collect();
-    let signed_by = placed_in
-        .into_iter()
+    // Each placement's signers, as distinct sets; each tag's set through its placement's.
+    let mut signer_sets: Vec<Vec<usize>> = Vec::new();
+    let set_of: Vec<u32> = placements
+        .iter()
         .map(|into| {
             let mut by: Vec<usize> = Vec::with_capacity(into.len());
-            for s in into.into_iter().filter_map(|e| signer_of.get(e).copied()) {
+            for s in into.iter().filter_map(|&e| signer_of.get(e).copied()) {
                 if !by.contains(&s) {
                     by.push(s);
                 }
             }
-            by
+            intern(&mut signer_sets, &by)
         })
+        .collect::<Result<_>>()?;
+    let signed_by = placed_in
+        .into_iter()
+        .map(|p| set_of.get(p as usize).copied().unwrap_or_default())
         .collect();
     commit(guard, client, gun, &repo, &keys, edits).await?;
     tracing::info!(gun, tags = tags.len(), roles = ?roles, "signed tags");
@@ -242,7 +280,21 @@ pub async fn sign_tags(
         initialized,
         signers,
         signed_by,
+        signer_sets,
     })
+}
+
+/// The index of `list` in `lists`, added if new (lists are few: one per combination of
+/// roles a tag goes to).
+fn intern(lists: &mut Vec<Vec<usize>>, list: &[usize]) -> Result<u32> {
+    let i = match lists.iter().position(|l| l == list) {
+        Some(i) => i,
+        None => {
+            lists.push(list.to_vec());
+            lists.len() - 1
+        }
+    };
+    u32::try_from(i).map_err(|_| Error::Internal("too many combinations of roles".into()))
 }
 
 /// A tag as `docker trust inspect` shows it.

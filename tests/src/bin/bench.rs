@@ -862,8 +862,8 @@ fn end_to_end(stack: &NotaryStack, quick: bool) -> String {
 | {many} tags in one invocation (dct: median of {RUNS}; notary: one run) | {} | {} | {:.1}x |\n\n\
 Huge targets roles, each on fresh agents (keys on SoftHSM2), the agent's peak resident memory \
 (VmHWM; an idle agent is about 23 MiB) against the size of the targets.json published: one `dct trust sign \
---from` of all the tags into a new repository (more than 200,000 go in parts of 200,000, the agent's limit \
-per request, each part published); one of its tags signed again with a new digest by a fresh agent (it \
+--from` of all the tags into a new repository (sent to the agent in pieces of 10,000, signed and \
+published as one update); one of its tags signed again with a new digest by a fresh agent (it \
 fetches and verifies the whole role, edits, signs, publishes); then `dct trust inspect` by that agent, \
 which must list every tag.\n\n\
 | tags | targets.json | sign all: time | agent peak (x file) | re-sign 1 tag: time | agent peak | inspect: time | agent peak |\n\
@@ -894,9 +894,8 @@ fn huge_role(stack: &NotaryStack, hsm: &SoftHsm, ca: &str, n: usize, work: &Path
         c
     };
     let mib_of = |kib: u64| kib as f64 / 1024.0;
-    // One `dct trust sign --from` of them all: the CLI sends the agent at most 200,000 tags
-    // a request, each part published as a version of its own (each fetches and verifies the
-    // role so far).
+    // One `dct trust sign --from` of them all: the CLI streams them to the agent in pieces,
+    // one published update (more than 2,000,000 would go in parts).
     let agent = fresh();
     timed(&mut dct(&agent, &["init", &gun]));
     let list = work.join(format!("huge{n}.txt"));
@@ -905,7 +904,7 @@ fn huge_role(stack: &NotaryStack, hsm: &SoftHsm, ca: &str, n: usize, work: &Path
         &agent,
         &["sign", "--from", list.to_str().expect("utf-8")],
     ));
-    let parts = n.div_ceil(dct_proto::MAX_TAGS_PER_SIGN);
+    let parts = n.div_ceil(dct_proto::MAX_TAGS_PER_STREAM);
     let sign_peak = mib_of(vm_hwm_kib(agent.pid()).unwrap_or(0));
     drop(agent);
 
