@@ -1502,6 +1502,8 @@ impl Agent for AgentService {
         if given.is_empty() && wanted.is_empty() {
             return Err(bad("a TrustSignStream with no tags: nothing to sign"));
         }
+        // The stream's receive buffer goes before the roles are written.
+        drop(pieces);
         self.sign_tag_list(req, given, wanted, false).await
     }
 

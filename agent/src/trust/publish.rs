@@ -89,6 +89,19 @@ pub(crate) async fn sign_doc(
     receipts: &mut Vec<Receipt>,
 ) -> Result<crate::guard::Signed> {
     let previous = previous.map(<[u8]>::to_vec);
+    sign_doc_owned(guard, keys, document, role, gun, previous, receipts).await
+}
+
+/// As [`sign_doc`], the previous version given, not copied (a role may be 90 MiB).
+pub(crate) async fn sign_doc_owned(
+    guard: &Guard,
+    keys: Vec<KeyEntry>,
+    document: Vec<u8>,
+    role: &str,
+    gun: &str,
+    previous: Option<Vec<u8>>,
+    receipts: &mut Vec<Receipt>,
+) -> Result<crate::guard::Signed> {
     // A root signed by an old root key names the key by the previous root's certificate.
     let previous_root = if role == "root" {
         previous.clone()
@@ -130,7 +143,8 @@ pub(crate) struct Edit {
     /// ([`unsigned_from_file`]), so a signing of 100,000 tags builds no tree of them.
     pub(crate) added: Added,
     /// The role's published file, when the edit only adds targets to it: the new version is
-    /// written from its text and `signed` is not used.
+    /// written from its text and `signed` is not used. Moved out of the [`Repo`]
+    /// ([`Repo::take_file`]): [`commit`] takes it as the role's previous version.
     pub(crate) file: Option<Vec<u8>>,
 }
 
@@ -258,28 +272,42 @@ fn write_targets(
     if !existing.starts_with('{') {
         return Err(malformed(role)("targets is not an object".into()));
     }
-    let list = cjson::members(existing).map_err(|e| malformed(role)(e.to_string()))?;
     out.push(b'{');
     let mut first = true;
     // Both lists in name order (a published file's is canonical): merged, so the map stays
     // sorted. A file out of order still gives a valid map, which the guard then rewrites.
+    // The file's entries are read one at a time, not listed (100,000 of them).
     let mut pending = added.iter().copied().peekable();
     let write_added = |out: &mut Vec<u8>, first: &mut bool, t: &TagTarget| -> Result<()> {
         member(out, first, &t.tag)?;
         serde_json::to_writer(&mut *out, &Target(t)).map_err(Error::internal)
     };
-    for (k, v) in &list {
-        if added
-            .binary_search_by(|t| t.tag.as_str().cmp(k.0.as_ref()))
-            .is_ok()
-        {
-            continue;
+    let mut failed = None;
+    cjson::for_each_member(existing, |k, v| {
+        if failed.is_some() {
+            return;
         }
-        while let Some(t) = pending.next_if(|t| t.tag.as_str() < k.0.as_ref()) {
-            write_added(out, &mut first, t)?;
+        let mut step = || -> Result<()> {
+            if added
+                .binary_search_by(|t| t.tag.as_str().cmp(k.0.as_ref()))
+                .is_ok()
+            {
+                return Ok(());
+            }
+            while let Some(t) = pending.next_if(|t| t.tag.as_str() < k.0.as_ref()) {
+                write_added(out, &mut first, t)?;
+            }
+            member(out, &mut first, &k.0)?;
+            out.extend_from_slice(v.get().as_bytes());
+            Ok(())
+        };
+        if let Err(e) = step() {
+            failed = Some(e);
         }
-        member(out, &mut first, &k.0)?;
-        out.extend_from_slice(v.get().as_bytes());
+    })
+    .map_err(|e| malformed(role)(e.to_string()))?;
+    if let Some(e) = failed {
+        return Err(e);
     }
     for t in pending {
         write_added(out, &mut first, t)?;
@@ -314,11 +342,17 @@ impl Repo {
         }
     }
 
-    /// The published file of `role` to add targets to ([`Edit::file`]), None when it has
-    /// none yet; refused as [`Repo::signed_or_new`] refuses.
-    pub(crate) fn file_to_edit(&self, role: &str) -> Result<Option<Vec<u8>>> {
+    /// Whether `role` has a published file to add targets to ([`Edit::file`], moved out with
+    /// [`Repo::take_file`]); refused as [`Repo::signed_or_new`] refuses.
+    pub(crate) fn file_to_edit(&self, role: &str) -> Result<bool> {
         self.refuse_skipped(role)?;
-        Ok(self.files.get(role).cloned())
+        Ok(self.files.contains_key(role))
+    }
+
+    /// Moves `role`'s published file out of the repository, not copied (a role may be
+    /// 90 MiB): an [`Edit::file`], which [`commit`] signs against as the previous version.
+    pub(crate) fn take_file(&mut self, role: &str) -> Option<Vec<u8>> {
+        self.files.remove(role)
     }
 }
 
@@ -408,22 +442,27 @@ pub(crate) async fn commit_with(
         file,
     } in edits
     {
+        let mut taken = None;
         let document = if file.is_none() && added.picked.is_empty() {
             next_version(&mut signed, &role, TARGETS_LIFETIME)?;
             unsigned(signed)
         } else {
             // Tags go into the role's text: the published file, or a new role's document. A
             // big role is edited off the async runtime.
+            let published = file.is_some();
             let base = file.unwrap_or_else(|| unsigned(signed));
             let size = base.len() + 64 * added.picked.len();
             let r = role.clone();
-            crate::util::cpu(size, move || {
-                unsigned_from_file(&base, added, &r, TARGETS_LIFETIME)
+            let (document, base) = crate::util::cpu(size, move || {
+                (unsigned_from_file(&base, added, &r, TARGETS_LIFETIME), base)
             })
-            .await??
+            .await?;
+            taken = published.then_some(base);
+            document?
         };
-        let previous = repo.files.get(&role).map(Vec::as_slice);
-        let s = sign_doc(
+        // The role's published version: the file the edit took, else the repository's.
+        let previous = taken.or_else(|| repo.files.get(&role).cloned());
+        let s = sign_doc_owned(
             guard,
             listings(keys, &key.canonical_id),
             document,
@@ -589,11 +628,11 @@ mod tests {
         // Tags added to a role's text are refused the same way.
         let err = repo.file_to_edit("targets/alice").unwrap_err().to_string();
         assert!(err.contains("targets/alice does not verify"), "{err}");
-        assert_eq!(
-            repo.file_to_edit("targets/bob").unwrap().as_deref(),
-            Some(&alice[..])
-        );
-        assert_eq!(repo.file_to_edit("targets/new").unwrap(), None);
+        assert!(repo.file_to_edit("targets/bob").unwrap());
+        assert!(!repo.file_to_edit("targets/new").unwrap());
+        let mut repo = repo;
+        assert_eq!(repo.take_file("targets/bob").as_deref(), Some(&alice[..]));
+        assert_eq!(repo.take_file("targets/bob"), None);
     }
 
     /// Tags added to a published file's text make the document a tree edit would: the next

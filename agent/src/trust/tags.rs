@@ -150,7 +150,7 @@ pub async fn sign_tags(
     token: &str,
 ) -> Result<SignResult> {
     check_gun(gun)?;
-    let (repo, initialized) = fetch_or_init(guard, client, ctx, gun, token).await?;
+    let (mut repo, initialized) = fetch_or_init(guard, client, ctx, gun, token).await?;
     repo.require_trusted(client, gun)?;
     let (keys, _) = guard.keys().all_keys().await;
     let by_id = |id: &str| {
@@ -185,26 +185,29 @@ pub async fn sign_tags(
 
     // Each role's new `signed`, with every tag it takes.
     let mut edits: Vec<Edit> = Vec::new();
+    // The edits that add to a published file.
+    let mut from_file: Vec<usize> = Vec::new();
     let mut add = |role: &str, key: &KeyEntry, at: usize| -> Result<usize> {
         let i = match edits.iter().position(|e| e.role == role) {
             Some(i) => i,
             None => {
                 // A published role gets the tags in its text; a delegation not yet published
                 // starts as a new (small) document.
-                let (signed, file) = match repo.file_to_edit(role)? {
-                    Some(f) => (Value::Null, Some(f)),
-                    None => {
-                        let mut signed = repo.signed_or_new(role)?;
-                        edit::object_mut(&mut signed, &["targets"]).map_err(malformed(role))?;
-                        (signed, None)
-                    }
+                let signed = if repo.file_to_edit(role)? {
+                    // The file is moved in once every tag is placed.
+                    from_file.push(edits.len());
+                    Value::Null
+                } else {
+                    let mut signed = repo.signed_or_new(role)?;
+                    edit::object_mut(&mut signed, &["targets"]).map_err(malformed(role))?;
+                    signed
                 };
                 edits.push(Edit {
                     role: role.to_string(),
                     key: key.clone(),
                     signed,
                     added: Added::of(tags),
-                    file,
+                    file: None,
                 });
                 edits.len() - 1
             }
@@ -239,6 +242,12 @@ pub async fn sign_tags(
             into.push(add("targets", &k, at)?);
         }
         placed_in.push(intern(&mut placements, &into)?);
+    }
+    // Each published file moves into its edit (a big role is not copied).
+    for &i in &from_file {
+        if let Some(e) = edits.get_mut(i) {
+            e.file = repo.take_file(&e.role);
+        }
     }
     let roles: Vec<String> = edits.iter().map(|e| e.role.clone()).collect();
     // Each edit's key as an index into the signers, one listing per key.

@@ -20,5 +20,10 @@ pub async fn read_capped(
         }
         out.extend_from_slice(&chunk);
     }
+    // A body sent without its length grew by doubling: the spare half goes back (a big
+    // buffer is its own mapping, shrunk in place).
+    if out.capacity() - out.len() > out.len() / 8 {
+        out.shrink_to_fit();
+    }
     Ok(out)
 }
