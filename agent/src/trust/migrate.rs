@@ -359,7 +359,8 @@ pub async fn migrate(
                     .any(|s| s == w || (s == "Repo Admin" && w == "targets"))
             })
     };
-    let tags: Vec<_> = signed_tags(&repo)
+    let mut repo = repo;
+    let tags: Vec<_> = signed_tags(&mut repo)
         .into_iter()
         .filter(|t| wanted(&t.signers))
         .collect();

@@ -1,6 +1,5 @@
 //! Tags: sign one or many (one published update), list them, revoke them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -14,6 +13,7 @@ use crate::keys::KeyEntry;
 use crate::trust::notary::{NotaryClient, ServerOpts};
 use crate::tuf::edit;
 use crate::tuf::metadata::parse_key_map;
+use crate::tuf::verify::SignedTarget;
 
 pub struct SignResult {
     pub roles: Vec<String>,
@@ -330,7 +330,10 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
     let repo = fetch(client, ctx, gun)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no trust data for {gun} on the trust server")))?;
-    let tags = signed_tags(&repo);
+    let mut repo = repo;
+    // The files are not needed but the root's (below): a targets role may be 90 MiB.
+    repo.files.retain(|role, _| role == "root");
+    let tags = signed_tags(&mut repo);
     let signers = repo
         .delegations
         .roles
@@ -365,29 +368,38 @@ pub async fn inspect(client: &NotaryClient, ctx: &TrustContext, gun: &str) -> Re
 }
 
 /// The signed tags of a verified repository as docker resolves them (a tag in
-/// targets/releases, else in targets; signers are the roles holding the same digest).
-pub(crate) fn signed_tags(repo: &Repo) -> Vec<SignedTag> {
-    let mut by_role: BTreeMap<&str, BTreeMap<&str, (&str, u64)>> = BTreeMap::new();
-    for r in &repo.verified.roles {
-        for t in &r.targets {
-            by_role
-                .entry(r.role.as_str())
-                .or_default()
-                .insert(t.name.as_str(), (t.sha256_hex.as_str(), t.length));
-        }
-    }
-    let empty = BTreeMap::new();
-    let released = by_role.get("targets/releases").unwrap_or(&empty);
-    let base = by_role.get("targets").unwrap_or(&empty);
-    let mut names: Vec<&str> = released.keys().chain(base.keys()).copied().collect();
+/// targets/releases, else in targets; signers are the roles holding the same digest). The
+/// names and digests move out of `repo`'s targets (a role may list 1,000,000): the repository
+/// is left without them.
+pub(crate) fn signed_tags(repo: &mut Repo) -> Vec<SignedTag> {
+    let roles = &repo.verified.roles;
+    // Each role's targets by name, the last of a name counting (as a map keeps it): indices
+    // in name order, not a map of every target.
+    let sorted: Vec<Vec<u32>> = roles.iter().map(|r| by_name(&r.targets)).collect();
+    // Role `ri`'s target `name`: its index in the role's list, and itself.
+    let find = |ri: usize, name: &str| -> Option<(usize, &SignedTarget)> {
+        let (role, idx) = (roles.get(ri)?, sorted.get(ri)?);
+        let at = idx
+            .binary_search_by(|&i| target_name(&role.targets, i).cmp(name))
+            .ok()?;
+        let i = *idx.get(at)? as usize;
+        Some((i, role.targets.get(i)?))
+    };
+    let place = |role: &str| roles.iter().position(|r| r.role == role);
+    let (released, base) = (place("targets/releases"), place("targets"));
+    let names_of = |ri: Option<usize>| -> Vec<&str> {
+        ri.and_then(|ri| Some((roles.get(ri)?, sorted.get(ri)?)))
+            .map(|(role, idx)| idx.iter().map(|&i| target_name(&role.targets, i)).collect())
+            .unwrap_or_default()
+    };
+    let mut names = names_of(released);
+    names.extend(names_of(base));
     names.sort_unstable();
     names.dedup();
-    let mut tags = Vec::new();
     // As the gate: a tag targets/releases lists without a usable digest, or lists while it
     // is skipped, is not taken from targets instead.
     let releases_blocks = |name: &str| {
-        repo.verified
-            .roles
+        roles
             .iter()
             .filter(|r| r.role == "targets/releases")
             .any(|r| r.unusable.iter().any(|u| u.name == name))
@@ -396,36 +408,76 @@ pub(crate) fn signed_tags(repo: &Repo) -> Vec<SignedTag> {
                 .skipped_role("targets/releases")
                 .is_some_and(|s| s.targets.iter().any(|t| t == name))
     };
+    // Each tag with its signers; its name and digest taken from (role, index) below.
+    let mut tags = Vec::with_capacity(names.len());
+    let mut from: Vec<(usize, usize)> = Vec::with_capacity(names.len());
     for name in names {
-        let from_releases = released.get(name);
+        let from_releases = released.and_then(|ri| Some((ri, find(ri, name)?)));
         if from_releases.is_none() && releases_blocks(name) {
             continue;
         }
-        let Some(&(digest, length)) = from_releases.or_else(|| base.get(name)) else {
+        let Some((ri, (at, chosen))) =
+            from_releases.or_else(|| base.and_then(|ri| Some((ri, find(ri, name)?))))
+        else {
             continue;
         };
-        let mut signers: Vec<String> = by_role
+        let mut signers: Vec<String> = roles
             .iter()
-            .filter(|(role, t)| {
-                **role != "targets/releases" && t.get(name).map(|x| x.0) == Some(digest)
+            .enumerate()
+            .filter(|(i, r)| {
+                r.role != "targets/releases"
+                    && find(*i, name).is_some_and(|(_, t)| t.sha256_hex == chosen.sha256_hex)
             })
-            .map(|(role, _)| {
-                if *role == "targets" {
+            .map(|(_, r)| {
+                if r.role == "targets" {
                     "Repo Admin".to_string()
                 } else {
-                    role.trim_start_matches("targets/").to_string()
+                    r.role.trim_start_matches("targets/").to_string()
                 }
             })
             .collect();
         signers.sort();
+        from.push((ri, at));
         tags.push(SignedTag {
-            tag: name.into(),
-            sha256_hex: digest.into(),
-            length,
+            tag: String::new(),
+            sha256_hex: String::new(),
+            length: chosen.length,
             signers,
         });
     }
+    drop(sorted);
+    for (t, (ri, at)) in tags.iter_mut().zip(from) {
+        if let Some(target) = repo
+            .verified
+            .roles
+            .get_mut(ri)
+            .and_then(|r| r.targets.get_mut(at))
+        {
+            t.tag = std::mem::take(&mut target.name);
+            t.sha256_hex = std::mem::take(&mut target.sha256_hex);
+        }
+    }
     tags
+}
+
+/// The name of target `i` of `targets` ("" past the end: never, the indices are its own).
+fn target_name(targets: &[SignedTarget], i: u32) -> &str {
+    targets.get(i as usize).map_or("", |t| t.name.as_str())
+}
+
+/// The indices of `targets` in name order, one per name: the last of a name, as a map that
+/// took them in turn would keep.
+fn by_name(targets: &[SignedTarget]) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..targets.len())
+        .filter_map(|i| u32::try_from(i).ok())
+        .collect();
+    idx.sort_by(|&a, &b| {
+        target_name(targets, a)
+            .cmp(target_name(targets, b))
+            .then(b.cmp(&a))
+    });
+    idx.dedup_by(|later, kept| target_name(targets, *later) == target_name(targets, *kept));
+    idx
 }
 
 /// The client for a request's server options, falling back to the config's.
@@ -530,6 +582,84 @@ pub async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tuf::verify::{RoleReport, UnusableTarget, VerifiedRepo};
+
+    /// Docker's view of the tags: targets/releases first, else targets, the last entry of
+    /// a name counting (as a map keeps it), a tag releases lists unusably not taken from
+    /// targets; signers are the other roles holding the same digest. The names and digests
+    /// move out of the repository.
+    #[test]
+    fn signed_tags_as_docker_resolves_them() {
+        let t = |name: &str, d: &str| SignedTarget {
+            name: name.into(),
+            sha256_hex: d.repeat(64),
+            length: 1,
+        };
+        let role = |role: &str, targets: Vec<SignedTarget>, unusable: Vec<&str>| RoleReport {
+            role: role.into(),
+            version: 1,
+            expires: String::new(),
+            signed_by: Vec::new(),
+            targets,
+            unusable: unusable
+                .into_iter()
+                .map(|n| UnusableTarget {
+                    name: n.into(),
+                    reason: "no sha256".into(),
+                })
+                .collect(),
+        };
+        let mut repo = Repo {
+            files: Default::default(),
+            verified: VerifiedRepo {
+                roles: vec![
+                    role(
+                        "targets",
+                        vec![
+                            t("c", "4"),
+                            t("b", "2"),
+                            t("a", "1"),
+                            t("x", "5"),
+                            t("b", "3"),
+                        ],
+                        vec![],
+                    ),
+                    role(
+                        "targets/releases",
+                        vec![t("c", "9"), t("a", "1")],
+                        vec!["x"],
+                    ),
+                    role("targets/alice", vec![t("b", "3"), t("a", "1")], vec![]),
+                ],
+                ..Default::default()
+            },
+            trusted: true,
+            delegations: Default::default(),
+        };
+        let tags: Vec<(String, String, Vec<String>)> = signed_tags(&mut repo)
+            .into_iter()
+            .map(|t| (t.tag, t.sha256_hex[..1].to_string(), t.signers))
+            .collect();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            tags,
+            vec![
+                ("a".into(), "1".into(), s(&["Repo Admin", "alice"])),
+                ("b".into(), "3".into(), s(&["Repo Admin", "alice"])),
+                ("c".into(), "9".into(), s(&[])),
+            ]
+        );
+        // Moved, not copied: releases' "a" and "c", targets' last "b".
+        let names = |i: usize| -> Vec<String> {
+            repo.verified.roles[i]
+                .targets
+                .iter()
+                .map(|t| t.name.clone())
+                .collect()
+        };
+        assert_eq!(names(1), ["", ""]);
+        assert_eq!(names(0), ["c", "b", "a", "x", ""]);
+    }
 
     fn wanted(tag: &str, hex: &str) -> WantedTag {
         WantedTag {
