@@ -1457,8 +1457,10 @@ impl Agent for AgentService {
         trust::check_gun(&req.gun)?;
         // Each piece's tags are checked and held compact as they come (digests as bytes);
         // a tag without a digest is looked up in the registry once all have come.
+        // The announced total sizes the list once, within reason (a client could announce
+        // 2,000,000 and send one tag); a longer list grows as it comes.
         let total = usize::try_from(first.tags_total).unwrap_or(usize::MAX);
-        let mut given = Vec::with_capacity(total.min(dct_proto::MAX_TAGS_PER_STREAM));
+        let mut given = Vec::with_capacity(total.min(MAX_TAGS));
         let mut wanted = Vec::new();
         let mut piece = first.tags;
         loop {
