@@ -444,6 +444,17 @@ pub async fn run(
                                     },
                                 ),
                             );
+                            // A long list takes a while once sent: say so when the last
+                            // piece goes.
+                            let n_pieces = pieces.len();
+                            let pieces = pieces.into_iter().enumerate().map(move |(k, p)| {
+                                if k + 1 == n_pieces && in_part > dct_proto::MAX_TAGS_PER_PIECE {
+                                    eprintln!(
+                                        "{in_part} tags sent; the agent signs and publishes them as one update ..."
+                                    );
+                                }
+                                p
+                            });
                             let pieces = tonic::codegen::tokio_stream::iter(pieces);
                             c.call(|mut a| async move { a.trust_sign_stream(pieces).await })
                                 .await

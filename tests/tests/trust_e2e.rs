@@ -1054,12 +1054,19 @@ fn many_tags_in_one_signed_update() {
     }
     let file = agent.dir.path().join("tags.txt");
     std::fs::write(&file, &list).unwrap();
-    let out = trust(
+    let run = trust(
         &agent,
         &stack,
         &["--json", "sign", "--from", file.to_str().unwrap()],
-    )
-    .json();
+    );
+    assert!(
+        run.stderr().contains(&format!(
+            "{n} tags sent; the agent signs and publishes them as one update"
+        )),
+        "{}",
+        run.stderr()
+    );
+    let out = run.json();
     let listed = out["tags"].as_array().unwrap();
     assert_eq!(listed.len(), n);
     assert_eq!(
