@@ -262,6 +262,17 @@ pub fn failure(s: Status) -> Failure {
         // Which of the two the client sees depends on when the close lands (before or
         // during the first request); neither carries an agent's reason.
         (Code::Unknown, None) if msg == "transport error" => return closed(&msg),
+        // Not the agent's: a method it does not have (an agent older than this dct).
+        (Code::Unimplemented, None) => {
+            return Failure {
+                code: EXIT_FAILED,
+                message: format!(
+                    "the agent does not know this request ({msg}): it is older than this dct"
+                ),
+                hint: Some("restart dct-agent from the same release as dct".into()),
+                reason: Some("unimplemented".into()),
+            };
+        }
         (Code::Cancelled, None) => return closed(&msg),
         (_, Some("not_found")) => Some("see `dct key list` and `dct status`".to_string()),
         // A busy token's queue, or a size limit the message names.
@@ -281,6 +292,20 @@ pub fn failure(s: Status) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A method the agent does not have (an older agent) is named as such, so that
+    /// `dct trust sign` can fall back to the one-request form.
+    #[test]
+    fn an_unknown_method_is_told_apart() {
+        let f = failure(Status::unimplemented(""));
+        assert_eq!(f.reason.as_deref(), Some("unimplemented"));
+        assert!(f.message.contains("older than this dct"), "{}", f.message);
+        // The agent's own errors keep their reasons.
+        let mut s = Status::unimplemented("no such thing");
+        s.metadata_mut()
+            .insert(dct_proto::REASON_KEY, "refused".parse().unwrap());
+        assert_eq!(failure(s).reason.as_deref(), Some("refused"));
+    }
 
     #[test]
     fn only_our_own_or_the_named_agent_uid_is_trusted() {

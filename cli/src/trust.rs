@@ -410,57 +410,77 @@ pub async fn run(
             };
             let n_parts = parts.len();
             let mut r = pb::TrustSignResponse::default();
+            let request = |sealed_registry_password, tags| pb::TrustSignRequest {
+                server: Some(srv.clone()),
+                gun: gun.clone(),
+                tag: tag.clone(),
+                sha256: hex.clone(),
+                length: size.unwrap_or_default(),
+                token: token.clone().unwrap_or_default(),
+                manifest: manifest.clone(),
+                registry_username: std::env::var("DCT_REGISTRY_USERNAME").unwrap_or_default(),
+                registry_password: String::new(),
+                tags,
+                sealed_registry_password,
+                also: also.clone(),
+            };
             for (i, tags) in parts.into_iter().enumerate() {
                 let in_part = tags.len();
+                // An agent older than TrustSignStream takes a list in one request (up to
+                // 200,000 tags): kept to send again if the agent does not know the stream.
+                let unary_tags =
+                    (many && in_part <= dct_proto::MAX_TAGS_PER_SIGN).then(|| tags.clone());
                 let part = match sealed_registry_password(c).await {
-                    Ok(sealed_registry_password) => {
-                        let req = pb::TrustSignRequest {
-                            server: Some(srv.clone()),
-                            gun: gun.clone(),
-                            tag: tag.clone(),
-                            sha256: hex.clone(),
-                            length: size.unwrap_or_default(),
-                            token: token.clone().unwrap_or_default(),
-                            manifest: manifest.clone(),
-                            registry_username: std::env::var("DCT_REGISTRY_USERNAME")
-                                .unwrap_or_default(),
-                            registry_password: String::new(),
+                    Ok(sealed) if many => {
+                        let mut pieces = vec![pb::TrustSignPiece {
+                            request: Some(request(sealed, Vec::new())),
                             tags: Vec::new(),
-                            sealed_registry_password,
-                            also: also.clone(),
-                        };
-                        if many {
-                            let mut pieces = vec![pb::TrustSignPiece {
-                                request: Some(req),
-                                tags: Vec::new(),
-                                tags_total: in_part as u64,
-                            }];
-                            pieces.extend(
-                                chunks(tags, dct_proto::MAX_TAGS_PER_PIECE).into_iter().map(
-                                    |tags| pb::TrustSignPiece {
-                                        request: None,
-                                        tags,
-                                        tags_total: 0,
-                                    },
-                                ),
-                            );
-                            // A long list takes a while once sent: say so when the last
-                            // piece goes.
-                            let n_pieces = pieces.len();
-                            let pieces = pieces.into_iter().enumerate().map(move |(k, p)| {
-                                if k + 1 == n_pieces && in_part > dct_proto::MAX_TAGS_PER_PIECE {
-                                    eprintln!(
-                                        "{in_part} tags sent; the agent signs and publishes them as one update ..."
-                                    );
+                            tags_total: in_part as u64,
+                        }];
+                        pieces.extend(chunks(tags, dct_proto::MAX_TAGS_PER_PIECE).into_iter().map(
+                            |tags| pb::TrustSignPiece {
+                                request: None,
+                                tags,
+                                tags_total: 0,
+                            },
+                        ));
+                        // A long list takes a while once sent: say so when the last piece
+                        // goes.
+                        let n_pieces = pieces.len();
+                        let pieces = pieces.into_iter().enumerate().map(move |(k, p)| {
+                            if k + 1 == n_pieces && in_part > dct_proto::MAX_TAGS_PER_PIECE {
+                                eprintln!(
+                                    "{in_part} tags sent; the agent signs and publishes them as one update ..."
+                                );
+                            }
+                            p
+                        });
+                        let pieces = tonic::codegen::tokio_stream::iter(pieces);
+                        match c
+                            .call(|mut a| async move { a.trust_sign_stream(pieces).await })
+                            .await
+                        {
+                            Err(f) if f.reason.as_deref() == Some("unimplemented") => {
+                                match (unary_tags, sealed_registry_password(c).await) {
+                                    (Some(tags), Ok(sealed)) => {
+                                        let req = request(sealed, tags);
+                                        c.call(|mut a| async move { a.trust_sign(req).await })
+                                            .await
+                                            .map(|mut p| {
+                                                p.count = p.tags.len() as u64;
+                                                p
+                                            })
+                                    }
+                                    (None, _) => Err(f),
+                                    (_, Err(e)) => Err(e),
                                 }
-                                p
-                            });
-                            let pieces = tonic::codegen::tokio_stream::iter(pieces);
-                            c.call(|mut a| async move { a.trust_sign_stream(pieces).await })
-                                .await
-                        } else {
-                            c.call(|mut a| async move { a.trust_sign(req).await }).await
+                            }
+                            other => other,
                         }
+                    }
+                    Ok(sealed) => {
+                        let req = request(sealed, Vec::new());
+                        c.call(|mut a| async move { a.trust_sign(req).await }).await
                     }
                     Err(f) => Err(f),
                 };

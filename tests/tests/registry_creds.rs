@@ -183,6 +183,58 @@ fn a_tag_is_resolved_with_the_sealed_registry_password() {
         rows,
         vec![row("v1", &served, "targets"), row("v2", &v2, "targets")]
     );
+
+    // A tag looked up in the registry and a listed one with its digest, in one stream: each
+    // keeps its own digest in the answer and on the server.
+    let listed = b"listed manifest".to_vec();
+    let file = agent.dir.path().join("list.txt");
+    std::fs::write(
+        &file,
+        format!(
+            "{gun}:v9 sha256:{} {}\n",
+            hex(&Sha256::digest(&listed)),
+            listed.len()
+        ),
+    )
+    .unwrap();
+    let out = agent
+        .dct_env(
+            &[
+                "trust",
+                "--server",
+                &stack.url,
+                "--tlscacert",
+                stack.ca.to_str().unwrap(),
+                "--json",
+                "sign",
+                &format!("{gun}:v2"),
+                "--from",
+                file.to_str().unwrap(),
+            ],
+            &[
+                ("DCT_REGISTRY_USERNAME", USER),
+                ("DCT_REGISTRY_PASSWORD", pass),
+            ],
+        )
+        .json();
+    let d9 = format!("sha256:{}", hex(&Sha256::digest(&listed)));
+    let digests: Vec<(&str, &str)> = out["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["tag"].as_str().unwrap(), t["digest"].as_str().unwrap()))
+        .collect();
+    assert_eq!(digests, vec![("v2", d2.as_str()), ("v9", d9.as_str())]);
+    let mut rows = notary_list(&stack, &gun, &[]);
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            row("v1", &served, "targets"),
+            row("v2", &v2, "targets"),
+            row("v9", &listed, "targets")
+        ]
+    );
 }
 
 /// A TrustSignStream is checked as it comes: the request first and once, no tag in it,
@@ -243,6 +295,26 @@ fn a_streamed_tag_list_is_checked_as_it_comes() {
             }],
             tonic::Code::InvalidArgument,
             "names no tag",
+        ),
+        (
+            vec![TrustSignPiece {
+                request: Some(TrustSignRequest {
+                    sha256: "ab".repeat(32),
+                    ..request()
+                }),
+                tags: vec![tag("a")],
+                tags_total: 1,
+            }],
+            tonic::Code::InvalidArgument,
+            "names no tag",
+        ),
+        (
+            vec![first(vec![TagTarget {
+                sha256: String::new(),
+                ..tag("-bad")
+            }])],
+            tonic::Code::InvalidArgument,
+            "-bad",
         ),
         (
             vec![first(vec![tag("a")]), first(vec![tag("b")])],

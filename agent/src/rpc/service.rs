@@ -16,7 +16,8 @@ use crate::keys::{check_gun, check_role, KeyEntry, Keyring, Token, TokenInfo};
 use crate::trust;
 use crate::tuf::verify;
 
-/// Tags in one TrustSign call (the CLI sends a longer list in parts of this many).
+/// Tags in one TrustSign call (a longer list goes by TrustSignStream), and tags without a
+/// digest, looked up in the registry one by one, in one TrustSignStream.
 const MAX_TAGS: usize = dct_proto::MAX_TAGS_PER_SIGN;
 
 /// Documents in one SignMetadataBatch call.
@@ -1449,7 +1450,12 @@ impl Agent for AgentService {
                 "the first piece of a TrustSignStream carries the request",
             ));
         };
-        if !req.tags.is_empty() || !req.tag.is_empty() || !req.manifest.is_empty() {
+        if !req.tags.is_empty()
+            || !req.tag.is_empty()
+            || !req.manifest.is_empty()
+            || !req.sha256.is_empty()
+            || req.length != 0
+        {
             return Err(bad(
                 "a TrustSignStream's request names no tag: the pieces carry them",
             ));
@@ -1481,6 +1487,16 @@ impl Agent for AgentService {
             }
             for t in piece {
                 if t.sha256.is_empty() {
+                    // Looked up in the registry once all have come: checked now, and as
+                    // many as one request may ask for.
+                    trust::check_tag(&t.tag)?;
+                    if wanted.len() == MAX_TAGS {
+                        return Err(Error::ResourceExhausted(format!(
+                            "more than {MAX_TAGS} tags without a digest in one update: give \
+                             their digests (--from FILE)"
+                        ))
+                        .into());
+                    }
                     wanted.push(trust::WantedTag {
                         tag: t.tag,
                         sha256: String::new(),

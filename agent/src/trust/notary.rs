@@ -10,7 +10,7 @@ use crate::util::http::read_capped;
 /// Largest metadata file accepted from a server: Notary's own cap (`MaxDownloadSize`, 100
 /// MiB), so a repository the notary client reads is not refused here. A 100,000-tag targets
 /// role is about 8.6 MiB, a 1,000,000-tag one about 86 MiB.
-const MAX_DOWNLOAD: usize = 100 * 1024 * 1024;
+pub(crate) const MAX_DOWNLOAD: usize = 100 * 1024 * 1024;
 
 /// Where the trust server is and how to trust its TLS certificate.
 #[derive(Debug, Clone, Default)]

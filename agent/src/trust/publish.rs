@@ -133,6 +133,24 @@ pub(crate) async fn publish(
     Ok(())
 }
 
+/// A role of `len` bytes unsigned must stay readable once signed: Notary's clients (and
+/// this agent) refuse a metadata file over `cap` (100 MiB), so a role published past it
+/// could never be read or signed again. Refused before anything is signed.
+fn check_role_size(role: &str, len: usize, cap: usize) -> Result<()> {
+    // Room for the signatures the file gains (a few hundred bytes each).
+    const SIGNATURES: usize = 64 * 1024;
+    if len.saturating_add(SIGNATURES) <= cap {
+        return Ok(());
+    }
+    let mib = |n: usize| n as f64 / (1024.0 * 1024.0);
+    Err(Error::Refused(format!(
+        "{role} would be {:.1} MiB, over the {:.0} MiB a Notary client reads: nothing was signed; \
+         sign fewer tags into it, or give some to a delegation (dct trust signer add)",
+        mib(len),
+        mib(cap)
+    )))
+}
+
 /// A new version of one role, to be signed by `key`.
 pub(crate) struct Edit {
     pub(crate) role: String,
@@ -464,6 +482,7 @@ pub(crate) async fn commit_with(
             taken = published.then_some(base);
             document?
         };
+        check_role_size(&role, document.len(), super::notary::MAX_DOWNLOAD)?;
         // The role's published version: the file the edit took, else the repository's.
         let previous = taken.or_else(|| repo.files.get(&role).cloned());
         let s = sign_doc_owned(
@@ -532,6 +551,23 @@ mod tests {
         }
     }
     use crate::tuf::verify::{RepoFiles, SkippedRole, VerifiedRepo};
+
+    /// A role that would be over Notary's download cap once signed is refused, saying how
+    /// big and what to do; one within it (signatures' room left) passes.
+    #[test]
+    fn a_role_past_the_download_cap_is_refused() {
+        let cap = 1024 * 1024;
+        assert!(check_role_size("targets", cap - 64 * 1024, cap).is_ok());
+        let err = check_role_size("targets", cap - 64 * 1024 + 1, cap)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("targets would be 0.9 MiB, over the 1 MiB"),
+            "{err}"
+        );
+        assert!(err.contains("nothing was signed"), "{err}");
+        assert!(check_role_size("targets", usize::MAX, cap).is_err());
+    }
 
     /// The new text is sized once from the file and the added entries: never grown (twice
     /// the size), never far over (the estimate is each entry's exact length).
