@@ -147,36 +147,44 @@ fn a_tag_is_resolved_with_the_sealed_registry_password() {
     // Two tags at once go to the agent as a stream of pieces with no digests: the agent
     // looks both up and answers with them; the CLI lists them with what the registry serves.
     let v2 = registry.push("team/private", "v2", "private v2");
-    let out = agent
-        .dct_env(
-            &[
-                "trust",
-                "--server",
-                &stack.url,
-                "--tlscacert",
-                stack.ca.to_str().unwrap(),
-                "--json",
-                "sign",
-                &image,
-                &format!("{gun}:v2"),
-            ],
-            &[
-                ("DCT_REGISTRY_USERNAME", USER),
-                ("DCT_REGISTRY_PASSWORD", pass),
-            ],
-        )
-        .json();
-    let digests: Vec<(&str, &str)> = out["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["tag"].as_str().unwrap(), t["digest"].as_str().unwrap()))
-        .collect();
+    // `dct trust --json sign ARGS` with the registry's credentials: each tag and digest.
+    let sign_json = |args: &[&str]| -> Vec<(String, String)> {
+        let ca = stack.ca.to_str().unwrap();
+        let head = [
+            "trust",
+            "--server",
+            &stack.url,
+            "--tlscacert",
+            ca,
+            "--json",
+            "sign",
+        ];
+        agent
+            .dct_env(
+                &[&head[..], args].concat(),
+                &[
+                    ("DCT_REGISTRY_USERNAME", USER),
+                    ("DCT_REGISTRY_PASSWORD", pass),
+                ],
+            )
+            .json()["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["tag"].as_str().unwrap().into(),
+                    t["digest"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let digests = sign_json(&[&image, &format!("{gun}:v2")]);
     let (d1, d2) = (
         format!("sha256:{}", hex(&Sha256::digest(&served))),
         format!("sha256:{}", hex(&Sha256::digest(&v2))),
     );
-    assert_eq!(digests, vec![("v1", d1.as_str()), ("v2", d2.as_str())]);
+    assert_eq!(digests, [("v1".into(), d1), ("v2".into(), d2.clone())]);
     let mut rows = notary_list(&stack, &gun, &[]);
     rows.sort();
     assert_eq!(
@@ -197,34 +205,9 @@ fn a_tag_is_resolved_with_the_sealed_registry_password() {
         ),
     )
     .unwrap();
-    let out = agent
-        .dct_env(
-            &[
-                "trust",
-                "--server",
-                &stack.url,
-                "--tlscacert",
-                stack.ca.to_str().unwrap(),
-                "--json",
-                "sign",
-                &format!("{gun}:v2"),
-                "--from",
-                file.to_str().unwrap(),
-            ],
-            &[
-                ("DCT_REGISTRY_USERNAME", USER),
-                ("DCT_REGISTRY_PASSWORD", pass),
-            ],
-        )
-        .json();
+    let digests = sign_json(&[&format!("{gun}:v2"), "--from", file.to_str().unwrap()]);
     let d9 = format!("sha256:{}", hex(&Sha256::digest(&listed)));
-    let digests: Vec<(&str, &str)> = out["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["tag"].as_str().unwrap(), t["digest"].as_str().unwrap()))
-        .collect();
-    assert_eq!(digests, vec![("v2", d2.as_str()), ("v9", d9.as_str())]);
+    assert_eq!(digests, [("v2".into(), d2), ("v9".into(), d9)]);
     let mut rows = notary_list(&stack, &gun, &[]);
     rows.sort();
     assert_eq!(
