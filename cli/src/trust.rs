@@ -194,7 +194,6 @@ fn print_also(gun: &str, also: &[pb::OciSignature]) {
     }
 }
 
-/// Reads `IMAGE:TAG sha256:<hex> SIZE` lines (see `dct trust sign --from`).
 /// `list` in consecutive chunks of at most `size` (moved, not copied).
 fn chunks<T>(list: Vec<T>, size: usize) -> Vec<Vec<T>> {
     let mut out = Vec::with_capacity(list.len().div_ceil(size.max(1)));
@@ -205,6 +204,38 @@ fn chunks<T>(list: Vec<T>, size: usize) -> Vec<Vec<T>> {
     out
 }
 
+/// A TrustSignStream: `req` in the first piece, then `tags` in pieces of at most
+/// `MAX_TAGS_PER_PIECE`. A long list takes a while once sent: it says so when its last
+/// piece goes.
+fn sign_pieces(
+    req: pb::TrustSignRequest,
+    tags: Vec<pb::TagTarget>,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = pb::TrustSignPiece> + Send + 'static {
+    let total = tags.len();
+    let mut pieces = vec![pb::TrustSignPiece {
+        request: Some(req),
+        tags: Vec::new(),
+        tags_total: total as u64,
+    }];
+    pieces.extend(
+        chunks(tags, dct_proto::MAX_TAGS_PER_PIECE)
+            .into_iter()
+            .map(|tags| pb::TrustSignPiece {
+                request: None,
+                tags,
+                tags_total: 0,
+            }),
+    );
+    let last = pieces.len() - 1;
+    tonic::codegen::tokio_stream::iter(pieces.into_iter().enumerate().map(move |(k, p)| {
+        if k == last && total > dct_proto::MAX_TAGS_PER_PIECE {
+            eprintln!("{total} tags sent; the agent signs and publishes them as one update ...");
+        }
+        p
+    }))
+}
+
+/// Reads `IMAGE:TAG sha256:<hex> SIZE` lines (see `dct trust sign --from`).
 fn read_tag_list(path: &std::path::Path) -> Result<Vec<(String, pb::TagTarget)>, Failure> {
     let text = if path.as_os_str() == "-" {
         let mut s = String::new();
@@ -432,47 +463,28 @@ pub async fn run(
                     (many && in_part <= dct_proto::MAX_TAGS_PER_SIGN).then(|| tags.clone());
                 let part = match sealed_registry_password(c).await {
                     Ok(sealed) if many => {
-                        let mut pieces = vec![pb::TrustSignPiece {
-                            request: Some(request(sealed, Vec::new())),
-                            tags: Vec::new(),
-                            tags_total: in_part as u64,
-                        }];
-                        pieces.extend(chunks(tags, dct_proto::MAX_TAGS_PER_PIECE).into_iter().map(
-                            |tags| pb::TrustSignPiece {
-                                request: None,
-                                tags,
-                                tags_total: 0,
-                            },
-                        ));
-                        // A long list takes a while once sent: say so when the last piece
-                        // goes.
-                        let n_pieces = pieces.len();
-                        let pieces = pieces.into_iter().enumerate().map(move |(k, p)| {
-                            if k + 1 == n_pieces && in_part > dct_proto::MAX_TAGS_PER_PIECE {
-                                eprintln!(
-                                    "{in_part} tags sent; the agent signs and publishes them as one update ..."
-                                );
-                            }
-                            p
-                        });
-                        let pieces = tonic::codegen::tokio_stream::iter(pieces);
+                        let pieces = sign_pieces(request(sealed, Vec::new()), tags);
                         match c
                             .call(|mut a| async move { a.trust_sign_stream(pieces).await })
                             .await
                         {
+                            // (An error here is the part's: a later part's keeps the
+                            // parts' context below.)
                             Err(f) if f.reason.as_deref() == Some("unimplemented") => {
-                                match (unary_tags, sealed_registry_password(c).await) {
-                                    (Some(tags), Ok(sealed)) => {
-                                        let req = request(sealed, tags);
-                                        c.call(|mut a| async move { a.trust_sign(req).await })
-                                            .await
-                                            .map(|mut p| {
-                                                p.count = p.tags.len() as u64;
-                                                p
-                                            })
-                                    }
-                                    (None, _) => Err(f),
-                                    (_, Err(e)) => Err(e),
+                                match (unary_tags, f) {
+                                    (None, f) => Err(f),
+                                    (Some(tags), _) => match sealed_registry_password(c).await {
+                                        Ok(sealed) => {
+                                            let req = request(sealed, tags);
+                                            c.call(|mut a| async move { a.trust_sign(req).await })
+                                                .await
+                                                .map(|mut p| {
+                                                    p.count = p.tags.len() as u64;
+                                                    p
+                                                })
+                                        }
+                                        Err(e) => Err(e),
+                                    },
                                 }
                             }
                             other => other,

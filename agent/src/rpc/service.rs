@@ -148,6 +148,16 @@ fn ceremony_key_pb(k: trust::CeremonyKey) -> pb::CeremonyKey {
     }
 }
 
+/// A tag of a sign request as the agent takes it (its digest checked when it is resolved).
+fn wanted_tag(t: pb::TagTarget) -> trust::WantedTag {
+    trust::WantedTag {
+        tag: t.tag,
+        sha256: t.sha256,
+        length: t.length,
+        manifest: Vec::new(),
+    }
+}
+
 impl AgentService {
     /// `dct trust sign` of `given` (digests checked) and `wanted` (looked up in the
     /// registry) tags, with the request's options: signed, published as one update, and the
@@ -181,16 +191,9 @@ impl AgentService {
             .iter()
             .map(|f| trust::migrate::Format::parse(f))
             .collect::<Result<Vec<_>>>()?;
-        // No tag twice, before any is looked up; then the ones without a digest are.
-        trust::no_tag_twice(
-            given
-                .iter()
-                .map(|t| t.tag.as_str())
-                .chain(wanted.iter().map(|w| w.tag.as_str())),
-        )?;
         let resolved_from = given.len();
-        let mut tags = given;
-        tags.extend(trust::resolve_tags(&req.gun, wanted, ca.as_deref(), creds.as_ref()).await?);
+        let tags =
+            trust::resolve_tags(&req.gun, given, wanted, ca.as_deref(), creds.as_ref()).await?;
         // Shared with the roles that take them (100,000 tags are held once).
         let tags = std::sync::Arc::new(tags);
         // Resolved: the registry password is kept only for the OCI signatures' writes.
@@ -1424,12 +1427,7 @@ impl Agent for AgentService {
             }
             std::mem::take(&mut req.tags)
                 .into_iter()
-                .map(|t| trust::WantedTag {
-                    tag: t.tag,
-                    sha256: t.sha256,
-                    length: t.length,
-                    manifest: Vec::new(),
-                })
+                .map(wanted_tag)
                 .collect()
         };
         self.sign_tag_list(req, Vec::new(), wanted, true).await
@@ -1497,12 +1495,7 @@ impl Agent for AgentService {
                         ))
                         .into());
                     }
-                    wanted.push(trust::WantedTag {
-                        tag: t.tag,
-                        sha256: String::new(),
-                        length: t.length,
-                        manifest: Vec::new(),
-                    });
+                    wanted.push(wanted_tag(t));
                 } else {
                     given.push(trust::given_tag(t.tag, &t.sha256, t.length)?);
                 }

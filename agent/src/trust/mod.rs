@@ -46,8 +46,8 @@ pub use pinning::{Pinning, TrustConfig};
 pub use rotation::rotate;
 pub use signers::{signer_add, signer_remove};
 pub use tags::{
-    check_tag, client, given_tag, inspect, no_tag_twice, resolve_tags, revoke, sign_tags,
-    Inspection, SignResult, SignedTag, TagTarget, WantedTag,
+    check_tag, client, given_tag, inspect, resolve_tags, revoke, sign_tags, Inspection, SignResult,
+    SignedTag, TagTarget, WantedTag,
 };
 
 /// Default lifetimes Notary gives new versions of each role.

@@ -21,10 +21,10 @@ pub struct SignResult {
     /// The keys that signed (one listing each, in role order).
     pub signers: Vec<KeyEntry>,
     /// For each tag asked for, in order: which of `signer_sets` lists the `signers` that
-    /// signed it. Tags share a handful of sets, so a million tags hold a million indices,
-    /// not a million lists (or copies of a key).
+    /// signed it. Tags share a handful of sets (one per combination of roles a tag went
+    /// to), so a million tags hold a million indices, not a million lists.
     pub signed_by: Vec<u32>,
-    /// The distinct lists of `signers` (indices) that signed a tag.
+    /// Lists of `signers` (indices), one per combination of roles that took a tag.
     pub signer_sets: Vec<Vec<usize>>,
 }
 
@@ -70,7 +70,7 @@ pub fn check_tag(tag: &str) -> Result<()> {
 }
 
 /// No tag given twice, found by the names in order (not a set of copies of 100,000 names).
-pub fn no_tag_twice<'a>(names: impl Iterator<Item = &'a str>) -> Result<()> {
+fn no_tag_twice<'a>(names: impl Iterator<Item = &'a str>) -> Result<()> {
     let mut names: Vec<&str> = names.collect();
     names.sort_unstable();
     match names.windows(2).find(|w| w.first() == w.last()) {
@@ -99,18 +99,25 @@ pub fn given_tag(tag: String, sha256_hex: &str, length: u64) -> Result<TagTarget
     })
 }
 
-/// Each wanted tag as a target to sign: checked, no tag twice, its digest from the request
-/// (hex), from the manifest given, or resolved in the registry (with `creds` only if it
-/// asks).
+/// The tags to sign: `given` (already checked, see [`given_tag`]) then each wanted tag,
+/// checked, its digest from the request (hex), from the manifest given, or resolved in the
+/// registry (with `creds` only if it asks). No tag twice among them all, found before
+/// anything is resolved.
 pub async fn resolve_tags(
     gun: &str,
+    given: Vec<TagTarget>,
     wanted: Vec<WantedTag>,
     ca_pem: Option<&[u8]>,
     creds: Option<&crate::oci::registry::Credentials>,
 ) -> Result<Vec<TagTarget>> {
-    // Before anything is resolved.
-    no_tag_twice(wanted.iter().map(|w| w.tag.as_str()))?;
-    let mut tags = Vec::with_capacity(wanted.len());
+    no_tag_twice(
+        given
+            .iter()
+            .map(|t| t.tag.as_str())
+            .chain(wanted.iter().map(|w| w.tag.as_str())),
+    )?;
+    let mut tags = given;
+    tags.reserve(wanted.len());
     for w in wanted {
         if !w.sha256.is_empty() {
             tags.push(given_tag(w.tag, &w.sha256, w.length)?);
@@ -264,9 +271,8 @@ pub async fn sign_tags(
             },
         )
         .collect();
-    // Each placement's signers, as distinct sets; each tag's set through its placement's.
-    let mut signer_sets: Vec<Vec<usize>> = Vec::new();
-    let set_of: Vec<u32> = placements
+    // Each placement's signers: a tag's set is its placement's.
+    let signer_sets = placements
         .iter()
         .map(|into| {
             let mut by: Vec<usize> = Vec::with_capacity(into.len());
@@ -275,12 +281,8 @@ pub async fn sign_tags(
                     by.push(s);
                 }
             }
-            intern(&mut signer_sets, &by)
+            by
         })
-        .collect::<Result<_>>()?;
-    let signed_by = placed_in
-        .into_iter()
-        .map(|p| set_of.get(p as usize).copied().unwrap_or_default())
         .collect();
     commit(guard, client, gun, &repo, &keys, edits).await?;
     tracing::info!(gun, tags = tags.len(), roles = ?roles, "signed tags");
@@ -288,7 +290,7 @@ pub async fn sign_tags(
         roles,
         initialized,
         signers,
-        signed_by,
+        signed_by: placed_in,
         signer_sets,
     })
 }
@@ -678,6 +680,7 @@ mod tests {
         let (a, b) = ("ab".repeat(32), "cd".repeat(32));
         let tags = resolve_tags(
             "example.com/app",
+            Vec::new(),
             vec![wanted("v2", &a), wanted("v1", &b)],
             None,
             None,
@@ -692,6 +695,7 @@ mod tests {
 
         let err = resolve_tags(
             "example.com/app",
+            Vec::new(),
             vec![
                 wanted("v1", &a),
                 wanted("v2", &b),
@@ -708,10 +712,16 @@ mod tests {
             matches!(&err, Error::InvalidArgument(m) if m == "tag \"v1\" is given twice"),
             "{err}"
         );
-        let err = resolve_tags("example.com/app", vec![wanted("v1", "abc")], None, None)
-            .await
-            .err()
-            .unwrap();
+        let err = resolve_tags(
+            "example.com/app",
+            Vec::new(),
+            vec![wanted("v1", "abc")],
+            None,
+            None,
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("not 64 hex characters"), "{err}");
     }
 }
